@@ -1,0 +1,299 @@
+"""The dead-letter store: where every job that could not be added ends, whole.
+
+Layout in Redis (under the key prefix):
+
+* ``dl:{id}`` one record as JSON (the shape ``dispatcher dlq show --json`` prints);
+* ``dlq`` a sorted set of every id scored by the last failure time, and
+  ``dlq:reason:{reason}`` one per reason, so listing by reason and time is a
+  range query and counting by reason is ZCARD (no counter to drift).
+
+The id of a dead letter is its job id, so writing the same dead letter twice
+(a redelivered message) leaves one record. Listing, exporting and replaying
+stream in pages, never loading the whole store. Replay is one Lua script per
+letter: the record is removed and the job published in the same atomic step, so
+a crash mid-replay loses nothing and adds nothing twice.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+from dispatcher.backend import Backend, get_backend
+from dispatcher.connection import broker_errors
+from dispatcher.errors import all_reasons
+from dispatcher.jobs import broker_envelope, iso, new_job_id
+from dispatcher.settings import Settings
+
+__all__ = ["DeadLetter", "DeadLetterStore", "ReplayResult"]
+
+ReplayResult = Literal["replayed", "missing", "done", "unreplayable"]
+_PAGE = 500
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    id: str
+    job_id: str
+    reason: str
+    error: str
+    http_status: int | None
+    attempts: int
+    first_failed_at: str | None
+    last_failed_at: str | None
+    enqueued_at: str | None
+    replays: int
+    job: dict[str, Any] = field(default_factory=dict)
+    #: epoch of last_failed_at, the index score (not part of the JSON shape)
+    score: float = field(default=0.0, compare=False, repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data.pop("score")
+        return data
+
+    @property
+    def agent_user(self) -> str | None:
+        lead = self.job.get("lead")
+        if isinstance(lead, Mapping):
+            value = lead.get("agent_user")
+            return str(value) if value is not None else None
+        return None
+
+    @property
+    def replayable(self) -> bool:
+        return self.reason != "invalid_payload" and isinstance(self.job.get("lead"), Mapping)
+
+    @classmethod
+    def from_json(cls, raw: str, *, score: float = 0.0) -> DeadLetter:
+        data = json.loads(raw)
+        return cls(
+            id=data["id"],
+            job_id=data["job_id"],
+            reason=data["reason"],
+            error=data.get("error", ""),
+            http_status=data.get("http_status"),
+            attempts=int(data.get("attempts", 0)),
+            first_failed_at=data.get("first_failed_at"),
+            last_failed_at=data.get("last_failed_at"),
+            enqueued_at=data.get("enqueued_at"),
+            replays=int(data.get("replays", 0)),
+            job=data.get("job") or {},
+            score=score,
+        )
+
+
+class DeadLetterStore:
+    """Read, write, replay and purge dead letters."""
+
+    def __init__(self, backend: Backend | None = None, *, settings: Settings | None = None):
+        self.backend = backend or get_backend(settings)
+        self.keys = self.backend.keys
+        self.redis = self.backend.redis
+
+    # -- write side (workers) ------------------------------------------------------------
+
+    def record(
+        self,
+        *,
+        job: Mapping[str, Any],
+        reason: str,
+        error: str,
+        http_status: int | None,
+        attempts: int,
+        first_failed_at: float | None,
+        now: float | None = None,
+        job_id: str | None = None,
+        next_seq: int | None = None,
+    ) -> DeadLetter:
+        """Store a dead letter for ``job`` (the whole job message) and mark the job dead."""
+        now = time.time() if now is None else now
+        job_id = job_id or str(job.get("job_id") or "") or new_job_id()
+        enqueued = job.get("enqueued_at")
+        letter = DeadLetter(
+            id=job_id,
+            job_id=job_id,
+            reason=reason,
+            error=error,
+            http_status=http_status,
+            attempts=attempts,
+            first_failed_at=iso(first_failed_at if first_failed_at is not None else now),
+            last_failed_at=iso(now),
+            enqueued_at=iso(float(enqueued)) if isinstance(enqueued, int | float) else None,
+            replays=int(job.get("replays", 0) or 0) if isinstance(job.get("replays"), int) else 0,
+            job=dict(job),
+            score=now,
+        )
+        ttl = int(self.backend.settings.job_ttl_s)
+        with broker_errors(self.backend.settings):
+            self.backend.scripts.dead_letter(
+                keys=[
+                    self.keys.dead_letter(letter.id),
+                    self.keys.dead_letters,
+                    self.keys.dead_letters_by_reason(reason),
+                    self.keys.execution(job_id),
+                    self.keys.job(job_id),
+                    self.keys.stats,
+                ],
+                args=[
+                    letter.id,
+                    json.dumps(letter.to_dict(), separators=(",", ":")),
+                    f"{now:.6f}",
+                    reason,
+                    "" if next_seq is None else next_seq,
+                    ttl,
+                    attempts,
+                    error,
+                    f"{now:.6f}",
+                    "" if http_status is None else http_status,
+                ],
+            )
+        return letter
+
+    # -- read side ----------------------------------------------------------------------
+
+    def get(self, dl_id: str) -> DeadLetter | None:
+        with broker_errors(self.backend.settings):
+            raw = self.redis.get(self.keys.dead_letter(dl_id))
+            score = self.redis.zscore(self.keys.dead_letters, dl_id) if raw else None
+        if raw is None:
+            return None
+        return DeadLetter.from_json(str(raw), score=float(score or 0.0))
+
+    def _iter_ids(
+        self, index: str, *, since: float | None, until: float | None
+    ) -> Iterator[list[tuple[str, float]]]:
+        """Pages of (id, score), newest first.
+
+        The cursor is a score (inclusive) plus the ids already seen at that
+        score, so it stays correct while a replay or purge deletes what it read.
+        """
+        low = "-inf" if since is None else repr(since)
+        high = until
+        skip: set[str] = set()
+        while True:
+            want = _PAGE + len(skip)
+            with broker_errors(self.backend.settings):
+                rows = self.redis.zrevrangebyscore(
+                    index, "+inf" if high is None else repr(high), low,
+                    start=0, num=want, withscores=True,
+                )
+            page = [(str(m), float(s)) for m, s in rows if str(m) not in skip]
+            if page:
+                yield page
+            if len(rows) < want or not page:
+                return
+            edge = page[-1][1]
+            if edge != high:
+                skip = set()
+            skip.update(m for m, s in page if s == edge)
+            high = edge
+
+    def iter(
+        self,
+        *,
+        reason: str | None = None,
+        agent_user: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        ids: Iterable[str] | None = None,
+    ) -> Iterator[DeadLetter]:
+        """Dead letters, newest first, streamed in pages of 500."""
+        if ids is not None:
+            for dl_id in ids:
+                letter = self.get(dl_id)
+                if letter is not None and (reason is None or letter.reason == reason):
+                    yield letter
+            return
+        index = self.keys.dead_letters_by_reason(reason) if reason else self.keys.dead_letters
+        for page in self._iter_ids(index, since=since, until=until):
+            with broker_errors(self.backend.settings):
+                raws = self.redis.mget([self.keys.dead_letter(m) for m, _ in page])
+            for (_, score), raw in zip(page, raws, strict=True):
+                if raw is None:
+                    continue  # replayed or purged while we were reading
+                letter = DeadLetter.from_json(str(raw), score=score)
+                if agent_user is not None and letter.agent_user != agent_user:
+                    continue
+                yield letter
+
+    def list(self, *, limit: int | None = 100, **filters: Any) -> list[DeadLetter]:
+        out: list[DeadLetter] = []
+        for letter in self.iter(**filters):
+            if limit is not None and len(out) >= limit:
+                break
+            out.append(letter)
+        return out
+
+    def counts(self) -> dict[str, int]:
+        """Number of dead letters per reason (reasons with none are left out)."""
+        reasons = all_reasons()
+        with broker_errors(self.backend.settings):
+            pipe = self.redis.pipeline(transaction=False)
+            for reason in reasons:
+                pipe.zcard(self.keys.dead_letters_by_reason(reason))
+            values = pipe.execute()
+        return {r: int(n) for r, n in zip(reasons, values, strict=True) if n}
+
+    def oldest(self) -> float | None:
+        """Epoch of the oldest dead letter's last failure, or None when the store is empty."""
+        with broker_errors(self.backend.settings):
+            rows = self.redis.zrange(self.keys.dead_letters, 0, 0, withscores=True)
+        return float(rows[0][1]) if rows else None
+
+    def __len__(self) -> int:
+        with broker_errors(self.backend.settings):
+            return int(self.redis.zcard(self.keys.dead_letters))
+
+    # -- operations ---------------------------------------------------------------------
+
+    def replay(self, letter: DeadLetter, *, now: float | None = None) -> ReplayResult:
+        """Put the job back on the queue with a fresh attempt count; remove the letter.
+
+        Keeps job id, idempotency key and DNC flags; increments ``replays``. If the
+        execution record says the lead was added after all, nothing is sent.
+        """
+        if not letter.replayable:
+            return "unreplayable"
+        now = time.time() if now is None else now
+        job = dict(letter.job)
+        seq = int(job.get("seq", 0) or 0) + 1
+        job.update(
+            attempts=0,
+            seq=seq,
+            replays=int(job.get("replays", 0) or 0) + 1,
+            first_failed_at=None,
+            agent_wait_since=None,
+        )
+        envelope = broker_envelope(job, queue=self.keys.queue, task_id=letter.job_id)
+        ttl = int(self.backend.settings.job_ttl_s)
+        with broker_errors(self.backend.settings):
+            result = self.backend.scripts.replay(
+                keys=[
+                    self.keys.dead_letter(letter.id),
+                    self.keys.dead_letters,
+                    self.keys.dead_letters_by_reason(letter.reason),
+                    self.keys.execution(letter.job_id),
+                    self.keys.job(letter.job_id),
+                    self.keys.queue,
+                    self.keys.stats,
+                ],
+                args=[letter.id, envelope, seq, ttl, f"{now:.6f}"],
+            )
+        if result in (b"done", "done"):
+            return "done"
+        return "replayed" if int(result) == 1 else "missing"
+
+    def purge(self, letter: DeadLetter) -> bool:
+        """Delete one dead letter for good; False if it was already gone."""
+        with broker_errors(self.backend.settings):
+            pipe = self.redis.pipeline(transaction=True)
+            pipe.delete(self.keys.dead_letter(letter.id))
+            pipe.zrem(self.keys.dead_letters, letter.id)
+            pipe.zrem(self.keys.dead_letters_by_reason(letter.reason), letter.id)
+            pipe.hincrby(self.keys.stats, "purged", 1)
+            deleted, *_ = pipe.execute()
+        return bool(deleted)

@@ -1,0 +1,205 @@
+"""Every error the dispatcher raises, in one tree.
+
+The task decides between "retry" and "dead letter" by the *type* of the error,
+never by matching strings, so the tree is the retry policy's vocabulary::
+
+    DispatcherError
+     ├── InvalidLead (ValueError)         bad input at enqueue time; names every bad field
+     ├── ConfigError (ValueError)         a DISPATCHER_* variable is missing or malformed
+     ├── BrokerUnavailable                Redis cannot be reached (enqueue, CLI)
+     └── CallFailed                       one external_add_lead call did not add the lead
+          ├── TemporaryFailure            worth another attempt after a backoff
+          │    ├── AgentNotLoggedIn       agent_not_logged_in: waits up to AGENT_WAIT_S
+          │    ├── InsertFailed           insert_failed
+          │    ├── NetworkError           network: nothing reached VICIdial
+          │    ├── HTTPStatusError        http_error: 500/502/503/429
+          │    └── UnknownResponse        unknown_response: garbage, empty body, odd status
+          ├── AmbiguousFailure            ambiguous: the request may have been executed
+          └── PermanentFailure            can never succeed as sent
+               ├── DNCBlocked             dnc
+               ├── CampaignDNCBlocked     campaign_dnc
+               ├── ManualListUndefined    manual_list_undefined
+               ├── InvalidRequest         invalid_request
+               ├── InvalidPayload         invalid_payload: the queue message is not a job
+               └── ServerRefused          the server refuses *every* call: pause the fleet
+                    ├── AuthFailed        auth
+                    ├── PermissionDenied  permission
+                    ├── ApiDisabled       api_disabled
+                    └── InvalidSource     invalid_source
+
+Every ``CallFailed`` carries ``reason`` (the dead-letter reason code), ``line``
+(VICIdial's answer line or an exception summary, with secrets already removed)
+and ``http_status`` (None when no HTTP answer came back).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = [
+    "AgentNotLoggedIn",
+    "AmbiguousFailure",
+    "ApiDisabled",
+    "AuthFailed",
+    "BrokerUnavailable",
+    "CallFailed",
+    "CampaignDNCBlocked",
+    "ConfigError",
+    "DNCBlocked",
+    "DispatcherError",
+    "FieldError",
+    "HTTPStatusError",
+    "InsertFailed",
+    "InvalidLead",
+    "InvalidPayload",
+    "InvalidRequest",
+    "InvalidSource",
+    "ManualListUndefined",
+    "NetworkError",
+    "PermanentFailure",
+    "PermissionDenied",
+    "ServerRefused",
+    "TemporaryFailure",
+    "UnknownResponse",
+    "all_reasons",
+]
+
+
+class DispatcherError(Exception):
+    """Root of every error this package raises on purpose."""
+
+
+@dataclass(frozen=True)
+class FieldError:
+    """One problem with one field of one lead.
+
+    ``index`` is the position of the lead in a bulk call (None for a single lead).
+    """
+
+    field: str
+    message: str
+    index: int | None = None
+
+    def __str__(self) -> str:
+        where = f"lead {self.index}: " if self.index is not None else ""
+        return f"{where}{self.field}: {self.message}"
+
+
+class InvalidLead(DispatcherError, ValueError):
+    """The lead (or some leads of a batch) cannot be enqueued; nothing was enqueued."""
+
+    def __init__(self, errors: list[FieldError]) -> None:
+        self.errors = list(errors)
+        super().__init__("invalid lead: " + "; ".join(str(e) for e in self.errors))
+
+
+class ConfigError(DispatcherError, ValueError):
+    """A setting is missing or malformed. The message names the variable, never its secret."""
+
+
+class BrokerUnavailable(DispatcherError):
+    """Redis did not answer (refused, timed out, authentication failed)."""
+
+
+class CallFailed(DispatcherError):
+    """An external_add_lead call that did not add the lead."""
+
+    reason: str = "unknown_response"
+
+    def __init__(self, line: str = "", *, http_status: int | None = None) -> None:
+        self.line = line
+        self.http_status = http_status
+        super().__init__(f"{self.reason}: {line}" if line else self.reason)
+
+
+class TemporaryFailure(CallFailed):
+    """Might work later: retry with backoff until attempts are used up."""
+
+
+class AgentNotLoggedIn(TemporaryFailure):
+    reason = "agent_not_logged_in"
+
+
+class InsertFailed(TemporaryFailure):
+    reason = "insert_failed"
+
+
+class NetworkError(TemporaryFailure):
+    """Connection refused, DNS failure, connect timeout: the request never left."""
+
+    reason = "network"
+
+
+class HTTPStatusError(TemporaryFailure):
+    reason = "http_error"
+
+
+class UnknownResponse(TemporaryFailure):
+    """An answer we cannot read: retried a few times only."""
+
+    reason = "unknown_response"
+
+
+class AmbiguousFailure(CallFailed):
+    """The request may have reached VICIdial but no answer came back.
+
+    VICIdial has no duplicate check, so retrying may add the lead twice; the
+    default policy dead-letters these for an operator to check.
+    """
+
+    reason = "ambiguous"
+
+
+class PermanentFailure(CallFailed):
+    """Can never succeed as sent: straight to the dead-letter store."""
+
+
+class DNCBlocked(PermanentFailure):
+    reason = "dnc"
+
+
+class CampaignDNCBlocked(PermanentFailure):
+    reason = "campaign_dnc"
+
+
+class ManualListUndefined(PermanentFailure):
+    reason = "manual_list_undefined"
+
+
+class InvalidRequest(PermanentFailure):
+    reason = "invalid_request"
+
+
+class InvalidPayload(PermanentFailure):
+    reason = "invalid_payload"
+
+
+class ServerRefused(PermanentFailure):
+    """VICIdial refuses every call from us: calls to that server pause fleet-wide."""
+
+
+class AuthFailed(ServerRefused):
+    reason = "auth"
+
+
+class PermissionDenied(ServerRefused):
+    reason = "permission"
+
+
+class ApiDisabled(ServerRefused):
+    reason = "api_disabled"
+
+
+class InvalidSource(ServerRefused):
+    reason = "invalid_source"
+
+
+def all_reasons() -> tuple[str, ...]:
+    """Every dead-letter reason code, from the tree above."""
+    seen: dict[str, None] = {}
+    todo: list[type[CallFailed]] = [CallFailed]
+    while todo:
+        cls = todo.pop(0)
+        seen.setdefault(cls.reason, None)
+        todo.extend(cls.__subclasses__())
+    return tuple(seen)

@@ -1,0 +1,79 @@
+"""Redis key names, in one place, under a configurable prefix.
+
+Nothing else builds key strings, so that a second deployment can share a Redis
+server under another ``DISPATCHER_KEY_PREFIX`` and an operator can find
+everything with ``SCAN MATCH prefix:*``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["Keys"]
+
+
+@dataclass(frozen=True)
+class Keys:
+    prefix: str = "dispatcher"
+    queue: str = "dispatcher"
+
+    def job(self, job_id: str) -> str:
+        """Hash: the job's state as `dispatcher job` shows it."""
+        return f"{self.prefix}:job:{job_id}"
+
+    def execution(self, job_id: str) -> str:
+        """Hash: the execution record (claim lease, delivery sequence, done + lead_id)."""
+        return f"{self.prefix}:exec:{job_id}"
+
+    def idempotency(self, key: str) -> str:
+        """String: idempotency key -> the first job id enqueued with it."""
+        return f"{self.prefix}:idem:{key}"
+
+    def dead_letter(self, dl_id: str) -> str:
+        """String: one dead-letter record (JSON)."""
+        return f"{self.prefix}:dl:{dl_id}"
+
+    @property
+    def dead_letters(self) -> str:
+        """Sorted set: every dead-letter id, scored by last failure time."""
+        return f"{self.prefix}:dlq"
+
+    def dead_letters_by_reason(self, reason: str) -> str:
+        """Sorted set: the dead-letter ids of one reason, scored by last failure time."""
+        return f"{self.prefix}:dlq:reason:{reason}"
+
+    @property
+    def dead_letter_counts(self) -> str:
+        """Hash: reason -> number of dead letters (kept in step with the sets)."""
+        return f"{self.prefix}:dlq:counts"
+
+    @property
+    def scheduled(self) -> str:
+        """Sorted set: broker messages waiting for their retry time (score = due epoch)."""
+        return f"{self.prefix}:scheduled"
+
+    def pause(self, server: str) -> str:
+        """Hash: a fleet-wide pause of calls to one VICIdial server."""
+        return f"{self.prefix}:pause:{server}"
+
+    def breaker(self, server: str) -> str:
+        """String counter: consecutive network failures against one server."""
+        return f"{self.prefix}:breaker:{server}"
+
+    def rate(self, server: str) -> str:
+        """String: GCRA theoretical arrival time for the fleet-wide rate limit."""
+        return f"{self.prefix}:rate:{server}"
+
+    @property
+    def stats(self) -> str:
+        """Hash: fleet-wide counters (enqueued, added, dead_lettered:reason...)."""
+        return f"{self.prefix}:stats"
+
+    @property
+    def workers(self) -> str:
+        """Hash: worker name -> last heartbeat epoch."""
+        return f"{self.prefix}:workers"
+
+    @property
+    def pattern(self) -> str:
+        return f"{self.prefix}:*"

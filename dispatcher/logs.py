@@ -1,0 +1,180 @@
+"""Structured logging, configured once per process.
+
+Every entry point (the CLI, a Celery worker, the demo) calls
+:func:`configure_logging` once. Events are one JSON object a line (or coloured
+console lines on a terminal), with ``timestamp`` (UTC ISO 8601) and ``level``.
+Job context (``job_id``, ``agent_user``...) is bound with structlog's
+contextvars so that every line logged while a job runs carries it.
+
+Two processors protect what must not leak:
+
+* :class:`Redactor` replaces every configured secret (the VICIdial password, a
+  Redis password) anywhere in the event with ``[REDACTED]``; VICIdial's auth
+  error echoes the password, so this is not hypothetical.
+* phone numbers are masked to their last four digits, both in ``phone`` /
+  ``phone_number`` keys and inside free-text keys such as ``error``.
+
+Celery's own log records are routed through the same processors (see
+:func:`configure_logging`), so a worker writes one format and no line twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from collections.abc import Iterable, MutableMapping
+from typing import Any, TextIO
+
+import structlog
+
+__all__ = [
+    "Redactor",
+    "configure_logging",
+    "get_logger",
+    "is_configured",
+    "mask_digits",
+    "mask_phone",
+    "redact_vicidial_line",
+]
+
+_PHONE_KEYS = frozenset({"phone", "phone_number", "alt_phone", "value"})
+_TEXT_KEYS = frozenset({"error", "line", "response", "body", "exception", "message"})
+_DIGIT_RUN = re.compile(r"\d{6,}")
+# VICIdial's auth error: "ERROR: Invalid Username/Password: |user|PASS|auth|api|message|"
+_AUTH_ECHO = re.compile(r"(Invalid Username/Password: \|[^|]*\|)([^|]*)(\|)")
+_SQL_PASS = re.compile(r"(pass\s*=\s*')([^']*)(')")
+REDACTED = "[REDACTED]"
+
+
+def mask_phone(phone: object) -> str:
+    """``7275551212`` -> ``******1212``: enough to tell leads apart, not to dial."""
+    text = str(phone)
+    if len(text) <= 4:
+        return "*" * len(text)
+    return "*" * (len(text) - 4) + text[-4:]
+
+
+def mask_digits(text: str) -> str:
+    """Mask every run of 6+ digits (a phone number inside an error line)."""
+    return _DIGIT_RUN.sub(lambda m: mask_phone(m.group(0)), text)
+
+
+def redact_vicidial_line(line: str, secrets: Iterable[str] = ()) -> str:
+    """Remove the password VICIdial echoes in its authentication error.
+
+    Structural (the password field and the ``pass='...'`` of the echoed SQL),
+    plus the known secrets wherever they stand, so that an old or mistyped
+    password is removed too.
+    """
+    if "Invalid Username/Password" not in line and "pass=" not in line:
+        return line
+    line = _AUTH_ECHO.sub(lambda m: m.group(1) + REDACTED + m.group(3), line)
+    line = _SQL_PASS.sub(lambda m: m.group(1) + REDACTED + m.group(3), line)
+    for secret in secrets:
+        if secret:
+            line = line.replace(secret, REDACTED)
+    return line
+
+
+class Redactor:
+    """structlog processor: secrets out, phone numbers masked."""
+
+    def __init__(self, secrets: Iterable[str] = ()) -> None:
+        # Longest first, so that a secret containing another is removed whole.
+        self.secrets = sorted({s for s in secrets if s}, key=len, reverse=True)
+
+    def _scrub(self, value: Any, key: str | None) -> Any:
+        if isinstance(value, str):
+            if self.secrets:
+                for secret in self.secrets:
+                    if secret in value:
+                        value = value.replace(secret, REDACTED)
+            if key in _PHONE_KEYS:
+                return mask_phone(value)
+            if key in _TEXT_KEYS or key == "event":
+                return mask_digits(redact_vicidial_line(value))
+            return value
+        if isinstance(value, dict):
+            return {k: self._scrub(v, k) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [self._scrub(v, key) for v in value]
+        return value
+
+    def __call__(
+        self, logger: Any, method_name: str, event_dict: MutableMapping[str, Any]
+    ) -> MutableMapping[str, Any]:
+        for key, value in list(event_dict.items()):
+            if isinstance(value, str | dict | list | tuple):
+                event_dict[key] = self._scrub(value, key)
+        return event_dict
+
+
+_configured: dict[str, Any] = {}
+
+
+def configure_logging(
+    *,
+    level: str = "INFO",
+    fmt: str = "auto",
+    secrets: Iterable[str] = (),
+    stream: TextIO | None = None,
+    force: bool = False,
+) -> None:
+    """Configure structlog and the stdlib root logger (Celery's) the same way.
+
+    Idempotent: the first call wins unless ``force`` is given (tests).
+    """
+    if _configured and not force:
+        return
+    out = stream if stream is not None else sys.stderr
+    if fmt == "auto":
+        fmt = "console" if out.isatty() else "json"
+    redactor = Redactor(secrets)
+    shared: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        redactor,
+    ]
+    renderer: Any = (
+        structlog.dev.ConsoleRenderer(colors=out.isatty())
+        if fmt == "console"
+        else structlog.processors.JSONRenderer()
+    )
+    numeric = logging.getLevelName(level.upper())
+    structlog.configure(
+        processors=[
+            *shared,
+            structlog.processors.format_exc_info,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(numeric),
+        logger_factory=structlog.WriteLoggerFactory(file=out),
+        cache_logger_on_first_use=True,
+    )
+    # Foreign (stdlib) records: Celery, kombu, httpx. Same processors, same renderer.
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=[*shared[:-1], structlog.stdlib.add_logger_name, redactor],
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+    )
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(numeric)
+    # httpx logs every request at INFO; a worker makes thousands a minute.
+    logging.getLogger("httpx").setLevel(max(numeric, logging.WARNING))
+    logging.getLogger("httpcore").setLevel(max(numeric, logging.WARNING))
+    _configured.update(level=level, fmt=fmt)
+
+
+def is_configured() -> bool:
+    """True once an entry point of this package has configured logging."""
+    return bool(_configured)
+
+
+def get_logger(name: str | None = None) -> Any:
+    return structlog.get_logger(name)

@@ -1,0 +1,288 @@
+"""Configuration from ``DISPATCHER_*`` environment variables (and a ``.env`` file).
+
+Read once per process with :func:`get_settings` (or build :class:`Settings`
+explicitly in code and tests). Every value is validated at start-up; a bad value
+raises :class:`~dispatcher.errors.ConfigError` naming the variable. Secrets (the
+VICIdial password, a password inside the Redis URL) never appear in ``repr``,
+in error messages or in logs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from dispatcher.errors import ConfigError
+
+__all__ = ["ENV_PREFIX", "SETTINGS_VARIABLES", "Settings", "get_settings", "redact_url"]
+
+ENV_PREFIX = "DISPATCHER_"
+_SOURCE_RE = re.compile(r"^[0-9a-zA-Z]{2,20}$")
+_PREFIX_RE = re.compile(r"^[-_.:0-9a-zA-Z]{1,64}$")
+_TRUE = {"1", "true", "yes", "on", "y"}
+_FALSE = {"0", "false", "no", "off", "n"}
+
+
+def redact_url(url: str) -> str:
+    """The URL with any password replaced by ``***`` (safe to print)."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparseable URL>"
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every knob of the dispatcher. Field ``x`` is read from ``DISPATCHER_X``."""
+
+    redis_url: str = "redis://localhost:6379/0"
+    vicidial_url: str | None = None
+    vicidial_user: str | None = None
+    vicidial_pass: str | None = field(default=None, repr=False)
+    vicidial_source: str = "dispatcher"
+    phone_code: str = "1"
+    dnc_check: bool = True
+    campaign_dnc_check: bool = True
+    max_attempts: int = 8
+    retry_base_s: float = 2.0
+    retry_cap_s: float = 300.0
+    agent_wait_s: float = 900.0
+    # Our retries wait in a Redis sorted set, not as ETA messages inside a worker,
+    # so an unacknowledged message is only ever held for one call (plus a rate-limit
+    # wait). Ten minutes is far above that, and is how long a job held by a worker
+    # that was killed waits before another worker takes it over.
+    visibility_timeout_s: float = 600.0
+    http_timeout_s: float = 10.0
+    rate_limit: float = 0.0
+    log_format: str = "auto"
+    log_level: str = "INFO"
+    key_prefix: str = "dispatcher"
+    queue: str = "dispatcher"
+    job_ttl_s: float = 7 * 86400.0
+    done_ttl_s: float = 7 * 86400.0
+    ambiguous: str = "dead_letter"
+    unknown_max_attempts: int = 3
+    pause_s: float = 300.0
+    breaker_threshold: int = 5
+    breaker_pause_s: float = 30.0
+    scheduler_interval_s: float = 1.0
+    intake_tokens: tuple[str, ...] = field(default=(), repr=False)
+
+    def __post_init__(self) -> None:
+        problems: list[str] = []
+
+        def check(ok: bool, name: str, why: str) -> None:
+            if not ok:
+                problems.append(f"{ENV_PREFIX}{name.upper()}: {why}")
+
+        check(
+            self.redis_url.startswith(("redis://", "rediss://", "unix://", "sentinel://")),
+            "redis_url",
+            "must start with redis://, rediss://, unix:// or sentinel://",
+        )
+        if self.vicidial_url is not None:
+            check(
+                self.vicidial_url.startswith(("http://", "https://")),
+                "vicidial_url",
+                "must be the full http(s) URL of agc/api.php",
+            )
+        check(
+            bool(_SOURCE_RE.match(self.vicidial_source)),
+            "vicidial_source",
+            "must be 2-20 letters or digits",
+        )
+        check(
+            bool(re.fullmatch(r"[0-9X]{1,10}", self.phone_code)),
+            "phone_code",
+            "must be 1-10 digits",
+        )
+        check(1 <= self.max_attempts <= 100, "max_attempts", "must be between 1 and 100")
+        check(1 <= self.unknown_max_attempts <= 100, "unknown_max_attempts", "must be 1-100")
+        check(self.retry_base_s > 0, "retry_base_s", "must be > 0")
+        check(self.retry_cap_s >= self.retry_base_s, "retry_cap_s", "must be >= RETRY_BASE_S")
+        check(self.agent_wait_s >= 0, "agent_wait_s", "must be >= 0")
+        check(0 < self.http_timeout_s <= 300, "http_timeout_s", "must be > 0 and <= 300")
+        check(
+            self.visibility_timeout_s > 2 * self.http_timeout_s + 5,
+            "visibility_timeout_s",
+            "must exceed twice HTTP_TIMEOUT_S plus 5 s, or a slow call would run twice",
+        )
+        check(self.rate_limit >= 0, "rate_limit", "must be >= 0 (0 means no limit)")
+        check(self.log_format in ("auto", "json", "console"), "log_format", "json or console")
+        check(
+            self.log_level.upper() in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"),
+            "log_level",
+            "must be DEBUG, INFO, WARNING, ERROR or CRITICAL",
+        )
+        check(bool(_PREFIX_RE.match(self.key_prefix)), "key_prefix", "1-64 of [-_.:0-9a-zA-Z]")
+        check(bool(_PREFIX_RE.match(self.queue)), "queue", "1-64 of [-_.:0-9a-zA-Z]")
+        check(self.job_ttl_s >= 60, "job_ttl_s", "must be >= 60")
+        check(self.done_ttl_s >= 60, "done_ttl_s", "must be >= 60")
+        check(self.ambiguous in ("dead_letter", "retry"), "ambiguous", "dead_letter or retry")
+        check(self.pause_s > 0, "pause_s", "must be > 0")
+        check(self.breaker_threshold >= 1, "breaker_threshold", "must be >= 1")
+        check(self.breaker_pause_s > 0, "breaker_pause_s", "must be > 0")
+        check(0 < self.scheduler_interval_s <= 60, "scheduler_interval_s", "must be 0-60")
+        if problems:
+            raise ConfigError("invalid configuration: " + "; ".join(problems))
+
+    def __repr__(self) -> str:
+        shown = []
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name == "redis_url":
+                value = redact_url(value)
+            elif not f.repr:
+                value = "***" if value else value
+            shown.append(f"{f.name}={value!r}")
+        return f"Settings({', '.join(shown)})"
+
+    __str__ = __repr__
+
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        """Values that must never be printed (used by the log redaction processor)."""
+        out = [s for s in (self.vicidial_pass,) if s]
+        pw = urlsplit(self.redis_url).password
+        if pw:
+            out.append(pw)
+        out.extend(self.intake_tokens)
+        return tuple(out)
+
+    def require_vicidial(self) -> None:
+        """Raise ConfigError unless the worker has what it needs to call VICIdial."""
+        missing = [
+            f"{ENV_PREFIX}{name.upper()}"
+            for name in ("vicidial_url", "vicidial_user", "vicidial_pass")
+            if not getattr(self, name)
+        ]
+        if missing:
+            raise ConfigError("the worker needs " + ", ".join(missing) + " (not set)")
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def from_env(
+        cls, environ: Mapping[str, str] | None = None, *, env_file: str | Path | None = ".env"
+    ) -> Settings:
+        """Read ``DISPATCHER_*`` from ``environ`` (default ``os.environ``), then ``env_file``.
+
+        Real environment variables win over the file, as with docker-compose.
+        """
+        values: dict[str, str] = {}
+        if env_file is not None:
+            path = Path(os.environ.get("DISPATCHER_ENV_FILE", env_file))
+            if path.is_file():
+                values.update(_read_env_file(path))
+        env = os.environ if environ is None else environ
+        values.update({k: v for k, v in env.items() if k.startswith(ENV_PREFIX)})
+        return cls.from_mapping(values)
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, str]) -> Settings:
+        known = {f"{ENV_PREFIX}{f.name.upper()}": f for f in dataclasses.fields(cls)}
+        kwargs: dict[str, Any] = {}
+        problems: list[str] = []
+        for key, raw in values.items():
+            if not key.startswith(ENV_PREFIX) or key == "DISPATCHER_ENV_FILE":
+                continue
+            f = known.get(key)
+            if f is None:
+                # A typo in a variable name silently falls back to a default otherwise.
+                problems.append(f"{key}: unknown setting")
+                continue
+            try:
+                kwargs[f.name] = _PARSERS[str(f.type)](raw.strip())
+            except ValueError as exc:
+                problems.append(f"{key}: {exc}")
+        if problems:
+            raise ConfigError("invalid configuration: " + "; ".join(problems))
+        return cls(**kwargs)
+
+
+def _parse_bool(raw: str) -> bool:
+    low = raw.lower()
+    if low in _TRUE:
+        return True
+    if low in _FALSE:
+        return False
+    raise ValueError("must be true or false")
+
+
+def _parse_int(raw: str) -> int:
+    try:
+        return int(raw)
+    except ValueError:
+        raise ValueError("must be a whole number") from None
+
+
+def _parse_float(raw: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError("must be a number") from None
+    if value != value or value in (float("inf"), float("-inf")):
+        raise ValueError("must be a finite number")
+    return value
+
+
+def _parse_optional_str(raw: str) -> str | None:
+    return raw or None
+
+
+def _parse_tokens(raw: str) -> tuple[str, ...]:
+    return tuple(t.strip() for t in raw.split(",") if t.strip())
+
+
+_PARSERS: dict[str, Callable[[str], Any]] = {
+    "str": str,
+    "str | None": _parse_optional_str,
+    "bool": _parse_bool,
+    "int": _parse_int,
+    "float": _parse_float,
+    "tuple[str, ...]": _parse_tokens,
+}
+
+#: Every variable the settings know, for docs and the .env.example check.
+SETTINGS_VARIABLES: tuple[str, ...] = tuple(
+    f"{ENV_PREFIX}{f.name.upper()}" for f in dataclasses.fields(Settings)
+)
+
+
+def _read_env_file(path: Path) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for raw_line in path.read_text(encoding="utf-8").splitlines():
+        line = raw_line.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("export "):
+            line = line[len("export ") :]
+        key, sep, value = line.partition("=")
+        if not sep:
+            continue
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        out[key.strip()] = value
+    return out
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read from the environment on first use."""
+    return Settings.from_env()

@@ -1,0 +1,162 @@
+"""Producer side against a real Redis: validation, idempotency, batching, job state."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from typing import Any
+
+import pytest
+import redis
+
+from dispatcher import (
+    BrokerUnavailable,
+    InvalidLead,
+    enqueue_lead,
+    enqueue_leads,
+    job_status,
+)
+from dispatcher.jobs import TASK_NAME, Job
+from dispatcher.redis_server import free_port
+from dispatcher.settings import Settings
+from tests.conftest import make_settings
+
+
+@pytest.fixture
+def psettings(redis_url: str) -> Settings:
+    return make_settings(redis_url)
+
+
+def _queue(settings: Settings) -> list[dict[str, Any]]:
+    client = redis.Redis.from_url(settings.redis_url)
+    try:
+        return [json.loads(x) for x in client.lrange(settings.queue, 0, -1)]
+    finally:
+        client.close()
+
+
+def _job_of(envelope: dict[str, Any]) -> dict[str, Any]:
+    body = json.loads(base64.b64decode(envelope["body"]))
+    message: dict[str, Any] = body[0][0]
+    return message
+
+
+def test_enqueue_writes_state_and_a_celery_message(psettings: Settings) -> None:
+    job_id = enqueue_lead(agent_user="1000", phone_number="727-555-1212", first_name="José",
+                          settings=psettings)
+    [envelope] = _queue(psettings)
+    assert envelope["headers"]["task"] == TASK_NAME and envelope["headers"]["id"] == job_id
+    assert envelope["properties"]["delivery_info"]["routing_key"] == psettings.queue
+    job = Job.from_message(_job_of(envelope))
+    assert job.job_id == job_id and job.lead.phone_number == "7275551212"
+    assert job.lead.fields["first_name"] == "Jose"
+    assert job.dnc_check is True and job.campaign_dnc_check is True
+    status = job_status(job_id, settings=psettings)
+    assert status is not None
+    assert status["state"] == "queued" and status["attempts"] == 0
+    assert set(status) >= {"job_id", "state", "attempts", "reason", "error", "lead_id",
+                           "list_id", "campaign", "enqueued_at", "updated_at",
+                           "next_attempt_at"}
+    assert status["lead_id"] is None and status["next_attempt_at"] is None
+
+
+def test_unknown_job_status_is_none(psettings: Settings) -> None:
+    assert job_status("nope", settings=psettings) is None
+
+
+def test_idempotency_key_returns_first_job_and_enqueues_nothing(psettings: Settings) -> None:
+    first = enqueue_lead(agent_user="1000", phone_number="7275551212",
+                         idempotency_key="webform-8812", settings=psettings)
+    second = enqueue_lead(agent_user="1000", phone_number="7275551299",
+                          idempotency_key="webform-8812", settings=psettings)
+    assert second == first
+    assert len(_queue(psettings)) == 1
+    ids = enqueue_leads(
+        [
+            {"agent_user": "1000", "phone_number": "7275551300", "idempotency_key": "a"},
+            {"agent_user": "1000", "phone_number": "7275551301", "idempotency_key": "a"},
+            {"agent_user": "1000", "phone_number": "7275551302", "idempotency_key": "webform-8812"},
+        ],
+        settings=psettings,
+    )
+    assert ids[0] == ids[1] and ids[2] == first
+    assert len(_queue(psettings)) == 2
+
+
+def test_settings_defaults_for_dnc_flags_are_used(redis_url: str) -> None:
+    settings = make_settings(redis_url, dnc_check=False)
+    enqueue_lead(agent_user="1000", phone_number="7275551212", settings=settings)
+    enqueue_leads([{"agent_user": "1000", "phone_number": "7275551213", "dnc_check": True}],
+                  campaign_dnc_check=False, settings=settings)
+    jobs = [_job_of(e) for e in reversed(_queue(settings))]
+    assert (jobs[0]["dnc_check"], jobs[0]["campaign_dnc_check"]) == (False, True)
+    assert (jobs[1]["dnc_check"], jobs[1]["campaign_dnc_check"]) == (True, False)
+
+
+def test_bulk_is_one_round_trip_per_batch(psettings: Settings) -> None:
+    client = redis.Redis.from_url(psettings.redis_url)
+    leads = [{"agent_user": "1000", "phone_number": f"727555{n:04d}"} for n in range(300)]
+    enqueue_lead(agent_user="1000", phone_number="7275550999", settings=psettings)  # warm up
+    client.config_resetstat()
+    ids = enqueue_leads(leads, settings=psettings)
+    stats = client.info("commandstats")
+    calls = sum(v["calls"] for k, v in stats.items() if k not in ("cmdstat_config", "cmdstat_info"))
+    client.close()
+    assert len(ids) == 300 and len(set(ids)) == 300
+    assert len(_queue(psettings)) == 301
+    # One EVALSHA; Redis counts the commands the script runs inside it too.
+    assert stats["cmdstat_evalsha"]["calls"] == 1
+    assert calls > 300  # (the LPUSH/HSET inside the script)
+
+
+@pytest.mark.parametrize(
+    ("lead", "field"),
+    [
+        ({"phone_number": "7275551212"}, "agent_user"),
+        ({"agent_user": "1000"}, "phone_number"),
+        ({"agent_user": "1000", "phone_number": "123"}, "phone_number"),
+        ({"agent_user": "1000", "phone_number": "72755512#2"}, "phone_number"),
+        ({"agent_user": "1000", "phone_number": "7275551212", "gender": "X"}, "gender"),
+        ({"agent_user": "1000", "phone_number": "7275551212", "shoe_size": "9"}, "shoe_size"),
+        ({"agent_user": "1000", "phone_number": "7275551212", "dnc_check": "yes"}, "dnc_check"),
+        ({"agent_user": "1000", "phone_number": "7275551212", "idempotency_key": ""},
+         "idempotency_key"),
+        ({"agent_user": "1000", "phone_number": "7275551212", "rank": 70000}, "rank"),
+        ({"agent_user": "1000", "phone_number": "7275551212", "date_of_birth": "2001-02-30"},
+         "date_of_birth"),
+    ],
+)
+def test_invalid_lead_names_the_field_and_enqueues_nothing(
+    psettings: Settings, lead: dict[str, Any], field: str
+) -> None:
+    with pytest.raises(InvalidLead) as info:
+        enqueue_lead(settings=psettings, **lead)
+    assert field in [e.field for e in info.value.errors]
+    assert field in str(info.value)
+    assert _queue(psettings) == []
+    assert redis.Redis.from_url(psettings.redis_url).dbsize() == 0
+
+
+def test_bulk_with_bad_items_lists_each_and_enqueues_nothing(psettings: Settings) -> None:
+    leads = [
+        {"agent_user": "1000", "phone_number": "7275551212"},
+        {"agent_user": "1000", "phone_number": "12"},
+        {"agent_user": "1000", "phone_number": "7275551214"},
+        {"agent_user": "x", "phone_number": "7275551215", "gender": "Q"},
+    ]
+    with pytest.raises(InvalidLead) as info:
+        enqueue_leads(leads, settings=psettings)
+    where = {(e.index, e.field) for e in info.value.errors}
+    assert where == {(1, "phone_number"), (3, "agent_user"), (3, "gender")}
+    assert "lead 1: phone_number" in str(info.value)
+    assert _queue(psettings) == []
+
+
+def test_redis_unreachable_is_a_clear_error_not_a_hang() -> None:
+    settings = Settings(redis_url=f"redis://:pw-in-url@127.0.0.1:{free_port()}/0")
+    started = time.monotonic()
+    with pytest.raises(BrokerUnavailable) as info:
+        enqueue_lead(agent_user="1000", phone_number="7275551212", settings=settings)
+    assert time.monotonic() - started < 10
+    assert "unreachable" in str(info.value) and "pw-in-url" not in str(info.value)

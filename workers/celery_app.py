@@ -1,0 +1,131 @@
+"""The Celery application and its reliability settings.
+
+Why each setting (see README "Guarantees"):
+
+* ``task_acks_late``: a message is acknowledged only after the job reached an
+  outcome (added, retry stored, dead letter), so a worker killed mid-job does
+  not lose it: kombu puts it back after the visibility timeout.
+* ``task_reject_on_worker_lost``: with the prefork pool, a child killed mid-job
+  requeues its message instead of acknowledging it.
+* ``worker_prefetch_multiplier = 1``: each pool slot reserves one message, so a
+  slow or dying worker holds (and delays) as few jobs as possible, and a fleet
+  shares the queue fairly.
+* ``visibility_timeout``: how long an unacknowledged message waits before it is
+  redelivered. Retries do not use Celery countdowns (which sit in worker memory
+  as unacknowledged ETA messages and run twice when they outlive the visibility
+  timeout): they wait in our Redis ``scheduled`` set, so a message is held only
+  for one call, and the timeout only has to exceed the longest call (the
+  settings check it exceeds twice the HTTP timeout plus margin).
+* ``unacked_restore_interval`` / ``unacked_restore_throttle``: kombu looks for
+  expired unacknowledged messages every interval x throttle seconds; we make the
+  interval the sole control and scale it with the visibility timeout.
+* ``task_acks_on_failure_or_timeout`` stays on: our task never raises for a job
+  (every outcome is stored first); it raises ``Reject(requeue=True)`` when Redis
+  itself fails, which puts the message back.
+* ``worker_cancel_long_running_tasks_on_connection_loss``: a job running when
+  the broker connection drops will be redelivered; finishing it would call twice.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from celery import Celery, bootsteps, signals
+
+from dispatcher.errors import ConfigError
+from dispatcher.jobs import TASK_NAME
+from dispatcher.logs import configure_logging
+from dispatcher.settings import Settings, get_settings
+
+__all__ = ["app", "make_app"]
+
+
+def _settings_or_exit() -> Settings:
+    try:
+        return get_settings()
+    except ConfigError as exc:
+        # Celery would print a traceback; an operator needs the variable's name.
+        print(f"dispatcher worker: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def make_app(settings: Settings) -> Celery:
+    celery = Celery("dispatcher", broker=settings.redis_url, include=["workers.tasks"])
+    restore_every = max(1.0, min(10.0, settings.visibility_timeout_s / 4))
+    celery.conf.update(
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        task_acks_on_failure_or_timeout=True,
+        worker_prefetch_multiplier=1,
+        worker_cancel_long_running_tasks_on_connection_loss=True,
+        broker_transport_options={
+            "visibility_timeout": settings.visibility_timeout_s,
+            "unacked_restore_interval": restore_every,
+            "unacked_restore_throttle": 1,
+            "socket_timeout": 30,
+            "socket_connect_timeout": 5,
+            "health_check_interval": 25,
+        },
+        broker_connection_retry_on_startup=True,
+        broker_connection_max_retries=None,
+        task_default_queue=settings.queue,
+        task_routes={TASK_NAME: {"queue": settings.queue}},
+        task_serializer="json",
+        accept_content=["json"],
+        task_ignore_result=True,
+        result_backend=None,
+        worker_redirect_stdouts=False,
+        worker_hijack_root_logger=False,
+        worker_send_task_events=False,
+        worker_enable_remote_control=True,
+        worker_consumer="workers.consumer:DeadLetteringConsumer",
+        # Each job logs its own outcome; Celery's per-task INFO lines add nothing.
+        worker_log_color=False,
+    )
+    celery.steps["worker"].add(SchedulerStep)
+    return celery
+
+
+class SchedulerStep(bootsteps.StartStopStep):
+    """Runs the retry scheduler and the worker heartbeat in a thread of each worker."""
+
+    requires = {"celery.worker.components:Pool"}
+
+    def __init__(self, worker: Any, **kwargs: Any) -> None:
+        super().__init__(worker, **kwargs)
+        self.thread: Any = None
+
+    def start(self, worker: Any) -> None:
+        from workers.scheduler import RetryScheduler
+
+        self.thread = RetryScheduler(get_settings(), name=str(worker.hostname))
+        self.thread.start()
+
+    def stop(self, worker: Any) -> None:
+        if self.thread is not None:
+            self.thread.stop()
+
+    shutdown = stop
+
+
+@signals.setup_logging.connect
+def _setup_logging(**_: Any) -> None:
+    # Connecting to this signal stops Celery from installing its own handlers:
+    # its records go through our processors instead (one format, no duplicates).
+    settings = _settings_or_exit()
+    configure_logging(
+        level=settings.log_level, fmt=settings.log_format, secrets=settings.secrets
+    )
+
+
+@signals.worker_init.connect
+def _check_worker_settings(**_: Any) -> None:
+    try:
+        _settings_or_exit().require_vicidial()
+    except ConfigError as exc:
+        print(f"dispatcher worker: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+app = make_app(_settings_or_exit())

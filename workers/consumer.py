@@ -1,0 +1,67 @@
+"""A Celery consumer that dead-letters messages it cannot run instead of dropping them.
+
+Stock Celery logs and discards a message it cannot decode, one without a task
+header, or one for an unknown task. Here each becomes an ``invalid_payload``
+dead letter holding the raw message, so nothing disappears silently.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery.worker.consumer.consumer import Consumer
+
+from dispatcher import logs
+
+__all__ = ["DeadLetteringConsumer"]
+
+_log = logs.get_logger("workers.consumer")
+
+
+def _dead_letter_raw(message: Any, why: str) -> None:
+    from workers.tasks import get_runner
+
+    try:
+        body = message.body
+        if isinstance(body, bytes):
+            body = body.decode("utf-8", "replace")
+        raw = {"raw": str(body)[:10_000], "headers": _safe_headers(message)}
+        runner = get_runner()
+        letter = runner.dead_letters.record(
+            job=raw,
+            reason="invalid_payload",
+            error=why,
+            http_status=None,
+            attempts=0,
+            first_failed_at=None,
+        )
+        _log.warning("lead.dead_lettered", job_id=letter.job_id, reason="invalid_payload",
+                     error=why)
+    except Exception as exc:  # never let a poison message take the consumer down
+        _log.error("consumer.dead_letter_failed", error=f"{type(exc).__name__}: {exc}")
+
+
+def _safe_headers(message: Any) -> dict[str, str]:
+    try:
+        headers = message.headers or {}
+        return {str(k): str(v)[:200] for k, v in headers.items()}
+    except Exception:
+        return {}
+
+
+class DeadLetteringConsumer(Consumer):  # type: ignore[misc]
+    def on_decode_error(self, message: Any, exc: Exception) -> None:
+        _dead_letter_raw(message, f"undecodable message: {type(exc).__name__}")
+        message.ack()
+
+    def on_unknown_message(self, body: Any, message: Any) -> None:
+        _dead_letter_raw(message, "message without a task header")
+        message.ack()
+
+    def on_unknown_task(self, body: Any, message: Any, exc: Exception) -> None:
+        _dead_letter_raw(message, f"unknown task: {exc}")
+        message.ack()
+
+    def on_invalid_task(self, body: Any, message: Any, exc: Exception) -> None:
+        _dead_letter_raw(message, f"invalid task message: {exc}")
+        message.ack()

@@ -1,0 +1,198 @@
+"""The HTTP client for VICIdial's ``external_add_lead`` and its answer parser.
+
+Follows ``shared/vicidial/external_add_lead.md``:
+
+* POST form-encoded, always with ``value`` set to the phone number: without it,
+  VICIdial's POST path stores the *last form field's value* as the phone number
+  and still answers SUCCESS.
+* Never ``format=debug``, ``DB`` or ``close_window_link``.
+* Every line of the answer is scanned: an ``alt_user`` miss prints an ERROR line
+  and carries on to SUCCESS, and misconfigured PHP prints warnings first.
+* SUCCESS fields are split from the right (the first number is the phone).
+* The auth error echoes the password: lines are redacted before they leave here.
+
+One :class:`VicidialClient` (one ``httpx.Client``, keep-alive pool) per worker
+process, shared by its threads.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+import httpx
+
+from dispatcher.errors import (
+    AmbiguousFailure,
+    CallFailed,
+    NetworkError,
+    UnknownResponse,
+)
+from dispatcher.lead import Lead
+from dispatcher.logs import redact_vicidial_line
+from dispatcher.settings import Settings
+from workers.outcomes import STATUS_RULES, classify_line
+
+__all__ = ["AddLeadResult", "VicidialClient", "parse_add_lead", "server_id"]
+
+_RESULT_LINE = re.compile(r"^(SUCCESS|ERROR|NOTICE): ")
+_SUCCESS = "SUCCESS: lead added - "
+_SNIPPET = 200
+
+
+@dataclass(frozen=True)
+class AddLeadResult:
+    lead_id: str
+    list_id: str
+    campaign: str
+    phone: str
+    agent_user: str
+    line: str
+    #: ERROR/NOTICE lines that preceded SUCCESS (e.g. "no user found" for alt_user).
+    notes: tuple[str, ...] = ()
+
+
+def server_id(url: str) -> str:
+    """The identity of a VICIdial server for fleet-wide pause and rate state."""
+    parts = urlsplit(url)
+    return f"{parts.hostname or ''}:{parts.port or (443 if parts.scheme == 'https' else 80)}"
+
+
+def _snippet(body: str) -> str:
+    text = " ".join(body.split())
+    return text[:_SNIPPET] + ("…" if len(text) > _SNIPPET else "")
+
+
+def parse_add_lead(
+    body: str, *, http_status: int = 200, secrets: tuple[str, ...] = ()
+) -> AddLeadResult:
+    """Read an external_add_lead answer; raise the matching CallFailed if it is not SUCCESS."""
+    if http_status != 200:
+        error_type = STATUS_RULES.get(http_status, UnknownResponse)
+        raise error_type(
+            f"HTTP {http_status}" + (f": {_snippet(body)}" if body.strip() else ""),
+            http_status=http_status,
+        )
+    lines = [line.strip() for line in body.splitlines()]
+    results = [line for line in lines if _RESULT_LINE.match(line)]
+    for line in results:
+        if line.startswith(_SUCCESS):
+            fields = line[len(_SUCCESS) :].rsplit("|", 4)
+            notes = tuple(redact_vicidial_line(x, secrets) for x in results if x is not line)
+            if len(fields) == 5:
+                phone, campaign, list_id, lead_id, agent_user = fields
+                return AddLeadResult(lead_id, list_id, campaign, phone, agent_user, line, notes)
+            # Inserted, whatever the rest says: never retry a SUCCESS.
+            return AddLeadResult("", "", "", "", "", line, notes)
+    best: tuple[int, type[CallFailed], str] | None = None
+    for line in results:
+        if line.startswith("ERROR: "):
+            hit = classify_line(line)
+            if hit is not None and (best is None or hit[0] < best[0]):
+                best = (hit[0], hit[1], line)
+    if best is not None:
+        errors = [x for x in results if x.startswith("ERROR: ")]
+        # Both DNC lines (system first) are kept: compliance wants the whole answer.
+        text = " / ".join(errors) if len(errors) > 1 else best[2]
+        raise best[1](redact_vicidial_line(text, secrets), http_status=200)
+    if not body.strip():
+        raise UnknownResponse("empty answer", http_status=200)
+    shown = next((x for x in results), None) or _snippet(body)
+    raise UnknownResponse(
+        "unrecognised answer: " + redact_vicidial_line(shown, secrets), http_status=200
+    )
+
+
+class VicidialClient:
+    """Calls external_add_lead over one keep-alive connection pool."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        max_connections: int = 100,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        settings.require_vicidial()
+        self.settings = settings
+        self.url = str(settings.vicidial_url)
+        self.server = server_id(self.url)
+        self._secrets = settings.secrets
+        timeout = settings.http_timeout_s
+        self._http = httpx.Client(
+            timeout=httpx.Timeout(timeout, connect=min(timeout, 5.0), pool=min(timeout, 5.0)),
+            # Below Apache's default KeepAliveTimeout (5 s): reusing a connection
+            # the server is closing would turn a clean call into an ambiguous one.
+            limits=httpx.Limits(
+                max_connections=max_connections,
+                max_keepalive_connections=max_connections,
+                keepalive_expiry=4.0,
+            ),
+            headers={"User-Agent": "vicidial-lead-dispatcher/0.1"},
+            transport=transport,
+        )
+
+    def close(self) -> None:
+        self._http.close()
+
+    def _base_fields(self) -> dict[str, str]:
+        return {
+            "source": self.settings.vicidial_source,
+            "user": str(self.settings.vicidial_user),
+            "pass": str(self.settings.vicidial_pass),
+            "function": "external_add_lead",
+        }
+
+    def _post(self, data: dict[str, str]) -> httpx.Response:
+        try:
+            return self._http.post(self.url, data=data)
+        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+            raise NetworkError(f"{type(exc).__name__}: could not connect") from None
+        except httpx.TimeoutException as exc:
+            # The request was (at least partly) sent: VICIdial may have added the lead.
+            raise AmbiguousFailure(f"{type(exc).__name__}: no answer in time") from None
+        except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as exc:
+            raise AmbiguousFailure(
+                f"{type(exc).__name__}: connection dropped after the request was sent"
+            ) from None
+        except httpx.HTTPError as exc:
+            raise NetworkError(f"{type(exc).__name__}") from None
+
+    def add_lead(
+        self, lead: Lead, *, dnc_check: bool, campaign_dnc_check: bool
+    ) -> tuple[AddLeadResult, float]:
+        """Add one lead; return the result and the call's latency in ms, or raise CallFailed."""
+        data = self._base_fields()
+        data.update(lead.vicidial_params())
+        data["value"] = lead.phone_number
+        if dnc_check:
+            data["dnc_check"] = "YES"
+        if campaign_dnc_check:
+            data["campaign_dnc_check"] = "YES"
+        started = time.perf_counter()
+        response = self._post(data)
+        latency_ms = (time.perf_counter() - started) * 1000
+        text = response.text
+        return (
+            parse_add_lead(text, http_status=response.status_code, secrets=self._secrets),
+            latency_ms,
+        )
+
+    def probe_credentials(self) -> None:
+        """Check user/pass/source with no side effect; raise CallFailed if VICIdial refuses.
+
+        Without phone_code, external_add_lead stops at authentication (bad
+        credentials) or at the validity check (`not valid`): nothing is inserted.
+        Each failed probe still counts as a failed login at VICIdial.
+        """
+        data = self._base_fields()
+        data.update({"agent_user": "probe", "phone_number": "0", "value": "0"})
+        response = self._post(data)
+        try:
+            parse_add_lead(response.text, http_status=response.status_code, secrets=self._secrets)
+        except CallFailed as exc:
+            if exc.reason == "invalid_request":
+                return  # authenticated; stopped at the validity check as intended
+            raise
