@@ -177,9 +177,13 @@ class DeadLetterStore:
         while True:
             want = _PAGE + len(skip)
             with broker_errors(self.backend.settings):
-                rows = self.redis.zrevrangebyscore(
-                    index, "+inf" if high is None else repr(high), low,
-                    start=0, num=want, withscores=True,
+                rows: list[tuple[str, float]] = self.redis.zrevrangebyscore(  # type: ignore[assignment]
+                    index,
+                    "+inf" if high is None else repr(high),
+                    low,
+                    start=0,
+                    num=want,
+                    withscores=True,
                 )
             page = [(str(m), float(s)) for m, s in rows if str(m) not in skip]
             if page:
@@ -295,5 +299,5 @@ class DeadLetterStore:
             pipe.zrem(self.keys.dead_letters, letter.id)
             pipe.zrem(self.keys.dead_letters_by_reason(letter.reason), letter.id)
             pipe.hincrby(self.keys.stats, "purged", 1)
-            deleted, *_ = pipe.execute()
-        return bool(deleted)
+            results = pipe.execute()
+        return bool(results[0])

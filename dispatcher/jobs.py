@@ -158,8 +158,9 @@ def broker_envelope(message: Mapping[str, Any], *, queue: str, task_id: str | No
     Celery's own logs name the job.
     """
     task_id = task_id or str(message.get("job_id") or new_job_id())
-    body = json.dumps([[message], {}, {"callbacks": None, "errbacks": None,
-                                        "chain": None, "chord": None}])
+    body = json.dumps(
+        [[message], {}, {"callbacks": None, "errbacks": None, "chain": None, "chord": None}]
+    )
     headers = {
         "lang": "py",
         "task": TASK_NAME,
@@ -201,7 +202,7 @@ def _num(value: str | None) -> float | None:
     if value in (None, ""):
         return None
     try:
-        return float(value)  # type: ignore[arg-type]
+        return float(value)
     except ValueError:
         return None
 

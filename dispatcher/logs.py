@@ -40,7 +40,8 @@ __all__ = [
 
 _PHONE_KEYS = frozenset({"phone", "phone_number", "alt_phone", "value"})
 _TEXT_KEYS = frozenset({"error", "line", "response", "body", "exception", "message"})
-_DIGIT_RUN = re.compile(r"\d{6,}")
+# A phone-like run of digits, not part of a job id (hex) or a decimal number.
+_DIGIT_RUN = re.compile(r"(?<![\w.])\d{6,18}(?![\w.])")
 # VICIdial's auth error: "ERROR: Invalid Username/Password: |user|PASS|auth|api|message|"
 _AUTH_ECHO = re.compile(r"(Invalid Username/Password: \|[^|]*\|)([^|]*)(\|)")
 _SQL_PASS = re.compile(r"(pass\s*=\s*')([^']*)(')")
@@ -168,6 +169,9 @@ def configure_logging(
     # httpx logs every request at INFO; a worker makes thousands a minute.
     logging.getLogger("httpx").setLevel(max(numeric, logging.WARNING))
     logging.getLogger("httpcore").setLevel(max(numeric, logging.WARNING))
+    # Celery's "Task ... received/succeeded" lines repeat our lead.* events.
+    logging.getLogger("celery.app.trace").setLevel(max(numeric, logging.WARNING))
+    logging.getLogger("celery.worker.strategy").setLevel(max(numeric, logging.WARNING))
     _configured.update(level=level, fmt=fmt)
 
 

@@ -20,7 +20,7 @@ from dispatcher.jobs import Job, broker_envelope, new_job_id, state_to_status
 from dispatcher.lead import make_lead
 from dispatcher.settings import Settings
 
-__all__ = ["BATCH_SIZE", "enqueue_lead", "enqueue_leads", "job_status"]
+__all__ = ["BATCH_SIZE", "enqueue_lead", "enqueue_leads", "job_status", "prepare_job", "push_jobs"]
 
 #: Leads per Redis round trip in enqueue_leads.
 BATCH_SIZE = 1000
@@ -28,15 +28,16 @@ _CONTROL_KEYS = ("dnc_check", "campaign_dnc_check", "idempotency_key")
 _log = logs.get_logger("dispatcher.producer")
 
 
-def _build_job(
+def prepare_job(
     item: Mapping[str, Any],
     *,
-    index: int | None,
-    dnc_check: bool | None,
-    campaign_dnc_check: bool | None,
+    index: int | None = None,
+    dnc_check: bool | None = None,
+    campaign_dnc_check: bool | None = None,
     settings: Settings,
-    now: float,
+    now: float | None = None,
 ) -> Job:
+    """Validate one lead (with its flags and idempotency key) into a Job; InvalidLead if bad."""
     errors: list[FieldError] = []
     lead_data = {k: v for k, v in item.items() if k not in _CONTROL_KEYS}
     flags: dict[str, bool] = {}
@@ -52,10 +53,11 @@ def _build_job(
             value = fallback
         flags[key] = value
     idem = item.get("idempotency_key")
-    if idem is not None:
-        if not isinstance(idem, str) or not 1 <= len(idem) <= 200 or not idem.isprintable():
-            errors.append(FieldError("idempotency_key", "must be 1-200 printable characters", index))
-            idem = None
+    if idem is not None and (
+        not isinstance(idem, str) or not 1 <= len(idem) <= 200 or not idem.isprintable()
+    ):
+        errors.append(FieldError("idempotency_key", "must be 1-200 printable characters", index))
+        idem = None
     try:
         lead = make_lead(lead_data, default_phone_code=settings.phone_code)
     except InvalidLead as exc:
@@ -68,8 +70,18 @@ def _build_job(
         dnc_check=flags["dnc_check"],
         campaign_dnc_check=flags["campaign_dnc_check"],
         idempotency_key=idem,
-        enqueued_at=now,
+        enqueued_at=time.time() if now is None else now,
     )
+
+
+def push_jobs(jobs: list[Job], *, settings: Settings | None = None) -> list[str]:
+    """Enqueue prepared jobs, one Redis round trip per BATCH_SIZE; return the job ids."""
+    backend = get_backend(settings)
+    now = time.time()
+    ids: list[str] = []
+    for start in range(0, len(jobs), BATCH_SIZE):
+        ids.extend(_push(backend, jobs[start : start + BATCH_SIZE], now))
+    return ids
 
 
 def _push(backend: Backend, jobs: list[Job], now: float) -> list[str]:
@@ -140,7 +152,7 @@ def enqueue_leads(
             continue
         try:
             jobs.append(
-                _build_job(
+                prepare_job(
                     item,
                     index=index,
                     dnc_check=dnc_check,
@@ -156,17 +168,14 @@ def enqueue_leads(
             # A single lead: its errors need no index.
             errors = [FieldError(e.field, e.message) for e in errors]
         raise InvalidLead(errors)
-    ids: list[str] = []
-    for start in range(0, len(jobs), BATCH_SIZE):
-        ids.extend(_push(backend, jobs[start : start + BATCH_SIZE], now))
-    return ids
+    return push_jobs(jobs, settings=backend.settings)
 
 
 def job_status(job_id: str, *, settings: Settings | None = None) -> dict[str, Any] | None:
     """The job's state as `dispatcher job --json` prints it, or None for an unknown id."""
     backend = get_backend(settings)
     with broker_errors(backend.settings):
-        raw = backend.redis.hgetall(backend.keys.job(job_id))
+        raw: dict[str, str] = backend.redis.hgetall(backend.keys.job(job_id))  # type: ignore[assignment]
     if not raw:
         return None
     return state_to_status(job_id, raw)

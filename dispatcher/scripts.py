@@ -12,7 +12,16 @@ from typing import Any
 
 import redis
 
-__all__ = ["CLAIM", "DEAD_LETTER", "ENQUEUE", "MOVE_DUE", "NETWORK_FAILURE", "REPLAY", "SUCCESS", "Scripts"]
+__all__ = [
+    "CLAIM",
+    "DEAD_LETTER",
+    "ENQUEUE",
+    "MOVE_DUE",
+    "NETWORK_FAILURE",
+    "REPLAY",
+    "SUCCESS",
+    "Scripts",
+]
 
 # KEYS: queue, stats, then (idempotency key, job key) per job.
 # ARGV: now, ttl, then (job_id, envelope, agent_user, has_idempotency_key) per job.
@@ -24,7 +33,8 @@ local out, added = {}, 0
 for i = 1, n do
   local idem, jobkey = KEYS[1 + 2 * i], KEYS[2 + 2 * i]
   local base = 2 + (i - 1) * 4
-  local job_id, env, agent, has_idem = ARGV[base + 1], ARGV[base + 2], ARGV[base + 3], ARGV[base + 4]
+  local job_id, env = ARGV[base + 1], ARGV[base + 2]
+  local agent, has_idem = ARGV[base + 3], ARGV[base + 4]
   local existing = false
   if has_idem == '1' then existing = redis.call('GET', idem) end
   if existing then

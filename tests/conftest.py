@@ -7,19 +7,15 @@ subprocesses started exactly as an operator would.
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 import time
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
 import redis
 
+from dispatcher.localfleet import WorkerProcess
 from dispatcher.redis_server import RedisServer
 from dispatcher.settings import Settings
 
@@ -80,111 +76,6 @@ def settings(redis_url: str, simulator: Simulator) -> Settings:
     return make_settings(redis_url, simulator)
 
 
-def settings_env(settings: Settings) -> dict[str, str]:
-    """The DISPATCHER_* environment that reproduces ``settings`` in a subprocess."""
-    env: dict[str, str] = {}
-    for name in settings.__dataclass_fields__:
-        value = getattr(settings, name)
-        if value is None:
-            continue
-        if isinstance(value, bool):
-            text = "true" if value else "false"
-        elif isinstance(value, tuple):
-            text = ",".join(value)
-        else:
-            text = str(value)
-        env[f"DISPATCHER_{name.upper()}"] = text
-    return env
-
-
-@dataclass
-class WorkerProcess:
-    """A real `celery -A workers worker` subprocess."""
-
-    settings: Settings
-    log_path: Path
-    concurrency: int = 4
-    pool: str = "threads"
-    name: str = "w1"
-    extra_env: Mapping[str, str] = field(default_factory=dict)
-    process: subprocess.Popen[bytes] | None = None
-
-    def start(self, *, wait: bool = True) -> WorkerProcess:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("DISPATCHER_")}
-        env.update(settings_env(self.settings))
-        env.update(self.extra_env)
-        env["DISPATCHER_ENV_FILE"] = "/nonexistent"
-        cmd = [
-            sys.executable, "-m", "celery", "-A", "workers", "worker",
-            "--loglevel", "INFO",
-            "--pool", self.pool,
-            "--concurrency", str(self.concurrency),
-            "--hostname", f"{self.name}@%h",
-            "--without-gossip", "--without-mingle",
-        ]
-        log = self.log_path.open("ab")
-        self.process = subprocess.Popen(
-            cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, start_new_session=True,
-        )
-        log.close()
-        if wait:
-            self.wait_ready()
-        return self
-
-    def wait_ready(self, timeout: float = 30.0) -> None:
-        client = redis.Redis.from_url(self.settings.redis_url, decode_responses=True)
-        key = f"{self.settings.key_prefix}:workers"
-        deadline = time.monotonic() + timeout
-        try:
-            while time.monotonic() < deadline:
-                assert self.process is not None
-                if self.process.poll() is not None:
-                    raise RuntimeError(f"worker exited:\n{self.log_path.read_text()[-3000:]}")
-                beats = client.hgetall(key)
-                if any(name.startswith(f"{self.name}@") and float(ts) > time.time() - 2
-                       for name, ts in beats.items()):
-                    return
-                time.sleep(0.05)
-        finally:
-            client.close()
-        raise TimeoutError(f"worker not ready:\n{self.log_path.read_text()[-3000:]}")
-
-    def stop(self, timeout: float = 20.0) -> int | None:
-        if self.process is None:
-            return None
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
-        code = self.process.returncode
-        self.process = None
-        return code
-
-    def kill(self) -> None:
-        """SIGKILL the whole worker (main process and pool children)."""
-        if self.process is not None and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait()
-        self.process = None
-
-    def logs(self) -> list[dict[str, Any]]:
-        import json
-
-        out = []
-        for line in self.log_path.read_text(errors="replace").splitlines():
-            line = line.strip()
-            if line.startswith("{"):
-                try:
-                    out.append(json.loads(line))
-                except ValueError:
-                    pass
-        return out
-
-
 @pytest.fixture
 def start_worker(tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
     started: list[WorkerProcess] = []
@@ -197,11 +88,16 @@ def start_worker(tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
 
     yield start
     for worker in started:
-        worker.kill() if worker.process and worker.process.poll() is None else None
+        worker.kill()
 
 
-def wait_for(predicate: Callable[[], Any], *, timeout: float = 20.0, interval: float = 0.05,
-             message: str = "condition") -> Any:
+def wait_for(
+    predicate: Callable[[], Any],
+    *,
+    timeout: float = 20.0,
+    interval: float = 0.05,
+    message: str = "condition",
+) -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()

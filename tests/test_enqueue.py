@@ -43,8 +43,9 @@ def _job_of(envelope: dict[str, Any]) -> dict[str, Any]:
 
 
 def test_enqueue_writes_state_and_a_celery_message(psettings: Settings) -> None:
-    job_id = enqueue_lead(agent_user="1000", phone_number="727-555-1212", first_name="José",
-                          settings=psettings)
+    job_id = enqueue_lead(
+        agent_user="1000", phone_number="727-555-1212", first_name="José", settings=psettings
+    )
     [envelope] = _queue(psettings)
     assert envelope["headers"]["task"] == TASK_NAME and envelope["headers"]["id"] == job_id
     assert envelope["properties"]["delivery_info"]["routing_key"] == psettings.queue
@@ -55,9 +56,19 @@ def test_enqueue_writes_state_and_a_celery_message(psettings: Settings) -> None:
     status = job_status(job_id, settings=psettings)
     assert status is not None
     assert status["state"] == "queued" and status["attempts"] == 0
-    assert set(status) >= {"job_id", "state", "attempts", "reason", "error", "lead_id",
-                           "list_id", "campaign", "enqueued_at", "updated_at",
-                           "next_attempt_at"}
+    assert set(status) >= {
+        "job_id",
+        "state",
+        "attempts",
+        "reason",
+        "error",
+        "lead_id",
+        "list_id",
+        "campaign",
+        "enqueued_at",
+        "updated_at",
+        "next_attempt_at",
+    }
     assert status["lead_id"] is None and status["next_attempt_at"] is None
 
 
@@ -66,10 +77,18 @@ def test_unknown_job_status_is_none(psettings: Settings) -> None:
 
 
 def test_idempotency_key_returns_first_job_and_enqueues_nothing(psettings: Settings) -> None:
-    first = enqueue_lead(agent_user="1000", phone_number="7275551212",
-                         idempotency_key="webform-8812", settings=psettings)
-    second = enqueue_lead(agent_user="1000", phone_number="7275551299",
-                          idempotency_key="webform-8812", settings=psettings)
+    first = enqueue_lead(
+        agent_user="1000",
+        phone_number="7275551212",
+        idempotency_key="webform-8812",
+        settings=psettings,
+    )
+    second = enqueue_lead(
+        agent_user="1000",
+        phone_number="7275551299",
+        idempotency_key="webform-8812",
+        settings=psettings,
+    )
     assert second == first
     assert len(_queue(psettings)) == 1
     ids = enqueue_leads(
@@ -87,8 +106,11 @@ def test_idempotency_key_returns_first_job_and_enqueues_nothing(psettings: Setti
 def test_settings_defaults_for_dnc_flags_are_used(redis_url: str) -> None:
     settings = make_settings(redis_url, dnc_check=False)
     enqueue_lead(agent_user="1000", phone_number="7275551212", settings=settings)
-    enqueue_leads([{"agent_user": "1000", "phone_number": "7275551213", "dnc_check": True}],
-                  campaign_dnc_check=False, settings=settings)
+    enqueue_leads(
+        [{"agent_user": "1000", "phone_number": "7275551213", "dnc_check": True}],
+        campaign_dnc_check=False,
+        settings=settings,
+    )
     jobs = [_job_of(e) for e in reversed(_queue(settings))]
     assert (jobs[0]["dnc_check"], jobs[0]["campaign_dnc_check"]) == (False, True)
     assert (jobs[1]["dnc_check"], jobs[1]["campaign_dnc_check"]) == (True, False)
@@ -120,11 +142,15 @@ def test_bulk_is_one_round_trip_per_batch(psettings: Settings) -> None:
         ({"agent_user": "1000", "phone_number": "7275551212", "gender": "X"}, "gender"),
         ({"agent_user": "1000", "phone_number": "7275551212", "shoe_size": "9"}, "shoe_size"),
         ({"agent_user": "1000", "phone_number": "7275551212", "dnc_check": "yes"}, "dnc_check"),
-        ({"agent_user": "1000", "phone_number": "7275551212", "idempotency_key": ""},
-         "idempotency_key"),
+        (
+            {"agent_user": "1000", "phone_number": "7275551212", "idempotency_key": ""},
+            "idempotency_key",
+        ),
         ({"agent_user": "1000", "phone_number": "7275551212", "rank": 70000}, "rank"),
-        ({"agent_user": "1000", "phone_number": "7275551212", "date_of_birth": "2001-02-30"},
-         "date_of_birth"),
+        (
+            {"agent_user": "1000", "phone_number": "7275551212", "date_of_birth": "2001-02-30"},
+            "date_of_birth",
+        ),
     ],
 )
 def test_invalid_lead_names_the_field_and_enqueues_nothing(

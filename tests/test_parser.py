@@ -27,33 +27,73 @@ AUTH_LINE = (
 CASES = [
     ("ERROR: Invalid Source - x\n", 200, "invalid_source", ServerRefused),
     (AUTH_LINE, 200, "auth", ServerRefused),
-    ("ERROR: Invalid Username/Password: |6666|s3cret|GOOD|0|GOOD|0|api||\n", 200, "auth",
-     ServerRefused),
+    (
+        "ERROR: Invalid Username/Password: |6666|s3cret|GOOD|0|GOOD|0|api||\n",
+        200,
+        "auth",
+        ServerRefused,
+    ),
     ("ERROR: System API NOT ACTIVE\n", 200, "api_disabled", ServerRefused),
-    ("ERROR: external_add_lead not valid - 7275551212||1000|\n", 200, "invalid_request",
-     PermanentFailure),
-    ("ERROR: auth USER DOES NOT HAVE PERMISSION TO USE THIS FUNCTION - 7275551212|6666|"
-     "external_add_lead|ADMIN\n", 200, "permission", ServerRefused),
-    ("ERROR: agent_user is not logged in - 1000\n", 200, "agent_not_logged_in",
-     TemporaryFailure),
-    ("ERROR: campaign manual dial list undefined - 7275551212||1000\n", 200,
-     "manual_list_undefined", PermanentFailure),
+    (
+        "ERROR: external_add_lead not valid - 7275551212||1000|\n",
+        200,
+        "invalid_request",
+        PermanentFailure,
+    ),
+    (
+        "ERROR: auth USER DOES NOT HAVE PERMISSION TO USE THIS FUNCTION - 7275551212|6666|"
+        "external_add_lead|ADMIN\n",
+        200,
+        "permission",
+        ServerRefused,
+    ),
+    ("ERROR: agent_user is not logged in - 1000\n", 200, "agent_not_logged_in", TemporaryFailure),
+    (
+        "ERROR: campaign manual dial list undefined - 7275551212||1000\n",
+        200,
+        "manual_list_undefined",
+        PermanentFailure,
+    ),
     ("ERROR: add_lead PHONE NUMBER IN DNC - 7275550000|1000\n", 200, "dnc", PermanentFailure),
-    ("ERROR: add_lead PHONE NUMBER IN CAMPAIGN DNC - 7275550001|TESTCAMP|1000\n", 200,
-     "campaign_dnc", PermanentFailure),
-    ("ERROR: add_lead PHONE NUMBER IN DNC - 7275550000|1000\n"
-     "ERROR: add_lead PHONE NUMBER IN CAMPAIGN DNC - 7275550000|TESTCAMP|1000\n", 200, "dnc",
-     PermanentFailure),
-    ("ERROR: lead insertion failed - 7275551212|TESTCAMP|101|1000\n", 200, "insert_failed",
-     TemporaryFailure),
+    (
+        "ERROR: add_lead PHONE NUMBER IN CAMPAIGN DNC - 7275550001|TESTCAMP|1000\n",
+        200,
+        "campaign_dnc",
+        PermanentFailure,
+    ),
+    (
+        "ERROR: add_lead PHONE NUMBER IN DNC - 7275550000|1000\n"
+        "ERROR: add_lead PHONE NUMBER IN CAMPAIGN DNC - 7275550000|TESTCAMP|1000\n",
+        200,
+        "dnc",
+        PermanentFailure,
+    ),
+    (
+        "ERROR: lead insertion failed - 7275551212|TESTCAMP|101|1000\n",
+        200,
+        "insert_failed",
+        TemporaryFailure,
+    ),
     ("ERROR: no user found - bob\n", 200, "invalid_request", PermanentFailure),
-    ("ERROR: no user found - bob\nERROR: agent_user is not logged in - 1000\n", 200,
-     "agent_not_logged_in", TemporaryFailure),
+    (
+        "ERROR: no user found - bob\nERROR: agent_user is not logged in - 1000\n",
+        200,
+        "agent_not_logged_in",
+        TemporaryFailure,
+    ),
     ("", 200, "unknown_response", TemporaryFailure),
-    ("<html><body>Warning: mysqli_connect(): too many connections</body></html>", 200,
-     "unknown_response", TemporaryFailure),
-    ("VERSION: 2.14-82|BUILD: 250122-1010|DATE: 2026-11-27 10:00:00|EPOCH: 1\n", 200,
-     "unknown_response", TemporaryFailure),
+    (
+        "<html><body>Warning: mysqli_connect(): too many connections</body></html>",
+        200,
+        "unknown_response",
+        TemporaryFailure,
+    ),
+    (
+        "VERSION: 2.14-82|BUILD: 250122-1010|DATE: 2026-11-27 10:00:00|EPOCH: 1\n",
+        200,
+        "unknown_response",
+        TemporaryFailure,
+    ),
     ("", 500, "http_error", TemporaryFailure),
     ("Bad gateway", 502, "http_error", TemporaryFailure),
     ("", 503, "http_error", TemporaryFailure),
@@ -79,7 +119,11 @@ def test_every_answer_maps_to_its_reason_and_kind(
 def test_success_fields_are_split_from_the_right() -> None:
     result = parse_add_lead("SUCCESS: lead added - 7275551212|TESTCAMP|101|1234|1000\n")
     assert (result.lead_id, result.list_id, result.campaign, result.phone, result.agent_user) == (
-        "1234", "101", "TESTCAMP", "7275551212", "1000",
+        "1234",
+        "101",
+        "TESTCAMP",
+        "7275551212",
+        "1000",
     )
 
 
@@ -169,14 +213,17 @@ def test_policy_agent_wait_ignores_max_attempts_and_stops_at_deadline() -> None:
         error, _job(attempts=30, agent_wait_since=1000), now=1095, rng=random.Random(3)
     )
     assert later.retry and later.delay_s <= 5
-    over = policy.decide(error, _job(attempts=31, agent_wait_since=1000), now=1100,
-                         rng=random.Random(3))
+    over = policy.decide(
+        error, _job(attempts=31, agent_wait_since=1000), now=1100, rng=random.Random(3)
+    )
     assert not over.retry
 
 
 def test_policy_ambiguous_is_dead_by_default_and_retried_on_request() -> None:
     error = AmbiguousFailure("ReadTimeout")
     assert not RetryPolicy().decide(error, _job(attempts=1), now=0, rng=random.Random()).retry
-    assert RetryPolicy(retry_ambiguous=True).decide(
-        error, _job(attempts=1), now=0, rng=random.Random()
-    ).retry
+    assert (
+        RetryPolicy(retry_ambiguous=True)
+        .decide(error, _job(attempts=1), now=0, rng=random.Random())
+        .retry
+    )

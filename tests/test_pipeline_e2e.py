@@ -35,9 +35,7 @@ def _calls_for(sim: Simulator, phone: str) -> int:
 
 
 @pytest.fixture
-def worker(
-    settings: Settings, start_worker: Callable[..., WorkerProcess]
-) -> WorkerProcess:
+def worker(settings: Settings, start_worker: Callable[..., WorkerProcess]) -> WorkerProcess:
     return start_worker(settings)
 
 
@@ -45,7 +43,10 @@ def test_lead_is_added_with_the_simulators_lead_id(
     settings: Settings, simulator: Simulator, worker: WorkerProcess
 ) -> None:
     job_id = enqueue_lead(
-        agent_user="1000", phone_number="(727) 555-1212", first_name="Bob", last_name="Smith",
+        agent_user="1000",
+        phone_number="(727) 555-1212",
+        first_name="Bob",
+        last_name="Smith",
         settings=settings,
     )
     status = _final(job_id, settings)
@@ -76,8 +77,11 @@ def test_dnc_flags_off_are_explicit_and_travel_with_the_job(
     settings: Settings, simulator: Simulator, worker: WorkerProcess
 ) -> None:
     job_id = enqueue_lead(
-        agent_user="1000", phone_number="7275550000", dnc_check=False,
-        campaign_dnc_check=False, settings=settings,
+        agent_user="1000",
+        phone_number="7275550000",
+        dnc_check=False,
+        campaign_dnc_check=False,
+        settings=settings,
     )
     assert _final(job_id, settings)["state"] == "added"  # on the DNC list, but unchecked
     [request] = simulator.requests
@@ -93,11 +97,20 @@ def test_dnc_flags_off_are_explicit_and_travel_with_the_job(
     ],
 )
 def test_permanent_failures_dead_letter_after_exactly_one_call(
-    settings: Settings, simulator: Simulator, worker: WorkerProcess,
-    agent: str, phone: str, reason: str,
+    settings: Settings,
+    simulator: Simulator,
+    worker: WorkerProcess,
+    agent: str,
+    phone: str,
+    reason: str,
 ) -> None:
-    job_id = enqueue_lead(agent_user=agent, phone_number=phone, first_name="Ann",
-                          idempotency_key=f"k-{phone}", settings=settings)
+    job_id = enqueue_lead(
+        agent_user=agent,
+        phone_number=phone,
+        first_name="Ann",
+        idempotency_key=f"k-{phone}",
+        settings=settings,
+    )
     status = _final(job_id, settings)
     assert status["state"] == "dead" and status["reason"] == reason
     assert _calls_for(simulator, phone) == 1
@@ -121,8 +134,11 @@ def test_503_twice_then_success_is_added_after_three_calls(
     assert status["state"] == "added" and status["attempts"] == 3
     assert _calls_for(simulator, "7275551214") == 3
     assert simulator.count_by_phone()["7275551214"] == 1
-    retries = [e for e in worker.logs()
-               if e.get("event") == "lead.retry_scheduled" and e.get("job_id") == job_id]
+    retries = [
+        e
+        for e in worker.logs()
+        if e.get("event") == "lead.retry_scheduled" and e.get("job_id") == job_id
+    ]
     assert [r["reason"] for r in retries] == ["http_error", "http_error"]
     assert all(r["http_status"] == 503 and "delay_s" in r for r in retries)
 
@@ -160,15 +176,24 @@ def test_outage_longer_than_the_attempts_dead_letters_the_whole_job(
     settings = make_settings(redis_url, simulator, max_attempts=3)
     start_worker(settings)
     simulator.set_outage("http_503")
-    job_id = enqueue_lead(agent_user="1000", phone_number="7275551217", last_name="Lee",
-                          dnc_check=False, settings=settings)
+    job_id = enqueue_lead(
+        agent_user="1000",
+        phone_number="7275551217",
+        last_name="Lee",
+        dnc_check=False,
+        settings=settings,
+    )
     status = _final(job_id, settings)
     assert status["state"] == "dead" and status["reason"] == "http_error"
     assert _calls_for(simulator, "7275551217") == 3
     letter = DeadLetterStore(settings=settings).get(job_id)
     assert letter is not None and letter.http_status == 503 and letter.attempts == 3
-    assert letter.job["lead"] == {"agent_user": "1000", "phone_number": "7275551217",
-                                  "phone_code": "1", "last_name": "Lee"}
+    assert letter.job["lead"] == {
+        "agent_user": "1000",
+        "phone_number": "7275551217",
+        "phone_code": "1",
+        "last_name": "Lee",
+    }
     assert letter.job["dnc_check"] is False and letter.job["campaign_dnc_check"] is True
     assert letter.first_failed_at is not None and letter.last_failed_at is not None
 
@@ -179,8 +204,12 @@ def test_connection_refused_is_a_network_dead_letter(
     from dispatcher.redis_server import free_port
 
     settings = make_settings(
-        redis_url, None, vicidial_url=f"http://127.0.0.1:{free_port()}/agc/api.php",
-        vicidial_user="6666", vicidial_pass="1234", max_attempts=2,
+        redis_url,
+        None,
+        vicidial_url=f"http://127.0.0.1:{free_port()}/agc/api.php",
+        vicidial_user="6666",
+        vicidial_pass="1234",
+        max_attempts=2,
     )
     start_worker(settings)
     job_id = enqueue_lead(agent_user="1000", phone_number="7275551218", settings=settings)
@@ -193,8 +222,9 @@ def test_bulk_enqueue_all_added_once(
     settings: Settings, simulator: Simulator, worker: WorkerProcess
 ) -> None:
     phones = [f"72755{n:05d}" for n in range(2000, 2040)]
-    ids = enqueue_leads([{"agent_user": "1000", "phone_number": p} for p in phones],
-                        settings=settings)
+    ids = enqueue_leads(
+        [{"agent_user": "1000", "phone_number": p} for p in phones], settings=settings
+    )
     for job_id in ids:
         assert _final(job_id, settings)["state"] == "added"
     counts = simulator.count_by_phone()

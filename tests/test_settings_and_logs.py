@@ -10,8 +10,8 @@ import pytest
 import structlog
 from structlog.testing import capture_logs
 
-from dispatcher.errors import ConfigError
 from dispatcher import logs as logs_module
+from dispatcher.errors import ConfigError
 from dispatcher.logs import Redactor, configure_logging, mask_phone, redact_vicidial_line
 from dispatcher.settings import SETTINGS_VARIABLES, Settings
 

@@ -114,9 +114,7 @@ def _setup_logging(**_: Any) -> None:
     # Connecting to this signal stops Celery from installing its own handlers:
     # its records go through our processors instead (one format, no duplicates).
     settings = _settings_or_exit()
-    configure_logging(
-        level=settings.log_level, fmt=settings.log_format, secrets=settings.secrets
-    )
+    configure_logging(level=settings.log_level, fmt=settings.log_format, secrets=settings.secrets)
 
 
 @signals.worker_init.connect

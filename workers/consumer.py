@@ -35,8 +35,9 @@ def _dead_letter_raw(message: Any, why: str) -> None:
             attempts=0,
             first_failed_at=None,
         )
-        _log.warning("lead.dead_lettered", job_id=letter.job_id, reason="invalid_payload",
-                     error=why)
+        _log.warning(
+            "lead.dead_lettered", job_id=letter.job_id, reason="invalid_payload", error=why
+        )
     except Exception as exc:  # never let a poison message take the consumer down
         _log.error("consumer.dead_letter_failed", error=f"{type(exc).__name__}: {exc}")
 
@@ -49,7 +50,7 @@ def _safe_headers(message: Any) -> dict[str, str]:
         return {}
 
 
-class DeadLetteringConsumer(Consumer):  # type: ignore[misc]
+class DeadLetteringConsumer(Consumer):
     def on_decode_error(self, message: Any, exc: Exception) -> None:
         _dead_letter_raw(message, f"undecodable message: {type(exc).__name__}")
         message.ack()

@@ -135,7 +135,9 @@ class RetryPolicy:
                 return Decision(retry=False, agent_wait_since=since)
             delay = self.backoff(job.attempts, rng, cap_s=self.agent_cap_s)
             return Decision(retry=True, delay_s=min(delay, remaining), agent_wait_since=since)
-        limit = self.unknown_max_attempts if isinstance(error, UnknownResponse) else self.max_attempts
+        limit = (
+            self.unknown_max_attempts if isinstance(error, UnknownResponse) else self.max_attempts
+        )
         limit = min(limit, self.max_attempts)
         if not isinstance(error, TemporaryFailure | AmbiguousFailure) or job.attempts >= limit:
             return Decision(retry=False, agent_wait_since=job.agent_wait_since)

@@ -95,9 +95,7 @@ class JobRunner:
                 job = Job.from_message(message)
             except InvalidPayload as exc:
                 return self._invalid_payload(message, exc)
-            structlog.contextvars.bind_contextvars(
-                job_id=job.job_id, agent_user=job.agent_user
-            )
+            structlog.contextvars.bind_contextvars(job_id=job.job_id, agent_user=job.agent_user)
             return self._run(job)
         except (BrokerUnavailable, redis.RedisError) as exc:
             _log.error("worker.redis_unavailable", error=str(exc))
@@ -242,8 +240,9 @@ class JobRunner:
         with broker_errors(self.settings):
             pipe = self.backend.redis.pipeline(transaction=True)
             pipe.zadd(self.keys.scheduled, {envelope: due})
-            pipe.hset(self.keys.execution(job.job_id), mapping={"state": "scheduled",
-                                                                "seq": nxt.seq})
+            pipe.hset(
+                self.keys.execution(job.job_id), mapping={"state": "scheduled", "seq": nxt.seq}
+            )
             pipe.hdel(self.keys.execution(job.job_id), "lease_until")
             pipe.hset(
                 self.keys.job(job.job_id),
@@ -296,8 +295,9 @@ class JobRunner:
             pipe.zadd(self.keys.scheduled, {envelope: due})
             if why != "busy":
                 # Release our claim (if any) so the rescheduled copy may claim again.
-                pipe.hset(self.keys.execution(job.job_id), mapping={"state": "scheduled",
-                                                                    "seq": job.seq})
+                pipe.hset(
+                    self.keys.execution(job.job_id), mapping={"state": "scheduled", "seq": job.seq}
+                )
                 pipe.hdel(self.keys.execution(job.job_id), "lease_until")
                 pipe.hset(
                     self.keys.job(job.job_id),

@@ -1,0 +1,367 @@
+"""`dispatcher dlq`: list, show, replay, purge and export dead letters."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from dispatcher import logs
+from dispatcher.cli.common import CliContext, Duration, SinceType, echo_json, fail, guarded
+from dispatcher.deadletter import DeadLetter, DeadLetterStore
+from dispatcher.errors import all_reasons
+
+__all__ = ["dlq"]
+
+_log = logs.get_logger("dispatcher.dlq")
+_DNC_REASONS = ("dnc", "campaign_dnc")
+_REASONS = click.Choice(sorted(all_reasons()))
+
+
+@click.group(
+    help="""The dead-letter store: every lead that could not be added, with why.
+
+\b
+Typical repair:
+  dispatcher dlq list                         # what died, counts per reason
+  dispatcher dlq show JOB_ID                  # one letter: the job, VICIdial's answer
+  (fix the cause in VICIdial, e.g. give the campaign a manual dial list)
+  dispatcher dlq replay --reason manual_list_undefined --dry-run
+  dispatcher dlq replay --reason manual_list_undefined --rate 20
+
+Replay puts the same job (same id, idempotency key, DNC flags) back on the queue
+with a fresh attempt count. A job whose lead was added after all is never sent
+again, so replaying twice, or after a crash, adds nothing twice."""
+)
+def dlq() -> None:
+    pass
+
+
+def _store(obj: CliContext) -> DeadLetterStore:
+    return DeadLetterStore(obj.backend)
+
+
+def _phone(letter: DeadLetter) -> str:
+    lead = letter.job.get("lead")
+    return str(lead.get("phone_number", "")) if isinstance(lead, dict) else ""
+
+
+@dlq.command(
+    "list",
+    help="""List dead letters, newest first, with counts per reason in the footer.
+Filters combine. --json prints a JSON array of records (the `dlq show --json` shape).""",
+)
+@click.option("--reason", type=_REASONS, help="Only this reason.")
+@click.option("--agent-user", help="Only leads for this agent.")
+@click.option(
+    "--since", type=SinceType(), help="Only those that failed since: 2h, 30d or an ISO time."
+)
+@click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+@guarded
+def list_(
+    obj: CliContext,
+    reason: str | None,
+    agent_user: str | None,
+    since: float | None,
+    limit: int,
+    as_json: bool,
+) -> None:
+    store = _store(obj)
+    letters = store.list(limit=limit, reason=reason, agent_user=agent_user, since=since)
+    if as_json:
+        echo_json([letter.to_dict() for letter in letters])
+        return
+    console = Console()
+    table = Table(show_lines=False)
+    for column in ("id", "reason", "agent", "phone", "attempts", "replays", "last failed", "error"):
+        table.add_column(column, overflow="fold")
+    for letter in letters:
+        table.add_row(
+            letter.id,
+            letter.reason,
+            letter.agent_user or "",
+            _phone(letter),
+            str(letter.attempts),
+            str(letter.replays),
+            letter.last_failed_at or "",
+            (letter.error or "")[:80],
+        )
+    counts = store.counts()
+    table.caption = (
+        "in store: "
+        + ", ".join(f"{r} {n}" for r, n in sorted(counts.items(), key=lambda kv: -kv[1]))
+        if counts
+        else "the dead-letter store is empty"
+    )
+    console.print(table)
+    if len(letters) == limit:
+        console.print(f"(first {limit}; use --limit or filters to see more)", style="dim")
+
+
+@dlq.command(
+    help="Show one dead letter whole: the job, VICIdial's answer, attempts, timestamps, replays."
+)
+@click.argument("dl_id")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+@guarded
+def show(obj: CliContext, dl_id: str, as_json: bool) -> None:
+    letter = _store(obj).get(dl_id)
+    if letter is None:
+        fail(f"no dead letter {dl_id!r}", code=1)
+    if as_json:
+        echo_json(letter.to_dict())
+        return
+    console = Console()
+    table = Table(show_header=False, box=None)
+    for key, value in letter.to_dict().items():
+        if key != "job":
+            table.add_row(f"[bold]{key}[/]", "" if value is None else str(value))
+    console.print(table)
+    console.print("[bold]job[/]")
+    console.print_json(json.dumps(letter.job))
+
+
+def _select(
+    store: DeadLetterStore,
+    ids: tuple[str, ...],
+    reason: str | None,
+    agent_user: str | None,
+    all_: bool,
+    older_than: float | None = None,
+) -> Iterator[DeadLetter]:
+    until = None if older_than is None else time.time() - older_than
+    if ids:
+        yield from store.iter(ids=ids, reason=reason)
+    else:
+        yield from store.iter(reason=reason, agent_user=agent_user, until=until)
+
+
+def _check_selection(
+    ids: tuple[str, ...], reason: str | None, all_: bool, extra: bool = False
+) -> None:
+    if not ids and not reason and not all_ and not extra:
+        raise click.UsageError("say which dead letters: IDs, --reason R, or --all")
+    if all_ and (ids or reason):
+        raise click.UsageError("--all cannot be combined with IDs or --reason")
+
+
+def _count(
+    store: DeadLetterStore,
+    ids: tuple[str, ...],
+    reason: str | None,
+    agent_user: str | None,
+    all_: bool,
+    older_than: float | None = None,
+) -> int:
+    if not ids and agent_user is None and older_than is None:
+        return store.counts().get(reason, 0) if reason else len(store)
+    return sum(1 for _ in _select(store, ids, reason, agent_user, all_, older_than))
+
+
+def _confirm(question: str, yes: bool) -> None:
+    if yes:
+        return
+    if not click.confirm(question, default=False, err=True):
+        click.echo("nothing changed", err=True)
+        sys.exit(1)
+
+
+def _progress(console: Console, label: str, total: int) -> Progress:
+    return Progress(
+        TextColumn(label),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        disable=not console.is_terminal or total < 50,
+    )
+
+
+@dlq.command(
+    help="""Put dead letters back on the queue, then remove them from the store.
+
+\b
+Select with IDs, --reason R (optionally --agent-user A) or --all.
+--dry-run lists what would be replayed and changes nothing. --rate N limits
+re-enqueues per second, so a big replay does not flood VICIdial. Asks for
+confirmation unless --yes.
+
+Leads that died on a DNC list (reasons dnc, campaign_dnc) are skipped unless
+--include-dnc is given: VICIdial refused them for compliance, and replaying them
+with the same DNC checks only fails again; do it only after the number was
+removed from the list in VICIdial."""
+)
+@click.argument("ids", nargs=-1)
+@click.option("--reason", type=_REASONS)
+@click.option("--agent-user")
+@click.option("--all", "all_", is_flag=True, help="Every dead letter.")
+@click.option("--dry-run", is_flag=True, help="List what would be replayed; change nothing.")
+@click.option(
+    "--rate", type=click.FloatRange(min=0, min_open=True), help="At most N re-enqueues per second."
+)
+@click.option(
+    "--include-dnc",
+    is_flag=True,
+    help="Also replay dnc/campaign_dnc letters (after fixing the DNC list).",
+)
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@click.pass_obj
+@guarded
+def replay(
+    obj: CliContext,
+    ids: tuple[str, ...],
+    reason: str | None,
+    agent_user: str | None,
+    all_: bool,
+    dry_run: bool,
+    rate: float | None,
+    include_dnc: bool,
+    yes: bool,
+    as_json: bool,
+) -> None:
+    _check_selection(ids, reason, all_, extra=agent_user is not None)
+    if reason in _DNC_REASONS and not include_dnc:
+        raise click.UsageError(
+            f"--reason {reason}: these leads were refused because the number is on a DNC "
+            "list; replaying them re-runs the same DNC checks. Remove the number from the "
+            "list in VICIdial first, then add --include-dnc."
+        )
+    store = _store(obj)
+    err = Console(stderr=True)
+    if dry_run:
+        shown = 0
+        skipped = 0
+        for letter in _select(store, ids, reason, agent_user, all_):
+            if letter.reason in _DNC_REASONS and not include_dnc:
+                skipped += 1
+                continue
+            click.echo(
+                f"would replay {letter.id}  {letter.reason}  agent={letter.agent_user}  "
+                f"phone={_phone(letter)}"
+            )
+            shown += 1
+        click.echo(
+            f"dry run: {shown} would be replayed, {skipped} DNC letter(s) skipped "
+            "(--include-dnc); nothing changed",
+            err=True,
+        )
+        return
+    total = _count(store, ids, reason, agent_user, all_)
+    if total == 0:
+        click.echo("no dead letters match", err=True)
+        return
+    _confirm(f"Replay {total} dead letter(s)?", yes)
+    outcomes: Counter[str] = Counter()
+    interval = 1.0 / rate if rate else 0.0
+    next_at = time.monotonic()
+    with _progress(err, "replaying", total) as progress:
+        task = progress.add_task("replay", total=total)
+        for letter in _select(store, ids, reason, agent_user, all_):
+            if letter.reason in _DNC_REASONS and not include_dnc:
+                outcomes["skipped_dnc"] += 1
+                progress.advance(task)
+                continue
+            if interval:
+                delay = next_at - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
+                next_at = max(next_at, time.monotonic()) + interval
+            result = store.replay(letter)
+            outcomes[result] += 1
+            if result == "replayed":
+                _log.info(
+                    "dlq.replayed",
+                    job_id=letter.job_id,
+                    reason=letter.reason,
+                    replays=letter.replays + 1,
+                )
+            progress.advance(task)
+    summary = {
+        "replayed": outcomes["replayed"],
+        "already_added": outcomes["done"],
+        "gone": outcomes["missing"],
+        "unreplayable": outcomes["unreplayable"],
+        "skipped_dnc": outcomes["skipped_dnc"],
+    }
+    if as_json:
+        echo_json(summary)
+    else:
+        click.echo(
+            f"replayed {summary['replayed']}; {summary['already_added']} were added after all "
+            f"(removed, not sent); {summary['gone']} already gone; "
+            f"{summary['unreplayable']} not replayable (invalid_payload); "
+            f"{summary['skipped_dnc']} DNC skipped",
+            err=True,
+        )
+
+
+@dlq.command(
+    help="""Delete dead letters for good (export them first to keep a record).
+
+Select with IDs, --reason R, --older-than 30d, or --all. Asks for confirmation
+unless --yes."""
+)
+@click.argument("ids", nargs=-1)
+@click.option("--reason", type=_REASONS)
+@click.option("--older-than", type=Duration(), help="Only letters whose last failure is older.")
+@click.option("--all", "all_", is_flag=True)
+@click.option("--yes", "-y", is_flag=True)
+@click.pass_obj
+@guarded
+def purge(
+    obj: CliContext,
+    ids: tuple[str, ...],
+    reason: str | None,
+    older_than: float | None,
+    all_: bool,
+    yes: bool,
+) -> None:
+    _check_selection(ids, reason, all_, extra=older_than is not None)
+    store = _store(obj)
+    total = _count(store, ids, reason, None, all_, older_than)
+    if total == 0:
+        click.echo("no dead letters match", err=True)
+        return
+    _confirm(f"Delete {total} dead letter(s) for good?", yes)
+    deleted = 0
+    err = Console(stderr=True)
+    with _progress(err, "purging", total) as progress:
+        task = progress.add_task("purge", total=total)
+        for letter in _select(store, ids, reason, None, all_, older_than):
+            if store.purge(letter):
+                deleted += 1
+                _log.info("dlq.purged", job_id=letter.job_id, reason=letter.reason)
+            progress.advance(task)
+    click.echo(f"purged {deleted} dead letter(s)", err=True)
+
+
+@dlq.command(
+    help="""Write dead letters as JSON lines on stdout (one record a line, the
+`dlq show --json` shape), streaming: for archiving before a purge."""
+)
+@click.option("--reason", type=_REASONS)
+@click.option("--agent-user")
+@click.option("--since", type=SinceType())
+@click.pass_obj
+@guarded
+def export(
+    obj: CliContext, reason: str | None, agent_user: str | None, since: float | None
+) -> None:
+    out = sys.stdout
+    count = 0
+    for letter in _store(obj).iter(reason=reason, agent_user=agent_user, since=since):
+        out.write(json.dumps(letter.to_dict(), ensure_ascii=False) + "\n")
+        count += 1
+    out.flush()
+    click.echo(f"exported {count} dead letter(s)", err=True)

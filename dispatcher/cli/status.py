@@ -1,0 +1,123 @@
+"""`dispatcher job` and `dispatcher status`."""
+
+from __future__ import annotations
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from dispatcher.cli.common import CliContext, echo_json, fail, guarded
+from dispatcher.producer import job_status
+from dispatcher.status import fleet_status
+
+__all__ = ["health", "job", "status"]
+
+
+@click.command(
+    help="""Show one job: queued, running, retrying (next attempt time), added
+(lead_id, list_id, campaign) or dead (reason). Exit 1 if the id is unknown
+(or its state expired, after DISPATCHER_JOB_TTL_S)."""
+)
+@click.argument("job_id")
+@click.option("--json", "as_json", is_flag=True, help="Print the state as JSON (stable keys).")
+@click.pass_obj
+@guarded
+def job(obj: CliContext, job_id: str, as_json: bool) -> None:
+    data = job_status(job_id, settings=obj.settings)
+    if data is None:
+        fail(f"no job {job_id!r} (unknown id, or its state expired)", code=1)
+    if as_json:
+        echo_json(data)
+        return
+    table = Table(show_header=False, box=None, pad_edge=False)
+    for key, value in data.items():
+        if value is not None:
+            table.add_row(f"[bold]{key}[/]", str(value))
+    Console().print(table)
+
+
+@click.command(
+    help="""The fleet at a glance: jobs queued, retries waiting, dead letters by
+reason, the oldest dead letter's age, live workers, and whether calls to a
+VICIdial server are paused (wrong password, outage) and until when."""
+)
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON (stable keys).")
+@click.pass_obj
+@guarded
+def status(obj: CliContext, as_json: bool) -> None:
+    data = fleet_status(obj.backend)
+    if as_json:
+        echo_json(data)
+        return
+    console = Console()
+    console.print(
+        f"queued: [bold]{data['queued']}[/]   retries waiting: "
+        f"[bold]{data['retrying']}[/]   workers: [bold]{len(data['workers'])}[/]"
+    )
+    if data["workers"]:
+        console.print("  " + ", ".join(data["workers"]))
+    dead = data["dead_letters"]
+    if dead:
+        table = Table(title="dead letters by reason")
+        table.add_column("reason")
+        table.add_column("count", justify="right")
+        for reason, count in sorted(dead.items(), key=lambda kv: -kv[1]):
+            table.add_row(reason, str(count))
+        console.print(table)
+        console.print(f"oldest dead letter: {data['oldest_dead_letter_age_s']} s old")
+    else:
+        console.print("dead letters: none")
+    for server, pause in data["paused"].items():
+        console.print(
+            f"[bold red]PAUSED[/] calls to {server}: {pause['reason']} "
+            f"until {pause['until']} ({pause['remaining_s']} s)"
+        )
+    if not data["paused"]:
+        console.print("VICIdial calls: not paused")
+
+
+@click.command(help="""Health check for orchestrators (the Dockerfile's HEALTHCHECK): exit 0 when
+Redis answers and, with --worker, when the worker on this host is alive and its
+consumer loop answers a ping through the broker; exit 1 otherwise, with the
+reason on stderr.
+
+\b
+  dispatcher health                 # Redis reachable?
+  dispatcher health --worker        # + the worker(s) of this host answer
+  dispatcher health --worker NAME   # + that worker (e.g. worker@host) answers""")
+@click.option("--worker", "worker", is_flag=False, flag_value="", default=None,
+              metavar="[NAME]", help="Also check a worker (default: those of this host).")
+@click.option("--timeout", type=click.FloatRange(min=0.1), default=3.0, show_default=True)
+@click.pass_obj
+@guarded
+def health(obj: CliContext, worker: str | None, timeout: float) -> None:
+    import socket
+
+    backend = obj.backend
+    backend.redis.ping()
+    if worker is None:
+        click.echo("ok: redis")
+        return
+    data = fleet_status(backend)
+    names = [worker] if worker else [
+        n for n in data["workers"] if n.endswith("@" + socket.gethostname())
+    ]
+    if not names:
+        fail("no live worker heartbeat from this host (not started, or its scheduler "
+             "thread stopped)", code=1)
+    missing = [n for n in names if n not in data["workers"]]
+    if missing:
+        fail(f"no recent heartbeat from {', '.join(missing)}", code=1)
+    from celery import Celery
+
+    probe = Celery("dispatcher-health", broker=obj.settings.redis_url)
+    try:
+        replies = probe.control.ping(destination=names, timeout=timeout)
+    finally:
+        probe.close()
+    answered = {name for reply in replies for name in reply}
+    silent = [n for n in names if n not in answered]
+    if silent:
+        fail(f"worker(s) {', '.join(silent)} did not answer a ping within {timeout} s "
+             "(consumer loop stuck or broker unreachable from the worker)", code=1)
+    click.echo(f"ok: redis, {', '.join(names)}")

@@ -1,0 +1,134 @@
+"""``dispatcher simulate`` / ``python -m dispatcher.simulator``."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from click.testing import CliRunner
+
+from dispatcher.simulator import FAULT_KINDS, Simulator, simulate_command
+
+
+def test_help_explains_the_simulator() -> None:
+    result = CliRunner().invoke(simulate_command, ["--help"])
+    assert result.exit_code == 0
+    for needle in (
+        "agc/api.php",
+        "demo state",
+        "curl",
+        "--state",
+        "--fail-rate",
+        "6666",
+        *FAULT_KINDS,
+    ):
+        assert needle in result.output
+
+
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (["--fail-rate", "2"], "--fail-rate"),
+        (["--fail-with", "explode"], "--fail-with"),
+        (["--port", "70000"], "--port"),
+        (["--latency-ms", "-1"], "--latency-ms"),
+        (["--state", "/nonexistent/state.json"], "--state"),
+        (["--bogus"], "--bogus"),
+    ],
+)
+def test_bad_options_exit_2(args: list[str], named: str) -> None:
+    result = CliRunner().invoke(simulate_command, args)
+    assert result.exit_code == 2
+    assert named in result.output
+    assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("{not json", "not valid JSON"),
+        ('{"users": {"6666": {"pass": "1", "api_access": "yes"}}}', "users.6666.api_access"),
+        ('{"campaignz": {}}', "campaignz: unknown key"),
+    ],
+)
+def test_bad_state_file_exits_2(tmp_path: Path, content: str, message: str) -> None:
+    state = tmp_path / "state.json"
+    state.write_text(content)
+    result = CliRunner().invoke(simulate_command, ["--state", str(state)])
+    assert result.exit_code == 2
+    assert message in result.output
+    assert "Traceback" not in result.output
+
+
+def test_port_in_use_exits_1() -> None:
+    with Simulator() as busy:
+        result = CliRunner().invoke(simulate_command, ["--port", str(busy.port)])
+    assert result.exit_code == 1
+    assert f"cannot listen on 127.0.0.1:{busy.port}" in result.output
+
+
+def _start(args: list[str]) -> tuple[subprocess.Popen[str], str]:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dispatcher.simulator", *args],
+        stderr=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    assert proc.stderr is not None
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        line = proc.stderr.readline()
+        if not line:
+            break
+        if "listening on " in line:
+            return proc, line.rsplit("listening on ", 1)[1].strip()
+    proc.kill()
+    raise AssertionError(f"simulator did not start: {proc.communicate()}")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_real_command_serves_a_state_file(tmp_path: Path, sig: signal.Signals) -> None:
+    state = tmp_path / "state.json"
+    state.write_text(
+        json.dumps(
+            {
+                "users": {"api": {"pass": "s3cret"}},
+                "agents": {"2000": "SALES"},
+                "campaigns": {"SALES": {"manual_dial_list_id": "700"}},
+            }
+        )
+    )
+    proc, url = _start(["--port", "0", "--state", str(state), "--seed", "3"])
+    try:
+        assert url.startswith("http://127.0.0.1:") and url.endswith("/agc/api.php")
+        reply = httpx.post(
+            url,
+            data={
+                "source": "test",
+                "user": "api",
+                "pass": "s3cret",
+                "function": "external_add_lead",
+                "agent_user": "2000",
+                "value": "7275551212",
+                "phone_code": "1",
+            },
+            timeout=5,
+        )
+        assert reply.text == "SUCCESS: lead added - 7275551212|SALES|700|1|2000\n"
+    finally:
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=10)
+    assert proc.returncode == 0
+    assert "Traceback" not in err
+    assert "s3cret" not in err  # the per-call log never shows the password
+    assert "SUCCESS: lead added" in err
+    assert "1 leads added" in err
