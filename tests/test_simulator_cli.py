@@ -67,6 +67,14 @@ def test_bad_state_file_exits_2(tmp_path: Path, content: str, message: str) -> N
     assert "Traceback" not in result.output
 
 
+def test_fail_with_without_rate_is_noted() -> None:
+    with Simulator() as busy:  # a busy port makes the command stop right after the note
+        result = CliRunner().invoke(
+            simulate_command, ["--fail-with", "reset", "--port", str(busy.port)]
+        )
+    assert "--fail-with has no effect without --fail-rate" in result.output
+
+
 def test_port_in_use_exits_1() -> None:
     with Simulator() as busy:
         result = CliRunner().invoke(simulate_command, ["--port", str(busy.port)])
@@ -124,11 +132,14 @@ def test_real_command_serves_a_state_file(tmp_path: Path, sig: signal.Signals) -
             timeout=5,
         )
         assert reply.text == "SUCCESS: lead added - 7275551212|SALES|700|1|2000\n"
+        wrong = httpx.get(url, params={"source": "test", "user": "api", "pass": "guess99"})
+        assert "|api|guess99|0|1|BAD|" in wrong.text  # the wire answer echoes it...
     finally:
         proc.send_signal(sig)
         _, err = proc.communicate(timeout=10)
     assert proc.returncode == 0
     assert "Traceback" not in err
-    assert "s3cret" not in err  # the per-call log never shows the password
+    assert "s3cret" not in err and "guess99" not in err  # ...the per-call log never does
+    assert "|api|<redacted>|0|1|BAD|" in err
     assert "SUCCESS: lead added" in err
     assert "1 leads added" in err

@@ -22,8 +22,11 @@ Why each setting (see README "Guarantees"):
 * ``task_acks_on_failure_or_timeout`` stays on: our task never raises for a job
   (every outcome is stored first); it raises ``Reject(requeue=True)`` when Redis
   itself fails, which puts the message back.
-* ``worker_cancel_long_running_tasks_on_connection_loss``: a job running when
-  the broker connection drops will be redelivered; finishing it would call twice.
+* ``worker_cancel_long_running_tasks_on_connection_loss`` is off: a job running
+  when the broker connection drops finishes its call and stores its outcome
+  (retrying the write until Redis is back); when the message is redelivered the
+  execution record says ``done`` and nothing is called twice. Cancelling it
+  instead would turn a finished call into an ambiguous one.
 """
 
 from __future__ import annotations
@@ -52,13 +55,18 @@ def _settings_or_exit() -> Settings:
 
 def make_app(settings: Settings) -> Celery:
     celery = Celery("dispatcher", broker=settings.redis_url, include=["workers.tasks"])
+    # Our subclass of kombu's Redis transport dead-letters poison queue items.
+    sentinel = settings.redis_url.startswith("sentinel://")
+    celery.conf.broker_transport = (
+        "workers.transport:SentinelTransport" if sentinel else "workers.transport:Transport"
+    )
     restore_every = max(1.0, min(10.0, settings.visibility_timeout_s / 4))
     celery.conf.update(
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         task_acks_on_failure_or_timeout=True,
         worker_prefetch_multiplier=1,
-        worker_cancel_long_running_tasks_on_connection_loss=True,
+        worker_cancel_long_running_tasks_on_connection_loss=False,
         broker_transport_options={
             "visibility_timeout": settings.visibility_timeout_s,
             "unacked_restore_interval": restore_every,

@@ -21,7 +21,7 @@ import os
 import random
 import socket
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import redis
@@ -175,8 +175,8 @@ class JobRunner:
     def _added(self, job: Job, result: AddLeadResult, latency_ms: float) -> str:
         now = time.time()
         attempts = job.attempts + 1
-        with broker_errors(self.settings):
-            resumed = self.scripts.success(
+        resumed = self._persist(
+            lambda: self.scripts.success(
                 keys=[
                     self.keys.execution(job.job_id),
                     self.keys.job(job.job_id),
@@ -194,6 +194,7 @@ class JobRunner:
                     attempts,
                 ],
             )
+        )
         if int(resumed):
             _log.warning("vicidial.resumed", server=self.server, after="outage")
         _log.info(
@@ -237,7 +238,8 @@ class JobRunner:
         due = now + delay
         nxt = job.evolve(seq=job.seq + 1)
         envelope = broker_envelope(nxt.to_message(), queue=self.keys.queue)
-        with broker_errors(self.settings):
+
+        def write() -> None:
             pipe = self.backend.redis.pipeline(transaction=True)
             pipe.zadd(self.keys.scheduled, {envelope: due})
             pipe.hset(
@@ -257,7 +259,12 @@ class JobRunner:
                 },
             )
             pipe.hincrby(self.keys.stats, "retries", 1)
+            if error.http_status == 200:
+                # VICIdial answered: whatever else, the network failures are not consecutive.
+                pipe.delete(self.keys.breaker(self.server))
             pipe.execute()
+
+        self._persist(write)
         _log.info(
             "lead.retry_scheduled",
             attempt=job.attempts,
@@ -268,16 +275,20 @@ class JobRunner:
         )
 
     def _dead(self, job: Job, error: CallFailed, *, now: float) -> None:
-        self.dead_letters.record(
-            job=job.to_message(),
-            reason=error.reason,
-            error=error.line,
-            http_status=error.http_status,
-            attempts=job.attempts,
-            first_failed_at=job.first_failed_at,
-            now=now,
-            next_seq=job.seq + 1,
+        self._persist(
+            lambda: self.dead_letters.record(
+                job=job.to_message(),
+                reason=error.reason,
+                error=error.line,
+                http_status=error.http_status,
+                attempts=job.attempts,
+                first_failed_at=job.first_failed_at,
+                now=now,
+                next_seq=job.seq + 1,
+            )
         )
+        if error.http_status == 200:
+            self.backend.redis.delete(self.keys.breaker(self.server))
         _log.warning(
             "lead.dead_lettered",
             attempt=job.attempts,
@@ -328,6 +339,26 @@ class JobRunner:
             "lead.dead_lettered", job_id=letter.job_id, reason="invalid_payload", error=exc.line
         )
         return "dead"
+
+    def _persist(self, write: Callable[[], Any]) -> Any:
+        """Run an outcome write, retrying while Redis is briefly away (a restart).
+
+        The call to VICIdial already happened: losing its outcome would turn a
+        clean success into an ambiguous job. Bounded by the claim lease, after
+        which another worker may take the job over.
+        """
+        deadline = time.monotonic() + self.lease_s
+        delay = 0.1
+        while True:
+            try:
+                with broker_errors(self.settings):
+                    return write()
+            except BrokerUnavailable:
+                if time.monotonic() + delay > deadline:
+                    raise
+                _log.warning("worker.outcome_write_retry", delay_s=delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
 
     # -- protecting VICIdial -------------------------------------------------------------
 

@@ -1,0 +1,5 @@
+"""``python -m dispatcher.simulator``: the same as ``dispatcher simulate``."""
+
+from dispatcher.simulator.cli import main
+
+main()

@@ -1,0 +1,402 @@
+"""What VICIdial's ``agc/api.php`` answers for ``version`` and ``external_add_lead``.
+
+Pure request -> answer logic over in-memory "tables"; no HTTP and no locking here
+(the caller holds the simulator's lock). The order of checks and every answer string
+follow shared/vicidial/external_add_lead.md, with details the spec leaves open taken
+from agc/api.php itself (2.14-81 source):
+
+- every function except ``version`` (and the ``coffee`` teapot) first goes through
+  the source check, authentication and the API-active check; a function that is not
+  implemented then answers with an empty body, like an unknown one;
+- look-ups compare case-insensitively, as MySQL's default ``_ci`` collations do
+  (user, password, agent, campaign, DNC numbers);
+- authentication is VICIdial's ``user_authorization()`` with its lockout state
+  machine: a failure with fewer than 10 recorded failures adds one; at 10 or more,
+  the user is locked (``LOCK``) while the last login is less than 15 minutes old, and
+  otherwise the count restarts at 1 and the last login is set to now. A correct
+  password does not reset the count on this API path.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from dispatcher.simulator.mangling import (
+    LEAD_FIELDS,
+    RAW_SQL_FIELDS,
+    sanitize,
+    sql_literal,
+    to_column,
+)
+from dispatcher.simulator.state import CampaignConfig, SimulatorState, UserConfig
+
+__all__ = [
+    "API_BUILD",
+    "API_VERSION",
+    "LOCK_ATTEMPTS",
+    "LOCK_SECONDS",
+    "Answer",
+    "StoredLead",
+    "Tables",
+    "answer",
+    "is_locked",
+    "merge_fields",
+]
+
+API_VERSION = "2.14-82"
+API_BUILD = "250122-1010"
+LOCK_ATTEMPTS = 10  # $LOCK_trigger_attempts in functions.php
+LOCK_SECONDS = 900  # failed login lockout time is 15 minutes
+
+_COFFEE = frozenset({"coffee", "start_coffee", "make_coffee", "brew_coffee"})
+# The lead fields stored in StoredLead.fields (phone_number and phone_code have attributes).
+_STORED_FIELDS = tuple(f for f in LEAD_FIELDS if f not in ("phone_number", "phone_code"))
+
+
+@dataclass(frozen=True)
+class StoredLead:
+    """One row the simulator inserted into ``vicidial_list``.
+
+    ``fields`` holds the lead fields that were sent (other than phone_number and
+    phone_code), as stored: sanitised, truncated, coerced. ``agent_user`` is the agent
+    whose campaign gave the list (after ``alt_user`` resolution); ``user`` is the API
+    user, which VICIdial stores in the row.
+    """
+
+    lead_id: int
+    list_id: str
+    campaign: str
+    agent_user: str
+    phone_number: str
+    phone_code: str
+    fields: dict[str, str]
+    user: str = ""
+    status: str = "NEW"
+    entry_date: str = ""
+
+
+@dataclass
+class UserRow:
+    """A user and VICIdial's lockout bookkeeping for it."""
+
+    user: str
+    config: UserConfig
+    failed_login_count: int = 0
+    last_login: float = 0.0
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What the server sends back; ``record_body`` is ``body`` with the password masked."""
+
+    status: int
+    body: str
+    record_body: str
+    lead: StoredLead | None = None
+
+
+def _fold(text: str) -> str:
+    return text.lower()
+
+
+@dataclass
+class Tables:
+    """The simulator's database, built from a :class:`SimulatorState`.
+
+    Keys are case-folded; the original spelling is kept in the values.
+    """
+
+    users: dict[str, UserRow] = field(default_factory=dict)
+    agents: dict[str, tuple[str, str]] = field(default_factory=dict)
+    campaigns: dict[str, tuple[str, CampaignConfig]] = field(default_factory=dict)
+    dnc: set[str] = field(default_factory=set)
+    campaign_dnc: dict[str, set[str]] = field(default_factory=dict)
+    api_active: bool = True
+    leads: list[StoredLead] = field(default_factory=list)
+    next_lead_id: int = 1
+
+    @classmethod
+    def from_state(cls, state: SimulatorState, now: float) -> Tables:
+        tables = cls(api_active=state.api_active, next_lead_id=state.first_lead_id)
+        for name, user in state.users.items():
+            tables.put_user(name, user, now)
+        for agent, campaign in state.agents.items():
+            tables.login(agent, campaign)
+        for name, camp in state.campaigns.items():
+            tables.put_campaign(name, camp)
+        tables.dnc = {_fold(phone) for phone in state.dnc}
+        for name, phones in state.campaign_dnc.items():
+            tables.campaign_dnc[_fold(name)] = {_fold(phone) for phone in phones}
+        return tables
+
+    def put_user(self, name: str, config: UserConfig, now: float) -> None:
+        old = self.users.get(_fold(name))
+        if old is not None:  # keep the lockout bookkeeping when a user is edited
+            old.config = config
+            return
+        last_login = now if config.last_login is None else config.last_login
+        self.users[_fold(name)] = UserRow(name, config, last_login=last_login)
+
+    def user(self, name: str) -> UserRow | None:
+        return self.users.get(_fold(name))
+
+    def login(self, agent: str, campaign: str) -> None:
+        self.agents[_fold(agent)] = (agent, campaign)
+
+    def logout(self, agent: str) -> None:
+        self.agents.pop(_fold(agent), None)
+
+    def put_campaign(self, name: str, config: CampaignConfig) -> None:
+        self.campaigns[_fold(name)] = (name, config)
+
+    def campaign(self, name: str) -> tuple[str, CampaignConfig] | None:
+        return self.campaigns.get(_fold(name))
+
+    def remove_campaign(self, name: str) -> None:
+        self.campaigns.pop(_fold(name), None)
+
+    def add_dnc(self, phone: str) -> None:
+        self.dnc.add(_fold(phone))
+
+    def remove_dnc(self, phone: str) -> None:
+        self.dnc.discard(_fold(phone))
+
+    def add_campaign_dnc(self, campaign: str, phone: str) -> None:
+        self.campaign_dnc.setdefault(_fold(campaign), set()).add(_fold(phone))
+
+    def remove_campaign_dnc(self, campaign: str, phone: str) -> None:
+        self.campaign_dnc.get(_fold(campaign), set()).discard(_fold(phone))
+
+
+def merge_fields(
+    query: Iterable[tuple[str, str]], post: Iterable[tuple[str, str]]
+) -> tuple[dict[str, str], str]:
+    """Combine query-string and form-body fields the way PHP and agc/api.php do.
+
+    Returns ``(fields, value)``: fields with the query string winning per field, and
+    the raw ``value`` the script ends up with -- including the POST quirk: the script's
+    ``foreach($_POST as $key=>$value)`` leaves ``$value`` holding the LAST form field's
+    value, and only a ``value`` field (query first, then body) overrides it.
+    """
+    post_fields: dict[str, str] = {}
+    for key, val in post:
+        post_fields[_php_key(key)] = val  # a repeated key keeps its first position, like PHP
+    fields = dict(post_fields)
+    query_fields: dict[str, str] = {}
+    for key, val in query:
+        query_fields[_php_key(key)] = val
+    fields.update(query_fields)
+    if "value" in query_fields:
+        value = query_fields["value"]
+    elif "value" in post_fields:
+        value = post_fields["value"]
+    elif post_fields:
+        value = next(reversed(post_fields.values()))
+    else:
+        value = ""
+    return fields, value
+
+
+def _php_key(key: str) -> str:
+    # PHP turns dots and spaces in variable names into underscores.
+    return key.replace(".", "_").replace(" ", "_")
+
+
+def _reply(*lines: str) -> Answer:
+    body = "".join(line + "\n" for line in lines)
+    return Answer(200, body, body)
+
+
+def answer(
+    tables: Tables,
+    fields: dict[str, str],
+    value: str,
+    now: float,
+    *,
+    insert_fails: bool = False,
+) -> Answer:
+    """Answer one request to agc/api.php, updating ``tables`` as the server would.
+
+    ``fields`` and ``value`` come from :func:`merge_fields`; ``now`` is epoch seconds.
+    With ``insert_fails`` the INSERT affects no row ("lead insertion failed").
+    """
+    function = sanitize("function", fields.get("function", ""))
+    if function == "version":
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(now))
+        return _reply(f"VERSION: {API_VERSION}|BUILD: {API_BUILD}|DATE: {stamp}|EPOCH: {int(now)}")
+    if function in _COFFEE:  # agc/api.php really has this (no trailing newline)
+        body = f"Coffee: {function}|Error 418 I'm a teapot"
+        return Answer(418, body, body)
+
+    source = sanitize("source", fields.get("source", ""))
+    if len(source) < 2:
+        return _reply(f"ERROR: Invalid Source - {source}")
+
+    user = sanitize("user", fields.get("user", ""))
+    password = sanitize("pass", fields.get("pass", ""))
+    auth_message = _authorize(tables, user, password, now)
+    row = tables.user(user)
+    auth = 1 if auth_message == "GOOD" else 0
+    auth_api = 1 if row is not None and row.config.api_access else 0
+    if len(user) < 2 or len(password) < 2 or auth == 0 or auth_api == 0:
+
+        def auth_line(shown: str) -> str:
+            message = auth_message.replace(f"pass='{password}'", f"pass='{shown}'")
+            return (
+                f"ERROR: Invalid Username/Password: |{user}|{shown}|{auth}|{auth_api}|{message}|\n"
+            )
+
+        # The real answer echoes the password; the simulator's records must not keep it.
+        return Answer(200, auth_line(password), auth_line("<redacted>"))
+
+    if not tables.api_active:
+        return _reply("ERROR: System API NOT ACTIVE")
+
+    assert row is not None  # auth_api == 1 implies the row exists
+    if function == "external_add_lead":
+        return _external_add_lead(tables, user, row, fields, value, now, insert_fails)
+    return _reply()  # unknown (or not simulated) function: empty body
+
+
+def _authorize(tables: Tables, user: str, password: str, now: float) -> str:
+    """VICIdial's ``user_authorization()`` as called by agc/api.php (API call, no update)."""
+    epoch = int(now)
+    lock_over = epoch - LOCK_SECONDS
+    row = tables.user(user)
+    if (
+        row is not None
+        and row.config.active
+        and _fold(row.config.password) == _fold(password)
+        and (row.failed_login_count < LOCK_ATTEMPTS or row.last_login < lock_over)
+    ):
+        return "GOOD"
+    stmt = (
+        f"SELECT count(*) from vicidial_users where user='{user}' and pass='{password}' "
+        f"and user_level > 0 and active='Y' and ( (failed_login_count < {LOCK_ATTEMPTS}) "
+        f"or (UNIX_TIMESTAMP(last_login_date) < {lock_over}) );"
+    )
+    message = f"BAD|0|api|{stmt}"
+    if row is not None:
+        if row.failed_login_count < LOCK_ATTEMPTS:
+            row.failed_login_count += 1
+        elif lock_over > row.last_login:
+            row.last_login = epoch
+            row.failed_login_count = 1
+        else:
+            message = "LOCK"
+    return message
+
+
+def is_locked(row: UserRow, now: float) -> bool:
+    """Whether every login of this user is refused right now (the LOCK state)."""
+    return row.failed_login_count >= LOCK_ATTEMPTS and not (
+        row.last_login < int(now) - LOCK_SECONDS
+    )
+
+
+def _external_add_lead(
+    tables: Tables,
+    user: str,
+    api_user: UserRow,
+    fields: dict[str, str],
+    raw_value: str,
+    now: float,
+    insert_fails: bool,
+) -> Answer:
+    def get(name: str) -> str:
+        return sanitize(name, fields.get(name, ""))
+
+    agent_user = get("agent_user")
+    alt_user = get("alt_user")
+    phone_code = get("phone_code")
+    value = sanitize("value", raw_value)
+    if not value and len(get("phone_number")) > 1:
+        value = get("phone_number")
+    if (len(agent_user) < 2 and len(alt_user) < 2) or not phone_code or len(value) < 2:
+        return _reply(
+            f"ERROR: external_add_lead not valid - {value}|{phone_code}|{agent_user}|{alt_user}"
+        )
+
+    allowed = " " + " ".join(api_user.config.functions) + " "
+    if " external_add_lead " not in allowed and "ALL_FUNCTIONS" not in allowed:
+        return _reply(
+            "ERROR: auth USER DOES NOT HAVE PERMISSION TO USE THIS FUNCTION - "
+            f"{value}|{user}|external_add_lead|{api_user.config.user_group}"
+        )
+
+    lines: list[str] = []
+    if len(alt_user) > 1:
+        # select user from vicidial_users where custom_three='$alt_user' order by user
+        found = sorted(
+            (
+                row.user
+                for row in tables.users.values()
+                if _fold(row.config.custom_three) == _fold(alt_user)
+            ),
+            key=_fold,
+        )
+        if found:
+            agent_user = found[0]
+        else:
+            lines.append(f"ERROR: no user found - {alt_user}")  # and the script carries on
+
+    live = tables.agents.get(_fold(agent_user))
+    if live is None:
+        return _reply(*lines, f"ERROR: agent_user is not logged in - {agent_user}")
+    campaign_row = tables.campaign(live[1])
+    if campaign_row is None:
+        # $campaign_id is not set yet at this point, hence the empty middle field.
+        return _reply(*lines, f"ERROR: campaign manual dial list undefined - {value}||{agent_user}")
+    campaign_id, campaign = campaign_row
+    list_id = campaign.manual_dial_list_id or ""  # SQL NULL prints as an empty string
+
+    dnc_found = get("dnc_check") in ("YES", "Y") and _fold(value) in tables.dnc
+    dnc_campaign = campaign.use_other_campaign_dnc or campaign_id
+    camp_dnc_found = get("campaign_dnc_check") in ("YES", "Y") and _fold(
+        value
+    ) in tables.campaign_dnc.get(_fold(dnc_campaign), set())
+    if dnc_found or camp_dnc_found:
+        if dnc_found:
+            lines.append(f"ERROR: add_lead PHONE NUMBER IN DNC - {value}|{agent_user}")
+        if camp_dnc_found:
+            lines.append(
+                f"ERROR: add_lead PHONE NUMBER IN CAMPAIGN DNC - {value}|{campaign_id}|{agent_user}"
+            )
+        return _reply(*lines)
+
+    sent = {name: get(name) for name in _STORED_FIELDS if name in fields}
+    vendor_id = get("vendor_id")
+    if vendor_id:
+        sent["vendor_lead_code"] = vendor_id
+    for name in RAW_SQL_FIELDS:
+        if name in sent:
+            literal = sql_literal(sent[name])
+            if literal is None:
+                # The INSERT is a syntax error; PHP 8.1+ mysqli throws: a fatal error, HTTP 500.
+                return Answer(500, "", "")
+            sent[name] = literal
+
+    if insert_fails:
+        lines.append(f"ERROR: lead insertion failed - {value}|{campaign_id}|{list_id}|{agent_user}")
+        return _reply(*lines)
+
+    lead = StoredLead(
+        lead_id=tables.next_lead_id,
+        list_id=list_id,
+        campaign=campaign_id,
+        agent_user=agent_user,
+        phone_number=to_column("phone_number", value),
+        phone_code=to_column("phone_code", phone_code),
+        fields={name: to_column(name, val) for name, val in sent.items()},
+        user=user,
+        entry_date=time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(now)),
+    )
+    tables.next_lead_id += 1
+    tables.leads.append(lead)
+    lines.append(
+        f"SUCCESS: lead added - {value}|{campaign_id}|{list_id}|{lead.lead_id}|{agent_user}"
+    )
+    reply = _reply(*lines)
+    return Answer(reply.status, reply.body, reply.record_body, lead)

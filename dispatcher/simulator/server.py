@@ -1,0 +1,520 @@
+"""The :class:`Simulator`: a VICIdial agc/api.php stand-in on a real loopback socket.
+
+The HTTP server runs an asyncio loop in a daemon thread; every request is answered
+under one lock, which every inspection and run-time change takes too, so tests may
+poke the simulator from any thread while clients hammer it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import socket
+import threading
+import time
+import traceback
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import NamedTuple
+from urllib.parse import parse_qsl
+
+from dispatcher.simulator.agc import StoredLead, Tables, answer, is_locked, merge_fields
+from dispatcher.simulator.faults import (
+    AFTER_PROCESSING,
+    BEFORE_PROCESSING,
+    PHP_WARNING_HTML,
+    FaultKind,
+    FaultPlan,
+    check_kind,
+    fault_response,
+)
+from dispatcher.simulator.http_server import Hangup, HttpRequest, HttpResponse, HttpServer, Reply
+from dispatcher.simulator.mangling import sanitize
+from dispatcher.simulator.state import CampaignConfig, SimulatorState, UserConfig
+
+__all__ = ["API_PATH", "RequestRecord", "Simulator"]
+
+API_PATH = "/agc/api.php"
+
+_PHP_HEADERS = (
+    ("Content-Type", "text/html; charset=utf-8"),
+    ("Cache-Control", "no-cache, must-revalidate"),
+    ("Pragma", "no-cache"),
+)
+
+
+@dataclass(frozen=True)
+class RequestRecord:
+    """One call to /agc/api.php, as the simulator saw and answered it.
+
+    ``fields`` are the request's form fields as received (query string winning over
+    the body) with ``pass`` removed. ``status`` is 0 when no HTTP answer was sent
+    (reset, stall). ``body`` is what was sent, except that an echoed password reads
+    ``<redacted>``. ``fault`` is the injected fault, if any; ``processed`` says whether
+    the VICIdial logic ran; ``lead_id`` is the lead it inserted, if any; ``at`` is the
+    simulator clock's time of arrival.
+    """
+
+    number: int
+    method: str
+    fields: dict[str, str]
+    status: int
+    body: str
+    fault: FaultKind | None = None
+    processed: bool = False
+    lead_id: int | None = None
+    at: float = 0.0
+
+
+def request_phone(fields: Mapping[str, str], value: str) -> str:
+    """The phone number agc/api.php would use: ``value``, else ``phone_number``."""
+    phone = sanitize("value", value)
+    if not phone:
+        phone = sanitize("phone_number", fields.get("phone_number", ""))
+    return phone
+
+
+class Simulator:
+    """A VICIdial agent API (``/agc/api.php``) on a real socket, for tests and demos.
+
+    ``state`` defaults to :meth:`SimulatorState.demo`. ``port=0`` picks a free port
+    (read it from :attr:`url` after :meth:`start`). ``clock`` (epoch seconds) drives
+    the lockout window, the version answer and entry dates, so tests can move time.
+    ``seed`` seeds the failure-rate and latency RNGs. ``stall_s`` is how long the
+    ``stall`` faults hold a connection. ``max_records`` bounds :attr:`requests`.
+    ``on_request`` is called (in the server thread) with each :class:`RequestRecord`.
+    """
+
+    def __init__(
+        self,
+        state: SimulatorState | None = None,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        clock: Callable[[], float] = time.time,
+        seed: int | None = None,
+        stall_s: float = 30.0,
+        max_records: int | None = 100_000,
+        on_request: Callable[[RequestRecord], None] | None = None,
+    ) -> None:
+        self._initial = (state if state is not None else SimulatorState.demo()).copy()
+        self._host = host
+        self._port = port
+        self._clock = clock
+        self._seed = seed
+        self._on_request = on_request
+        self._lock = threading.Lock()
+        self._tables = Tables.from_state(self._initial, clock())
+        self._plan = FaultPlan(seed=seed, stall_s=stall_s)
+        self._records: collections.deque[RequestRecord] = collections.deque(maxlen=max_records)
+        self._calls = 0
+        self._lifecycle = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+
+    # ----------------------------------------------------------------- lifecycle
+
+    def start(self) -> Simulator:
+        """Start serving (returns self). After :meth:`stop`, starts again on the same port."""
+        with self._lifecycle:
+            if self._thread is not None:
+                raise RuntimeError("simulator already started")
+            sock = _listen(self._host, self._port)
+            self._port = sock.getsockname()[1]
+            loop = asyncio.new_event_loop()
+            ready = threading.Event()
+            failure: list[BaseException] = []
+            thread = threading.Thread(
+                target=self._run,
+                args=(loop, sock, ready, failure),
+                name=f"vicidial-simulator:{self._port}",
+                daemon=True,
+            )
+            thread.start()
+            ready.wait()
+            if failure:
+                thread.join()
+                raise failure[0]
+            self._loop, self._thread = loop, thread
+        return self
+
+    def _run(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        sock: socket.socket,
+        ready: threading.Event,
+        failure: list[BaseException],
+    ) -> None:
+        asyncio.set_event_loop(loop)
+        server = HttpServer(self._handle)
+        try:
+            loop.run_until_complete(server.start(sock))
+        except BaseException as exc:
+            failure.append(exc)
+            sock.close()
+            loop.close()
+            ready.set()
+            return
+        ready.set()
+        try:
+            loop.run_forever()
+        finally:
+            loop.run_until_complete(server.close())
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.close()
+
+    def stop(self) -> None:
+        """Stop serving: close the socket and drop open connections (stalls included)."""
+        with self._lifecycle:
+            loop, thread = self._loop, self._thread
+            if loop is None or thread is None:
+                return
+            loop.call_soon_threadsafe(loop.stop)
+            thread.join(timeout=10)
+            self._loop = self._thread = None
+
+    def __enter__(self) -> Simulator:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None
+
+    @property
+    def host(self) -> str:
+        return self._host
+
+    @property
+    def port(self) -> int:
+        if self._port == 0:
+            raise RuntimeError("port not chosen yet: call start() first")
+        return self._port
+
+    @property
+    def base_url(self) -> str:
+        """``http://HOST:PORT`` (IPv6 hosts in brackets)."""
+        host = f"[{self._host}]" if ":" in self._host else self._host
+        return f"http://{host}:{self.port}"
+
+    @property
+    def url(self) -> str:
+        """The full URL of the API, ``http://HOST:PORT/agc/api.php``."""
+        return self.base_url + API_PATH
+
+    def __repr__(self) -> str:
+        where = self.url if self._port else "not started"
+        with self._lock:
+            return f"<Simulator {where} calls={self._calls} leads={len(self._tables.leads)}>"
+
+    # ---------------------------------------------------------------- inspection
+
+    @property
+    def leads(self) -> list[StoredLead]:
+        """Snapshot of the inserted leads, in insertion order."""
+        with self._lock:
+            return list(self._tables.leads)
+
+    def count_by_phone(self) -> dict[str, int]:
+        """How many leads each stored phone number has (a count above 1 is a duplicate)."""
+        with self._lock:
+            return dict(collections.Counter(lead.phone_number for lead in self._tables.leads))
+
+    @property
+    def requests(self) -> list[RequestRecord]:
+        """Snapshot of the recorded calls (the newest ``max_records``), oldest first."""
+        with self._lock:
+            return list(self._records)
+
+    @property
+    def call_count(self) -> int:
+        """How many requests reached /agc/api.php (faulted ones included)."""
+        with self._lock:
+            return self._calls
+
+    def failed_logins(self, user: str) -> int:
+        """VICIdial's ``failed_login_count`` for ``user`` (0 for an unknown user)."""
+        with self._lock:
+            row = self._tables.user(user)
+            return row.failed_login_count if row is not None else 0
+
+    def is_locked(self, user: str) -> bool:
+        """Whether ``user`` is locked out right now (every login answers ``LOCK``)."""
+        with self._lock:
+            row = self._tables.user(user)
+            return row is not None and is_locked(row, self._clock())
+
+    # ---------------------------------------------------------- run-time changes
+
+    def login(self, agent_user: str, campaign: str) -> None:
+        """Log ``agent_user`` in on ``campaign`` (moving it if already logged in)."""
+        with self._lock:
+            self._tables.login(agent_user, campaign)
+
+    def logout(self, agent_user: str) -> None:
+        with self._lock:
+            self._tables.logout(agent_user)
+
+    def add_user(
+        self,
+        user: str,
+        password: str,
+        *,
+        api_access: bool = True,
+        functions: Sequence[str] = ("ALL_FUNCTIONS",),
+        user_group: str = "ADMIN",
+        active: bool = True,
+        custom_three: str = "",
+    ) -> None:
+        """Add (or replace the settings of) a user."""
+        config = UserConfig(
+            password=password,
+            api_access=api_access,
+            functions=tuple(functions),
+            user_group=user_group,
+            active=active,
+            custom_three=custom_three,
+        )
+        with self._lock:
+            self._tables.put_user(user, config, self._clock())
+
+    def update_user(
+        self,
+        user: str,
+        *,
+        password: str | None = None,
+        api_access: bool | None = None,
+        functions: Sequence[str] | None = None,
+        user_group: str | None = None,
+        active: bool | None = None,
+        custom_three: str | None = None,
+    ) -> None:
+        """Change some settings of an existing user (KeyError if there is none)."""
+        with self._lock:
+            row = self._tables.user(user)
+            if row is None:
+                raise KeyError(f"no such user: {user!r}")
+            old = row.config
+            row.config = UserConfig(
+                password=old.password if password is None else password,
+                api_access=old.api_access if api_access is None else api_access,
+                functions=old.functions if functions is None else tuple(functions),
+                user_group=old.user_group if user_group is None else user_group,
+                active=old.active if active is None else active,
+                custom_three=old.custom_three if custom_three is None else custom_three,
+                last_login=old.last_login,
+            )
+
+    def set_password(self, user: str, password: str) -> None:
+        """Change a user's password (KeyError if there is no such user)."""
+        self.update_user(user, password=password)
+
+    def unlock(self, user: str) -> None:
+        """Clear the user's failed login count, as an admin would."""
+        with self._lock:
+            row = self._tables.user(user)
+            if row is not None:
+                row.failed_login_count = 0
+
+    def set_api_active(self, active: bool) -> None:
+        """The system setting ``vdc_agent_api_active``."""
+        with self._lock:
+            self._tables.api_active = active
+
+    def set_manual_dial_list(self, campaign: str, list_id: str | None) -> None:
+        """Set a campaign's manual dial list (None = NULL), creating the campaign if needed."""
+        with self._lock:
+            found = self._tables.campaign(campaign)
+            other = found[1].use_other_campaign_dnc if found else ""
+            name = found[0] if found else campaign
+            self._tables.put_campaign(name, CampaignConfig(list_id, other))
+
+    def set_other_campaign_dnc(self, campaign: str, other: str | None) -> None:
+        """Make ``campaign`` check ``other``'s campaign DNC list (None: its own)."""
+        with self._lock:
+            found = self._tables.campaign(campaign)
+            if found is None:
+                raise KeyError(f"no such campaign: {campaign!r}")
+            self._tables.put_campaign(
+                found[0], CampaignConfig(found[1].manual_dial_list_id, other or "")
+            )
+
+    def remove_campaign(self, campaign: str) -> None:
+        """Delete the campaign row: its agents then get "manual dial list undefined"."""
+        with self._lock:
+            self._tables.remove_campaign(campaign)
+
+    def add_dnc(self, phone: str) -> None:
+        with self._lock:
+            self._tables.add_dnc(phone)
+
+    def remove_dnc(self, phone: str) -> None:
+        with self._lock:
+            self._tables.remove_dnc(phone)
+
+    def add_campaign_dnc(self, campaign: str, phone: str) -> None:
+        with self._lock:
+            self._tables.add_campaign_dnc(campaign, phone)
+
+    def remove_campaign_dnc(self, campaign: str, phone: str) -> None:
+        with self._lock:
+            self._tables.remove_campaign_dnc(campaign, phone)
+
+    def reset_leads(self) -> None:
+        """Delete every lead; lead ids start again at the state's first id."""
+        with self._lock:
+            self._tables.leads.clear()
+            self._tables.next_lead_id = self._initial.first_lead_id
+
+    def reset(self) -> None:
+        """Everything back to the initial state: tables, lockouts, records, call count, faults."""
+        with self._lock:
+            self._tables = Tables.from_state(self._initial, self._clock())
+            self._records.clear()
+            self._calls = 0
+            self._plan.clear()
+            self._plan.reseed(self._seed)
+
+    # ----------------------------------------------------------- fault injection
+
+    def set_latency(self, ms: float, *, max_ms: float | None = None) -> None:
+        """Delay every answer by ``ms`` (or uniformly between ``ms`` and ``max_ms``)."""
+        with self._lock:
+            self._plan.set_latency(ms, max_ms)
+
+    def set_failure_rate(
+        self, rate: float, *, kind: str | Sequence[str] = "http_503", seed: int | None = None
+    ) -> None:
+        """Fail each call with probability ``rate`` with ``kind`` (or one of several kinds).
+
+        ``seed`` reseeds the RNG (otherwise the constructor's seed stream continues).
+        """
+        with self._lock:
+            self._plan.set_rate(rate, kind)
+            if seed is not None:
+                self._seed = seed
+                self._plan.reseed(seed)
+
+    def script_phone(self, phone: str, kinds: Sequence[str | None]) -> None:
+        """The next calls carrying ``phone`` fail with ``kinds`` in order, then behave.
+
+        ``None`` or ``"ok"`` in the sequence means one normal answer. The phone is
+        matched as the server reads it (``value``, else ``phone_number``), ignoring
+        formatting characters. Appends to any script already set for that phone.
+        """
+        with self._lock:
+            self._plan.script_phone(phone, kinds)
+
+    def script_calls(self, script: Mapping[int, str | None]) -> None:
+        """Fail the calls with these numbers (1 = the first call since start/reset)."""
+        with self._lock:
+            self._plan.script_calls(script)
+
+    def set_outage(self, kind: str | None) -> None:
+        """While set, every call fails with ``kind``; None ends the outage."""
+        with self._lock:
+            self._plan.outage = None if kind is None else check_kind(kind)
+
+    def set_stall_seconds(self, seconds: float) -> None:
+        """How long ``stall``/``stall_after`` hold the connection before closing it."""
+        if seconds < 0:
+            raise ValueError("stall time cannot be negative")
+        with self._lock:
+            self._plan.stall_s = seconds
+
+    def clear_faults(self) -> None:
+        """No outage, no scripts, no failure rate, no latency."""
+        with self._lock:
+            self._plan.clear()
+
+    # ------------------------------------------------------------------ serving
+
+    async def _handle(self, request: HttpRequest) -> Reply:
+        if request.path != API_PATH:
+            return HttpResponse(404, b"Not Found\n", _PHP_HEADERS[:1])
+        query = parse_qsl(request.query, keep_blank_values=True, errors="replace")
+        post: list[tuple[str, str]] = []
+        content_type = request.headers.get("content-type", "").lower()
+        # PHP fills $_POST only for form bodies: JSON bodies are ignored.
+        if request.method == "POST" and content_type.startswith(
+            "application/x-www-form-urlencoded"
+        ):
+            text = request.body.decode("utf-8", "replace")
+            post = parse_qsl(text, keep_blank_values=True, errors="replace")
+        fields, value = merge_fields(query, post)
+        phone = request_phone(fields, value)
+
+        with self._lock:
+            self._calls += 1
+            number = self._calls
+            now = self._clock()
+            fault = self._plan.choose(number, phone)
+            outcome = self._respond(fault, fields, value, now, self._plan.latency_s())
+            record = RequestRecord(
+                number=number,
+                method=request.method,
+                fields={k: v for k, v in fields.items() if k != "pass"},
+                status=outcome.status,
+                body=outcome.record_body,
+                fault=fault,
+                processed=outcome.processed,
+                lead_id=outcome.lead_id,
+                at=now,
+            )
+            self._records.append(record)
+        if self._on_request is not None:
+            try:
+                self._on_request(record)
+            except Exception:
+                traceback.print_exc()
+        return outcome.reply
+
+    def _respond(
+        self,
+        fault: FaultKind | None,
+        fields: dict[str, str],
+        value: str,
+        now: float,
+        delay: float,
+    ) -> _Outcome:
+        """Run one call (or its fault) against the tables; the caller holds the lock."""
+        if fault in ("reset", "stall"):
+            hold = delay + (self._plan.stall_s if fault == "stall" else 0.0)
+            return _Outcome(Hangup(hold_s=hold, reset=fault == "reset"), 0, "")
+        if fault is not None and fault in BEFORE_PROCESSING:
+            status, body, extra = fault_response(fault)
+            headers = (("Content-Type", "text/html; charset=utf-8"), *extra)
+            return _Outcome(HttpResponse(status, body.encode(), headers, delay), status, body)
+
+        result = answer(self._tables, fields, value, now, insert_fails=fault == "insert_failed")
+        lead_id = result.lead.lead_id if result.lead is not None else None
+        if fault is not None and fault in AFTER_PROCESSING:
+            hold = delay + (self._plan.stall_s if fault == "stall_after" else 0.0)
+            hangup = Hangup(hold_s=hold, reset=fault == "reset_after")
+            return _Outcome(hangup, 0, "", processed=True, lead_id=lead_id)
+        body, record_body = result.body, result.record_body
+        if fault == "html_warning":
+            body, record_body = PHP_WARNING_HTML + body, PHP_WARNING_HTML + record_body
+        response = HttpResponse(result.status, body.encode(), _PHP_HEADERS, delay)
+        return _Outcome(response, result.status, record_body, processed=True, lead_id=lead_id)
+
+
+class _Outcome(NamedTuple):
+    reply: Reply
+    status: int  # 0: no HTTP answer
+    record_body: str  # the body with any echoed password masked
+    processed: bool = False
+    lead_id: int | None = None
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+    return socket.create_server((host, port), family=family, backlog=1024)

@@ -1,0 +1,309 @@
+"""The simulator's configuration: users, logged-in agents, campaigns, DNC lists.
+
+This is the JSON "state file" of DESIGN.md (every key optional)::
+
+    {
+      "users": {"6666": {"pass": "1234", "api_access": true, "functions": ["ALL_FUNCTIONS"],
+                         "user_group": "ADMIN"}},
+      "agents": {"1000": "TESTCAMP", "1003": "GHOST"},
+      "campaigns": {"TESTCAMP": {"manual_dial_list_id": "101"},
+                    "NOLIST": {"manual_dial_list_id": null}},
+      "dnc": ["7275550000"],
+      "campaign_dnc": {"TESTCAMP": ["7275550001"]},
+      "api_active": true
+    }
+
+Extra keys, all optional: per user ``active`` (default true), ``custom_three`` (what
+``alt_user`` is matched against), ``last_login`` (epoch seconds of the user's last
+login, the anchor of VICIdial's lockout window; default: when the simulator is
+created or reset);
+per campaign ``use_other_campaign_dnc``; top level ``first_lead_id`` (default 1).
+A campaign may also be given as just its list id: ``"campaigns": {"X": "101"}``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = ["CampaignConfig", "SimulatorState", "UserConfig"]
+
+# VICIdial's schema default for vicidial_campaigns.manual_dial_list_id.
+DEFAULT_MANUAL_DIAL_LIST = "998"
+
+
+@dataclass(frozen=True)
+class UserConfig:
+    """One row of ``vicidial_users`` as far as the agent API cares.
+
+    ``functions`` is VICIdial's ``api_allowed_functions``: ``ALL_FUNCTIONS`` or the
+    function names the user may call. The password is left out of ``repr``.
+    """
+
+    password: str = field(repr=False)
+    api_access: bool = True
+    functions: tuple[str, ...] = ("ALL_FUNCTIONS",)
+    user_group: str = "ADMIN"
+    active: bool = True
+    custom_three: str = ""
+    last_login: float | None = None
+
+
+@dataclass(frozen=True)
+class CampaignConfig:
+    """One row of ``vicidial_campaigns``; ``manual_dial_list_id`` None is SQL NULL."""
+
+    manual_dial_list_id: str | None = DEFAULT_MANUAL_DIAL_LIST
+    use_other_campaign_dnc: str = ""
+
+
+@dataclass
+class SimulatorState:
+    """Everything the simulated VICIdial knows before the first request.
+
+    ``agents`` maps each logged-in agent to the campaign it is on; an agent not listed
+    is not logged in, and a campaign missing from ``campaigns`` gives "campaign manual
+    dial list undefined". Build one with :meth:`demo`, :meth:`from_dict` or
+    :meth:`from_file`, or directly.
+    """
+
+    users: dict[str, UserConfig] = field(default_factory=dict)
+    agents: dict[str, str] = field(default_factory=dict)
+    campaigns: dict[str, CampaignConfig] = field(default_factory=dict)
+    dnc: list[str] = field(default_factory=list)
+    campaign_dnc: dict[str, list[str]] = field(default_factory=dict)
+    api_active: bool = True
+    first_lead_id: int = 1
+
+    @classmethod
+    def demo(cls) -> SimulatorState:
+        """The documented default state (what ``dispatcher simulate`` serves without --state).
+
+        Users (password ``1234`` for all):
+
+        - ``6666``: API user, ALL_FUNCTIONS, group ADMIN -- the one to call with;
+        - ``6667``: password right but no agent-API access (auth message ``GOOD``);
+        - ``6668``: API access, but may only call ``version`` (permission error);
+        - ``1000``: an agent user (no API access) with ``custom_three`` ``EXT1000``,
+          so ``alt_user=EXT1000`` resolves to agent 1000.
+
+        Logged-in agents: ``1000`` on TESTCAMP, ``1001`` on NOLIST, ``1002`` on OTHERDNC,
+        ``1003`` on GHOST (a campaign that does not exist: "manual dial list undefined").
+
+        Campaigns: TESTCAMP (manual dial list 101), NOLIST (list NULL: leads are added
+        with an empty list id), OTHERDNC (list 102, uses TESTCAMP's campaign DNC list).
+
+        DNC: system ``7275550000`` and ``7275550002``; TESTCAMP's campaign DNC
+        ``7275550001`` and ``7275550002`` (so ``7275550002`` hits both). API active,
+        lead ids start at 1.
+        """
+        return cls(
+            users={
+                "6666": UserConfig(password="1234"),
+                "6667": UserConfig(password="1234", api_access=False),
+                "6668": UserConfig(password="1234", functions=("version",)),
+                "1000": UserConfig(
+                    password="1234", api_access=False, user_group="AGENTS", custom_three="EXT1000"
+                ),
+            },
+            agents={"1000": "TESTCAMP", "1001": "NOLIST", "1002": "OTHERDNC", "1003": "GHOST"},
+            campaigns={
+                "TESTCAMP": CampaignConfig(manual_dial_list_id="101"),
+                "NOLIST": CampaignConfig(manual_dial_list_id=None),
+                "OTHERDNC": CampaignConfig(
+                    manual_dial_list_id="102", use_other_campaign_dnc="TESTCAMP"
+                ),
+            },
+            dnc=["7275550000", "7275550002"],
+            campaign_dnc={"TESTCAMP": ["7275550001", "7275550002"]},
+        )
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> SimulatorState:
+        """Build a state from the JSON shape above; every key is optional.
+
+        Raises ValueError naming the offending key (e.g. ``users.6666.api_access``).
+        """
+        reader = _Reader()
+        return reader.state(data)
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> SimulatorState:
+        """Read a JSON state file. Any problem (unreadable, not JSON, bad key) is a ValueError."""
+        path = Path(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ValueError(f"cannot read state file {path}: {exc.strerror or exc}") from exc
+        except UnicodeDecodeError as exc:
+            raise ValueError(f"state file {path} is not UTF-8 text") from exc
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(
+                f"state file {path} is not valid JSON: {exc.msg} (line {exc.lineno}, "
+                f"column {exc.colno})"
+            ) from exc
+        try:
+            return cls.from_dict(data)
+        except ValueError as exc:
+            raise ValueError(f"state file {path}: {exc}") from exc
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON shape of this state (passwords included: it is a configuration)."""
+        return {
+            "users": {
+                name: {
+                    "pass": user.password,
+                    "api_access": user.api_access,
+                    "functions": list(user.functions),
+                    "user_group": user.user_group,
+                    "active": user.active,
+                    "custom_three": user.custom_three,
+                    **({"last_login": user.last_login} if user.last_login is not None else {}),
+                }
+                for name, user in self.users.items()
+            },
+            "agents": dict(self.agents),
+            "campaigns": {
+                name: {
+                    "manual_dial_list_id": camp.manual_dial_list_id,
+                    "use_other_campaign_dnc": camp.use_other_campaign_dnc,
+                }
+                for name, camp in self.campaigns.items()
+            },
+            "dnc": list(self.dnc),
+            "campaign_dnc": {name: list(phones) for name, phones in self.campaign_dnc.items()},
+            "api_active": self.api_active,
+            "first_lead_id": self.first_lead_id,
+        }
+
+    def copy(self) -> SimulatorState:
+        """A deep copy, so a running simulator never shares lists with its caller."""
+        return copy.deepcopy(self)
+
+    def summary(self) -> str:
+        """One line for humans, e.g. for the CLI's start-up message."""
+        agents = ", ".join(f"{agent}@{camp}" for agent, camp in self.agents.items()) or "none"
+        api_users = [name for name, user in self.users.items() if user.api_access and user.active]
+        return (
+            f"{len(self.users)} users (API: {', '.join(api_users) or 'none'}); "
+            f"agents logged in: {agents}; {len(self.campaigns)} campaigns; "
+            f"{len(self.dnc)} system DNC, {sum(map(len, self.campaign_dnc.values()))} campaign DNC "
+            f"numbers; API {'active' if self.api_active else 'NOT active'}"
+        )
+
+
+_TOP_KEYS = frozenset(
+    {"users", "agents", "campaigns", "dnc", "campaign_dnc", "api_active", "first_lead_id"}
+)
+_USER_KEYS = frozenset(
+    {"pass", "api_access", "functions", "user_group", "active", "custom_three", "last_login"}
+)
+_CAMPAIGN_KEYS = frozenset({"manual_dial_list_id", "use_other_campaign_dnc"})
+
+
+class _Reader:
+    """Validates the JSON shape, naming the dotted key of the first problem."""
+
+    def state(self, data: Any) -> SimulatorState:
+        top = self._object(data, "state")
+        self._known(top, _TOP_KEYS, "")
+        state = SimulatorState()
+        for name, raw in self._object(top.get("users", {}), "users").items():
+            state.users[name] = self._user(raw, f"users.{name}")
+        for agent, camp in self._object(top.get("agents", {}), "agents").items():
+            state.agents[agent] = self._text(camp, f"agents.{agent}")
+        for name, raw in self._object(top.get("campaigns", {}), "campaigns").items():
+            state.campaigns[name] = self._campaign(raw, f"campaigns.{name}")
+        state.dnc = self._phones(top.get("dnc", []), "dnc")
+        for name, phones in self._object(top.get("campaign_dnc", {}), "campaign_dnc").items():
+            state.campaign_dnc[name] = self._phones(phones, f"campaign_dnc.{name}")
+        state.api_active = self._bool(top.get("api_active", True), "api_active")
+        first = top.get("first_lead_id", 1)
+        if isinstance(first, bool) or not isinstance(first, int) or first < 1:
+            raise ValueError(f"first_lead_id: expected a whole number >= 1, got {first!r}")
+        state.first_lead_id = first
+        return state
+
+    def _user(self, raw: Any, where: str) -> UserConfig:
+        obj = self._object(raw, where)
+        self._known(obj, _USER_KEYS, where + ".")
+        if "pass" not in obj:
+            raise ValueError(f"{where}.pass: missing (every user needs a password)")
+        functions = obj.get("functions", ["ALL_FUNCTIONS"])
+        if not isinstance(functions, list) or not all(isinstance(f, str) for f in functions):
+            raise ValueError(f"{where}.functions: expected a list of function names")
+        last_login = obj.get("last_login")
+        if last_login is not None and (
+            isinstance(last_login, bool) or not isinstance(last_login, int | float)
+        ):
+            raise ValueError(f"{where}.last_login: expected epoch seconds, got {last_login!r}")
+        return UserConfig(
+            password=self._text(obj["pass"], f"{where}.pass"),
+            api_access=self._bool(obj.get("api_access", True), f"{where}.api_access"),
+            functions=tuple(functions),
+            user_group=self._text(obj.get("user_group", "ADMIN"), f"{where}.user_group"),
+            active=self._bool(obj.get("active", True), f"{where}.active"),
+            custom_three=self._text(obj.get("custom_three", ""), f"{where}.custom_three"),
+            last_login=None if last_login is None else float(last_login),
+        )
+
+    def _campaign(self, raw: Any, where: str) -> CampaignConfig:
+        if raw is None or (isinstance(raw, str | int) and not isinstance(raw, bool)):
+            return CampaignConfig(manual_dial_list_id=None if raw is None else str(raw))
+        obj = self._object(raw, where)
+        self._known(obj, _CAMPAIGN_KEYS, where + ".")
+        list_id = obj.get("manual_dial_list_id", DEFAULT_MANUAL_DIAL_LIST)
+        if list_id is not None:
+            list_id = self._text(list_id, f"{where}.manual_dial_list_id")
+        other = self._text(obj.get("use_other_campaign_dnc", ""), f"{where}.use_other_campaign_dnc")
+        return CampaignConfig(manual_dial_list_id=list_id, use_other_campaign_dnc=other)
+
+    def _phones(self, raw: Any, where: str) -> list[str]:
+        if not isinstance(raw, list):
+            raise ValueError(f"{where}: expected a list of phone numbers, got {_kind(raw)}")
+        return [self._text(phone, f"{where}[{i}]") for i, phone in enumerate(raw)]
+
+    @staticmethod
+    def _object(raw: Any, where: str) -> dict[str, Any]:
+        if not isinstance(raw, Mapping):
+            raise ValueError(f"{where}: expected an object, got {_kind(raw)}")
+        return dict(raw)
+
+    @staticmethod
+    def _known(obj: Mapping[str, Any], allowed: frozenset[str], prefix: str) -> None:
+        unknown = sorted(set(obj) - allowed)
+        if unknown:
+            raise ValueError(
+                f"{prefix}{unknown[0]}: unknown key (allowed: {', '.join(sorted(allowed))})"
+            )
+
+    @staticmethod
+    def _text(raw: Any, where: str) -> str:
+        # Numbers are accepted where VICIdial has numeric-looking ids (list ids, phones).
+        if isinstance(raw, str):
+            return raw
+        if isinstance(raw, int) and not isinstance(raw, bool):
+            return str(raw)
+        raise ValueError(f"{where}: expected a string, got {_kind(raw)}")
+
+    @staticmethod
+    def _bool(raw: Any, where: str) -> bool:
+        if not isinstance(raw, bool):
+            raise ValueError(f"{where}: expected true or false, got {raw!r}")
+        return raw
+
+
+def _kind(raw: Any) -> str:
+    return {
+        dict: "an object",
+        list: "a list",
+        str: "a string",
+        bool: "a boolean",
+        type(None): "null",
+    }.get(type(raw), type(raw).__name__)
