@@ -75,5 +75,10 @@ class Keys:
         return f"{self.prefix}:workers"
 
     @property
+    def consumers(self) -> str:
+        """Hash: consumer process id (host.pid) -> last heartbeat epoch."""
+        return f"{self.prefix}:consumers"
+
+    @property
     def pattern(self) -> str:
         return f"{self.prefix}:*"

@@ -84,13 +84,20 @@ class Redactor:
     def __init__(self, secrets: Iterable[str] = ()) -> None:
         # Longest first, so that a secret containing another is removed whole.
         self.secrets = sorted({s for s in secrets if s}, key=len, reverse=True)
+        # A secret counts where it stands as a token of its own: a short
+        # password like 1234 must not eat the digits of a job id.
+        self._pattern = (
+            re.compile(
+                "|".join(rf"(?<![0-9A-Za-z]){re.escape(s)}(?![0-9A-Za-z])" for s in self.secrets)
+            )
+            if self.secrets
+            else None
+        )
 
     def _scrub(self, value: Any, key: str | None) -> Any:
         if isinstance(value, str):
-            if self.secrets:
-                for secret in self.secrets:
-                    if secret in value:
-                        value = value.replace(secret, REDACTED)
+            if self._pattern is not None:
+                value = self._pattern.sub(REDACTED, value)
             if key in _PHONE_KEYS:
                 return mask_phone(value)
             if key in _TEXT_KEYS or key == "event":
@@ -156,8 +163,13 @@ def configure_logging(
     )
     # Foreign (stdlib) records: Celery, kombu, httpx. Same processors, same renderer.
     formatter = structlog.stdlib.ProcessorFormatter(
-        foreign_pre_chain=[*shared[:-1], structlog.stdlib.add_logger_name, redactor],
-        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+        foreign_pre_chain=[*shared[:-1], structlog.stdlib.add_logger_name],
+        processors=[
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            structlog.processors.format_exc_info,
+            redactor,
+            renderer,
+        ],
     )
     handler = logging.StreamHandler(out)
     handler.setFormatter(formatter)

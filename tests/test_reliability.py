@@ -52,8 +52,9 @@ def _wait_all_final(ids: list[str], settings: Settings, timeout: float) -> dict[
         return None
 
     try:
-        result: dict[str, Any] = wait_for(done, timeout=timeout, interval=0.2,
-                                          message="every job to finish")
+        result: dict[str, Any] = wait_for(
+            done, timeout=timeout, interval=0.2, message="every job to finish"
+        )
     except AssertionError:
         states = _states(ids, settings)
         pending = {k: v for k, v in states.items() if v.get("state") not in ("added", "dead")}
@@ -99,12 +100,19 @@ def test_poison_messages_are_dead_lettered_and_the_worker_keeps_going(
     for poison in poisons:
         _raw_queue_push(settings, poison)
     job_id = enqueue_lead(agent_user="1000", phone_number="7275559999", settings=settings)
-    wait_for(lambda: (job_status(job_id, settings=settings) or {}).get("state") == "added",
-             message="the good job after the poison")
+    wait_for(
+        lambda: (job_status(job_id, settings=settings) or {}).get("state") == "added",
+        message="the good job after the poison",
+    )
     store = DeadLetterStore(settings=settings)
-    letters = wait_for(lambda: [x for x in store.iter() if x.reason == "invalid_payload"]
-                       if len(store) >= len(poisons) else None,
-                       message="a dead letter per poison message")
+    letters = wait_for(
+        lambda: (
+            [x for x in store.iter() if x.reason == "invalid_payload"]
+            if len(store) >= len(poisons)
+            else None
+        ),
+        message="a dead letter per poison message",
+    )
     assert len(letters) == len(poisons)
     assert {"poison-v99", "poison-missing"} <= {x.job_id for x in letters}
     assert any("definitely not json" in json.dumps(x.job) for x in letters)
@@ -113,15 +121,20 @@ def test_poison_messages_are_dead_lettered_and_the_worker_keeps_going(
 
 
 def test_workers_sigkilled_repeatedly_lose_nothing_and_add_nothing_twice(
-    redis_url: str, simulator: Simulator, start_worker: Callable[..., WorkerProcess],
+    redis_url: str,
+    simulator: Simulator,
+    start_worker: Callable[..., WorkerProcess],
 ) -> None:
     settings = make_settings(redis_url, simulator)
     simulator.set_latency(15, max_ms=40)
-    workers = [start_worker(settings, name="k1", concurrency=3),
-               start_worker(settings, name="k2", concurrency=3)]
+    workers = [
+        start_worker(settings, name="k1", concurrency=3),
+        start_worker(settings, name="k2", concurrency=3),
+    ]
     phones = _phones(300, 1000)
-    ids = enqueue_leads([{"agent_user": "1000", "phone_number": p} for p in phones],
-                        settings=settings)
+    ids = enqueue_leads(
+        [{"agent_user": "1000", "phone_number": p} for p in phones], settings=settings
+    )
     rng = random.Random(5)
     kills = 0
     deadline = time.monotonic() + 12
@@ -158,7 +171,9 @@ def test_workers_sigkilled_repeatedly_lose_nothing_and_add_nothing_twice(
 
 
 def test_redis_restart_mid_run_loses_nothing(
-    tmp_path: Path, simulator: Simulator, start_worker: Callable[..., WorkerProcess],
+    tmp_path: Path,
+    simulator: Simulator,
+    start_worker: Callable[..., WorkerProcess],
 ) -> None:
     server = RedisServer(tmp_path / "aof", appendonly=True)
     (tmp_path / "aof").mkdir()
@@ -168,8 +183,9 @@ def test_redis_restart_mid_run_loses_nothing(
         simulator.set_latency(10, max_ms=20)
         start_worker(settings, concurrency=4)
         phones = _phones(200, 3000)
-        ids = enqueue_leads([{"agent_user": "1000", "phone_number": p} for p in phones],
-                            settings=settings)
+        ids = enqueue_leads(
+            [{"agent_user": "1000", "phone_number": p} for p in phones], settings=settings
+        )
         wait_for(lambda: len(simulator.leads) >= 40, message="the run to be under way")
         server.stop()  # SIGTERM; AOF fsync'd on every write
         time.sleep(1.0)
@@ -181,24 +197,34 @@ def test_redis_restart_mid_run_loses_nothing(
         assert all(s["reason"] == "ambiguous" for s in dead)
         # Every job ended; the ambiguous ones (if any) are in the store, whole.
         assert sum(1 for s in states.values() if s["state"] == "added") + len(dead) == 200
-        assert len(counts) + sum(
-            1 for job_id, s in states.items() if s["state"] == "dead"
-            and simulator.count_by_phone().get(phones[ids.index(job_id)], 0) == 0
-        ) == 200
+        assert (
+            len(counts)
+            + sum(
+                1
+                for job_id, s in states.items()
+                if s["state"] == "dead"
+                and simulator.count_by_phone().get(phones[ids.index(job_id)], 0) == 0
+            )
+            == 200
+        )
     finally:
         server.close()
 
 
 def test_outage_then_recovery_adds_everything_with_few_calls(
-    redis_url: str, simulator: Simulator, start_worker: Callable[..., WorkerProcess],
+    redis_url: str,
+    simulator: Simulator,
+    start_worker: Callable[..., WorkerProcess],
 ) -> None:
-    settings = make_settings(redis_url, simulator, retry_cap_s=2.0, breaker_pause_s=0.3,
-                             breaker_threshold=5)
+    settings = make_settings(
+        redis_url, simulator, retry_cap_s=2.0, breaker_pause_s=0.3, breaker_threshold=5
+    )
     start_worker(settings, concurrency=4)
     simulator.set_outage("http_503")
     phones = _phones(60, 5000)
-    ids = enqueue_leads([{"agent_user": "1000", "phone_number": p} for p in phones],
-                        settings=settings)
+    ids = enqueue_leads(
+        [{"agent_user": "1000", "phone_number": p} for p in phones], settings=settings
+    )
     time.sleep(4.0)
     outage_calls = simulator.call_count
     simulator.set_outage(None)
@@ -211,15 +237,16 @@ def test_outage_then_recovery_adds_everything_with_few_calls(
 
 
 def test_wrong_password_costs_few_logins_and_nothing_is_lost(
-    redis_url: str, simulator: Simulator, start_worker: Callable[..., WorkerProcess],
+    redis_url: str,
+    simulator: Simulator,
+    start_worker: Callable[..., WorkerProcess],
     tmp_path: Path,
 ) -> None:
     bad = make_settings(redis_url, simulator, vicidial_pass="wrong", pause_s=2.0)
     simulator.set_latency(20)
     worker = start_worker(bad, concurrency=4)
     phones = _phones(50, 7000)
-    ids = enqueue_leads([{"agent_user": "1000", "phone_number": p} for p in phones],
-                        settings=bad)
+    ids = enqueue_leads([{"agent_user": "1000", "phone_number": p} for p in phones], settings=bad)
     wait_for(lambda: simulator.failed_logins("6666") > 0, message="the first refusal")
     time.sleep(1.0)
     failed = simulator.failed_logins("6666")
@@ -234,15 +261,21 @@ def test_wrong_password_costs_few_logins_and_nothing_is_lost(
     # Held jobs resume after the cool-down's credential probe; the refused ones
     # were dead-lettered as `auth` and are replayed.
     store = DeadLetterStore(settings=good)
-    wait_for(lambda: sum(1 for s in _states(ids, good).values()
-                         if s.get("state") in ("added", "dead")) == 50,
-             timeout=40, message="all jobs added or dead")
+    wait_for(
+        lambda: (
+            sum(1 for s in _states(ids, good).values() if s.get("state") in ("added", "dead")) == 50
+        ),
+        timeout=40,
+        message="all jobs added or dead",
+    )
     auth_letters = list(store.iter(reason="auth"))
     assert 1 <= len(auth_letters) <= 4
     result = subprocess.run(
         [sys.executable, "-m", "dispatcher.cli", "dlq", "replay", "--reason", "auth", "--yes"],
         env={**_base_env(), **settings_env(good), "DISPATCHER_ENV_FILE": "/nonexistent"},
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 0, result.stderr
     states = _wait_all_final(ids, good, timeout=30)
@@ -256,18 +289,25 @@ def test_wrong_password_costs_few_logins_and_nothing_is_lost(
 
 
 def test_fleet_rate_limit_holds_within_ten_percent(
-    redis_url: str, simulator: Simulator, start_worker: Callable[..., WorkerProcess],
+    redis_url: str,
+    simulator: Simulator,
+    start_worker: Callable[..., WorkerProcess],
 ) -> None:
     settings = make_settings(redis_url, simulator, rate_limit=20.0)
-    threads = [threading.Thread(target=start_worker, args=(settings,),
-                                kwargs={"name": f"r{i}", "concurrency": 3}) for i in range(4)]
+    threads = [
+        threading.Thread(
+            target=start_worker, args=(settings,), kwargs={"name": f"r{i}", "concurrency": 3}
+        )
+        for i in range(4)
+    ]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     phones = _phones(100, 8000)
-    ids = enqueue_leads([{"agent_user": "1000", "phone_number": p} for p in phones],
-                        settings=settings)
+    ids = enqueue_leads(
+        [{"agent_user": "1000", "phone_number": p} for p in phones], settings=settings
+    )
     _wait_all_final(ids, settings, timeout=30)
     times = sorted(r.at for r in simulator.requests)
     assert len(times) == 100
@@ -277,15 +317,17 @@ def test_fleet_rate_limit_holds_within_ten_percent(
 
 
 def test_sigterm_finishes_calls_in_flight_and_returns_the_rest(
-    redis_url: str, simulator: Simulator, start_worker: Callable[..., WorkerProcess],
+    redis_url: str,
+    simulator: Simulator,
+    start_worker: Callable[..., WorkerProcess],
 ) -> None:
-    settings = make_settings(redis_url, simulator, http_timeout_s=3.0,
-                             visibility_timeout_s=60.0)
+    settings = make_settings(redis_url, simulator, http_timeout_s=3.0, visibility_timeout_s=60.0)
     simulator.set_latency(600)
     worker = start_worker(settings, concurrency=4, name="rolling1")
     phones = _phones(30, 9000)
-    ids = enqueue_leads([{"agent_user": "1000", "phone_number": p} for p in phones],
-                        settings=settings)
+    ids = enqueue_leads(
+        [{"agent_user": "1000", "phone_number": p} for p in phones], settings=settings
+    )
     wait_for(lambda: simulator.call_count >= 4, message="calls in flight")
     assert worker.stop(timeout=20) == 0
     after_stop = _states(ids, settings)
@@ -304,7 +346,9 @@ def _status_json(settings: Settings) -> dict[str, Any]:
     result = subprocess.run(
         [sys.executable, "-m", "dispatcher.cli", "status", "--json"],
         env={**_base_env(), **settings_env(settings), "DISPATCHER_ENV_FILE": "/nonexistent"},
-        capture_output=True, text=True, timeout=30,
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert result.returncode == 0, result.stderr
     data: dict[str, Any] = json.loads(result.stdout)

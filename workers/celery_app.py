@@ -74,6 +74,8 @@ def make_app(settings: Settings) -> Celery:
             "socket_timeout": 30,
             "socket_connect_timeout": 5,
             "health_check_interval": 25,
+            # One list per queue: our transport pops it with BRPOPLPUSH (one source).
+            "priority_steps": [0],
         },
         broker_connection_retry_on_startup=True,
         broker_connection_max_retries=None,
