@@ -184,7 +184,8 @@ return {n, untl, 1}
 """
 
 # KEYS: execution record, job state, stats, breaker, pause.
-# ARGV: lead_id, list_id, campaign, now, done_ttl, job_ttl, attempts.
+# ARGV: lead_id, list_id, campaign, now, done_ttl, job_ttl, attempts, latency bucket field,
+#       latency ms.
 # Marks the job done (for good: a later copy is suppressed), resets the breaker,
 # and ends an outage pause. Returns 1 if an outage pause was ended.
 SUCCESS = """
@@ -197,6 +198,9 @@ redis.call('HSET', KEYS[2], 'state', 'added', 'lead_id', ARGV[1], 'list_id', ARG
 redis.call('HDEL', KEYS[2], 'next_attempt_at', 'reason', 'error', 'http_status')
 redis.call('EXPIRE', KEYS[2], tonumber(ARGV[6]))
 redis.call('HINCRBY', KEYS[3], 'added', 1)
+redis.call('HINCRBY', KEYS[3], ARGV[8], 1)
+redis.call('HINCRBY', KEYS[3], 'latency_count', 1)
+redis.call('HINCRBYFLOAT', KEYS[3], 'latency_sum_ms', ARGV[9])
 redis.call('DEL', KEYS[4])
 if redis.call('HGET', KEYS[5], 'kind') == 'outage' then
   redis.call('DEL', KEYS[5])

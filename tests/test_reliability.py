@@ -257,7 +257,7 @@ def test_wrong_password_costs_few_logins_and_nothing_is_lost(
     # The operator fixes the password (rolling restart with the right one).
     worker.stop()
     good = make_settings(redis_url, simulator, pause_s=2.0)
-    start_worker(good, concurrency=4, name="fixed")
+    fixed = start_worker(good, concurrency=4, name="fixed")
     # Held jobs resume after the cool-down's credential probe; the refused ones
     # were dead-lettered as `auth` and are replayed.
     store = DeadLetterStore(settings=good)
@@ -286,6 +286,8 @@ def test_wrong_password_costs_few_logins_and_nothing_is_lost(
     everything = worker.log_path.read_text()
     assert "wrong" not in everything.replace("Wrong", "")  # the password never in a log
     assert any(e.get("event") == "vicidial.paused" for e in worker.logs())
+    fixed_events = [e.get("event") for e in fixed.logs()]
+    assert "vicidial.resumed" in fixed_events
 
 
 def test_fleet_rate_limit_holds_within_ten_percent(

@@ -42,6 +42,7 @@ from dispatcher.errors import (
 )
 from dispatcher.jobs import Job, broker_envelope
 from dispatcher.settings import Settings
+from dispatcher.stats import latency_bucket_field
 from workers.outcomes import RetryPolicy
 from workers.vicidial import AddLeadResult, VicidialClient
 
@@ -126,6 +127,7 @@ class JobRunner:
         verdict = _text(verdict)
         detail = _text(detail)
         if verdict == "done":
+            self.backend.redis.hincrby(self.keys.stats, "duplicates_suppressed", 1)
             _log.info("lead.duplicate_suppressed", lead_id=detail or None, seq=job.seq)
             return "duplicate_suppressed"
         if verdict == "stale":
@@ -192,6 +194,8 @@ class JobRunner:
                     int(self.settings.done_ttl_s),
                     int(self.settings.job_ttl_s),
                     attempts,
+                    latency_bucket_field(latency_ms / 1000),
+                    f"{latency_ms:.3f}",
                 ],
             )
         )

@@ -20,7 +20,7 @@ __all__ = ["cli", "main"]
 _HELP = """Queue-driven lead dispatcher for VICIdial's external_add_lead.
 
 \b
-Producers enqueue leads (this command, the Python API, or HTTP); workers
+Producers enqueue leads (this command or the Python API); workers
 (`celery -A workers worker`) call VICIdial, retry temporary failures and put
 everything that cannot succeed into the dead-letter store, where operators
 inspect it (`dispatcher dlq list`), fix the cause in VICIdial, and replay it
