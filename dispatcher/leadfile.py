@@ -13,11 +13,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["FileRow", "detect_format", "read_rows"]
+__all__ = ["FileRow", "LeadFileError", "detect_format", "read_rows"]
 
 _BOOL_COLUMNS = ("dnc_check", "campaign_dnc_check")
 _TRUE = {"true", "yes", "y", "1"}
 _FALSE = {"false", "no", "n", "0"}
+
+
+class LeadFileError(ValueError):
+    """The file as a whole cannot be read (not UTF-8, broken CSV): no row can be trusted."""
 
 
 @dataclass(frozen=True)
@@ -44,12 +48,21 @@ def _csv_rows(path: Path) -> Iterator[FileRow]:
             header = next(reader)
         except StopIteration:
             return
+        except csv.Error as exc:
+            raise LeadFileError(f"{path}: line 1: not readable as CSV ({exc})") from None
         header = [h.strip() for h in header]
         if len(set(header)) != len(header):
             yield FileRow(1, None, "the header row names a column twice")
             return
-        for cells in reader:
-            line = reader.line_num
+        while True:
+            # A quoted cell may span lines: a row's line is the one it starts on.
+            line = reader.line_num + 1
+            try:
+                cells = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as exc:
+                raise LeadFileError(f"{path}: line {line}: not readable as CSV ({exc})") from None
             if not any(c.strip() for c in cells):
                 continue
             if len(cells) != len(header):
@@ -86,8 +99,15 @@ def _jsonl_rows(path: Path) -> Iterator[FileRow]:
 
 
 def read_rows(path: Path, *, fmt: str) -> Iterator[FileRow]:
-    """The file's rows, with line numbers (1-based; a CSV header is line 1)."""
-    if fmt == "jsonl":
-        yield from _jsonl_rows(path)
-    else:
-        yield from _csv_rows(path)
+    """The file's rows, with line numbers (1-based; a CSV header is line 1).
+
+    Raises LeadFileError if the file is not UTF-8 text.
+    """
+    rows = _jsonl_rows(path) if fmt == "jsonl" else _csv_rows(path)
+    try:
+        yield from rows
+    except UnicodeDecodeError:
+        raise LeadFileError(
+            f"{path}: not UTF-8 text (a spreadsheet may have saved it as Latin-1 or "
+            "Windows-1252); save it as UTF-8"
+        ) from None

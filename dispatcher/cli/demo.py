@@ -33,8 +33,14 @@ __all__ = ["demo"]
 
 #: The simulator's state for the demo: one API user, agents, campaigns, DNC lists.
 DEMO_STATE: dict[str, Any] = {
-    "users": {"6666": {"pass": "1234", "api_access": True, "functions": ["ALL_FUNCTIONS"],
-                       "user_group": "ADMIN"}},
+    "users": {
+        "6666": {
+            "pass": "1234",
+            "api_access": True,
+            "functions": ["ALL_FUNCTIONS"],
+            "user_group": "ADMIN",
+        }
+    },
     "agents": {"1000": "TESTCAMP", "1003": "GHOST"},
     "campaigns": {"TESTCAMP": {"manual_dial_list_id": "101"}},
     "dnc": ["7275550000"],
@@ -76,7 +82,8 @@ def _wait(predicate: Any, timeout: float) -> bool:
     return False
 
 
-@click.command(help="""Run the whole pipeline on this machine and show every path a lead can take.
+@click.command(
+    help="""Run the whole pipeline on this machine and show every path a lead can take.
 
 \b
 Starts, in a temporary directory: an embedded Redis, the VICIdial simulator,
@@ -85,9 +92,13 @@ one on the system DNC list, one on the campaign DNC list, one for an agent
 whose campaign has no manual dial list, one that meets two HTTP 503s and
 recovers, one whose agent logs in late. Prints what happened and the dead
 letters, fixes the campaign in the simulator, replays that dead letter and
-shows it added once. Everything it started is stopped on exit, also on Ctrl-C.""")
-@click.option("--keep-logs", type=click.Path(file_okay=False, path_type=Path),
-              help="Copy the worker's JSON log to this directory before cleaning up.")
+shows it added once. Everything it started is stopped on exit, also on Ctrl-C."""
+)
+@click.option(
+    "--keep-logs",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Copy the worker's JSON log to this directory before cleaning up.",
+)
 def demo(keep_logs: Path | None) -> None:
     from dispatcher.simulator import Simulator, SimulatorState
 
@@ -122,8 +133,9 @@ def demo(keep_logs: Path | None) -> None:
             simulator.script_phone("7275551301", ["http_503", "http_503"])
             jobs: list[tuple[str, str, str, str]] = []
             for what, agent, phone, fields in DEMO_LEADS:
-                job_id = enqueue_lead(agent_user=agent, phone_number=phone, settings=settings,
-                                      **fields)
+                job_id = enqueue_lead(
+                    agent_user=agent, phone_number=phone, settings=settings, **fields
+                )
                 jobs.append((what, agent, phone, job_id))
             err.print(f"[dim]enqueued {len(jobs)} leads; agent 1005 logs in in 2 s...[/]")
             time.sleep(2.0)
@@ -140,20 +152,30 @@ def demo(keep_logs: Path | None) -> None:
             store = DeadLetterStore(settings=settings)
             _show_dead_letters(console, store)
 
-            console.print("\n[bold]Fixing VICIdial:[/] campaign GHOST gets manual dial list 102, "
-                          "then `dispatcher dlq replay --reason manual_list_undefined`")
+            console.print(
+                "\n[bold]Fixing VICIdial:[/] campaign GHOST gets manual dial list 102, "
+                "then `dispatcher dlq replay --reason manual_list_undefined`"
+            )
             simulator.set_manual_dial_list("GHOST", "102")
-            replayed = [store.replay(letter)
-                        for letter in store.iter(reason="manual_list_undefined")]
+            replayed = [
+                store.replay(letter) for letter in store.iter(reason="manual_list_undefined")
+            ]
             console.print(f"replayed: {replayed.count('replayed')}")
             ghost = [j for j in jobs if j[1] == "1003"]
-            if not _wait(lambda: all((job_status(j[3], settings=settings) or {}).get("state")
-                                     == "added" for j in ghost), 30):
+            if not _wait(
+                lambda: all(
+                    (job_status(j[3], settings=settings) or {}).get("state") == "added"
+                    for j in ghost
+                ),
+                30,
+            ):
                 code = 1
             _show_jobs(console, ghost, settings, "After the fix and replay")
             counts = simulator.count_by_phone()
-            console.print("leads in VICIdial (simulator), count per phone: " + ", ".join(
-                f"{mask_phone(p)}={n}" for p, n in sorted(counts.items())))
+            console.print(
+                "leads in VICIdial (simulator), count per phone: "
+                + ", ".join(f"{mask_phone(p)}={n}" for p, n in sorted(counts.items()))
+            )
             duplicates = {p: n for p, n in counts.items() if n > 1}
             console.print("duplicates: " + (str(duplicates) if duplicates else "none"))
             console.print("\n[bold]A few of the worker's structured log events:[/]")
@@ -174,21 +196,32 @@ def demo(keep_logs: Path | None) -> None:
         simulator.stop()
         redis_server.close()
         workdir.cleanup()
-        err.print("[dim]stopped the worker, the simulator and Redis; removed "
-                  f"{workdir.name}[/]")
+        err.print(f"[dim]stopped the worker, the simulator and Redis; removed {workdir.name}[/]")
     sys.exit(code)
 
 
 def _short_event(event: dict[str, Any]) -> str:
-    keep = ("timestamp", "level", "event", "job_id", "agent_user", "phone", "attempt", "reason",
-            "lead_id", "delay_s", "http_status")
+    keep = (
+        "timestamp",
+        "level",
+        "event",
+        "job_id",
+        "agent_user",
+        "phone",
+        "attempt",
+        "reason",
+        "lead_id",
+        "delay_s",
+        "http_status",
+    )
     import json
 
     return json.dumps({k: event[k] for k in keep if k in event})
 
 
-def _show_jobs(console: Console, jobs: list[tuple[str, str, str, str]], settings: Settings,
-               title: str) -> None:
+def _show_jobs(
+    console: Console, jobs: list[tuple[str, str, str, str]], settings: Settings, title: str
+) -> None:
     table = Table(title=title)
     for column in ("path", "agent", "phone", "state", "attempts", "lead_id / reason"):
         table.add_column(column)
@@ -197,8 +230,14 @@ def _show_jobs(console: Console, jobs: list[tuple[str, str, str, str]], settings
         state = status.get("state", "?")
         detail = status.get("lead_id") if state == "added" else status.get("reason")
         style = "green" if state == "added" else "red" if state == "dead" else "yellow"
-        table.add_row(what, agent, phone, f"[{style}]{state}[/]", str(status.get("attempts")),
-                      str(detail or ""))
+        table.add_row(
+            what,
+            agent,
+            phone,
+            f"[{style}]{state}[/]",
+            str(status.get("attempts")),
+            str(detail or ""),
+        )
     console.print(table)
 
 
@@ -207,6 +246,5 @@ def _show_dead_letters(console: Console, store: DeadLetterStore) -> None:
     for column in ("job id", "reason", "attempts", "VICIdial's answer"):
         table.add_column(column, overflow="fold")
     for letter in store.iter():
-        table.add_row(letter.id[:12] + "…", letter.reason, str(letter.attempts),
-                      letter.error)
+        table.add_row(letter.id[:12] + "…", letter.reason, str(letter.attempts), letter.error)
     console.print(table)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import sys
 import time
@@ -22,6 +23,11 @@ __all__ = ["dlq"]
 
 _log = logs.get_logger("dispatcher.dlq")
 _DNC_REASONS = ("dnc", "campaign_dnc")
+_DNC_WHY = (
+    "VICIdial refused these numbers because they are on a DNC list, and a replay re-runs "
+    "the same DNC checks. Remove the number from the list in VICIdial first, then replay "
+    "with --include-dnc."
+)
 _REASONS = click.Choice(sorted(all_reasons()))
 
 
@@ -76,15 +82,24 @@ def list_(
     as_json: bool,
 ) -> None:
     store = _store(obj)
-    letters = store.list(limit=limit, reason=reason, agent_user=agent_user, since=since)
+    letters = store.iter(reason=reason, agent_user=agent_user, since=since)
     if as_json:
-        echo_json([letter.to_dict() for letter in letters])
+        # Streamed: one record in memory at a time, whatever --limit says.
+        out = sys.stdout
+        out.write("[")
+        for n, letter in enumerate(itertools.islice(letters, limit)):
+            out.write((", " if n else "") + json.dumps(letter.to_dict(), ensure_ascii=False))
+        out.write("]\n")
+        out.flush()
         return
+    # One more than shown tells whether there are more.
+    shown = list(itertools.islice(letters, limit + 1))
+    more = len(shown) > limit
     console = Console()
     table = Table(show_lines=False)
     for column in ("id", "reason", "agent", "phone", "attempts", "replays", "last failed", "error"):
         table.add_column(column, overflow="fold")
-    for letter in letters:
+    for letter in shown[:limit]:
         table.add_row(
             letter.id,
             letter.reason,
@@ -103,7 +118,7 @@ def list_(
         else "the dead-letter store is empty"
     )
     console.print(table)
-    if len(letters) == limit:
+    if more:
         console.print(f"(first {limit}; use --limit or filters to see more)", style="dim")
 
 
@@ -141,7 +156,13 @@ def _select(
 ) -> Iterator[DeadLetter]:
     until = None if older_than is None else time.time() - older_than
     if ids:
-        yield from store.iter(ids=ids, reason=reason)
+        # Named letters still honour the other filters (e.g. purge ID --older-than 30d).
+        for letter in store.iter(ids=dict.fromkeys(ids), reason=reason):
+            if agent_user is not None and letter.agent_user != agent_user:
+                continue
+            if until is not None and letter.score > until:
+                continue
+            yield letter
     else:
         yield from store.iter(reason=reason, agent_user=agent_user, until=until)
 
@@ -166,6 +187,28 @@ def _count(
     if not ids and agent_user is None and older_than is None:
         return store.counts().get(reason, 0) if reason else len(store)
     return sum(1 for _ in _select(store, ids, reason, agent_user, all_, older_than))
+
+
+def _tally(
+    store: DeadLetterStore,
+    ids: tuple[str, ...],
+    reason: str | None,
+    agent_user: str | None,
+    skip: tuple[str, ...],
+) -> tuple[int, int]:
+    """(letters of the selection outside ``skip``, letters inside ``skip``), in one pass."""
+    if not ids and agent_user is None:
+        counts = store.counts()
+        selected = {reason: counts.get(reason, 0)} if reason else counts
+        held = sum(n for r, n in selected.items() if r in skip)
+        return sum(selected.values()) - held, held
+    kept = held = 0
+    for letter in _select(store, ids, reason, agent_user, False):
+        if letter.reason in skip:
+            held += 1
+        else:
+            kept += 1
+    return kept, held
 
 
 def _confirm(question: str, yes: bool) -> None:
@@ -239,11 +282,12 @@ def replay(
         )
     store = _store(obj)
     err = Console(stderr=True)
+    skip = () if include_dnc else _DNC_REASONS
     if dry_run:
         shown = 0
         skipped = 0
         for letter in _select(store, ids, reason, agent_user, all_):
-            if letter.reason in _DNC_REASONS and not include_dnc:
+            if letter.reason in skip:
                 skipped += 1
                 continue
             click.echo(
@@ -251,13 +295,13 @@ def replay(
                 f"phone={_phone(letter)}"
             )
             shown += 1
-        click.echo(
-            f"dry run: {shown} would be replayed, {skipped} DNC letter(s) skipped "
-            "(--include-dnc); nothing changed",
-            err=True,
-        )
+        click.echo(f"dry run: {shown} would be replayed; nothing changed", err=True)
+        if skipped:
+            click.echo(f"{skipped} DNC letter(s) would be left alone: {_DNC_WHY}", err=True)
         return
-    total = _count(store, ids, reason, agent_user, all_)
+    total, held = _tally(store, ids, reason, agent_user, skip)
+    if held:
+        click.echo(f"{held} DNC letter(s) left alone: {_DNC_WHY}", err=True)
     if total == 0:
         click.echo("no dead letters match", err=True)
         return
@@ -268,9 +312,8 @@ def replay(
     with _progress(err, "replaying", total) as progress:
         task = progress.add_task("replay", total=total)
         for letter in _select(store, ids, reason, agent_user, all_):
-            if letter.reason in _DNC_REASONS and not include_dnc:
+            if letter.reason in skip:
                 outcomes["skipped_dnc"] += 1
-                progress.advance(task)
                 continue
             if interval:
                 delay = next_at - time.monotonic()

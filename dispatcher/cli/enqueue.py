@@ -15,7 +15,7 @@ from dispatcher.cli.common import CliContext, fail, guarded
 from dispatcher.errors import FieldError, InvalidLead
 from dispatcher.jobs import Job
 from dispatcher.lead import LEAD_FIELDS
-from dispatcher.leadfile import detect_format, read_rows
+from dispatcher.leadfile import LeadFileError, detect_format, read_rows
 from dispatcher.producer import BATCH_SIZE, enqueue_lead, prepare_job, push_jobs
 
 __all__ = ["enqueue"]
@@ -136,17 +136,20 @@ def enqueue(
             raise click.UsageError(
                 f"--file cannot be combined with {', '.join(single) or '--field'}"
             )
-        _enqueue_file(
-            obj,
-            file_path,
-            fmt=detect_format(file_path, file_format),
-            skip_invalid=skip_invalid,
-            idempotency_column=idempotency_column,
-            dnc_check=dnc_check,
-            campaign_dnc_check=campaign_dnc_check,
-            batch_size=batch_size,
-            print_ids=print_ids,
-        )
+        try:
+            _enqueue_file(
+                obj,
+                file_path,
+                fmt=detect_format(file_path, file_format),
+                skip_invalid=skip_invalid,
+                idempotency_column=idempotency_column,
+                dnc_check=dnc_check,
+                campaign_dnc_check=campaign_dnc_check,
+                batch_size=batch_size,
+                print_ids=print_ids,
+            )
+        except LeadFileError as exc:
+            fail(f"{exc}; nothing enqueued", code=2)
         return
     if skip_invalid or idempotency_column or print_ids:
         raise click.UsageError("--skip-invalid, --idempotency-column and --print-ids need --file")
@@ -251,7 +254,7 @@ def _enqueue_file(
         )
         sys.exit(2)
     if good == 0:
-        fail("no valid rows to enqueue", code=2 if bad_rows else 1)
+        fail("no valid rows to enqueue" if bad_rows else f"{path}: no rows to enqueue", code=2)
     # Pass 2: enqueue the good rows in batches.
     new = 0
     batch: list[Job] = []

@@ -76,7 +76,8 @@ def status(obj: CliContext, as_json: bool) -> None:
         console.print("VICIdial calls: not paused")
 
 
-@click.command(help="""Health check for orchestrators (the Dockerfile's HEALTHCHECK): exit 0 when
+@click.command(
+    help="""Health check for orchestrators (the Dockerfile's HEALTHCHECK): exit 0 when
 Redis answers and, with --worker, when the worker on this host is alive and its
 consumer loop answers a ping through the broker; exit 1 otherwise, with the
 reason on stderr.
@@ -84,9 +85,17 @@ reason on stderr.
 \b
   dispatcher health                 # Redis reachable?
   dispatcher health --worker        # + the worker(s) of this host answer
-  dispatcher health --worker NAME   # + that worker (e.g. worker@host) answers""")
-@click.option("--worker", "worker", is_flag=False, flag_value="", default=None,
-              metavar="[NAME]", help="Also check a worker (default: those of this host).")
+  dispatcher health --worker NAME   # + that worker (e.g. worker@host) answers"""
+)
+@click.option(
+    "--worker",
+    "worker",
+    is_flag=False,
+    flag_value="",
+    default=None,
+    metavar="[NAME]",
+    help="Also check a worker (default: those of this host).",
+)
 @click.option("--timeout", type=click.FloatRange(min=0.1), default=3.0, show_default=True)
 @click.pass_obj
 @guarded
@@ -99,12 +108,17 @@ def health(obj: CliContext, worker: str | None, timeout: float) -> None:
         click.echo("ok: redis")
         return
     data = fleet_status(backend)
-    names = [worker] if worker else [
-        n for n in data["workers"] if n.endswith("@" + socket.gethostname())
-    ]
+    names = (
+        [worker]
+        if worker
+        else [n for n in data["workers"] if n.endswith("@" + socket.gethostname())]
+    )
     if not names:
-        fail("no live worker heartbeat from this host (not started, or its scheduler "
-             "thread stopped)", code=1)
+        fail(
+            "no live worker heartbeat from this host (not started, or its scheduler "
+            "thread stopped)",
+            code=1,
+        )
     missing = [n for n in names if n not in data["workers"]]
     if missing:
         fail(f"no recent heartbeat from {', '.join(missing)}", code=1)
@@ -118,6 +132,9 @@ def health(obj: CliContext, worker: str | None, timeout: float) -> None:
     answered = {name for reply in replies for name in reply}
     silent = [n for n in names if n not in answered]
     if silent:
-        fail(f"worker(s) {', '.join(silent)} did not answer a ping within {timeout} s "
-             "(consumer loop stuck or broker unreachable from the worker)", code=1)
+        fail(
+            f"worker(s) {', '.join(silent)} did not answer a ping within {timeout} s "
+            "(consumer loop stuck or broker unreachable from the worker)",
+            code=1,
+        )
     click.echo(f"ok: redis, {', '.join(names)}")

@@ -1,0 +1,5 @@
+"""``python -m dispatcher.cli``: the same as the ``dispatcher`` console script."""
+
+from dispatcher.cli import main
+
+main()
