@@ -186,3 +186,28 @@ def test_redis_unreachable_is_a_clear_error_not_a_hang() -> None:
         enqueue_lead(agent_user="1000", phone_number="7275551212", settings=settings)
     assert time.monotonic() - started < 10
     assert "unreachable" in str(info.value) and "pw-in-url" not in str(info.value)
+
+
+def test_every_invalid_lead_of_the_validation_table_enqueues_nothing(
+    psettings: Settings,
+) -> None:
+    """The whole table of tests/test_lead.py through enqueue_lead and a real Redis."""
+    from tests.test_lead import INVALID
+
+    client = redis.Redis.from_url(psettings.redis_url)
+    rejected = 0
+    for param in INVALID:
+        data, field, fragment = param.values
+        if not isinstance(data, dict):
+            continue
+        lead = dict(data)
+        if "dnc_check" in lead or "idempotency_key" in lead or "campaign_dnc_check" in lead:
+            continue  # enqueue_lead's own options: tested above
+        with pytest.raises(InvalidLead) as info:
+            enqueue_leads([lead], settings=psettings)
+        assert field in [e.field for e in info.value.errors], (data, str(info.value))
+        assert fragment in str(info.value), (data, str(info.value))
+        rejected += 1
+    assert rejected >= 25
+    assert client.dbsize() == 0
+    client.close()
