@@ -139,11 +139,18 @@ class JobRunner:
             self._reschedule(job, due=float(detail) + 1.0, why="busy")
             return "deferred"
         if verdict == "paused":
-            # Look again at the pause end, or sooner: a probe may lift it early,
-            # and a look costs one Redis call, not a VICIdial call.
-            due = min(float(detail), now + self.settings.breaker_pause_s)
-            due += self.rng.uniform(0, min(1.0, self.settings.breaker_pause_s))
-            self._reschedule(job, due=due, why=_text(rest[0]) if rest else "paused")
+            reason = _text(rest[0]) if rest else "paused"
+            until = float(detail)
+            if reason == "network":
+                # An outage pause: look again soon (a probe call may lift it early;
+                # a look costs one Redis call, not a VICIdial call).
+                due = min(until, now + self.settings.breaker_pause_s)
+                due += self.rng.uniform(0, min(1.0, self.settings.breaker_pause_s))
+            else:
+                # Refused credentials: nothing changes before the cool-down ends;
+                # spread the held jobs a little so they do not return at once.
+                due = until + self.rng.uniform(0, min(30.0, self.settings.pause_s / 10))
+            self._reschedule(job, due=due, why=reason)
             return "deferred"
         if verdict == "throttled":
             self._reschedule(job, due=now + float(detail), why="rate_limit")
