@@ -20,6 +20,14 @@ __all__ = ["WORKER_STALE_S", "fleet_status"]
 WORKER_STALE_S = 30.0
 
 
+def _number(value: str) -> int | float:
+    """Counters are integers; latency_sum_ms is a float (HINCRBYFLOAT)."""
+    try:
+        return int(value)
+    except ValueError:
+        return round(float(value), 3)
+
+
 def fleet_status(backend: Backend, *, now: float | None = None) -> dict[str, Any]:
     """What `dispatcher status --json` prints."""
     now = time.time() if now is None else now
@@ -55,5 +63,5 @@ def fleet_status(backend: Backend, *, now: float | None = None) -> dict[str, Any
         "oldest_dead_letter_age_s": None if oldest is None else round(now - oldest, 1),
         "workers": workers,
         "paused": pauses,
-        "totals": {k: int(v) for k, v in sorted(stats.items())},
+        "totals": {k: _number(v) for k, v in sorted(stats.items())},
     }

@@ -20,7 +20,8 @@ __all__ = ["cli", "main"]
 _HELP = """Queue-driven lead dispatcher for VICIdial's external_add_lead.
 
 \b
-Producers enqueue leads (this command or the Python API); workers
+Producers enqueue leads (this command, the Python API, or HTTP via
+`dispatcher serve`); workers
 (`celery -A workers worker`) call VICIdial, retry temporary failures and put
 everything that cannot succeed into the dead-letter store, where operators
 inspect it (`dispatcher dlq list`), fix the cause in VICIdial, and replay it
@@ -49,6 +50,7 @@ def _register() -> None:
     from dispatcher.cli.dlq import dlq
     from dispatcher.cli.enqueue import enqueue
     from dispatcher.cli.status import health, job, status
+    from dispatcher.intake import serve_command
     from dispatcher.simulator import simulate_command
 
     cli.add_command(enqueue)
@@ -58,6 +60,7 @@ def _register() -> None:
     cli.add_command(dlq)
     cli.add_command(demo)
     cli.add_command(simulate_command, name="simulate")
+    cli.add_command(serve_command, name="serve")
 
 
 _register()

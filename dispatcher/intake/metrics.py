@@ -1,0 +1,258 @@
+"""``GET /metrics``: the whole fleet in Prometheus' text format, from Redis.
+
+Workers and producers already count what happens in the ``{prefix}:stats`` hash
+(see :mod:`dispatcher.stats`) and the queue, the retry set and the dead-letter
+store live in Redis too. So a scrape of *one* intake process reads everything in
+one pipelined round trip and shows the whole fleet: there is nothing to scrape on
+the workers, and a worker that restarts loses no count. Counters only go back to
+zero if the Redis data is wiped, which Prometheus' ``rate()``/``increase()``
+handle as a counter reset.
+
+The reading (:func:`read_snapshot`, blocking Redis I/O) and the rendering
+(:func:`render_metrics`, pure) are separate so that the app can run the first in
+a worker thread and tests can check the second without Redis.
+
+Every label value that can occur is emitted, with 0 where nothing happened yet
+(every dead-letter reason, the configured VICIdial server's pause state), so
+that alert rules such as ``increase(dispatcher_leads_dead_lettered_total[5m]) > 0``
+work from the first scrape instead of needing ``absent()``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.exposition import generate_latest
+from prometheus_client.registry import CollectorRegistry
+
+from dispatcher.backend import Backend
+from dispatcher.connection import broker_errors
+from dispatcher.errors import all_reasons
+from dispatcher.stats import LATENCY_BUCKETS_S
+from dispatcher.status import WORKER_STALE_S
+
+__all__ = [
+    "CONTENT_TYPE",
+    "FleetSnapshot",
+    "read_snapshot",
+    "render_metrics",
+    "server_id",
+]
+
+#: The exposition format generate_latest writes.
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+# Plain counters of the stats hash: field -> (metric name without _total, help).
+_COUNTERS: tuple[tuple[str, str, str], ...] = (
+    ("enqueued", "dispatcher_leads_enqueued", "Leads put on the queue (new jobs only)."),
+    ("added", "dispatcher_leads_added", "Leads VICIdial added (SUCCESS answers)."),
+    ("retries", "dispatcher_retries", "Retries scheduled after a temporary failure."),
+    (
+        "duplicates_suppressed",
+        "dispatcher_duplicates_suppressed",
+        "Deliveries of an already-added job that were not sent to VICIdial again.",
+    ),
+    ("replayed", "dispatcher_dead_letters_replayed", "Dead letters replayed onto the queue."),
+    ("purged", "dispatcher_dead_letters_purged", "Dead letters purged by an operator."),
+)
+
+
+def server_id(url: str) -> str:
+    """The name workers give a VICIdial server in their pause keys (``host:port``).
+
+    The same rule as ``workers.vicidial.server_id`` (``dispatcher`` may not import
+    ``workers``; a test checks that the two agree).
+    """
+    parts = urlsplit(url)
+    return f"{parts.hostname or ''}:{parts.port or (443 if parts.scheme == 'https' else 80)}"
+
+
+@dataclass(frozen=True)
+class FleetSnapshot:
+    """What one scrape read from Redis."""
+
+    stats: Mapping[str, float]
+    queued: int
+    retrying: int
+    dead_letters: Mapping[str, int]
+    oldest_dead_letter_age_s: float | None
+    workers_alive: int
+    #: server -> seconds until calls resume, for servers whose calls are paused now.
+    paused: Mapping[str, float] = field(default_factory=dict)
+
+
+def read_snapshot(backend: Backend, *, now: float | None = None) -> FleetSnapshot:
+    """Read everything /metrics shows: one pipeline, plus a SCAN for pause keys.
+
+    Blocking (redis-py): run it in a worker thread. Raises BrokerUnavailable.
+    """
+    now = time.time() if now is None else now
+    keys = backend.keys
+    reasons = all_reasons()
+    with broker_errors(backend.settings):
+        pipe = backend.redis.pipeline(transaction=False)
+        pipe.llen(keys.queue)
+        pipe.zcard(keys.scheduled)
+        pipe.hgetall(keys.workers)
+        pipe.hgetall(keys.stats)
+        pipe.zrange(keys.dead_letters, 0, 0, withscores=True)
+        for reason in reasons:
+            pipe.zcard(keys.dead_letters_by_reason(reason))
+        queued, retrying, beats, stats, oldest, *per_reason = pipe.execute()
+        pause_keys = list(backend.redis.scan_iter(match=keys.pause("*"), count=1000))
+        pauses: list[dict[str, str]] = []
+        if pause_keys:
+            pipe = backend.redis.pipeline(transaction=False)
+            for key in pause_keys:
+                pipe.hgetall(key)
+            pauses = pipe.execute()
+    paused: dict[str, float] = {}
+    prefix_len = len(keys.pause(""))
+    for key, data in zip(pause_keys, pauses, strict=True):
+        until = _float(data.get("until")) or 0.0
+        if until > now:
+            paused[str(key)[prefix_len:]] = round(until - now, 3)
+    return FleetSnapshot(
+        stats={k: v for k, v in ((str(k), _float(v)) for k, v in stats.items()) if v is not None},
+        queued=int(queued),
+        retrying=int(retrying),
+        dead_letters={r: int(n) for r, n in zip(reasons, per_reason, strict=True)},
+        oldest_dead_letter_age_s=max(0.0, now - float(oldest[0][1])) if oldest else None,
+        workers_alive=sum(
+            1 for ts in beats.values() if (t := _float(ts)) and now - t <= WORKER_STALE_S
+        ),
+        paused=paused,
+    )
+
+
+def _float(value: object) -> float | None:
+    try:
+        return float(str(value))
+    except ValueError:
+        return None
+
+
+def render_metrics(snapshot: FleetSnapshot | None, *, servers: Iterable[str] = ()) -> bytes:
+    """The Prometheus text for ``snapshot`` (None: Redis did not answer).
+
+    ``servers`` are VICIdial servers known from configuration: they are shown as
+    not paused (0) when no pause is recorded for them.
+    """
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Families(_families(snapshot, servers)))
+    return generate_latest(registry)
+
+
+class _Families:
+    """A one-shot collector: the families of one scrape."""
+
+    def __init__(self, families: list[Metric]) -> None:
+        self._families = families
+
+    def collect(self) -> Iterable[Metric]:
+        return self._families
+
+
+def _families(snapshot: FleetSnapshot | None, servers: Iterable[str]) -> list[Metric]:
+    up = GaugeMetricFamily(
+        "dispatcher_redis_up", "1 when Redis answered this scrape, else 0 (nothing else shown)."
+    )
+    up.add_metric([], 0.0 if snapshot is None else 1.0)
+    if snapshot is None:
+        return [up]
+    stats = snapshot.stats
+    out: list[Metric] = [up]
+    for key, name, doc in _COUNTERS:
+        out.append(CounterMetricFamily(name, doc, value=stats.get(key, 0.0)))
+
+    reasons = dict.fromkeys(all_reasons())
+    reasons.update(
+        dict.fromkeys(k.split(":", 1)[1] for k in stats if k.startswith("dead_lettered:"))
+    )
+    dead_total = CounterMetricFamily(
+        "dispatcher_leads_dead_lettered",
+        "Leads moved to the dead-letter store, by reason.",
+        labels=["reason"],
+    )
+    for reason in reasons:
+        dead_total.add_metric([reason], stats.get(f"dead_lettered:{reason}", 0.0))
+    out.append(dead_total)
+    out.append(_latency_histogram(stats))
+
+    def gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
+        return GaugeMetricFamily(name, doc, value=value)
+
+    out.append(gauge("dispatcher_queue_depth", "Jobs waiting on the queue.", snapshot.queued))
+    out.append(
+        gauge(
+            "dispatcher_retries_waiting",
+            "Jobs waiting for their retry time after a temporary failure.",
+            snapshot.retrying,
+        )
+    )
+    dead_now = GaugeMetricFamily(
+        "dispatcher_dead_letters",
+        "Dead letters in the store now, by reason.",
+        labels=["reason"],
+    )
+    for reason in dict.fromkeys([*all_reasons(), *snapshot.dead_letters]):
+        dead_now.add_metric([reason], snapshot.dead_letters.get(reason, 0))
+    out.append(dead_now)
+    out.append(
+        gauge(
+            "dispatcher_dead_letter_oldest_age_seconds",
+            "Age of the oldest dead letter's last failure (0 when the store is empty).",
+            snapshot.oldest_dead_letter_age_s or 0.0,
+        )
+    )
+    paused = GaugeMetricFamily(
+        "dispatcher_vicidial_paused",
+        "1 while calls to this VICIdial server are paused fleet-wide (refused "
+        "credentials, outage), else 0.",
+        labels=["server"],
+    )
+    remaining = GaugeMetricFamily(
+        "dispatcher_vicidial_pause_remaining_seconds",
+        "Seconds until calls to this VICIdial server resume (0 when not paused).",
+        labels=["server"],
+    )
+    for server in sorted({*servers, *snapshot.paused}):
+        left = snapshot.paused.get(server)
+        paused.add_metric([server], 0.0 if left is None else 1.0)
+        remaining.add_metric([server], left or 0.0)
+    out += [paused, remaining]
+    out.append(
+        gauge(
+            "dispatcher_workers_alive",
+            f"Workers whose heartbeat is at most {WORKER_STALE_S:g} s old.",
+            snapshot.workers_alive,
+        )
+    )
+    return out
+
+
+def _latency_histogram(stats: Mapping[str, float]) -> HistogramMetricFamily:
+    """The stats hash keeps one count per bucket; Prometheus wants running totals."""
+    running = 0.0
+    buckets: list[tuple[str, float]] = []
+    for le in LATENCY_BUCKETS_S:
+        running += stats.get(f"latency_bucket:{le:g}", 0.0)
+        buckets.append((repr(float(le)), running))
+    running += stats.get("latency_bucket:+Inf", 0.0)
+    buckets.append(("+Inf", running))
+    return HistogramMetricFamily(
+        "dispatcher_vicidial_call_duration_seconds",
+        "Duration of external_add_lead calls that VICIdial answered with SUCCESS.",
+        buckets=buckets,
+        sum_value=stats.get("latency_sum_ms", 0.0) / 1000.0,
+        unit="",
+    )
