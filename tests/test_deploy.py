@@ -21,6 +21,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator, Mapping
 from functools import partial
 from pathlib import Path
@@ -506,3 +507,38 @@ def test_healthcheck_fails_when_redis_is_unreachable(tmp_path: Path) -> None:
     # Unhealthy (exit 1). The message is a redis-py traceback today: `dispatcher
     # health` pings outside dispatcher.connection.broker_errors.
     assert result.returncode == 1, result.stdout + result.stderr
+
+
+def test_intake_command_serves_and_its_healthcheck_passes(redis_url: str, tmp_path: Path) -> None:
+    svc = service("intake")
+    assert "container_name" not in svc and svc["restart"] == "unless-stopped"
+    assert svc["depends_on"]["redis"]["condition"] == "service_healthy"
+    port = free_port()
+    env = swap_hosts(compose_env("intake"), {"redis": urlsplit(redis_url).netloc})
+    env["DISPATCHER_INTAKE_TOKENS"] = "deploy-test-token"  # the operator's .env sets one
+    argv = [a.replace("8000", str(port)).replace("0.0.0.0", "127.0.0.1") for a in command("intake")]
+    process = subprocess.Popen(
+        [executable(argv[0]), *argv[1:]],
+        env=clean_env(env),
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while not _listening(port):
+            assert process.poll() is None and time.monotonic() < deadline, "intake did not start"
+            time.sleep(0.05)
+        test = svc["healthcheck"]["test"]
+        assert test[0] == "CMD"
+        check = [executable(test[1]), *(a.replace("8000", str(port)) for a in test[2:])]
+        assert _run(check, clean_env({}), tmp_path).returncode == 0
+        reply = httpx.post(
+            f"http://127.0.0.1:{port}/v1/leads",
+            json={"agent_user": "1000", "phone_number": "7275551212"},
+            headers={"Authorization": "Bearer deploy-test-token"},
+        )
+        assert reply.status_code == 202, reply.text
+    finally:
+        process.terminate()
+        process.wait(15)

@@ -36,6 +36,7 @@ from typing import Any
 
 from celery import Celery, bootsteps, signals
 
+from dispatcher.connection import broker_transport_options
 from dispatcher.errors import ConfigError
 from dispatcher.jobs import TASK_NAME
 from dispatcher.logs import configure_logging
@@ -76,6 +77,7 @@ def make_app(settings: Settings) -> Celery:
             "health_check_interval": 25,
             # One list per queue: our transport pops it with BRPOPLPUSH (one source).
             "priority_steps": [0],
+            **broker_transport_options(settings),
         },
         broker_connection_retry_on_startup=True,
         broker_connection_max_retries=None,

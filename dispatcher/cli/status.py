@@ -7,6 +7,7 @@ from rich.console import Console
 from rich.table import Table
 
 from dispatcher.cli.common import CliContext, echo_json, fail, guarded
+from dispatcher.connection import broker_errors, broker_transport_options
 from dispatcher.producer import job_status
 from dispatcher.status import fleet_status
 
@@ -103,7 +104,8 @@ def health(obj: CliContext, worker: str | None, timeout: float) -> None:
     import socket
 
     backend = obj.backend
-    backend.redis.ping()
+    with broker_errors(obj.settings):
+        backend.redis.ping()
     if worker is None:
         click.echo("ok: redis")
         return
@@ -125,6 +127,7 @@ def health(obj: CliContext, worker: str | None, timeout: float) -> None:
     from celery import Celery
 
     probe = Celery("dispatcher-health", broker=obj.settings.redis_url)
+    probe.conf.broker_transport_options = broker_transport_options(obj.settings)
     try:
         replies = probe.control.ping(destination=names, timeout=timeout)
     finally:

@@ -1,0 +1,89 @@
+"""Redis Sentinel: producers, the CLI and a real worker find the primary through Sentinel."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from dispatcher import enqueue_lead, job_status
+from dispatcher.localfleet import WorkerProcess, settings_env
+from dispatcher.redis_server import RedisServer, find_redis_server, free_port
+from dispatcher.settings import Settings
+from dispatcher.simulator import Simulator
+from tests.conftest import make_settings, wait_for
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def sentinel_url(tmp_path: Path) -> Iterator[str]:
+    primary = RedisServer(tmp_path / "primary")
+    (tmp_path / "primary").mkdir()
+    primary.start()
+    port = free_port()
+    conf = tmp_path / "sentinel.conf"
+    conf.write_text(
+        f"port {port}\nbind 127.0.0.1\ndir {tmp_path}\n"
+        f"sentinel monitor leads 127.0.0.1 {primary.port} 1\n"
+        "sentinel down-after-milliseconds leads 2000\n"
+    )
+    process = subprocess.Popen(
+        [find_redis_server(), str(conf), "--sentinel"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        probe = redis.Redis(port=port, socket_connect_timeout=0.5)
+        wait_for(lambda: _answers(probe), timeout=10, message="sentinel up")
+        yield f"sentinel://127.0.0.1:{port}/0"
+    finally:
+        process.terminate()
+        process.wait(10)
+        primary.close()
+
+
+def _answers(client: redis.Redis) -> bool:
+    try:
+        return bool(client.execute_command("SENTINEL", "get-master-addr-by-name", "leads"))
+    except redis.RedisError:
+        return False
+
+
+def test_a_worker_adds_a_lead_through_sentinel(
+    sentinel_url: str, simulator: Simulator, start_worker: Callable[..., WorkerProcess]
+) -> None:
+    settings = make_settings(sentinel_url, simulator, redis_sentinel_master="leads")
+    start_worker(settings)
+    job_id = enqueue_lead(agent_user="1000", phone_number="7275551212", settings=settings)
+    wait_for(
+        lambda: (job_status(job_id, settings=settings) or {}).get("state") == "added",
+        message="the lead added through Sentinel",
+    )
+    assert simulator.count_by_phone() == {"7275551212": 1}
+    env = {**settings_env(settings), "DISPATCHER_ENV_FILE": "/nonexistent", "PATH": "/usr/bin"}
+    started = time.monotonic()
+    health = subprocess.run(
+        [sys.executable, "-m", "dispatcher.cli", "health", "--worker"],
+        env=env, capture_output=True, text=True, timeout=60,
+    )
+    assert health.returncode == 0, health.stderr
+    assert time.monotonic() - started < 30
+
+
+def test_sentinel_url_needs_the_master_name() -> None:
+    from dispatcher.errors import ConfigError
+
+    with pytest.raises(ConfigError) as info:
+        Settings(redis_url="sentinel://127.0.0.1:26379/0")
+    assert "DISPATCHER_REDIS_SENTINEL_MASTER" in str(info.value)
+    s = Settings(
+        redis_url="sentinel://:pw1@h1:26379;sentinel://:pw2@h2:26379/0",
+        redis_sentinel_master="leads",
+    )
+    assert "pw1" not in repr(s) and "pw2" not in repr(s)
+    assert {"pw1", "pw2"} <= set(s.secrets)
