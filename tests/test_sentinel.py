@@ -35,7 +35,8 @@ def sentinel_url(tmp_path: Path) -> Iterator[str]:
     )
     process = subprocess.Popen(
         [find_redis_server(), str(conf), "--sentinel"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     try:
         probe = redis.Redis(port=port, socket_connect_timeout=0.5)
@@ -69,7 +70,10 @@ def test_a_worker_adds_a_lead_through_sentinel(
     started = time.monotonic()
     health = subprocess.run(
         [sys.executable, "-m", "dispatcher.cli", "health", "--worker"],
-        env=env, capture_output=True, text=True, timeout=60,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert health.returncode == 0, health.stderr
     assert time.monotonic() - started < 30
