@@ -26,7 +26,7 @@ import json
 import math
 import uuid
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -83,7 +83,9 @@ class Job:
         return self.lead.agent_user
 
     def to_message(self) -> dict[str, Any]:
-        data = asdict(self)
+        # Not dataclasses.asdict: it deep-copies the Lead field by field, only for
+        # the next line to replace it, and was 44% of enqueue_leads' time.
+        data = {f.name: getattr(self, f.name) for f in fields(self)}
         data["lead"] = self.lead.to_dict()
         return data
 

@@ -332,6 +332,10 @@ def test_sigterm_finishes_calls_in_flight_and_returns_the_rest(
     )
     wait_for(lambda: simulator.call_count >= 4, message="calls in flight")
     assert worker.stop(timeout=20) == 0
+    # Everything acknowledged or handed back: nothing waits for the visibility timeout.
+    client = redis.Redis.from_url(settings.redis_url)
+    assert client.hlen("unacked") == 0
+    client.close()
     after_stop = _states(ids, settings)
     added = sum(1 for s in after_stop.values() if s.get("state") == "added")
     assert added >= 4  # the calls in flight finished

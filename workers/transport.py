@@ -27,10 +27,13 @@ consumed with a single priority step, so there is one list to pop from.
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import json
 import os
 import socket
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import redis
@@ -52,9 +55,16 @@ __all__ = [
 _log = logs.get_logger("workers.transport")
 
 
+_consumer_id: tuple[int, str] | None = None
+
+
 def consumer_id() -> str:
     """This process, as named in in-flight list keys and consumer heartbeats."""
-    return f"{socket.gethostname()}.{os.getpid()}"
+    global _consumer_id
+    pid = os.getpid()
+    if _consumer_id is None or _consumer_id[0] != pid:  # computed once per process
+        _consumer_id = (pid, f"{socket.gethostname()}.{pid}")
+    return _consumer_id[1]
 
 
 def inflight_registry(queue: str) -> str:
@@ -107,7 +117,54 @@ def _dead_letter_item(queue: Any, item: Any) -> None:
 
 
 class ReliableQoS(kombu_redis.QoS):
-    """Records the unacknowledged message and clears the in-flight copy atomically."""
+    """Records the unacknowledged message and clears the in-flight copy atomically.
+
+    Acknowledgements are deferred: an ack's Redis write (removing the message from
+    kombu's unacked hash and index) rides along in the next ``append`` pipeline, a
+    round trip the consumer makes anyway, or is flushed when the consumer finds
+    the queue empty or the channel closes. That takes one blocking round trip per
+    message off the consumer thread, which serves every pool slot. A worker that
+    dies with acks pending leaves those messages in the unacked hash: the
+    visibility sweep redelivers them and their execution record (``done``) stops
+    a second call, as for a worker killed before its ack.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._pending_acks: collections.deque[Any] = collections.deque()
+
+    def _add_pending_acks(self, pipe: Any) -> None:
+        while self._pending_acks:
+            self._remove_from_indices(self._pending_acks.popleft(), pipe)
+
+    def flush_acks(self) -> None:
+        """Write the deferred acks now (one round trip), if there are any."""
+        if not self._pending_acks or self._detached():
+            return
+        with self.pipe_or_acquire() as pipe:
+            self._add_pending_acks(pipe)
+            pipe.execute()
+
+    # kombu's pipe_or_acquire builds a new redis.Redis for every pipeline, and
+    # redis-py's constructor (its response-callback table) cost about 6% of a
+    # worker's CPU, on the consumer thread that every pool slot waits for. One
+    # client per connection pool instead (a client is thread-safe; each
+    # pipeline is its own object).
+    _client: Any = None
+    _client_pool: Any = None
+
+    @contextlib.contextmanager
+    def pipe_or_acquire(self, pipe: Any = None, client: Any = None) -> Iterator[Any]:
+        if pipe is not None:
+            yield pipe
+            return
+        if client is None:
+            pool = self.channel.pool
+            if self._client is None or self._client_pool is not pool:
+                self._client = self.channel._create_client()
+                self._client_pool = pool
+            client = self._client
+        yield client.pipeline()
 
     def append(self, message: Any, delivery_tag: Any) -> None:
         delivery = message.delivery_info
@@ -122,6 +179,7 @@ class ReliableQoS(kombu_redis.QoS):
             )
             if raw is not None:
                 pipe.lrem(inflight, 1, raw)
+            self._add_pending_acks(pipe)
             pipe.execute()
         virtual.QoS.append(self, message, delivery_tag)
 
@@ -136,10 +194,9 @@ class ReliableQoS(kombu_redis.QoS):
         return connection is None or getattr(connection, "client", None) is None
 
     def ack(self, delivery_tag: Any) -> None:
-        if self._detached():
-            virtual.QoS.ack(self, delivery_tag)
-            return
-        super().ack(delivery_tag)
+        if not self._detached():
+            self._pending_acks.append(delivery_tag)
+        virtual.QoS.ack(self, delivery_tag)
 
     def reject(self, delivery_tag: Any, requeue: bool = False) -> None:
         if self._detached():
@@ -151,7 +208,15 @@ class ReliableQoS(kombu_redis.QoS):
         if client is None and self._detached():
             self._delivered.clear()
             return None
+        with contextlib.suppress(redis.RedisError):
+            self.flush_acks()
         return super().restore_unacked(client)
+
+    def restore_unacked_once(self, stderr: Any = None) -> Any:
+        # The channel is closing (a warm shutdown): write the deferred acks first.
+        with contextlib.suppress(redis.RedisError):
+            self.flush_acks()
+        return super().restore_unacked_once(stderr)
 
 
 class _ReliableChannel:
@@ -164,6 +229,7 @@ class _ReliableChannel:
         if not hasattr(self, "_inflight_raw"):
             self._inflight_raw: Any = None
             self._inflight_list: str | None = None
+            self._poll_idle = False
             self._inflight_registered: set[str] = set()
 
     def _take_inflight(self) -> tuple[Any, str | None]:
@@ -184,7 +250,13 @@ class _ReliableChannel:
         ]
         if len(keys) != 1 or self.global_keyprefix:  # type: ignore[attr-defined]
             self._inflight_list = None
+            # Stock BRPOP path: no idle signal, so deferred acks go before each poll.
+            self.qos.flush_acks()  # type: ignore[attr-defined]
             return super()._brpop_start(timeout)  # type: ignore[misc]
+        if self._poll_idle:
+            # The last poll found the queue empty: acks deferred since then go now.
+            self._poll_idle = False
+            self.qos.flush_acks()  # type: ignore[attr-defined]
         source = keys[0]
         target = inflight_key(source, consumer_id())
         if target not in self._inflight_registered:
@@ -216,6 +288,7 @@ class _ReliableChannel:
             if moving:
                 item = original(connection, "BRPOPLPUSH", **kwargs)
                 result = (self._inflight_source, item) if item is not None else None
+                self._poll_idle = item is None
             else:
                 result = original(connection, command, **kwargs)
             if result and not is_envelope(result[1]):
