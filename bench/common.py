@@ -15,7 +15,6 @@ import platform
 import signal
 import statistics
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -26,7 +25,7 @@ from typing import Any
 
 import redis
 
-from dispatcher.localfleet import WorkerProcess, settings_env
+from dispatcher.localfleet import WorkerProcess, process_tree, settings_env
 from dispatcher.redis_server import RedisServer
 from dispatcher.settings import Settings
 from dispatcher.simulator import RequestRecord, Simulator, SimulatorState
@@ -212,26 +211,6 @@ def machine_info() -> dict[str, Any]:
     }
 
 
-def process_tree(pid: int) -> list[int]:
-    """``pid`` and its live descendants (Linux /proc)."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        children.setdefault(ppid, []).append(int(entry))
-    out, todo = [], [pid]
-    while todo:
-        current = todo.pop()
-        out.append(current)
-        todo.extend(children.get(current, []))
-    return out
-
-
 def cpu_seconds(pids: Sequence[int]) -> float:
     """User + system CPU seconds of these processes (each counted alone)."""
     total = 0
@@ -352,27 +331,6 @@ class AppWorker(WorkerProcess):
     """`celery -A bench.naive_app worker` (or careful_app): ready when Celery says so."""
 
     app: str = "bench.naive_app"
-
-    def command(self) -> list[str]:
-        return [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            self.app,
-            "worker",
-            "--loglevel",
-            "INFO",
-            "--pool",
-            self.pool,
-            "--concurrency",
-            str(self.concurrency),
-            "--hostname",
-            f"{self.name}@%h",
-            "--without-gossip",
-            "--without-mingle",
-            *self.extra_args,
-        ]
 
     def wait_ready(self, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout

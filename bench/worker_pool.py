@@ -36,7 +36,7 @@ from pathlib import Path
 
 import redis
 
-from dispatcher.localfleet import WorkerProcess
+from dispatcher.localfleet import WorkerProcess, process_tree
 from dispatcher.producer import enqueue_leads
 from dispatcher.redis_server import RedisServer
 from dispatcher.settings import Settings
@@ -113,30 +113,10 @@ HEADER = (
 )
 
 
-def _tree(pid: int) -> list[int]:
-    """``pid`` and all its descendants (Linux /proc)."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        children.setdefault(ppid, []).append(int(entry))
-    out, todo = [], [pid]
-    while todo:
-        current = todo.pop()
-        out.append(current)
-        todo.extend(children.get(current, []))
-    return out
-
-
 def _cpu_seconds(pid: int) -> float:
     """User + system CPU seconds of ``pid`` and its live descendants."""
     total = 0
-    for p in _tree(pid):
+    for p in process_tree(pid):
         try:
             fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
@@ -147,7 +127,7 @@ def _cpu_seconds(pid: int) -> float:
 
 def _rss_mb(pid: int) -> float:
     total_kb = 0
-    for p in _tree(pid):
+    for p in process_tree(pid):
         try:
             for line in Path(f"/proc/{p}/status").read_text().splitlines():
                 if line.startswith("VmRSS:"):

@@ -24,7 +24,7 @@ from typing import Any
 from dispatcher.connection import redis_client
 from dispatcher.settings import Settings
 
-__all__ = ["WorkerProcess", "settings_env"]
+__all__ = ["WorkerProcess", "process_tree", "settings_env"]
 
 _ROOT = Path(__file__).resolve().parents[1]
 
@@ -46,6 +46,26 @@ def settings_env(settings: Settings) -> dict[str, str]:
     return env
 
 
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and its live descendants (Linux /proc): a worker and its pool children."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(ppid, []).append(int(entry))
+    out, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        out.append(current)
+        todo.extend(children.get(current, []))
+    return out
+
+
 @dataclass
 class WorkerProcess:
     """A real `celery -A workers worker` subprocess."""
@@ -58,6 +78,8 @@ class WorkerProcess:
     extra_env: Mapping[str, str] = field(default_factory=dict)
     extra_args: tuple[str, ...] = ()
     process: subprocess.Popen[bytes] | None = None
+    #: The Celery app module (`celery -A APP worker`); benchmarks run other apps.
+    app: str = "workers"
 
     def command(self) -> list[str]:
         return [
@@ -65,7 +87,7 @@ class WorkerProcess:
             "-m",
             "celery",
             "-A",
-            "workers",
+            self.app,
             "worker",
             "--loglevel",
             "INFO",
