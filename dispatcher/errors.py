@@ -5,8 +5,14 @@ never by matching strings, so the tree is the retry policy's vocabulary::
 
     DispatcherError
      ├── InvalidLead (ValueError)         bad input at enqueue time; names every bad field
+     ├── IdempotencyConflict (ValueError) an idempotency key reused with a different lead
      ├── ConfigError (ValueError)         a DISPATCHER_* variable is missing or malformed
      ├── BrokerUnavailable                Redis cannot be reached (enqueue, CLI)
+     │    ├── EnqueueUnconfirmed          the enqueue was sent, its answer lost: it may have
+     │    │                               happened (retry with the same idempotency key)
+     │    └── BrokerWriteRefused          Redis answers but refuses writes (MISCONF: disk)
+     │         ├── BrokerOutOfMemory      OOM: maxmemory reached (noeviction)
+     │         └── BrokerReadOnly         READONLY: a replica (after a failover)
      └── CallFailed                       one external_add_lead call did not add the lead
           ├── TemporaryFailure            worth another attempt after a backoff
           │    ├── AgentNotLoggedIn       agent_not_logged_in: waits up to AGENT_WAIT_S
@@ -21,6 +27,7 @@ never by matching strings, so the tree is the retry policy's vocabulary::
                ├── ManualListUndefined    manual_list_undefined
                ├── InvalidRequest         invalid_request
                ├── InvalidPayload         invalid_payload: the queue message is not a job
+               ├── InternalFailure        internal: an unexpected error inside the worker
                └── ServerRefused          the server refuses *every* call: pause the fleet
                     ├── AuthFailed        auth
                     ├── PermissionDenied  permission
@@ -41,15 +48,21 @@ __all__ = [
     "AmbiguousFailure",
     "ApiDisabled",
     "AuthFailed",
+    "BrokerOutOfMemory",
+    "BrokerReadOnly",
     "BrokerUnavailable",
+    "BrokerWriteRefused",
     "CallFailed",
     "CampaignDNCBlocked",
     "ConfigError",
     "DNCBlocked",
     "DispatcherError",
+    "EnqueueUnconfirmed",
     "FieldError",
     "HTTPStatusError",
+    "IdempotencyConflict",
     "InsertFailed",
+    "InternalFailure",
     "InvalidLead",
     "InvalidPayload",
     "InvalidRequest",
@@ -99,6 +112,41 @@ class ConfigError(DispatcherError, ValueError):
 
 class BrokerUnavailable(DispatcherError):
     """Redis did not answer (refused, timed out, authentication failed)."""
+
+
+class EnqueueUnconfirmed(BrokerUnavailable):
+    """The enqueue reached Redis but its answer did not come back, and Redis could not be
+    asked afterwards: the lead may or may not be on the queue. Retrying with the same
+    idempotency key is safe; retrying without one may enqueue it twice."""
+
+
+class BrokerWriteRefused(BrokerUnavailable):
+    """Redis answered but refused to write (MISCONF: it cannot persist to disk)."""
+
+
+class BrokerOutOfMemory(BrokerWriteRefused):
+    """Redis reached maxmemory (noeviction): every write is refused until memory frees."""
+
+
+class BrokerReadOnly(BrokerWriteRefused):
+    """Redis is a read-only replica (e.g. the old master after a failover)."""
+
+
+class IdempotencyConflict(DispatcherError, ValueError):
+    """An idempotency key was used before with a different lead; nothing was enqueued.
+
+    ``job_id`` is the job the key belongs to.
+    """
+
+    def __init__(self, key: str, job_id: str, *, index: int | None = None) -> None:
+        self.key = key
+        self.job_id = job_id
+        self.index = index
+        where = f"lead {index}: " if index is not None else ""
+        super().__init__(
+            f"{where}idempotency key {key!r} was used for another lead (job {job_id}); "
+            "nothing enqueued"
+        )
 
 
 class CallFailed(DispatcherError):
@@ -172,6 +220,13 @@ class InvalidRequest(PermanentFailure):
 
 class InvalidPayload(PermanentFailure):
     reason = "invalid_payload"
+
+
+class InternalFailure(PermanentFailure):
+    """An unexpected error inside the worker (a bug): the letter holds the whole job and
+    can be replayed once the cause is fixed."""
+
+    reason = "internal"
 
 
 class ServerRefused(PermanentFailure):

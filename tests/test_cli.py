@@ -842,3 +842,28 @@ def test_status_of_an_empty_fleet(rsettings: Settings) -> None:
     }
     check(human)
     assert "dead letters: none" in human.stdout and "not paused" in human.stdout
+
+
+def test_replay_all_leaves_ambiguous_letters_alone_unless_included(
+    rsettings: Settings, store: DeadLetterStore, letters: dict[str, DeadLetter]
+) -> None:
+    ambiguous = record_letter(store, rsettings, phone="7275551009", reason="ambiguous")
+    dry = run_cli(rsettings, "dlq", "replay", "--all", "--dry-run")
+    check(dry)
+    assert ambiguous.id not in dry.stdout
+    assert "1 ambiguous letter(s) would be left alone" in dry.stderr
+    assert "--include-ambiguous" in dry.stderr
+    by_reason = run_cli(rsettings, "dlq", "replay", "--reason", "ambiguous", "--yes")
+    check(by_reason, 2)
+    assert "--include-ambiguous" in by_reason.stderr
+    replayed = run_cli(rsettings, "dlq", "replay", "--all", "--yes", "--json")
+    check(replayed)
+    assert json.loads(replayed.stdout)["replayed"] == 4
+    assert store.get(ambiguous.id) is not None
+    included = run_cli(rsettings, "dlq", "replay", "--all", "--include-ambiguous", "--yes")
+    check(included)
+    assert store.get(ambiguous.id) is None
+    # By id it is explicit: no flag needed.
+    again = record_letter(store, rsettings, phone="7275551010", reason="ambiguous")
+    check(run_cli(rsettings, "dlq", "replay", again.id, "--yes"))
+    assert store.get(again.id) is None

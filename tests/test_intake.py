@@ -644,3 +644,20 @@ def test_metrics_after_a_real_run_match_what_happened(
     assert counts == sorted(counts) and counts[-1] == 2
     assert one("dispatcher_vicidial_call_duration_seconds_count") == 2
     assert 0 < one("dispatcher_vicidial_call_duration_seconds_sum") < 20
+
+
+def test_a_lead_with_tens_of_thousands_of_keys_is_refused_at_once(
+    intake: Intake, client: httpx.Client
+) -> None:
+    """45,000 keys in 1 MiB once blocked the event loop for seconds while validated."""
+    body = {**LEAD, **{f"k{i:05d}": "" for i in range(45_000)}}
+    content = json.dumps(body, separators=(",", ":")).encode()
+    assert len(content) <= MIB
+    reply = client.post("/v1/leads", content=content)
+    assert reply.status_code == 422
+    [error] = reply.json()["errors"]
+    assert error["field"] == "body" and "too many fields" in error["message"]
+    batch = client.post("/v1/leads:batch", content=json.dumps({"leads": [body]}).encode())
+    assert batch.status_code == 200
+    assert "too many fields" in batch.json()["results"][0]["errors"][0]["message"]
+    assert _queue_length(intake.settings) == 0

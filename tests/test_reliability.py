@@ -168,6 +168,8 @@ def test_workers_sigkilled_repeatedly_lose_nothing_and_add_nothing_twice(
     assert all(counts.get(p) == 1 for p in phones), "every lead added exactly once"
     assert len(counts) == 300
     print(f"kills={kills} ambiguous={len(dead)} calls={simulator.call_count}")
+    # A kill can only leave ambiguous the jobs its worker held: at most its concurrency.
+    assert len(dead) <= kills * 3, len(dead)
 
 
 def test_redis_restart_mid_run_loses_nothing(
@@ -192,21 +194,12 @@ def test_redis_restart_mid_run_loses_nothing(
         server.start()
         states = _wait_all_final(ids, settings, timeout=60)
         counts = simulator.count_by_phone()
-        assert max(counts.values()) == 1
-        dead = [s for s in states.values() if s["state"] == "dead"]
-        assert all(s["reason"] == "ambiguous" for s in dead)
-        # Every job ended; the ambiguous ones (if any) are in the store, whole.
-        assert sum(1 for s in states.values() if s["state"] == "added") + len(dead) == 200
-        assert (
-            len(counts)
-            + sum(
-                1
-                for job_id, s in states.items()
-                if s["state"] == "dead"
-                and simulator.count_by_phone().get(phones[ids.index(job_id)], 0) == 0
-            )
-            == 200
-        )
+        # A Redis restart is the fleet's own hiccup, not a lost answer from VICIdial:
+        # every worker holds on to its claim and its outcome until Redis is back, so
+        # nothing is left ambiguous and every lead is added exactly once.
+        dead = {k: s for k, s in states.items() if s["state"] == "dead"}
+        assert not dead, list(dead.values())[:3]
+        assert len(counts) == 200 and max(counts.values()) == 1
     finally:
         server.close()
 

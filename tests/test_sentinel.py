@@ -91,3 +91,35 @@ def test_sentinel_url_needs_the_master_name() -> None:
     )
     assert "pw1" not in repr(s) and "pw2" not in repr(s)
     assert {"pw1", "pw2"} <= set(s.secrets)
+
+
+def test_a_done_record_waits_for_a_replica_before_the_message_is_acknowledged(
+    tmp_path: Path, simulator: Simulator, start_worker: Callable[..., WorkerProcess]
+) -> None:
+    """After a failover only what reached a replica survives: `done` must be there."""
+    primary = RedisServer(tmp_path / "primary")
+    replica = RedisServer(tmp_path / "replica")
+    (tmp_path / "primary").mkdir()
+    (tmp_path / "replica").mkdir()
+    primary.start()
+    replica.start()
+    try:
+        admin = redis.Redis.from_url(primary.url)
+        redis.Redis.from_url(replica.url).execute_command(
+            "REPLICAOF", "127.0.0.1", str(primary.port)
+        )
+        wait_for(
+            lambda: admin.info("replication")["connected_slaves"] == 1,
+            message="the replica attached",
+        )
+        settings = make_settings(primary.url, simulator)
+        start_worker(settings)
+        admin.config_resetstat()
+        job_id = enqueue_lead(agent_user="1000", phone_number="7275551212", settings=settings)
+        wait_for(lambda: (job_status(job_id, settings=settings) or {}).get("state") == "added")
+        assert int(admin.info("commandstats").get("cmdstat_wait", {}).get("calls", 0)) >= 1
+        exec_key = f"{settings.key_prefix}:exec:{job_id}"
+        assert redis.Redis.from_url(replica.url).hget(exec_key, "state") == b"done"
+    finally:
+        replica.close()
+        primary.close()

@@ -205,11 +205,34 @@ def test_every_kind_is_recorded(kind: str) -> None:
     with Simulator(stall_s=0.05) as sim, httpx.Client(timeout=2) as http:
         sim.script_calls({1: kind})
         with contextlib.suppress(httpx.TransportError):
-            http.get(sim.url, params=lead())
+            if kind == "drip_after":  # the head is enough: the body takes 15 s
+                with http.stream("GET", sim.url, params=lead()) as reply:
+                    assert reply.status_code == 200
+            else:
+                http.get(sim.url, params=lead())
         (record,) = sim.requests
         assert record.fault == kind
-        inserted = kind in ("reset_after", "stall_after", "html_warning")
+        inserted = kind in ("reset_after", "stall_after", "html_warning", "drip_after")
         assert len(sim.leads) == (1 if inserted else 0)
+
+
+def test_drip_flood_and_sql_page(sim: Simulator, client: httpx.Client) -> None:
+    sim.script_calls({1: "drip_after", 2: "flood", 3: "http_500_sql"})
+    with client.stream("GET", sim.url, params=lead()) as reply:
+        started = time.monotonic()
+        chunks = reply.iter_bytes()
+        first = next(chunks)
+        second = next(chunks)
+        assert first + second == b"SU"  # one byte at a time
+        assert time.monotonic() - started >= 0.5
+    assert len(sim.leads) == 1  # inserted before the answer started
+    flood = client.get(sim.url, params=lead())
+    assert flood.status_code == 200 and len(flood.content) >= 2 * 1024 * 1024
+    assert "SUCCESS" not in flood.text and "ERROR" not in flood.text
+    page = client.get(sim.url, params=lead())
+    assert page.status_code == 500 and "pass='1234'" in page.text
+    assert "pass='***'" in sim.requests[2].body and "1234" not in sim.requests[2].body
+    assert len(sim.leads) == 1
 
 
 # ------------------------------------------------------------------- latency

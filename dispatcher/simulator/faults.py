@@ -41,6 +41,9 @@ FaultKind = Literal[
     "html_warning",
     "empty",
     "insert_failed",
+    "drip_after",
+    "flood",
+    "http_500_sql",
 ]
 FAULT_KINDS: tuple[FaultKind, ...] = get_args(FaultKind)
 
@@ -58,13 +61,32 @@ FAULT_DESCRIPTIONS: dict[FaultKind, str] = {
     "html_warning": "processed normally, but PHP warnings in HTML precede the result line",
     "empty": "HTTP 200 with an empty body; nothing inserted",
     "insert_failed": "the INSERT affects no row: 'ERROR: lead insertion failed - ...'",
+    "drip_after": "request processed (lead inserted), then the answer trickles in, one byte "
+    "every 0.3 s (a slow proxy): each read is quick, the whole answer is not",
+    "flood": "HTTP 200 with 2 MiB of PHP notices and no result line; nothing inserted",
+    "http_500_sql": "HTTP 500 with a PHP fatal-error page (display_errors=On) showing the "
+    "failing SQL, which holds the API user's password; nothing inserted",
 }
 
 # Kinds answered without running the VICIdial logic, and kinds that run it first.
 BEFORE_PROCESSING: frozenset[FaultKind] = frozenset(
-    {"http_500", "http_502", "http_503", "http_504", "http_429", "reset", "stall", "html", "empty"}
+    {
+        "http_500",
+        "http_502",
+        "http_503",
+        "http_504",
+        "http_429",
+        "reset",
+        "stall",
+        "html",
+        "empty",
+        "flood",
+        "http_500_sql",
+    }
 )
 AFTER_PROCESSING: frozenset[FaultKind] = frozenset({"reset_after", "stall_after"})
+#: Seconds between two bytes of a ``drip_after`` answer.
+DRIP_INTERVAL_S = 0.3
 
 # What a misconfigured PHP (display_errors=On) prints before the script's own output.
 PHP_WARNING_HTML = (
@@ -83,6 +105,21 @@ _ERROR_PAGE = (
     "<!DOCTYPE html>\n<html><head><title>VICIdial</title></head>\n<body>\n"
     "<h2>Database connection failed</h2>\n"
     "<p>mysqli_connect(): (HY000/2002): Connection refused</p>\n</body></html>\n"
+)
+_NOTICE = (
+    "<br />\n<b>Notice</b>:  Undefined index: lead_id in <b>/srv/www/htdocs/agc/api.php</b>"
+    " on line 1207<br />\n"
+)
+# PHP 8 with display_errors=On prints an uncaught mysqli exception with its stack
+# trace, whose arguments include the query: the authentication query holds the password.
+_SQL_FATAL = (
+    "<br />\n<b>Fatal error</b>:  Uncaught mysqli_sql_exception: Table "
+    "'asterisk.vicidial_users' is marked as crashed and should be repaired in "
+    "/srv/www/htdocs/agc/api.php:1056\nStack trace:\n#0 /srv/www/htdocs/agc/api.php(1056): "
+    "mysqli_query(Object(mysqli), 'SELECT count(*) from vicidial_users where "
+    "user='{user}' and pass='{password}' and user_level > 0 and active='Y' and "
+    "api_only_user!='1';')\n#1 {{main}}\n  thrown in <b>/srv/www/htdocs/agc/api.php</b> on line "
+    "<b>1056</b><br />\n"
 )
 _REASONS = {500: "Internal Server Error", 502: "Bad Gateway", 503: "Service Unavailable",
             504: "Gateway Time-out", 429: "Too Many Requests"}  # fmt: skip
@@ -103,10 +140,16 @@ def _script_entry(kind: str | None) -> FaultKind | None:
     return check_kind(kind)
 
 
-def fault_response(kind: FaultKind) -> tuple[int, str, tuple[tuple[str, str], ...]]:
+def fault_response(
+    kind: FaultKind, *, user: str = "", password: str = ""
+) -> tuple[int, str, tuple[tuple[str, str], ...]]:
     """Status, body and extra headers for a kind answered without processing."""
     if kind == "http_500":
         return 500, "", ()
+    if kind == "http_500_sql":
+        return 500, _SQL_FATAL.format(user=user, password=password), ()
+    if kind == "flood":
+        return 200, _NOTICE * (2 * 1024 * 1024 // len(_NOTICE) + 1), ()
     if kind in ("http_502", "http_503", "http_504", "http_429"):
         status = int(kind[-3:])
         page = _PROXY_PAGE.format(status=status, reason=_REASONS[status])

@@ -21,7 +21,7 @@ import socket
 import struct
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from email.utils import formatdate
 
 __all__ = ["Hangup", "HttpRequest", "HttpResponse", "HttpServer", "Reply"]
@@ -66,6 +66,7 @@ class HttpResponse:
     body: bytes = b""
     headers: tuple[tuple[str, str], ...] = ()
     delay_s: float = 0.0  # wait this long before sending (simulated server latency)
+    drip_s: float = 0.0  # send the body one byte at a time, this long apart (a slow proxy)
 
 
 @dataclass(frozen=True)
@@ -177,7 +178,10 @@ class HttpServer:
                 if reply.delay_s > 0:
                     await asyncio.sleep(reply.delay_s)
                 keep_alive = _keep_alive(request)
-                self._write(writer, request.method, reply, keep_alive)
+                if reply.drip_s > 0:
+                    await self._drip(writer, request.method, reply, keep_alive)
+                else:
+                    self._write(writer, request.method, reply, keep_alive)
                 await writer.drain()
                 if not keep_alive:
                     return
@@ -267,8 +271,23 @@ class HttpServer:
         if headers.get("expect", "").lower() == "100-continue":
             writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
-    def _write(
+    async def _drip(
         self, writer: asyncio.StreamWriter, method: str, reply: HttpResponse, keep_alive: bool
+    ) -> None:
+        self._write(writer, method, replace(reply, body=b""), keep_alive, length=len(reply.body))
+        for i in range(len(reply.body)):
+            await writer.drain()
+            await asyncio.sleep(reply.drip_s)
+            writer.write(reply.body[i : i + 1])
+
+    def _write(
+        self,
+        writer: asyncio.StreamWriter,
+        method: str,
+        reply: HttpResponse,
+        keep_alive: bool,
+        *,
+        length: int | None = None,
     ) -> None:
         reason = _REASONS.get(reply.status, "Unknown")
         head = [
@@ -277,7 +296,7 @@ class HttpServer:
             f"Server: {self._server_name}",
         ]
         head.extend(f"{name}: {val}" for name, val in reply.headers)
-        head.append(f"Content-Length: {len(reply.body)}")
+        head.append(f"Content-Length: {len(reply.body) if length is None else length}")
         head.append("Connection: " + ("keep-alive" if keep_alive else "close"))
         data = ("\r\n".join(head) + "\r\n\r\n").encode("latin-1")
         writer.write(data if method == "HEAD" else data + reply.body)

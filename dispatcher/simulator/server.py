@@ -22,6 +22,7 @@ from urllib.parse import parse_qsl
 from dispatcher.simulator.agc import StoredLead, Tables, answer, is_locked, merge_fields
 from dispatcher.simulator.faults import (
     AFTER_PROCESSING,
+    DRIP_INTERVAL_S,
     BEFORE_PROCESSING,
     PHP_WARNING_HTML,
     FaultKind,
@@ -490,9 +491,13 @@ class Simulator:
             hold = delay + (self._plan.stall_s if fault == "stall" else 0.0)
             return _Outcome(Hangup(hold_s=hold, reset=fault == "reset"), 0, "")
         if fault is not None and fault in BEFORE_PROCESSING:
-            status, body, extra = fault_response(fault)
+            password = fields.get("pass", "")
+            status, body, extra = fault_response(
+                fault, user=fields.get("user", ""), password=password
+            )
             headers = (("Content-Type", "text/html; charset=utf-8"), *extra)
-            return _Outcome(HttpResponse(status, body.encode(), headers, delay), status, body)
+            shown = body.replace(f"pass='{password}'", "pass='***'") if password else body
+            return _Outcome(HttpResponse(status, body.encode(), headers, delay), status, shown)
 
         result = answer(self._tables, fields, value, now, insert_fails=fault == "insert_failed")
         lead_id = result.lead.lead_id if result.lead is not None else None
@@ -503,7 +508,8 @@ class Simulator:
         body, record_body = result.body, result.record_body
         if fault == "html_warning":
             body, record_body = PHP_WARNING_HTML + body, PHP_WARNING_HTML + record_body
-        response = HttpResponse(result.status, body.encode(), _PHP_HEADERS, delay)
+        drip = DRIP_INTERVAL_S if fault == "drip_after" else 0.0
+        response = HttpResponse(result.status, body.encode(), _PHP_HEADERS, delay, drip_s=drip)
         return _Outcome(response, result.status, record_body, processed=True, lead_id=lead_id)
 
 

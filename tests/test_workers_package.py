@@ -1,0 +1,114 @@
+"""The workers package: no import circle, a lazily built app, the reliable pop really
+running (and refusing to fall back silently), poison items never lost."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import redis
+
+from dispatcher import DeadLetterStore, enqueue_lead, job_status
+from dispatcher.localfleet import WorkerProcess
+from dispatcher.settings import Settings
+from dispatcher.simulator import Simulator
+from tests.conftest import ROOT, make_settings, wait_for
+from workers import transport
+
+
+def _python(code: str, **env: str) -> subprocess.CompletedProcess[str]:
+    base = {k: v for k, v in os.environ.items() if not k.startswith("DISPATCHER_")}
+    base.update(env, DISPATCHER_ENV_FILE="/nonexistent", PYTHONPATH=str(ROOT))
+    return subprocess.run(
+        [sys.executable, "-c", code], env=base, capture_output=True, text=True, timeout=60
+    )
+
+
+def test_importing_worker_modules_builds_no_app_and_needs_no_settings() -> None:
+    result = _python(
+        "import sys\n"
+        "import workers.outcomes, workers.vicidial, workers.transport, workers.scheduler\n"
+        "import workers.runner, workers.consumer\n"
+        "assert 'workers.tasks' not in sys.modules, 'transport/consumer import the tasks'\n"
+        "print('ok')\n",
+        DISPATCHER_MAX_ATTEMPTS="many",  # a bad setting: only building the app reads it
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"
+
+
+def test_celery_finds_the_app_in_the_package() -> None:
+    result = _python("import workers; print(workers.app.main)")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "dispatcher"
+    bad = _python("import workers; workers.app", DISPATCHER_MAX_ATTEMPTS="many")
+    assert bad.returncode == 2 and "DISPATCHER_MAX_ATTEMPTS" in bad.stderr
+    assert "Traceback" not in bad.stderr
+
+
+def test_the_reliable_pop_is_the_one_running(
+    settings: Settings, start_worker: Callable[..., WorkerProcess]
+) -> None:
+    client = redis.Redis.from_url(settings.redis_url)
+    client.config_resetstat()
+    start_worker(settings)
+    job_id = enqueue_lead(agent_user="1000", phone_number="7275551212", settings=settings)
+    wait_for(lambda: (job_status(job_id, settings=settings) or {}).get("state") == "added")
+    stats = client.info("commandstats")
+    assert "cmdstat_brpop" not in stats, "a worker popped with stock BRPOP"
+    assert "cmdstat_brpoplpush" in stats or "cmdstat_evalsha" in stats
+
+
+def test_a_worker_refuses_to_start_where_the_reliable_pop_cannot_run(
+    settings: Settings, tmp_path: Path
+) -> None:
+    worker = WorkerProcess(
+        settings, tmp_path / "w.log", name="several", extra_args=("-Q", "dispatcher,other")
+    )
+    worker.start(wait=False)
+    assert worker.process is not None
+    try:
+        code = worker.process.wait(30)
+    except subprocess.TimeoutExpired:
+        worker.kill()
+        pytest.fail("the worker ran with several queues (stock BRPOP: no crash protection)")
+    assert code != 0
+    assert "one queue" in worker.tail()
+
+
+def test_a_poison_item_whose_letter_cannot_be_written_is_kept(
+    redis_url: str, simulator: Simulator, start_worker: Callable[..., WorkerProcess]
+) -> None:
+    admin = redis.Redis.from_url(redis_url)
+    # A worker account that may not touch the dead-letter store (dispatcher:dl*).
+    admin.execute_command(
+        "ACL", "SETUSER", "limited", "on", ">limited-pw", "+@all", "&*", "~dispatcher",
+        "~dispatcher:[^d]*", "~dispatcher:d[^l]*", "~_*", "~unacked*",
+    )  # fmt: skip
+    host_port = redis_url.split("//")[1]
+    limited = make_settings(f"redis://limited:limited-pw@{host_port}", simulator)
+    worker = start_worker(limited)
+    admin.lpush(limited.queue, "definitely not a celery message")
+    time.sleep(3.0)  # several polls
+    queued = admin.lrange(limited.queue, 0, -1)
+    held = [
+        item
+        for key in admin.smembers(transport.inflight_registry(limited.queue))
+        for item in admin.lrange(key, 0, -1)
+    ]
+    assert b"definitely not a celery message" in queued + held, "the poison item was lost"
+    admin.execute_command("ACL", "SETUSER", "limited", "allkeys")
+    store = DeadLetterStore(settings=make_settings(redis_url))
+    letters = wait_for(
+        lambda: [x for x in store.iter() if x.reason == "invalid_payload"],
+        timeout=15,
+        message="the letter, once it can be written",
+    )
+    assert "definitely not a celery message" in json.dumps(letters[0].job)
+    assert worker.alive()
