@@ -28,7 +28,8 @@ import redis
 from bench.common import AGENT, Env, Goal, Section, rss_kb
 from bench.latency import compose_worker_settings
 from bench.throughput import celery_enqueuer
-from dispatcher import scripts as product_scripts
+from dispatcher.execution import _SOURCE as execution_source
+from dispatcher.fleet import _SOURCE as fleet_source
 from dispatcher.producer import enqueue_leads
 from dispatcher.settings import Settings
 
@@ -36,18 +37,22 @@ NAME = "cost"
 IDLE_S = 3.0
 CAREFUL_DB = 2
 
+#: The product's scripts by SHA1; a call is named by script and command ("execution:claim").
 SCRIPT_NAMES = {
     hashlib.sha1(text.encode()).hexdigest(): name
-    for name, text in (
-        ("CLAIM", product_scripts.CLAIM),
-        ("SUCCESS", product_scripts.SUCCESS),
-        ("ENQUEUE", product_scripts.ENQUEUE),
-        ("MOVE_DUE", product_scripts.MOVE_DUE),
-        ("DEAD_LETTER", product_scripts.DEAD_LETTER),
-        ("REPLAY", product_scripts.REPLAY),
-        ("NETWORK_FAILURE", product_scripts.NETWORK_FAILURE),
-    )
+    for name, text in (("execution", execution_source), ("fleet", fleet_source))
 }
+
+
+def script_call(words: list[str]) -> str:
+    """'execution:claim' for ``EVALSHA <sha> <numkeys> <keys...> "claim" ...``."""
+    script = SCRIPT_NAMES.get(words[1].strip('"'), "other")
+    try:
+        numkeys = int(words[2].strip('"'))
+        command = words[3 + numkeys].strip('"')
+    except (IndexError, ValueError):
+        return script
+    return f"{script}:{command}"
 
 
 def commandstats(client: redis.Redis) -> Counter[str]:
@@ -129,8 +134,8 @@ def analyse_monitor(entries: list[dict[str, Any]], *, start: float, end: float) 
             continue
         conn = f"{entry.get('client_address')}:{entry.get('client_port')}"
         if name in ("EVALSHA", "EVAL"):
-            script = SCRIPT_NAMES.get(words[1], "other") if name == "EVALSHA" else "EVAL"
-            if script == "ENQUEUE":
+            script = script_call(words) if name == "EVALSHA" else "EVAL"
+            if script == "execution:enqueue":
                 producers.add(conn)
             current_script = (conn, script)
             if conn not in producers:

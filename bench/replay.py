@@ -1,7 +1,8 @@
 """Benchmark 4: dead-letter replay rate, and the CLI's peak memory on a big store.
 
-Dead letters are written with ``DeadLetterStore.record`` (each job a valid job
-message, as ``prepare_job(...).to_message()`` builds it), its Lua calls sent in
+Dead letters are built with ``DeadLetterStore.letter`` (each job a valid job
+message, as ``prepare_job(...).to_message()`` builds it) and written with the
+``dead`` command of execution.lua, as ``DeadLetterStore.write`` does, sent in
 pipelines of 1000 so that 100,000 take seconds, not minutes. Then:
 
 * replay rate: ``dispatcher dlq replay --all --yes`` as a subprocess (wall time,
@@ -14,12 +15,11 @@ pipelines of 1000 so that 100,000 take seconds, not minutes. Then:
 
 from __future__ import annotations
 
-import copy
+import json
 import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 from bench.common import AGENT, Env, Goal, Section, child_env, median, rotations, run_measured
 from dispatcher.backend import get_backend
@@ -34,24 +34,11 @@ REASON = "manual_list_undefined"
 ERROR = "ERROR: campaign manual dial list undefined - 1003|GHOST"
 
 
-class _PipelinedScripts:
-    """The backend's scripts, with ``dead_letter`` queued on a pipeline instead of sent."""
-
-    def __init__(self, scripts: Any, pipe: Any) -> None:
-        self._scripts = scripts
-        self._pipe = pipe
-
-    def dead_letter(self, *, keys: list[Any], args: list[Any]) -> Any:
-        return self._scripts.dead_letter(keys=keys, args=args, client=self._pipe)
-
-
 def make_letters(settings: Settings, n: int, *, first: int = 0) -> float:
-    """Write ``n`` dead letters with DeadLetterStore.record; return the seconds it took."""
+    """Write ``n`` dead letters as DeadLetterStore.write does; return the seconds it took."""
     backend = get_backend(settings)
     pipe = backend.redis.pipeline(transaction=False)
-    shim = copy.copy(backend)
-    shim.scripts = _PipelinedScripts(backend.scripts, pipe)  # type: ignore[assignment]
-    store = DeadLetterStore(shim)
+    store = DeadLetterStore(backend)
     base = prepare_job(
         {
             "agent_user": AGENT,
@@ -70,7 +57,7 @@ def make_letters(settings: Settings, n: int, *, first: int = 0) -> float:
             "job_id": new_job_id(),
             "lead": {**base["lead"], "phone_number": f"82{i:08d}"},
         }
-        store.record(
+        letter = store.letter(
             job=job,
             reason=REASON,
             error=ERROR,
@@ -78,7 +65,21 @@ def make_letters(settings: Settings, n: int, *, first: int = 0) -> float:
             attempts=1,
             first_failed_at=now - 60,
             now=now - i * 0.001,  # distinct failure times, as real letters have
-            next_seq=1,
+        )
+        backend.execution.call(
+            "dead",
+            letter.job_id,
+            "",
+            0,
+            json.dumps(letter.to_dict(), separators=(",", ":")),
+            f"{letter.score:.6f}",
+            REASON,
+            1,
+            ERROR,
+            200,
+            int(settings.job_ttl_s),
+            "",
+            client=pipe,
         )
         if len(pipe) >= 1000:
             pipe.execute()

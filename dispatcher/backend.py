@@ -1,7 +1,9 @@
 """The Redis side of the dispatcher for one set of settings: client, keys, scripts.
 
 Producers, the dead-letter store, the CLI and the workers all reach Redis
-through a :class:`Backend`, so a key name or a script exists in one place.
+through a :class:`Backend`, so a key name or a script exists in one place:
+:attr:`Backend.execution` (every transition of a job, ``execution.lua``) and
+:attr:`Backend.fleet` (liveness of workers and consumers, ``fleet.lua``).
 """
 
 from __future__ import annotations
@@ -12,8 +14,9 @@ from dataclasses import dataclass, field
 import redis
 
 from dispatcher.connection import redis_client
+from dispatcher.execution import Execution
+from dispatcher.fleet import Fleet
 from dispatcher.keys import Keys
-from dispatcher.scripts import Scripts
 from dispatcher.settings import Settings, get_settings
 
 __all__ = ["Backend", "get_backend"]
@@ -24,12 +27,14 @@ class Backend:
     settings: Settings
     redis: redis.Redis = field(init=False)
     keys: Keys = field(init=False)
-    scripts: Scripts = field(init=False)
+    execution: Execution = field(init=False)
+    fleet: Fleet = field(init=False)
 
     def __post_init__(self) -> None:
         self.redis = redis_client(self.settings)
         self.keys = Keys(prefix=self.settings.key_prefix, queue=self.settings.queue)
-        self.scripts = Scripts(self.redis)
+        self.execution = Execution(self.redis, prefix=self.keys.prefix, queue=self.keys.queue)
+        self.fleet = Fleet(self.redis, prefix=self.keys.prefix)
 
 
 _backends: dict[int, Backend] = {}

@@ -1,8 +1,14 @@
 """Redis connections: one pooled client per process and URL, with timeouts.
 
 Producers must never hang on a dead Redis, so every client has connect and read
-timeouts, and Redis errors are turned into :class:`BrokerUnavailable` whose
-message carries the URL without its password.
+timeouts, and Redis errors are turned into :class:`BrokerUnavailable` (or one of
+its subtypes) whose message carries the URL without its password.
+
+redis-py retries a command on its own after a connection error; that would run
+a non-idempotent command twice (an enqueue whose reply was lost would enqueue
+the lead again). Our clients never retry behind the caller's back: the callers
+that can retry safely (a worker's claim and outcome writes, made idempotent by
+their token; an enqueue, after checking what happened) do it themselves.
 """
 
 from __future__ import annotations
@@ -14,12 +20,25 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 from redis.sentinel import Sentinel
 
-from dispatcher.errors import BrokerUnavailable
+from dispatcher.errors import (
+    BrokerOutOfMemory,
+    BrokerReadOnly,
+    BrokerUnavailable,
+    BrokerWriteRefused,
+)
 from dispatcher.settings import Settings, redact_url
 
-__all__ = ["broker_errors", "broker_transport_options", "parse_sentinel_url", "redis_client"]
+__all__ = [
+    "broker_errors",
+    "broker_transport_options",
+    "parse_sentinel_url",
+    "redis_client",
+    "write_refusal",
+]
 
 _clients: dict[str, redis.Redis] = {}
 _lock = threading.Lock()
@@ -43,6 +62,7 @@ _CLIENT_OPTIONS: dict[str, Any] = {
     "socket_connect_timeout": 5,
     "socket_timeout": 15,
     "health_check_interval": 30,
+    "retry": Retry(NoBackoff(), 0),
 }
 _SENTINEL_OPTIONS: dict[str, Any] = {"socket_connect_timeout": 5, "socket_timeout": 5}
 
@@ -88,9 +108,35 @@ def broker_transport_options(settings: Settings) -> dict[str, Any]:
     return {}
 
 
+def write_refusal(exc: redis.ResponseError) -> type[BrokerWriteRefused] | None:
+    """The BrokerWriteRefused type for a Redis error that refuses writes, else None."""
+    text = str(exc)
+    if isinstance(exc, redis.exceptions.OutOfMemoryError) or text.startswith("OOM "):
+        return BrokerOutOfMemory
+    if isinstance(exc, redis.exceptions.ReadOnlyError) or text.startswith("READONLY "):
+        return BrokerReadOnly
+    if text.startswith("MISCONF "):
+        return BrokerWriteRefused
+    # A script aborted by one of these carries the original error in its message.
+    for marker, kind in (("OOM ", BrokerOutOfMemory), ("READONLY ", BrokerReadOnly)):
+        if f"-{marker}" in text or f": {marker}" in text:
+            return kind
+    return None
+
+
+_WHY = {
+    BrokerOutOfMemory: "is out of memory (maxmemory reached, writes refused): free memory or "
+    "raise maxmemory",
+    BrokerReadOnly: "is a read-only replica (writes refused): point DISPATCHER_REDIS_URL at "
+    "the primary, or use Sentinel",
+    BrokerWriteRefused: "refuses writes because it cannot persist to disk (MISCONF): check "
+    "its disk and logs",
+}
+
+
 @contextmanager
 def broker_errors(settings: Settings) -> Iterator[None]:
-    """Translate redis-py's connection failures into BrokerUnavailable."""
+    """Translate redis-py's connection failures and write refusals into BrokerUnavailable."""
     try:
         yield
     except redis.AuthenticationError:
@@ -98,6 +144,16 @@ def broker_errors(settings: Settings) -> Iterator[None]:
             f"Redis at {redact_url(settings.redis_url)} refused the credentials"
         ) from None
     except (redis.ConnectionError, redis.TimeoutError) as exc:
-        raise BrokerUnavailable(
+        # redis-py says "... connecting to host:port" when no connection was made:
+        # then no command reached Redis, which an enqueue needs to know.
+        connecting = "connecting to" in str(exc)
+        error = BrokerUnavailable(
             f"Redis at {redact_url(settings.redis_url)} is unreachable: {type(exc).__name__}"
-        ) from None
+        )
+        error.connecting = connecting
+        raise error from None
+    except redis.ResponseError as exc:
+        kind = write_refusal(exc)
+        if kind is None:
+            raise
+        raise kind(f"Redis at {redact_url(settings.redis_url)} {_WHY[kind]}") from None

@@ -8,10 +8,15 @@ Layout in Redis (under the key prefix):
   range query and counting by reason is ZCARD (no counter to drift).
 
 The id of a dead letter is its job id, so writing the same dead letter twice
-(a redelivered message) leaves one record. Listing, exporting and replaying
-stream in pages, never loading the whole store. Replay is one Lua script per
-letter: the record is removed and the job published in the same atomic step, so
-a crash mid-replay loses nothing and adds nothing twice.
+(a redelivered message) leaves one record. Every write goes through the job's
+execution record (``execution.lua``): a letter is never written over a job that
+was added, and a later SUCCESS of the job retires it. Listing, exporting and
+replaying stream in pages, never loading the whole store. Replay is one script
+call per letter: the record is removed and the job published in the same atomic
+step, so a crash mid-replay loses nothing and adds nothing twice.
+
+Errors are redacted again whenever a letter is read (secrets of these settings),
+so a letter stored by an older version is never shown or exported with one.
 """
 
 from __future__ import annotations
@@ -19,18 +24,23 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
 from dispatcher.backend import Backend, get_backend
 from dispatcher.connection import broker_errors
 from dispatcher.errors import all_reasons
 from dispatcher.jobs import broker_envelope, iso, new_job_id
+from dispatcher.logs import redact_vicidial_line
 from dispatcher.settings import Settings
 
-__all__ = ["DeadLetter", "DeadLetterStore", "ReplayResult"]
+__all__ = ["DeadLetter", "DeadLetterStore", "ReplayResult", "WriteResult"]
 
-ReplayResult = Literal["replayed", "missing", "done", "unreplayable"]
+ReplayResult = Literal["replayed", "missing", "done", "busy", "unreplayable"]
+#: What a letter write did: written ("ok", or "again" for a repeat), or refused because
+#: the lead was added ("done"), another copy holds or decided the job ("superseded",
+#: "busy"), or a newer publication exists ("stale").
+WriteResult = str
 _PAGE = 500
 
 
@@ -96,6 +106,62 @@ class DeadLetterStore:
 
     # -- write side (workers) ------------------------------------------------------------
 
+    def letter(
+        self,
+        *,
+        job: Mapping[str, Any],
+        reason: str,
+        error: str,
+        http_status: int | None,
+        attempts: int,
+        first_failed_at: float | None,
+        now: float | None = None,
+        job_id: str | None = None,
+    ) -> DeadLetter:
+        """The record for ``job`` (the whole job message), not yet stored."""
+        now = time.time() if now is None else now
+        job_id = job_id or str(job.get("job_id") or "") or new_job_id()
+        enqueued = job.get("enqueued_at")
+        replays = job.get("replays")
+        return DeadLetter(
+            id=job_id,
+            job_id=job_id,
+            reason=reason,
+            error=redact_vicidial_line(error, self.backend.settings.secrets),
+            http_status=http_status,
+            attempts=attempts,
+            first_failed_at=iso(first_failed_at if first_failed_at is not None else now),
+            last_failed_at=iso(now),
+            enqueued_at=iso(float(enqueued)) if isinstance(enqueued, int | float) else None,
+            replays=replays if isinstance(replays, int) and not isinstance(replays, bool) else 0,
+            job=dict(job),
+            score=now,
+        )
+
+    def write(
+        self, letter: DeadLetter, *, token: str = "", seq: int = 0, server: str = ""
+    ) -> WriteResult:
+        """Store ``letter`` through the job's execution record (see execution.lua ``dead``).
+
+        ``token``: the claim of the worker writing it ("" for a letter written
+        without one: an operator tool, a test).
+        """
+        with broker_errors(self.backend.settings):
+            result = self.backend.execution.dead(
+                letter.job_id,
+                token=token,
+                seq=seq,
+                record=_dumps(letter),
+                score=letter.score,
+                reason=letter.reason,
+                attempts=letter.attempts,
+                error=letter.error,
+                http_status=letter.http_status,
+                ttl=int(self.backend.settings.job_ttl_s),
+                server=server,
+            )
+        return result[0]
+
     def record(
         self,
         *,
@@ -107,51 +173,66 @@ class DeadLetterStore:
         first_failed_at: float | None,
         now: float | None = None,
         job_id: str | None = None,
-        next_seq: int | None = None,
     ) -> DeadLetter:
-        """Store a dead letter for ``job`` (the whole job message) and mark the job dead."""
-        now = time.time() if now is None else now
-        job_id = job_id or str(job.get("job_id") or "") or new_job_id()
-        enqueued = job.get("enqueued_at")
-        letter = DeadLetter(
-            id=job_id,
-            job_id=job_id,
+        """Store a dead letter for ``job`` and mark the job dead (no claim held).
+
+        Refused (nothing written) if the job was added or a worker holds it now.
+        """
+        letter = self.letter(
+            job=job,
             reason=reason,
             error=error,
             http_status=http_status,
             attempts=attempts,
-            first_failed_at=iso(first_failed_at if first_failed_at is not None else now),
-            last_failed_at=iso(now),
-            enqueued_at=iso(float(enqueued)) if isinstance(enqueued, int | float) else None,
-            replays=int(job.get("replays", 0) or 0) if isinstance(job.get("replays"), int) else 0,
-            job=dict(job),
-            score=now,
+            first_failed_at=first_failed_at,
+            now=now,
+            job_id=job_id,
         )
-        ttl = int(self.backend.settings.job_ttl_s)
-        with broker_errors(self.backend.settings):
-            self.backend.scripts.dead_letter(
-                keys=[
-                    self.keys.dead_letter(letter.id),
-                    self.keys.dead_letters,
-                    self.keys.dead_letters_by_reason(reason),
-                    self.keys.execution(job_id),
-                    self.keys.job(job_id),
-                    self.keys.stats,
-                ],
-                args=[
-                    letter.id,
-                    json.dumps(letter.to_dict(), separators=(",", ":")),
-                    f"{now:.6f}",
-                    reason,
-                    "" if next_seq is None else next_seq,
-                    ttl,
-                    attempts,
-                    error,
-                    f"{now:.6f}",
-                    "" if http_status is None else http_status,
-                ],
-            )
+        seq = job.get("seq")
+        self.write(letter, seq=seq if isinstance(seq, int) and not isinstance(seq, bool) else 0)
         return letter
+
+    def poison(
+        self,
+        *,
+        raw: Mapping[str, Any],
+        error: str,
+        job_id: str | None = None,
+        inflight: str = "",
+        item: str | bytes = "",
+        now: float | None = None,
+    ) -> DeadLetter:
+        """An ``invalid_payload`` letter for something that is not a job.
+
+        The letter takes ``job_id`` (an id the message carried) only if no job has
+        it: a forged or broken message never overwrites a real job's letter or
+        state. ``inflight``/``item``: the in-flight list the item was popped into;
+        it leaves that list only together with the letter's write.
+        """
+        ids = [job_id] if job_id else []
+        ids.append(new_job_id())
+        with broker_errors(self.backend.settings):
+            for dl_id in ids:
+                letter = self.letter(
+                    job=raw,
+                    reason="invalid_payload",
+                    error=error,
+                    http_status=None,
+                    attempts=0,
+                    first_failed_at=None,
+                    now=now,
+                    job_id=dl_id,
+                )
+                if self.backend.execution.poison(
+                    dl_id,
+                    record=_dumps(letter),
+                    score=letter.score,
+                    ttl=int(self.backend.settings.job_ttl_s),
+                    inflight=inflight,
+                    raw=item,
+                ):
+                    return letter
+        raise AssertionError("a fresh job id was taken")  # pragma: no cover
 
     # -- read side ----------------------------------------------------------------------
 
@@ -161,7 +242,12 @@ class DeadLetterStore:
             score = self.redis.zscore(self.keys.dead_letters, dl_id) if raw else None
         if raw is None:
             return None
-        return DeadLetter.from_json(str(raw), score=float(score or 0.0))
+        return self._read(str(raw), float(score or 0.0))
+
+    def _read(self, raw: str, score: float) -> DeadLetter:
+        letter = DeadLetter.from_json(raw, score=score)
+        shown = redact_vicidial_line(letter.error, self.backend.settings.secrets)
+        return letter if shown == letter.error else replace(letter, error=shown)
 
     def _iter_ids(
         self, index: str, *, since: float | None, until: float | None
@@ -219,7 +305,7 @@ class DeadLetterStore:
             for (_, score), raw in zip(page, raws, strict=True):
                 if raw is None:
                     continue  # replayed or purged while we were reading
-                letter = DeadLetter.from_json(str(raw), score=score)
+                letter = self._read(str(raw), score)
                 if agent_user is not None and letter.agent_user != agent_user:
                     continue
                 yield letter
@@ -258,7 +344,9 @@ class DeadLetterStore:
         """Put the job back on the queue with a fresh attempt count; remove the letter.
 
         Keeps job id, idempotency key and DNC flags; increments ``replays``. If the
-        execution record says the lead was added after all, nothing is sent.
+        execution record says the lead was added after all, nothing is sent and the
+        letter is removed ("done"); while a copy of the job holds a live claim,
+        nothing changes ("busy").
         """
         if not letter.replayable:
             return "unreplayable"
@@ -275,29 +363,16 @@ class DeadLetterStore:
         envelope = broker_envelope(job, queue=self.keys.queue, task_id=letter.job_id)
         ttl = int(self.backend.settings.job_ttl_s)
         with broker_errors(self.backend.settings):
-            result = self.backend.scripts.replay(
-                keys=[
-                    self.keys.dead_letter(letter.id),
-                    self.keys.dead_letters,
-                    self.keys.dead_letters_by_reason(letter.reason),
-                    self.keys.execution(letter.job_id),
-                    self.keys.job(letter.job_id),
-                    self.keys.queue,
-                    self.keys.stats,
-                ],
-                args=[letter.id, envelope, seq, ttl, f"{now:.6f}"],
-            )
-        if result in (b"done", "done"):
-            return "done"
-        return "replayed" if int(result) == 1 else "missing"
+            result = self.backend.execution.replay(letter.id, envelope=envelope, seq=seq, ttl=ttl)
+        if result == "conflict":
+            return "missing"
+        return result  # type: ignore[return-value]
 
     def purge(self, letter: DeadLetter) -> bool:
         """Delete one dead letter for good; False if it was already gone."""
         with broker_errors(self.backend.settings):
-            pipe = self.redis.pipeline(transaction=True)
-            pipe.delete(self.keys.dead_letter(letter.id))
-            pipe.zrem(self.keys.dead_letters, letter.id)
-            pipe.zrem(self.keys.dead_letters_by_reason(letter.reason), letter.id)
-            pipe.hincrby(self.keys.stats, "purged", 1)
-            results = pipe.execute()
-        return bool(results[0])
+            return self.backend.execution.purge(letter.id)
+
+
+def _dumps(letter: DeadLetter) -> str:
+    return json.dumps(letter.to_dict(), separators=(",", ":"))

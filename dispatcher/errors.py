@@ -113,6 +113,9 @@ class ConfigError(DispatcherError, ValueError):
 class BrokerUnavailable(DispatcherError):
     """Redis did not answer (refused, timed out, authentication failed)."""
 
+    #: True when no connection could be made: no command reached Redis.
+    connecting: bool = False
+
 
 class EnqueueUnconfirmed(BrokerUnavailable):
     """The enqueue reached Redis but its answer did not come back, and Redis could not be

@@ -56,11 +56,18 @@ def new_job_id() -> str:
     return uuid.uuid4().hex
 
 
+#: Timestamps a message may carry: 2000-01-01 to 2100-01-01 (epoch seconds).
+EARLIEST, LATEST = 946_684_800.0, 4_102_444_800.0
+
+
 def iso(epoch: float | None) -> str | None:
-    """Epoch seconds -> UTC ISO 8601 with milliseconds (None stays None)."""
+    """Epoch seconds -> UTC ISO 8601 with milliseconds (None, or a time no date holds: None)."""
     if epoch is None:
         return None
-    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="milliseconds")
+    try:
+        return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="milliseconds")
+    except (OverflowError, OSError, ValueError):
+        return None
 
 
 @dataclass(frozen=True)
@@ -125,8 +132,8 @@ class Job:
         ints = {}
         for key in ("attempts", "seq", "replays"):
             value = data.get(key, 0)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise InvalidPayload(f"{key} is not a non-negative integer")
+            if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 2**31:
+                raise InvalidPayload(f"{key} is not a non-negative integer below 2**31")
             ints[key] = value
         floats: dict[str, float | None] = {}
         for key in ("enqueued_at", "first_failed_at", "agent_wait_since"):
@@ -137,6 +144,9 @@ class Job:
                 or not math.isfinite(value)
             ):
                 raise InvalidPayload(f"{key} is not a number")
+            if value and not EARLIEST <= value <= LATEST:
+                # A date no datetime can show (1e20) once crashed the worker mid-job.
+                raise InvalidPayload(f"{key} is not a time between 2000 and 2100: {value!r}")
             floats[key] = None if value is None else float(value)
         return cls(
             job_id=job_id,

@@ -1,8 +1,9 @@
-"""Redis key names, in one place, under a configurable prefix.
+"""Redis key names under a configurable prefix, for the Python side.
 
-Nothing else builds key strings, so that a second deployment can share a Redis
-server under another ``DISPATCHER_KEY_PREFIX`` and an operator can find
-everything with ``SCAN MATCH prefix:*``.
+The scripts that change these keys (``execution.lua``, ``fleet.lua``) build the
+same names from the prefix and document the whole layout at their top; this
+class is what Python code reads with. A second deployment can share a Redis
+server under another ``DISPATCHER_KEY_PREFIX``.
 """
 
 from __future__ import annotations
@@ -56,6 +57,11 @@ class Keys:
         """Hash: a fleet-wide pause of calls to one VICIdial server."""
         return f"{self.prefix}:pause:{server}"
 
+    @property
+    def pauses(self) -> str:
+        """Set: the servers that have a pause hash (read paths never scan the keyspace)."""
+        return f"{self.prefix}:pauses"
+
     def breaker(self, server: str) -> str:
         """String counter: consecutive network failures against one server."""
         return f"{self.prefix}:breaker:{server}"
@@ -71,14 +77,13 @@ class Keys:
 
     @property
     def workers(self) -> str:
-        """Hash: worker name -> last heartbeat epoch."""
+        """Set: names of the workers seen (pruned once their heartbeat key is gone)."""
         return f"{self.prefix}:workers"
 
-    @property
-    def consumers(self) -> str:
-        """Hash: consumer process id (host.pid) -> last heartbeat epoch."""
-        return f"{self.prefix}:consumers"
+    def worker(self, name: str) -> str:
+        """String with a TTL: a worker's heartbeat."""
+        return f"{self.prefix}:worker:{name}"
 
-    @property
-    def pattern(self) -> str:
-        return f"{self.prefix}:*"
+    def consumer(self, consumer_id: str) -> str:
+        """String with a TTL: a consumer process's heartbeat."""
+        return f"{self.prefix}:consumer:{consumer_id}"

@@ -3,7 +3,7 @@
 A :class:`WorkerProcess` is a real ``celery -A workers worker`` subprocess with
 the ``DISPATCHER_*`` environment that reproduces a :class:`Settings`, started
 exactly as an operator (or docker-compose) would start it. Readiness is the
-worker's own heartbeat in Redis, written by its scheduler thread once it runs.
+worker's consumer registering its in-flight list in Redis, at its first poll.
 """
 
 from __future__ import annotations
@@ -125,18 +125,17 @@ class WorkerProcess:
         return self
 
     def wait_ready(self, timeout: float = 30.0) -> None:
+        """Until this process's consumer has polled the queue once (it registers its
+        in-flight list then: queues declared, consuming)."""
         client = redis_client(self.settings)
-        key = f"{self.settings.key_prefix}:workers"
-        started = time.time()
+        registry = f"_dispatcher.inflight.{self.settings.queue}"
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process is None or self.process.poll() is not None:
                 raise RuntimeError(f"worker exited:\n{self.tail()}")
-            beats: dict[str, str] = client.hgetall(key)  # type: ignore[assignment]
-            if any(
-                name.startswith(f"{self.name}@") and float(ts) >= started - 1
-                for name, ts in beats.items()
-            ):
+            # Consumer ids are host.pid.nonce: this process's, not a predecessor's.
+            members: set[str] = client.smembers(registry)  # type: ignore[assignment]
+            if any(f".{self.process.pid}." in member for member in members):
                 return
             time.sleep(0.05)
         raise TimeoutError(f"worker not ready after {timeout}s:\n{self.tail()}")

@@ -20,6 +20,7 @@ Celery's own log records are routed through the same processors (see
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import sys
@@ -44,7 +45,8 @@ _TEXT_KEYS = frozenset({"error", "line", "response", "body", "exception", "messa
 _DIGIT_RUN = re.compile(r"(?<![\w.])\d{6,18}(?![\w.])")
 # VICIdial's auth error: "ERROR: Invalid Username/Password: |user|PASS|auth|api|message|"
 _AUTH_ECHO = re.compile(r"(Invalid Username/Password: \|[^|]*\|)([^|]*)(\|)")
-_SQL_PASS = re.compile(r"(pass\s*=\s*')([^']*)(')")
+# pass='...' in echoed SQL; the closing quote may be missing when the text was cut.
+_SQL_PASS = re.compile(r"""(pass\s*=\s*(?:\\?['"]))([^'"\\]*)((?:\\?['"])|$)""")
 REDACTED = "[REDACTED]"
 
 
@@ -62,37 +64,37 @@ def mask_digits(text: str) -> str:
 
 
 def redact_vicidial_line(line: str, secrets: Iterable[str] = ()) -> str:
-    """Remove the password VICIdial echoes in its authentication error.
+    """Remove passwords from text that came from VICIdial (or any server's error page).
 
-    Structural (the password field and the ``pass='...'`` of the echoed SQL),
-    plus the known secrets wherever they stand, so that an old or mistyped
-    password is removed too.
+    Structural (the password field of the auth error and the ``pass='...'`` of
+    echoed SQL, whatever the HTTP status), plus the known secrets wherever they
+    stand, so that an old or mistyped password is removed too. Apply it to the
+    whole text before cutting it short: a cut can leave half a password behind.
     """
-    if "Invalid Username/Password" not in line and "pass=" not in line:
-        return line
-    line = _AUTH_ECHO.sub(lambda m: m.group(1) + REDACTED + m.group(3), line)
-    line = _SQL_PASS.sub(lambda m: m.group(1) + REDACTED + m.group(3), line)
-    for secret in secrets:
-        if secret:
-            line = line.replace(secret, REDACTED)
-    return line
+    if "Invalid Username/Password" in line:
+        line = _AUTH_ECHO.sub(lambda m: m.group(1) + REDACTED + m.group(3), line)
+    if "pass" in line:
+        line = _SQL_PASS.sub(lambda m: m.group(1) + REDACTED + m.group(3), line)
+    pattern = _secrets_pattern(tuple(secrets))
+    return pattern.sub(REDACTED, line) if pattern is not None else line
+
+
+@functools.lru_cache(maxsize=32)
+def _secrets_pattern(secrets: tuple[str, ...]) -> re.Pattern[str] | None:
+    """The secrets, longest first, each where it stands as a token of its own: a short
+    password like 1234 must not eat the digits of a phone number or a job id."""
+    ordered = sorted({s for s in secrets if s}, key=len, reverse=True)
+    if not ordered:
+        return None
+    return re.compile("|".join(rf"(?<![0-9A-Za-z]){re.escape(s)}(?![0-9A-Za-z])" for s in ordered))
 
 
 class Redactor:
     """structlog processor: secrets out, phone numbers masked."""
 
     def __init__(self, secrets: Iterable[str] = ()) -> None:
-        # Longest first, so that a secret containing another is removed whole.
         self.secrets = sorted({s for s in secrets if s}, key=len, reverse=True)
-        # A secret counts where it stands as a token of its own: a short
-        # password like 1234 must not eat the digits of a job id.
-        self._pattern = (
-            re.compile(
-                "|".join(rf"(?<![0-9A-Za-z]){re.escape(s)}(?![0-9A-Za-z])" for s in self.secrets)
-            )
-            if self.secrets
-            else None
-        )
+        self._pattern = _secrets_pattern(tuple(self.secrets))
 
     def _scrub(self, value: Any, key: str | None) -> Any:
         if isinstance(value, str):

@@ -1,13 +1,23 @@
 """Enqueueing leads: the producer side of the Python API.
 
 ``enqueue_lead`` validates, then writes the job state, the idempotency key and
-the broker message in one atomic Redis round trip; it never talks to VICIdial
-and answers in about a millisecond. ``enqueue_leads`` does the same for many
-leads, one round trip per chunk of :data:`BATCH_SIZE`.
+the broker message in one atomic Redis round trip (the ``enqueue`` command of
+execution.lua); it never talks to VICIdial and answers in about a millisecond.
+``enqueue_leads`` does the same for many leads, one round trip per chunk of
+:data:`BATCH_SIZE`.
+
+An enqueue whose reply is lost (the connection dropped after the command was
+sent) may or may not have happened. It is never re-sent blindly: the job ids are
+made here, so Redis is asked whether the batch's jobs exist; if they do, their
+ids are returned, if not the batch is sent again, and if Redis cannot be asked
+within a few seconds the caller gets :class:`EnqueueUnconfirmed` (retry with the
+same idempotency keys; without keys a retry may enqueue the leads twice).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -15,17 +25,44 @@ from typing import Any
 from dispatcher import logs
 from dispatcher.backend import Backend, get_backend
 from dispatcher.connection import broker_errors
-from dispatcher.errors import FieldError, InvalidLead
+from dispatcher.errors import (
+    BrokerUnavailable,
+    EnqueueUnconfirmed,
+    FieldError,
+    IdempotencyConflict,
+    InvalidLead,
+)
 from dispatcher.jobs import Job, broker_envelope, new_job_id, state_to_status
 from dispatcher.lead import make_lead
-from dispatcher.settings import Settings
+from dispatcher.settings import Settings, redact_url
 
-__all__ = ["BATCH_SIZE", "enqueue_lead", "enqueue_leads", "job_status", "prepare_job", "push_jobs"]
+__all__ = [
+    "BATCH_SIZE",
+    "MAX_FIELDS",
+    "enqueue_lead",
+    "enqueue_leads",
+    "fingerprint",
+    "job_status",
+    "prepare_job",
+    "push_jobs",
+]
 
 #: Leads per Redis round trip in enqueue_leads.
 BATCH_SIZE = 1000
+#: More keys than this in one lead is refused before anything else is looked at
+#: (VICIdial has about 25 lead fields; 45,000 keys once cost seconds of validation).
+MAX_FIELDS = 64
+#: How long a producer keeps asking Redis whether an enqueue whose reply was lost ran.
+RESOLVE_S = 3.0
 _CONTROL_KEYS = ("dnc_check", "campaign_dnc_check", "idempotency_key")
 _log = logs.get_logger("dispatcher.producer")
+
+
+def fingerprint(job: Job) -> str:
+    """What an idempotency key is bound to: the normalised lead and its DNC checks."""
+    data = {"lead": job.lead.to_dict(), "dnc": job.dnc_check, "cdnc": job.campaign_dnc_check}
+    text = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(text.encode()).hexdigest()[:20]
 
 
 def prepare_job(
@@ -38,6 +75,10 @@ def prepare_job(
     now: float | None = None,
 ) -> Job:
     """Validate one lead (with its flags and idempotency key) into a Job; InvalidLead if bad."""
+    if len(item) > MAX_FIELDS:
+        raise InvalidLead(
+            [FieldError("lead", f"too many fields ({len(item)}; at most {MAX_FIELDS})", index)]
+        )
     errors: list[FieldError] = []
     lead_data = {k: v for k, v in item.items() if k not in _CONTROL_KEYS}
     flags: dict[str, bool] = {}
@@ -74,35 +115,76 @@ def prepare_job(
     )
 
 
-def push_jobs(jobs: list[Job], *, settings: Settings | None = None) -> list[str]:
-    """Enqueue prepared jobs, one Redis round trip per BATCH_SIZE; return the job ids."""
+def push_jobs(
+    jobs: list[Job], *, settings: Settings | None = None, strict: bool = True
+) -> list[str]:
+    """Enqueue prepared jobs, one Redis round trip per BATCH_SIZE; return the job ids.
+
+    ``strict``: an idempotency key already bound to another lead raises
+    IdempotencyConflict and nothing of that batch is enqueued. Not strict (the
+    intake's batch route): such a job is left out and its id is the key's job,
+    marked by :func:`push_results`.
+    """
+    return [job_id for _, job_id in push_results(jobs, settings=settings, strict=strict)]
+
+
+def push_results(
+    jobs: list[Job], *, settings: Settings | None = None, strict: bool = True
+) -> list[tuple[str, str]]:
+    """As :func:`push_jobs`, with ("new" | "existing" | "conflict", job id) per job."""
     backend = get_backend(settings)
     now = time.time()
-    ids: list[str] = []
+    out: list[tuple[str, str]] = []
     for start in range(0, len(jobs), BATCH_SIZE):
-        ids.extend(_push(backend, jobs[start : start + BATCH_SIZE], now))
-    return ids
+        out.extend(_push(backend, jobs[start : start + BATCH_SIZE], now, strict, start))
+    return out
 
 
-def _push(backend: Backend, jobs: list[Job], now: float) -> list[str]:
+def _check_keys(jobs: list[Job], offset: int) -> list[str]:
+    """Fingerprints; a key given twice in the batch with different leads is a conflict."""
+    prints = [fingerprint(job) for job in jobs]
+    seen: dict[str, tuple[str, str]] = {}
+    for i, (job, fp) in enumerate(zip(jobs, prints, strict=True)):
+        key = job.idempotency_key
+        if not key:
+            continue
+        first = seen.setdefault(key, (fp, job.job_id))
+        if first[0] != fp:
+            raise IdempotencyConflict(key, first[1], index=offset + i)
+    return prints
+
+
+def _push(
+    backend: Backend, jobs: list[Job], now: float, strict: bool, offset: int
+) -> list[tuple[str, str]]:
     keys = backend.keys
     settings = backend.settings
-    script_keys = [keys.queue, keys.stats]
-    args: list[Any] = [f"{now:.6f}", int(settings.job_ttl_s)]
-    for job in jobs:
-        script_keys += [keys.idempotency(job.idempotency_key or ""), keys.job(job.job_id)]
-        args += [
+    prints = _check_keys(jobs, offset)
+    items = [
+        (
             job.job_id,
             broker_envelope(job.to_message(), queue=keys.queue),
             job.agent_user,
-            "1" if job.idempotency_key else "0",
-        ]
-    with broker_errors(settings):
-        result = backend.scripts.enqueue(keys=script_keys, args=args)
-    ids = [str(r) for r in result]
+            job.idempotency_key or "",
+            fp,
+        )
+        for job, fp in zip(jobs, prints, strict=True)
+    ]
+    ttl = int(settings.job_ttl_s)
+    try:
+        with broker_errors(settings):
+            results = backend.execution.enqueue(items, now=now, ttl=ttl, strict=strict)
+    except BrokerUnavailable as exc:
+        if type(exc) is not BrokerUnavailable or exc.connecting:
+            raise  # refused, or never reached Redis: nothing was written
+        results = _resolve(backend, jobs, items, now=now, strict=strict)
+    for i, (kind, job_id) in enumerate(results):
+        if kind == "conflict" and strict:
+            job = jobs[i]
+            raise IdempotencyConflict(job.idempotency_key or "", job_id, index=offset + i)
     if logs.is_configured():
-        for job, job_id in zip(jobs, ids, strict=True):
-            if job_id == job.job_id:
+        for job, (kind, job_id) in zip(jobs, results, strict=True):
+            if kind == "new":
                 _log.info(
                     "lead.enqueued",
                     job_id=job_id,
@@ -112,8 +194,54 @@ def _push(backend: Backend, jobs: list[Job], now: float) -> list[str]:
                     campaign_dnc_check=job.campaign_dnc_check,
                 )
             else:
-                _log.info("lead.enqueue_deduplicated", job_id=job_id, agent_user=job.agent_user)
-    return ids
+                _log.info(f"lead.enqueue_{kind}", job_id=job_id, agent_user=job.agent_user)
+    return results
+
+
+def _resolve(
+    backend: Backend,
+    jobs: list[Job],
+    items: list[tuple[str, str, str, str, str]],
+    *,
+    now: float,
+    strict: bool,
+) -> list[tuple[str, str]]:
+    """The enqueue was sent and its reply lost: find out whether it ran, never run it twice."""
+    settings = backend.settings
+    keys = backend.keys
+    deadline = time.monotonic() + RESOLVE_S
+    while True:
+        try:
+            with broker_errors(settings):
+                pipe = backend.redis.pipeline(transaction=False)
+                for job in jobs:
+                    pipe.exists(keys.job(job.job_id))
+                    pipe.get(keys.idempotency(job.idempotency_key or ""))
+                found = pipe.execute()
+                exists, bound = found[0::2], found[1::2]
+                if not any(exists):
+                    # It did not run (or every job was a duplicate): sending it is safe.
+                    return backend.execution.enqueue(
+                        items, now=now, ttl=int(settings.job_ttl_s), strict=strict
+                    )
+        except BrokerUnavailable as exc:
+            if type(exc) is not BrokerUnavailable or time.monotonic() > deadline:
+                raise EnqueueUnconfirmed(
+                    f"Redis at {redact_url(settings.redis_url)} took the enqueue of "
+                    f"{len(jobs)} lead(s) but its answer was lost, and it could not be asked "
+                    "afterwards: they may have been enqueued. Retry with the same idempotency "
+                    "key(s) to be safe; without one a retry may enqueue a lead twice"
+                ) from None
+            time.sleep(0.2)
+            continue
+        out: list[tuple[str, str]] = []
+        for job, made, value in zip(jobs, exists, bound, strict=True):
+            if made:
+                out.append(("new", job.job_id))
+            else:  # its key belonged to an earlier job
+                first = str(value or "").split(" ", 1)[0]
+                out.append(("existing", first or job.job_id))
+        return out
 
 
 def enqueue_lead(*, settings: Settings | None = None, **fields: Any) -> str:

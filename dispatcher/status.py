@@ -1,23 +1,22 @@
 """The fleet at a glance: queue depth, waiting retries, dead letters, workers, pauses.
 
-One pipeline of cheap commands (LLEN, ZCARD, HGETALL): safe to call from a
-monitoring loop.
+One pipeline of cheap commands, whatever the keyspace holds: no SCAN, no KEYS
+(pauses are kept in a set, live workers are keys with a TTL). Safe to call from
+a monitoring loop and from every container's health check.
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from dispatcher.backend import Backend
 from dispatcher.connection import broker_errors
-from dispatcher.deadletter import DeadLetterStore
+from dispatcher.errors import all_reasons
 from dispatcher.jobs import iso
 
-__all__ = ["WORKER_STALE_S", "fleet_status"]
-
-#: A worker whose heartbeat is older than this is not counted as alive.
-WORKER_STALE_S = 30.0
+__all__ = ["FleetReading", "fleet_status", "read_fleet"]
 
 
 def _number(value: str) -> int | float:
@@ -28,40 +27,89 @@ def _number(value: str) -> int | float:
         return round(float(value), 3)
 
 
-def fleet_status(backend: Backend, *, now: float | None = None) -> dict[str, Any]:
-    """What `dispatcher status --json` prints."""
-    now = time.time() if now is None else now
+@dataclass(frozen=True)
+class FleetReading:
+    """What one read of the fleet's state found."""
+
+    queued: int
+    retrying: int
+    stats: dict[str, str]
+    #: epoch of the oldest dead letter's last failure, None when the store is empty
+    oldest: float | None
+    workers: list[str]
+    #: Redis's clock at the read (pauses are kept in it)
+    redis_now: float
+    pauses: dict[str, dict[str, str]]
+    dead_letters: dict[str, int]
+    memory_used: int | None = None
+    memory_max: int | None = None
+
+
+def read_fleet(backend: Backend, *, memory: bool = False) -> FleetReading:
+    """Everything `status` and `/metrics` show, in one pipelined round trip.
+
+    ``memory``: also Redis's memory use (INFO memory). Raises BrokerUnavailable.
+    """
     keys = backend.keys
-    store = DeadLetterStore(backend)
+    reasons = all_reasons()
     with broker_errors(backend.settings):
         pipe = backend.redis.pipeline(transaction=False)
         pipe.llen(keys.queue)
         pipe.zcard(keys.scheduled)
-        pipe.hgetall(keys.workers)
         pipe.hgetall(keys.stats)
-        queued, retrying, beats, stats = pipe.execute()
-        pauses: dict[str, Any] = {}
-        for key in backend.redis.scan_iter(match=keys.pause("*"), count=1000):
-            data = backend.redis.hgetall(key)
-            until = float(data.get("until") or 0)
-            if until <= now:
-                continue
-            server = str(key)[len(keys.pause("")) :]
-            pauses[server] = {
-                "reason": data.get("reason"),
-                "kind": data.get("kind"),
-                "since": iso(float(data["since"])) if data.get("since") else None,
-                "until": iso(until),
-                "remaining_s": round(until - now, 1),
-            }
-    oldest = store.oldest()
-    workers = sorted(name for name, ts in beats.items() if now - float(ts) <= WORKER_STALE_S)
+        pipe.zrange(keys.dead_letters, 0, 0, withscores=True)
+        backend.fleet.alive(client=pipe)
+        backend.execution.pauses(client=pipe)
+        for reason in reasons:
+            pipe.zcard(keys.dead_letters_by_reason(reason))
+        if memory:
+            pipe.info("memory")
+        replies = pipe.execute()
+    queued, retrying, stats, oldest, alive, pauses, *rest = replies
+    per_reason = rest[: len(reasons)]
+    now, paused = backend.execution.parse_pauses(pauses)
+    info = rest[len(reasons)] if memory else None
+    return FleetReading(
+        queued=int(queued),
+        retrying=int(retrying),
+        stats=stats,
+        oldest=float(oldest[0][1]) if oldest else None,
+        workers=sorted(str(w) for w in alive),
+        redis_now=now,
+        pauses=paused,
+        dead_letters={r: int(n) for r, n in zip(reasons, per_reason, strict=True)},
+        memory_used=int(info.get("used_memory", 0)) if info else None,
+        memory_max=int(info.get("maxmemory", 0)) if info else None,
+    )
+
+
+def fleet_status(backend: Backend, *, now: float | None = None) -> dict[str, Any]:
+    """What `dispatcher status --json` prints."""
+    reading = read_fleet(backend)
+    redis_now = reading.redis_now
+    now = time.time() if now is None else now
+    pauses: dict[str, Any] = {}
+    for server, data in reading.pauses.items():
+        until = float(data["until"] or 0)
+        if until <= redis_now:
+            continue
+        # Remaining time by Redis's clock; shown as times on this host's clock.
+        left = until - redis_now
+        since = float(data["since"]) if data["since"] else None
+        pauses[server] = {
+            "reason": data["reason"] or None,
+            "kind": data["kind"] or None,
+            "since": iso(now - (redis_now - since)) if since else None,
+            "until": iso(now + left),
+            "remaining_s": round(left, 1),
+        }
+    oldest = reading.oldest
     return {
-        "queued": int(queued),
-        "retrying": int(retrying),
-        "dead_letters": store.counts(),
+        "queued": reading.queued,
+        "retrying": reading.retrying,
+        "dead_letters": {r: n for r, n in reading.dead_letters.items() if n},
         "oldest_dead_letter_age_s": None if oldest is None else round(now - oldest, 1),
-        "workers": workers,
+        "workers": reading.workers,
         "paused": pauses,
-        "totals": {k: _number(v) for k, v in sorted(stats.items())},
+        "totals": {k: _number(v) for k, v in sorted(reading.stats.items())},
     }

@@ -83,9 +83,11 @@ def test_idempotency_key_returns_first_job_and_enqueues_nothing(psettings: Setti
         idempotency_key="webform-8812",
         settings=psettings,
     )
+    # The same lead again (the form posted twice): the first job's id, nothing enqueued.
+    # (A different lead under the same key is a conflict: tests/test_enqueue_safety.py.)
     second = enqueue_lead(
         agent_user="1000",
-        phone_number="7275551299",
+        phone_number="727-555-1212",
         idempotency_key="webform-8812",
         settings=psettings,
     )
@@ -94,8 +96,8 @@ def test_idempotency_key_returns_first_job_and_enqueues_nothing(psettings: Setti
     ids = enqueue_leads(
         [
             {"agent_user": "1000", "phone_number": "7275551300", "idempotency_key": "a"},
-            {"agent_user": "1000", "phone_number": "7275551301", "idempotency_key": "a"},
-            {"agent_user": "1000", "phone_number": "7275551302", "idempotency_key": "webform-8812"},
+            {"agent_user": "1000", "phone_number": "7275551300", "idempotency_key": "a"},
+            {"agent_user": "1000", "phone_number": "7275551212", "idempotency_key": "webform-8812"},
         ],
         settings=psettings,
     )

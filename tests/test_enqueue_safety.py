@@ -8,17 +8,17 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 import redis
-from starlette.testclient import TestClient
 
 from dispatcher import BrokerUnavailable, enqueue_lead, enqueue_leads
 from dispatcher.errors import EnqueueUnconfirmed, IdempotencyConflict
-from dispatcher.intake.app import create_app
 from dispatcher.settings import Settings
 from tests.conftest import make_settings, wait_for
 from tests.faultproxy import FaultProxy
 from tests.test_cli import check, queue_length, run_cli, start_cli
+from tests.test_intake import _start, _stop
 
 
 @pytest.fixture
@@ -31,7 +31,10 @@ def test_a_key_reused_with_another_lead_is_a_conflict_everywhere(rsettings: Sett
         agent_user="1000", phone_number="7275551212", idempotency_key="form-1", settings=rsettings
     )
     same = enqueue_lead(
-        agent_user="1000", phone_number="(727) 555-1212", idempotency_key="form-1", settings=rsettings
+        agent_user="1000",
+        phone_number="(727) 555-1212",
+        idempotency_key="form-1",
+        settings=rsettings,
     )
     assert same == first  # the same lead again: the first job's id
     with pytest.raises(IdempotencyConflict) as caught:
@@ -52,7 +55,8 @@ def test_a_key_reused_with_another_lead_is_a_conflict_everywhere(rsettings: Sett
             settings=rsettings,
         )
     assert queue_length(rsettings) == 1
-    with TestClient(create_app(rsettings)) as http:
+    url, running = _start(rsettings)
+    with httpx.Client(base_url=url, timeout=10) as http:
         reply = http.post(
             "/v1/leads",
             json={"agent_user": "1000", "phone_number": "7275559999"},
@@ -65,7 +69,11 @@ def test_a_key_reused_with_another_lead_is_a_conflict_everywhere(rsettings: Sett
             json={
                 "leads": [
                     {"agent_user": "1000", "phone_number": "7275550003"},
-                    {"agent_user": "1000", "phone_number": "7275550004", "idempotency_key": "form-1"},
+                    {
+                        "agent_user": "1000",
+                        "phone_number": "7275550004",
+                        "idempotency_key": "form-1",
+                    },
                 ]
             },
             headers={"Authorization": "Bearer t0k3n-abcdef"},
@@ -73,6 +81,7 @@ def test_a_key_reused_with_another_lead_is_a_conflict_everywhere(rsettings: Sett
         results = batch.json()["results"]
         assert "job_id" in results[0]
         assert results[1]["errors"][0]["field"] == "idempotency_key"
+    _stop(running)
     cli = run_cli(
         rsettings,
         "enqueue",

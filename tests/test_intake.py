@@ -195,9 +195,12 @@ def test_idempotency_key_header_returns_the_first_job_with_200(
 ) -> None:
     headers = {"Idempotency-Key": "webform-8812"}
     first = client.post("/v1/leads", json=LEAD, headers=headers)
-    again = client.post("/v1/leads", json={**LEAD, "first_name": "Robert"}, headers=headers)
+    again = client.post("/v1/leads", json={**LEAD, "phone_number": "7275551212"}, headers=headers)
     assert first.status_code == 202 and again.status_code == 200
     assert again.json()["job_id"] == first.json()["job_id"]
+    # Another lead under the same key is a conflict (DESIGN.md): 409, the key's job named.
+    other = client.post("/v1/leads", json={**LEAD, "first_name": "Robert"}, headers=headers)
+    assert other.status_code == 409 and other.json()["job_id"] == first.json()["job_id"]
     # The body's idempotency_key is the same key.
     body_key = client.post("/v1/leads", json={**LEAD, "idempotency_key": "webform-8812"})
     assert body_key.status_code == 200 and body_key.json() == first.json()

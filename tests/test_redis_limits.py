@@ -5,7 +5,6 @@ Each test runs its own redis-server (it changes the server's configuration).
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -85,17 +84,16 @@ def test_a_full_redis_is_a_clear_error_for_producers_and_workers_survive_it(
     settings = make_settings(own_redis.url, simulator)
     worker = start_worker(settings)
     client = redis.Redis.from_url(own_redis.url)
-    used = int(client.info("memory")["used_memory"])
-    client.config_set("maxmemory", str(used - 1))  # full: every write refused (noeviction)
+    client.config_set("maxmemory", "1")  # full: every write refused (noeviction)
     try:
         with pytest.raises(BrokerOutOfMemory) as caught:
             enqueue_lead(agent_user="1000", phone_number="7275551212", settings=settings)
         assert isinstance(caught.value, BrokerUnavailable)
         assert "memory" in str(caught.value)
         env = {**_base_env(), **settings_env(settings), "DISPATCHER_ENV_FILE": "/nonexistent"}
+        command = [sys.executable, "-m", "dispatcher.cli", "enqueue", "--agent-user", "1000"]
         result = subprocess.run(
-            [sys.executable, "-m", "dispatcher.cli", "enqueue", "--agent-user", "1000"]
-            + ["--phone", "7275551212"],
+            [*command, "--phone", "7275551212"],
             env=env,
             capture_output=True,
             text=True,
@@ -121,19 +119,21 @@ def test_a_full_redis_is_a_clear_error_for_producers_and_workers_survive_it(
 
 
 def test_intake_answers_503_naming_a_full_redis(own_redis: RedisServer) -> None:
-    from starlette.testclient import TestClient
-
-    from dispatcher.intake.app import create_app
+    from tests.test_intake import _start, _stop
 
     settings = Settings(redis_url=own_redis.url, intake_tokens=("t0k3n-abcdef",))
     client = redis.Redis.from_url(own_redis.url)
-    client.config_set("maxmemory", str(int(client.info("memory")["used_memory"]) - 1))
-    with TestClient(create_app(settings)) as http:
-        reply = http.post(
-            "/v1/leads",
+    client.config_set("maxmemory", "1")
+    url, running = _start(settings)
+    try:
+        reply = httpx.post(
+            f"{url}/v1/leads",
             json={"agent_user": "1000", "phone_number": "7275551212"},
             headers={"Authorization": "Bearer t0k3n-abcdef"},
+            timeout=10,
         )
+    finally:
+        _stop(running)
     assert reply.status_code == 503
     assert "memory" in reply.json()["error"]
 
@@ -167,6 +167,3 @@ def test_redis_write_refusals_map_to_broker_errors() -> None:
 
 def _base_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("DISPATCHER_")}
-
-
-_ = (json, httpx)

@@ -20,8 +20,9 @@ Why each setting (see README "Guarantees"):
   expired unacknowledged messages every interval x throttle seconds; we make the
   interval the sole control and scale it with the visibility timeout.
 * ``task_acks_on_failure_or_timeout`` stays on: our task never raises for a job
-  (every outcome is stored first); it raises ``Reject(requeue=True)`` when Redis
-  itself fails, which puts the message back.
+  (every outcome, an unexpected error's ``internal`` dead letter included, is
+  stored first); it raises ``Reject(requeue=True)`` when Redis itself fails, or
+  when anything else escapes, which puts the message back.
 * ``worker_cancel_long_running_tasks_on_connection_loss`` is off: a job running
   when the broker connection drops finishes its call and stores its outcome
   (retrying the write until Redis is back); when the message is redelivered the
@@ -41,8 +42,9 @@ from dispatcher.errors import ConfigError
 from dispatcher.jobs import TASK_NAME
 from dispatcher.logs import configure_logging
 from dispatcher.settings import Settings, get_settings
+from workers import tasks
 
-__all__ = ["app", "make_app"]
+__all__ = ["get_app", "make_app"]
 
 
 def _settings_or_exit() -> Settings:
@@ -55,7 +57,8 @@ def _settings_or_exit() -> Settings:
 
 
 def make_app(settings: Settings) -> Celery:
-    celery = Celery("dispatcher", broker=settings.redis_url, include=["workers.tasks"])
+    celery = Celery("dispatcher", broker=settings.redis_url)
+    celery.task(name=TASK_NAME, bind=True, acks_late=True, ignore_result=True)(tasks.add_lead)
     # Our subclass of kombu's Redis transport dead-letters poison queue items.
     sentinel = settings.redis_url.startswith("sentinel://")
     celery.conf.broker_transport = (
@@ -138,4 +141,12 @@ def _check_worker_settings(**_: Any) -> None:
         raise SystemExit(2) from None
 
 
-app = make_app(_settings_or_exit())
+_app: Celery | None = None
+
+
+def get_app() -> Celery:
+    """The worker's app, built once from the process settings (exit 2 if they are bad)."""
+    global _app
+    if _app is None:
+        _app = make_app(_settings_or_exit())
+    return _app

@@ -2,17 +2,33 @@
 
 :class:`JobRunner` is the body of the Celery task, kept free of Celery so that it
 reads top to bottom. One runner per worker process (one ``httpx.Client``, one
-Redis pool), shared by the pool's threads.
+Redis pool), shared by the pool's threads (:func:`get_runner`).
 
-Redis round trips per added lead: one ``CLAIM`` script (execution record,
-pause, rate limit) and one ``SUCCESS`` script. Failures cost one or two more.
+Redis round trips per added lead: one ``claim`` (execution record, pause, rate
+limit) and one ``succeed``. Failures cost one or two more.
 
-Exactly-once effect: the execution record of a job says ``done`` once VICIdial
-answered SUCCESS, and every later copy of the job (a redelivery after a worker
-died, a stale copy, a double publish, a replay) is acknowledged without a call
-and logged as ``lead.duplicate_suppressed``. A copy whose predecessor claimed
-the job and vanished mid-call is *ambiguous* (the lead may have been added) and
-is handled like a lost answer: dead letter ``ambiguous`` by default.
+Exactly-once effect. Each delivery of a message gets a fresh token; the job's
+execution record (``dispatcher/execution.lua``) is claimed with it, and every
+outcome is a compare-and-set on it:
+
+* ``done`` is final: every later copy of the job (a redelivery, a stale copy, a
+  double publish, a replay) is acknowledged without a call
+  (``lead.duplicate_suppressed``), and a SUCCESS retires a dead letter a copy
+  wrote meanwhile;
+* a copy that lost its claim (its lease ran out and another copy took the job
+  over) cannot overwrite what the new holder decided ("superseded");
+* a claim or outcome whose reply was lost is asked again with the same token
+  and recognised ("own", "again"), never judged a lost worker, never counted
+  twice. Redis writes are retried while this worker holds the message, up to
+  the visibility timeout; the outcome is logged (with the lead_id) before it is
+  stored, so even an outcome Redis never took is on record.
+
+A copy whose predecessor claimed the job and vanished mid-call is *ambiguous*
+(the lead may have been added) and is handled like a lost answer.
+
+Nothing is acknowledged without an outcome: an unexpected error becomes an
+``internal`` dead letter holding the whole job (``ambiguous`` if the call had been
+sent), and only a Redis failure hands the message back to the queue.
 """
 
 from __future__ import annotations
@@ -20,15 +36,19 @@ from __future__ import annotations
 import os
 import random
 import socket
+import threading
 import time
+import traceback
+import uuid
 from collections.abc import Callable, Mapping
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import redis
 import structlog
 
 from dispatcher import logs
-from dispatcher.backend import Backend
+from dispatcher.backend import Backend, get_backend
 from dispatcher.connection import broker_errors
 from dispatcher.deadletter import DeadLetterStore
 from dispatcher.errors import (
@@ -36,26 +56,50 @@ from dispatcher.errors import (
     BrokerUnavailable,
     CallFailed,
     HTTPStatusError,
+    InternalFailure,
     InvalidPayload,
     NetworkError,
     ServerRefused,
 )
+from dispatcher.execution import Claim, new_token
 from dispatcher.jobs import Job, broker_envelope
-from dispatcher.settings import Settings
+from dispatcher.settings import Settings, get_settings
 from dispatcher.stats import latency_bucket_field
 from workers.outcomes import RetryPolicy
 from workers.vicidial import AddLeadResult, VicidialClient
 
-__all__ = ["JobRunner", "TransientInfrastructureError"]
+__all__ = ["JobRunner", "TransientInfrastructureError", "get_runner"]
 
 _log = logs.get_logger("workers.runner")
 #: Longest a worker thread sleeps for a fleet rate-limit slot before it hands the
 #: job back to the scheduler instead (it holds a broker message meanwhile).
 MAX_RATE_WAIT_S = 5.0
+#: A worker gives up holding a message (Redis away) this long before the
+#: visibility timeout hands the message to another worker.
+_HOLD_MARGIN_S = 5.0
+#: How long to wait for a replica to confirm a `done` record (when there is one).
+_WAIT_REPLICA_MS = 500
+_T = TypeVar("_T")
 
 
 class TransientInfrastructureError(Exception):
     """Redis failed under us: the message must go back to the queue, not be acked."""
+
+
+@dataclass
+class _Delivery:
+    """One delivery of a job to this worker."""
+
+    job: Job
+    token: str
+    #: monotonic time the message was taken: Redis writes are retried until
+    #: the visibility timeout from here
+    started: float
+    #: the request to VICIdial was (perhaps) sent
+    called: bool = False
+    #: what the call's answer said, once known: "added", "failed" (not added) or
+    #: "ambiguous"; None while unknown
+    answer: str | None = None
 
 
 class JobRunner:
@@ -70,144 +114,130 @@ class JobRunner:
         self.settings = settings
         self.backend = backend
         self.keys = backend.keys
-        self.scripts = backend.scripts
+        self.execution = backend.execution
         self.dead_letters = DeadLetterStore(backend)
         self.client = client or VicidialClient(settings)
         self.server = self.client.server
         self.policy = RetryPolicy.from_settings(settings)
         self.rng = rng or random.Random()
-        self.worker_id = f"{socket.gethostname()}:{os.getpid()}"
-        # A claim lease covers the longest call: connect + read timeouts and margin.
+        # host and pid name the process for people; the nonce makes it unique per
+        # boot (with `init: true` every container's process is pid 1).
+        self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        # A claim lease covers the longest call (its deadline is the HTTP timeout),
+        # a credentials probe before it, and margin.
         self.lease_s = 2 * settings.http_timeout_s + 5
+        self.hold_s = max(self.lease_s, settings.visibility_timeout_s - _HOLD_MARGIN_S)
         self.rate_interval = 1.0 / settings.rate_limit if settings.rate_limit > 0 else 0.0
+        self._ttl = int(settings.job_ttl_s)
+        self._replicas_checked = -1e9
+        self._replicas = 0
 
     # -- entry point ---------------------------------------------------------------------
 
     def run(self, message: object) -> str:
         """Process one queue message; return the outcome name (for tests and metrics).
 
-        Never raises for bad data or VICIdial failures. Raises
-        TransientInfrastructureError only when Redis itself fails, so that the
-        broker message is returned to the queue instead of being acknowledged.
+        Never raises for bad data, VICIdial failures or a bug in the job's path
+        (those end as dead letters). Raises TransientInfrastructureError only when
+        Redis itself fails, so that the broker message is returned to the queue
+        instead of being acknowledged.
         """
         structlog.contextvars.clear_contextvars()
+        started = time.monotonic()
         try:
             try:
                 job = Job.from_message(message)
             except InvalidPayload as exc:
-                return self._invalid_payload(message, exc)
+                return self._invalid_payload(message, exc, started)
             structlog.contextvars.bind_contextvars(job_id=job.job_id, agent_user=job.agent_user)
-            return self._run(job)
+            delivery = _Delivery(job, new_token(), started)
+            try:
+                return self._run(delivery)
+            except (TransientInfrastructureError, BrokerUnavailable, redis.RedisError):
+                raise
+            except Exception as exc:
+                return self._internal(delivery, exc)
         except (BrokerUnavailable, redis.RedisError) as exc:
             _log.error("worker.redis_unavailable", error=str(exc))
             raise TransientInfrastructureError(str(exc)) from None
         finally:
             structlog.contextvars.clear_contextvars()
 
-    def _run(self, job: Job) -> str:
-        now = time.time()
-        with broker_errors(self.settings):
-            verdict, detail, *rest = self.scripts.claim(
-                keys=[
-                    self.keys.execution(job.job_id),
-                    self.keys.job(job.job_id),
-                    self.keys.pause(self.server),
-                    self.keys.rate(self.server),
-                ],
-                args=[
-                    f"{now:.6f}",
-                    job.seq,
-                    self.lease_s,
-                    int(self.settings.job_ttl_s),
-                    self.rate_interval,
-                    self.worker_id,
-                    MAX_RATE_WAIT_S,
-                ],
-            )
-        verdict = _text(verdict)
-        detail = _text(detail)
+    def _run(self, d: _Delivery) -> str:
+        job = d.job
+        claim: Claim = self._persist(
+            d.started,
+            lambda: self.execution.claim(
+                job.job_id,
+                seq=job.seq,
+                token=d.token,
+                lease_s=self.lease_s,
+                ttl=self._ttl,
+                rate_interval_s=self.rate_interval,
+                worker=self.worker_id,
+                max_rate_wait_s=MAX_RATE_WAIT_S,
+                server=self.server,
+            ),
+        )
+        verdict = claim.verdict
         if verdict == "done":
             self.backend.redis.hincrby(self.keys.stats, "duplicates_suppressed", 1)
-            _log.info("lead.duplicate_suppressed", lead_id=detail or None, seq=job.seq)
+            _log.info("lead.duplicate_suppressed", lead_id=claim.detail or None, seq=job.seq)
             return "duplicate_suppressed"
         if verdict == "stale":
-            _log.info("lead.stale_copy_dropped", seq=job.seq, current_seq=int(detail))
+            _log.info("lead.stale_copy_dropped", seq=job.seq, current_seq=int(claim.detail))
             return "stale"
         if verdict == "busy":
-            # Another worker is calling for this very publication (a redelivery
-            # raced it): look again when its lease ends, never call in parallel.
-            self._reschedule(job, due=float(detail) + 1.0, why="busy")
-            return "deferred"
+            # Another copy is calling for this very publication (a redelivery raced
+            # it): look again when its lease ends, never call in parallel.
+            return self._reschedule(d, delay=claim.seconds + 1.0, why="busy", held=False)
         if verdict == "paused":
-            reason = _text(rest[0]) if rest else "paused"
-            until = float(detail)
-            if reason == "network":
+            left = claim.seconds
+            if claim.extra == "network":
                 # An outage pause: look again soon (a probe call may lift it early;
                 # a look costs one Redis call, not a VICIdial call).
-                due = min(until, now + self.settings.breaker_pause_s)
-                due += self.rng.uniform(0, min(1.0, self.settings.breaker_pause_s))
+                delay = min(left, self.settings.breaker_pause_s)
+                delay += self.rng.uniform(0, min(1.0, self.settings.breaker_pause_s))
             else:
                 # Refused credentials: nothing changes before the cool-down ends;
                 # spread the held jobs a little so they do not return at once.
-                due = until + self.rng.uniform(0, min(30.0, self.settings.pause_s / 10))
-            self._reschedule(job, due=due, why=reason)
-            return "deferred"
+                delay = left + self.rng.uniform(0, min(30.0, self.settings.pause_s / 10))
+            return self._reschedule(d, delay=delay, why=claim.extra or "paused", held=False)
         if verdict == "throttled":
-            self._reschedule(job, due=now + float(detail), why="rate_limit")
-            return "deferred"
+            return self._reschedule(d, delay=claim.seconds, why="rate_limit", held=False)
         if verdict == "orphaned":
-            # The worker that claimed this publication died between claim and outcome.
+            # The copy that claimed this publication vanished between claim and
+            # outcome; this copy took the claim over and decides now.
             return self._failed(
-                job,
-                AmbiguousFailure("worker lost during the call: the lead may have been added"),
+                d, AmbiguousFailure("worker lost during the call: the lead may have been added")
             )
-        delay = float(detail)
-        if delay > 0:
-            time.sleep(delay)
-        if verdict == "probe_refused" and not self._probe(job):
+        if claim.seconds > 0:
+            time.sleep(claim.seconds)
+        if verdict == "probe_refused" and not self._probe(d):
             return "deferred"
-        return self._call(job)
+        return self._call(d)
 
     # -- the call ------------------------------------------------------------------------
 
-    def _call(self, job: Job) -> str:
-        attempt = job.attempts + 1
-        _log.info("lead.attempt", attempt=attempt, phone=job.lead.phone_number)
+    def _call(self, d: _Delivery) -> str:
+        job = d.job
+        _log.info("lead.attempt", attempt=job.attempts + 1, phone=job.lead.phone_number)
+        d.called = True
         try:
             result, latency_ms = self.client.add_lead(
                 job.lead, dnc_check=job.dnc_check, campaign_dnc_check=job.campaign_dnc_check
             )
         except CallFailed as exc:
-            return self._failed(job, exc)
-        return self._added(job, result, latency_ms)
+            d.answer = "ambiguous" if isinstance(exc, AmbiguousFailure) else "failed"
+            return self._failed(d, exc)
+        d.answer = "added"
+        return self._added(d, result, latency_ms)
 
-    def _added(self, job: Job, result: AddLeadResult, latency_ms: float) -> str:
-        now = time.time()
+    def _added(self, d: _Delivery, result: AddLeadResult, latency_ms: float) -> str:
+        job = d.job
         attempts = job.attempts + 1
-        resumed = self._persist(
-            lambda: self.scripts.success(
-                keys=[
-                    self.keys.execution(job.job_id),
-                    self.keys.job(job.job_id),
-                    self.keys.stats,
-                    self.keys.breaker(self.server),
-                    self.keys.pause(self.server),
-                ],
-                args=[
-                    result.lead_id,
-                    result.list_id,
-                    result.campaign,
-                    f"{now:.6f}",
-                    int(self.settings.done_ttl_s),
-                    int(self.settings.job_ttl_s),
-                    attempts,
-                    latency_bucket_field(latency_ms / 1000),
-                    f"{latency_ms:.3f}",
-                ],
-            )
-        )
-        if int(resumed):
-            _log.warning("vicidial.resumed", server=self.server, after="outage")
+        # On record before it is stored: if Redis never takes it, the log still
+        # says which lead VICIdial made for this job.
         _log.info(
             "lead.added",
             attempt=attempts,
@@ -218,15 +248,55 @@ class JobRunner:
             latency_ms=round(latency_ms, 1),
             notes=list(result.notes) or None,
         )
+
+        def write() -> Any:
+            succeed = dict(
+                token=d.token,
+                lead_id=result.lead_id,
+                list_id=result.list_id,
+                campaign=result.campaign,
+                done_ttl=int(self.settings.done_ttl_s),
+                ttl=self._ttl,
+                attempts=attempts,
+                latency_field=latency_bucket_field(latency_ms / 1000),
+                latency_ms=latency_ms,
+                server=self.server,
+            )
+            if not self._has_replicas():
+                return self.execution.succeed(job.job_id, **succeed)  # type: ignore[arg-type]
+            # After a failover only what reached a replica survives: wait for one.
+            pipe = self.backend.redis.pipeline(transaction=False)
+            self.execution.succeed(job.job_id, client=pipe, **succeed)  # type: ignore[arg-type]
+            pipe.execute_command("WAIT", 1, _WAIT_REPLICA_MS)
+            reply, acked = pipe.execute()
+            if not int(acked):
+                _log.warning("worker.replica_not_confirmed", timeout_ms=_WAIT_REPLICA_MS)
+            return reply
+
+        reply = [_text(x) for x in self._persist(d.started, write)]
+        if reply[0] == "duplicate":
+            _log.error(
+                "lead.duplicate_detected",
+                lead_id=reply[1],
+                lead_ids=[reply[1], result.lead_id],
+                phone=job.lead.phone_number,
+            )
+            return "duplicate"
+        if reply[0] == "ok":
+            if reply[1]:
+                _log.warning("lead.dead_letter_retired", reason=reply[1], lead_id=result.lead_id)
+            if reply[2] == "1":
+                _log.warning("vicidial.resumed", server=self.server, after="outage")
         return "added"
 
-    def _failed(self, job: Job, error: CallFailed) -> str:
+    def _failed(self, d: _Delivery, error: CallFailed) -> str:
+        job = d.job
         now = time.time()
-        paused_until: float | None = None
+        paused_s: float | None = None
         if isinstance(error, NetworkError | HTTPStatusError):
-            paused_until = self._network_failure(now)
+            paused_s = self._network_failure(d)
         if isinstance(error, ServerRefused):
-            self._pause_refused(error, now)
+            self._pause_refused(d, error)
         failed = job.evolve(
             attempts=job.attempts + 1,
             first_failed_at=job.first_failed_at if job.first_failed_at is not None else now,
@@ -235,47 +305,34 @@ class JobRunner:
         failed = failed.evolve(agent_wait_since=decision.agent_wait_since)
         if decision.retry:
             delay = decision.delay_s
-            if paused_until is not None:
+            if paused_s is not None:
                 # The breaker is open: the next attempt waits for the pause to end.
-                delay = max(delay, paused_until - now + self.rng.uniform(0, 1.0))
-            self._retry(failed, error, delay=delay, now=now)
-            return "retrying"
-        self._dead(failed, error, now=now)
-        return "dead"
+                delay = max(delay, paused_s + self.rng.uniform(0, 1.0))
+            return self._retry(d, failed, error, delay=delay)
+        return self._dead(d, failed, error, now=now)
 
     # -- outcomes ------------------------------------------------------------------------
 
-    def _retry(self, job: Job, error: CallFailed, *, delay: float, now: float) -> None:
-        due = now + delay
-        nxt = job.evolve(seq=job.seq + 1)
-        envelope = broker_envelope(nxt.to_message(), queue=self.keys.queue)
-
-        def write() -> None:
-            pipe = self.backend.redis.pipeline(transaction=True)
-            pipe.zadd(self.keys.scheduled, {envelope: due})
-            pipe.hset(
-                self.keys.execution(job.job_id), mapping={"state": "scheduled", "seq": nxt.seq}
-            )
-            pipe.hdel(self.keys.execution(job.job_id), "lease_until")
-            pipe.hset(
-                self.keys.job(job.job_id),
-                mapping={
-                    "state": "retrying",
-                    "attempts": job.attempts,
-                    "reason": error.reason,
-                    "error": error.line,
-                    "http_status": "" if error.http_status is None else error.http_status,
-                    "next_attempt_at": f"{due:.6f}",
-                    "updated_at": f"{now:.6f}",
-                },
-            )
-            pipe.hincrby(self.keys.stats, "retries", 1)
-            if error.http_status == 200:
-                # VICIdial answered: whatever else, the network failures are not consecutive.
-                pipe.delete(self.keys.breaker(self.server))
-            pipe.execute()
-
-        self._persist(write)
+    def _retry(self, d: _Delivery, job: Job, error: CallFailed, *, delay: float) -> str:
+        envelope = broker_envelope(job.evolve(seq=job.seq + 1).to_message(), queue=self.keys.queue)
+        reply = self._persist(
+            d.started,
+            lambda: self.execution.retry(
+                job.job_id,
+                token=d.token,
+                seq=job.seq,
+                envelope=envelope,
+                delay_s=delay,
+                ttl=self._ttl,
+                attempts=job.attempts,
+                reason=error.reason,
+                error=error.line,
+                http_status=error.http_status,
+                server=self.server,
+            ),
+        )
+        if reply[0] not in ("ok", "again"):
+            return self._superseded(reply[0], "retry", error)
         _log.info(
             "lead.retry_scheduled",
             attempt=job.attempts,
@@ -284,22 +341,24 @@ class JobRunner:
             http_status=error.http_status,
             delay_s=round(delay, 3),
         )
+        return "retrying"
 
-    def _dead(self, job: Job, error: CallFailed, *, now: float) -> None:
-        self._persist(
-            lambda: self.dead_letters.record(
-                job=job.to_message(),
-                reason=error.reason,
-                error=error.line,
-                http_status=error.http_status,
-                attempts=job.attempts,
-                first_failed_at=job.first_failed_at,
-                now=now,
-                next_seq=job.seq + 1,
-            )
+    def _dead(self, d: _Delivery, job: Job, error: CallFailed, *, now: float) -> str:
+        letter = self.dead_letters.letter(
+            job=job.to_message(),
+            reason=error.reason,
+            error=error.line,
+            http_status=error.http_status,
+            attempts=job.attempts,
+            first_failed_at=job.first_failed_at,
+            now=now,
         )
-        if error.http_status == 200:
-            self.backend.redis.delete(self.keys.breaker(self.server))
+        result = self._persist(
+            d.started,
+            lambda: self.dead_letters.write(letter, token=d.token, seq=job.seq, server=self.server),
+        )
+        if result not in ("ok", "again"):
+            return self._superseded(result, "dead_letter", error)
         _log.warning(
             "lead.dead_lettered",
             attempt=job.attempts,
@@ -308,27 +367,65 @@ class JobRunner:
             error=error.line,
             http_status=error.http_status,
         )
+        return "dead"
 
-    def _reschedule(self, job: Job, *, due: float, why: str) -> None:
-        """Put this same publication (same seq) back for later, no attempt consumed."""
+    def _superseded(self, result: str, outcome: str, error: CallFailed) -> str:
+        """The record moved on without us (added, or taken over by another copy)."""
+        if result == "done":
+            _log.info("lead.duplicate_suppressed", outcome=outcome, reason=error.reason)
+            return "duplicate_suppressed"
+        _log.warning("lead.outcome_superseded", outcome=outcome, reason=error.reason, why=result)
+        return "superseded"
+
+    def _reschedule(self, d: _Delivery, *, delay: float, why: str, held: bool) -> str:
+        """Put this same publication (same seq) back for later; no attempt is used.
+
+        ``held``: this copy holds the claim (it is released); otherwise the
+        record is left to whoever holds it.
+        """
+        job = d.job
         envelope = broker_envelope(job.to_message(), queue=self.keys.queue)
-        with broker_errors(self.settings):
-            pipe = self.backend.redis.pipeline(transaction=True)
-            pipe.zadd(self.keys.scheduled, {envelope: due})
-            if why != "busy":
-                # Release our claim (if any) so the rescheduled copy may claim again.
-                pipe.hset(
-                    self.keys.execution(job.job_id), mapping={"state": "scheduled", "seq": job.seq}
-                )
-                pipe.hdel(self.keys.execution(job.job_id), "lease_until")
-                pipe.hset(
-                    self.keys.job(job.job_id),
-                    mapping={"state": "retrying", "next_attempt_at": f"{due:.6f}"},
-                )
-            pipe.execute()
-        _log.info("lead.delayed", why=why, delay_s=round(max(0.0, due - time.time()), 3))
+        reply = self._persist(
+            d.started,
+            lambda: self.execution.defer(
+                job.job_id,
+                token=d.token if held else "",
+                seq=job.seq,
+                envelope=envelope,
+                delay_s=max(0.0, delay),
+                ttl=self._ttl,
+            ),
+        )
+        if reply[0] == "done":
+            _log.info("lead.duplicate_suppressed", seq=job.seq)
+            return "duplicate_suppressed"
+        if reply[0] == "stale":
+            _log.info("lead.stale_copy_dropped", seq=job.seq)
+            return "stale"
+        _log.info("lead.delayed", why=why, delay_s=round(max(0.0, delay), 3))
+        return "deferred"
 
-    def _invalid_payload(self, message: object, exc: InvalidPayload) -> str:
+    def _internal(self, d: _Delivery, exc: Exception) -> str:
+        """A bug on the job's path: dead letter with the whole job, never a silent ack."""
+        _log.error(
+            "worker.internal_error",
+            error=f"{type(exc).__name__}: {exc}",
+            exception="".join(traceback.format_exception(exc))[-4000:],
+        )
+        job = d.job
+        failed = job.evolve(attempts=job.attempts + (1 if d.called else 0))
+        error: CallFailed
+        if d.called and d.answer != "failed":
+            # The lead may be (or is) in VICIdial: never to be replayed blindly.
+            error = AmbiguousFailure(
+                f"{type(exc).__name__} in the worker after the call "
+                f"(answer: {d.answer or 'unknown'}): {exc}"
+            )
+        else:
+            error = InternalFailure(f"{type(exc).__name__}: {exc}")
+        return self._dead(d, failed, error, now=time.time())
+
+    def _invalid_payload(self, message: object, exc: InvalidPayload, started: float) -> str:
         job: dict[str, Any]
         job_id: str | None = None
         if isinstance(message, Mapping):
@@ -337,78 +434,77 @@ class JobRunner:
             job_id = raw_id if isinstance(raw_id, str) and 0 < len(raw_id) <= 100 else None
         else:
             job = {"raw": message if isinstance(message, str) else repr(message)[:10_000]}
-        letter = self.dead_letters.record(
-            job=job,
-            reason="invalid_payload",
-            error=exc.line,
-            http_status=None,
-            attempts=0,
-            first_failed_at=None,
-            job_id=job_id,
+        letter = self._persist(
+            started,
+            lambda: self.dead_letters.poison(raw=job, error=exc.line, job_id=job_id),
         )
         _log.warning(
             "lead.dead_lettered", job_id=letter.job_id, reason="invalid_payload", error=exc.line
         )
         return "dead"
 
-    def _persist(self, write: Callable[[], Any]) -> Any:
-        """Run an outcome write, retrying while Redis is briefly away (a restart).
+    def _persist(self, started: float, write: Callable[[], _T]) -> _T:
+        """Run a Redis write, retrying while Redis is away (a restart, a stall, a full
+        memory), for as long as this worker may hold the message.
 
-        The call to VICIdial already happened: losing its outcome would turn a
-        clean success into an ambiguous job. Bounded by the claim lease, after
-        which another worker may take the job over.
+        Every write here is safe to repeat: the token makes a repeated claim or
+        outcome recognisable. Past the visibility timeout another worker gets the
+        message, so this one gives up and lets it go back to the queue.
         """
-        deadline = time.monotonic() + self.lease_s
+        deadline = started + self.hold_s
         delay = 0.1
         while True:
             try:
                 with broker_errors(self.settings):
                     return write()
-            except BrokerUnavailable:
+            except BrokerUnavailable as exc:
                 if time.monotonic() + delay > deadline:
                     raise
-                _log.warning("worker.outcome_write_retry", delay_s=delay)
+                _log.warning("worker.redis_write_retry", delay_s=delay, error=str(exc))
                 time.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
+    def _has_replicas(self) -> bool:
+        """Whether Redis has a replica to wait for (checked every 30 s)."""
+        now = time.monotonic()
+        if now - self._replicas_checked >= 30.0:
+            self._replicas_checked = now
+            try:
+                info = self.backend.redis.info("replication")
+                self._replicas = int(info.get("connected_slaves", 0) or 0)
+            except redis.RedisError:
+                pass
+        return self._replicas > 0
+
     # -- protecting VICIdial -------------------------------------------------------------
 
-    def _network_failure(self, now: float) -> float | None:
-        """Count a consecutive network failure; the pause end if the breaker is open."""
-        with broker_errors(self.settings):
-            _count, until, tripped = self.scripts.network_failure(
-                keys=[self.keys.breaker(self.server), self.keys.pause(self.server)],
-                args=[
-                    f"{now:.6f}",
-                    self.settings.breaker_threshold,
-                    self.settings.breaker_pause_s,
-                    self.settings.retry_cap_s,
-                ],
-            )
-        until_s = _text(until)
-        if int(tripped):
+    def _network_failure(self, d: _Delivery) -> float | None:
+        """Count a consecutive network failure; the seconds paused if the breaker is open."""
+        _count, paused_s, tripped = self._persist(
+            d.started,
+            lambda: self.execution.network_failure(
+                self.server,
+                threshold=self.settings.breaker_threshold,
+                base_s=self.settings.breaker_pause_s,
+                max_s=self.settings.retry_cap_s,
+            ),
+        )
+        if tripped:
             _log.warning(
                 "vicidial.paused",
                 server=self.server,
                 reason="network",
-                until=until_s,
-                delay_s=round(float(until_s) - now, 3),
+                delay_s=round(paused_s or 0.0, 3),
             )
-        return float(until_s) if until_s else None
+        return paused_s
 
-    def _pause_refused(self, error: CallFailed, now: float) -> None:
-        until = now + self.settings.pause_s
-        with broker_errors(self.settings):
-            self.backend.redis.hset(
-                self.keys.pause(self.server),
-                mapping={
-                    "until": f"{until:.6f}",
-                    "kind": "refused",
-                    "reason": error.reason,
-                    "since": f"{now:.6f}",
-                    "error": error.line,
-                },
-            )
+    def _pause_refused(self, d: _Delivery, error: CallFailed) -> None:
+        self._persist(
+            d.started,
+            lambda: self.execution.pause(
+                self.server, seconds=self.settings.pause_s, reason=error.reason, error=error.line
+            ),
+        )
         _log.warning(
             "vicidial.paused",
             server=self.server,
@@ -417,23 +513,21 @@ class JobRunner:
             delay_s=self.settings.pause_s,
         )
 
-    def _probe(self, job: Job) -> bool:
+    def _probe(self, d: _Delivery) -> bool:
         """After a refusal cool-down: True if the credentials work again (pause lifted)."""
-        now = time.time()
         try:
             self.client.probe_credentials()
         except ServerRefused as exc:
-            self._pause_refused(exc, now)
-            self._reschedule(job, due=now + self.settings.pause_s, why=exc.reason)
+            self._pause_refused(d, exc)
+            self._reschedule(d, delay=self.settings.pause_s, why=exc.reason, held=True)
             return False
         except CallFailed as exc:
             # VICIdial unreachable or confused: keep the pause a little longer.
-            retry_at = now + self.settings.breaker_pause_s
-            self.backend.redis.hset(self.keys.pause(self.server), "until", f"{retry_at:.6f}")
-            self._reschedule(job, due=retry_at, why=exc.reason)
+            wait = self.settings.breaker_pause_s
+            self._persist(d.started, lambda: self.execution.extend_pause(self.server, seconds=wait))
+            self._reschedule(d, delay=wait, why=exc.reason, held=True)
             return False
-        with broker_errors(self.settings):
-            self.backend.redis.delete(self.keys.pause(self.server))
+        self._persist(d.started, lambda: self.execution.resume(self.server))
         _log.warning("vicidial.resumed", server=self.server, after="credentials probe")
         return True
 
@@ -442,3 +536,24 @@ def _text(value: Any) -> str:
     if isinstance(value, bytes):
         return value.decode()
     return str(value) if value is not None else ""
+
+
+_runner: JobRunner | None = None
+_runner_pid = 0
+_lock = threading.Lock()
+
+
+def get_runner() -> JobRunner:
+    """The process's runner: one httpx.Client and one Redis pool per process.
+
+    Created lazily and again after a fork (prefork children must not share the
+    parent's sockets).
+    """
+    global _runner, _runner_pid
+    if _runner is None or _runner_pid != os.getpid():
+        with _lock:
+            if _runner is None or _runner_pid != os.getpid():
+                settings = get_settings()
+                _runner = JobRunner(settings, get_backend(settings))
+                _runner_pid = os.getpid()
+    return _runner

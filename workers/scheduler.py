@@ -2,13 +2,14 @@
 
 Every worker runs one:
 
-* moves due retries from the ``scheduled`` set back onto the queue (one Lua
-  script, so several schedulers never move a message twice). Retries wait in
-  Redis, not in worker memory: a worker killed or restarted loses none;
-* writes this worker's heartbeat (``dispatcher status``, readiness, health) and
-  this process's consumer heartbeat;
-* returns the in-flight pops of consumers whose heartbeat stopped (see
-  workers/transport.py) to the queue.
+* moves due retries from the ``scheduled`` set back onto the queue (one script
+  command, so several schedulers never move a message twice; "due" is Redis's
+  clock). Retries wait in Redis, not in worker memory: a worker killed or
+  restarted loses none;
+* writes this worker's and this process's heartbeat keys (with a TTL: liveness
+  is judged by Redis, never by comparing hosts' clocks);
+* returns the in-flight pops of consumers whose heartbeat key expired to the
+  queue, and forgets workers whose heartbeat is gone.
 """
 
 from __future__ import annotations
@@ -19,18 +20,12 @@ import time
 from dispatcher import logs
 from dispatcher.backend import get_backend
 from dispatcher.settings import Settings
-from workers.transport import consumer_id, reap_inflight
+from workers.transport import consumer_id, consumer_ttl_s
 
-__all__ = ["RetryScheduler", "consumer_stale_s"]
+__all__ = ["RetryScheduler"]
 
 _log = logs.get_logger("workers.scheduler")
 _BATCH = 500
-_FORGET_S = 86400.0
-
-
-def consumer_stale_s(settings: Settings) -> float:
-    """A consumer silent this long is dead: its in-flight pops go back to the queue."""
-    return max(5.0, 20 * settings.scheduler_interval_s)
 
 
 class RetryScheduler(threading.Thread):
@@ -39,8 +34,9 @@ class RetryScheduler(threading.Thread):
         self.settings = settings
         self.worker_name = name
         self.consumer = consumer_id()
+        self.ttl = consumer_ttl_s(settings.scheduler_interval_s)
         self._stop_event = threading.Event()
-        self._last_reap = 0.0
+        self._last_reap = -1e9
         self._last_error_log = -1e9
 
     def stop(self) -> None:
@@ -48,32 +44,21 @@ class RetryScheduler(threading.Thread):
 
     def tick(self) -> int:
         backend = get_backend(self.settings)
-        keys = backend.keys
         moved = 0
         while True:
-            n = int(
-                backend.scripts.move_due(
-                    keys=[keys.scheduled, keys.queue],
-                    args=[f"{time.time():.6f}", _BATCH],
-                )
-            )
+            n = backend.execution.move_due(limit=_BATCH)
             moved += n
             if n < _BATCH:
                 break
-        now = time.time()
-        pipe = backend.redis.pipeline(transaction=False)
-        pipe.hset(keys.workers, self.worker_name, f"{now:.3f}")
-        pipe.hset(keys.consumers, self.consumer, f"{now:.3f}")
-        pipe.execute()
-        stale = consumer_stale_s(self.settings)
-        if now - self._last_reap >= stale / 2:
+        backend.fleet.beat(self.worker_name, consumer=self.consumer, ttl=self.ttl)
+        now = time.monotonic()
+        if now - self._last_reap >= self.ttl / 4:
             self._last_reap = now
-            beats = {str(c): float(ts) for c, ts in backend.redis.hgetall(keys.consumers).items()}
-            alive = {c for c, ts in beats.items() if now - ts < stale}
-            forgotten = [c for c, ts in beats.items() if now - ts > _FORGET_S]
-            if forgotten:
-                backend.redis.hdel(keys.consumers, *forgotten)
-            reap_inflight(backend.redis, queue=keys.queue, alive=alive)
+            returned = backend.fleet.reap(backend.redis, queue=backend.keys.queue)
+            for consumer, n in returned.items():
+                if n:
+                    _log.warning("worker.inflight_returned", consumer=consumer, messages=n)
+            backend.fleet.prune()
         return moved
 
     def run(self) -> None:

@@ -1,46 +1,31 @@
-"""The add-lead task: a thin Celery shell around :class:`workers.runner.JobRunner`."""
+"""The add-lead task body: a thin Celery shell around :class:`workers.runner.JobRunner`.
+
+Registered on the app by :func:`workers.celery_app.make_app` (this module does not
+import the app, so importing it builds nothing).
+"""
 
 from __future__ import annotations
 
-import os
-import threading
 import time
 from typing import Any
 
 from celery.exceptions import Reject
 
-from dispatcher.backend import get_backend
-from dispatcher.jobs import TASK_NAME
-from dispatcher.settings import get_settings
-from workers.celery_app import app
-from workers.runner import JobRunner, TransientInfrastructureError
+from dispatcher import logs
+from workers.runner import TransientInfrastructureError, get_runner
 
-__all__ = ["add_lead", "get_runner"]
+__all__ = ["add_lead"]
 
-_runner: JobRunner | None = None
-_runner_pid = 0
-_lock = threading.Lock()
+_log = logs.get_logger("workers.tasks")
 
 
-def get_runner() -> JobRunner:
-    """The process's runner: one httpx.Client and one Redis pool per process.
-
-    Created lazily and again after a fork (prefork children must not share the
-    parent's sockets).
-    """
-    global _runner, _runner_pid
-    if _runner is None or _runner_pid != os.getpid():
-        with _lock:
-            if _runner is None or _runner_pid != os.getpid():
-                settings = get_settings()
-                _runner = JobRunner(settings, get_backend(settings))
-                _runner_pid = os.getpid()
-    return _runner
-
-
-@app.task(name=TASK_NAME, bind=True, acks_late=True, ignore_result=True)
 def add_lead(self: Any, message: Any = None, *args: Any, **kwargs: Any) -> None:
-    """Add one lead to VICIdial (the message is a job, see dispatcher.jobs)."""
+    """Add one lead to VICIdial (the message is a job, see dispatcher.jobs).
+
+    Never returns without an outcome stored: anything that goes wrong here and
+    is not stored hands the message back to the queue (Celery would otherwise
+    acknowledge a task that raised, and the job would vanish).
+    """
     if args or kwargs:
         # Not our message shape; the runner dead-letters it as invalid_payload.
         message = {"raw": repr((message, args, kwargs))[:10_000]}
@@ -49,3 +34,7 @@ def add_lead(self: Any, message: Any = None, *args: Any, **kwargs: Any) -> None:
     except TransientInfrastructureError as exc:
         time.sleep(1.0)  # do not spin on a dead Redis
         raise Reject(str(exc), requeue=True) from None
+    except Exception as exc:  # the runner could not even start (settings, HTTP client)
+        _log.error("worker.task_failed", error=f"{type(exc).__name__}: {exc}")
+        time.sleep(1.0)
+        raise Reject(f"{type(exc).__name__}: {exc}", requeue=True) from None

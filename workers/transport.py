@@ -1,28 +1,39 @@
 """kombu's Redis transport, made safe against lost pops and poison queue items.
 
-Three gaps in stock kombu matter for "no lead is lost":
+Four gaps in stock kombu matter for "no lead is lost":
 
 1. **The pop window.** kombu takes a message with ``BRPOP`` and only then, in a
    second round trip, records it as unacknowledged. A worker killed between the
    two loses the message for good (seen here: about one message per six
-   SIGKILLs under load). We pop with ``BRPOPLPUSH`` instead, which atomically
-   moves the message into this process's *in-flight list*; the unacknowledged
-   record and the removal from the in-flight list are then written in one
-   MULTI/EXEC. A message is therefore always in the queue, in an in-flight list,
-   or in kombu's unacked hash. :func:`reap_inflight` (run by every worker's
-   scheduler thread) returns the in-flight items of processes whose heartbeat
-   stopped.
+   SIGKILLs under load). Here a poll is one script (``fetch`` in
+   ``dispatcher/fleet.lua``) that refreshes this consumer's heartbeat, registers
+   its *in-flight list*, and atomically moves the next message into that list;
+   only when the queue is empty does it block, with ``BRPOPLPUSH`` into the same
+   list. The unacknowledged record and the removal from the in-flight list are
+   then written in one MULTI/EXEC. A message is therefore always in the queue,
+   in an in-flight list, or in kombu's unacked hash. In-flight lists of
+   consumers whose heartbeat key expired go back to the queue
+   (:meth:`dispatcher.fleet.Fleet.reap`, run by every worker's scheduler).
+   Liveness is a key with a TTL in Redis: no host's clock is compared with
+   another's, and a consumer that stalled past the TTL registers again on its
+   next poll.
 2. **Poison items.** An item pushed straight into the list that is not JSON
    kills the worker ("Unrecoverable error: JSONDecodeError"); JSON that is not a
    kombu envelope makes the consumer drop its connection and lose it. Every
    popped item is checked first; a bad one becomes an ``invalid_payload`` dead
-   letter (raw text kept) and kombu sees an empty poll.
+   letter (raw text kept), written together with its removal from the in-flight
+   list (if the letter cannot be written, the item stays and is tried again).
 3. **Acks on a dead connection.** After Redis restarts, kombu may ack, reject
    or restore through a detached connection and crash the worker;
    :class:`ReliableQoS` leaves those messages to the visibility sweep instead.
+4. **A full or read-only Redis** refuses the pop's writes (stock ``BRPOP`` is
+   allowed under OOM, ``BRPOPLPUSH`` is not): the consumer waits and polls again
+   instead of crashing, and resumes when Redis takes writes.
 
-Selected in workers/celery_app.py through ``broker_transport``; the queue is
-consumed with a single priority step, so there is one list to pop from.
+This overrides private methods of kombu's Redis channel (``_brpop_start``,
+``_brpop_read``, ``QoS.append``...), tested with kombu 5.7 (the range the package
+pins; tests/test_workers_package.py proves the reliable pop is the one running). It needs one queue and no ``global_keyprefix``: a worker
+configured otherwise refuses to start rather than fall back to stock ``BRPOP``.
 """
 
 from __future__ import annotations
@@ -33,47 +44,63 @@ import json
 import os
 import socket
 import time
+import uuid
 from collections.abc import Iterator
+from queue import Empty
 from typing import Any
 
 import redis
 from kombu.transport import redis as kombu_redis
 from kombu.transport import virtual
+from kombu.utils.encoding import bytes_to_str
+from kombu.utils.json import loads
 
 from dispatcher import logs
+from dispatcher.backend import get_backend
+from dispatcher.connection import write_refusal
+from dispatcher.deadletter import DeadLetterStore
+from dispatcher.fleet import inflight_key, inflight_registry
+from dispatcher.settings import get_settings
 
 __all__ = [
     "SentinelTransport",
     "Transport",
+    "UnsupportedLayout",
     "consumer_id",
+    "consumer_ttl_s",
     "inflight_key",
     "inflight_registry",
     "is_envelope",
-    "reap_inflight",
 ]
 
 _log = logs.get_logger("workers.transport")
 
-
 _consumer_id: tuple[int, str] | None = None
+#: How long the consumer waits after Redis refused a poll (full, read-only).
+_REFUSED_BACKOFF_S = 0.5
+
+
+class UnsupportedLayout(RuntimeError):
+    """The worker was configured so that the reliable pop cannot run."""
 
 
 def consumer_id() -> str:
-    """This process, as named in in-flight list keys and consumer heartbeats."""
+    """This process, as named in in-flight list keys and consumer heartbeats.
+
+    Host and pid name it for people; a random nonce makes it unique per boot
+    (with ``init: true`` every container's main process is pid 1, and two
+    containers may share a hostname).
+    """
     global _consumer_id
     pid = os.getpid()
-    if _consumer_id is None or _consumer_id[0] != pid:  # computed once per process
-        _consumer_id = (pid, f"{socket.gethostname()}.{pid}")
+    if _consumer_id is None or _consumer_id[0] != pid:  # once per process
+        _consumer_id = (pid, f"{socket.gethostname()}.{pid}.{uuid.uuid4().hex[:8]}")
     return _consumer_id[1]
 
 
-def inflight_registry(queue: str) -> str:
-    """Set of the in-flight list keys of every consumer of ``queue``."""
-    return f"_dispatcher.inflight.{queue}"
-
-
-def inflight_key(queue: str, consumer: str) -> str:
-    return f"_dispatcher.inflight.{queue}.{consumer}"
+def consumer_ttl_s(scheduler_interval_s: float) -> int:
+    """A consumer silent this long is dead: its in-flight pops go back to the queue."""
+    return int(max(5.0, 20 * scheduler_interval_s))
 
 
 def is_envelope(item: Any) -> bool:
@@ -91,29 +118,6 @@ def is_envelope(item: Any) -> bool:
         and "body" in data
         and isinstance(data.get("headers", {}), dict)
     )
-
-
-def _dead_letter_item(queue: Any, item: Any) -> None:
-    from workers.tasks import get_runner
-
-    raw = item.decode("utf-8", "replace") if isinstance(item, bytes) else str(item)
-    try:
-        letter = get_runner().dead_letters.record(
-            job={"raw": raw[:10_000], "queue": str(queue)},
-            reason="invalid_payload",
-            error="queue item is not a Celery message",
-            http_status=None,
-            attempts=0,
-            first_failed_at=None,
-        )
-        _log.warning(
-            "lead.dead_lettered",
-            job_id=letter.job_id,
-            reason="invalid_payload",
-            error="queue item is not a Celery message",
-        )
-    except Exception as exc:  # the worker must survive even if this write fails
-        _log.error("consumer.dead_letter_failed", error=f"{type(exc).__name__}: {exc}")
 
 
 class ReliableQoS(kombu_redis.QoS):
@@ -220,94 +224,206 @@ class ReliableQoS(kombu_redis.QoS):
 
 
 class _ReliableChannel:
-    """Mixin for a kombu Redis channel: BRPOPLPUSH into an in-flight list, vet items."""
+    """Mixin for a kombu Redis channel: the fetch script, then BRPOPLPUSH; vet items."""
 
-    client: Any
     QoS = ReliableQoS
+    # What the mixin uses of kombu's Redis channel (untyped there).
+    client: Any
+    connection: Any
+    qos: Any
+    active_queues: Any
+    priority_steps: Any
+    global_keyprefix: Any
+    brpop_timeout: Any
+    connection_errors: Any
+    _queue_cycle: Any
+    _q_for_pri: Any
+    conn_or_acquire: Any
 
-    def _inflight_setup(self) -> None:
-        if not hasattr(self, "_inflight_raw"):
-            self._inflight_raw: Any = None
-            self._inflight_list: str | None = None
-            self._poll_idle = False
-            self._inflight_registered: set[str] = set()
+    def _reliable_setup(self) -> None:
+        if hasattr(self, "_phase"):
+            return
+        settings = get_settings()
+        backend = get_backend(settings)
+        if self.global_keyprefix:
+            raise UnsupportedLayout(
+                "the dispatcher's worker needs no global_keyprefix in the broker "
+                "transport options (its reliable pop names the queue's keys itself)"
+            )
+        self._prefix = backend.keys.prefix
+        self._fleet_source = backend.fleet
+        self._letters = DeadLetterStore(backend)
+        self._ttl = consumer_ttl_s(settings.scheduler_interval_s)
+        #: "fetch": the fetch script's reply is pending; "block": a BRPOPLPUSH's
+        self._phase: str | None = None
+        self._use_eval = False
+        self._backoff_until = 0.0
+        self._last_refusal_log = -1e9
+        self._inflight_raw: Any = None
+        self._inflight_list: str | None = None
+        self._poll_idle = False
+
+    def basic_consume(self, queue: Any, *args: Any, **kwargs: Any) -> Any:
+        ret = super().basic_consume(queue, *args, **kwargs)  # type: ignore[misc]
+        steps = self.priority_steps
+        if len(self.active_queues) > 1 or len(steps) != 1:
+            raise UnsupportedLayout(
+                "a dispatcher worker consumes exactly one queue with one priority step "
+                f"(DISPATCHER_QUEUE); asked for {sorted(self.active_queues)} "
+                f"with priority steps {list(steps)}: run one worker per queue instead"
+            )
+        return ret
+
+    # Declaring queues at consumer start-up must not crash a worker while Redis is
+    # full: kombu counts a queue inside MULTI/EXEC, which Redis refuses under OOM even
+    # for reads, and records bindings with a write. Our producers push straight onto
+    # the queue list, so a binding that cannot be written now costs nothing.
+    def _size(self, queue: Any) -> int:
+        with self.conn_or_acquire() as client:
+            steps = self.priority_steps
+            return sum(int(client.llen(self._q_for_pri(queue, p))) for p in steps)
+
+    def _queue_bind(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super()._queue_bind(*args, **kwargs)  # type: ignore[misc]
+        except redis.ResponseError as exc:
+            if write_refusal(exc) is None:
+                raise
+            _log.error("consumer.redis_refused", error=str(exc)[:300], during="queue binding")
+            return None
 
     def _take_inflight(self) -> tuple[Any, str | None]:
-        self._inflight_setup()
-        raw, key = self._inflight_raw, self._inflight_list
+        raw, key = getattr(self, "_inflight_raw", None), getattr(self, "_inflight_list", None)
         self._inflight_raw = None
         return raw, key
 
     def _brpop_start(self, timeout: Any = None) -> Any:
-        self._inflight_setup()
-        if timeout is None:
-            timeout = self.brpop_timeout  # type: ignore[attr-defined]
-        queues = self._queue_cycle.consume(len(self.active_queues))  # type: ignore[attr-defined]
-        keys = [
-            self._q_for_pri(queue, pri)  # type: ignore[attr-defined]
-            for pri in self.priority_steps  # type: ignore[attr-defined]
-            for queue in queues
-        ]
-        if len(keys) != 1 or self.global_keyprefix:  # type: ignore[attr-defined]
-            self._inflight_list = None
-            # Stock BRPOP path: no idle signal, so deferred acks go before each poll.
-            self.qos.flush_acks()  # type: ignore[attr-defined]
-            return super()._brpop_start(timeout)  # type: ignore[misc]
+        self._reliable_setup()
+        queues = self._queue_cycle.consume(len(self.active_queues))
+        if not queues or time.monotonic() < self._backoff_until:
+            return None  # nothing sent: the poller waits its timeout, then asks again
         if self._poll_idle:
             # The last poll found the queue empty: acks deferred since then go now.
             self._poll_idle = False
-            self.qos.flush_acks()  # type: ignore[attr-defined]
-        source = keys[0]
-        target = inflight_key(source, consumer_id())
-        if target not in self._inflight_registered:
-            # A new channel of this process: whatever our list still holds was
-            # popped by a channel that died with its connection (Redis restart),
-            # so it goes back to the queue before we pop again.
-            registry = inflight_registry(source)
-            returned = int(self.client.eval(_REAP, 3, registry, target, source))
-            if returned:
-                _log.warning("worker.inflight_returned", consumer=consumer_id(), messages=returned)
-            self.client.sadd(registry, target)
-            self._inflight_registered.add(target)
-        self._inflight_list = target
-        # The attributes kombu's own _brpop_start sets (its health checks read them).
+            self.qos.flush_acks()
+        queue = queues[0]
+        source = self._q_for_pri(queue, self.priority_steps[0])
+        consumer = consumer_id()
+        self._queue, self._source = queue, source
+        self._inflight_list = inflight_key(source, consumer)
+        args = (
+            "fetch",
+            consumer,
+            self._ttl,
+            source,
+            inflight_registry(source),
+            self._inflight_list,
+        )
+        script = self._fleet_source._script
+        if self._use_eval:
+            command: tuple[Any, ...] = ("EVAL", script.script, 1, self._prefix, *args)
+        else:
+            command = ("EVALSHA", script.sha, 1, self._prefix, *args)
+        self._phase = "fetch"
+        # The attributes kombu's own _brpop_start sets (its poller and health checks).
         vars(self).update(_in_poll=self.client.connection, _brpop_sent_at=time.monotonic())
-        self._inflight_source = source
-        self.client.connection.send_command("BRPOPLPUSH", source, target, timeout or 0)
+        self.client.connection.send_command(*command)
         return None
 
+    def _block(self, timeout: Any) -> None:
+        """Nothing waiting: block on the queue, popping into the in-flight list."""
+        self.qos.flush_acks()
+        self._phase = "block"
+        vars(self).update(_brpop_sent_at=time.monotonic())
+        self.client.connection.send_command(
+            "BRPOPLPUSH", self._source, self._inflight_list, timeout or 0
+        )
+
     def _brpop_read(self, **options: Any) -> Any:
-        self._inflight_setup()
-        original = self.client.parse_response
-        moving = self._inflight_list is not None
-        poison: list[tuple[Any, Any]] = []
-
-        def vetted(connection: Any, command: str, **kwargs: Any) -> Any:
-            # One reply only: whatever kombu runs next must reach Redis unwrapped.
-            del self.client.parse_response
-            if moving:
-                item = original(connection, "BRPOPLPUSH", **kwargs)
-                result = (self._inflight_source, item) if item is not None else None
-                self._poll_idle = item is None
-            else:
-                result = original(connection, command, **kwargs)
-            if result and not is_envelope(result[1]):
-                poison.append(result)
-                return None  # kombu: an empty poll
-            if result and moving:
-                self._inflight_raw = result[1]
-            return result
-
-        self.client.parse_response = vetted
+        self._reliable_setup()
+        connection = self.client.connection
+        phase, self._phase = self._phase, None
         try:
-            return super()._brpop_read(**options)  # type: ignore[misc]
+            try:
+                # The command's own name: redis-py's reply callback for BRPOP would
+                # turn an item into a tuple.
+                name = "EVALSHA" if phase == "fetch" else "BRPOPLPUSH"
+                reply = self.client.parse_response(connection, name, **options)
+            except self.connection_errors:
+                # Disconnect so the next iteration reconnects (as kombu does).
+                connection.disconnect()
+                raise
+            except redis.ResponseError as exc:
+                self._refused(exc)
+                raise Empty() from None
+            if phase == "fetch":
+                item = reply[0] if reply else None
+                if item is None:
+                    self._block(self.brpop_timeout)
+                    raise Empty()
+            else:
+                item = reply
+                if item is None:
+                    self._poll_idle = True
+                    raise Empty()
+            if not is_envelope(item):
+                self._poison(item)
+                raise Empty()
+            self._inflight_raw = item
+            self._queue_cycle.rotate(self._queue)
+            try:
+                self.connection._deliver(loads(bytes_to_str(item)), self._queue)
+            except redis.ResponseError as exc:
+                # The unacked record was refused (Redis full): the item stays in our
+                # in-flight list and the next fetch hands it out again.
+                self._refused(exc)
+                raise Empty() from None
+            return True
         finally:
-            vars(self.client).pop("parse_response", None)
             self._inflight_raw = None
-            for queue, item in poison:
-                _dead_letter_item(queue, item)
-                if moving:
-                    self.client.lrem(self._inflight_list, 1, item)
+            if self._phase is None:
+                vars(self).update(_in_poll=None)
+                # kombu >= 5.7: the connection is idle, a pending re-auth may go now.
+                flush = getattr(self, "_flush_brpop_reauth", None)
+                if flush is not None:
+                    flush()
+
+    def _refused(self, exc: redis.ResponseError) -> None:
+        if isinstance(exc, redis.exceptions.NoScriptError) or str(exc).startswith("NOSCRIPT"):
+            self._use_eval = True  # EVAL loads it (Redis restarted or flushed its scripts)
+            return
+        self._use_eval = False
+        self._backoff_until = time.monotonic() + _REFUSED_BACKOFF_S
+        now = time.monotonic()
+        if now - self._last_refusal_log >= 10.0:  # one line per 10 s, not per poll
+            self._last_refusal_log = now
+            kind = write_refusal(exc)
+            _log.error(
+                "consumer.redis_refused",
+                error=str(exc)[:300],
+                kind=kind.__name__ if kind else type(exc).__name__,
+            )
+
+    def _poison(self, item: Any) -> None:
+        raw = item.decode("utf-8", "replace") if isinstance(item, bytes) else str(item)
+        why = "queue item is not a Celery message"
+        try:
+            letter = self._letters.poison(
+                raw={"raw": raw[:10_000], "queue": str(self._source)},
+                error=why,
+                inflight=self._inflight_list or "",
+                item=item,
+            )
+        except Exception as exc:  # the worker must survive; the item stays and is retried
+            self._backoff_until = time.monotonic() + _REFUSED_BACKOFF_S
+            now = time.monotonic()
+            if now - self._last_refusal_log >= 10.0:
+                self._last_refusal_log = now
+                _log.error("consumer.dead_letter_failed", error=f"{type(exc).__name__}: {exc}")
+            return
+        _log.warning(
+            "lead.dead_lettered", job_id=letter.job_id, reason="invalid_payload", error=why
+        )
 
 
 class Channel(_ReliableChannel, kombu_redis.Channel):
@@ -324,38 +440,3 @@ class Transport(kombu_redis.Transport):
 
 class SentinelTransport(kombu_redis.SentinelTransport):
     Channel = SentinelChannel
-
-
-# Moves every item of a dead consumer's in-flight list back onto the queue,
-# then forgets the list.
-# KEYS: registry, in-flight list, queue.
-_REAP = """
-local n = 0
-while true do
-  local item = redis.call('RPOPLPUSH', KEYS[2], KEYS[3])
-  if not item then break end
-  n = n + 1
-end
-redis.call('SREM', KEYS[1], KEYS[2])
-return n
-"""
-
-
-def reap_inflight(client: redis.Redis, *, queue: str, alive: set[str]) -> int:
-    """Return the in-flight items of consumers that are not ``alive`` to the queue.
-
-    ``alive`` are the consumer ids with a fresh heartbeat (the caller decides
-    what fresh means); a worker heartbeats before its consumer starts.
-    """
-    registry = inflight_registry(queue)
-    moved = 0
-    for key in client.smembers(registry):
-        name = key.decode() if isinstance(key, bytes) else str(key)
-        owner = name[len(inflight_key(queue, "")) :]
-        if owner in alive:
-            continue
-        n = int(client.eval(_REAP, 3, registry, name, queue))
-        if n:
-            _log.warning("worker.inflight_returned", consumer=owner, messages=n)
-        moved += n
-    return moved

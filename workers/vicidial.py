@@ -9,7 +9,12 @@ Follows ``shared/vicidial/external_add_lead.md``:
 * Every line of the answer is scanned: an ``alt_user`` miss prints an ERROR line
   and carries on to SUCCESS, and misconfigured PHP prints warnings first.
 * SUCCESS fields are split from the right (the first number is the phone).
-* The auth error echoes the password: lines are redacted before they leave here.
+* The auth error echoes the password, and a PHP error page may show the SQL with
+  it: every text that leaves here is redacted first, whatever the HTTP status.
+* Bounded: at most :data:`MAX_ANSWER_BYTES` of an answer are read, and a call
+  ends within its deadline (``DISPATCHER_HTTP_TIMEOUT_S``) however slowly the
+  answer trickles in (:mod:`workers.http_deadline`), so it never outlives the
+  worker's claim on the job. A call cut after sending is ambiguous.
 
 One :class:`VicidialClient` (one ``httpx.Client``, keep-alive pool) per worker
 process, shared by its threads.
@@ -33,13 +38,17 @@ from dispatcher.errors import (
 from dispatcher.lead import Lead
 from dispatcher.logs import redact_vicidial_line
 from dispatcher.settings import Settings
+from workers.http_deadline import DeadlineTransport, deadline
 from workers.outcomes import STATUS_RULES, classify_line
 
-__all__ = ["AddLeadResult", "VicidialClient", "parse_add_lead", "server_id"]
+__all__ = ["MAX_ANSWER_BYTES", "AddLeadResult", "VicidialClient", "parse_add_lead", "server_id"]
 
 _RESULT_LINE = re.compile(r"^(SUCCESS|ERROR|NOTICE): ")
 _SUCCESS = "SUCCESS: lead added - "
-_SNIPPET = 200
+_SNIPPET = 300
+#: The most of an answer a worker reads. A real answer is one or two lines; a
+#: misconfigured PHP may print a few KiB of warnings first.
+MAX_ANSWER_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -66,13 +75,22 @@ def _snippet(body: str) -> str:
 
 
 def parse_add_lead(
-    body: str, *, http_status: int = 200, secrets: tuple[str, ...] = ()
+    body: str,
+    *,
+    http_status: int = 200,
+    secrets: tuple[str, ...] = (),
+    truncated: bool = False,
 ) -> AddLeadResult:
-    """Read an external_add_lead answer; raise the matching CallFailed if it is not SUCCESS."""
+    """Read an external_add_lead answer; raise the matching CallFailed if it is not SUCCESS.
+
+    ``truncated``: only the first :data:`MAX_ANSWER_BYTES` were read; with no result
+    line among them the answer is ambiguous (a SUCCESS may have followed).
+    """
     if http_status != 200:
         error_type = STATUS_RULES.get(http_status, UnknownResponse)
+        shown = _snippet(redact_vicidial_line(body, secrets))
         raise error_type(
-            f"HTTP {http_status}" + (f": {_snippet(body)}" if body.strip() else ""),
+            f"HTTP {http_status}" + (f": {shown}" if body.strip() else ""),
             http_status=http_status,
         )
     lines = [line.strip() for line in body.splitlines()]
@@ -97,12 +115,25 @@ def parse_add_lead(
         # Both DNC lines (system first) are kept: compliance wants the whole answer.
         text = " / ".join(errors) if len(errors) > 1 else best[2]
         raise best[1](redact_vicidial_line(text, secrets), http_status=200)
+    if truncated:
+        raise AmbiguousFailure(
+            f"answer larger than {MAX_ANSWER_BYTES} bytes, cut before any result line: "
+            "the lead may have been added",
+            http_status=200,
+        )
     if not body.strip():
         raise UnknownResponse("empty answer", http_status=200)
-    shown = next((x for x in results), None) or _snippet(body)
+    shown = next((x for x in results), None) or body
     raise UnknownResponse(
-        "unrecognised answer: " + redact_vicidial_line(shown, secrets), http_status=200
+        "unrecognised answer: " + _snippet(redact_vicidial_line(shown, secrets)), http_status=200
     )
+
+
+def _decode(body: bytes, charset: str | None) -> str:
+    try:
+        return body.decode(charset or "utf-8", "replace")
+    except LookupError:  # a charset Python does not know: VICIdial speaks UTF-8
+        return body.decode("utf-8", "replace")
 
 
 class VicidialClient:
@@ -121,17 +152,20 @@ class VicidialClient:
         self.server = server_id(self.url)
         self._secrets = settings.secrets
         timeout = settings.http_timeout_s
+        #: A call (connect, send, answer) ends within this, however the answer trickles.
+        self.deadline_s = timeout
+        # Below Apache's default KeepAliveTimeout (5 s): reusing a connection
+        # the server is closing would turn a clean call into an ambiguous one.
+        limits = httpx.Limits(
+            max_connections=max_connections,
+            max_keepalive_connections=max_connections,
+            keepalive_expiry=4.0,
+        )
         self._http = httpx.Client(
             timeout=httpx.Timeout(timeout, connect=min(timeout, 5.0), pool=min(timeout, 5.0)),
-            # Below Apache's default KeepAliveTimeout (5 s): reusing a connection
-            # the server is closing would turn a clean call into an ambiguous one.
-            limits=httpx.Limits(
-                max_connections=max_connections,
-                max_keepalive_connections=max_connections,
-                keepalive_expiry=4.0,
-            ),
+            limits=limits,
             headers={"User-Agent": "vicidial-lead-dispatcher/0.1"},
-            transport=transport,
+            transport=transport or DeadlineTransport(limits=limits),
         )
 
     def close(self) -> None:
@@ -145,9 +179,21 @@ class VicidialClient:
             "function": "external_add_lead",
         }
 
-    def _post(self, data: dict[str, str]) -> httpx.Response:
+    def _post(self, data: dict[str, str]) -> tuple[int, str, bool]:
+        """POST; (status, text, truncated). At most MAX_ANSWER_BYTES, within the deadline."""
         try:
-            return self._http.post(self.url, data=data)
+            with deadline(self.deadline_s), self._http.stream("POST", self.url, data=data) as reply:
+                chunks: list[bytes] = []
+                size = 0
+                truncated = False
+                for chunk in reply.iter_bytes():
+                    chunks.append(chunk)
+                    size += len(chunk)
+                    if size > MAX_ANSWER_BYTES:
+                        truncated = True
+                        break  # closing the stream drops the connection
+                body = b"".join(chunks)[:MAX_ANSWER_BYTES]
+                return reply.status_code, _decode(body, reply.charset_encoding), truncated
         except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
             raise NetworkError(f"{type(exc).__name__}: could not connect") from None
         except httpx.TimeoutException as exc:
@@ -172,13 +218,12 @@ class VicidialClient:
         if campaign_dnc_check:
             data["campaign_dnc_check"] = "YES"
         started = time.perf_counter()
-        response = self._post(data)
+        status, text, truncated = self._post(data)
         latency_ms = (time.perf_counter() - started) * 1000
-        text = response.text
-        return (
-            parse_add_lead(text, http_status=response.status_code, secrets=self._secrets),
-            latency_ms,
+        result = parse_add_lead(
+            text, http_status=status, secrets=self._secrets, truncated=truncated
         )
+        return result, latency_ms
 
     def probe_credentials(self) -> None:
         """Check user/pass/source with no side effect; raise CallFailed if VICIdial refuses.
@@ -189,9 +234,9 @@ class VicidialClient:
         """
         data = self._base_fields()
         data.update({"agent_user": "probe", "phone_number": "0", "value": "0"})
-        response = self._post(data)
+        status, text, truncated = self._post(data)
         try:
-            parse_add_lead(response.text, http_status=response.status_code, secrets=self._secrets)
+            parse_add_lead(text, http_status=status, secrets=self._secrets, truncated=truncated)
         except CallFailed as exc:
             if exc.reason == "invalid_request":
                 return  # authenticated; stopped at the validity check as intended

@@ -28,6 +28,11 @@ _DNC_WHY = (
     "the same DNC checks. Remove the number from the list in VICIdial first, then replay "
     "with --include-dnc."
 )
+_AMBIGUOUS_WHY = (
+    "VICIdial may have added these leads (the answer never came back): replaying one that "
+    "was added calls the customer twice. Check VICIdial for the phone first, then replay "
+    "by ID, or with --include-ambiguous."
+)
 _REASONS = click.Choice(sorted(all_reasons()))
 
 
@@ -189,23 +194,34 @@ def _count(
     return sum(1 for _ in _select(store, ids, reason, agent_user, all_, older_than))
 
 
+def _explain_skipped(skipped: Counter[bool], what: str) -> None:
+    """``skipped``: counts keyed by "is a DNC letter" (else ambiguous)."""
+    if skipped[True]:
+        click.echo(f"{skipped[True]} DNC letter(s) {what}: {_DNC_WHY}", err=True)
+    if skipped[False]:
+        click.echo(f"{skipped[False]} ambiguous letter(s) {what}: {_AMBIGUOUS_WHY}", err=True)
+
+
 def _tally(
     store: DeadLetterStore,
     ids: tuple[str, ...],
     reason: str | None,
     agent_user: str | None,
     skip: tuple[str, ...],
-) -> tuple[int, int]:
-    """(letters of the selection outside ``skip``, letters inside ``skip``), in one pass."""
+) -> tuple[int, Counter[bool]]:
+    """(letters of the selection outside ``skip``, those inside it by "is DNC"), one pass."""
+    held: Counter[bool] = Counter()
     if not ids and agent_user is None:
         counts = store.counts()
         selected = {reason: counts.get(reason, 0)} if reason else counts
-        held = sum(n for r, n in selected.items() if r in skip)
-        return sum(selected.values()) - held, held
-    kept = held = 0
+        for r, n in selected.items():
+            if r in skip:
+                held[r in _DNC_REASONS] += n
+        return sum(selected.values()) - sum(held.values()), held
+    kept = 0
     for letter in _select(store, ids, reason, agent_user, False):
         if letter.reason in skip:
-            held += 1
+            held[letter.reason in _DNC_REASONS] += 1
         else:
             kept += 1
     return kept, held
@@ -242,7 +258,11 @@ confirmation unless --yes.
 Leads that died on a DNC list (reasons dnc, campaign_dnc) are skipped unless
 --include-dnc is given: VICIdial refused them for compliance, and replaying them
 with the same DNC checks only fails again; do it only after the number was
-removed from the list in VICIdial."""
+removed from the list in VICIdial.
+
+Ambiguous letters (the answer never came back: the lead may be in VICIdial)
+are skipped by --all and --reason unless --include-ambiguous is given; by ID
+they are replayed (naming one is explicit)."""
 )
 @click.argument("ids", nargs=-1)
 @click.option("--reason", type=_REASONS)
@@ -257,6 +277,11 @@ removed from the list in VICIdial."""
     is_flag=True,
     help="Also replay dnc/campaign_dnc letters (after fixing the DNC list).",
 )
+@click.option(
+    "--include-ambiguous",
+    is_flag=True,
+    help="Also replay ambiguous letters with --all/--reason (after checking VICIdial).",
+)
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.pass_obj
@@ -270,6 +295,7 @@ def replay(
     dry_run: bool,
     rate: float | None,
     include_dnc: bool,
+    include_ambiguous: bool,
     yes: bool,
     as_json: bool,
 ) -> None:
@@ -280,15 +306,19 @@ def replay(
             "list; replaying them re-runs the same DNC checks. Remove the number from the "
             "list in VICIdial first, then add --include-dnc."
         )
+    if reason == "ambiguous" and not include_ambiguous:
+        raise click.UsageError(f"--reason ambiguous: {_AMBIGUOUS_WHY}")
     store = _store(obj)
     err = Console(stderr=True)
     skip = () if include_dnc else _DNC_REASONS
+    if not ids and not include_ambiguous:
+        skip = (*skip, "ambiguous")
     if dry_run:
         shown = 0
-        skipped = 0
+        skipped: Counter[bool] = Counter()
         for letter in _select(store, ids, reason, agent_user, all_):
             if letter.reason in skip:
-                skipped += 1
+                skipped[letter.reason in _DNC_REASONS] += 1
                 continue
             click.echo(
                 f"would replay {letter.id}  {letter.reason}  agent={letter.agent_user}  "
@@ -296,12 +326,10 @@ def replay(
             )
             shown += 1
         click.echo(f"dry run: {shown} would be replayed; nothing changed", err=True)
-        if skipped:
-            click.echo(f"{skipped} DNC letter(s) would be left alone: {_DNC_WHY}", err=True)
+        _explain_skipped(skipped, "would be left alone")
         return
     total, held = _tally(store, ids, reason, agent_user, skip)
-    if held:
-        click.echo(f"{held} DNC letter(s) left alone: {_DNC_WHY}", err=True)
+    _explain_skipped(held, "left alone")
     if total == 0:
         click.echo("no dead letters match", err=True)
         return
@@ -313,7 +341,8 @@ def replay(
         task = progress.add_task("replay", total=total)
         for letter in _select(store, ids, reason, agent_user, all_):
             if letter.reason in skip:
-                outcomes["skipped_dnc"] += 1
+                dnc = letter.reason in _DNC_REASONS
+                outcomes["skipped_dnc" if dnc else "skipped_ambiguous"] += 1
                 continue
             if interval:
                 delay = next_at - time.monotonic()
@@ -336,6 +365,8 @@ def replay(
         "gone": outcomes["missing"],
         "unreplayable": outcomes["unreplayable"],
         "skipped_dnc": outcomes["skipped_dnc"],
+        "skipped_ambiguous": outcomes["skipped_ambiguous"],
+        "busy": outcomes["busy"],
     }
     if as_json:
         echo_json(summary)
@@ -344,7 +375,9 @@ def replay(
             f"replayed {summary['replayed']}; {summary['already_added']} were added after all "
             f"(removed, not sent); {summary['gone']} already gone; "
             f"{summary['unreplayable']} not replayable (invalid_payload); "
-            f"{summary['skipped_dnc']} DNC skipped",
+            f"{summary['skipped_dnc']} DNC skipped; "
+            f"{summary['skipped_ambiguous']} ambiguous skipped; "
+            f"{summary['busy']} held by a worker right now (try again)",
             err=True,
         )
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import sys
 import time
 from pathlib import Path
@@ -12,7 +13,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from dispatcher.cli.common import CliContext, fail, guarded
-from dispatcher.errors import FieldError, InvalidLead
+from dispatcher.errors import FieldError, IdempotencyConflict, InvalidLead
 from dispatcher.jobs import Job
 from dispatcher.lead import LEAD_FIELDS
 from dispatcher.leadfile import LeadFileError, detect_format, read_rows
@@ -37,6 +38,12 @@ Every row is checked first. If any row is bad, all bad rows are listed (line,
 field, why) and nothing is enqueued (exit 2), unless --skip-invalid is given
 (good rows enqueued, bad ones listed, exit 0). Columns dnc_check,
 campaign_dnc_check and idempotency_key are understood per row.
+
+Importing the same file again enqueues nothing twice: a row without a key of
+its own gets one made of the file's content and its line number, so re-running
+an import that was interrupted (a crash, Ctrl-C, a lost connection) enqueues
+only the rows the first run did not. --allow-reimport turns that off (to
+import the same file again on purpose).
 
 DNC checks are on unless turned off explicitly (--no-dnc-check).
 """
@@ -103,6 +110,11 @@ def _parse_fields(values: tuple[str, ...]) -> dict[str, str]:
     help="With --file: leads per Redis round trip.",
 )
 @click.option("--print-ids", is_flag=True, help="With --file: print each job id on stdout.")
+@click.option(
+    "--allow-reimport",
+    is_flag=True,
+    help="With --file: no file-and-line keys; importing the same file twice enqueues twice.",
+)
 @click.pass_obj
 @guarded
 def enqueue(
@@ -120,6 +132,7 @@ def enqueue(
     idempotency_column: str | None,
     batch_size: int,
     print_ids: bool,
+    allow_reimport: bool,
 ) -> None:
     if file_path is not None:
         single = [
@@ -147,12 +160,17 @@ def enqueue(
                 campaign_dnc_check=campaign_dnc_check,
                 batch_size=batch_size,
                 print_ids=print_ids,
+                file_key=None if allow_reimport else _file_digest(file_path),
             )
         except LeadFileError as exc:
             fail(f"{exc}; nothing enqueued", code=2)
+        except IdempotencyConflict as exc:
+            fail(f"{exc} (rows before it may have been enqueued)", code=2)
         return
-    if skip_invalid or idempotency_column or print_ids:
-        raise click.UsageError("--skip-invalid, --idempotency-column and --print-ids need --file")
+    if skip_invalid or idempotency_column or print_ids or allow_reimport:
+        raise click.UsageError(
+            "--skip-invalid, --idempotency-column, --print-ids and --allow-reimport need --file"
+        )
     lead: dict[str, Any] = _parse_fields(fields)
     for name, value in (
         ("agent_user", agent_user),
@@ -173,18 +191,33 @@ def enqueue(
         for error in exc.errors:
             click.echo(f"invalid lead: {error}", err=True)
         sys.exit(2)
+    except IdempotencyConflict as exc:
+        fail(str(exc), code=2)
     click.echo(job_id)
+
+
+def _file_digest(path: Path) -> str:
+    """What names this file's content in its rows' default idempotency keys."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:24]
 
 
 def _row_job(
     row: dict[str, Any],
     *,
+    line: int,
+    file_key: str | None,
     idempotency_column: str | None,
     obj: CliContext,
     dnc_check: bool | None,
     campaign_dnc_check: bool | None,
     now: float,
 ) -> Job:
+    if idempotency_column is None and file_key is not None and not row.get("idempotency_key"):
+        row["idempotency_key"] = f"file:{file_key}:{line}"
     if idempotency_column is not None:
         key = row.get(idempotency_column)
         if key in (None, ""):
@@ -214,6 +247,7 @@ def _enqueue_file(
     campaign_dnc_check: bool | None,
     batch_size: int,
     print_ids: bool,
+    file_key: str | None,
 ) -> None:
     err = Console(stderr=True)
     now = time.time()
@@ -228,6 +262,8 @@ def _enqueue_file(
             try:
                 _row_job(
                     dict(row.data),
+                    line=row.line,
+                    file_key=file_key,
                     idempotency_column=idempotency_column,
                     obj=obj,
                     dnc_check=dnc_check,
@@ -286,6 +322,8 @@ def _enqueue_file(
                 batch.append(
                     _row_job(
                         dict(row.data),
+                        line=row.line,
+                        file_key=file_key,
                         idempotency_column=idempotency_column,
                         obj=obj,
                         dnc_check=dnc_check,

@@ -52,11 +52,21 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from dispatcher import logs
 from dispatcher.backend import Backend, get_backend
 from dispatcher.connection import broker_errors
-from dispatcher.errors import BrokerUnavailable, ConfigError, FieldError, InvalidLead
+from dispatcher.errors import (
+    BrokerOutOfMemory,
+    BrokerReadOnly,
+    BrokerUnavailable,
+    BrokerWriteRefused,
+    ConfigError,
+    EnqueueUnconfirmed,
+    FieldError,
+    IdempotencyConflict,
+    InvalidLead,
+)
 from dispatcher.intake.metrics import CONTENT_TYPE, read_snapshot, render_metrics, server_id
 from dispatcher.intake.openapi import MAX_BATCH, MAX_BODY_BYTES, openapi_document
 from dispatcher.jobs import Job
-from dispatcher.producer import job_status, prepare_job, push_jobs
+from dispatcher.producer import MAX_FIELDS, job_status, prepare_job, push_jobs, push_results
 from dispatcher.settings import Settings
 
 __all__ = ["HEALTH_TIMEOUT_S", "create_app"]
@@ -99,11 +109,27 @@ def _invalid(field: str, message: str, status: int = 422) -> _Refused:
     return _Refused(status, {"errors": [{"field": field, "message": message}]})
 
 
-def _unavailable() -> _Refused:
+#: What a caller is told about Redis refusing writes (the URL stays in the log).
+_REFUSALS: tuple[tuple[type[BrokerUnavailable], str], ...] = (
+    (
+        EnqueueUnconfirmed,
+        "the enqueue reached the queue but its answer was lost: it may have been enqueued; "
+        "retry with the same Idempotency-Key",
+    ),
+    (BrokerOutOfMemory, "the queue's Redis is out of memory and refuses writes; retry later"),
+    (BrokerReadOnly, "the queue's Redis is a read-only replica (failover under way?); retry"),
+    (BrokerWriteRefused, "the queue's Redis refuses writes (it cannot persist); retry later"),
+)
+
+
+def _unavailable(exc: BaseException | None = None) -> _Refused:
     # The details (the Redis URL, without its password) go to the log, not to callers.
-    return _Refused(
-        503, {"error": "the queue is unavailable; retry later"}, headers={"Retry-After": "5"}
-    )
+    message = "the queue is unavailable; retry later"
+    for kind, text in _REFUSALS:
+        if isinstance(exc, kind):
+            message = text
+            break
+    return _Refused(503, {"error": message}, headers={"Retry-After": "5"})
 
 
 class _Guard:
@@ -245,7 +271,7 @@ class _Intake:
             return await run_in_threadpool(func, *args)
         except BrokerUnavailable as exc:
             _log.error("intake.redis_unavailable", error=str(exc))
-            raise _unavailable() from None
+            raise _unavailable(exc) from None
         except redis.RedisError as exc:
             # E.g. OOM under maxmemory-policy noeviction: the write was refused.
             _log.error("intake.redis_error", error=f"{type(exc).__name__}: {exc}")
@@ -267,11 +293,25 @@ class _Intake:
                 raise _invalid("Idempotency-Key", "differs from idempotency_key in the body")
             data = {**data, "idempotency_key": keys[0]}
             rename["idempotency_key"] = "Idempotency-Key"
+        if len(data) > MAX_FIELDS:
+            raise _invalid(
+                "body", f"too many fields ({len(data)}; a lead has at most {MAX_FIELDS})"
+            )
         try:
-            job: Job = prepare_job(data, settings=self.settings)
+            # Off the event loop: validation is cheap, but not free for every body.
+            job: Job = await run_in_threadpool(prepare_job, data, settings=self.settings)
         except InvalidLead as exc:
             raise _Refused(422, {"errors": _field_errors(exc.errors, rename)}) from None
-        [job_id] = await self.in_thread(self._push, [job])
+        try:
+            [job_id] = await self.in_thread(self._push, [job])
+        except IdempotencyConflict as exc:
+            raise _Refused(
+                409,
+                {
+                    "error": f"the Idempotency-Key was used for another lead (job {exc.job_id})",
+                    "job_id": exc.job_id,
+                },
+            ) from None
         created = job_id == job.job_id
         return JSONResponse(
             {"job_id": job_id},
@@ -328,9 +368,16 @@ class _Intake:
             slots.append(len(results))
             results.append({"index": index})
         if jobs:
-            ids = push_jobs(jobs, settings=self.settings)
-            for slot, job, job_id in zip(slots, jobs, ids, strict=True):
-                results[slot].update(job_id=job_id, created=job_id == job.job_id)
+            pushed = push_results(jobs, settings=self.settings, strict=False)
+            for slot, (kind, job_id) in zip(slots, pushed, strict=True):
+                if kind == "conflict":
+                    message = f"was used for another lead (job {job_id}); not enqueued"
+                    results[slot] = {
+                        "index": results[slot]["index"],
+                        "errors": [{"field": "idempotency_key", "message": message}],
+                    }
+                else:
+                    results[slot].update(job_id=job_id, created=kind == "new")
         return results
 
     # -- /v1/jobs/{job_id} ----------------------------------------------------------------

@@ -35,10 +35,9 @@ from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import CollectorRegistry
 
 from dispatcher.backend import Backend
-from dispatcher.connection import broker_errors
 from dispatcher.errors import all_reasons
 from dispatcher.stats import LATENCY_BUCKETS_S
-from dispatcher.status import WORKER_STALE_S
+from dispatcher.status import read_fleet
 
 __all__ = [
     "CONTENT_TYPE",
@@ -88,49 +87,36 @@ class FleetSnapshot:
     workers_alive: int
     #: server -> seconds until calls resume, for servers whose calls are paused now.
     paused: Mapping[str, float] = field(default_factory=dict)
+    #: Redis's used_memory and maxmemory (0: no limit); None when not read.
+    memory_used_bytes: int | None = None
+    memory_max_bytes: int | None = None
 
 
 def read_snapshot(backend: Backend, *, now: float | None = None) -> FleetSnapshot:
-    """Read everything /metrics shows: one pipeline, plus a SCAN for pause keys.
+    """Read everything /metrics shows: one pipeline, a fixed number of commands.
 
     Blocking (redis-py): run it in a worker thread. Raises BrokerUnavailable.
     """
     now = time.time() if now is None else now
-    keys = backend.keys
-    reasons = all_reasons()
-    with broker_errors(backend.settings):
-        pipe = backend.redis.pipeline(transaction=False)
-        pipe.llen(keys.queue)
-        pipe.zcard(keys.scheduled)
-        pipe.hgetall(keys.workers)
-        pipe.hgetall(keys.stats)
-        pipe.zrange(keys.dead_letters, 0, 0, withscores=True)
-        for reason in reasons:
-            pipe.zcard(keys.dead_letters_by_reason(reason))
-        queued, retrying, beats, stats, oldest, *per_reason = pipe.execute()
-        pause_keys = list(backend.redis.scan_iter(match=keys.pause("*"), count=1000))
-        pauses: list[dict[str, str]] = []
-        if pause_keys:
-            pipe = backend.redis.pipeline(transaction=False)
-            for key in pause_keys:
-                pipe.hgetall(key)
-            pauses = pipe.execute()
+    reading = read_fleet(backend, memory=True)
     paused: dict[str, float] = {}
-    prefix_len = len(keys.pause(""))
-    for key, data in zip(pause_keys, pauses, strict=True):
-        until = _float(data.get("until")) or 0.0
-        if until > now:
-            paused[str(key)[prefix_len:]] = round(until - now, 3)
+    for server, data in reading.pauses.items():
+        until = _float(data["until"]) or 0.0
+        if until > reading.redis_now:
+            paused[server] = round(until - reading.redis_now, 3)
+    stats = reading.stats
     return FleetSnapshot(
         stats={k: v for k, v in ((str(k), _float(v)) for k, v in stats.items()) if v is not None},
-        queued=int(queued),
-        retrying=int(retrying),
-        dead_letters={r: int(n) for r, n in zip(reasons, per_reason, strict=True)},
-        oldest_dead_letter_age_s=max(0.0, now - float(oldest[0][1])) if oldest else None,
-        workers_alive=sum(
-            1 for ts in beats.values() if (t := _float(ts)) and now - t <= WORKER_STALE_S
+        queued=reading.queued,
+        retrying=reading.retrying,
+        dead_letters=reading.dead_letters,
+        oldest_dead_letter_age_s=(
+            max(0.0, now - reading.oldest) if reading.oldest is not None else None
         ),
+        workers_alive=len(reading.workers),
         paused=paused,
+        memory_used_bytes=reading.memory_used,
+        memory_max_bytes=reading.memory_max,
     )
 
 
@@ -233,10 +219,26 @@ def _families(snapshot: FleetSnapshot | None, servers: Iterable[str]) -> list[Me
     out.append(
         gauge(
             "dispatcher_workers_alive",
-            f"Workers whose heartbeat is at most {WORKER_STALE_S:g} s old.",
+            "Workers whose heartbeat key lives in Redis (it expires when they stop).",
             snapshot.workers_alive,
         )
     )
+    if snapshot.memory_used_bytes is not None:
+        out.append(
+            gauge(
+                "dispatcher_redis_memory_used_bytes",
+                "Memory Redis uses (INFO memory used_memory).",
+                snapshot.memory_used_bytes,
+            )
+        )
+        out.append(
+            gauge(
+                "dispatcher_redis_memory_max_bytes",
+                "Redis's maxmemory (0: no limit). At the limit every write is refused "
+                "(noeviction): enqueues fail, workers wait.",
+                snapshot.memory_max_bytes or 0,
+            )
+        )
     return out
 
 

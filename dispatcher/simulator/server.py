@@ -22,8 +22,8 @@ from urllib.parse import parse_qsl
 from dispatcher.simulator.agc import StoredLead, Tables, answer, is_locked, merge_fields
 from dispatcher.simulator.faults import (
     AFTER_PROCESSING,
-    DRIP_INTERVAL_S,
     BEFORE_PROCESSING,
+    DRIP_INTERVAL_S,
     PHP_WARNING_HTML,
     FaultKind,
     FaultPlan,

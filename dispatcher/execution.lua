@@ -1,0 +1,443 @@
+-- The job's life in Redis: every transition is one command of this script.
+--
+-- Called as  EVALSHA <sha> 2 <prefix> <queue> <command> <args...>
+-- (dispatcher/execution.py wraps each command). Redis runs a script without
+-- interleaving other commands, so every check-then-write below is atomic.
+--
+-- Time is Redis's own clock (TIME), never a host's: leases, pauses, rate-limit
+-- slots and retry times mean the same on every host whatever its clock says.
+--
+-- Keys (P = the key prefix, Q = the Celery queue list):
+--   Q                     list    broker messages (kombu envelopes): LPUSH in, popped on the right
+--   P:job:{id}            hash    the job as `dispatcher job` shows it: state (queued, running,
+--                                 retrying, added, dead), attempts, reason, error, http_status,
+--                                 lead_id, list_id, campaign, agent_user, enqueued_at, updated_at,
+--                                 next_attempt_at, duplicate_lead_ids
+--   P:exec:{id}           hash    the execution record: state, seq, token, lease_until, worker,
+--                                 orphaned_from, reason, lead_id, list_id, campaign, done_at
+--   P:idem:{key}          string  "{job_id} {fingerprint}" of the first job enqueued with the key
+--   P:dl:{id}             string  one dead letter (JSON; the id is the job id)
+--   P:dlq                 zset    every dead-letter id, by last failure time
+--   P:dlq:reason:{r}      zset    the dead-letter ids of one reason
+--   P:scheduled           zset    envelopes waiting for their retry time (score: Redis time)
+--   P:pause:{server}      hash    a fleet-wide pause of calls to one VICIdial server: until,
+--                                 kind (refused|outage), reason, since, error, trips, probing
+--   P:pauses              set     the servers that have a pause hash (no read path scans keys)
+--   P:breaker:{server}    string  consecutive network failures against the server
+--   P:rate:{server}       string  GCRA theoretical arrival time of the fleet rate limit
+--   P:stats               hash    fleet counters (dispatcher/stats.py)
+--
+-- The execution record (P:exec:{id}) is a state machine; `seq` counts publications
+-- of the job (a retry or a replay publishes it again with seq + 1), `token` names
+-- the delivery that holds or last changed the record:
+--
+--   (none) or queued --claim--> claimed --succeed--> done       (final: never called again)
+--                               claimed --retry----> scheduled  (seq + 1, a new publication)
+--                               claimed --defer----> scheduled  (same seq: paused, throttled)
+--                               claimed --dead-----> dead       (seq + 1: old copies are stale)
+--                               claimed, lease over --claim--> claimed by the new copy
+--                                                              ("orphaned": it decides now)
+--   dead --replay--> queued (seq + 1)
+--
+-- Compare-and-set: retry, defer and dead apply only while the caller's token holds
+-- the claim (a copy that lost its claim is told "superseded"), and a repeated call
+-- with the same token answers "again" (a reply lost on the way back, then resent).
+-- succeed always applies: the lead was added, and that fact beats any other record;
+-- it also retires a dead letter of the job that a copy wrote meanwhile.
+
+local P, Q = KEYS[1], KEYS[2]
+local cmd = ARGV[1]
+
+redis.replicate_commands()  -- TIME before writes (Redis < 7); a no-op on 7
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
+
+local function fmt(x) return string.format('%.6f', x) end
+local function k_job(id) return P .. ':job:' .. id end
+local function k_exec(id) return P .. ':exec:' .. id end
+local function k_dl(id) return P .. ':dl:' .. id end
+local function k_reason(r) return P .. ':dlq:reason:' .. r end
+local k_dlq, k_scheduled, k_stats = P .. ':dlq', P .. ':scheduled', P .. ':stats'
+local k_pauses = P .. ':pauses'
+local function k_pause(s) return P .. ':pause:' .. s end
+
+-- Remove a dead letter and its index entries; its reason, or nil if there was none.
+local function retire_letter(id)
+  local rec = redis.call('GET', k_dl(id))
+  if not rec then return nil end
+  local ok, data = pcall(cjson.decode, rec)
+  local reason = (ok and type(data) == 'table' and data.reason) or ''
+  redis.call('DEL', k_dl(id))
+  redis.call('ZREM', k_dlq, id)
+  if reason ~= '' then redis.call('ZREM', k_reason(reason), id) end
+  return reason
+end
+
+-- VICIdial answered (HTTP 200, whatever it said): the network failures are not
+-- consecutive any more, and an outage pause is over. 1 if a pause was ended.
+local function answered(server)
+  redis.call('DEL', P .. ':breaker:' .. server)
+  if redis.call('HGET', k_pause(server), 'kind') == 'outage' then
+    redis.call('DEL', k_pause(server))
+    redis.call('SREM', k_pauses, server)
+    return 1
+  end
+  return 0
+end
+
+local function show(id, ttl, ...)
+  redis.call('HSET', k_job(id), ...)
+  redis.call('EXPIRE', k_job(id), ttl)
+end
+
+if cmd == 'enqueue' then
+  -- ARGV: ttl, strict, then per job: job_id, envelope, agent_user, idempotency key ('' for
+  -- none), fingerprint of the lead, enqueued_at.
+  -- Per job: "n:{id}" new, "e:{id}" the key's first job (the same lead), "c:{id}" the key
+  -- belongs to another lead. strict = 1: any conflict and nothing is written.
+  local ttl, strict = tonumber(ARGV[2]), ARGV[3]
+  local n = (#ARGV - 3) / 6
+  -- The key's first job, as "e:{id}" (the same lead) or "c:{id}" (another lead).
+  local function bound(b)
+    local key = ARGV[b + 4]
+    if key == '' then return nil end
+    local v = redis.call('GET', P .. ':idem:' .. key)
+    if not v then return nil end
+    local sp = string.find(v, ' ', 1, true)
+    local first = sp and string.sub(v, 1, sp - 1) or v
+    local fp = sp and string.sub(v, sp + 1) or ''
+    if fp ~= '' and fp ~= ARGV[b + 5] then return 'c:' .. first end
+    return 'e:' .. first
+  end
+  local out = {}
+  if strict == '1' then
+    local conflicts = 0
+    for i = 1, n do
+      local seen = bound(3 + (i - 1) * 6)
+      if seen and string.sub(seen, 1, 1) == 'c' then
+        out[i] = seen
+        conflicts = conflicts + 1
+      end
+    end
+    if conflicts > 0 then
+      for i = 1, n do out[i] = out[i] or '' end
+      return out
+    end
+  end
+  local added = 0
+  for i = 1, n do
+    local b = 3 + (i - 1) * 6
+    local seen = bound(b)
+    if seen then
+      out[i] = seen
+    else
+      local id, key = ARGV[b + 1], ARGV[b + 4]
+      if key ~= '' then
+        redis.call('SET', P .. ':idem:' .. key, id .. ' ' .. ARGV[b + 5], 'EX', ttl)
+      end
+      show(id, ttl, 'state', 'queued', 'attempts', 0, 'enqueued_at', ARGV[b + 6],
+           'updated_at', ARGV[b + 6], 'agent_user', ARGV[b + 3])
+      redis.call('LPUSH', Q, ARGV[b + 2])
+      added = added + 1
+      out[i] = 'n:' .. id
+    end
+  end
+  if added > 0 then redis.call('HINCRBY', k_stats, 'enqueued', added) end
+  return out
+
+elseif cmd == 'claim' then
+  -- ARGV: job_id, seq, token, lease_s, ttl, rate_interval_s (0: none), worker,
+  --       max_rate_wait_s, server.
+  -- Returns {verdict, detail[, extra]}:
+  --   done {lead_id}       the job succeeded before: never call again
+  --   stale {seq}          an older publication of a job that has moved on: drop it
+  --   busy {seconds}       another copy holds a live claim: look again when it ends
+  --   orphaned {seconds}   the claim's holder vanished mid-call; this copy took it over
+  --   paused {seconds, reason}   calls to the server are paused for that long
+  --   throttled {seconds}  no rate-limit slot within max_rate_wait_s
+  --   ok {delay}           claimed: wait `delay` for the reserved rate-limit slot
+  --   probe_refused, probe_outage {delay}   claimed, and this call is the one probe
+  --                        after a pause (credentials first, or the call itself)
+  local id, seq, token = ARGV[2], tonumber(ARGV[3]), ARGV[4]
+  local lease, ttl, interval = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
+  local worker, maxwait, server = ARGV[8], tonumber(ARGV[9]), ARGV[10]
+  local ek = k_exec(id)
+  local ex = redis.call('HMGET', ek, 'state', 'seq', 'lease_until', 'lead_id', 'token')
+  local state, eseq = ex[1], tonumber(ex[2] or '0')
+  if state == 'done' then return {'done', ex[4] or ''} end
+  if state == 'claimed' and eseq <= seq then
+    if ex[5] == token then
+      -- Our own claim: the reply to our first claim was lost and we asked again.
+      redis.call('HSET', ek, 'lease_until', fmt(now + lease))
+      return {'ok', '0', 'own'}
+    end
+    local left = tonumber(ex[3] or '0') - now
+    if left > 0 then return {'busy', fmt(left)} end
+    redis.call('HSET', ek, 'token', token, 'lease_until', fmt(now + lease), 'worker', worker,
+               'orphaned_from', ex[5] or '')
+    redis.call('EXPIRE', ek, ttl)
+    return {'orphaned', fmt(-left)}
+  end
+  if eseq > seq or state == 'dead' then return {'stale', tostring(eseq)} end
+  local verdict = 'ok'
+  local pk = k_pause(server)
+  local pause = redis.call('HMGET', pk, 'until', 'reason', 'kind')
+  if pause[1] then
+    local untl = tonumber(pause[1])
+    if untl > now then return {'paused', fmt(untl - now), pause[2] or ''} end
+    if pause[3] == 'refused' or pause[3] == 'outage' then
+      -- The cool-down is over: this copy alone probes; the others see the pause
+      -- extended by the probe's lease.
+      redis.call('HSET', pk, 'until', fmt(now + lease), 'probing', '1')
+      verdict = 'probe_' .. pause[3]
+    end
+  end
+  local delay = 0
+  if interval > 0 then
+    local rk = P .. ':rate:' .. server
+    local tat = tonumber(redis.call('GET', rk) or '0')
+    if tat < now then tat = now end
+    delay = tat - now
+    if delay > maxwait then return {'throttled', fmt(delay)} end
+    local nxt = tat + interval
+    redis.call('SET', rk, fmt(nxt), 'PX', math.ceil((nxt - now) * 1000) + 1000)
+  end
+  redis.call('HSET', ek, 'state', 'claimed', 'seq', seq, 'token', token,
+             'lease_until', fmt(now + delay + lease), 'worker', worker)
+  redis.call('HDEL', ek, 'orphaned_from')
+  redis.call('EXPIRE', ek, ttl)
+  show(id, ttl, 'state', 'running', 'updated_at', fmt(now))
+  return {verdict, fmt(delay)}
+
+elseif cmd == 'succeed' then
+  -- ARGV: job_id, token, lead_id, list_id, campaign, done_ttl, job_ttl, attempts,
+  --       latency bucket field, latency_ms, server.
+  -- Returns {'ok', retired letter's reason or '', outage pause ended 0/1},
+  -- {'again', lead_id} for a repeated call, or {'duplicate', first lead_id} when
+  -- another copy had added the lead already (VICIdial now holds it twice).
+  local id, token, lead_id = ARGV[2], ARGV[3], ARGV[4]
+  local done_ttl, ttl, server = tonumber(ARGV[7]), tonumber(ARGV[8]), ARGV[12]
+  local ek = k_exec(id)
+  local ex = redis.call('HMGET', ek, 'state', 'token', 'lead_id')
+  if ex[1] == 'done' then
+    if ex[2] == token then return {'again', ex[3] or ''} end
+    local dups = redis.call('HGET', k_job(id), 'duplicate_lead_ids')
+    if dups and dups ~= '' then dups = dups .. ',' .. lead_id else dups = lead_id end
+    show(id, ttl, 'duplicate_lead_ids', dups)
+    redis.call('HINCRBY', k_stats, 'duplicates_detected', 1)
+    answered(server)
+    return {'duplicate', ex[3] or ''}
+  end
+  redis.call('HSET', ek, 'state', 'done', 'token', token, 'lead_id', lead_id,
+             'list_id', ARGV[5], 'campaign', ARGV[6], 'done_at', fmt(now))
+  redis.call('HDEL', ek, 'lease_until', 'orphaned_from', 'reason')
+  redis.call('EXPIRE', ek, done_ttl)
+  show(id, ttl, 'state', 'added', 'lead_id', lead_id, 'list_id', ARGV[5],
+       'campaign', ARGV[6], 'updated_at', fmt(now), 'attempts', ARGV[9])
+  redis.call('HDEL', k_job(id), 'next_attempt_at', 'reason', 'error', 'http_status')
+  redis.call('HINCRBY', k_stats, 'added', 1)
+  redis.call('HINCRBY', k_stats, ARGV[10], 1)
+  redis.call('HINCRBY', k_stats, 'latency_count', 1)
+  redis.call('HINCRBYFLOAT', k_stats, 'latency_sum_ms', ARGV[11])
+  local retired = retire_letter(id)
+  if retired then redis.call('HINCRBY', k_stats, 'dead_letters_retired', 1) end
+  return {'ok', retired or '', answered(server)}
+
+elseif cmd == 'retry' then
+  -- ARGV: job_id, token, seq, envelope (seq + 1), delay_s, ttl, attempts, reason, error,
+  --       http_status ('' for none), server.
+  local id, token, seq = ARGV[2], ARGV[3], tonumber(ARGV[4])
+  local ttl, server = tonumber(ARGV[7]), ARGV[12]
+  local ek = k_exec(id)
+  local ex = redis.call('HMGET', ek, 'state', 'token', 'seq')
+  if ex[1] == 'done' then return {'done'} end
+  if ex[2] ~= token then return {'superseded'} end
+  if ex[1] == 'scheduled' and tonumber(ex[3] or '0') == seq + 1 then return {'again'} end
+  if ex[1] ~= 'claimed' then return {'superseded'} end
+  local due = now + tonumber(ARGV[6])
+  redis.call('HSET', ek, 'state', 'scheduled', 'seq', seq + 1)
+  redis.call('HDEL', ek, 'lease_until', 'orphaned_from')
+  redis.call('EXPIRE', ek, ttl)
+  redis.call('ZADD', k_scheduled, fmt(due), ARGV[5])
+  show(id, ttl, 'state', 'retrying', 'attempts', ARGV[8], 'reason', ARGV[9], 'error', ARGV[10],
+       'http_status', ARGV[11], 'next_attempt_at', fmt(due), 'updated_at', fmt(now))
+  redis.call('HINCRBY', k_stats, 'retries', 1)
+  if ARGV[11] == '200' then answered(server) end
+  return {'ok', fmt(due)}
+
+elseif cmd == 'defer' then
+  -- ARGV: job_id, token ('' when this copy holds no claim), seq, envelope (same seq),
+  --       delay_s, ttl. Puts this publication back for later; no attempt is used.
+  -- Releases the claim only if this copy holds it: never one another copy took.
+  local id, token, seq = ARGV[2], ARGV[3], tonumber(ARGV[4])
+  local ttl = tonumber(ARGV[7])
+  local ek = k_exec(id)
+  local ex = redis.call('HMGET', ek, 'state', 'token', 'seq')
+  if ex[1] == 'done' then return {'done'} end
+  if tonumber(ex[3] or '0') > seq or ex[1] == 'dead' then return {'stale'} end
+  local due = now + tonumber(ARGV[6])
+  redis.call('ZADD', k_scheduled, fmt(due), ARGV[5])
+  local mine = token ~= '' and ex[1] == 'claimed' and ex[2] == token
+  if mine then
+    redis.call('HSET', ek, 'state', 'scheduled')
+    redis.call('HDEL', ek, 'lease_until')
+  end
+  if mine or ex[1] ~= 'claimed' then
+    show(id, ttl, 'state', 'retrying', 'next_attempt_at', fmt(due), 'updated_at', fmt(now))
+  end
+  return {'ok', fmt(due)}
+
+elseif cmd == 'dead' then
+  -- ARGV: job_id, token ('' for a letter written without a claim), seq, record JSON,
+  --       score, reason, attempts, error, http_status ('' for none), ttl, server.
+  -- Returns {'ok'}, {'again'}, {'done', lead_id} (added after all: no letter),
+  -- {'superseded'} (another copy holds or decided the job), {'busy'}, {'stale'}.
+  local id, token, seq = ARGV[2], ARGV[3], tonumber(ARGV[4])
+  local reason, ttl, server = ARGV[7], tonumber(ARGV[11]), ARGV[12]
+  local ek = k_exec(id)
+  local ex = redis.call('HMGET', ek, 'state', 'token', 'seq', 'lease_until', 'lead_id')
+  if ex[1] == 'done' then return {'done', ex[5] or ''} end
+  if token ~= '' then
+    if ex[2] ~= token then return {'superseded'} end
+    if ex[1] == 'dead' then return {'again'} end
+    if ex[1] ~= 'claimed' then return {'superseded'} end
+  else
+    if ex[1] == 'claimed' and tonumber(ex[4] or '0') > now then return {'busy'} end
+    if tonumber(ex[3] or '0') > seq and ex[1] ~= 'dead' then return {'stale'} end
+  end
+  local old = retire_letter(id)
+  redis.call('SET', k_dl(id), ARGV[5])
+  redis.call('ZADD', k_dlq, ARGV[6], id)
+  redis.call('ZADD', k_reason(reason), ARGV[6], id)
+  redis.call('HSET', ek, 'state', 'dead', 'seq', math.max(seq + 1, tonumber(ex[3] or '0')),
+             'token', token, 'reason', reason)
+  redis.call('HDEL', ek, 'lease_until', 'orphaned_from')
+  redis.call('EXPIRE', ek, ttl)
+  show(id, ttl, 'state', 'dead', 'reason', reason, 'attempts', ARGV[8], 'error', ARGV[9],
+       'updated_at', fmt(now), 'http_status', ARGV[10])
+  redis.call('HDEL', k_job(id), 'next_attempt_at')
+  if not old then redis.call('HINCRBY', k_stats, 'dead_lettered:' .. reason, 1) end
+  if ARGV[10] == '200' then answered(server) end
+  return {'ok'}
+
+elseif cmd == 'poison' then
+  -- ARGV: id, record JSON, score, ttl, in-flight list ('' for none), raw item.
+  -- An invalid_payload letter. The id must be new: a message that merely claims a
+  -- real job's id never touches that job ({'taken'}: the caller picks a fresh id).
+  -- The raw item leaves its in-flight list only together with the letter's write.
+  local id, ttl = ARGV[2], tonumber(ARGV[5])
+  if redis.call('EXISTS', k_job(id), k_exec(id), k_dl(id)) > 0 then return {'taken'} end
+  redis.call('SET', k_dl(id), ARGV[3])
+  redis.call('ZADD', k_dlq, ARGV[4], id)
+  redis.call('ZADD', k_reason('invalid_payload'), ARGV[4], id)
+  show(id, ttl, 'state', 'dead', 'reason', 'invalid_payload', 'attempts', 0,
+       'updated_at', fmt(now))
+  redis.call('HINCRBY', k_stats, 'dead_lettered:invalid_payload', 1)
+  if ARGV[6] ~= '' then redis.call('LREM', ARGV[6], 1, ARGV[7]) end
+  return {'ok'}
+
+elseif cmd == 'replay' then
+  -- ARGV: id, envelope, seq of the new publication, ttl.
+  -- Returns {'replayed'}, {'missing'} (no such letter), {'done', lead_id} (the lead
+  -- was added after all: the letter is removed, nothing sent), {'busy'} (a copy of
+  -- the job holds a live claim right now), {'conflict'} (a newer publication exists).
+  local id, seq, ttl = ARGV[2], tonumber(ARGV[4]), tonumber(ARGV[5])
+  if redis.call('EXISTS', k_dl(id)) == 0 then return {'missing'} end
+  local ek = k_exec(id)
+  local ex = redis.call('HMGET', ek, 'state', 'seq', 'lease_until', 'lead_id')
+  if ex[1] == 'done' then
+    retire_letter(id)
+    return {'done', ex[4] or ''}
+  end
+  if ex[1] == 'claimed' and tonumber(ex[3] or '0') > now then return {'busy'} end
+  if tonumber(ex[2] or '0') > seq then return {'conflict'} end
+  retire_letter(id)
+  redis.call('HSET', ek, 'state', 'queued', 'seq', seq, 'token', '')
+  redis.call('HDEL', ek, 'lease_until', 'orphaned_from', 'reason')
+  redis.call('EXPIRE', ek, ttl)
+  show(id, ttl, 'state', 'queued', 'attempts', 0, 'updated_at', fmt(now))
+  redis.call('HDEL', k_job(id), 'reason', 'error', 'http_status', 'next_attempt_at')
+  redis.call('LPUSH', Q, ARGV[3])
+  redis.call('HINCRBY', k_stats, 'replayed', 1)
+  return {'replayed'}
+
+elseif cmd == 'purge' then
+  -- ARGV: id. Deletes one dead letter for good (the execution record stays `dead`,
+  -- so a stale copy of the job still finds it dead). 1 if it existed.
+  local reason = retire_letter(ARGV[2])
+  if not reason then return 0 end
+  redis.call('HINCRBY', k_stats, 'purged', 1)
+  return 1
+
+elseif cmd == 'move_due' then
+  -- ARGV: limit. Moves retries whose time has come onto the queue; how many.
+  local due = redis.call('ZRANGEBYSCORE', k_scheduled, '-inf', fmt(now), 'LIMIT', 0,
+                         tonumber(ARGV[2]))
+  for _, m in ipairs(due) do
+    redis.call('LPUSH', Q, m)
+    redis.call('ZREM', k_scheduled, m)
+  end
+  return #due
+
+elseif cmd == 'network_failure' then
+  -- ARGV: server, threshold, base pause s, max pause s. One more consecutive network
+  -- failure; at the threshold the server's calls pause (doubling while the outage lasts:
+  -- a failed probe trips it again at once). Returns {failures, seconds paused or '', tripped}.
+  local server = ARGV[2]
+  local bk, pk = P .. ':breaker:' .. server, k_pause(server)
+  local n = redis.call('INCR', bk)
+  redis.call('EXPIRE', bk, 3600)
+  if n < tonumber(ARGV[3]) then return {n, '', 0} end
+  local p = redis.call('HMGET', pk, 'until', 'kind', 'trips', 'probing')
+  if p[2] == 'refused' then return {n, fmt(math.max(0, tonumber(p[1] or '0') - now)), 0} end
+  if p[1] and tonumber(p[1]) > now and p[4] ~= '1' then
+    return {n, fmt(tonumber(p[1]) - now), 0}
+  end
+  local trips = tonumber(p[3] or '0') + 1
+  local d = math.min(tonumber(ARGV[4]) * 2 ^ (trips - 1), tonumber(ARGV[5]))
+  redis.call('HSET', pk, 'until', fmt(now + d), 'kind', 'outage', 'reason', 'network',
+             'trips', trips, 'since', fmt(now), 'probing', '0')
+  redis.call('EXPIRE', pk, math.ceil(d) + 3600)
+  redis.call('SADD', k_pauses, server)
+  return {n, fmt(d), 1}
+
+elseif cmd == 'pause' then
+  -- ARGV: server, seconds, reason, error. The server refused our credentials (or
+  -- the API is off): every call to it waits, fleet-wide.
+  local server, d = ARGV[2], tonumber(ARGV[3])
+  redis.call('HSET', k_pause(server), 'until', fmt(now + d), 'kind', 'refused',
+             'reason', ARGV[4], 'since', fmt(now), 'error', ARGV[5], 'probing', '0')
+  redis.call('EXPIRE', k_pause(server), math.ceil(d) + 3600)
+  redis.call('SADD', k_pauses, server)
+  return fmt(now + d)
+
+elseif cmd == 'extend_pause' then
+  -- ARGV: server, seconds. The probe could not reach the server: keep the pause.
+  local pk = k_pause(ARGV[2])
+  if redis.call('EXISTS', pk) == 0 then return 0 end
+  redis.call('HSET', pk, 'until', fmt(now + tonumber(ARGV[3])), 'probing', '0')
+  return 1
+
+elseif cmd == 'resume' then
+  -- ARGV: server. The credentials probe passed: calls resume.
+  redis.call('DEL', k_pause(ARGV[2]))
+  redis.call('SREM', k_pauses, ARGV[2])
+  return 1
+
+elseif cmd == 'pauses' then
+  -- Read-only: {now, then server, until, reason, kind, since per pause}. Forgets
+  -- servers whose pause hash expired. A fixed cost whatever the keyspace holds.
+  local out = {fmt(now)}
+  for _, server in ipairs(redis.call('SMEMBERS', k_pauses)) do
+    local p = redis.call('HMGET', k_pause(server), 'until', 'reason', 'kind', 'since')
+    if p[1] then
+      table.insert(out, server)
+      for j = 1, 4 do table.insert(out, p[j] or '') end
+    else
+      redis.call('SREM', k_pauses, server)
+    end
+  end
+  return out
+end
+
+return redis.error_reply('execution.lua: unknown command ' .. tostring(cmd))

@@ -1,0 +1,275 @@
+"""The job's execution record and every transition of a job, as one Lua script.
+
+The state machine, the Redis key layout and each command are documented at the
+top of ``execution.lua`` (beside this file), the one place that changes those
+keys. :class:`Execution` gives each command a typed Python method; producers, the
+dead-letter store, the CLI and the workers all go through it, so a late or
+repeated writer can never undo ``done``.
+
+Tokens: a worker names each delivery of a message with a fresh random token and
+claims the job with it. Outcomes are compare-and-set on that token, so a copy
+that lost its claim cannot overwrite what the claim's new holder decided, and a
+write repeated after a lost reply (the same token) is recognised as done.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+import redis
+
+__all__ = ["Claim", "Execution", "new_token"]
+
+_SOURCE = resources.files("dispatcher").joinpath("execution.lua").read_text(encoding="utf-8")
+
+
+def new_token() -> str:
+    """A token for one delivery of a job (its claim and outcome writes)."""
+    return uuid.uuid4().hex
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, bytes):
+        return value.decode()
+    return "" if value is None else str(value)
+
+
+@dataclass(frozen=True)
+class Claim:
+    """The ``claim`` command's answer (see execution.lua for each verdict)."""
+
+    verdict: str
+    #: seconds (busy, paused, throttled, orphaned, ok: rate-limit delay), a lead id
+    #: (done) or a seq (stale)
+    detail: str
+    #: the pause's reason (paused), or "own" for a claim we already held
+    extra: str = ""
+
+    @property
+    def seconds(self) -> float:
+        return float(self.detail or 0)
+
+
+class Execution:
+    """The commands of execution.lua, bound to one Redis client, prefix and queue."""
+
+    def __init__(self, client: redis.Redis, *, prefix: str, queue: str) -> None:
+        self._script: Any = client.register_script(_SOURCE)
+        self._keys = [prefix, queue]
+
+    def call(self, command: str, *args: Any, client: Any = None) -> Any:
+        """Run one command (``client``: a pipeline to queue it on instead)."""
+        return self._script(keys=self._keys, args=[command, *args], client=client)
+
+    # -- producers ------------------------------------------------------------------------
+
+    def enqueue(
+        self, items: list[tuple[str, str, str, str, str]], *, now: float, ttl: int, strict: bool
+    ) -> list[tuple[str, str]]:
+        """Enqueue jobs: (job_id, envelope, agent_user, idempotency key, fingerprint) each.
+
+        Returns per job ("new" | "existing" | "conflict", job id). With ``strict``
+        a single conflict writes nothing (the others come back as ("", "")).
+        """
+        args: list[Any] = [ttl, "1" if strict else "0"]
+        stamp = f"{now:.6f}"
+        for job_id, envelope, agent, key, fingerprint in items:
+            args += [job_id, envelope, agent, key, fingerprint, stamp]
+        kinds = {"n": "new", "e": "existing", "c": "conflict"}
+        out = []
+        for raw in self.call("enqueue", *args):
+            text = _text(raw)
+            out.append((kinds[text[0]], text[2:]) if text else ("", ""))
+        return out
+
+    # -- workers --------------------------------------------------------------------------
+
+    def claim(
+        self,
+        job_id: str,
+        *,
+        seq: int,
+        token: str,
+        lease_s: float,
+        ttl: int,
+        rate_interval_s: float,
+        worker: str,
+        max_rate_wait_s: float,
+        server: str,
+    ) -> Claim:
+        reply = self.call(
+            "claim",
+            job_id,
+            seq,
+            token,
+            lease_s,
+            ttl,
+            rate_interval_s,
+            worker,
+            max_rate_wait_s,
+            server,
+        )
+        parts = [_text(x) for x in reply]
+        return Claim(parts[0], parts[1] if len(parts) > 1 else "", *parts[2:3])
+
+    def succeed(
+        self,
+        job_id: str,
+        *,
+        token: str,
+        lead_id: str,
+        list_id: str,
+        campaign: str,
+        done_ttl: int,
+        ttl: int,
+        attempts: int,
+        latency_field: str,
+        latency_ms: float,
+        server: str,
+        client: Any = None,
+    ) -> Any:
+        return self.call(
+            "succeed",
+            job_id,
+            token,
+            lead_id,
+            list_id,
+            campaign,
+            done_ttl,
+            ttl,
+            attempts,
+            latency_field,
+            f"{latency_ms:.3f}",
+            server,
+            client=client,
+        )
+
+    def retry(
+        self,
+        job_id: str,
+        *,
+        token: str,
+        seq: int,
+        envelope: str,
+        delay_s: float,
+        ttl: int,
+        attempts: int,
+        reason: str,
+        error: str,
+        http_status: int | None,
+        server: str,
+    ) -> list[str]:
+        reply = self.call(
+            "retry",
+            job_id,
+            token,
+            seq,
+            envelope,
+            f"{delay_s:.6f}",
+            ttl,
+            attempts,
+            reason,
+            error,
+            "" if http_status is None else http_status,
+            server,
+        )
+        return [_text(x) for x in reply]
+
+    def defer(
+        self, job_id: str, *, token: str, seq: int, envelope: str, delay_s: float, ttl: int
+    ) -> list[str]:
+        reply = self.call("defer", job_id, token, seq, envelope, f"{delay_s:.6f}", ttl)
+        return [_text(x) for x in reply]
+
+    def dead(
+        self,
+        job_id: str,
+        *,
+        token: str,
+        seq: int,
+        record: str,
+        score: float,
+        reason: str,
+        attempts: int,
+        error: str,
+        http_status: int | None,
+        ttl: int,
+        server: str = "",
+    ) -> list[str]:
+        reply = self.call(
+            "dead",
+            job_id,
+            token,
+            seq,
+            record,
+            f"{score:.6f}",
+            reason,
+            attempts,
+            error,
+            "" if http_status is None else http_status,
+            ttl,
+            server,
+        )
+        return [_text(x) for x in reply]
+
+    def poison(
+        self,
+        dl_id: str,
+        *,
+        record: str,
+        score: float,
+        ttl: int,
+        inflight: str = "",
+        raw: str | bytes = "",
+    ) -> bool:
+        """Write an invalid_payload letter; False if ``dl_id`` belongs to a job already."""
+        reply = self.call("poison", dl_id, record, f"{score:.6f}", ttl, inflight, raw)
+        return _text(reply[0]) == "ok"
+
+    # -- operators ------------------------------------------------------------------------
+
+    def replay(self, dl_id: str, *, envelope: str, seq: int, ttl: int) -> str:
+        return _text(self.call("replay", dl_id, envelope, seq, ttl)[0])
+
+    def purge(self, dl_id: str) -> bool:
+        return bool(int(self.call("purge", dl_id)))
+
+    # -- the fleet ------------------------------------------------------------------------
+
+    def move_due(self, *, limit: int) -> int:
+        return int(self.call("move_due", limit))
+
+    def network_failure(
+        self, server: str, *, threshold: int, base_s: float, max_s: float
+    ) -> tuple[int, float | None, bool]:
+        """(consecutive failures, seconds the server stays paused or None, newly tripped)."""
+        n, seconds, tripped = self.call("network_failure", server, threshold, base_s, max_s)
+        text = _text(seconds)
+        return int(n), (float(text) if text else None), bool(int(tripped))
+
+    def pause(self, server: str, *, seconds: float, reason: str, error: str) -> None:
+        self.call("pause", server, seconds, reason, error)
+
+    def extend_pause(self, server: str, *, seconds: float) -> None:
+        self.call("extend_pause", server, seconds)
+
+    def resume(self, server: str) -> None:
+        self.call("resume", server)
+
+    def pauses(self, *, client: Any = None) -> Any:
+        """Queue (on ``client``) or run the read of every pause; see :func:`parse_pauses`."""
+        return self.call("pauses", client=client)
+
+    @staticmethod
+    def parse_pauses(reply: Any) -> tuple[float, dict[str, dict[str, str]]]:
+        """(Redis time, server -> {until, reason, kind, since}) from a ``pauses`` reply."""
+        items = [_text(x) for x in reply]
+        now = float(items[0])
+        out: dict[str, dict[str, str]] = {}
+        for i in range(1, len(items), 5):
+            server, until, reason, kind, since = items[i : i + 5]
+            out[server] = {"until": until, "reason": reason, "kind": kind, "since": since}
+        return now, out

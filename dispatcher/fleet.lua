@@ -1,0 +1,85 @@
+-- Which workers and consumers are alive, judged by Redis: keys with a TTL.
+--
+-- Called as  EVALSHA <sha> 1 <prefix> <command> <args...>  (dispatcher/fleet.py).
+-- A process is alive while its heartbeat key exists; nobody compares one host's
+-- clock with another's. Each process id carries a random nonce, so two containers
+-- whose processes are all pid 1 on the same hostname never share one.
+--
+-- Keys (P = the key prefix; the in-flight keys live beside kombu's, outside P):
+--   P:workers                          set     names of workers seen (pruned once their key is gone)
+--   P:worker:{name}                    string  a worker's heartbeat (TTL), holding its consumer id:
+--                                              `dispatcher status`, health checks
+--   P:consumer:{id}                    string  a consumer process's heartbeat (TTL), refreshed on
+--                                              every poll and by the worker's scheduler thread
+--   _dispatcher.inflight.{queue}       set     the in-flight list of every consumer of the queue
+--   _dispatcher.inflight.{queue}.{id}  list    what consumer {id} popped and has not yet recorded
+--                                              in kombu's unacked hash (at most one message)
+--   {queue}                            list    the Celery queue (kombu's own key)
+
+local P = KEYS[1]
+local cmd = ARGV[1]
+
+if cmd == 'beat' then
+  -- ARGV: worker name, consumer id, ttl. The worker and its consumer are alive.
+  local ttl = tonumber(ARGV[4])
+  redis.call('SET', P .. ':worker:' .. ARGV[2], ARGV[3], 'EX', ttl)
+  redis.call('SADD', P .. ':workers', ARGV[2])
+  redis.call('SET', P .. ':consumer:' .. ARGV[3], '1', 'EX', ttl)
+  return 1
+
+elseif cmd == 'fetch' then
+  -- ARGV: consumer id, ttl, queue, registry, in-flight list.
+  -- Registers the consumer again (heartbeat + its list in the registry: a reaper may
+  -- have given it up during a stall), then hands out what its list still holds (a pop
+  -- whose delivery failed), else moves the next message from the queue into the list.
+  -- Returns {item, 'held' | 'new'}, or {false, 'empty'}.
+  redis.call('SET', P .. ':consumer:' .. ARGV[2], '1', 'EX', tonumber(ARGV[3]))
+  redis.call('SADD', ARGV[5], ARGV[6])
+  local held = redis.call('LINDEX', ARGV[6], -1)
+  if held then return {held, 'held'} end
+  local item = redis.call('RPOPLPUSH', ARGV[4], ARGV[6])
+  if item then return {item, 'new'} end
+  return {false, 'empty'}
+
+elseif cmd == 'register' then
+  -- ARGV: consumer id, ttl, registry, in-flight list. Before a blocking pop.
+  redis.call('SET', P .. ':consumer:' .. ARGV[2], '1', 'EX', tonumber(ARGV[3]))
+  redis.call('SADD', ARGV[4], ARGV[5])
+  return 1
+
+elseif cmd == 'reap' then
+  -- ARGV: consumer id, registry, in-flight list, queue. If the consumer's heartbeat
+  -- is gone, its in-flight messages go back to the queue and its list is forgotten.
+  -- Returns how many were returned, or -1 if the consumer is alive.
+  if redis.call('EXISTS', P .. ':consumer:' .. ARGV[2]) == 1 then return -1 end
+  local n = 0
+  while true do
+    local item = redis.call('RPOP', ARGV[4])
+    if not item then break end
+    redis.call('RPUSH', ARGV[5], item)  -- the consuming end: it is next
+    n = n + 1
+  end
+  redis.call('SREM', ARGV[3], ARGV[4])
+  return n
+
+elseif cmd == 'alive' then
+  -- Read-only: the names of the workers whose heartbeat lives.
+  local out = {}
+  for _, name in ipairs(redis.call('SMEMBERS', P .. ':workers')) do
+    if redis.call('EXISTS', P .. ':worker:' .. name) == 1 then table.insert(out, name) end
+  end
+  return out
+
+elseif cmd == 'prune' then
+  -- Forgets workers whose heartbeat is gone. Returns how many.
+  local n = 0
+  for _, name in ipairs(redis.call('SMEMBERS', P .. ':workers')) do
+    if redis.call('EXISTS', P .. ':worker:' .. name) == 0 then
+      redis.call('SREM', P .. ':workers', name)
+      n = n + 1
+    end
+  end
+  return n
+end
+
+return redis.error_reply('fleet.lua: unknown command ' .. tostring(cmd))

@@ -1,0 +1,81 @@
+"""Liveness of workers and consumers, judged by Redis (``fleet.lua`` beside this file).
+
+A worker writes a heartbeat key with a TTL every scheduler tick; its consumer
+refreshes its own on every poll. A key that expired means the process stopped
+(or stalled longer than the TTL): its in-flight messages go back to the queue.
+No host ever compares its clock with another's.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from typing import Any
+
+import redis
+
+__all__ = ["Fleet", "inflight_key", "inflight_registry"]
+
+_SOURCE = resources.files("dispatcher").joinpath("fleet.lua").read_text(encoding="utf-8")
+
+
+def inflight_registry(queue: str) -> str:
+    """Set of the in-flight list keys of every consumer of ``queue``."""
+    return f"_dispatcher.inflight.{queue}"
+
+
+def inflight_key(queue: str, consumer: str) -> str:
+    return f"_dispatcher.inflight.{queue}.{consumer}"
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class Fleet:
+    """The commands of fleet.lua, bound to one Redis client and key prefix."""
+
+    def __init__(self, client: redis.Redis, *, prefix: str) -> None:
+        self._script: Any = client.register_script(_SOURCE)
+        self._keys = [prefix]
+
+    def call(self, command: str, *args: Any, client: Any = None) -> Any:
+        return self._script(keys=self._keys, args=[command, *args], client=client)
+
+    def beat(self, worker: str, *, consumer: str, ttl: int) -> None:
+        self.call("beat", worker, consumer, ttl)
+
+    def fetch(self, consumer: str, *, ttl: int, queue: str, client: Any = None) -> Any:
+        return self.call(
+            "fetch",
+            consumer,
+            ttl,
+            queue,
+            inflight_registry(queue),
+            inflight_key(queue, consumer),
+            client=client,
+        )
+
+    def register(self, consumer: str, *, ttl: int, queue: str) -> None:
+        self.call(
+            "register", consumer, ttl, inflight_registry(queue), inflight_key(queue, consumer)
+        )
+
+    def reap(self, client: redis.Redis, *, queue: str) -> dict[str, int]:
+        """Return the in-flight messages of consumers whose heartbeat is gone; per consumer."""
+        registry = inflight_registry(queue)
+        prefix = inflight_key(queue, "")
+        returned: dict[str, int] = {}
+        for member in client.smembers(registry):
+            name = _text(member)
+            consumer = name[len(prefix) :]
+            n = int(self.call("reap", consumer, registry, name, queue))
+            if n >= 0:
+                returned[consumer] = n
+        return returned
+
+    def alive(self, *, client: Any = None) -> Any:
+        """Queue (on ``client``) or run the read of the live worker names."""
+        return self.call("alive", client=client)
+
+    def prune(self) -> int:
+        return int(self.call("prune"))

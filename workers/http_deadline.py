@@ -1,0 +1,122 @@
+"""An httpx transport whose calls have an overall deadline, not only per-read timeouts.
+
+httpx's timeouts bound each socket operation: an answer that trickles in one byte
+at a time (a slow proxy, a stuck PHP script flushing) never trips the read
+timeout and can last for minutes, longer than the worker's claim on the job, so
+that another worker takes the job over while the first is still talking to
+VICIdial. Here every socket operation of a call is bounded by what is left of
+the call's deadline (set with :func:`deadline` around the request), so the whole
+call ends within it: connect, send, headers and body alike. Past the deadline,
+the operation raises httpcore's own timeout (ConnectTimeout before anything was
+sent, WriteTimeout or ReadTimeout after), which httpx maps as usual.
+
+httpx has no public hook for httpcore's network backend, so
+:class:`DeadlineTransport` builds its own connection pool with one (httpcore's
+public ``network_backend`` argument) in place of the one ``HTTPTransport`` made;
+everything else (request mapping, exception mapping) is HTTPTransport's own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ssl
+import threading
+import time
+import typing
+from collections.abc import Iterable, Iterator
+
+import httpcore
+import httpx
+
+__all__ = ["DeadlineTransport", "deadline"]
+
+_local = threading.local()
+
+
+@contextlib.contextmanager
+def deadline(seconds: float) -> Iterator[None]:
+    """Every socket operation in this thread ends within ``seconds`` from now."""
+    previous = getattr(_local, "end", None)
+    _local.end = time.monotonic() + seconds
+    try:
+        yield
+    finally:
+        _local.end = previous
+
+
+def _bounded(timeout: float | None, error: type[Exception]) -> float | None:
+    end: float | None = getattr(_local, "end", None)
+    if end is None:
+        return timeout
+    left = end - time.monotonic()
+    if left <= 0:
+        raise error("the call's overall deadline passed")
+    return left if timeout is None else min(timeout, left)
+
+
+class _Stream(httpcore.NetworkStream):
+    def __init__(self, inner: httpcore.NetworkStream) -> None:
+        self._inner = inner
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return self._inner.read(max_bytes, _bounded(timeout, httpcore.ReadTimeout))
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        self._inner.write(buffer, _bounded(timeout, httpcore.WriteTimeout))
+
+    def close(self) -> None:
+        self._inner.close()
+
+    def start_tls(
+        self,
+        ssl_context: ssl.SSLContext,
+        server_hostname: str | None = None,
+        timeout: float | None = None,
+    ) -> httpcore.NetworkStream:
+        bounded = _bounded(timeout, httpcore.ConnectTimeout)
+        return _Stream(self._inner.start_tls(ssl_context, server_hostname, bounded))
+
+    def get_extra_info(self, info: str) -> typing.Any:
+        return self._inner.get_extra_info(info)
+
+
+class _Backend(httpcore.NetworkBackend):
+    def __init__(self) -> None:
+        self._inner = httpcore.SyncBackend()
+
+    def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
+    ) -> httpcore.NetworkStream:
+        bounded = _bounded(timeout, httpcore.ConnectTimeout)
+        return _Stream(self._inner.connect_tcp(host, port, bounded, local_address, socket_options))
+
+    def connect_unix_socket(
+        self,
+        path: str,
+        timeout: float | None = None,
+        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
+    ) -> httpcore.NetworkStream:  # pragma: no cover - VICIdial is reached over TCP
+        bounded = _bounded(timeout, httpcore.ConnectTimeout)
+        return _Stream(self._inner.connect_unix_socket(path, bounded, socket_options))
+
+    def sleep(self, seconds: float) -> None:
+        self._inner.sleep(seconds)
+
+
+class DeadlineTransport(httpx.HTTPTransport):
+    """``httpx.HTTPTransport`` (HTTP/1.1, no proxy) whose connections obey :func:`deadline`."""
+
+    def __init__(self, *, limits: httpx.Limits, verify: bool | ssl.SSLContext = True) -> None:
+        super().__init__(limits=limits, verify=verify)
+        self._pool = httpcore.ConnectionPool(
+            ssl_context=httpx.create_ssl_context(verify=verify),
+            max_connections=limits.max_connections,
+            max_keepalive_connections=limits.max_keepalive_connections,
+            keepalive_expiry=limits.keepalive_expiry,
+            network_backend=_Backend(),
+        )
