@@ -64,6 +64,15 @@ class Execution:
         """Run one command (``client``: a pipeline to queue it on instead)."""
         return self._script(keys=self._keys, args=[command, *args], client=client)
 
+    def queue(self, pipe: Any, command: str, *args: Any) -> None:
+        """Queue one command on ``pipe`` as a bare EVALSHA (redis-py would add a SCRIPT
+        EXISTS round trip to every execute); the caller handles NoScriptError."""
+        pipe.evalsha(self._script.sha, len(self._keys), *self._keys, command, *args)
+
+    def load(self) -> None:
+        """Load the script into Redis (after a NOSCRIPT: a restarted or flushed server)."""
+        self._script.registered_client.script_load(self._script.script)
+
     # -- producers ------------------------------------------------------------------------
 
     def enqueue(
@@ -259,9 +268,9 @@ class Execution:
     def resume(self, server: str) -> None:
         self.call("resume", server)
 
-    def pauses(self, *, client: Any = None) -> Any:
-        """Queue (on ``client``) or run the read of every pause; see :func:`parse_pauses`."""
-        return self.call("pauses", client=client)
+    def pauses(self) -> Any:
+        """Every pause; see :func:`parse_pauses` (``queue(pipe, "pauses")`` in a pipeline)."""
+        return self.call("pauses")
 
     @staticmethod
     def parse_pauses(reply: Any) -> tuple[float, dict[str, dict[str, str]]]:

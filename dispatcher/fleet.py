@@ -73,9 +73,16 @@ class Fleet:
                 returned[consumer] = n
         return returned
 
-    def alive(self, *, client: Any = None) -> Any:
-        """Queue (on ``client``) or run the read of the live worker names."""
-        return self.call("alive", client=client)
+    def alive(self) -> Any:
+        """The live worker names (``queue(pipe, "alive")`` in a pipeline)."""
+        return self.call("alive")
+
+    def queue(self, pipe: Any, command: str, *args: Any) -> None:
+        """Queue one command on ``pipe`` as a bare EVALSHA (see Execution.queue)."""
+        pipe.evalsha(self._script.sha, len(self._keys), *self._keys, command, *args)
+
+    def load(self) -> None:
+        self._script.registered_client.script_load(self._script.script)
 
     def prune(self) -> int:
         return int(self.call("prune"))

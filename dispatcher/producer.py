@@ -34,6 +34,7 @@ from dispatcher.errors import (
 )
 from dispatcher.jobs import Job, broker_envelope, new_job_id, state_to_status
 from dispatcher.lead import make_lead
+from dispatcher.logs import redact_vicidial_line
 from dispatcher.settings import Settings, redact_url
 
 __all__ = [
@@ -306,4 +307,7 @@ def job_status(job_id: str, *, settings: Settings | None = None) -> dict[str, An
         raw: dict[str, str] = backend.redis.hgetall(backend.keys.job(job_id))  # type: ignore[assignment]
     if not raw:
         return None
-    return state_to_status(job_id, raw)
+    status = state_to_status(job_id, raw)
+    if status["error"]:  # stored redacted; again here for state written by older versions
+        status["error"] = redact_vicidial_line(status["error"], backend.settings.secrets)
+    return status

@@ -11,6 +11,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import redis
+
 from dispatcher.backend import Backend
 from dispatcher.connection import broker_errors
 from dispatcher.errors import all_reasons
@@ -53,18 +55,28 @@ def read_fleet(backend: Backend, *, memory: bool = False) -> FleetReading:
     keys = backend.keys
     reasons = all_reasons()
     with broker_errors(backend.settings):
-        pipe = backend.redis.pipeline(transaction=False)
-        pipe.llen(keys.queue)
-        pipe.zcard(keys.scheduled)
-        pipe.hgetall(keys.stats)
-        pipe.zrange(keys.dead_letters, 0, 0, withscores=True)
-        backend.fleet.alive(client=pipe)
-        backend.execution.pauses(client=pipe)
-        for reason in reasons:
-            pipe.zcard(keys.dead_letters_by_reason(reason))
-        if memory:
-            pipe.info("memory")
-        replies = pipe.execute()
+        for attempt in (1, 2):
+            pipe = backend.redis.pipeline(transaction=False)
+            pipe.llen(keys.queue)
+            pipe.zcard(keys.scheduled)
+            pipe.hgetall(keys.stats)
+            pipe.zrange(keys.dead_letters, 0, 0, withscores=True)
+            backend.fleet.queue(pipe, "alive")
+            backend.execution.queue(pipe, "pauses")
+            for reason in reasons:
+                pipe.zcard(keys.dead_letters_by_reason(reason))
+            if memory:
+                pipe.info("memory")
+            replies = pipe.execute(raise_on_error=False)
+            missing = any(isinstance(r, redis.exceptions.NoScriptError) for r in replies)
+            if not missing or attempt == 2:
+                break
+            # A restarted or flushed Redis lost the scripts: load them, read again.
+            backend.fleet.load()
+            backend.execution.load()
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
     queued, retrying, stats, oldest, alive, pauses, *rest = replies
     per_reason = rest[: len(reasons)]
     now, paused = backend.execution.parse_pauses(pauses)

@@ -32,8 +32,9 @@ Four gaps in stock kombu matter for "no lead is lost":
 
 This overrides private methods of kombu's Redis channel (``_brpop_start``,
 ``_brpop_read``, ``QoS.append``...), tested with kombu 5.7 (the range the package
-pins; tests/test_workers_package.py proves the reliable pop is the one running). It needs one queue and no ``global_keyprefix``: a worker
-configured otherwise refuses to start rather than fall back to stock ``BRPOP``.
+pins; tests/test_workers_package.py proves the reliable pop is the one running).
+It needs one queue and no ``global_keyprefix``: a worker configured otherwise
+refuses to start rather than fall back to stock ``BRPOP``.
 """
 
 from __future__ import annotations
