@@ -14,6 +14,7 @@ worker's real HTTP client to a running simulator, on a real socket.
 from __future__ import annotations
 
 import contextlib
+import datetime
 import string
 import time
 import unicodedata
@@ -28,7 +29,13 @@ from dispatcher.lead import LEAD_FIELDS, Lead, make_lead
 from dispatcher.settings import Settings
 from dispatcher.simulator import Simulator, SimulatorState
 from dispatcher.simulator.agc import StoredLead, Tables, answer, merge_fields
-from dispatcher.simulator.mangling import COLUMN_SIZES, sanitize, to_column
+from dispatcher.simulator.mangling import (
+    COLUMN_SIZES,
+    RAW_SQL_FIELDS,
+    sanitize,
+    sql_literal,
+    to_column,
+)
 from workers.vicidial import VicidialClient
 
 MODES = [pytest.param(False, id="latin"), pytest.param(True, id="non_latin")]
@@ -127,6 +134,62 @@ def documented(field: str, raw: object, *, non_latin: bool, phone_code: str) -> 
     return value or None
 
 
+INT_OK = frozenset(
+    {"agent_user", "phone_number", "phone_code", "alt_phone", "rank"}
+    | {"vendor_lead_code", "source_id", "owner"}
+)
+FREE_TEXT = frozenset(RAW_SQL_FIELDS)
+
+
+def server_stores(field: str, sent: str, non_latin: bool) -> str | None:
+    """What the simulator stores for ``sent`` (None: its INSERT breaks)."""
+    if field == "agent_user":
+        return sanitize(field, sent, non_latin=non_latin)
+    if field == "phone_number":  # the worker sends it as `value`
+        return to_column(field, sanitize("value", sent, non_latin=non_latin), non_latin=non_latin)
+    value: str | None = sanitize(field, sent, non_latin=non_latin)
+    if field in FREE_TEXT:
+        value = sql_literal(value or "")
+    return None if value is None else to_column(field, value, non_latin=non_latin)
+
+
+def refused_by_design(field: str, raw: object, value: str, non_latin: bool) -> bool:
+    """The documented refusals of values the server would store unchanged (README "Leads")."""
+    if isinstance(raw, int) and raw < 0:
+        return True  # integers are accepted for numbers, which are never negative
+    if field in PHONES:  # dialled: digits only, 6-18 (alt_phone: its column's 12)
+        international = str(raw).strip().startswith("+")
+        return (
+            not (value.isascii() and value.isdigit())
+            or (field == "phone_number" and len(value) < 6)
+            or (international and not str(raw).strip().removeprefix("+").lstrip().startswith("1"))
+        )
+    if field == "agent_user":
+        return not 2 <= len(value) <= 20
+    if field == "date_of_birth":  # a real date: not MySQL's zero date 0000-00-00
+        try:
+            datetime.date.fromisoformat(value)
+        except ValueError:
+            return True
+    if field in FREE_TEXT:
+        if not non_latin and not value.isascii():
+            return True  # a latin1 server would lose it
+        return any(unicodedata.category(c) in ("Cc", "Cs") and c not in "\t\n\r" for c in value)
+    return False
+
+
+def must_accept(field: str, raw: object, non_latin: bool) -> bool:
+    """Whether the product has no documented reason to refuse ``raw``."""
+    if isinstance(raw, bool) or not (
+        isinstance(raw, str) or (isinstance(raw, int) and field in INT_OK)
+    ):
+        return False
+    value = documented(field, raw, non_latin=non_latin, phone_code="1")
+    if not isinstance(value, str) or refused_by_design(field, raw, value, non_latin):
+        return False
+    return server_stores(field, value, non_latin) == value
+
+
 # --------------------------------------------------------------------------------------------
 # Values: anything at all, and values close to what the server keeps (so that many validate)
 # --------------------------------------------------------------------------------------------
@@ -184,6 +247,8 @@ def near_valid(draw: st.DrawFn, field: str, non_latin: bool) -> str:
     for _ in range(draw(st.sampled_from(insertions))):
         at = draw(st.integers(0, len(value)))
         value = value[:at] + draw(st.sampled_from(TRICKY)) + value[at:]
+    if non_latin and draw(st.integers(0, 3)) == 0:
+        value = unicodedata.normalize("NFD", value)  # as some keyboards and OSes send it
     return value
 
 
@@ -241,6 +306,8 @@ def check(field: str, raw: object, non_latin: bool, server: Server) -> Lead | No
     except InvalidLead as exc:
         assert [e.field for e in exc.errors] == [field], exc.errors
         assert exc.errors[0].message
+        # Refused only for a reason: the server would change it, or a documented rule.
+        assert not must_accept(field, raw, non_latin), (raw, exc.errors[0].message)
         return None
     assert_stored_exactly(server.store(lead), lead)
 
@@ -260,7 +327,7 @@ def check(field: str, raw: object, non_latin: bool, server: Server) -> Lead | No
     return lead
 
 
-LETTER_FIELDS = (
+LETTER_FIELDS = (  # the fields that keep letters of every script with non_latin
     "first_name",
     "last_name",
     "middle_initial",
