@@ -384,7 +384,7 @@ _RULES: Final[dict[str, _Rule]] = {
     "email": _Rule(
         70,
         r"\- '.:/@%_0-9a-zA-Z",
-        "letters A-Z, digits and - ' . : / @ % _",
+        "letters A-Z, digits, space and - ' . : / @ % _",
         plus_to_space=True,
         letters=True,
     ),

@@ -8,12 +8,16 @@ simulator (itself pinned to shared/vicidial/external_add_lead.md by tests/test_s
 from __future__ import annotations
 
 import pickle
+import re
+import string
 import time
 import unicodedata
 from collections.abc import Iterator, Mapping
+from pathlib import Path
 
 import pytest
 
+from dispatcher import lead as lead_module
 from dispatcher.errors import FieldError, InvalidLead
 from dispatcher.lead import LEAD_FIELDS, OPTIONAL_FIELDS, Lead, make_lead, make_leads
 from dispatcher.simulator import mangling
@@ -619,3 +623,71 @@ def test_make_leads_passes_the_mode() -> None:
     with pytest.raises(InvalidLead) as info:
         make_leads([BASE, lead_with(first_name="Иван")])
     assert [(e.index, e.field) for e in info.value.errors] == [(1, "first_name")]
+
+
+# ---------------------------------------------------------------------------------------------
+# README "Leads" states the rules of the code, line for line
+# ---------------------------------------------------------------------------------------------
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+RULES = lead_module._RULES
+
+
+def _leads_section() -> str:
+    text = README.read_text(encoding="utf-8")
+    return text[text.index("### Leads") : text.index("## Command line")]
+
+
+def _fields_in(text: str) -> set[str]:
+    names = set(re.findall(r"`([a-z_0-9-]+)`", text))
+    if "address1-3" in names:
+        names = (names - {"address1-3"}) | {"address1", "address2", "address3"}
+    return names & set(LEAD_FIELDS)
+
+
+def _between(text: str, start: str, end: str) -> str:
+    i = text.index(start) + len(start)
+    return text[i : text.index(end, i)]
+
+
+def test_readme_table_is_the_column_table() -> None:
+    rows = re.findall(r"^\| (`[^|]+) \| ([^|]+) \| ([^|]+) \|$", _leads_section(), re.M)
+    documented: dict[str, tuple[str, str]] = {}
+    for names, size, chars in rows:
+        for name in _fields_in(names):
+            documented[name] = (size, chars)
+    assert set(documented) == set(LEAD_FIELDS)
+    ascii_chars = "".join(map(chr, range(0x20, 0x7F)))
+    for name, (size, chars) in documented.items():
+        rule = RULES[name]
+        numbers = [int(n) for n in re.findall(r"\d+", size)]
+        assert numbers[0] == rule.max_len, name
+        assert (numbers[1] if len(numbers) > 1 else 1) == rule.min_len, name
+        assert ("see below" in chars) == rule.text, name
+        assert ("letter" in chars) == rule.letters, name  # "letters": any script in non_latin
+        if rule.text or rule.format_msg is not None:
+            continue
+        kept = {c for c in ascii_chars if rule.ok.fullmatch(c)}
+        expected = set(re.findall(r"`(.)`", chars)) | ({" "} if "space" in chars else set())
+        if "digit" in chars:
+            expected |= set(string.digits)
+        if "letter" in chars or "`a-z`" in chars:
+            expected |= set(string.ascii_lowercase)
+        if "letter" in chars or "`A-Z`" in chars:
+            expected |= set(string.ascii_uppercase)
+        assert kept == expected, name
+
+
+def test_readme_lists_of_fields_are_the_codes() -> None:
+    section = _leads_section()
+    transliterated = _between(section, "transliteration in", ": Latin letters")
+    assert _fields_in(transliterated) == {f for f, r in RULES.items() if r.transliterate}
+    quotes = _between(section, "are removed from", "(VICIdial would drop")
+    assert _fields_in(quotes) == {f for f, r in RULES.items() if r.drop_quotes}
+    integers = _between(section, "Values are strings;", "may also")
+    assert _fields_in(integers) == {f for f, r in RULES.items() if r.int_ok}
+    phones = _between(section, "Phone formatting:", "lose spaces")
+    assert _fields_in(phones) == {f for f, r in RULES.items() if r.international}
+    upper = _between(section, "4. ", "are upper-cased")
+    assert _fields_in(upper) == {"gender", "country_code"}
+    assert "0-32767" in section and "65535" not in section
