@@ -30,8 +30,8 @@ may serve dialers of both kinds.
 The normalisations (the only ones; README "Leads" lists the same)
 -----------------------------------------------------------------
 1. Trimming: leading and trailing white space (``str.strip``: spaces, tabs, line breaks,
-   Unicode spaces) is removed from every string value, again after steps 4-6 below; a value
-   that is then empty, or ``None``, counts as not given.
+   Unicode spaces) is removed from every string value, again after steps 5 and 6 below; a
+   value that is then empty, or ``None``, counts as not given.
 2. With ``non_latin``: every string value is NFC-normalised (``e`` + U+0301 -> ``é``).
 3. Phone formatting: ``phone_number`` and ``alt_phone`` lose spaces, ``-``, ``.``, parentheses
    and one leading ``+``; a number written with a leading ``+`` is in international form: its
@@ -43,10 +43,11 @@ The normalisations (the only ones; README "Leads" lists the same)
    middle_initial, addresses, city, province, comments, security_phrase): Latin letters
    with accents lose them (``é`` -> ``e``, decomposed accents too), ``ß`` -> ``ss``,
    ``æ`` -> ``ae``, ``ø`` -> ``o``, ``ł`` -> ``l`` and the like, full-width forms and ligatures
-   become ASCII, typographic quotes, dashes and the ellipsis become ``'``, ``"``, ``-`` and
-   ``...``, Unicode spaces become a space, invisible characters (zero-width, soft hyphen, BOM)
-   are removed. Identifiers and e-mail addresses are never transliterated
-   (``josé@example.com`` and ``jose@example.com`` are different addresses).
+   become ASCII, typographic quotes and primes, hyphens, dashes, the minus sign and the
+   ellipsis become ``'``, ``"``, ``-`` and ``...``, Unicode spaces become a space, invisible
+   characters (zero-width, word joiner, soft hyphen, BOM) are removed. Identifiers and e-mail
+   addresses are never transliterated (``josé@example.com`` and ``jose@example.com`` are
+   different addresses).
 6. ``"`` and ``\\`` are removed from the free-text fields (the human-text fields above except
    middle_initial, plus ``source_id``, ``vendor_lead_code`` and ``owner``).
 
@@ -61,8 +62,8 @@ and tab and line breaks are accepted only in ``comments``, ``source_id`` and
 
 Values may be ``str``, or ``int`` for the numeric-ish fields (``agent_user``,
 ``phone_number``, ``phone_code``, ``alt_phone``, ``rank``, ``vendor_lead_code``,
-``source_id``, ``owner``), written in decimal. ``bool``, ``float``, lists and dicts are errors
-(``True`` is not a rank; ``7.0`` is not a phone number).
+``source_id``, ``owner``), non-negative and written in decimal. ``bool``, ``float``, lists and
+dicts are errors (``True`` is not a rank; ``7.0`` is not a phone number).
 
 The column rules live in one table, :data:`_RULES` (field -> maximum length, allowed characters,
 normaliser, check), in the order VICIdial documents the fields; the hot path is a dictionary
