@@ -236,12 +236,13 @@ def near_valid(draw: st.DrawFn, field: str, non_latin: bool) -> str:
     # Without non_latin the product accepts ASCII only (even where a utf8mb4 server would keep
     # more); with it, half the characters come from other scripts.
     other = [c for c in keeps if not c.isascii()] if non_latin else []
-    chars = st.sampled_from(ascii_keeps)
-    if other:
-        chars = st.one_of(chars, st.sampled_from(other))
+    # Per value: ASCII only, other scripts only, or both mixed.
+    alphabets = [ascii_keeps, other, ascii_keeps + other] if other else [ascii_keeps]
+    chars = st.sampled_from(draw(st.sampled_from(alphabets)))
     size = COLUMN_SIZES.get(field, 20)
     # Lengths at the column's edge are drawn often: that is where truncation starts.
-    n = draw(st.one_of(st.integers(1, size + 1), st.sampled_from([size, size + 1])))
+    pick = draw(st.integers(0, 5))
+    n = size + 1 if pick == 0 else size if pick == 1 else draw(st.integers(1, size))
     value = draw(st.text(chars, min_size=n, max_size=n))
     insertions = [0, 0, 0, 1, 1, 2, 3] if size > 4 else [0, 0, 0, 1]
     for _ in range(draw(st.sampled_from(insertions))):
@@ -355,7 +356,7 @@ def test_each_field_either_names_it_or_is_stored_exactly(field: str, non_latin: 
     seen = {"valid": 0, "invalid": 0, "non_ascii": 0}
 
     # Derandomized: the same examples on every run, so that the counts below are stable.
-    @settings(max_examples=80, database=None, derandomize=True, deadline=None)
+    @settings(max_examples=50, database=None, derandomize=True, deadline=None)
     @given(value_of(field, non_latin))
     def run(raw: object) -> None:
         lead = check(field, raw, non_latin, server)
@@ -386,7 +387,7 @@ def _whole_leads(non_latin: bool) -> st.SearchStrategy[dict[str, object]]:
 
 @pytest.mark.parametrize("non_latin", MODES)
 @settings(
-    max_examples=100,
+    max_examples=60,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
 )
@@ -404,7 +405,7 @@ def test_whole_leads_name_only_bad_fields_or_are_stored_exactly(
 
 
 @pytest.mark.parametrize("non_latin", MODES)
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=60, deadline=None)
 @given(
     st.dictionaries(
         st.one_of(st.sampled_from(LEAD_FIELDS), st.text(max_size=8)), st.from_type(object)
