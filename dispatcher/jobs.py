@@ -5,12 +5,13 @@ A job message (version 1) is a JSON object::
     {"v": 1, "job_id": "…", "lead": {"agent_user": "1000", "phone_number": "…", …},
      "dnc_check": true, "campaign_dnc_check": true, "idempotency_key": null,
      "enqueued_at": 1764250000.123, "attempts": 0, "seq": 0, "replays": 0,
-     "first_failed_at": null, "agent_wait_since": null}
+     "first_failed_at": null, "agent_wait_since": null, "non_latin": false}
 
 ``attempts`` counts calls already made; ``seq`` counts publications of the job
 (each retry and each replay publishes it again with ``seq + 1``) and lets a worker
 recognise a stale redelivered copy; the DNC flags travel unchanged through
-retries and replays.
+retries and replays. ``non_latin`` records the lead rules the lead was validated
+with at enqueue (the dialer's ``use_non_latin``; absent in older messages: false).
 
 The message is wrapped in a Celery protocol-2 envelope by :func:`broker_envelope`
 and pushed with ``LPUSH`` inside our own Lua scripts, so that enqueueing a batch
@@ -83,6 +84,7 @@ class Job:
     replays: int = 0
     first_failed_at: float | None = None
     agent_wait_since: float | None = None
+    non_latin: bool = False
     v: int = field(default=JOB_VERSION)
 
     @property
@@ -100,8 +102,13 @@ class Job:
         return replace(self, **changes)
 
     @classmethod
-    def from_message(cls, data: object) -> Job:
-        """Parse a queue message; anything that is not a valid v1 job is InvalidPayload."""
+    def from_message(cls, data: object, *, non_latin: bool | None = None) -> Job:
+        """Parse a queue message; anything that is not a valid v1 job is InvalidPayload.
+
+        The lead is validated again, with the rules of ``non_latin`` (the mode of the dialer
+        the worker sends it to, which a worker should pass) or, when None, of the mode the
+        message records from its enqueue.
+        """
         if isinstance(data, str | bytes):
             try:
                 data = json.loads(data)
@@ -117,10 +124,14 @@ class Job:
         lead_data = data.get("lead")
         if not isinstance(lead_data, Mapping):
             raise InvalidPayload("lead missing or not an object")
+        recorded = data.get("non_latin", False)
+        if not isinstance(recorded, bool):
+            raise InvalidPayload("non_latin is not a boolean")
+        mode = recorded if non_latin is None else non_latin
         try:
             # Re-validating costs microseconds and keeps a hand-made message from
             # reaching VICIdial with a field it would mangle.
-            lead = make_lead(lead_data, default_phone_code="")
+            lead = make_lead(lead_data, default_phone_code="", non_latin=mode)
         except InvalidLead as exc:
             raise InvalidPayload(str(exc)) from None
         for key in _BOOL_KEYS:
@@ -160,6 +171,7 @@ class Job:
             replays=ints["replays"],
             first_failed_at=floats["first_failed_at"],
             agent_wait_since=floats["agent_wait_since"],
+            non_latin=mode,
         )
 
 

@@ -3,58 +3,72 @@
 Why this module exists
 ----------------------
 VICIdial's ``external_add_lead`` never refuses a badly formed field: it *mangles* it and
-answers SUCCESS. With the default ``use_non_latin=0`` the server (``agc/api.php``)
+answers SUCCESS (shared/vicidial/external_add_lead.md, "How the server mangles field
+values"). The server (``agc/api.php``)
 
-* removes every character outside the field's allowed set (``preg_replace('/[^...]/', '')``),
-  which includes every non-ASCII letter (``José`` is stored as ``Jos``);
+* removes every character outside the field's allowed set (``preg_replace('/[^...]/', '')``);
+  with the default ``use_non_latin=0`` the sets are ASCII, so ``José`` is stored as ``Jos``;
+  with ``use_non_latin=1`` they keep letters of every script but no combining marks;
 * turns ``+`` into a space in most text fields (``first_name``, ``address1``, ``email``, …);
-* removes ``;`` and ``#`` from ``comments``, ``source_id`` and ``vendor_lead_code``;
-* cuts values longer than the column;
-* builds its INSERT with the values inside double quotes and no escaping, so a ``"`` or a
-  backslash in ``comments``/``source_id``/``vendor_lead_code`` breaks the statement (HTTP 500,
-  nothing inserted) or is read as an escape sequence.
+* removes only ``;`` and ``#`` from ``comments``, ``source_id`` and ``vendor_lead_code``, and
+  builds its INSERT with these values inside double quotes and no escaping, so a ``"`` or a
+  backslash breaks the statement (HTTP 500, nothing inserted) or is read as an escape;
+* cuts values longer than the column (in characters) and clamps ``rank`` to 32767 (a signed
+  SMALLINT);
+* with ``use_non_latin=1`` talks utf8mb3 to MariaDB: a character above U+FFFF becomes ``????``
+  in every field.
 
 The dispatcher runs this validator when a producer enqueues a lead, long before a worker calls
-VICIdial, so that what VICIdial stores is *exactly* what the producer sent, or the producer
-gets an :class:`~dispatcher.errors.InvalidLead` at once that names every bad field and why.
-A lead that only fails minutes later in a worker (or, worse, is stored silently changed) is
-the failure this module prevents.
+VICIdial, so that what VICIdial stores is *exactly* what the producer sent once normalised, or
+the producer gets an :class:`~dispatcher.errors.InvalidLead` at once that names every bad field
+and why. A worker runs it again on every message it reads.
 
-The rules
----------
-Normalisation is limited to what is safe and documented (DESIGN.md "Lead rules"):
+Two modes: ``non_latin`` is the dialer's ``use_non_latin`` (DESIGN.md "Small contract changes";
+``DISPATCHER_VICIDIAL_NON_LATIN``). It is a parameter of validation, never a global: a fleet
+may serve dialers of both kinds.
 
-* surrounding whitespace is trimmed everywhere;
-* ``phone_number`` and ``alt_phone``: spaces, ``-``, ``.``, parentheses and one leading ``+``
-  are removed (``(727) 555-1212`` -> ``7275551212``). A number written with a leading ``+``
-  is in international form: its country code must be ``phone_code`` and is removed
-  (``+1 727.555.1212`` -> ``7275551212``), because VICIdial dials ``phone_code`` in front of
-  the number and would otherwise dial the country code twice;
-* ``phone_code``: one leading ``+`` is removed;
-* in human-text fields (names, title, address, city, province, comments, security phrase)
-  accented Latin letters are transliterated (``é`` -> ``e``, ``ß`` -> ``ss``, ``æ`` -> ``ae``,
-  ``ø`` -> ``o``, ``ł`` -> ``l``, …), typographic quotes and dashes become their ASCII forms,
-  and invisible characters (zero-width space, soft hyphen) are removed, instead of letting
-  VICIdial drop the letters. Identifiers and e-mail addresses are *not* transliterated:
-  ``josé@example.com`` and ``jose@example.com`` are different addresses;
-* ``"`` and ``\\`` are removed from free-text fields (the human-text fields above plus
-  ``source_id``, ``vendor_lead_code`` and ``owner``): VICIdial would drop them, or choke on them;
-* ``gender`` and ``country_code`` are upper-cased (VICIdial keeps only ``[A-Z]`` there, so
-  ``us`` would otherwise be stored as an empty string); ``rank`` loses leading zeros.
+The normalisations (the only ones; README "Leads" lists the same)
+-----------------------------------------------------------------
+1. Trimming: leading and trailing white space (``str.strip``: spaces, tabs, line breaks,
+   Unicode spaces) is removed from every string value, again after steps 5 and 6 below; a
+   value that is then empty, or ``None``, counts as not given.
+2. With ``non_latin``: every string value is NFC-normalised (``e`` + U+0301 -> ``é``).
+3. Phone formatting: ``phone_number`` and ``alt_phone`` lose spaces, ``-``, ``.``, parentheses
+   and one leading ``+``; a number written with a leading ``+`` is in international form: its
+   country code must be ``phone_code`` and is removed (``+1 727.555.1212`` -> ``7275551212``),
+   because VICIdial dials ``phone_code`` in front of the number. ``phone_code`` loses one
+   leading ``+``.
+4. ``gender`` and ``country_code``: ``a-z`` upper-cased (the server keeps only ``[A-Z]``).
+5. Transliteration, without ``non_latin`` only, in the human-text fields (names, title,
+   middle_initial, addresses, city, province, comments, security_phrase): Latin letters
+   with accents lose them (``é`` -> ``e``, decomposed accents too), ``ß`` -> ``ss``,
+   ``æ`` -> ``ae``, ``ø`` -> ``o``, ``ł`` -> ``l`` and the like, full-width forms and ligatures
+   become ASCII, typographic quotes and primes, hyphens, dashes, the minus sign and the
+   ellipsis become ``'``, ``"``, ``-`` and ``...``, Unicode spaces become a space, invisible
+   characters (zero-width, word joiner, soft hyphen, BOM) are removed. Identifiers and e-mail
+   addresses are never transliterated (``josé@example.com`` and ``jose@example.com`` are
+   different addresses).
+6. ``"`` and ``\\`` are removed from the free-text fields (the human-text fields above except
+   middle_initial, plus ``source_id``, ``vendor_lead_code`` and ``owner``).
 
-Everything else VICIdial would change is an error: characters outside the field's allowed set
-(``+`` gets its own message where the server turns it into a space), a value longer than its
-column (never truncated), a field name VICIdial does not store, a value of the wrong type.
+Everything else VICIdial would change is an error: characters outside the field's set (``+``
+gets its own message where the server turns it into a space; without ``non_latin`` any
+non-ASCII character; with it, characters above U+FFFF and combining marks left after NFC in
+the letter fields), a value longer than its column (never truncated), ``rank`` outside
+0-32767 or written with a sign or leading zeros, a field name VICIdial does not store, a value
+of the wrong type. Control characters other than tab and line breaks are refused everywhere,
+and tab and line breaks are accepted only in ``comments``, ``source_id`` and
+``vendor_lead_code`` (the only fields whose set has them).
 
 Values may be ``str``, or ``int`` for the numeric-ish fields (``agent_user``,
 ``phone_number``, ``phone_code``, ``alt_phone``, ``rank``, ``vendor_lead_code``,
-``source_id``, ``owner``). ``None`` or a blank string means "not given" for optional fields.
-``bool``, ``float``, lists and dicts are errors (``True`` is not a rank; ``7.0`` is not a
-phone number).
+``source_id``, ``owner``), non-negative and written in decimal. ``bool``, ``float``, lists and
+dicts are errors (``True`` is not a rank; ``7.0`` is not a phone number).
 
 The column rules live in one table, :data:`_RULES` (field -> maximum length, allowed characters,
 normaliser, check), in the order VICIdial documents the fields; the hot path is a dictionary
-lookup, a few C-level string operations and one precompiled ``fullmatch`` per field.
+lookup, a few C-level string operations and one precompiled ``fullmatch`` per field. Values
+that are not ASCII take a slower path (one Unicode category look-up per character).
 """
 
 from __future__ import annotations
@@ -187,13 +201,13 @@ def _drop_leading_plus(value: str) -> str:
     return value[1:] if value[0] == "+" else value
 
 
+_ASCII_UPPER: Final[dict[int, int]] = {c: c - 32 for c in range(ord("a"), ord("z") + 1)}
+
+
 def _upper(value: str) -> str:
-    return value.upper()
-
-
-def _rank_canonical(value: str) -> str:
-    # "007" and "7" are the same rank; VICIdial's integer column would store 7 either way.
-    return value.lstrip("0") or "0"
+    # a-z only: str.upper() would also turn "ß" into "SS" or "ﬀ" into "FF", which are not
+    # what the producer wrote.
+    return value.translate(_ASCII_UPPER)
 
 
 _GENDERS: Final[frozenset[str]] = frozenset({"M", "F", "U"})
@@ -215,11 +229,17 @@ def _check_date(value: str) -> str | None:
     return None
 
 
-_RANK_MAX: Final = 65535
+_RANK_MAX: Final = 32767  # vicidial_list.rank is a signed SMALLINT: the server clamps above
+_RANK_MSG: Final = (
+    f"must be a whole number from 0 to {_RANK_MAX}, digits only (no sign or leading zeros)"
+)
 
 
 def _check_rank(value: str) -> str | None:
-    return None if int(value) <= _RANK_MAX else f"must be a whole number from 0 to {_RANK_MAX}"
+    # "007" would be stored as 7: a leading zero is refused rather than silently dropped.
+    if int(value) > _RANK_MAX or (value[0] == "0" and value != "0"):
+        return _RANK_MSG
+    return None
 
 
 # --------------------------------------------------------------------------------------------
@@ -233,10 +253,13 @@ _NAME_DESC: Final = "letters A-Z, digits, space and - ' _ ."
 _ADDR_SET: Final = r"\- '.:/@_0-9a-zA-Z"  # address1-3, city, security_phrase, owner
 _ADDR_DESC: Final = "letters A-Z, digits, space and - ' . : / @ _"
 # comments, source_id, vendor_lead_code: the server only removes ';' and '#' (and turns '+'
-# into a space), but its INSERT breaks on '"' and '\', and non-ASCII is lost: printable ASCII
-# without " # + ; \
-_TEXT_SET: Final = r"\x20\x21\x24-\x2a\x2c-\x3a\x3c-\x5b\x5d-\x7e"
-_TEXT_DESC: Final = 'printable ASCII except ; # + " \\'
+# into a space); its INSERT breaks on '"' and '\' (removed before this check). The ASCII part:
+# tab, line breaks and printable ASCII without # + ; (and without " \, which never get here).
+# Non-ASCII text is kept by a server in use_non_latin mode (see _non_latin_problem), not
+# otherwise: latin1 tables lose it.
+_TEXT_SET: Final = r"\t\n\r\x20\x21\x24-\x2a\x2c-\x3a\x3c-\x5b\x5d-\x7e"
+_TEXT_DESC: Final = "ASCII text (tab and line breaks included) except ; # +"
+_TEXT_DESC_NON_LATIN: Final = "any text except ; # + and control characters"
 
 
 @dataclass(frozen=True, slots=True)
@@ -258,6 +281,10 @@ class _Rule:
     unit: str = "characters"
     hint: bool = True  # append "(it keeps …)" to the bad-characters message
     international: bool = False  # a leading '+' means "country code included" (phones)
+    # use_non_latin widens the set: letters of every script instead of a-zA-Z (letters), or
+    # any text but the characters the server removes (text: comments, source_id, ...).
+    letters: bool = False
+    text: bool = False
     ok: re.Pattern[str] = field(init=False, repr=False, compare=False)
     bad: re.Pattern[str] = field(init=False, repr=False, compare=False)
 
@@ -270,6 +297,31 @@ _PHONE_MSG: Final = (
     "may only contain digits once spaces, '-', '.', parentheses and a leading '+' are removed;"
     " found"
 )
+
+
+def _name(size: int) -> _Rule:
+    return _Rule(
+        size,
+        _NAME_SET,
+        _NAME_DESC,
+        plus_to_space=True,
+        transliterate=True,
+        drop_quotes=True,
+        letters=True,
+    )
+
+
+def _address(size: int) -> _Rule:
+    return _Rule(
+        size,
+        _ADDR_SET,
+        _ADDR_DESC,
+        plus_to_space=True,
+        transliterate=True,
+        drop_quotes=True,
+        letters=True,
+    )
+
 
 # Every accepted key, in the order VICIdial documents them. Sizes are the vicidial_list
 # columns (shared/vicidial/external_add_lead.md); character sets are agc/api.php's.
@@ -290,24 +342,16 @@ _RULES: Final[dict[str, _Rule]] = {
         international=True,
     ),
     "phone_code": _Rule(10, "0-9X", "digits and X", int_ok=True, normalise=_drop_leading_plus),
-    "first_name": _Rule(
-        30, _NAME_SET, _NAME_DESC, plus_to_space=True, transliterate=True, drop_quotes=True
+    "first_name": _name(30),
+    "last_name": _name(30),
+    "middle_initial": _Rule(
+        1, "0-9a-zA-Z", "a letter A-Z or a digit", transliterate=True, letters=True
     ),
-    "last_name": _Rule(
-        30, _NAME_SET, _NAME_DESC, plus_to_space=True, transliterate=True, drop_quotes=True
-    ),
-    "middle_initial": _Rule(1, "0-9a-zA-Z", "a letter A-Z or a digit", transliterate=True),
     # title: the server keeps no '+' at all here (it is dropped, not turned into a space).
-    "title": _Rule(4, _NAME_SET, _NAME_DESC, transliterate=True, drop_quotes=True),
-    "address1": _Rule(
-        100, _ADDR_SET, _ADDR_DESC, plus_to_space=True, transliterate=True, drop_quotes=True
-    ),
-    "address2": _Rule(
-        100, _ADDR_SET, _ADDR_DESC, plus_to_space=True, transliterate=True, drop_quotes=True
-    ),
-    "address3": _Rule(
-        100, _ADDR_SET, _ADDR_DESC, plus_to_space=True, transliterate=True, drop_quotes=True
-    ),
+    "title": _Rule(4, _NAME_SET, _NAME_DESC, transliterate=True, drop_quotes=True, letters=True),
+    "address1": _address(100),
+    "address2": _address(100),
+    "address3": _address(100),
     # alt_phone: the server would keep "727-555-1212" as text, but the dialer dials it (ALT
     # dial), so it gets the same treatment as phone_number: formatting removed, digits only.
     "alt_phone": _Rule(
@@ -321,10 +365,8 @@ _RULES: Final[dict[str, _Rule]] = {
         hint=False,
         international=True,
     ),
-    "city": _Rule(
-        50, _ADDR_SET, _ADDR_DESC, plus_to_space=True, transliterate=True, drop_quotes=True
-    ),
-    "state": _Rule(2, r"\- 0-9a-zA-Z", "letters A-Z, digits, space and -"),
+    "city": _address(50),
+    "state": _Rule(2, r"\- 0-9a-zA-Z", "letters A-Z, digits, space and -", letters=True),
     "province": _Rule(
         50,
         r"\- '._0-9a-zA-Z",
@@ -332,24 +374,35 @@ _RULES: Final[dict[str, _Rule]] = {
         plus_to_space=True,
         transliterate=True,
         drop_quotes=True,
+        letters=True,
     ),
     # postal_code is filtered twice by the server: [- '+0-9a-zA-Z], '+' -> ' ', then
     # [- ._0-9a-zA-Z]; what survives both is [- 0-9a-zA-Z].
     "postal_code": _Rule(
-        10, r"\- 0-9a-zA-Z", "letters A-Z, digits, space and -", plus_to_space=True
+        10, r"\- 0-9a-zA-Z", "letters A-Z, digits, space and -", plus_to_space=True, letters=True
     ),
     "country_code": _Rule(3, "A-Z", "letters A-Z", normalise=_upper),
     "email": _Rule(
-        70, r"\- '.:/@%_0-9a-zA-Z", "letters A-Z, digits and - ' . : / @ % _", plus_to_space=True
+        70,
+        r"\- '.:/@%_0-9a-zA-Z",
+        "letters A-Z, digits, space and - ' . : / @ % _",
+        plus_to_space=True,
+        letters=True,
     ),
     "comments": _Rule(
-        255, _TEXT_SET, _TEXT_DESC, plus_to_space=True, transliterate=True, drop_quotes=True
+        255,
+        _TEXT_SET,
+        _TEXT_DESC,
+        plus_to_space=True,
+        transliterate=True,
+        drop_quotes=True,
+        text=True,
     ),
     "source_id": _Rule(
-        50, _TEXT_SET, _TEXT_DESC, plus_to_space=True, drop_quotes=True, int_ok=True
+        50, _TEXT_SET, _TEXT_DESC, plus_to_space=True, drop_quotes=True, int_ok=True, text=True
     ),
     "vendor_lead_code": _Rule(
-        20, _TEXT_SET, _TEXT_DESC, plus_to_space=True, drop_quotes=True, int_ok=True
+        20, _TEXT_SET, _TEXT_DESC, plus_to_space=True, drop_quotes=True, int_ok=True, text=True
     ),
     "gender": _Rule(
         1,
@@ -362,19 +415,18 @@ _RULES: Final[dict[str, _Rule]] = {
     "date_of_birth": _Rule(
         10, r"\-0-9", "YYYY-MM-DD", check=_check_date, format_msg="must be a date as YYYY-MM-DD"
     ),
-    "security_phrase": _Rule(
-        100, _ADDR_SET, _ADDR_DESC, plus_to_space=True, transliterate=True, drop_quotes=True
-    ),
+    "security_phrase": _address(100),
     "rank": _Rule(
         5,
         "0-9",
         "digits",
         int_ok=True,
-        normalise=_rank_canonical,
         check=_check_rank,
-        format_msg=f"must be a whole number from 0 to {_RANK_MAX}",
+        format_msg=_RANK_MSG,
     ),
-    "owner": _Rule(20, _ADDR_SET, _ADDR_DESC, plus_to_space=True, drop_quotes=True, int_ok=True),
+    "owner": _Rule(
+        20, _ADDR_SET, _ADDR_DESC, plus_to_space=True, drop_quotes=True, int_ok=True, letters=True
+    ),
 }
 
 _REQUIRED: Final = ("agent_user", "phone_number", "phone_code")
@@ -525,18 +577,73 @@ def _show_chars(chars: Iterable[str]) -> str:
     return shown + (", …" if len(unique) > _MAX_SHOWN_CHARS else "")
 
 
-def _charset_problem(rule: _Rule, value: str) -> str:
-    """Explain why ``value`` fails ``rule.ok`` (error path only)."""
+_BMP_MAX: Final = 0xFFFF
+
+
+def _char_kind(char: str, rule: _Rule, non_latin: bool) -> str | None:
+    """What the server would do with ``char``, which is outside the field's ASCII set.
+
+    None: kept as sent (a letter of any script, or text, in ``non_latin`` mode).
+    """
+    if char == "+" and rule.plus_to_space:
+        return "plus"
+    if char < "\x80":
+        return "dropped"
+    if not non_latin:
+        return "non_ascii" if rule.text else "dropped"
+    if not (rule.letters or rule.text):
+        return "dropped"
+    if ord(char) > _BMP_MAX:
+        return "astral"
+    category = unicodedata.category(char)
+    if rule.letters:
+        if category[0] == "L":
+            return None
+        return "mark" if category[0] == "M" else "dropped"
+    # Free text keeps anything; control characters and lone surrogates are not text.
+    return "dropped" if category in ("Cc", "Cs") else None
+
+
+def _charset_problem(rule: _Rule, value: str, non_latin: bool) -> str | None:
+    """Why ``value``, which fails ``rule.ok`` (the ASCII set), would not be stored as sent;
+    None when the server keeps it all (possible only in ``non_latin`` mode)."""
     if rule.format_msg is not None:
         return rule.format_msg
-    bad = rule.bad.findall(value)
+    found: dict[str, list[str]] = {}
+    for char in rule.bad.findall(value):
+        kind = _char_kind(char, rule, non_latin)
+        if kind is not None:
+            found.setdefault(kind, []).append(char)
+    if not found:
+        return None
     parts = []
-    if rule.plus_to_space and "+" in bad:
+    if "plus" in found:
         parts.append("contains '+', which VICIdial turns into a space")
-        bad = [c for c in bad if c != "+"]
-    if bad:
-        hint = f" (it keeps {rule.allowed_desc})" if rule.hint else ""
-        parts.append(f"{rule.bad_chars_msg}: {_show_chars(bad)}{hint}")
+    if "dropped" in found:
+        desc = rule.allowed_desc
+        if non_latin and rule.text:
+            desc = _TEXT_DESC_NON_LATIN
+        elif non_latin and rule.letters:
+            desc = desc.replace(" A-Z", " of any script")
+        if rule.letters and not non_latin and any(c.isalpha() for c in found["dropped"]):
+            desc += "; letters of other scripts need DISPATCHER_VICIDIAL_NON_LATIN"
+        hint = f" (it keeps {desc})" if rule.hint else ""
+        parts.append(f"{rule.bad_chars_msg}: {_show_chars(found['dropped'])}{hint}")
+    if "non_ascii" in found:
+        parts.append(
+            f"contains non-ASCII characters: {_show_chars(found['non_ascii'])} (a VICIdial"
+            " without use_non_latin may not store them; see DISPATCHER_VICIDIAL_NON_LATIN)"
+        )
+    if "astral" in found:
+        parts.append(
+            "contains characters above U+FFFF, which VICIdial with use_non_latin stores as"
+            f" '?': {_show_chars(found['astral'])}"
+        )
+    if "mark" in found:
+        parts.append(
+            "contains combining marks that do not merge into a letter (NFC), which VICIdial"
+            f" with use_non_latin drops from this field: {_show_chars(found['mark'])}"
+        )
     return "; ".join(parts)
 
 
@@ -559,13 +666,15 @@ def _type_problem(rule: _Rule, raw: object) -> str:
     return f"must be {wanted}, not {type(raw).__name__}"
 
 
-def _clean(rule: _Rule, raw: object) -> tuple[str | None, str | None]:
+def _clean(rule: _Rule, raw: object, non_latin: bool) -> tuple[str | None, str | None]:
     """Normalise and check one value: ``(value, None)``, ``(None, problem)`` or ``(None, None)``
     when the value is absent (None or blank)."""
     if isinstance(raw, str):
         value = raw.strip()
         if not value:
             return None, None
+        if non_latin and not value.isascii():
+            value = unicodedata.normalize("NFC", value)
     elif raw is None:
         return None, None
     elif isinstance(raw, int) and not isinstance(raw, bool) and rule.int_ok:
@@ -580,7 +689,7 @@ def _clean(rule: _Rule, raw: object) -> tuple[str | None, str | None]:
 
     if rule.normalise is not None:
         value = rule.normalise(value)
-    if rule.transliterate and not value.isascii():
+    if rule.transliterate and not non_latin and not value.isascii():
         value = value.translate(_TRANSLITERATE).strip()
     if rule.drop_quotes and ('"' in value or "\\" in value):
         value = value.translate(_DROP_QUOTES).strip()
@@ -589,7 +698,9 @@ def _clean(rule: _Rule, raw: object) -> tuple[str | None, str | None]:
         return None, None
 
     if rule.ok.fullmatch(value) is None:
-        return None, _charset_problem(rule, value)
+        problem = _charset_problem(rule, value, non_latin)
+        if problem is not None:
+            return None, problem
     problem = _length_problem(rule, value)
     if problem is None and rule.check is not None:
         problem = rule.check(value)
@@ -627,12 +738,16 @@ def _field_sort_key(error: FieldError) -> int:
     return _ORDER.get(error.field, len(_ORDER))
 
 
-def make_lead(data: Mapping[str, object], *, default_phone_code: str = "1") -> Lead:
+def make_lead(
+    data: Mapping[str, object], *, default_phone_code: str = "1", non_latin: bool = False
+) -> Lead:
     """Validate and normalise one lead.
 
     ``data`` maps lead field names (:data:`LEAD_FIELDS`) to values. ``phone_code`` falls back to
-    ``default_phone_code`` when it is absent or blank. Raises :class:`InvalidLead` listing every
-    problem (one :class:`FieldError` per bad field); nothing is half-accepted.
+    ``default_phone_code`` when it is absent or blank. ``non_latin`` says that the dialer runs
+    VICIdial's ``use_non_latin=1`` (its rules are described at the top of this module). Raises
+    :class:`InvalidLead` listing every problem (one :class:`FieldError` per bad field); nothing
+    is half-accepted.
     """
     if not isinstance(data, Mapping):
         raise InvalidLead(
@@ -650,7 +765,7 @@ def make_lead(data: Mapping[str, object], *, default_phone_code: str = "1") -> L
         if rule is None:
             errors.append(FieldError(str(key), _unknown_problem(key)))
             continue
-        value, problem = _clean(rule, raw)
+        value, problem = _clean(rule, raw, non_latin)
         if problem is not None:
             errors.append(FieldError(key, problem))
         elif value is not None:
@@ -665,7 +780,7 @@ def make_lead(data: Mapping[str, object], *, default_phone_code: str = "1") -> L
     if phone_number is None and not _has_error(errors, "phone_number"):
         errors.append(FieldError("phone_number", "is required"))
     if phone_code is None and not _has_error(errors, "phone_code"):
-        phone_code, problem = _clean(_PHONE_CODE_RULE, default_phone_code)
+        phone_code, problem = _clean(_PHONE_CODE_RULE, default_phone_code, non_latin)
         if problem is not None or phone_code is None:
             errors.append(
                 FieldError(
@@ -709,7 +824,10 @@ def _has_error(errors: list[FieldError], name: str) -> bool:
 
 
 def make_leads(
-    items: Iterable[Mapping[str, object]], *, default_phone_code: str = "1"
+    items: Iterable[Mapping[str, object]],
+    *,
+    default_phone_code: str = "1",
+    non_latin: bool = False,
 ) -> list[Lead]:
     """Validate every item; return all the leads, or raise one :class:`InvalidLead`.
 
@@ -720,7 +838,7 @@ def make_leads(
     errors: list[FieldError] = []
     for index, item in enumerate(items):
         try:
-            lead = make_lead(item, default_phone_code=default_phone_code)
+            lead = make_lead(item, default_phone_code=default_phone_code, non_latin=non_latin)
         except InvalidLead as exc:
             errors.extend(FieldError(e.field, e.message, index) for e in exc.errors)
         else:

@@ -101,7 +101,11 @@ def prepare_job(
         errors.append(FieldError("idempotency_key", "must be 1-200 printable characters", index))
         idem = None
     try:
-        lead = make_lead(lead_data, default_phone_code=settings.phone_code)
+        lead = make_lead(
+            lead_data,
+            default_phone_code=settings.phone_code,
+            non_latin=settings.vicidial_non_latin,
+        )
     except InvalidLead as exc:
         errors.extend(FieldError(e.field, e.message, index) for e in exc.errors)
     if errors:
@@ -113,6 +117,7 @@ def prepare_job(
         campaign_dnc_check=flags["campaign_dnc_check"],
         idempotency_key=idem,
         enqueued_at=time.time() if now is None else now,
+        non_latin=settings.vicidial_non_latin,
     )
 
 

@@ -60,6 +60,9 @@ class Settings:
     vicidial_user: str | None = None
     vicidial_pass: str | None = field(default=None, repr=False)
     vicidial_source: str = "dispatcher"
+    # VICIdial's system setting use_non_latin on the dialer: which lead rules apply
+    # (dispatcher.lead). A client cannot see the mode: it must be told.
+    vicidial_non_latin: bool = False
     phone_code: str = "1"
     dnc_check: bool = True
     campaign_dnc_check: bool = True

@@ -17,6 +17,7 @@ from dispatcher import (
     enqueue_leads,
     job_status,
 )
+from dispatcher.errors import InvalidPayload
 from dispatcher.jobs import TASK_NAME, Job
 from dispatcher.redis_server import free_port
 from dispatcher.settings import Settings
@@ -70,6 +71,43 @@ def test_enqueue_writes_state_and_a_celery_message(psettings: Settings) -> None:
         "next_attempt_at",
     }
     assert status["lead_id"] is None and status["next_attempt_at"] is None
+
+
+def test_non_latin_lead_is_validated_at_enqueue_and_again_by_the_worker(
+    psettings: Settings,
+) -> None:
+    lead = {"agent_user": "1000", "phone_number": "7275551212", "first_name": "Иван"}
+    with pytest.raises(InvalidLead, match="first_name"):
+        enqueue_lead(**lead, settings=psettings)  # a latin dialer would drop the letters
+    nl_settings = psettings.replace(vicidial_non_latin=True)
+    job_id = enqueue_lead(**lead, comments="Перезвонить завтра", settings=nl_settings)
+    [envelope] = _queue(nl_settings)
+    message = _job_of(envelope)
+    assert message["non_latin"] is True
+    # The worker parses the message: the lead passes its re-validation unchanged.
+    job = Job.from_message(message)
+    assert job.job_id == job_id and job.non_latin is True
+    assert dict(job.lead.fields) == {"first_name": "Иван", "comments": "Перезвонить завтра"}
+    assert job.to_message()["non_latin"] is True  # kept through retries and replays
+    # A worker that knows its dialer runs without use_non_latin refuses it.
+    with pytest.raises(InvalidPayload, match="first_name"):
+        Job.from_message(message, non_latin=False)
+    assert Job.from_message(message, non_latin=True) == job
+    # Older messages (no key) are latin-mode jobs; a non-boolean is refused.
+    old = {k: v for k, v in message.items() if k != "non_latin"}
+    with pytest.raises(InvalidPayload, match="first_name"):
+        Job.from_message(old)
+    with pytest.raises(InvalidPayload, match="non_latin"):
+        Job.from_message({**message, "non_latin": "yes"})
+
+
+def test_latin_jobs_record_their_mode(psettings: Settings) -> None:
+    enqueue_lead(agent_user="1000", phone_number="7275551212", settings=psettings)
+    [envelope] = _queue(psettings)
+    message = _job_of(envelope)
+    assert message["non_latin"] is False
+    # An ASCII lead is valid in both modes: a non-Latin worker takes it unchanged.
+    assert Job.from_message(message, non_latin=True).lead == Job.from_message(message).lead
 
 
 def test_unknown_job_status_is_none(psettings: Settings) -> None:

@@ -73,6 +73,27 @@ def test_lead_is_added_with_the_simulators_lead_id(
     assert events["lead.attempt"]["attempt"] == 1
 
 
+def test_non_latin_lead_is_stored_exactly_as_sent(
+    settings: Settings, simulator: Simulator, start_worker: Callable[..., WorkerProcess]
+) -> None:
+    # A call center running VICIdial's use_non_latin=1, and a fleet told so.
+    simulator.set_non_latin(True)
+    settings = settings.replace(vicidial_non_latin=True)
+    start_worker(settings)
+    names = {"first_name": "Иван", "last_name": "Петров", "city": "李小龍"}
+    job_id = enqueue_lead(
+        agent_user="1000",
+        phone_number="7275551212",
+        comments="Перезвонить завтра\nVIP",
+        **names,
+        settings=settings,
+    )
+    status = _final(job_id, settings)
+    assert status["state"] == "added", status
+    [row] = simulator.leads
+    assert row.fields == {**names, "comments": "Перезвонить завтра\nVIP"}
+
+
 def test_dnc_flags_off_are_explicit_and_travel_with_the_job(
     settings: Settings, simulator: Simulator, worker: WorkerProcess
 ) -> None:

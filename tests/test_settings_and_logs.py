@@ -23,6 +23,12 @@ def test_defaults_match_the_design() -> None:
     assert (s.max_attempts, s.retry_base_s, s.retry_cap_s) == (8, 2.0, 300.0)
     assert (s.agent_wait_s, s.http_timeout_s, s.rate_limit) == (900.0, 10.0, 0.0)
     assert s.vicidial_source == "dispatcher" and s.phone_code == "1"
+    assert s.vicidial_non_latin is False
+
+
+def test_non_latin_setting() -> None:
+    assert Settings.from_mapping({"DISPATCHER_VICIDIAL_NON_LATIN": "true"}).vicidial_non_latin
+    assert not Settings.from_mapping({"DISPATCHER_VICIDIAL_NON_LATIN": "0"}).vicidial_non_latin
 
 
 @pytest.mark.parametrize(
@@ -31,6 +37,7 @@ def test_defaults_match_the_design() -> None:
         ("DISPATCHER_MAX_ATTEMPTS", "many"),
         ("DISPATCHER_MAX_ATTEMPTS", "0"),
         ("DISPATCHER_DNC_CHECK", "maybe"),
+        ("DISPATCHER_VICIDIAL_NON_LATIN", "cyrillic"),
         ("DISPATCHER_RETRY_BASE_S", "-1"),
         ("DISPATCHER_HTTP_TIMEOUT_S", "nan"),
         ("DISPATCHER_VICIDIAL_SOURCE", "a"),

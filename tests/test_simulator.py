@@ -315,10 +315,29 @@ CASES = [
         {"phone_number": "7275551212"},
     ),
     Case(
-        "non-ascii-removed",
-        params(value="7275551212", first_name="José", last_name="Müller", comments="café ok"),
+        "non-ascii-removed-from-filtered-fields",
+        params(value="7275551212", first_name="José", last_name="Müller", city="Zürich"),
         SUCCESS_1,
-        {"fields": {"first_name": "Jos", "last_name": "Mller", "comments": "caf ok"}},
+        {"fields": {"first_name": "Jos", "last_name": "Mller", "city": "Zrich"}},
+    ),
+    # comments, source_id, vendor_lead_code lose only ; and # (+ -> space): tabs, newlines,
+    # '|' and non-ASCII (emoji too, on the measured utf8mb4 instance) are stored as sent.
+    Case(
+        "free-text-fields-keep-any-text",
+        params(
+            value="7275551212",
+            comments="café ok\tЖж | 李\nx😀",
+            source_id="веб|7",
+            vendor_lead_code="Ü-1;#",
+        ),
+        SUCCESS_1,
+        {
+            "fields": {
+                "comments": "café ok\tЖж | 李\nx😀",
+                "source_id": "веб|7",
+                "vendor_lead_code": "Ü-1",
+            }
+        },
     ),
     Case(
         "plus-becomes-space",
@@ -375,7 +394,29 @@ CASES = [
         "enum-date-number-columns",
         params(value="7275551212", gender="x", date_of_birth="1990-1-5", rank="70000"),
         SUCCESS_1,
-        {"fields": {"gender": "", "date_of_birth": "1990-01-05", "rank": "65535"}},
+        {"fields": {"gender": "", "date_of_birth": "1990-01-05", "rank": "32767"}},
+    ),
+    # rank is a signed SMALLINT: 32767 is the largest value stored; '-' is filtered out.
+    Case(
+        "rank-32767-kept",
+        params(value="7275551212", rank="32767"),
+        SUCCESS_1,
+        {"fields": {"rank": "32767"}},
+    ),
+    Case(
+        "rank-clamped-and-sign-dropped",
+        params(value="7275551212", rank="32768", title="Dr"),
+        SUCCESS_1,
+        {"fields": {"rank": "32767", "title": "Dr"}},
+    ),
+    Case(
+        "rank-negative", params(value="7275551212", rank="-5"), SUCCESS_1, {"fields": {"rank": "5"}}
+    ),
+    Case(
+        "rank-huge-clamped",
+        params(value="7275551212", rank="9" * 5000),
+        SUCCESS_1,
+        {"fields": {"rank": "32767"}},
     ),
     Case(
         "invalid-date-is-zero-date",
@@ -417,6 +458,150 @@ CASES = [
         SUCCESS_1,
         {"fields": {"first_name": "Bob"}},
     ),
+    # use_non_latin=1 (state "non_latin": true): \p{L} instead of a-zA-Z, utf8mb3 connection
+    Case(
+        "non-latin-letters-of-every-script-kept",
+        params(
+            value="7275551212",
+            first_name="Иван",
+            last_name="Петров",
+            title="Г-н",
+            middle_initial="Ж",
+            address1="ул. Ленина 5/2",
+            city="李小龍",
+            state="ЖД",
+            province="محمد علي",
+            postal_code="ГД-12",
+            email="иван@пример.рф",
+            security_phrase="Nguyễn",
+            owner="José Müller",
+        ),
+        SUCCESS_1,
+        {
+            "fields": {
+                "first_name": "Иван",
+                "last_name": "Петров",
+                "title": "Г-н",
+                "middle_initial": "Ж",
+                "address1": "ул. Ленина 5/2",
+                "city": "李小龍",
+                "state": "ЖД",
+                "province": "محمد علي",
+                "postal_code": "ГД-12",
+                "email": "иван@пример.рф",
+                "security_phrase": "Nguyễn",
+                "owner": "José Müller",
+            }
+        },
+        state={"non_latin": True},
+    ),
+    Case(
+        "non-latin-column-sizes-in-characters",
+        params(value="7275551212", first_name="Ж" * 31, comments="ж" * 256),
+        SUCCESS_1,
+        {"fields": {"first_name": "Ж" * 30, "comments": "ж" * 255}},
+        state={"non_latin": True},
+    ),
+    Case(
+        "non-latin-above-u-ffff-is-one-question-mark-per-byte",
+        params(
+            value="7275551212",
+            first_name="Bob😀",
+            last_name="𠮷野",
+            comments="Bob😀 ok",
+            source_id="\U0001d400",
+        ),
+        SUCCESS_1,
+        {
+            "fields": {
+                "first_name": "Bob",  # 😀 is not a letter: filtered out first
+                "last_name": "????野",  # 𠮷 is a letter: kept, then stored as ????
+                "comments": "Bob???? ok",
+                "source_id": "????",
+            }
+        },
+        state={"non_latin": True},
+    ),
+    Case(
+        "non-latin-combining-marks-dropped-from-letter-fields",
+        params(
+            value="7275551212",
+            first_name="नमस्ते",
+            last_name="مُحَمَّد",
+            city="น้ำ",
+            address1="Jose\u0301",  # decomposed (NFD)
+            comments="नमस्ते Jose\u0301",
+        ),
+        SUCCESS_1,
+        {
+            "fields": {
+                "first_name": "नमसत",
+                "last_name": "محمد",
+                "city": "นำ",
+                "address1": "Jose",
+                "comments": "नमस्ते Jose\u0301",  # free text keeps them
+            }
+        },
+        state={"non_latin": True},
+    ),
+    Case(
+        "non-latin-only-ascii-space-digits-0-9-no-symbols",
+        params(
+            value="7275551212",
+            first_name="李\u3000龍",
+            last_name="Ann\u00a0Lee\t",
+            address1="★ € → © 5",
+            postal_code="٣٤٥ 12",
+            alt_phone="٣12",
+        ),
+        SUCCESS_1,
+        {
+            "fields": {
+                "first_name": "李龍",
+                "last_name": "AnnLee",
+                "address1": "    5",
+                "postal_code": " 12",
+                "alt_phone": "12",
+            }
+        },
+        state={"non_latin": True},
+    ),
+    Case(
+        "non-latin-unchanged-rules",
+        params(
+            value="7275551212",
+            country_code="ЖФus",
+            gender="Ж",
+            first_name="Анна+Мария",
+            comments="a;b#c+d",
+            rank="40000",
+        ),
+        SUCCESS_1,
+        {
+            "fields": {
+                "country_code": "",
+                "gender": "",
+                "first_name": "Анна Мария",
+                "comments": "abc d",
+                "rank": "32767",
+            }
+        },
+        state={"non_latin": True},
+    ),
+    Case(
+        "non-latin-phone-paths-keep-letters",
+        params(phone_number="(727) 555-ЖЖЖЖ"),
+        "SUCCESS: lead added - 727555ЖЖЖЖ|TESTCAMP|101|1|1000\n",
+        {"phone_number": "727555ЖЖЖЖ"},
+        state={"non_latin": True},
+    ),
+    Case(
+        "non-latin-value-path",
+        params(value="727-555|Ж_1 ٣"),
+        "SUCCESS: lead added - 727-555|Ж_1|TESTCAMP|101|1|1000\n",
+        {"phone_number": "727-555|Ж_1"},
+        state={"non_latin": True},
+    ),
 ]
 
 
@@ -428,6 +613,8 @@ def _state_with(overlay: dict[str, Any]) -> SimulatorState:
         state.api_active = extra.api_active
     if "first_lead_id" in overlay:
         state.first_lead_id = extra.first_lead_id
+    if "non_latin" in overlay:
+        state.non_latin = extra.non_latin
     return state
 
 
@@ -738,6 +925,10 @@ def test_demo_state_matches_its_documentation() -> None:
 _ANY_TEXT = st.text(st.characters(codec="utf-8"), max_size=300)
 
 
+_FREE_TEXT = frozenset({"comments", "source_id", "vendor_lead_code"})
+
+
+@pytest.mark.parametrize("non_latin", [False, True], ids=["latin", "non_latin"])
 @settings(
     max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
@@ -746,15 +937,34 @@ _ANY_TEXT = st.text(st.characters(codec="utf-8"), max_size=300)
     post=st.booleans(),
 )
 def test_arbitrary_lead_fields_never_break_the_simulator(
-    sim: Simulator, client: httpx.Client, values: dict[str, str], post: bool
+    sim: Simulator, client: httpx.Client, non_latin: bool, values: dict[str, str], post: bool
 ) -> None:
+    sim.set_non_latin(non_latin)
     sim.reset_leads()
-    fields = params(**values)
+    fields = {**params(value="7275551212"), **values}
     reply = client.post(sim.url, data=fields) if post else client.get(sim.url, params=fields)
     assert reply.status_code in (200, 500)
     for lead in sim.leads:
         assert len(lead.phone_number) <= 18 and len(lead.phone_code) <= 10
         for name, stored in lead.fields.items():
-            assert stored.isascii()
+            if non_latin:
+                assert all(ord(c) <= 0xFFFF for c in stored), name  # utf8mb3
+            elif name not in _FREE_TEXT:
+                assert stored.isascii(), name
             if name in COLUMN_SIZES:
                 assert len(stored) <= COLUMN_SIZES[name], name
+
+
+def test_state_non_latin_switch(client: httpx.Client) -> None:
+    state = SimulatorState.from_dict({**DESIGN_EXAMPLE, "non_latin": True})
+    assert state.non_latin and SimulatorState.from_dict(state.to_dict()) == state
+    assert not SimulatorState.from_dict({}).non_latin
+    assert "use_non_latin" in state.summary()
+    with pytest.raises(ValueError, match=r"^non_latin: expected true or false"):
+        SimulatorState.from_dict({"non_latin": "yes"})
+    fields = params(value="7275551212", first_name="Иван")
+    with Simulator(state) as sim:
+        assert client.get(sim.url, params=fields).status_code == 200
+        sim.set_non_latin(False)  # as an admin switching the system setting
+        assert client.get(sim.url, params=fields).status_code == 200
+        assert [lead.fields["first_name"] for lead in sim.leads] == ["Иван", ""]

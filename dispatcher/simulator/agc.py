@@ -14,7 +14,9 @@ from agc/api.php itself (2.14-81 source):
   machine: a failure with fewer than 10 recorded failures adds one; at 10 or more,
   the user is locked (``LOCK``) while the last login is less than 15 minutes old, and
   otherwise the count restarts at 1 and the last login is set to now. A correct
-  password does not reset the count on this API path.
+  password does not reset the count on this API path;
+- field values are filtered and stored by :mod:`dispatcher.simulator.mangling`, in
+  the mode of the system setting ``use_non_latin`` (:attr:`Tables.non_latin`).
 """
 
 from __future__ import annotations
@@ -114,12 +116,17 @@ class Tables:
     dnc: set[str] = field(default_factory=set)
     campaign_dnc: dict[str, set[str]] = field(default_factory=dict)
     api_active: bool = True
+    non_latin: bool = False  # the system setting use_non_latin
     leads: list[StoredLead] = field(default_factory=list)
     next_lead_id: int = 1
 
     @classmethod
     def from_state(cls, state: SimulatorState, now: float) -> Tables:
-        tables = cls(api_active=state.api_active, next_lead_id=state.first_lead_id)
+        tables = cls(
+            api_active=state.api_active,
+            non_latin=state.non_latin,
+            next_lead_id=state.first_lead_id,
+        )
         for name, user in state.users.items():
             tables.put_user(name, user, now)
         for agent, campaign in state.agents.items():
@@ -305,13 +312,15 @@ def _external_add_lead(
     now: float,
     insert_fails: bool,
 ) -> Answer:
+    non_latin = tables.non_latin
+
     def get(name: str) -> str:
-        return sanitize(name, fields.get(name, ""))
+        return sanitize(name, fields.get(name, ""), non_latin=non_latin)
 
     agent_user = get("agent_user")
     alt_user = get("alt_user")
     phone_code = get("phone_code")
-    value = sanitize("value", raw_value)
+    value = sanitize("value", raw_value, non_latin=non_latin)
     if not value and len(get("phone_number")) > 1:
         value = get("phone_number")
     if (len(agent_user) < 2 and len(alt_user) < 2) or not phone_code or len(value) < 2:
@@ -387,9 +396,9 @@ def _external_add_lead(
         list_id=list_id,
         campaign=campaign_id,
         agent_user=agent_user,
-        phone_number=to_column("phone_number", value),
-        phone_code=to_column("phone_code", phone_code),
-        fields={name: to_column(name, val) for name, val in sent.items()},
+        phone_number=to_column("phone_number", value, non_latin=non_latin),
+        phone_code=to_column("phone_code", phone_code, non_latin=non_latin),
+        fields={name: to_column(name, val, non_latin=non_latin) for name, val in sent.items()},
         user=user,
         entry_date=time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(now)),
     )

@@ -42,7 +42,8 @@ Without --state it serves the demo state:
    "agents": {{"1000": "TESTCAMP"}},
    "campaigns": {{"TESTCAMP": {{"manual_dial_list_id": "101"}}}},
    "dnc": ["7275550000"], "campaign_dnc": {{"TESTCAMP": ["7275550001"]}},
-   "api_active": true}}
+   "api_active": true, "non_latin": false}}
+  "non_latin": true is VICIdial's use_non_latin=1 (names in any script kept).
 
 \b
 Try it:

@@ -2,14 +2,25 @@
 
 Two stages, both silent (no error is ever reported to the caller):
 
-1. :func:`sanitize` -- the ``preg_replace`` block at the top of ``agc/api.php``
-   (``use_non_latin=0``): characters outside each field's allowed set are removed,
-   and ``+`` becomes a space in the free-text fields. The allowed sets are ASCII, so
-   non-ASCII letters disappear (``José`` -> ``Jos``).
-2. :func:`to_column` -- what MySQL (non-strict mode, as VICIdial installs it) does
-   when the value lands in a ``vicidial_list`` column: truncation to the column
-   size, enum/date/number coercion, and backslash escapes for the three fields
-   that reach the SQL statement unfiltered (:func:`sql_literal`).
+1. :func:`sanitize` -- the ``preg_replace`` block at the top of ``agc/api.php``:
+   characters outside each field's allowed set are removed, and ``+`` becomes a
+   space in most text fields. With the system setting ``use_non_latin=0`` (the
+   default) the allowed sets are ASCII, so non-ASCII letters disappear from them
+   (``José`` -> ``Jos``); with ``use_non_latin=1`` (``non_latin=True`` here) the
+   sets of the lead's text fields keep letters of every script (PCRE's ``\\p{L}``,
+   which is Python's ``str.isalpha``: categories Lu, Ll, Lt, Lm, Lo; combining marks
+   are not letters). ``comments``, ``source_id`` and ``vendor_lead_code`` lose only
+   ``;`` and ``#`` in both modes (and ``+`` becomes a space).
+2. :func:`to_column` -- what MariaDB (non-strict mode, as VICIdial installs it) does
+   when the value lands in a ``vicidial_list`` column: with ``use_non_latin=1`` the
+   connection is utf8mb3, so every character above U+FFFF becomes one ``?`` per
+   UTF-8 byte; then truncation to the column size (in characters), enum/date/number
+   coercion. :func:`sql_literal` handles the backslash escapes of the three fields
+   that reach the SQL statement unfiltered.
+
+The reference is shared/vicidial/external_add_lead.md ("How the server mangles field
+values"); the measured instance has utf8mb4 tables, so in the default mode the three
+free-text fields keep any text (emoji included) byte for byte.
 """
 
 from __future__ import annotations
@@ -96,6 +107,15 @@ def _keeping(allowed: str) -> Callable[[str], str]:
     return _removing(f"[^{allowed}]")
 
 
+def _keeping_letters(others: str) -> Callable[[str], str]:
+    """``preg_replace('/[^{others}\\p{L}]/u', '', $x)``: letters of any script, plus ``others``.
+
+    ``others`` lists literal characters (no ranges): the set's digits and punctuation.
+    """
+    kept = frozenset(others)
+    return lambda value: "".join(c for c in value if c in kept or c.isalpha())
+
+
 # Allowed characters per input field, transcribed from agc/api.php 2.14-81 (use_non_latin=0),
 # except phone_number, where the spec (observed on 2.14-82) also keeps letters.
 _FILTERS: dict[str, Callable[[str], str]] = {
@@ -132,12 +152,36 @@ _FILTERS: dict[str, Callable[[str], str]] = {
     "security_phrase": _keeping(rf"\- '+.:/@_{_ALNUM}"),
     "rank": _keeping("0-9"),
     "owner": _keeping(rf"\- '+.:/@_{_ALNUM}"),
-    # Only `;` and `#` are removed by the PHP; non-ASCII goes too, as the spec says it does
-    # for every field.
-    "vendor_id": _removing(r"[;#]|[^\x00-\x7f]"),
-    "vendor_lead_code": _removing(r"[;#]|[^\x00-\x7f]"),
-    "source_id": _removing(r"[;#]|[^\x00-\x7f]"),
-    "comments": _removing(r"[;#]|[^\x00-\x7f]"),
+    # No allowed-character set: only `;` and `#` are removed. Tabs, newlines, `|` and any
+    # non-ASCII text reach the database as sent (the spec's utf8mb4 instance keeps them).
+    "vendor_id": _removing(r"[;#]"),
+    "vendor_lead_code": _removing(r"[;#]"),
+    "source_id": _removing(r"[;#]"),
+    "comments": _removing(r"[;#]"),
+}
+
+_DIGITS = "0123456789"
+# use_non_latin=1: the sets of these fields have a-zA-Z replaced by \p{L} (the spec lists
+# them); every other field (country_code and gender stay [A-Z]) keeps its filter above.
+_NON_LATIN_FILTERS: dict[str, Callable[[str], str]] = {
+    **_FILTERS,
+    "value": _keeping_letters("-|_" + _DIGITS),
+    "phone_number": _keeping_letters("*#" + _DIGITS),
+    "title": _keeping_letters("- '_." + _DIGITS),
+    "first_name": _keeping_letters("- '+_." + _DIGITS),
+    "middle_initial": _keeping_letters(_DIGITS),
+    "last_name": _keeping_letters("- '+_." + _DIGITS),
+    "address1": _keeping_letters("- '+.:/@_" + _DIGITS),
+    "address2": _keeping_letters("- '+.:/@_" + _DIGITS),
+    "address3": _keeping_letters("- '+.:/@_" + _DIGITS),
+    "city": _keeping_letters("- '+.:/@_" + _DIGITS),
+    "state": _keeping_letters("- " + _DIGITS),
+    "province": _keeping_letters("- '+._" + _DIGITS),
+    "postal_code": _keeping_letters("- +" + _DIGITS),
+    "alt_phone": _keeping_letters("- '+_." + _DIGITS),
+    "email": _keeping_letters("- '+.:/@%_" + _DIGITS),
+    "security_phrase": _keeping_letters("- '+.:/@_" + _DIGITS),
+    "owner": _keeping_letters("- '+.:/@_" + _DIGITS),
 }
 
 # Fields where agc/api.php turns `+` into a space after filtering.
@@ -163,12 +207,13 @@ _PLUS_TO_SPACE = frozenset(
 )
 
 
-def sanitize(field: str, value: str) -> str:
+def sanitize(field: str, value: str, *, non_latin: bool = False) -> str:
     """Return ``value`` as agc/api.php holds it after its input filter for ``field``.
 
-    Fields the PHP does not filter are returned unchanged.
+    ``non_latin`` is the system setting ``use_non_latin``. Fields the PHP does not
+    filter are returned unchanged.
     """
-    keep = _FILTERS.get(field)
+    keep = (_NON_LATIN_FILTERS if non_latin else _FILTERS).get(field)
     if keep is None:
         return value
     value = keep(value)
@@ -226,14 +271,40 @@ def _mysql_date(value: str) -> str:
         return "0000-00-00"
 
 
-def to_column(field: str, value: str) -> str:
-    """What MySQL stores in ``vicidial_list.<field>`` for an already sanitised value."""
+_RANK_MAX = 32767  # vicidial_list.rank is a signed SMALLINT
+
+
+def _rank_column(value: str) -> str:
+    # MariaDB without strict mode clamps an out-of-range integer to the column's maximum;
+    # no sign can reach it ('-' is filtered out). Never int() a huge digit string.
+    digits = value.lstrip("0")
+    if len(digits) > len(str(_RANK_MAX)) or int(digits or "0") > _RANK_MAX:
+        return str(_RANK_MAX)
+    return digits or "0"
+
+
+def _utf8mb3(value: str) -> str:
+    # SET NAMES 'UTF8' is utf8mb3 on MariaDB: a 4-byte UTF-8 sequence (any character above
+    # U+FFFF) cannot be stored and becomes one '?' per byte.
+    if value.isascii() or all(ord(c) <= 0xFFFF for c in value):
+        return value
+    return "".join("????" if ord(c) > 0xFFFF else c for c in value)
+
+
+def to_column(field: str, value: str, *, non_latin: bool = False) -> str:
+    """What MariaDB stores in ``vicidial_list.<field>`` for an already sanitised value.
+
+    ``non_latin`` is the system setting ``use_non_latin`` (it picks the connection's
+    character set).
+    """
+    if non_latin:
+        value = _utf8mb3(value)
     if field == "gender":
         # enum('M','F','U'): an invalid value becomes the empty "error" member.
         return value if value in ("M", "F", "U") else ""
     if field == "date_of_birth":
         return _mysql_date(value)
     if field == "rank":
-        return str(min(int(value), 65535)) if value else "0"
+        return _rank_column(value)
     size = COLUMN_SIZES.get(field)
     return value[:size] if size is not None else value

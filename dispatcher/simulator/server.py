@@ -68,11 +68,11 @@ class RequestRecord:
     at: float = 0.0
 
 
-def request_phone(fields: Mapping[str, str], value: str) -> str:
+def request_phone(fields: Mapping[str, str], value: str, *, non_latin: bool = False) -> str:
     """The phone number agc/api.php would use: ``value``, else ``phone_number``."""
-    phone = sanitize("value", value)
+    phone = sanitize("value", value, non_latin=non_latin)
     if not phone:
-        phone = sanitize("phone_number", fields.get("phone_number", ""))
+        phone = sanitize("phone_number", fields.get("phone_number", ""), non_latin=non_latin)
     return phone
 
 
@@ -330,6 +330,11 @@ class Simulator:
         with self._lock:
             self._tables.api_active = active
 
+    def set_non_latin(self, non_latin: bool) -> None:
+        """The system setting ``use_non_latin`` (letters of every script kept; utf8mb3)."""
+        with self._lock:
+            self._tables.non_latin = non_latin
+
     def set_manual_dial_list(self, campaign: str, list_id: str | None) -> None:
         """Set a campaign's manual dial list (None = NULL), creating the campaign if needed."""
         with self._lock:
@@ -451,7 +456,7 @@ class Simulator:
             text = request.body.decode("utf-8", "replace")
             post = parse_qsl(text, keep_blank_values=True, errors="replace")
         fields, value = merge_fields(query, post)
-        phone = request_phone(fields, value)
+        phone = request_phone(fields, value, non_latin=self._tables.non_latin)
 
         with self._lock:
             self._calls += 1

@@ -10,8 +10,13 @@ This is the JSON "state file" of DESIGN.md (every key optional)::
                     "NOLIST": {"manual_dial_list_id": null}},
       "dnc": ["7275550000"],
       "campaign_dnc": {"TESTCAMP": ["7275550001"]},
-      "api_active": true
+      "api_active": true,
+      "non_latin": false
     }
+
+``non_latin`` is VICIdial's system setting ``use_non_latin`` (default false): with it,
+the lead's text fields keep letters of every script and characters above U+FFFF are
+stored as ``?`` (see :mod:`dispatcher.simulator.mangling`).
 
 Extra keys, all optional: per user ``active`` (default true), ``custom_three`` (what
 ``alt_user`` is matched against), ``last_login`` (epoch seconds of the user's last
@@ -77,6 +82,7 @@ class SimulatorState:
     dnc: list[str] = field(default_factory=list)
     campaign_dnc: dict[str, list[str]] = field(default_factory=dict)
     api_active: bool = True
+    non_latin: bool = False
     first_lead_id: int = 1
 
     @classmethod
@@ -179,6 +185,7 @@ class SimulatorState:
             "dnc": list(self.dnc),
             "campaign_dnc": {name: list(phones) for name, phones in self.campaign_dnc.items()},
             "api_active": self.api_active,
+            "non_latin": self.non_latin,
             "first_lead_id": self.first_lead_id,
         }
 
@@ -195,11 +202,21 @@ class SimulatorState:
             f"agents logged in: {agents}; {len(self.campaigns)} campaigns; "
             f"{len(self.dnc)} system DNC, {sum(map(len, self.campaign_dnc.values()))} campaign DNC "
             f"numbers; API {'active' if self.api_active else 'NOT active'}"
+            f"{'; use_non_latin' if self.non_latin else ''}"
         )
 
 
 _TOP_KEYS = frozenset(
-    {"users", "agents", "campaigns", "dnc", "campaign_dnc", "api_active", "first_lead_id"}
+    {
+        "users",
+        "agents",
+        "campaigns",
+        "dnc",
+        "campaign_dnc",
+        "api_active",
+        "non_latin",
+        "first_lead_id",
+    }
 )
 _USER_KEYS = frozenset(
     {"pass", "api_access", "functions", "user_group", "active", "custom_three", "last_login"}
@@ -224,6 +241,7 @@ class _Reader:
         for name, phones in self._object(top.get("campaign_dnc", {}), "campaign_dnc").items():
             state.campaign_dnc[name] = self._phones(phones, f"campaign_dnc.{name}")
         state.api_active = self._bool(top.get("api_active", True), "api_active")
+        state.non_latin = self._bool(top.get("non_latin", False), "non_latin")
         first = top.get("first_lead_id", 1)
         if isinstance(first, bool) or not isinstance(first, int) or first < 1:
             raise ValueError(f"first_lead_id: expected a whole number >= 1, got {first!r}")
