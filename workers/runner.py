@@ -146,7 +146,7 @@ class JobRunner:
         started = time.monotonic()
         try:
             try:
-                job = Job.from_message(message)
+                job = Job.from_message(message, non_latin=self.settings.vicidial_non_latin)
             except InvalidPayload as exc:
                 return self._invalid_payload(message, exc, started)
             structlog.contextvars.bind_contextvars(job_id=job.job_id, agent_user=job.agent_user)
