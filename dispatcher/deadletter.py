@@ -29,6 +29,7 @@ from typing import Any, Literal
 
 from dispatcher.backend import Backend, get_backend
 from dispatcher.connection import broker_errors
+from dispatcher.dialers import PRIORITIES
 from dispatcher.errors import all_reasons
 from dispatcher.jobs import broker_envelope, iso, new_job_id
 from dispatcher.logs import redact_vicidial_line
@@ -360,13 +361,29 @@ class DeadLetterStore:
             first_failed_at=None,
             agent_wait_since=None,
         )
-        envelope = broker_envelope(job, queue=self.keys.queue, task_id=letter.job_id)
+        lane = self.lane_of(job)
+        envelope = broker_envelope(job, queue=lane, task_id=letter.job_id)
         ttl = int(self.backend.settings.job_ttl_s)
         with broker_errors(self.backend.settings):
-            result = self.backend.execution.replay(letter.id, envelope=envelope, seq=seq, ttl=ttl)
+            result = self.backend.execution.replay(
+                letter.id, envelope=envelope, seq=seq, ttl=ttl, lane=lane
+            )
         if result == "conflict":
             return "missing"
         return result  # type: ignore[return-value]
+
+    def lane_of(self, job: Mapping[str, Any]) -> str:
+        """The list a job goes back to: its dialer's lane (the default dialer's for a job
+        of an older version, or one naming a dialer the fleet no longer has)."""
+        dialer = self.backend.settings.dialers.resolve(job.get("dialer"))
+        if dialer is None:
+            dialer = self.backend.settings.dialers.resolve(None)
+        priority = job.get("priority")
+        if priority not in PRIORITIES:
+            priority = "realtime"
+        if dialer is None:
+            return self.keys.queue
+        return self.keys.lane(dialer.name, str(priority))
 
     def purge(self, letter: DeadLetter) -> bool:
         """Delete one dead letter for good; False if it was already gone."""

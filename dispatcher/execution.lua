@@ -7,8 +7,13 @@
 -- Time is Redis's own clock (TIME), never a host's: leases, pauses, rate-limit
 -- slots and retry times mean the same on every host whatever its clock says.
 --
--- Keys (P = the key prefix, Q = the Celery queue list):
---   Q                     list    broker messages (kombu envelopes): LPUSH in, popped on the right
+-- Keys (P = the key prefix, Q = the Celery queue's name):
+--   Q.{dialer}.{lane}     list    broker messages (kombu envelopes) of one dialer's lane
+--                                 (realtime, bulk): LPUSH in, popped on the right. An
+--                                 envelope's routing key names its list.
+--   Q                     list    messages of older versions (consumed after the default
+--                                 dialer's realtime lane)
+--   Q.wake                list    a token per push (at most 64 kept): wakes idle consumers
 --   P:job:{id}            hash    the job as `dispatcher job` shows it: state (queued, running,
 --                                 retrying, added, dead), attempts, reason, error, http_status,
 --                                 lead_id, list_id, campaign, agent_user, enqueued_at, updated_at,
@@ -85,6 +90,29 @@ local function answered(server)
   return 0
 end
 
+-- A list a message may be pushed to: one of this queue's lanes, never another key.
+local function lane_of(name)
+  if name == Q or string.sub(name, 1, #Q + 1) == Q .. '.' then return name end
+  return Q
+end
+
+local function wake(n)
+  if n <= 0 then return end
+  for _ = 1, math.min(n, 16) do redis.call('LPUSH', Q .. '.wake', '1') end
+  redis.call('LTRIM', Q .. '.wake', 0, 63)
+end
+
+-- The list an envelope belongs to: its routing key (a lane of this queue).
+local function routing_of(envelope)
+  local ok, data = pcall(cjson.decode, envelope)
+  if ok and type(data) == 'table' and type(data.properties) == 'table'
+      and type(data.properties.delivery_info) == 'table'
+      and type(data.properties.delivery_info.routing_key) == 'string' then
+    return lane_of(data.properties.delivery_info.routing_key)
+  end
+  return Q
+end
+
 local function show(id, ttl, ...)
   redis.call('HSET', k_job(id), ...)
   redis.call('EXPIRE', k_job(id), ttl)
@@ -92,11 +120,11 @@ end
 
 if cmd == 'enqueue' then
   -- ARGV: ttl, strict, then per job: job_id, envelope, agent_user, idempotency key ('' for
-  -- none), fingerprint of the lead, enqueued_at.
+  -- none), fingerprint of the lead, enqueued_at, the lane list it goes to.
   -- Per job: "n:{id}" new, "e:{id}" the key's first job (the same lead), "c:{id}" the key
   -- belongs to another lead. strict = 1: any conflict and nothing is written.
   local ttl, strict = tonumber(ARGV[2]), ARGV[3]
-  local n = (#ARGV - 3) / 6
+  local n = (#ARGV - 3) / 7
   -- The key's first job, as "e:{id}" (the same lead) or "c:{id}" (another lead).
   local function bound(b)
     local key = ARGV[b + 4]
@@ -113,7 +141,7 @@ if cmd == 'enqueue' then
   if strict == '1' then
     local conflicts = 0
     for i = 1, n do
-      local seen = bound(3 + (i - 1) * 6)
+      local seen = bound(3 + (i - 1) * 7)
       if seen and string.sub(seen, 1, 1) == 'c' then
         out[i] = seen
         conflicts = conflicts + 1
@@ -126,7 +154,7 @@ if cmd == 'enqueue' then
   end
   local added = 0
   for i = 1, n do
-    local b = 3 + (i - 1) * 6
+    local b = 3 + (i - 1) * 7
     local seen = bound(b)
     if seen then
       out[i] = seen
@@ -137,12 +165,13 @@ if cmd == 'enqueue' then
       end
       show(id, ttl, 'state', 'queued', 'attempts', 0, 'enqueued_at', ARGV[b + 6],
            'updated_at', ARGV[b + 6], 'agent_user', ARGV[b + 3])
-      redis.call('LPUSH', Q, ARGV[b + 2])
+      redis.call('LPUSH', lane_of(ARGV[b + 7]), ARGV[b + 2])
       added = added + 1
       out[i] = 'n:' .. id
     end
   end
   if added > 0 then redis.call('HINCRBY', k_stats, 'enqueued', added) end
+  wake(added)
   return out
 
 elseif cmd == 'claim' then
@@ -337,7 +366,7 @@ elseif cmd == 'poison' then
   return {'ok'}
 
 elseif cmd == 'replay' then
-  -- ARGV: id, envelope, seq of the new publication, ttl.
+  -- ARGV: id, envelope, seq of the new publication, ttl, lane list.
   -- Returns {'replayed'}, {'missing'} (no such letter), {'done', lead_id} (the lead
   -- was added after all: the letter is removed, nothing sent), {'busy'} (a copy of
   -- the job holds a live claim right now), {'conflict'} (a newer publication exists).
@@ -357,8 +386,9 @@ elseif cmd == 'replay' then
   redis.call('EXPIRE', ek, ttl)
   show(id, ttl, 'state', 'queued', 'attempts', 0, 'updated_at', fmt(now))
   redis.call('HDEL', k_job(id), 'reason', 'error', 'http_status', 'next_attempt_at')
-  redis.call('LPUSH', Q, ARGV[3])
+  redis.call('LPUSH', lane_of(ARGV[6]), ARGV[3])
   redis.call('HINCRBY', k_stats, 'replayed', 1)
+  wake(1)
   return {'replayed'}
 
 elseif cmd == 'purge' then
@@ -370,13 +400,14 @@ elseif cmd == 'purge' then
   return 1
 
 elseif cmd == 'move_due' then
-  -- ARGV: limit. Moves retries whose time has come onto the queue; how many.
+  -- ARGV: limit. Moves retries whose time has come onto their lanes; how many.
   local due = redis.call('ZRANGEBYSCORE', k_scheduled, '-inf', fmt(now), 'LIMIT', 0,
                          tonumber(ARGV[2]))
   for _, m in ipairs(due) do
-    redis.call('LPUSH', Q, m)
+    redis.call('LPUSH', routing_of(m), m)
     redis.call('ZREM', k_scheduled, m)
   end
+  wake(#due)
   return #due
 
 elseif cmd == 'network_failure' then

@@ -76,17 +76,22 @@ class Execution:
     # -- producers ------------------------------------------------------------------------
 
     def enqueue(
-        self, items: list[tuple[str, str, str, str, str]], *, now: float, ttl: int, strict: bool
+        self,
+        items: list[tuple[str, str, str, str, str, str]],
+        *,
+        now: float,
+        ttl: int,
+        strict: bool,
     ) -> list[tuple[str, str]]:
-        """Enqueue jobs: (job_id, envelope, agent_user, idempotency key, fingerprint) each.
+        """Enqueue jobs: (job_id, envelope, agent_user, idempotency key, fingerprint, lane).
 
         Returns per job ("new" | "existing" | "conflict", job id). With ``strict``
         a single conflict writes nothing (the others come back as ("", "")).
         """
         args: list[Any] = [ttl, "1" if strict else "0"]
         stamp = f"{now:.6f}"
-        for job_id, envelope, agent, key, fingerprint in items:
-            args += [job_id, envelope, agent, key, fingerprint, stamp]
+        for job_id, envelope, agent, key, fingerprint, lane in items:
+            args += [job_id, envelope, agent, key, fingerprint, stamp, lane]
         kinds = {"n": "new", "e": "existing", "c": "conflict"}
         out = []
         for raw in self.call("enqueue", *args):
@@ -240,8 +245,8 @@ class Execution:
 
     # -- operators ------------------------------------------------------------------------
 
-    def replay(self, dl_id: str, *, envelope: str, seq: int, ttl: int) -> str:
-        return _text(self.call("replay", dl_id, envelope, seq, ttl)[0])
+    def replay(self, dl_id: str, *, envelope: str, seq: int, ttl: int, lane: str) -> str:
+        return _text(self.call("replay", dl_id, envelope, seq, ttl, lane)[0])
 
     def purge(self, dl_id: str) -> bool:
         return bool(int(self.call("purge", dl_id)))

@@ -14,7 +14,10 @@
 --   _dispatcher.inflight.{queue}       set     the in-flight list of every consumer of the queue
 --   _dispatcher.inflight.{queue}.{id}  list    what consumer {id} popped and has not yet recorded
 --                                              in kombu's unacked hash (at most one message)
---   {queue}                            list    the Celery queue (kombu's own key)
+--   {queue}.{dialer}.{lane}, {queue}   lists   the lanes messages are popped from (execution.lua)
+--   P:pause:{dialer}, P:rate:{dialer}  read    a paused dialer's lanes, and those of a dialer
+--                                              whose rate-limit slots are taken for the next
+--                                              second, are skipped: their jobs wait in Redis
 
 local P = KEYS[1]
 local cmd = ARGV[1]
@@ -28,35 +31,57 @@ if cmd == 'beat' then
   return 1
 
 elseif cmd == 'fetch' then
-  -- ARGV: consumer id, ttl, queue, registry, in-flight list.
+  -- ARGV: consumer id, ttl, registry, in-flight list, then per dialer, in the order to
+  -- serve them (the caller rotates it: no dialer starves another): its name, its number
+  -- of lanes, and its lane lists in priority order (realtime first).
   -- Registers the consumer again (heartbeat + its list in the registry: a reaper may
   -- have given it up during a stall), then hands out what its list still holds (a pop
-  -- whose delivery failed), else moves the next message from the queue into the list.
-  -- Returns {item, 'held' | 'new'}, or {false, 'empty'}.
-  redis.call('SET', P .. ':consumer:' .. ARGV[2], '1', 'EX', tonumber(ARGV[3]))
-  redis.call('SADD', ARGV[5], ARGV[6])
-  local held = redis.call('LINDEX', ARGV[6], -1)
-  if held then return {held, 'held'} end
-  local item = redis.call('RPOPLPUSH', ARGV[4], ARGV[6])
-  if item then return {item, 'new'} end
-  return {false, 'empty'}
-
-elseif cmd == 'register' then
-  -- ARGV: consumer id, ttl, registry, in-flight list. Before a blocking pop.
+  -- whose delivery failed), else moves the first message of the first lane of the first
+  -- dialer that is neither paused nor out of rate-limit slots into the list.
+  -- Returns {item, 'held' | dialer name}, or {false, 'empty'}.
   redis.call('SET', P .. ':consumer:' .. ARGV[2], '1', 'EX', tonumber(ARGV[3]))
   redis.call('SADD', ARGV[4], ARGV[5])
-  return 1
+  local held = redis.call('LINDEX', ARGV[5], -1)
+  if held then return {held, 'held'} end
+  local clock = redis.call('TIME')
+  local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
+  local i = 6
+  while i <= #ARGV do
+    local dialer, n = ARGV[i], tonumber(ARGV[i + 1])
+    local untl = redis.call('HGET', P .. ':pause:' .. dialer, 'until')
+    local tat = redis.call('GET', P .. ':rate:' .. dialer)
+    local open = not (untl and tonumber(untl) > now) and not (tat and tonumber(tat) > now + 1)
+    if open then
+      for j = 1, n do
+        local item = redis.call('RPOPLPUSH', ARGV[i + 1 + j], ARGV[5])
+        if item then return {item, dialer} end
+      end
+    end
+    i = i + 2 + n
+  end
+  return {false, 'empty'}
 
 elseif cmd == 'reap' then
   -- ARGV: consumer id, registry, in-flight list, queue. If the consumer's heartbeat
-  -- is gone, its in-flight messages go back to the queue and its list is forgotten.
+  -- is gone, its in-flight messages go back to their lanes (an envelope's routing key
+  -- names its list; a lane of this queue only) and its list is forgotten.
   -- Returns how many were returned, or -1 if the consumer is alive.
   if redis.call('EXISTS', P .. ':consumer:' .. ARGV[2]) == 1 then return -1 end
+  local queue = ARGV[5]
   local n = 0
   while true do
     local item = redis.call('RPOP', ARGV[4])
     if not item then break end
-    redis.call('RPUSH', ARGV[5], item)  -- the consuming end: it is next
+    local target = queue
+    local ok, data = pcall(cjson.decode, item)
+    if ok and type(data) == 'table' and type(data.properties) == 'table'
+        and type(data.properties.delivery_info) == 'table' then
+      local key = data.properties.delivery_info.routing_key
+      if type(key) == 'string' and string.sub(key, 1, #queue + 1) == queue .. '.' then
+        target = key
+      end
+    end
+    redis.call('RPUSH', target, item)  -- the consuming end: it is next
     n = n + 1
   end
   redis.call('SREM', ARGV[3], ARGV[4])

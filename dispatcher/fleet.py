@@ -44,21 +44,21 @@ class Fleet:
     def beat(self, worker: str, *, consumer: str, ttl: int) -> None:
         self.call("beat", worker, consumer, ttl)
 
-    def fetch(self, consumer: str, *, ttl: int, queue: str, client: Any = None) -> Any:
-        return self.call(
+    def fetch_args(
+        self, consumer: str, *, ttl: int, queue: str, lanes: list[tuple[str, list[str]]]
+    ) -> list[Any]:
+        """The ``fetch`` command's arguments: ``lanes`` is (dialer, its lane lists) each,
+        in the order to serve them."""
+        args: list[Any] = [
             "fetch",
             consumer,
             ttl,
-            queue,
             inflight_registry(queue),
             inflight_key(queue, consumer),
-            client=client,
-        )
-
-    def register(self, consumer: str, *, ttl: int, queue: str) -> None:
-        self.call(
-            "register", consumer, ttl, inflight_registry(queue), inflight_key(queue, consumer)
-        )
+        ]
+        for dialer, lists in lanes:
+            args += [dialer, len(lists), *lists]
+        return args
 
     def reap(self, client: redis.Redis, *, queue: str) -> dict[str, int]:
         """Return the in-flight messages of consumers whose heartbeat is gone; per consumer."""

@@ -25,12 +25,14 @@ from __future__ import annotations
 import base64
 import json
 import math
+import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, datetime
 from typing import Any
 
+from dispatcher.dialers import DIALER_NAME, PRIORITIES, Dialers
 from dispatcher.errors import InvalidLead, InvalidPayload
 from dispatcher.lead import Lead, make_lead
 
@@ -85,6 +87,10 @@ class Job:
     first_failed_at: float | None = None
     agent_wait_since: float | None = None
     non_latin: bool = False
+    #: the dialer (VICIdial server) that gets the lead; "" (older messages): the default
+    dialer: str = ""
+    #: "realtime" or "bulk": within a dialer, realtime jobs are taken first
+    priority: str = "realtime"
     v: int = field(default=JOB_VERSION)
 
     @property
@@ -102,11 +108,12 @@ class Job:
         return replace(self, **changes)
 
     @classmethod
-    def from_message(cls, data: object, *, non_latin: bool | None = None) -> Job:
+    def from_message(cls, data: object, *, dialers: Dialers | None = None) -> Job:
         """Parse a queue message; anything that is not a valid v1 job is InvalidPayload.
 
-        The lead is validated again, with the rules of ``non_latin`` (the mode of the dialer
-        the worker sends it to, which a worker should pass) or, when None, of the mode the
+        The lead is validated again, with the rules of its dialer's mode (``non_latin``
+        of the dialer the worker sends it to, from ``dialers``, which a worker passes;
+        an unknown dialer is InvalidPayload) or, without ``dialers``, of the mode the
         message records from its enqueue.
         """
         if isinstance(data, str | bytes):
@@ -127,7 +134,23 @@ class Job:
         recorded = data.get("non_latin", False)
         if not isinstance(recorded, bool):
             raise InvalidPayload("non_latin is not a boolean")
-        mode = recorded if non_latin is None else non_latin
+        dialer_name = data.get("dialer", "")
+        if not isinstance(dialer_name, str) or (
+            dialer_name and not DIALER_NAME.fullmatch(dialer_name)
+        ):
+            raise InvalidPayload("dialer is not a dialer name")
+        priority = data.get("priority", "realtime")
+        if priority not in PRIORITIES:
+            raise InvalidPayload(f"priority is not one of {', '.join(PRIORITIES)}")
+        mode = recorded
+        if dialers is not None:
+            dialer = dialers.resolve(dialer_name)
+            if dialer is None:
+                raise InvalidPayload(
+                    f"unknown dialer {dialer_name!r} (this worker knows: "
+                    f"{', '.join(dialers.names)})"
+                )
+            mode = dialer.non_latin
         try:
             # Re-validating costs microseconds and keeps a hand-made message from
             # reaching VICIdial with a field it would mangle.
@@ -172,6 +195,8 @@ class Job:
             first_failed_at=floats["first_failed_at"],
             agent_wait_since=floats["agent_wait_since"],
             non_latin=mode,
+            dialer=dialer_name,
+            priority=str(priority),
         )
 
 
@@ -184,7 +209,7 @@ def _envelope_template() -> str:
     Built once from the same structure, so it cannot drift from it; formatting
     it costs about half of building the dict and encoding it per message.
     """
-    marks = {k: f"\x00{k}\x00" for k in ("body", "id", "retries", "queue", "tag")}
+    marks = {k: f"\x00{k}\x00" for k in ("body", "id", "retries", "queue", "tag", "at")}
     headers = {
         "lang": "py",
         "task": TASK_NAME,
@@ -203,6 +228,8 @@ def _envelope_template() -> str:
         "kwargsrepr": "{}",
         "origin": "dispatcher",
         "ignore_result": True,
+        # When this publication was pushed: the age of the oldest waiting job per lane.
+        "published_at": marks["at"],
     }
     envelope = {
         "body": marks["body"],
@@ -231,8 +258,9 @@ _ENVELOPE = _envelope_template()
 def broker_envelope(message: Mapping[str, Any], *, queue: str, task_id: str | None = None) -> str:
     """A Celery protocol-2 message for ``dispatcher.add_lead(message)`` as kombu stores it.
 
-    Every publication gets a fresh delivery tag; the task id is the job id, so
-    Celery's own logs name the job.
+    ``queue`` is the list the message is pushed to (its routing key: kombu puts a
+    message whose worker died back where it came from). Every publication gets a
+    fresh delivery tag; the task id is the job id, so Celery's own logs name the job.
     """
     task_id = task_id or str(message.get("job_id") or new_job_id())
     body = json.dumps([[message], {}, _EMBED])
@@ -242,6 +270,7 @@ def broker_envelope(message: Mapping[str, Any], *, queue: str, task_id: str | No
         "retries": int(message.get("attempts", 0) or 0),
         "queue": json.dumps(queue),
         "tag": json.dumps(str(uuid.uuid4())),
+        "at": f"{time.time():.3f}",
     }
 
 

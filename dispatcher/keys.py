@@ -18,6 +18,19 @@ class Keys:
     prefix: str = "dispatcher"
     queue: str = "dispatcher"
 
+    def lane(self, dialer: str, priority: str) -> str:
+        """List: the broker messages of one dialer's priority lane (realtime, bulk).
+
+        The queue's own list (``queue``) is still consumed, after the default
+        dialer's realtime lane: messages published by an older version.
+        """
+        return f"{self.queue}.{dialer}.{priority}"
+
+    @property
+    def wake(self) -> str:
+        """List: a token per enqueue, to wake consumers waiting on an empty fleet."""
+        return f"{self.queue}.wake"
+
     def job(self, job_id: str) -> str:
         """Hash: the job's state as `dispatcher job` shows it."""
         return f"{self.prefix}:job:{job_id}"

@@ -25,6 +25,7 @@ from typing import Any
 from dispatcher import logs
 from dispatcher.backend import Backend, get_backend
 from dispatcher.connection import broker_errors
+from dispatcher.dialers import PRIORITIES
 from dispatcher.errors import (
     BrokerUnavailable,
     EnqueueUnconfirmed,
@@ -55,7 +56,7 @@ BATCH_SIZE = 1000
 MAX_FIELDS = 64
 #: How long a producer keeps asking Redis whether an enqueue whose reply was lost ran.
 RESOLVE_S = 3.0
-_CONTROL_KEYS = ("dnc_check", "campaign_dnc_check", "idempotency_key")
+_CONTROL_KEYS = ("dnc_check", "campaign_dnc_check", "idempotency_key", "dialer", "priority")
 _log = logs.get_logger("dispatcher.producer")
 
 
@@ -72,10 +73,15 @@ def prepare_job(
     index: int | None = None,
     dnc_check: bool | None = None,
     campaign_dnc_check: bool | None = None,
+    priority: str = "realtime",
     settings: Settings,
     now: float | None = None,
 ) -> Job:
-    """Validate one lead (with its flags and idempotency key) into a Job; InvalidLead if bad."""
+    """Validate one lead (with its flags, key, dialer and priority) into a Job; InvalidLead if bad.
+
+    ``priority`` is the lane of a lead that names none (``enqueue_lead`` and the
+    single-lead ways in: realtime; bulk ways in: bulk).
+    """
     if len(item) > MAX_FIELDS:
         raise InvalidLead(
             [FieldError("lead", f"too many fields ({len(item)}; at most {MAX_FIELDS})", index)]
@@ -100,16 +106,30 @@ def prepare_job(
     ):
         errors.append(FieldError("idempotency_key", "must be 1-200 printable characters", index))
         idem = None
-    try:
-        lead = make_lead(
-            lead_data,
-            default_phone_code=settings.phone_code,
-            non_latin=settings.vicidial_non_latin,
+    dialers = settings.dialers
+    dialer = dialers.resolve(item.get("dialer"))
+    if dialer is None:
+        name = item.get("dialer")
+        why = (
+            f"unknown dialer {name!r}"
+            if name not in (None, "")
+            else "no dialer given and no default one in the dialers file"
         )
+        errors.append(FieldError("dialer", f"{why} (known: {', '.join(dialers.names)})", index))
+    lane = item.get("priority")
+    if lane in (None, ""):
+        lane = priority
+    if lane not in PRIORITIES:
+        errors.append(FieldError("priority", f"must be one of {', '.join(PRIORITIES)}", index))
+    non_latin = dialer.non_latin if dialer is not None else settings.vicidial_non_latin
+    phone_code = (dialer.phone_code if dialer is not None else None) or settings.phone_code
+    try:
+        lead = make_lead(lead_data, default_phone_code=phone_code, non_latin=non_latin)
     except InvalidLead as exc:
         errors.extend(FieldError(e.field, e.message, index) for e in exc.errors)
     if errors:
         raise InvalidLead(errors)
+    assert dialer is not None
     return Job(
         job_id=new_job_id(),
         lead=lead,
@@ -117,7 +137,9 @@ def prepare_job(
         campaign_dnc_check=flags["campaign_dnc_check"],
         idempotency_key=idem,
         enqueued_at=time.time() if now is None else now,
-        non_latin=settings.vicidial_non_latin,
+        non_latin=non_latin,
+        dialer=dialer.name,
+        priority=str(lane),
     )
 
 
@@ -166,16 +188,11 @@ def _push(
     keys = backend.keys
     settings = backend.settings
     prints = _check_keys(jobs, offset)
-    items = [
-        (
-            job.job_id,
-            broker_envelope(job.to_message(), queue=keys.queue),
-            job.agent_user,
-            job.idempotency_key or "",
-            fp,
-        )
-        for job, fp in zip(jobs, prints, strict=True)
-    ]
+    items = []
+    for job, fp in zip(jobs, prints, strict=True):
+        lane = keys.lane(job.dialer, job.priority)
+        envelope = broker_envelope(job.to_message(), queue=lane)
+        items.append((job.job_id, envelope, job.agent_user, job.idempotency_key or "", fp, lane))
     ttl = int(settings.job_ttl_s)
     try:
         with broker_errors(settings):
@@ -207,7 +224,7 @@ def _push(
 def _resolve(
     backend: Backend,
     jobs: list[Job],
-    items: list[tuple[str, str, str, str, str]],
+    items: list[tuple[str, str, str, str, str, str]],
     *,
     now: float,
     strict: bool,
@@ -255,12 +272,14 @@ def enqueue_lead(*, settings: Settings | None = None, **fields: Any) -> str:
 
     Keyword arguments: ``agent_user``, ``phone_number``, ``phone_code`` and any
     lead field of VICIdial's external_add_lead, plus ``dnc_check`` and
-    ``campaign_dnc_check`` (default from settings: on) and ``idempotency_key``
-    (a second enqueue with the same key returns the first job's id and enqueues
-    nothing). Raises InvalidLead naming every bad field (nothing enqueued) and
-    BrokerUnavailable when Redis cannot be reached.
+    ``campaign_dnc_check`` (default from settings: on), ``idempotency_key`` (a
+    second enqueue with the same key returns the first job's id and enqueues
+    nothing), ``dialer`` (default: the fleet's default dialer) and ``priority``
+    (``realtime``, the default here, or ``bulk``). Raises InvalidLead naming every
+    bad field (nothing enqueued), IdempotencyConflict, and BrokerUnavailable when
+    Redis cannot be reached.
     """
-    return enqueue_leads([fields], settings=settings)[0]
+    return enqueue_leads([fields], settings=settings, priority="realtime")[0]
 
 
 def enqueue_leads(
@@ -268,13 +287,15 @@ def enqueue_leads(
     *,
     dnc_check: bool | None = None,
     campaign_dnc_check: bool | None = None,
+    priority: str = "bulk",
     settings: Settings | None = None,
 ) -> list[str]:
     """Validate every lead first, then enqueue them all; return the job ids in order.
 
     If any lead is invalid, raises one InvalidLead listing each bad item (index,
-    field, why) and enqueues nothing. ``dnc_check``/``campaign_dnc_check`` are the
-    defaults for items that do not set their own.
+    field, why) and enqueues nothing. ``dnc_check``/``campaign_dnc_check`` and
+    ``priority`` (``bulk`` by default here) are the defaults for items that do not
+    set their own.
     """
     backend = get_backend(settings)
     now = time.time()
@@ -291,6 +312,7 @@ def enqueue_leads(
                     index=index,
                     dnc_check=dnc_check,
                     campaign_dnc_check=campaign_dnc_check,
+                    priority=priority,
                     settings=backend.settings,
                     now=now,
                 )

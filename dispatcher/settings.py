@@ -10,6 +10,7 @@ in error messages or in logs.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from dispatcher.dialers import Dialer, Dialers, load_dialers
 from dispatcher.errors import ConfigError
 
 __all__ = ["ENV_PREFIX", "SETTINGS_VARIABLES", "Settings", "get_settings", "redact_url"]
@@ -90,6 +92,11 @@ class Settings:
     breaker_pause_s: float = 30.0
     scheduler_interval_s: float = 1.0
     intake_tokens: tuple[str, ...] = field(default=(), repr=False)
+    # Several VICIdial servers: a TOML file (dispatcher/dialers.py). Without it, the
+    # VICIDIAL_* variables above define one dialer named "default".
+    dialers_file: str | None = None
+    # The dialers this worker serves (default: all of them).
+    worker_dialers: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         problems: list[str] = []
@@ -154,6 +161,15 @@ class Settings:
         check(0 < self.scheduler_interval_s <= 60, "scheduler_interval_s", "must be 0-60")
         if problems:
             raise ConfigError("invalid configuration: " + "; ".join(problems))
+        if self.dialers_file or self.worker_dialers:
+            dialers = self.dialers  # a bad file stops the process here, naming its key
+            unknown = [n for n in self.worker_dialers if n not in dialers.by_name]
+            if unknown:
+                raise ConfigError(
+                    f"invalid configuration: {ENV_PREFIX}WORKER_DIALERS: "
+                    f"{', '.join(unknown)} not among the dialers ({', '.join(dialers.names)}, "
+                    f"from {dialers.origin})"
+                )
 
     def __repr__(self) -> str:
         shown = []
@@ -172,6 +188,7 @@ class Settings:
     def secrets(self) -> tuple[str, ...]:
         """Values that must never be printed (used by the log redaction processor)."""
         out = [s for s in (self.vicidial_pass,) if s]
+        out.extend(self.dialers.secrets)
         for part in self.redis_url.split(";"):
             try:
                 pw = urlsplit(part).password
@@ -182,15 +199,31 @@ class Settings:
         out.extend(self.intake_tokens)
         return tuple(out)
 
+    @functools.cached_property
+    def dialers(self) -> Dialers:
+        """The fleet's dialers: the dialers file's, or one ("default") from VICIDIAL_*."""
+        return load_dialers(self)
+
+    def served_dialers(self) -> list[Dialer]:
+        """The dialers this worker calls (DISPATCHER_WORKER_DIALERS, default all)."""
+        names = self.worker_dialers or self.dialers.names
+        return [self.dialers.by_name[n] for n in names]
+
     def require_vicidial(self) -> None:
         """Raise ConfigError unless the worker has what it needs to call VICIdial."""
-        missing = [
-            f"{ENV_PREFIX}{name.upper()}"
-            for name in ("vicidial_url", "vicidial_user", "vicidial_pass")
-            if not getattr(self, name)
-        ]
-        if missing:
-            raise ConfigError("the worker needs " + ", ".join(missing) + " (not set)")
+        if not self.dialers_file:
+            missing = [
+                f"{ENV_PREFIX}{name.upper()}"
+                for name in ("vicidial_url", "vicidial_user", "vicidial_pass")
+                if not getattr(self, name)
+            ]
+            if missing:
+                raise ConfigError("the worker needs " + ", ".join(missing) + " (not set)")
+            return
+        for dialer in self.served_dialers():
+            missing = dialer.missing()
+            if missing:  # pragma: no cover - the file's own checks come first
+                raise ConfigError(f"dialer {dialer.name}: missing {', '.join(missing)}")
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)

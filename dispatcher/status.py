@@ -1,4 +1,5 @@
-"""The fleet at a glance: queue depth, waiting retries, dead letters, workers, pauses.
+"""The fleet at a glance: queue depth per dialer and lane, waiting retries, dead letters,
+workers, pauses.
 
 One pipeline of cheap commands, whatever the keyspace holds: no SCAN, no KEYS
 (pauses are kept in a set, live workers are keys with a TTL). Safe to call from
@@ -7,6 +8,7 @@ a monitoring loop and from every container's health check.
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -15,6 +17,7 @@ import redis
 
 from dispatcher.backend import Backend
 from dispatcher.connection import broker_errors
+from dispatcher.dialers import PRIORITIES
 from dispatcher.errors import all_reasons
 from dispatcher.jobs import iso
 
@@ -43,8 +46,35 @@ class FleetReading:
     redis_now: float
     pauses: dict[str, dict[str, str]]
     dead_letters: dict[str, int]
+    #: (dialer, lane) -> (messages waiting, when the oldest was published or None)
+    lanes: dict[tuple[str, str], tuple[int, float | None]]
     memory_used: int | None = None
     memory_max: int | None = None
+
+
+def _published(envelope: Any) -> float | None:
+    """When a waiting message was published (its ``published_at`` header)."""
+    if not envelope:
+        return None
+    try:
+        value = json.loads(envelope)["headers"].get("published_at")
+        return float(value) if value is not None else None
+    except (ValueError, TypeError, KeyError, AttributeError):
+        return None
+
+
+def _lane_lists(backend: Backend) -> list[tuple[str, str, list[str]]]:
+    """(dialer, lane, the lists that make it) for every dialer and lane."""
+    keys = backend.keys
+    default = backend.settings.dialers.resolve(None)
+    out = []
+    for dialer in backend.settings.dialers:
+        for lane in PRIORITIES:
+            lists = [keys.lane(dialer.name, lane)]
+            if lane == "realtime" and default is not None and dialer.name == default.name:
+                lists.append(keys.queue)  # messages of older versions
+            out.append((dialer.name, lane, lists))
+    return out
 
 
 def read_fleet(backend: Backend, *, memory: bool = False) -> FleetReading:
@@ -54,10 +84,14 @@ def read_fleet(backend: Backend, *, memory: bool = False) -> FleetReading:
     """
     keys = backend.keys
     reasons = all_reasons()
+    lanes = _lane_lists(backend)
     with broker_errors(backend.settings):
         for attempt in (1, 2):
             pipe = backend.redis.pipeline(transaction=False)
-            pipe.llen(keys.queue)
+            for _, _, lists in lanes:
+                for name in lists:
+                    pipe.llen(name)
+                    pipe.lindex(name, -1)
             pipe.zcard(keys.scheduled)
             pipe.hgetall(keys.stats)
             pipe.zrange(keys.dead_letters, 0, 0, withscores=True)
@@ -77,12 +111,23 @@ def read_fleet(backend: Backend, *, memory: bool = False) -> FleetReading:
         for reply in replies:
             if isinstance(reply, Exception):
                 raise reply
-    queued, retrying, stats, oldest, alive, pauses, *rest = replies
+    per_lane: dict[tuple[str, str], tuple[int, float | None]] = {}
+    at = 0
+    for dialer, lane, lists in lanes:
+        depth, oldest_at = 0, None
+        for _ in lists:
+            depth += int(replies[at])
+            published = _published(replies[at + 1])
+            if published is not None and (oldest_at is None or published < oldest_at):
+                oldest_at = published
+            at += 2
+        per_lane[(dialer, lane)] = (depth, oldest_at)
+    retrying, stats, oldest, alive, pauses, *rest = replies[at:]
     per_reason = rest[: len(reasons)]
     now, paused = backend.execution.parse_pauses(pauses)
     info = rest[len(reasons)] if memory else None
     return FleetReading(
-        queued=int(queued),
+        queued=sum(depth for depth, _ in per_lane.values()),
         retrying=int(retrying),
         stats=stats,
         oldest=float(oldest[0][1]) if oldest else None,
@@ -90,6 +135,7 @@ def read_fleet(backend: Backend, *, memory: bool = False) -> FleetReading:
         redis_now=now,
         pauses=paused,
         dead_letters={r: int(n) for r, n in zip(reasons, per_reason, strict=True)},
+        lanes=per_lane,
         memory_used=int(info.get("used_memory", 0)) if info else None,
         memory_max=int(info.get("maxmemory", 0)) if info else None,
     )
@@ -116,6 +162,19 @@ def fleet_status(backend: Backend, *, now: float | None = None) -> dict[str, Any
             "remaining_s": round(left, 1),
         }
     oldest = reading.oldest
+    dialers: dict[str, Any] = {}
+    for dialer in backend.settings.dialers:
+        queued = {lane: reading.lanes[(dialer.name, lane)][0] for lane in PRIORITIES}
+        published = [
+            at for lane in PRIORITIES if (at := reading.lanes[(dialer.name, lane)][1]) is not None
+        ]
+        dialers[dialer.name] = {
+            "queued": queued,
+            "oldest_queued_age_s": round(max(0.0, now - min(published)), 1) if published else None,
+            "paused": dialer.name in pauses,
+            "pause": pauses.get(dialer.name),
+            "rate_limit": dialer.rate_limit,
+        }
     return {
         "queued": reading.queued,
         "retrying": reading.retrying,
@@ -123,5 +182,6 @@ def fleet_status(backend: Backend, *, now: float | None = None) -> dict[str, Any
         "oldest_dead_letter_age_s": None if oldest is None else round(now - oldest, 1),
         "workers": reading.workers,
         "paused": pauses,
+        "dialers": dialers,
         "totals": {k: _number(v) for k, v in sorted(reading.stats.items())},
     }

@@ -32,7 +32,7 @@ from dispatcher.localfleet import settings_env
 from dispatcher.producer import prepare_job
 from dispatcher.redis_server import free_port
 from dispatcher.settings import Settings
-from tests.conftest import make_settings
+from tests.conftest import make_settings, queue_length, queued_envelopes
 
 #: The console script installed with the package, next to this interpreter.
 DISPATCHER = str(Path(sys.executable).with_name("dispatcher"))
@@ -153,9 +153,6 @@ def client(settings: Settings) -> redis.Redis:
     return redis.Redis.from_url(settings.redis_url, decode_responses=True)
 
 
-def queue_length(settings: Settings) -> int:
-    with client(settings) as r:
-        return int(r.llen(settings.queue))
 
 
 #: Worker liveness, rewritten every beat: not state that a command could change.
@@ -167,7 +164,7 @@ def snapshot(settings: Settings) -> dict[str, bytes | None]:
     ignored = {f"{settings.key_prefix}:{name}" for name in _HEARTBEATS}
     with redis.Redis.from_url(settings.redis_url) as r:
         keys = sorted(k.decode() for k in r.scan_iter(match=f"{settings.key_prefix}:*"))
-        keys += sorted(k.decode() for k in r.scan_iter(match=settings.queue))
+        keys += sorted(k.decode() for k in r.scan_iter(match=f"{settings.queue}*"))
         beats = (f"{settings.key_prefix}:worker:", f"{settings.key_prefix}:consumer:")
         return {k: r.dump(k) for k in keys if k not in ignored and not k.startswith(beats)}
 
@@ -427,8 +424,7 @@ def test_enqueue_one_lead_prints_the_job_id_alone_and_keeps_flags_and_key(
     check(human)
     assert "queued" in human.stdout and job_id in human.stdout
 
-    with client(rsettings) as r:
-        [envelope] = r.lrange(rsettings.queue, 0, -1)
+    [envelope] = queued_envelopes(rsettings)
     message = json.loads(base64.b64decode(json.loads(envelope)["body"]))[0][0]
     assert message["lead"]["phone_number"] == "7275551212"
     assert message["lead"]["first_name"] == "Jose"

@@ -21,7 +21,7 @@ from dispatcher.errors import InvalidPayload
 from dispatcher.jobs import TASK_NAME, Job
 from dispatcher.redis_server import free_port
 from dispatcher.settings import Settings
-from tests.conftest import make_settings
+from tests.conftest import make_settings, queued_envelopes
 
 
 @pytest.fixture
@@ -32,7 +32,7 @@ def psettings(redis_url: str) -> Settings:
 def _queue(settings: Settings) -> list[dict[str, Any]]:
     client = redis.Redis.from_url(settings.redis_url)
     try:
-        return [json.loads(x) for x in client.lrange(settings.queue, 0, -1)]
+        return [json.loads(x) for x in queued_envelopes(settings)]
     finally:
         client.close()
 
@@ -49,7 +49,8 @@ def test_enqueue_writes_state_and_a_celery_message(psettings: Settings) -> None:
     )
     [envelope] = _queue(psettings)
     assert envelope["headers"]["task"] == TASK_NAME and envelope["headers"]["id"] == job_id
-    assert envelope["properties"]["delivery_info"]["routing_key"] == psettings.queue
+    lane = f"{psettings.queue}.default.realtime"  # the default dialer's realtime lane
+    assert envelope["properties"]["delivery_info"]["routing_key"] == lane
     job = Job.from_message(_job_of(envelope))
     assert job.job_id == job_id and job.lead.phone_number == "7275551212"
     assert job.lead.fields["first_name"] == "Jose"
@@ -91,8 +92,8 @@ def test_non_latin_lead_is_validated_at_enqueue_and_again_by_the_worker(
     assert job.to_message()["non_latin"] is True  # kept through retries and replays
     # A worker that knows its dialer runs without use_non_latin refuses it.
     with pytest.raises(InvalidPayload, match="first_name"):
-        Job.from_message(message, non_latin=False)
-    assert Job.from_message(message, non_latin=True) == job
+        Job.from_message(message, dialers=psettings.dialers)
+    assert Job.from_message(message, dialers=nl_settings.dialers) == job
     # Older messages (no key) are latin-mode jobs; a non-boolean is refused.
     old = {k: v for k, v in message.items() if k != "non_latin"}
     with pytest.raises(InvalidPayload, match="first_name"):
@@ -107,7 +108,8 @@ def test_latin_jobs_record_their_mode(psettings: Settings) -> None:
     message = _job_of(envelope)
     assert message["non_latin"] is False
     # An ASCII lead is valid in both modes: a non-Latin worker takes it unchanged.
-    assert Job.from_message(message, non_latin=True).lead == Job.from_message(message).lead
+    non_latin = psettings.replace(vicidial_non_latin=True).dialers
+    assert Job.from_message(message, dialers=non_latin).lead == Job.from_message(message).lead
 
 
 def test_unknown_job_status_is_none(psettings: Settings) -> None:
@@ -151,9 +153,10 @@ def test_settings_defaults_for_dnc_flags_are_used(redis_url: str) -> None:
         campaign_dnc_check=False,
         settings=settings,
     )
-    jobs = [_job_of(e) for e in reversed(_queue(settings))]
-    assert (jobs[0]["dnc_check"], jobs[0]["campaign_dnc_check"]) == (False, True)
-    assert (jobs[1]["dnc_check"], jobs[1]["campaign_dnc_check"]) == (True, False)
+    jobs = {j["lead"]["phone_number"]: j for j in map(_job_of, _queue(settings))}
+    first, second = jobs["7275551212"], jobs["7275551213"]
+    assert (first["dnc_check"], first["campaign_dnc_check"]) == (False, True)
+    assert (second["dnc_check"], second["campaign_dnc_check"]) == (True, False)
 
 
 def test_bulk_is_one_round_trip_per_batch(psettings: Settings) -> None:

@@ -28,7 +28,7 @@ from dispatcher.backend import get_backend
 from dispatcher.producer import prepare_job, push_jobs
 from dispatcher.settings import Settings
 from dispatcher.simulator import Simulator
-from tests.conftest import make_settings, wait_for
+from tests.conftest import make_settings, queued_envelopes, wait_for
 from tests.faultproxy import FaultProxy
 from workers.runner import JobRunner, TransientInfrastructureError
 
@@ -130,11 +130,7 @@ def test_a_copy_judged_orphaned_never_undoes_a_success(
 
 
 def _queued_messages(settings: Settings) -> list[dict[str, Any]]:
-    client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
-    try:
-        items = client.lrange(settings.queue, 0, -1)
-    finally:
-        client.close()
+    items = queued_envelopes(settings)
     return [json.loads(base64.b64decode(json.loads(i)["body"]))[0][0] for i in items]
 
 

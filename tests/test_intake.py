@@ -24,7 +24,6 @@ from typing import Any
 
 import httpx
 import pytest
-import redis
 import schemathesis
 import uvicorn
 from hypothesis import HealthCheck, given, settings
@@ -32,6 +31,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from schemathesis import GenerationMode
 from schemathesis.specs.openapi.checks import negative_data_rejection, positive_data_acceptance
 
+from dispatcher.dialers import Dialer
 from dispatcher.errors import ConfigError, all_reasons
 from dispatcher.intake import create_app
 from dispatcher.intake.metrics import FleetSnapshot, render_metrics, server_id
@@ -41,7 +41,7 @@ from dispatcher.producer import job_status
 from dispatcher.redis_server import RedisServer, free_port
 from dispatcher.settings import Settings
 from dispatcher.simulator import Simulator
-from tests.conftest import ROOT, make_settings, wait_for
+from tests.conftest import ROOT, make_settings, queue_length, wait_for
 
 TOKEN_A = "tok-A-3f9c2d8e61b04a7f9e2c"
 TOKEN_B = "tok-B-77a1c0de5b9e4f12aa03"
@@ -127,11 +127,7 @@ def client(intake: Intake) -> Iterator[httpx.Client]:
 
 
 def _queue_length(settings: Settings) -> int:
-    r = redis.Redis.from_url(settings.redis_url)
-    try:
-        return int(r.llen(settings.queue))
-    finally:
-        r.close()
+    return queue_length(settings)
 
 
 LEAD = {"agent_user": "1000", "phone_number": "(727) 555-1212", "first_name": "Bob"}
@@ -559,9 +555,14 @@ def test_metrics_render_cumulative_buckets_and_every_reason() -> None:
         dead_letters={"dnc": 2},
         oldest_dead_letter_age_s=12.5,
         workers_alive=2,
-        paused={"vici.example:443": 30.0},
+        paused={"east": 30.0},
+        lanes={("east", "realtime"): (3, 4.5), ("east", "bulk"): (1, None)},
     )
-    text = render_metrics(snapshot, servers=["vici.example:443", "other:80"]).decode()
+    dialers = {
+        "east": Dialer("east", url="https://vici.example/agc/api.php", rate_limit=20),
+        "west": Dialer("west", url="http://other/agc/api.php"),
+    }
+    text = render_metrics(snapshot, dialers=dialers).decode()
     parsed = {
         (s.name, tuple(sorted(s.labels.items()))): s.value
         for family in text_string_to_metric_families(text)
@@ -579,17 +580,18 @@ def test_metrics_render_cumulative_buckets_and_every_reason() -> None:
         expected = 2 if reason == "dnc" else 0
         assert parsed[("dispatcher_leads_dead_lettered_total", (("reason", reason),))] == expected
         assert parsed[("dispatcher_dead_letters", (("reason", reason),))] == expected
-    assert parsed[("dispatcher_vicidial_paused", (("server", "vici.example:443"),))] == 1
-    assert parsed[("dispatcher_vicidial_paused", (("server", "other:80"),))] == 0
+    east = (("dialer", "east"), ("server", "vici.example:443"))
+    assert parsed[("dispatcher_vicidial_paused", east)] == 1
+    assert parsed[("dispatcher_vicidial_paused", (("dialer", "west"), ("server", "other:80")))] == 0
+    assert parsed[("dispatcher_dialer_rate_limit", (("dialer", "east"),))] == 20
+    realtime = (("dialer", "east"), ("lane", "realtime"))
+    assert parsed[("dispatcher_queue_depth", realtime)] == 3
+    assert parsed[("dispatcher_queue_oldest_age_seconds", realtime)] == 4.5
+    assert (
+        parsed[("dispatcher_queue_oldest_age_seconds", (("dialer", "east"), ("lane", "bulk")))] == 0
+    )
     assert parsed[("dispatcher_leads_enqueued_total", ())] == 7
     assert parsed[("dispatcher_workers_alive", ())] == 2
-
-
-def test_server_names_match_the_workers() -> None:
-    from workers.vicidial import server_id as workers_server_id
-
-    for url in ("http://vici/agc/api.php", "https://v.example:8443/agc/api.php", "https://x/"):
-        assert server_id(url) == workers_server_id(url)
 
 
 @pytest.mark.slow
@@ -637,10 +639,10 @@ def test_metrics_after_a_real_run_match_what_happened(
     assert one("dispatcher_dead_letters", reason="manual_list_undefined") == 1
     assert sum(m["dispatcher_dead_letters"].values()) == 2
     assert 0 <= one("dispatcher_dead_letter_oldest_age_seconds") < 60
-    assert one("dispatcher_queue_depth") == 0
+    assert sum(m["dispatcher_queue_depth"].values()) == 0
     assert one("dispatcher_retries_waiting") == 0
     assert one("dispatcher_workers_alive") == 1
-    assert one("dispatcher_vicidial_paused", server=server_id(simulator.url)) == 0
+    assert one("dispatcher_vicidial_paused", dialer="default", server=server_id(simulator.url)) == 0
     # The latency histogram: the two successful calls, cumulative buckets.
     buckets = m["dispatcher_vicidial_call_duration_seconds_bucket"]
     counts = [v for _, v in sorted(buckets.items(), key=lambda kv: float(kv[0][0][1]))]

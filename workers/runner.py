@@ -51,6 +51,7 @@ from dispatcher import logs
 from dispatcher.backend import Backend, get_backend
 from dispatcher.connection import broker_errors
 from dispatcher.deadletter import DeadLetterStore
+from dispatcher.dialers import Dialer
 from dispatcher.errors import (
     AmbiguousFailure,
     BrokerUnavailable,
@@ -91,6 +92,7 @@ class _Delivery:
     """One delivery of a job to this worker."""
 
     job: Job
+    dialer: Dialer
     token: str
     #: monotonic time the message was taken: Redis writes are retried until
     #: the visibility timeout from here
@@ -116,8 +118,15 @@ class JobRunner:
         self.keys = backend.keys
         self.execution = backend.execution
         self.dead_letters = DeadLetterStore(backend)
-        self.client = client or VicidialClient(settings)
-        self.server = self.client.server
+        self.dialers = settings.dialers
+        default = self.dialers.resolve(None)
+        #: one client (one connection pool) per dialer, made on first use
+        self._clients: dict[str, VicidialClient] = {}
+        self._clients_lock = threading.Lock()
+        if client is not None:
+            self._clients[client.server] = client
+        #: the default dialer's name (its pause, breaker and rate-limit keys)
+        self.server = client.server if client is not None else default.name if default else ""
         self.policy = RetryPolicy.from_settings(settings)
         self.rng = rng or random.Random()
         # host and pid name the process for people; the nonce makes it unique per
@@ -127,10 +136,35 @@ class JobRunner:
         # a credentials probe before it, and margin.
         self.lease_s = 2 * settings.http_timeout_s + 5
         self.hold_s = max(self.lease_s, settings.visibility_timeout_s - _HOLD_MARGIN_S)
-        self.rate_interval = 1.0 / settings.rate_limit if settings.rate_limit > 0 else 0.0
         self._ttl = int(settings.job_ttl_s)
         self._replicas_checked = -1e9
         self._replicas = 0
+
+    @property
+    def client(self) -> VicidialClient:
+        """The default dialer's client."""
+        return self.client_for(self.dialers.by_name[self.server])
+
+    @client.setter
+    def client(self, value: VicidialClient) -> None:
+        self._clients[value.server] = value
+
+    def client_for(self, dialer: Dialer) -> VicidialClient:
+        client = self._clients.get(dialer.name)
+        if client is None:
+            with self._clients_lock:
+                client = self._clients.get(dialer.name)
+                if client is None:
+                    client = VicidialClient(self.settings, dialer=dialer)
+                    self._clients[dialer.name] = client
+        return client
+
+    def close(self) -> None:
+        for client in list(self._clients.values()):
+            client.close()
+
+    def _lane(self, d: _Delivery) -> str:
+        return self.keys.lane(d.dialer.name, d.job.priority)
 
     # -- entry point ---------------------------------------------------------------------
 
@@ -146,11 +180,15 @@ class JobRunner:
         started = time.monotonic()
         try:
             try:
-                job = Job.from_message(message, non_latin=self.settings.vicidial_non_latin)
+                job = Job.from_message(message, dialers=self.dialers)
             except InvalidPayload as exc:
                 return self._invalid_payload(message, exc, started)
-            structlog.contextvars.bind_contextvars(job_id=job.job_id, agent_user=job.agent_user)
-            delivery = _Delivery(job, new_token(), started)
+            dialer = self.dialers.resolve(job.dialer)
+            assert dialer is not None  # from_message checked it
+            structlog.contextvars.bind_contextvars(
+                job_id=job.job_id, agent_user=job.agent_user, dialer=dialer.name
+            )
+            delivery = _Delivery(job, dialer, new_token(), started)
             try:
                 return self._run(delivery)
             except (TransientInfrastructureError, BrokerUnavailable, redis.RedisError):
@@ -173,10 +211,10 @@ class JobRunner:
                 token=d.token,
                 lease_s=self.lease_s,
                 ttl=self._ttl,
-                rate_interval_s=self.rate_interval,
+                rate_interval_s=1.0 / d.dialer.rate_limit if d.dialer.rate_limit > 0 else 0.0,
                 worker=self.worker_id,
                 max_rate_wait_s=MAX_RATE_WAIT_S,
-                server=self.server,
+                server=d.dialer.name,
             ),
         )
         verdict = claim.verdict
@@ -224,7 +262,7 @@ class JobRunner:
         _log.info("lead.attempt", attempt=job.attempts + 1, phone=job.lead.phone_number)
         d.called = True
         try:
-            result, latency_ms = self.client.add_lead(
+            result, latency_ms = self.client_for(d.dialer).add_lead(
                 job.lead, dnc_check=job.dnc_check, campaign_dnc_check=job.campaign_dnc_check
             )
         except CallFailed as exc:
@@ -260,7 +298,7 @@ class JobRunner:
                 attempts=attempts,
                 latency_field=latency_bucket_field(latency_ms / 1000),
                 latency_ms=latency_ms,
-                server=self.server,
+                server=d.dialer.name,
             )
             if not self._has_replicas():
                 return self.execution.succeed(job.job_id, **succeed)  # type: ignore[arg-type]
@@ -286,7 +324,7 @@ class JobRunner:
             if reply[1]:
                 _log.warning("lead.dead_letter_retired", reason=reply[1], lead_id=result.lead_id)
             if reply[2] == "1":
-                _log.warning("vicidial.resumed", server=self.server, after="outage")
+                _log.warning("vicidial.resumed", server=d.dialer.name, after="outage")
         return "added"
 
     def _failed(self, d: _Delivery, error: CallFailed) -> str:
@@ -314,7 +352,7 @@ class JobRunner:
     # -- outcomes ------------------------------------------------------------------------
 
     def _retry(self, d: _Delivery, job: Job, error: CallFailed, *, delay: float) -> str:
-        envelope = broker_envelope(job.evolve(seq=job.seq + 1).to_message(), queue=self.keys.queue)
+        envelope = broker_envelope(job.evolve(seq=job.seq + 1).to_message(), queue=self._lane(d))
         reply = self._persist(
             d.started,
             lambda: self.execution.retry(
@@ -328,7 +366,7 @@ class JobRunner:
                 reason=error.reason,
                 error=error.line,
                 http_status=error.http_status,
-                server=self.server,
+                server=d.dialer.name,
             ),
         )
         if reply[0] not in ("ok", "again"):
@@ -355,7 +393,9 @@ class JobRunner:
         )
         result = self._persist(
             d.started,
-            lambda: self.dead_letters.write(letter, token=d.token, seq=job.seq, server=self.server),
+            lambda: self.dead_letters.write(
+                letter, token=d.token, seq=job.seq, server=d.dialer.name
+            ),
         )
         if result not in ("ok", "again"):
             return self._superseded(result, "dead_letter", error)
@@ -384,7 +424,7 @@ class JobRunner:
         record is left to whoever holds it.
         """
         job = d.job
-        envelope = broker_envelope(job.to_message(), queue=self.keys.queue)
+        envelope = broker_envelope(job.to_message(), queue=self._lane(d))
         reply = self._persist(
             d.started,
             lambda: self.execution.defer(
@@ -483,7 +523,7 @@ class JobRunner:
         _count, paused_s, tripped = self._persist(
             d.started,
             lambda: self.execution.network_failure(
-                self.server,
+                d.dialer.name,
                 threshold=self.settings.breaker_threshold,
                 base_s=self.settings.breaker_pause_s,
                 max_s=self.settings.retry_cap_s,
@@ -492,7 +532,7 @@ class JobRunner:
         if tripped:
             _log.warning(
                 "vicidial.paused",
-                server=self.server,
+                server=d.dialer.name,
                 reason="network",
                 delay_s=round(paused_s or 0.0, 3),
             )
@@ -502,12 +542,15 @@ class JobRunner:
         self._persist(
             d.started,
             lambda: self.execution.pause(
-                self.server, seconds=self.settings.pause_s, reason=error.reason, error=error.line
+                d.dialer.name,
+                seconds=self.settings.pause_s,
+                reason=error.reason,
+                error=error.line,
             ),
         )
         _log.warning(
             "vicidial.paused",
-            server=self.server,
+            server=d.dialer.name,
             reason=error.reason,
             error=error.line,
             delay_s=self.settings.pause_s,
@@ -515,8 +558,9 @@ class JobRunner:
 
     def _probe(self, d: _Delivery) -> bool:
         """After a refusal cool-down: True if the credentials work again (pause lifted)."""
+        name = d.dialer.name
         try:
-            self.client.probe_credentials()
+            self.client_for(d.dialer).probe_credentials()
         except ServerRefused as exc:
             self._pause_refused(d, exc)
             self._reschedule(d, delay=self.settings.pause_s, why=exc.reason, held=True)
@@ -524,11 +568,11 @@ class JobRunner:
         except CallFailed as exc:
             # VICIdial unreachable or confused: keep the pause a little longer.
             wait = self.settings.breaker_pause_s
-            self._persist(d.started, lambda: self.execution.extend_pause(self.server, seconds=wait))
+            self._persist(d.started, lambda: self.execution.extend_pause(name, seconds=wait))
             self._reschedule(d, delay=wait, why=exc.reason, held=True)
             return False
-        self._persist(d.started, lambda: self.execution.resume(self.server))
-        _log.warning("vicidial.resumed", server=self.server, after="credentials probe")
+        self._persist(d.started, lambda: self.execution.resume(name))
+        _log.warning("vicidial.resumed", server=name, after="credentials probe")
         return True
 
 

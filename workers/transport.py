@@ -252,10 +252,26 @@ class _ReliableChannel:
                 "transport options (its reliable pop names the queue's keys itself)"
             )
         self._prefix = backend.keys.prefix
-        self._fleet_source = backend.fleet
+        self._fleet = backend.fleet
         self._letters = DeadLetterStore(backend)
         self._ttl = consumer_ttl_s(settings.scheduler_interval_s)
-        #: "fetch": the fetch script's reply is pending; "block": a BRPOPLPUSH's
+        keys = backend.keys
+        default = settings.dialers.resolve(None)
+        # The lanes of every dialer this worker serves: realtime, (for the default
+        # dialer, the queue's own list: messages of older versions), bulk.
+        self._lanes = [
+            (
+                d.name,
+                [keys.lane(d.name, "realtime")]
+                + ([keys.queue] if default is not None and d.name == default.name else [])
+                + [keys.lane(d.name, "bulk")],
+            )
+            for d in settings.served_dialers()
+        ]
+        self._turn = 0
+        self._wake = keys.wake
+        self._registry_queue = keys.queue
+        #: "fetch": the fetch script's reply is pending; "block": the wait for a wake token
         self._phase: str | None = None
         self._use_eval = False
         self._backoff_until = 0.0
@@ -307,20 +323,16 @@ class _ReliableChannel:
             # The last poll found the queue empty: acks deferred since then go now.
             self._poll_idle = False
             self.qos.flush_acks()
-        queue = queues[0]
-        source = self._q_for_pri(queue, self.priority_steps[0])
+        self._queue = queues[0]
         consumer = consumer_id()
-        self._queue, self._source = queue, source
-        self._inflight_list = inflight_key(source, consumer)
-        args = (
-            "fetch",
-            consumer,
-            self._ttl,
-            source,
-            inflight_registry(source),
-            self._inflight_list,
+        self._inflight_list = inflight_key(self._registry_queue, consumer)
+        # Each poll starts with the next dialer: none starves another.
+        self._turn = (self._turn + 1) % len(self._lanes)
+        order = self._lanes[self._turn :] + self._lanes[: self._turn]
+        args = self._fleet.fetch_args(
+            consumer, ttl=self._ttl, queue=self._registry_queue, lanes=order
         )
-        script = self._fleet_source._script
+        script = self._fleet._script
         if self._use_eval:
             command: tuple[Any, ...] = ("EVAL", script.script, 1, self._prefix, *args)
         else:
@@ -332,13 +344,13 @@ class _ReliableChannel:
         return None
 
     def _block(self, timeout: Any) -> None:
-        """Nothing waiting: block on the queue, popping into the in-flight list."""
+        """Nothing to take: wait for a wake token (pushed with every enqueue, retry and
+        replay) or the timeout, then fetch again. The token carries nothing: a
+        consumer killed while waiting loses no message."""
         self.qos.flush_acks()
         self._phase = "block"
         vars(self).update(_brpop_sent_at=time.monotonic())
-        self.client.connection.send_command(
-            "BRPOPLPUSH", self._source, self._inflight_list, timeout or 0
-        )
+        self.client.connection.send_command("BRPOP", self._wake, timeout or 1)
 
     def _brpop_read(self, **options: Any) -> Any:
         self._reliable_setup()
@@ -346,9 +358,7 @@ class _ReliableChannel:
         phase, self._phase = self._phase, None
         try:
             try:
-                # The command's own name: redis-py's reply callback for BRPOP would
-                # turn an item into a tuple.
-                name = "EVALSHA" if phase == "fetch" else "BRPOPLPUSH"
+                name = "EVALSHA" if phase == "fetch" else "BRPOP"
                 reply = self.client.parse_response(connection, name, **options)
             except self.connection_errors:
                 # Disconnect so the next iteration reconnects (as kombu does).
@@ -357,16 +367,14 @@ class _ReliableChannel:
             except redis.ResponseError as exc:
                 self._refused(exc)
                 raise Empty() from None
-            if phase == "fetch":
-                item = reply[0] if reply else None
-                if item is None:
-                    self._block(self.brpop_timeout)
-                    raise Empty()
-            else:
-                item = reply
-                if item is None:
-                    self._poll_idle = True
-                    raise Empty()
+            if phase != "fetch":
+                # Woken (or timed out): fetch at once.
+                self._poll_idle = reply is None
+                raise Empty()
+            item = reply[0] if reply else None
+            if item is None:
+                self._block(self.brpop_timeout)
+                raise Empty()
             if not is_envelope(item):
                 self._poison(item)
                 raise Empty()
@@ -410,7 +418,7 @@ class _ReliableChannel:
         why = "queue item is not a Celery message"
         try:
             letter = self._letters.poison(
-                raw={"raw": raw[:10_000], "queue": str(self._source)},
+                raw={"raw": raw[:10_000], "queue": str(self._queue)},
                 error=why,
                 inflight=self._inflight_list or "",
                 item=item,

@@ -25,13 +25,14 @@ from __future__ import annotations
 import re
 import time
 from dataclasses import dataclass
-from urllib.parse import urlsplit
 
 import httpx
 
+from dispatcher.dialers import Dialer
 from dispatcher.errors import (
     AmbiguousFailure,
     CallFailed,
+    ConfigError,
     NetworkError,
     UnknownResponse,
 )
@@ -41,7 +42,7 @@ from dispatcher.settings import Settings
 from workers.http_deadline import DeadlineTransport, deadline
 from workers.outcomes import STATUS_RULES, classify_line
 
-__all__ = ["MAX_ANSWER_BYTES", "AddLeadResult", "VicidialClient", "parse_add_lead", "server_id"]
+__all__ = ["MAX_ANSWER_BYTES", "AddLeadResult", "VicidialClient", "parse_add_lead"]
 
 _RESULT_LINE = re.compile(r"^(SUCCESS|ERROR|NOTICE): ")
 _SUCCESS = "SUCCESS: lead added - "
@@ -61,12 +62,6 @@ class AddLeadResult:
     line: str
     #: ERROR/NOTICE lines that preceded SUCCESS (e.g. "no user found" for alt_user).
     notes: tuple[str, ...] = ()
-
-
-def server_id(url: str) -> str:
-    """The identity of a VICIdial server for fleet-wide pause and rate state."""
-    parts = urlsplit(url)
-    return f"{parts.hostname or ''}:{parts.port or (443 if parts.scheme == 'https' else 80)}"
 
 
 def _snippet(body: str) -> str:
@@ -137,19 +132,27 @@ def _decode(body: bytes, charset: str | None) -> str:
 
 
 class VicidialClient:
-    """Calls external_add_lead over one keep-alive connection pool."""
+    """Calls external_add_lead on one dialer over one keep-alive connection pool."""
 
     def __init__(
         self,
         settings: Settings,
         *,
+        dialer: Dialer | None = None,
         max_connections: int = 100,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
-        settings.require_vicidial()
+        if dialer is None:
+            settings.require_vicidial()
+            dialer = settings.dialers.resolve(None)
+        if dialer is None or dialer.missing():
+            missing = dialer.missing() if dialer else ["a default dialer"]
+            raise ConfigError(f"dialer {dialer.name if dialer else '?'}: needs {missing}")
         self.settings = settings
-        self.url = str(settings.vicidial_url)
-        self.server = server_id(self.url)
+        self.dialer = dialer
+        self.url = str(dialer.url)
+        #: where the fleet keeps this dialer's pause, breaker and rate limit
+        self.server = dialer.name
         self._secrets = settings.secrets
         timeout = settings.http_timeout_s
         #: A call (connect, send, answer) ends within this, however the answer trickles.
@@ -173,9 +176,9 @@ class VicidialClient:
 
     def _base_fields(self) -> dict[str, str]:
         return {
-            "source": self.settings.vicidial_source,
-            "user": str(self.settings.vicidial_user),
-            "pass": str(self.settings.vicidial_pass),
+            "source": self.dialer.source,
+            "user": str(self.dialer.user),
+            "pass": str(self.dialer.password),
             "function": "external_add_lead",
         }
 

@@ -63,7 +63,7 @@ from dispatcher.errors import (
     IdempotencyConflict,
     InvalidLead,
 )
-from dispatcher.intake.metrics import CONTENT_TYPE, read_snapshot, render_metrics, server_id
+from dispatcher.intake.metrics import CONTENT_TYPE, read_snapshot, render_metrics
 from dispatcher.intake.openapi import MAX_BATCH, MAX_BODY_BYTES, openapi_document
 from dispatcher.jobs import Job
 from dispatcher.producer import MAX_FIELDS, job_status, prepare_job, push_jobs, push_results
@@ -239,7 +239,7 @@ class _Intake:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.backend: Backend = get_backend(settings)
-        self.servers = (server_id(settings.vicidial_url),) if settings.vicidial_url else ()
+        self.dialers = dict(settings.dialers.by_name)
 
     # -- helpers ------------------------------------------------------------------------
 
@@ -417,7 +417,7 @@ class _Intake:
         except (BrokerUnavailable, redis.RedisError) as exc:
             _log.warning("intake.metrics_unavailable", error=str(exc))
             snapshot = None
-        return Response(render_metrics(snapshot, servers=self.servers), media_type=CONTENT_TYPE)
+        return Response(render_metrics(snapshot, dialers=self.dialers), media_type=CONTENT_TYPE)
 
     async def openapi(self, request: Request) -> Response:
         return JSONResponse(openapi_document())

@@ -35,6 +35,7 @@ from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import CollectorRegistry
 
 from dispatcher.backend import Backend
+from dispatcher.dialers import Dialer
 from dispatcher.errors import all_reasons
 from dispatcher.stats import LATENCY_BUCKETS_S
 from dispatcher.status import read_fleet
@@ -66,11 +67,7 @@ _COUNTERS: tuple[tuple[str, str, str], ...] = (
 
 
 def server_id(url: str) -> str:
-    """The name workers give a VICIdial server in their pause keys (``host:port``).
-
-    The same rule as ``workers.vicidial.server_id`` (``dispatcher`` may not import
-    ``workers``; a test checks that the two agree).
-    """
+    """A dialer's server as a label (``host:port`` of its agent API URL)."""
     parts = urlsplit(url)
     return f"{parts.hostname or ''}:{parts.port or (443 if parts.scheme == 'https' else 80)}"
 
@@ -85,8 +82,10 @@ class FleetSnapshot:
     dead_letters: Mapping[str, int]
     oldest_dead_letter_age_s: float | None
     workers_alive: int
-    #: server -> seconds until calls resume, for servers whose calls are paused now.
+    #: dialer -> seconds until calls resume, for dialers whose calls are paused now.
     paused: Mapping[str, float] = field(default_factory=dict)
+    #: (dialer, lane) -> (messages waiting, age in seconds of the oldest or None)
+    lanes: Mapping[tuple[str, str], tuple[int, float | None]] = field(default_factory=dict)
     #: Redis's used_memory and maxmemory (0: no limit); None when not read.
     memory_used_bytes: int | None = None
     memory_max_bytes: int | None = None
@@ -105,6 +104,10 @@ def read_snapshot(backend: Backend, *, now: float | None = None) -> FleetSnapsho
         if until > reading.redis_now:
             paused[server] = round(until - reading.redis_now, 3)
     stats = reading.stats
+    lanes = {
+        key: (depth, None if at is None else round(max(0.0, now - at), 3))
+        for key, (depth, at) in reading.lanes.items()
+    }
     return FleetSnapshot(
         stats={k: v for k, v in ((str(k), _float(v)) for k, v in stats.items()) if v is not None},
         queued=reading.queued,
@@ -115,6 +118,7 @@ def read_snapshot(backend: Backend, *, now: float | None = None) -> FleetSnapsho
         ),
         workers_alive=len(reading.workers),
         paused=paused,
+        lanes=lanes,
         memory_used_bytes=reading.memory_used,
         memory_max_bytes=reading.memory_max,
     )
@@ -127,14 +131,17 @@ def _float(value: object) -> float | None:
         return None
 
 
-def render_metrics(snapshot: FleetSnapshot | None, *, servers: Iterable[str] = ()) -> bytes:
+def render_metrics(
+    snapshot: FleetSnapshot | None, *, dialers: Mapping[str, Dialer] | None = None
+) -> bytes:
     """The Prometheus text for ``snapshot`` (None: Redis did not answer).
 
-    ``servers`` are VICIdial servers known from configuration: they are shown as
-    not paused (0) when no pause is recorded for them.
+    ``dialers`` are the dialers known from configuration: each is shown (not
+    paused: 0) even when nothing is recorded for it, with its rate limit and its
+    server (``host:port``) as a label.
     """
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_Families(_families(snapshot, servers)))
+    registry.register(_Families(_families(snapshot, dialers or {})))
     return generate_latest(registry)
 
 
@@ -148,7 +155,7 @@ class _Families:
         return self._families
 
 
-def _families(snapshot: FleetSnapshot | None, servers: Iterable[str]) -> list[Metric]:
+def _families(snapshot: FleetSnapshot | None, dialers: Mapping[str, Dialer]) -> list[Metric]:
     up = GaugeMetricFamily(
         "dispatcher_redis_up", "1 when Redis answered this scrape, else 0 (nothing else shown)."
     )
@@ -177,7 +184,20 @@ def _families(snapshot: FleetSnapshot | None, servers: Iterable[str]) -> list[Me
     def gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
         return GaugeMetricFamily(name, doc, value=value)
 
-    out.append(gauge("dispatcher_queue_depth", "Jobs waiting on the queue.", snapshot.queued))
+    depth = GaugeMetricFamily(
+        "dispatcher_queue_depth",
+        "Jobs waiting in a dialer's lane (sum() for the whole queue).",
+        labels=["dialer", "lane"],
+    )
+    age = GaugeMetricFamily(
+        "dispatcher_queue_oldest_age_seconds",
+        "How long the next job of a dialer's lane has waited (0 when the lane is empty).",
+        labels=["dialer", "lane"],
+    )
+    for (dialer_name, lane), (waiting, oldest) in sorted(snapshot.lanes.items()):
+        depth.add_metric([dialer_name, lane], waiting)
+        age.add_metric([dialer_name, lane], oldest or 0.0)
+    out += [depth, age]
     out.append(
         gauge(
             "dispatcher_retries_waiting",
@@ -202,20 +222,28 @@ def _families(snapshot: FleetSnapshot | None, servers: Iterable[str]) -> list[Me
     )
     paused = GaugeMetricFamily(
         "dispatcher_vicidial_paused",
-        "1 while calls to this VICIdial server are paused fleet-wide (refused "
-        "credentials, outage), else 0.",
-        labels=["server"],
+        "1 while calls to this dialer are paused fleet-wide (refused credentials, outage), else 0.",
+        labels=["dialer", "server"],
     )
     remaining = GaugeMetricFamily(
         "dispatcher_vicidial_pause_remaining_seconds",
-        "Seconds until calls to this VICIdial server resume (0 when not paused).",
-        labels=["server"],
+        "Seconds until calls to this dialer resume (0 when not paused).",
+        labels=["dialer", "server"],
     )
-    for server in sorted({*servers, *snapshot.paused}):
-        left = snapshot.paused.get(server)
-        paused.add_metric([server], 0.0 if left is None else 1.0)
-        remaining.add_metric([server], left or 0.0)
-    out += [paused, remaining]
+    rate = GaugeMetricFamily(
+        "dispatcher_dialer_rate_limit",
+        "Calls per second to this dialer across the fleet (0: no limit).",
+        labels=["dialer"],
+    )
+    for name in sorted({*dialers, *snapshot.paused}):
+        dialer = dialers.get(name)
+        server = server_id(dialer.url) if dialer is not None and dialer.url else ""
+        left = snapshot.paused.get(name)
+        paused.add_metric([name, server], 0.0 if left is None else 1.0)
+        remaining.add_metric([name, server], left or 0.0)
+        if dialer is not None:
+            rate.add_metric([name], dialer.rate_limit)
+    out += [paused, remaining, rate]
     out.append(
         gauge(
             "dispatcher_workers_alive",
