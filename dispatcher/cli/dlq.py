@@ -6,8 +6,6 @@ import itertools
 import json
 import sys
 import time
-from collections import Counter
-from collections.abc import Iterator
 
 import click
 from rich.console import Console
@@ -18,11 +16,11 @@ from dispatcher import logs
 from dispatcher.cli.common import CliContext, Duration, SinceType, echo_json, fail, guarded
 from dispatcher.deadletter import DeadLetter, DeadLetterStore
 from dispatcher.errors import all_reasons
+from dispatcher.selection import DNC_REASONS, Selection, replay_letters
 
 __all__ = ["dlq"]
 
 _log = logs.get_logger("dispatcher.dlq")
-_DNC_REASONS = ("dnc", "campaign_dnc")
 _DNC_WHY = (
     "VICIdial refused these numbers because they are on a DNC list, and a replay re-runs "
     "the same DNC checks. Remove the number from the list in VICIdial first, then replay "
@@ -146,25 +144,15 @@ def show(obj: CliContext, dl_id: str, as_json: bool) -> None:
     console.print_json(json.dumps(letter.job))
 
 
-def _select(
-    store: DeadLetterStore,
+def _selection(
     ids: tuple[str, ...],
     reason: str | None,
     agent_user: str | None,
-    all_: bool,
     older_than: float | None = None,
-) -> Iterator[DeadLetter]:
+) -> Selection:
     until = None if older_than is None else time.time() - older_than
-    if ids:
-        # Named letters still honour the other filters (e.g. purge ID --older-than 30d).
-        for letter in store.iter(ids=dict.fromkeys(ids), reason=reason):
-            if agent_user is not None and letter.agent_user != agent_user:
-                continue
-            if until is not None and letter.score > until:
-                continue
-            yield letter
-    else:
-        yield from store.iter(reason=reason, agent_user=agent_user, until=until)
+    # Named letters still honour the other filters (e.g. purge ID --older-than 30d).
+    return Selection(ids=ids, reason=reason, agent_user=agent_user, until=until)
 
 
 def _check_selection(
@@ -174,41 +162,6 @@ def _check_selection(
         raise click.UsageError("say which dead letters: IDs, --reason R, or --all")
     if all_ and (ids or reason):
         raise click.UsageError("--all cannot be combined with IDs or --reason")
-
-
-def _count(
-    store: DeadLetterStore,
-    ids: tuple[str, ...],
-    reason: str | None,
-    agent_user: str | None,
-    all_: bool,
-    older_than: float | None = None,
-) -> int:
-    if not ids and agent_user is None and older_than is None:
-        return store.counts().get(reason, 0) if reason else len(store)
-    return sum(1 for _ in _select(store, ids, reason, agent_user, all_, older_than))
-
-
-def _tally(
-    store: DeadLetterStore,
-    ids: tuple[str, ...],
-    reason: str | None,
-    agent_user: str | None,
-    skip: tuple[str, ...],
-) -> tuple[int, int]:
-    """(letters of the selection outside ``skip``, letters inside ``skip``), in one pass."""
-    if not ids and agent_user is None:
-        counts = store.counts()
-        selected = {reason: counts.get(reason, 0)} if reason else counts
-        held = sum(n for r, n in selected.items() if r in skip)
-        return sum(selected.values()) - held, held
-    kept = held = 0
-    for letter in _select(store, ids, reason, agent_user, False):
-        if letter.reason in skip:
-            held += 1
-        else:
-            kept += 1
-    return kept, held
 
 
 def _confirm(question: str, yes: bool) -> None:
@@ -274,7 +227,7 @@ def replay(
     as_json: bool,
 ) -> None:
     _check_selection(ids, reason, all_, extra=agent_user is not None)
-    if reason in _DNC_REASONS and not include_dnc:
+    if reason in DNC_REASONS and not include_dnc:
         raise click.UsageError(
             f"--reason {reason}: these leads were refused because the number is on a DNC "
             "list; replaying them re-runs the same DNC checks. Remove the number from the "
@@ -282,11 +235,12 @@ def replay(
         )
     store = _store(obj)
     err = Console(stderr=True)
-    skip = () if include_dnc else _DNC_REASONS
+    skip = () if include_dnc else DNC_REASONS
+    selection = _selection(ids, reason, agent_user)
     if dry_run:
         shown = 0
         skipped = 0
-        for letter in _select(store, ids, reason, agent_user, all_):
+        for letter in selection.iter(store):
             if letter.reason in skip:
                 skipped += 1
                 continue
@@ -299,37 +253,25 @@ def replay(
         if skipped:
             click.echo(f"{skipped} DNC letter(s) would be left alone: {_DNC_WHY}", err=True)
         return
-    total, held = _tally(store, ids, reason, agent_user, skip)
+    total, held_counts = selection.tally(store, skip)
+    held = sum(held_counts.values())
     if held:
         click.echo(f"{held} DNC letter(s) left alone: {_DNC_WHY}", err=True)
     if total == 0:
         click.echo("no dead letters match", err=True)
         return
     _confirm(f"Replay {total} dead letter(s)?", yes)
-    outcomes: Counter[str] = Counter()
-    interval = 1.0 / rate if rate else 0.0
-    next_at = time.monotonic()
     with _progress(err, "replaying", total) as progress:
         task = progress.add_task("replay", total=total)
-        for letter in _select(store, ids, reason, agent_user, all_):
-            if letter.reason in skip:
-                outcomes["skipped_dnc"] += 1
-                continue
-            if interval:
-                delay = next_at - time.monotonic()
-                if delay > 0:
-                    time.sleep(delay)
-                next_at = max(next_at, time.monotonic()) + interval
-            result = store.replay(letter)
-            outcomes[result] += 1
-            if result == "replayed":
-                _log.info(
-                    "dlq.replayed",
-                    job_id=letter.job_id,
-                    reason=letter.reason,
-                    replays=letter.replays + 1,
-                )
-            progress.advance(task)
+        outcomes = replay_letters(
+            store,
+            selection.iter(store),
+            held=skip,
+            rate=rate,
+            on_each=lambda _letter, result: (
+                None if result.startswith("skipped") else progress.advance(task)
+            ),
+        )
     summary = {
         "replayed": outcomes["replayed"],
         "already_added": outcomes["done"],
@@ -372,7 +314,8 @@ def purge(
 ) -> None:
     _check_selection(ids, reason, all_, extra=older_than is not None)
     store = _store(obj)
-    total = _count(store, ids, reason, None, all_, older_than)
+    selection = _selection(ids, reason, None, older_than)
+    total = selection.count(store)
     if total == 0:
         click.echo("no dead letters match", err=True)
         return
@@ -381,7 +324,7 @@ def purge(
     err = Console(stderr=True)
     with _progress(err, "purging", total) as progress:
         task = progress.add_task("purge", total=total)
-        for letter in _select(store, ids, reason, None, all_, older_than):
+        for letter in selection.iter(store):
             if store.purge(letter):
                 deleted += 1
                 _log.info("dlq.purged", job_id=letter.job_id, reason=letter.reason)
