@@ -7,6 +7,9 @@ never by matching strings, so the tree is the retry policy's vocabulary::
      ├── InvalidLead (ValueError)         bad input at enqueue time; names every bad field
      ├── ConfigError (ValueError)         a DISPATCHER_* variable is missing or malformed
      ├── BrokerUnavailable                Redis cannot be reached (enqueue, CLI)
+     ├── UserError (ValueError)           a console user's name, role or password is bad
+     │    ├── UserExists                  `dispatcher users add` of a name taken
+     │    └── UnknownUser                 no user of that name
      └── CallFailed                       one external_add_lead call did not add the lead
           ├── TemporaryFailure            worth another attempt after a backoff
           │    ├── AgentNotLoggedIn       agent_not_logged_in: waits up to AGENT_WAIT_S
@@ -61,6 +64,9 @@ __all__ = [
     "ServerRefused",
     "TemporaryFailure",
     "UnknownResponse",
+    "UnknownUser",
+    "UserError",
+    "UserExists",
     "all_reasons",
 ]
 
@@ -99,6 +105,18 @@ class ConfigError(DispatcherError, ValueError):
 
 class BrokerUnavailable(DispatcherError):
     """Redis did not answer (refused, timed out, authentication failed)."""
+
+
+class UserError(DispatcherError, ValueError):
+    """A console user's name, role or password is not acceptable."""
+
+
+class UserExists(UserError):
+    """A user of that name exists already."""
+
+
+class UnknownUser(UserError):
+    """No console user of that name."""
 
 
 class CallFailed(DispatcherError):

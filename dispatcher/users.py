@@ -27,7 +27,7 @@ from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatc
 
 from dispatcher.backend import Backend, get_backend
 from dispatcher.connection import broker_errors
-from dispatcher.errors import DispatcherError
+from dispatcher.errors import UnknownUser, UserError, UserExists
 from dispatcher.jobs import iso
 from dispatcher.settings import Settings
 
@@ -36,7 +36,6 @@ __all__ = [
     "ROLES",
     "Role",
     "User",
-    "UserError",
     "UserStore",
     "check_name",
     "check_password",
@@ -50,10 +49,6 @@ _NAME_RE = re.compile(r"^[-_.@0-9a-zA-Z]{1,64}$")
 _hasher = PasswordHasher()
 # Verified when the name is unknown, so that both cases cost one Argon2 check.
 _DUMMY_HASH = _hasher.hash("not a password of anyone")
-
-
-class UserError(DispatcherError, ValueError):
-    """A bad user name, role or password, or a user that exists / does not exist."""
 
 
 @dataclass(frozen=True)
@@ -119,7 +114,7 @@ class UserStore:
             else:
                 # HSETNX on the role decides who created the user, atomically.
                 if not self.redis.hsetnx(key, "role", role):
-                    raise UserError(
+                    raise UserExists(
                         f"user {name!r} exists (add --replace to set a new password or role)"
                     )
                 pipe = self.redis.pipeline(transaction=True)
@@ -137,7 +132,7 @@ class UserStore:
             pipe.srem(self.keys.users, name)
             deleted, _ = pipe.execute()
         if not deleted:
-            raise UserError(f"no user {name!r}")
+            raise UnknownUser(f"no user {name!r}")
 
     def end_sessions(self, name: str) -> int:
         """Log a user out everywhere; returns how many sessions ended."""

@@ -6,7 +6,8 @@ Every worker runs one:
   script, so several schedulers never move a message twice). Retries wait in
   Redis, not in worker memory: a worker killed or restarted loses none;
 * writes this worker's heartbeat (``dispatcher status``, readiness, health) and
-  this process's consumer heartbeat;
+  this process's consumer heartbeat, and once a minute a sample of the fleet's
+  counters for the console's chart (:mod:`dispatcher.activity`);
 * returns the in-flight pops of consumers whose heartbeat stopped (see
   workers/transport.py) to the queue.
 """
@@ -17,6 +18,7 @@ import threading
 import time
 
 from dispatcher import logs
+from dispatcher.activity import record_minute
 from dispatcher.backend import get_backend
 from dispatcher.settings import Settings
 from workers.transport import consumer_id, reap_inflight
@@ -41,6 +43,7 @@ class RetryScheduler(threading.Thread):
         self.consumer = consumer_id()
         self._stop_event = threading.Event()
         self._last_reap = 0.0
+        self._last_minute = -1
         self._last_error_log = -1e9
 
     def stop(self) -> None:
@@ -65,6 +68,10 @@ class RetryScheduler(threading.Thread):
         pipe.hset(keys.workers, self.worker_name, f"{now:.3f}")
         pipe.hset(keys.consumers, self.consumer, f"{now:.3f}")
         pipe.execute()
+        if int(now // 60) != self._last_minute:
+            # The console's per-minute chart: one sample of the counters a minute.
+            self._last_minute = int(now // 60)
+            record_minute(backend, now=now)
         stale = consumer_stale_s(self.settings)
         if now - self._last_reap >= stale / 2:
             self._last_reap = now
