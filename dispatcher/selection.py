@@ -256,15 +256,19 @@ class Selection:
             edge = min(cursor.score, self.until) if self.until is not None else cursor.score
             mark = cursor.id.encode()
             offset = 0
-            while True:
+            kept: list[tuple[str, float]] = []
+            # Fewer than n rows back means the index is exhausted; so keep reading
+            # until n rows are kept or the index ends.
+            while len(kept) < n:
                 raw: list[tuple[str, float]] = redis.zrevrangebyscore(  # type: ignore[assignment]
                     index, repr(edge), low, start=offset, num=n, withscores=True
                 )
                 rows = [(str(m), float(s)) for m, s in raw]
-                kept = [(m, s) for m, s in rows if not (s == cursor.score and m.encode() >= mark)]
-                if kept or len(rows) < n:
-                    return kept
+                kept += [(m, s) for m, s in rows if not (s == cursor.score and m.encode() >= mark)]
+                if len(rows) < n:
+                    break
                 offset += n
+            return kept[:n]
 
 
 def _phone(letter: DeadLetter) -> str:

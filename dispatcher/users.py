@@ -17,6 +17,7 @@ against a dummy hash, so timing does not tell which names exist.
 
 from __future__ import annotations
 
+import functools
 import re
 import time
 from dataclasses import dataclass
@@ -47,8 +48,15 @@ MIN_PASSWORD_LENGTH = 10
 MAX_PASSWORD_LENGTH = 1024
 _NAME_RE = re.compile(r"^[-_.@0-9a-zA-Z]{1,64}$")
 _hasher = PasswordHasher()
-# Verified when the name is unknown, so that both cases cost one Argon2 check.
-_DUMMY_HASH = _hasher.hash("not a password of anyone")
+
+
+@functools.cache
+def _dummy_hash() -> str:
+    """Verified when the name is unknown, so that both cases cost one Argon2 check.
+
+    Made on first use, not at import: every `dispatcher` command imports this module.
+    """
+    return _hasher.hash("not a password of anyone")
 
 
 @dataclass(frozen=True)
@@ -170,12 +178,13 @@ class UserStore:
         if _NAME_RE.match(name) and len(password) <= MAX_PASSWORD_LENGTH:
             with broker_errors(self.backend.settings):
                 data = self.redis.hgetall(self.keys.user(name))  # type: ignore[assignment]
-        hashed = data.get("password_hash") or _DUMMY_HASH
+        stored = data.get("password_hash")
+        hashed = stored or _dummy_hash()
         try:
             _hasher.verify(hashed, password[:MAX_PASSWORD_LENGTH])
         except (VerifyMismatchError, VerificationError, InvalidHashError):
             return None
-        if hashed is _DUMMY_HASH:
+        if not stored:
             return None
         if _hasher.check_needs_rehash(hashed):
             with broker_errors(self.backend.settings):

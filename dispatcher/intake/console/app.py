@@ -590,7 +590,14 @@ class Console:
         letter = self.store.get(dl_id)
         if letter is None:
             return None, None
-        return letter, job_status(letter.job_id, settings=self.settings)
+        return letter, self._job(letter.job_id)
+
+    def _job(self, job_id: str) -> dict[str, Any] | None:
+        """The job's state, its error line redacted (workers store it redacted already)."""
+        job = job_status(job_id, settings=self.settings)
+        if job is not None and job.get("error"):
+            job["error"] = self.redact(job["error"])
+        return job
 
     # -- actions ------------------------------------------------------------------------
 
@@ -853,13 +860,11 @@ class Console:
         if job is None:
             context["error"] = f"No job {job_id!r} (unknown id, or its state expired)."
             return self.render(request, "job.html", status_code=404, **context)
-        if job.get("error"):
-            job["error"] = self.redact(job["error"])
         context.update(job=job, letter=letter)
         return self.render(request, "job.html", **context)
 
     def _job_and_letter(self, job_id: str) -> tuple[dict[str, Any] | None, DeadLetter | None]:
-        job = job_status(job_id, settings=self.settings)
+        job = self._job(job_id)
         letter = self.store.get(job_id) if job is not None and job.get("state") == "dead" else None
         return job, letter
 
