@@ -37,6 +37,7 @@ from typing import Any
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit
 
 import jinja2
+from markupsafe import Markup
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
@@ -175,8 +176,9 @@ class Console:
         self.throttle = LoginThrottle(backend)
         self.secrets = tuple(s for s in settings.secrets if s)
         package = resources.files("dispatcher.intake.console")
-        self.css = (package / "static" / "console.css").read_text(encoding="utf-8")
-        self.js = (package / "static" / "console.js").read_text(encoding="utf-8")
+        # Our own files, inlined under the page's CSP nonce: not to be HTML-escaped.
+        self.css = Markup((package / "static" / "console.css").read_text(encoding="utf-8"))
+        self.js = Markup((package / "static" / "console.js").read_text(encoding="utf-8"))
         self.env = jinja2.Environment(
             loader=jinja2.PackageLoader("dispatcher.intake.console", "templates"),
             autoescape=True,

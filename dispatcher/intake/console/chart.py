@@ -71,6 +71,11 @@ def activity_svg(minutes: Sequence[Minute]) -> Markup:
                 )
         parts.append("</g>")
         if i % 10 == 0 or i == n - 1:
-            parts.append(f'<text x="{x:.1f}" y="{_H - 6}">{escape(_hhmm(m.start))}</text>')
+            # The last label ends at the right edge instead of running past it.
+            last = i == n - 1
+            parts.append(
+                f'<text x="{x + slot if last else x:.1f}" y="{_H - 6}" '
+                f'text-anchor="{"end" if last else "start"}">{escape(_hhmm(m.start))}</text>'
+            )
     parts.append("</svg>")
     return Markup("".join(parts))
