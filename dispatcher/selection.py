@@ -46,17 +46,74 @@ DNC_REASONS: tuple[str, ...] = ("dnc", "campaign_dnc")
 AMBIGUOUS_REASONS: tuple[str, ...] = ("ambiguous",)
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
-_READ = 500
 _log = logs.get_logger("dispatcher.dlq")
 
-# KEYS: index. ARGV: cursor id, cursor score, count.
-# The rows after the cursor's letter, or false when that letter left the index
-# (or moved: a newer failure of the same job) and the caller must seek by score.
-_AFTER = """
-local r = redis.call('ZREVRANK', KEYS[1], ARGV[1])
-if not r then return false end
-if tonumber(redis.call('ZSCORE', KEYS[1], ARGV[1])) ~= tonumber(ARGV[2]) then return false end
-return redis.call('ZREVRANGE', KEYS[1], r + 1, r + tonumber(ARGV[3]), 'WITHSCORES')
+# One page, read inside Redis (read-only, bounded by ARGV[7]).
+# KEYS: index. ARGV: record key prefix, cursor id ('' = from the top), cursor score,
+#   low, high (score bounds, as ZRANGEBYSCORE takes them), want, budget, then the
+#   needles every matching record's JSON contains ('' = none).
+# Returns {exhausted 0/1, scanned, last id, last score, then id, score, record per hit}.
+# Rows are walked by rank from the cursor's letter; when that letter left the index,
+# the walk starts at its score, past the letters with that score and an id >= its
+# own (equal scores are ordered by id, descending, in a reverse range).
+_PAGE = """
+local index, prefix = KEYS[1], ARGV[1]
+local cid, cscore = ARGV[2], tonumber(ARGV[3])
+local low, want, budget = ARGV[4], tonumber(ARGV[6]), tonumber(ARGV[7])
+local needles = {}
+for i = 8, #ARGV do if ARGV[i] ~= '' then needles[#needles + 1] = ARGV[i] end end
+local lowest = tonumber((string.gsub(low, '^%(', '')))
+if low == '-inf' then lowest = -math.huge end
+local start, skip_ties = 0, false
+if cid ~= '' then
+  local r = redis.call('ZREVRANK', index, cid)
+  if r and tonumber(redis.call('ZSCORE', index, cid)) == cscore then
+    start = r + 1
+  else
+    start = redis.call('ZCOUNT', index, '(' .. ARGV[3], '+inf')
+    skip_ties = true
+  end
+elseif ARGV[5] ~= '+inf' then
+  start = redis.call('ZCOUNT', index, '(' .. ARGV[5], '+inf')
+end
+local out = {}
+local hits, scanned, exhausted = 0, 0, 0
+local last_id, last_score = cid, ARGV[3]
+while hits < want and scanned < budget do
+  local n = math.min(500, budget - scanned)
+  local rows = redis.call('ZREVRANGE', index, start, start + n - 1, 'WITHSCORES')
+  if #rows == 0 then exhausted = 1 break end
+  local stop = false
+  for i = 1, #rows, 2 do
+    local id, score = rows[i], rows[i + 1]
+    start = start + 1
+    local value = tonumber(score)
+    if value < lowest then exhausted = 1 stop = true break end
+    if not (skip_ties and value == cscore and id >= cid) then
+      skip_ties = false
+      scanned = scanned + 1
+      last_id, last_score = id, score
+      local raw = redis.call('GET', prefix .. id)
+      local ok = raw ~= false
+      if ok then
+        for _, needle in ipairs(needles) do
+          if not string.find(raw, needle, 1, true) then ok = false break end
+        end
+      end
+      if ok then
+        out[#out + 1] = id
+        out[#out + 1] = score
+        out[#out + 1] = raw
+        hits = hits + 1
+        if hits >= want or scanned >= budget then stop = true break end
+      end
+      if scanned >= budget then stop = true break end
+    end
+  end
+  if stop then break end
+  if #rows < 2 * n then exhausted = 1 break end
+end
+return {exhausted, scanned, last_id, last_score, unpack(out)}
 """
 
 
@@ -198,77 +255,46 @@ class Selection:
             ]
             return Page(letters=letters[:limit], next=None, scanned=len(self.ids))
         index = self.index(store)
+        low, high = self._bounds()
+        needles = []
+        # Agents and phone digits are never escaped in JSON: a record without them
+        # cannot match, and is skipped inside Redis without being sent or parsed.
+        if self.agent_user is not None:
+            needles.append(f'"{self.agent_user}"')
+        if self.phone_last4 is not None:
+            needles.append(f'{self.phone_last4}"')
+        with broker_errors(store.backend.settings):
+            reply = store.redis.register_script(_PAGE)(
+                keys=[index],
+                args=[
+                    store.keys.dead_letter(""),
+                    after.id if after else "",
+                    repr(after.score) if after else "0",
+                    low,
+                    high,
+                    limit + 1,
+                    max(scan_budget, limit + 1),
+                    *needles,
+                ],
+            )
+        exhausted, scanned, last_id, last_score = reply[:4]
         out: list[DeadLetter] = []
-        cursor = after
-        scanned = 0
-        exhausted = False
-        while len(out) <= limit and scanned < max(scan_budget, limit + 1):
-            want = limit + 1 - len(out) if self.indexed else min(_READ, scan_budget - scanned)
-            want = max(want, 1)
-            rows = self._rows_after(store, index, cursor, want)
-            if not rows:
-                exhausted = True
-                break
-            scanned += len(rows)
-            with broker_errors(store.backend.settings):
-                raws = store.redis.mget([store.keys.dead_letter(m) for m, _ in rows])
-            for (member, score), raw in zip(rows, raws, strict=True):
-                cursor = Cursor(score, member)
-                if raw is None:
-                    continue  # replayed or purged since the index was read
-                letter = DeadLetter.from_json(str(raw), score=score)
-                if self.matches(letter):
-                    out.append(letter)
-                    if len(out) > limit:
-                        break
-            if len(rows) < want:
-                exhausted = True
-                break
+        hits = reply[4:]
+        for i in range(0, len(hits), 3):
+            letter = DeadLetter.from_json(str(hits[i + 2]), score=float(hits[i + 1]))
+            if self.matches(letter):  # the needles are necessary, not sufficient
+                out.append(letter)
         if len(out) > limit:
             last = out[limit - 1]
-            return Page(out[:limit], Cursor(last.score, last.id), scanned)
-        return Page(out, None if exhausted else cursor, scanned)
+            return Page(out[:limit], Cursor(last.score, last.id), int(scanned))
+        if int(exhausted) or not last_id:
+            return Page(out, None, int(scanned))
+        return Page(out, Cursor(float(last_score), str(last_id)), int(scanned))
 
     def _bounds(self) -> tuple[str, str]:
         low = "-inf" if self.since is None else repr(self.since)
         high = "+inf" if self.until is None else repr(self.until)
         return low, high
-
-    def _rows_after(
-        self, store: DeadLetterStore, index: str, cursor: Cursor | None, n: int
-    ) -> list[tuple[str, float]]:
-        low, high = self._bounds()
-        redis = store.redis
-        with broker_errors(store.backend.settings):
-            if cursor is None:
-                first: list[tuple[str, float]] = redis.zrevrangebyscore(  # type: ignore[assignment]
-                    index, high, low, start=0, num=n, withscores=True
-                )
-                return [(str(m), float(s)) for m, s in first]
-            found = redis.register_script(_AFTER)(
-                keys=[index], args=[cursor.id, repr(cursor.score), n]
-            )
-            if found is not None:
-                pairs = [(str(found[i]), float(found[i + 1])) for i in range(0, len(found), 2)]
-                return [(m, s) for m, s in pairs if self.since is None or s >= self.since]
-            # The cursor's letter is gone: seek by score. Equal scores are ordered by
-            # member, descending in a reverse range, as Redis compares bytes.
-            edge = min(cursor.score, self.until) if self.until is not None else cursor.score
-            mark = cursor.id.encode()
-            offset = 0
-            kept: list[tuple[str, float]] = []
-            # Fewer than n rows back means the index is exhausted; so keep reading
-            # until n rows are kept or the index ends.
-            while len(kept) < n:
-                raw: list[tuple[str, float]] = redis.zrevrangebyscore(  # type: ignore[assignment]
-                    index, repr(edge), low, start=offset, num=n, withscores=True
-                )
-                rows = [(str(m), float(s)) for m, s in raw]
-                kept += [(m, s) for m, s in rows if not (s == cursor.score and m.encode() >= mark)]
-                if len(rows) < n:
-                    break
-                offset += n
-            return kept[:n]
 
 
 def _phone(letter: DeadLetter) -> str:
