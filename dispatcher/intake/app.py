@@ -13,8 +13,10 @@ bodies are the dispatcher's own, and there is no model layer to keep in step wit
 
 What protects it, in :class:`_Guard` (pure ASGI, in front of routing):
 
-* every path but ``/healthz``, ``/metrics`` and ``/openapi.json`` (so every ``/v1``
-  route, and any route added later) needs ``Authorization: Bearer TOKEN`` with one of
+* every path but ``/healthz``, ``/metrics``, ``/openapi.json`` and the operator
+  console under ``/ui`` (whose own gate, :mod:`dispatcher.intake.console`, lets
+  nothing through without a login session) -- so every ``/v1`` route, and any route
+  added later -- needs ``Authorization: Bearer TOKEN`` with one of
   ``DISPATCHER_INTAKE_TOKENS`` (several, for rotation). The token is compared
   with :func:`hmac.compare_digest` against *every* configured token, and the 401
   is byte-for-byte the same for a missing, malformed or wrong token, so neither

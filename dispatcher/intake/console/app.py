@@ -73,7 +73,7 @@ SESSION_COOKIE = "dispatcher_console"
 LOGIN_COOKIE = "dispatcher_login"
 PAGE_SIZE = 50
 #: Records read at most per list page when agent/phone filters need reading them.
-SCAN_BUDGET = 2000
+SCAN_BUDGET = 1000
 #: Most letter ids one form may name.
 MAX_IDS = 1000
 _AGENT_RE = re.compile(r"^[-_0-9a-zA-Z]{1,20}$")
