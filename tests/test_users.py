@@ -1,14 +1,25 @@
-"""`dispatcher users` (the console's users) as an operator runs it, against a real Redis."""
+"""`dispatcher users` (the console's users) as an operator runs it, against a real Redis.
+
+The first test runs the real `dispatcher` executable (a pipe on its standard
+input); the error cases run the same click command in this process (CliRunner),
+because each `dispatcher` process costs seconds of start-up on a busy machine.
+"""
 
 from __future__ import annotations
 
 import json
+import logging
 
 import pytest
 import redis
+import structlog
+from click.testing import CliRunner, Result
 
+from dispatcher import logs
 from dispatcher.backend import get_backend
-from dispatcher.settings import Settings
+from dispatcher.cli import cli
+from dispatcher.localfleet import settings_env
+from dispatcher.settings import Settings, get_settings
 from dispatcher.users import UserStore
 from tests.conftest import make_settings
 from tests.test_cli import check, run_cli
@@ -17,6 +28,32 @@ from tests.test_cli import check, run_cli
 @pytest.fixture
 def us(redis_url: str) -> Settings:
     return make_settings(redis_url)
+
+
+def users_cli(settings: Settings, *args: str, input: str | None = None) -> Result:
+    """`dispatcher users ARGS` in this process, with ``settings`` as its environment."""
+    get_settings.cache_clear()
+    configured = logs.is_configured()
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    try:
+        return CliRunner(env=settings_env(settings)).invoke(
+            cli, ["users", *args], input=input, prog_name="dispatcher"
+        )
+    finally:
+        get_settings.cache_clear()
+        if not configured:
+            # The command configured logging onto CliRunner's streams, closed now:
+            # put this process back as it was for the tests that follow.
+            structlog.reset_defaults()
+            logs._configured.clear()
+            root.handlers[:] = handlers
+            root.setLevel(level)
+
+
+def expect(result: Result, code: int) -> None:
+    assert result.exit_code == code, (result.exit_code, result.stdout, result.stderr)
+    assert result.exception is None or isinstance(result.exception, SystemExit)
 
 
 def test_add_list_remove(us: Settings) -> None:
@@ -57,43 +94,37 @@ def test_add_list_remove(us: Settings) -> None:
 
 
 def test_bad_input_and_failures_have_clear_errors_and_exit_codes(us: Settings) -> None:
-    short = run_cli(us, "users", "add", "carol", "--password-stdin", input="short\n")
-    check(short, 2)
+    short = users_cli(us, "add", "carol", "--password-stdin", input="short\n")
+    expect(short, 2)
     assert "password: must be at least 10 characters" in short.stderr
-    bad_name = run_cli(
-        us, "users", "add", "no spaces", "--password-stdin", input="long-enough-pw\n"
-    )
-    check(bad_name, 2)
+    bad_name = users_cli(us, "add", "no spaces", "--password-stdin", input="long-enough-pw\n")
+    expect(bad_name, 2)
     assert "name 'no spaces'" in bad_name.stderr
-    check(
-        run_cli(us, "users", "add", "carol", "--role", "admin", "--password-stdin", input="x" * 12),
-        2,
-    )
-    no_stdin = run_cli(us, "users", "add", "carol")
-    check(no_stdin, 2)
+    expect(users_cli(us, "add", "carol", "--role", "admin", "--password-stdin", input="x" * 12), 2)
+    no_stdin = users_cli(us, "add", "carol")  # no terminal to ask on, and no --password-stdin
+    expect(no_stdin, 2)
     assert "--password-stdin" in no_stdin.stderr
-    check(run_cli(us, "users", "add", "carol", "--password-stdin", input="carol-password\n"))
-    again = run_cli(us, "users", "add", "carol", "--password-stdin", input="other-password\n")
-    check(again, 1)
+    expect(users_cli(us, "add", "carol", "--password-stdin", input="carol-password\n"), 0)
+    again = users_cli(us, "add", "carol", "--password-stdin", input="other-password\n")
+    expect(again, 1)
     assert "exists" in again.stderr
-    check(
-        run_cli(
-            us,
-            "users",
-            "add",
-            "carol",
-            "--role",
-            "operator",
-            "--replace",
-            "--password-stdin",
-            input="other-password\n",
-        )
+    replaced = users_cli(
+        us,
+        "add",
+        "carol",
+        "--role",
+        "operator",
+        "--replace",
+        "--password-stdin",
+        input="other-password\n",
     )
+    expect(replaced, 0)
     assert UserStore(get_backend(us)).authenticate("carol", "other-password") is not None
-    missing = run_cli(us, "users", "remove", "nobody")
-    check(missing, 1)
+    missing = users_cli(us, "remove", "nobody")
+    expect(missing, 1)
     assert "no user 'nobody'" in missing.stderr
     # Nothing half-written by the refused commands.
-    assert [u.name for u in UserStore(get_backend(us)).list()] == ["carol"]
-    empty = run_cli(us, "users", "list")
-    assert "carol" in empty.stdout
+    assert [(u.name, u.role) for u in UserStore(get_backend(us)).list()] == [("carol", "operator")]
+    listed = users_cli(us, "list", "--json")
+    expect(listed, 0)
+    assert [u["name"] for u in json.loads(listed.stdout)] == ["carol"]

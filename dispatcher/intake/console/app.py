@@ -30,7 +30,7 @@ import re
 import secrets
 import time
 from collections.abc import Callable, Iterator, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from http.cookies import SimpleCookie
 from importlib import resources
 from typing import Any
@@ -144,6 +144,10 @@ def _when(value: object) -> str:
     return moment.strftime("%Y-%m-%d %H:%M:%S")
 
 
+def _utc(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
 def _age(seconds: object) -> str:
     if seconds is None or seconds == "":
         return ""
@@ -189,7 +193,7 @@ class Console:
         self.env.filters.update(
             when=_when,
             age=_age,
-            minute=lambda epoch: datetime.fromtimestamp(float(epoch)).strftime("%H:%M"),
+            minute=lambda epoch: datetime.fromtimestamp(float(epoch), UTC).strftime("%H:%M"),
             masked_phone=lambda letter: logs.mask_phone(_phone(letter)) if _phone(letter) else "",
             redact=self.redact,
             maskdigits=logs.mask_digits,
@@ -483,13 +487,9 @@ class Console:
         if selection.phone_last4:
             parts.append(f"whose phone ends with {selection.phone_last4}")
         if selection.since is not None:
-            parts.append(
-                f"failed since {_when(datetime.fromtimestamp(selection.since).isoformat())}"
-            )
+            parts.append(f"failed since {_utc(selection.since)}")
         if selection.until is not None:
-            parts.append(
-                f"failed before {_when(datetime.fromtimestamp(selection.until).isoformat())}"
-            )
+            parts.append(f"failed before {_utc(selection.until)}")
         return " ".join(parts)
 
     # -- dead letters -------------------------------------------------------------------
