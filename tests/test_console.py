@@ -429,6 +429,19 @@ def test_a_forged_post_fails_and_changes_nothing(
         path, data={**form, "csrf": token}, headers={"Origin": "https://evil.example"}
     )
     assert reply.status_code == 403
+    # A reverse proxy that rewrites Host says which name the browser used.
+    behind = operator.post(
+        path,
+        data={**form, "csrf": token, "confirm": "no"},
+        headers={"Origin": "https://console.example", "X-Forwarded-Host": "evil.example"},
+    )
+    assert behind.status_code == 403
+    behind = operator.post(
+        path,
+        data={**form, "csrf": token, "confirm": "no"},  # a preview: changes nothing
+        headers={"Origin": "https://console.example", "X-Forwarded-Host": "console.example"},
+    )
+    assert behind.status_code == 200
     # And so is anything but the page's own form encoding.
     assert operator.post(path, json={**form, "csrf": token}).status_code == 415
     assert store_of(cs).get(letter.id) is not None

@@ -962,15 +962,7 @@ class _Gate:
         # Everything else changes state: a same-origin form post with the right token.
         headers = {k.lower(): v for k, v in scope.get("headers", [])}
         origin = headers.get(b"origin")
-        host = headers.get(b"host", b"")
-        if (
-            origin is not None
-            and origin != b"null"
-            and urlsplit(origin.decode("latin-1")).netloc.encode() != host
-        ):
-            await self._refuse(scope, receive, send, 403, "Cross-site request refused.")
-            return
-        if origin == b"null":
+        if origin is not None and not self._same_origin(origin, headers):
             await self._refuse(scope, receive, send, 403, "Cross-site request refused.")
             return
         ctype = headers.get(b"content-type", b"").split(b";")[0].strip().decode("latin-1")
@@ -1011,6 +1003,21 @@ class _Gate:
             return {"type": "http.request", "body": b"", "more_body": False}
 
         await self.app(scope, replay_body, send)
+
+    @staticmethod
+    def _same_origin(origin: bytes, headers: dict[bytes, bytes]) -> bool:
+        """The browser's Origin names this host (as the client or a reverse proxy saw it).
+
+        The CSRF token is the defence; this is a second one. Behind a proxy that
+        rewrites Host, the proxy's X-Forwarded-Host (nginx: ``proxy_set_header Host
+        $host`` or ``X-Forwarded-Host $host``) carries the name the browser used.
+        """
+        if origin == b"null":
+            return False
+        netloc = urlsplit(origin.decode("latin-1")).netloc.encode()
+        hosts = {headers.get(b"host", b"")}
+        hosts.update(h.strip() for h in headers.get(b"x-forwarded-host", b"").split(b","))
+        return bool(netloc) and netloc in hosts
 
     async def _refuse(
         self, scope: Scope, receive: Receive, send: Send, status: int, message: str
