@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from dispatcher import logs
 from dispatcher.connection import broker_errors
 from dispatcher.deadletter import DeadLetter, DeadLetterStore
+from dispatcher.errors import all_reasons
 
 __all__ = [
     "AMBIGUOUS_REASONS",
@@ -222,21 +223,30 @@ class Selection:
                 return int(store.redis.zcount(self.index(store), *self._bounds()))
         return sum(1 for _ in self.iter(store))
 
+    def by_reason(self, store: DeadLetterStore) -> dict[str, int]:
+        """How many letters of each reason are selected (reasons with none left out)."""
+        if not self.indexed:
+            counts: Counter[str] = Counter(letter.reason for letter in self.iter(store))
+            return dict(counts)
+        if self.since is None and self.until is None:
+            everything = store.counts()
+            if self.reason is None:
+                return everything
+            return {self.reason: everything[self.reason]} if self.reason in everything else {}
+        reasons = [self.reason] if self.reason else list(all_reasons())
+        low, high = self._bounds()
+        with broker_errors(store.backend.settings):
+            pipe = store.redis.pipeline(transaction=False)
+            for reason in reasons:
+                pipe.zcount(store.keys.dead_letters_by_reason(reason), low, high)
+            values = pipe.execute()
+        return {r: int(n) for r, n in zip(reasons, values, strict=True) if n}
+
     def tally(self, store: DeadLetterStore, held: Collection[str]) -> tuple[int, Counter[str]]:
         """(letters outside ``held``, count per held reason), in one pass at most."""
-        if self.indexed and self.since is None and self.until is None:
-            counts = store.counts()
-            selected = {self.reason: counts.get(self.reason, 0)} if self.reason else counts
-            held_counts = Counter({r: n for r, n in selected.items() if r in held and n})
-            return sum(selected.values()) - sum(held_counts.values()), held_counts
-        kept = 0
-        held_counts = Counter[str]()
-        for letter in self.iter(store):
-            if letter.reason in held:
-                held_counts[letter.reason] += 1
-            else:
-                kept += 1
-        return kept, held_counts
+        counts = self.by_reason(store)
+        held_counts = Counter({r: n for r, n in counts.items() if r in held})
+        return sum(counts.values()) - sum(held_counts.values()), held_counts
 
     # -- pages (the console's list) ------------------------------------------------------
 

@@ -618,7 +618,7 @@ class Console:
             selection, items = self.selection(params)
         except _BadInput as exc:
             return self.refuse(request, 400, "Nothing selected", f"{exc.field}: {exc.message}")
-        by_reason = await self.thread(self._by_reason, selection)
+        by_reason = await self.thread(selection.by_reason, self.store)
         total = sum(by_reason.values())
         held_dnc = sum(by_reason.get(r, 0) for r in DNC_REASONS) if verb == "replay" else 0
         held_amb = sum(by_reason.get(r, 0) for r in AMBIGUOUS_REASONS) if verb == "replay" else 0
@@ -649,27 +649,6 @@ class Console:
             back_url=back_url,
             error=error,
         )
-
-    def _by_reason(self, selection: Selection) -> dict[str, int]:
-        if selection.indexed and selection.since is None and selection.until is None:
-            counts = self.store.counts()
-            return (
-                {selection.reason: counts.get(selection.reason, 0)} if selection.reason else counts
-            )
-        if selection.indexed:
-            with broker_errors(self.settings):
-                pipe = self.backend.redis.pipeline(transaction=False)
-                reasons = [selection.reason] if selection.reason else list(all_reasons())
-                low = "-inf" if selection.since is None else repr(selection.since)
-                high = "+inf" if selection.until is None else repr(selection.until)
-                for reason in reasons:
-                    pipe.zcount(self.backend.keys.dead_letters_by_reason(reason), low, high)
-                values = pipe.execute()
-            return {r: int(n) for r, n in zip(reasons, values, strict=True) if n}
-        out: dict[str, int] = {}
-        for letter in selection.iter(self.store):
-            out[letter.reason] = out.get(letter.reason, 0) + 1
-        return out
 
     async def act(self, request: Request) -> Response:
         verb = "replay" if request.url.path.endswith("/replay") else "purge"
