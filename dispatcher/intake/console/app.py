@@ -141,7 +141,7 @@ def _when(value: object) -> str:
         moment = datetime.fromisoformat(str(value))
     except ValueError:
         return str(value)
-    return moment.strftime("%Y-%m-%d %H:%M:%S")
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def _utc(epoch: float) -> str:
@@ -490,7 +490,8 @@ class Console:
             parts.append(f"failed since {_utc(selection.since)}")
         if selection.until is not None:
             parts.append(f"failed before {_utc(selection.until)}")
-        return " ".join(parts)
+        text = " ".join(parts)
+        return text[:1].upper() + text[1:] + "."
 
     # -- dead letters -------------------------------------------------------------------
 
