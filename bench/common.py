@@ -162,7 +162,7 @@ def median(values: Sequence[float]) -> float:
     return float(statistics.median(values)) if values else 0.0
 
 
-def rotations(systems: Sequence[str], rounds: int) -> Iterator[tuple[int, str]]:
+def rotations(systems: Sequence[Any], rounds: int) -> Iterator[tuple[int, Any]]:
     """(round, system) with the order rotated every round: A B C, B C A, C A B, ...
 
     Side by side in the same run: a slow minute on the shared machine hits

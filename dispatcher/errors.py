@@ -13,6 +13,9 @@ never by matching strings, so the tree is the retry policy's vocabulary::
      │    └── BrokerWriteRefused          Redis answers but refuses writes (MISCONF: disk)
      │         ├── BrokerOutOfMemory      OOM: maxmemory reached (noeviction)
      │         └── BrokerReadOnly         READONLY: a replica (after a failover)
+     ├── UserError (ValueError)           a console user's name, role or password is bad
+     │    ├── UserExists                  `dispatcher users add` of a name taken
+     │    └── UnknownUser                 no user of that name
      └── CallFailed                       one external_add_lead call did not add the lead
           ├── TemporaryFailure            worth another attempt after a backoff
           │    ├── AgentNotLoggedIn       agent_not_logged_in: waits up to AGENT_WAIT_S
@@ -74,6 +77,9 @@ __all__ = [
     "ServerRefused",
     "TemporaryFailure",
     "UnknownResponse",
+    "UnknownUser",
+    "UserError",
+    "UserExists",
     "all_reasons",
 ]
 
@@ -150,6 +156,18 @@ class IdempotencyConflict(DispatcherError, ValueError):
             f"{where}idempotency key {key!r} was used for another lead (job {job_id}); "
             "nothing enqueued"
         )
+
+
+class UserError(DispatcherError, ValueError):
+    """A console user's name, role or password is not acceptable."""
+
+
+class UserExists(UserError):
+    """A user of that name exists already."""
+
+
+class UnknownUser(UserError):
+    """No console user of that name."""
 
 
 class CallFailed(DispatcherError):

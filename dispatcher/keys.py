@@ -100,3 +100,33 @@ class Keys:
     def consumer(self, consumer_id: str) -> str:
         """String with a TTL: a consumer process's heartbeat."""
         return f"{self.prefix}:consumer:{consumer_id}"
+
+    @property
+    def activity(self) -> str:
+        """Sorted set: one sample of the cumulative counters per minute (score = minute epoch)."""
+        return f"{self.prefix}:activity"
+
+    def user(self, name: str) -> str:
+        """Hash: one console user (role, password hash, created_at)."""
+        return f"{self.prefix}:user:{name}"
+
+    @property
+    def users(self) -> str:
+        """Set: the names of every console user."""
+        return f"{self.prefix}:users"
+
+    def session(self, token_digest: str) -> str:
+        """Hash: one console session, by the SHA-256 of its cookie (expires with it)."""
+        return f"{self.prefix}:session:{token_digest}"
+
+    def user_sessions(self, name: str) -> str:
+        """Set: the session digests of one user (removed with the user)."""
+        return f"{self.prefix}:user_sessions:{name}"
+
+    def login_failures(self, kind: str, who: str) -> str:
+        """String counter: failed console logins per user or per client, in a window."""
+        return f"{self.prefix}:login_failures:{kind}:{who}"
+
+    @property
+    def pattern(self) -> str:
+        return f"{self.prefix}:*"

@@ -97,6 +97,12 @@ class Settings:
     dialers_file: str | None = None
     # The dialers this worker serves (default: all of them).
     worker_dialers: tuple[str, ...] = ()
+    # The operator console (/ui/): a session ends after this long idle, and in any
+    # case this long after login; its cookie is Secure over https ("auto"), always
+    # ("true": TLS ends at a proxy that does not say so) or never ("false").
+    console_idle_s: float = 1800.0
+    console_session_s: float = 12 * 3600.0
+    console_secure_cookie: str = "auto"
 
     def __post_init__(self) -> None:
         problems: list[str] = []
@@ -159,6 +165,17 @@ class Settings:
         check(self.breaker_threshold >= 1, "breaker_threshold", "must be >= 1")
         check(self.breaker_pause_s > 0, "breaker_pause_s", "must be > 0")
         check(0 < self.scheduler_interval_s <= 60, "scheduler_interval_s", "must be 0-60")
+        check(60 <= self.console_idle_s <= 86400, "console_idle_s", "must be 60-86400")
+        check(
+            self.console_idle_s <= self.console_session_s <= 30 * 86400,
+            "console_session_s",
+            "must be at least CONSOLE_IDLE_S and at most 30 days",
+        )
+        check(
+            self.console_secure_cookie in ("auto", "true", "false"),
+            "console_secure_cookie",
+            "auto, true or false",
+        )
         if problems:
             raise ConfigError("invalid configuration: " + "; ".join(problems))
         if self.dialers_file or self.worker_dialers:

@@ -153,8 +153,6 @@ def client(settings: Settings) -> redis.Redis:
     return redis.Redis.from_url(settings.redis_url, decode_responses=True)
 
 
-
-
 #: Worker liveness, rewritten every beat: not state that a command could change.
 _HEARTBEATS = ("workers",)
 

@@ -8,6 +8,8 @@ Every worker runs one:
   restarted loses none;
 * writes this worker's and this process's heartbeat keys (with a TTL: liveness
   is judged by Redis, never by comparing hosts' clocks);
+* once a minute, a sample of the fleet's counters for the console's chart
+  (:mod:`dispatcher.activity`);
 * returns the in-flight pops of consumers whose heartbeat key expired to the
   queue, and forgets workers whose heartbeat is gone.
 """
@@ -18,6 +20,7 @@ import threading
 import time
 
 from dispatcher import logs
+from dispatcher.activity import record_minute
 from dispatcher.backend import get_backend
 from dispatcher.settings import Settings
 from workers.transport import consumer_id, consumer_ttl_s
@@ -37,6 +40,7 @@ class RetryScheduler(threading.Thread):
         self.ttl = consumer_ttl_s(settings.scheduler_interval_s)
         self._stop_event = threading.Event()
         self._last_reap = -1e9
+        self._last_minute = -1
         self._last_error_log = -1e9
 
     def stop(self) -> None:
@@ -51,6 +55,11 @@ class RetryScheduler(threading.Thread):
             if n < _BATCH:
                 break
         backend.fleet.beat(self.worker_name, consumer=self.consumer, ttl=self.ttl)
+        wall = time.time()
+        if int(wall // 60) != self._last_minute:
+            # The console's per-minute chart: one sample of the counters a minute.
+            self._last_minute = int(wall // 60)
+            record_minute(backend, now=wall)
         now = time.monotonic()
         if now - self._last_reap >= self.ttl / 4:
             self._last_reap = now

@@ -50,6 +50,7 @@ def _register() -> None:
     from dispatcher.cli.dlq import dlq
     from dispatcher.cli.enqueue import enqueue
     from dispatcher.cli.status import health, job, status
+    from dispatcher.cli.users import users
     from dispatcher.intake import serve_command
     from dispatcher.simulator import simulate_command
 
@@ -58,6 +59,7 @@ def _register() -> None:
     cli.add_command(status)
     cli.add_command(health)
     cli.add_command(dlq)
+    cli.add_command(users)
     cli.add_command(demo)
     cli.add_command(simulate_command, name="simulate")
     cli.add_command(serve_command, name="serve")

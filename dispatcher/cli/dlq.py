@@ -7,7 +7,6 @@ import json
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
 
 import click
 from rich.console import Console
@@ -18,11 +17,11 @@ from dispatcher import logs
 from dispatcher.cli.common import CliContext, Duration, SinceType, echo_json, fail, guarded
 from dispatcher.deadletter import DeadLetter, DeadLetterStore
 from dispatcher.errors import all_reasons
+from dispatcher.selection import DNC_REASONS, Selection, held_reasons, replay_letters
 
 __all__ = ["dlq"]
 
 _log = logs.get_logger("dispatcher.dlq")
-_DNC_REASONS = ("dnc", "campaign_dnc")
 _DNC_WHY = (
     "VICIdial refused these numbers because they are on a DNC list, and a replay re-runs "
     "the same DNC checks. Remove the number from the list in VICIdial first, then replay "
@@ -151,25 +150,15 @@ def show(obj: CliContext, dl_id: str, as_json: bool) -> None:
     console.print_json(json.dumps(letter.job))
 
 
-def _select(
-    store: DeadLetterStore,
+def _selection(
     ids: tuple[str, ...],
     reason: str | None,
     agent_user: str | None,
-    all_: bool,
     older_than: float | None = None,
-) -> Iterator[DeadLetter]:
+) -> Selection:
     until = None if older_than is None else time.time() - older_than
-    if ids:
-        # Named letters still honour the other filters (e.g. purge ID --older-than 30d).
-        for letter in store.iter(ids=dict.fromkeys(ids), reason=reason):
-            if agent_user is not None and letter.agent_user != agent_user:
-                continue
-            if until is not None and letter.score > until:
-                continue
-            yield letter
-    else:
-        yield from store.iter(reason=reason, agent_user=agent_user, until=until)
+    # Named letters still honour the other filters (e.g. purge ID --older-than 30d).
+    return Selection(ids=ids, reason=reason, agent_user=agent_user, until=until)
 
 
 def _check_selection(
@@ -181,50 +170,14 @@ def _check_selection(
         raise click.UsageError("--all cannot be combined with IDs or --reason")
 
 
-def _count(
-    store: DeadLetterStore,
-    ids: tuple[str, ...],
-    reason: str | None,
-    agent_user: str | None,
-    all_: bool,
-    older_than: float | None = None,
-) -> int:
-    if not ids and agent_user is None and older_than is None:
-        return store.counts().get(reason, 0) if reason else len(store)
-    return sum(1 for _ in _select(store, ids, reason, agent_user, all_, older_than))
-
-
-def _explain_skipped(skipped: Counter[bool], what: str) -> None:
-    """``skipped``: counts keyed by "is a DNC letter" (else ambiguous)."""
-    if skipped[True]:
-        click.echo(f"{skipped[True]} DNC letter(s) {what}: {_DNC_WHY}", err=True)
-    if skipped[False]:
-        click.echo(f"{skipped[False]} ambiguous letter(s) {what}: {_AMBIGUOUS_WHY}", err=True)
-
-
-def _tally(
-    store: DeadLetterStore,
-    ids: tuple[str, ...],
-    reason: str | None,
-    agent_user: str | None,
-    skip: tuple[str, ...],
-) -> tuple[int, Counter[bool]]:
-    """(letters of the selection outside ``skip``, those inside it by "is DNC"), one pass."""
-    held: Counter[bool] = Counter()
-    if not ids and agent_user is None:
-        counts = store.counts()
-        selected = {reason: counts.get(reason, 0)} if reason else counts
-        for r, n in selected.items():
-            if r in skip:
-                held[r in _DNC_REASONS] += n
-        return sum(selected.values()) - sum(held.values()), held
-    kept = 0
-    for letter in _select(store, ids, reason, agent_user, False):
-        if letter.reason in skip:
-            held[letter.reason in _DNC_REASONS] += 1
-        else:
-            kept += 1
-    return kept, held
+def _explain_skipped(skipped: Counter[str], what: str) -> None:
+    """``skipped``: letters held back, per reason."""
+    dnc = sum(n for r, n in skipped.items() if r in DNC_REASONS)
+    ambiguous = sum(n for r, n in skipped.items() if r not in DNC_REASONS)
+    if dnc:
+        click.echo(f"{dnc} DNC letter(s) {what}: {_DNC_WHY}", err=True)
+    if ambiguous:
+        click.echo(f"{ambiguous} ambiguous letter(s) {what}: {_AMBIGUOUS_WHY}", err=True)
 
 
 def _confirm(question: str, yes: bool) -> None:
@@ -300,7 +253,7 @@ def replay(
     as_json: bool,
 ) -> None:
     _check_selection(ids, reason, all_, extra=agent_user is not None)
-    if reason in _DNC_REASONS and not include_dnc:
+    if reason in DNC_REASONS and not include_dnc:
         raise click.UsageError(
             f"--reason {reason}: these leads were refused because the number is on a DNC "
             "list; replaying them re-runs the same DNC checks. Remove the number from the "
@@ -310,15 +263,15 @@ def replay(
         raise click.UsageError(f"--reason ambiguous: {_AMBIGUOUS_WHY}")
     store = _store(obj)
     err = Console(stderr=True)
-    skip = () if include_dnc else _DNC_REASONS
-    if not ids and not include_ambiguous:
-        skip = (*skip, "ambiguous")
+    # Named by ID, an ambiguous letter is meant: only bulk selections hold them back.
+    skip = held_reasons(include_dnc=include_dnc, include_ambiguous=include_ambiguous or bool(ids))
+    selection = _selection(ids, reason, agent_user)
     if dry_run:
         shown = 0
-        skipped: Counter[bool] = Counter()
-        for letter in _select(store, ids, reason, agent_user, all_):
+        skipped: Counter[str] = Counter()
+        for letter in selection.iter(store):
             if letter.reason in skip:
-                skipped[letter.reason in _DNC_REASONS] += 1
+                skipped[letter.reason] += 1
                 continue
             click.echo(
                 f"would replay {letter.id}  {letter.reason}  agent={letter.agent_user}  "
@@ -328,37 +281,23 @@ def replay(
         click.echo(f"dry run: {shown} would be replayed; nothing changed", err=True)
         _explain_skipped(skipped, "would be left alone")
         return
-    total, held = _tally(store, ids, reason, agent_user, skip)
-    _explain_skipped(held, "left alone")
+    total, held_counts = selection.tally(store, skip)
+    _explain_skipped(held_counts, "left alone")
     if total == 0:
         click.echo("no dead letters match", err=True)
         return
     _confirm(f"Replay {total} dead letter(s)?", yes)
-    outcomes: Counter[str] = Counter()
-    interval = 1.0 / rate if rate else 0.0
-    next_at = time.monotonic()
     with _progress(err, "replaying", total) as progress:
         task = progress.add_task("replay", total=total)
-        for letter in _select(store, ids, reason, agent_user, all_):
-            if letter.reason in skip:
-                dnc = letter.reason in _DNC_REASONS
-                outcomes["skipped_dnc" if dnc else "skipped_ambiguous"] += 1
-                continue
-            if interval:
-                delay = next_at - time.monotonic()
-                if delay > 0:
-                    time.sleep(delay)
-                next_at = max(next_at, time.monotonic()) + interval
-            result = store.replay(letter)
-            outcomes[result] += 1
-            if result == "replayed":
-                _log.info(
-                    "dlq.replayed",
-                    job_id=letter.job_id,
-                    reason=letter.reason,
-                    replays=letter.replays + 1,
-                )
-            progress.advance(task)
+        outcomes = replay_letters(
+            store,
+            selection.iter(store),
+            held=skip,
+            rate=rate,
+            on_each=lambda _letter, result: (
+                None if result.startswith("skipped") else progress.advance(task)
+            ),
+        )
     summary = {
         "replayed": outcomes["replayed"],
         "already_added": outcomes["done"],
@@ -405,7 +344,8 @@ def purge(
 ) -> None:
     _check_selection(ids, reason, all_, extra=older_than is not None)
     store = _store(obj)
-    total = _count(store, ids, reason, None, all_, older_than)
+    selection = _selection(ids, reason, None, older_than)
+    total = selection.count(store)
     if total == 0:
         click.echo("no dead letters match", err=True)
         return
@@ -414,7 +354,7 @@ def purge(
     err = Console(stderr=True)
     with _progress(err, "purging", total) as progress:
         task = progress.add_task("purge", total=total)
-        for letter in _select(store, ids, reason, None, all_, older_than):
+        for letter in selection.iter(store):
             if store.purge(letter):
                 deleted += 1
                 _log.info("dlq.purged", job_id=letter.job_id, reason=letter.reason)

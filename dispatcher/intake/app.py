@@ -13,8 +13,10 @@ bodies are the dispatcher's own, and there is no model layer to keep in step wit
 
 What protects it, in :class:`_Guard` (pure ASGI, in front of routing):
 
-* every path but ``/healthz``, ``/metrics`` and ``/openapi.json`` (so every ``/v1``
-  route, and any route added later) needs ``Authorization: Bearer TOKEN`` with one of
+* every path but ``/healthz``, ``/metrics``, ``/openapi.json`` and the operator
+  console under ``/ui`` (whose own gate, :mod:`dispatcher.intake.console`, lets
+  nothing through without a login session) -- so every ``/v1`` route, and any route
+  added later -- needs ``Authorization: Bearer TOKEN`` with one of
   ``DISPATCHER_INTAKE_TOKENS`` (several, for rotation). The token is compared
   with :func:`hmac.compare_digest` against *every* configured token, and the 401
   is byte-for-byte the same for a missing, malformed or wrong token, so neither
@@ -46,7 +48,7 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import Mount, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from dispatcher import logs
@@ -80,6 +82,9 @@ _MAX_LOGGED_PATH = 256
 # Everything else needs a token, whatever the path: a route added later, or an unknown
 # path, is closed by default (401 before any 404).
 _PUBLIC_PATHS = frozenset({"/healthz", "/metrics", "/openapi.json"})
+# The operator console authenticates with its own sessions (dispatcher.intake.console):
+# nothing under it answers without a login, and bearer tokens are not asked there.
+_CONSOLE = "/ui"
 _QUIET_PATHS = frozenset({"/healthz", "/metrics"})  # scraped every few seconds: DEBUG
 _log = logs.get_logger("dispatcher.intake")
 
@@ -186,7 +191,9 @@ class _Guard:
 
     async def _guarded(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers: list[tuple[bytes, bytes]] = scope.get("headers", [])
-        if _route_path(scope) not in _PUBLIC_PATHS and not self.authorized(headers):
+        path = _route_path(scope)
+        console = path == _CONSOLE or path.startswith(_CONSOLE + "/")
+        if path not in _PUBLIC_PATHS and not console and not self.authorized(headers):
             await JSONResponse(
                 _UNAUTHORIZED, status_code=401, headers={"WWW-Authenticate": "Bearer"}
             )(scope, receive, send)
@@ -434,27 +441,36 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     return JSONResponse({"error": exc.detail}, status_code=exc.status_code, headers=exc.headers)
 
 
-def create_app(settings: Settings) -> Starlette:
-    """The intake ASGI app for ``settings``.
+def create_app(settings: Settings, *, intake: bool = True) -> Starlette:
+    """The intake ASGI app for ``settings``, with the operator console at ``/ui/``.
 
-    Raises ConfigError when ``settings.intake_tokens`` is empty: an intake that
-    anyone can write to is never what an operator meant. Logging is the caller's
-    to configure (``dispatcher serve`` does, with the tokens among the secrets).
+    Raises ConfigError when ``intake`` is wanted and ``settings.intake_tokens`` is
+    empty: an intake that anyone can write to is never what an operator meant.
+    ``intake=False`` (``dispatcher serve --no-intake``) serves the console,
+    ``/healthz`` and ``/metrics`` only, and needs no token. Logging is the
+    caller's to configure (``dispatcher serve`` does, with the tokens among the
+    secrets).
     """
-    if not settings.intake_tokens:
+    from dispatcher.intake.console import console_app
+
+    if intake and not settings.intake_tokens:
         raise ConfigError(
             "DISPATCHER_INTAKE_TOKENS is empty: set one or more bearer tokens "
             "(comma-separated) before starting the HTTP intake"
         )
-    intake = _Intake(settings)
+    handlers = _Intake(settings)
     routes = [
-        Route("/v1/leads", intake.post_lead, methods=["POST"]),
-        Route("/v1/leads:batch", intake.post_batch, methods=["POST"]),
-        Route("/v1/jobs/{job_id}", intake.get_job, methods=["GET"]),
-        Route("/healthz", intake.healthz, methods=["GET"]),
-        Route("/metrics", intake.metrics, methods=["GET"]),
-        Route("/openapi.json", intake.openapi, methods=["GET"]),
+        Route("/healthz", handlers.healthz, methods=["GET"]),
+        Route("/metrics", handlers.metrics, methods=["GET"]),
+        Mount(_CONSOLE, app=console_app(settings, handlers.backend)),
     ]
+    if intake:
+        routes += [
+            Route("/v1/leads", handlers.post_lead, methods=["POST"]),
+            Route("/v1/leads:batch", handlers.post_batch, methods=["POST"]),
+            Route("/v1/jobs/{job_id}", handlers.get_job, methods=["GET"]),
+            Route("/openapi.json", handlers.openapi, methods=["GET"]),
+        ]
     app = Starlette(
         routes=routes,
         middleware=[Middleware(_Guard, tokens=settings.intake_tokens, max_body=MAX_BODY_BYTES)],

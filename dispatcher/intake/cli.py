@@ -30,26 +30,34 @@ Routes (every /v1 route needs Authorization: Bearer TOKEN):
   GET  /healthz            200 when Redis answers, else 503 (no token)
   GET  /metrics            Prometheus text for the whole fleet (no token)
   GET  /openapi.json       the OpenAPI document (no token)
+  /ui/                     the operator console (its own login: `dispatcher users add`)
 
 \b
 Tokens come from DISPATCHER_INTAKE_TOKENS (comma-separated: list the new and the
 old token while clients move over); the command refuses to start (exit 2)
-without one. Put TLS in front of it (a reverse proxy) beyond localhost.""",
+without one, unless --no-intake asks for the console alone. Put TLS in front
+of it (a reverse proxy) beyond localhost.""",
 )
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option(
     "--port", type=click.IntRange(0, 65535), default=8000, show_default=True, help="TCP port."
 )
+@click.option(
+    "--no-intake",
+    is_flag=True,
+    help="Serve only the operator console, /healthz and /metrics (no /v1 routes, no token).",
+)
 @click.pass_context
-def serve_command(ctx: click.Context, host: str, port: int) -> None:
+def serve_command(ctx: click.Context, host: str, port: int, no_intake: bool) -> None:
     from dispatcher.cli.common import CliContext, fail
 
     obj = ctx.ensure_object(CliContext)
     settings = obj.settings  # exit 2 on a bad setting; configures logging with the secrets
-    if not settings.intake_tokens:
+    if not settings.intake_tokens and not no_intake:
         fail(
             "DISPATCHER_INTAKE_TOKENS is empty: set one or more bearer tokens "
-            "(comma-separated), e.g. DISPATCHER_INTAKE_TOKENS=$(openssl rand -hex 32)",
+            "(comma-separated), e.g. DISPATCHER_INTAKE_TOKENS=$(openssl rand -hex 32); "
+            "or add --no-intake to serve only the operator console",
             code=2,
         )
     try:
@@ -62,7 +70,7 @@ def serve_command(ctx: click.Context, host: str, port: int) -> None:
     short = sum(1 for t in settings.intake_tokens if len(t) < 16)
     if short:
         log.warning("intake.weak_tokens", count=short, hint="use tokens of 32+ random characters")
-    app = create_app(settings)
+    app = create_app(settings, intake=not no_intake)
     config = uvicorn.Config(
         app,
         host=host,
@@ -75,7 +83,14 @@ def serve_command(ctx: click.Context, host: str, port: int) -> None:
         server_header=False,
         lifespan="off",
     )
-    log.info("intake.starting", host=host, port=port, tokens=len(settings.intake_tokens))
+    log.info(
+        "intake.starting",
+        host=host,
+        port=port,
+        tokens=len(settings.intake_tokens),
+        intake=not no_intake,
+        console=f"http://{host}:{port}/ui/",
+    )
     server = uvicorn.Server(config)
     server.run()
     if not server.started:

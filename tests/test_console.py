@@ -1,0 +1,984 @@
+"""The operator console (/ui/), server side: every route, both roles, the CSRF gate.
+
+The real app (``create_app``) answers through Starlette's TestClient, against a
+real Redis; dead letters are written with ``DeadLetterStore.record``, as workers
+write them. The browser tests (tests/test_console_browser.py) drive the same
+pages in Chromium with a real worker and the simulator.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+import time
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import urlencode
+
+import pytest
+import redis
+from starlette.testclient import TestClient
+
+from dispatcher.activity import read_activity, record_minute
+from dispatcher.backend import get_backend
+from dispatcher.deadletter import DeadLetter, DeadLetterStore
+from dispatcher.intake import create_app
+from dispatcher.intake.console.sessions import CLIENT_LIMIT, USER_LIMIT, LoginThrottle, SessionStore
+from dispatcher.producer import job_status, prepare_job
+from dispatcher.selection import Cursor, Selection
+from dispatcher.settings import Settings
+from dispatcher.users import UserStore
+from tests.conftest import make_settings
+
+TOKEN = "tok-console-3f9c2d8e61b04a7f9e2c"
+SECRET = "pa55-Sekr1t-xyz"
+OPERATOR = ("olivia", "olivia-password-1")
+VIEWER = ("victor", "victor-password-1")
+AUTH_ERROR = f"ERROR: Invalid Username/Password: |6666|{SECRET}|auth|api|message|"
+
+
+@pytest.fixture
+def cs(redis_url: str) -> Settings:
+    """Console settings: a real Redis, a VICIdial password that must never show."""
+    return make_settings(
+        redis_url,
+        intake_tokens=(TOKEN,),
+        vicidial_url="http://127.0.0.1:9/agc/api.php",
+        vicidial_user="6666",
+        vicidial_pass=SECRET,
+    )
+
+
+_HASHED: dict[str, dict[str, str]] = {}
+
+
+def seed_users(settings: Settings) -> None:
+    """The two users, as `dispatcher users add` stores them.
+
+    Argon2 is slow on purpose (about 0.3 s a hash here), so each user is hashed
+    once per test session and its stored record copied into each test's Redis.
+    """
+    backend = get_backend(settings)
+    r = backend.redis
+    for (name, password), role in ((OPERATOR, "operator"), (VIEWER, "viewer")):
+        if name not in _HASHED:
+            UserStore(backend).add(name, role=role, password=password)
+            _HASHED[name] = r.hgetall(backend.keys.user(name))
+        r.hset(backend.keys.user(name), mapping=_HASHED[name])
+        r.sadd(backend.keys.users, name)
+
+
+@pytest.fixture
+def app(cs: Settings) -> Any:
+    seed_users(cs)
+    return create_app(cs)
+
+
+def csrf_of(html: str) -> str:
+    match = re.search(r'name="csrf" value="([^"]+)"', html)
+    assert match, "no CSRF field on the page"
+    return match.group(1)
+
+
+def login(app: Any, who: tuple[str, str], *, base_url: str = "http://testserver") -> TestClient:
+    client = TestClient(app, base_url=base_url)
+    page = client.get("/ui/login")
+    assert page.status_code == 200
+    reply = client.post(
+        "/ui/login",
+        data={"csrf": csrf_of(page.text), "username": who[0], "password": who[1], "next": ""},
+        follow_redirects=False,
+    )
+    assert reply.status_code == 303, reply.text
+    return client
+
+
+def session_client(app: Any, name: str) -> TestClient:
+    """A client with a session made as a login makes it (the login itself is tested above)."""
+    settings: Settings = app.state.settings
+    user = UserStore(get_backend(settings)).get(name)
+    assert user is not None
+    sessions = SessionStore(
+        get_backend(settings),
+        idle_s=settings.console_idle_s,
+        lifetime_s=settings.console_session_s,
+    )
+    token, _ = sessions.create(user)
+    return TestClient(app, cookies={"dispatcher_console": token})
+
+
+@pytest.fixture
+def operator(app: Any) -> Iterator[TestClient]:
+    with session_client(app, OPERATOR[0]) as client:
+        yield client
+
+
+@pytest.fixture
+def viewer(app: Any) -> Iterator[TestClient]:
+    with session_client(app, VIEWER[0]) as client:
+        yield client
+
+
+def add_letters(
+    settings: Settings,
+    n: int,
+    *,
+    reason: str = "manual_list_undefined",
+    agent: str = "1000",
+    phone_base: int = 7275550000,
+    error: str = "ERROR: campaign manual dial list undefined - 1003|GHOST",
+    now: float | None = None,
+    step: float = 0.001,
+) -> list[DeadLetter]:
+    store = DeadLetterStore(get_backend(settings))
+    start = time.time() if now is None else now
+    out = []
+    for i in range(n):
+        job = prepare_job(
+            {"agent_user": agent, "phone_number": str(phone_base + i), "first_name": "Ann"},
+            settings=settings,
+        )
+        out.append(
+            store.record(
+                job=job.to_message(),
+                reason=reason,
+                error=error,
+                http_status=200,
+                attempts=1,
+                first_failed_at=None,
+                job_id=job.job_id,
+                now=start - i * step,
+                next_seq=0,
+            )
+        )
+    return out
+
+
+def ids_on(html: str) -> list[str]:
+    return re.findall(r'href="/ui/dead-letters/([0-9a-f]{32})"', html)
+
+
+def store_of(settings: Settings) -> DeadLetterStore:
+    return DeadLetterStore(get_backend(settings))
+
+
+# -- no page without login -------------------------------------------------------------------
+
+GET_ROUTES = [
+    "/ui/",
+    "/ui/dead-letters",
+    "/ui/dead-letters/export?format=jsonl",
+    "/ui/dead-letters/replay?scope=matching",
+    "/ui/dead-letters/purge?scope=matching",
+    "/ui/dead-letters/0123456789abcdef0123456789abcdef",
+    "/ui/jobs",
+    "/ui/jobs/0123456789abcdef0123456789abcdef",
+    "/ui/no-such-page",
+]
+POST_ROUTES = ["/ui/logout", "/ui/dead-letters/replay", "/ui/dead-letters/purge", "/ui/"]
+
+
+@pytest.mark.parametrize("path", GET_ROUTES)
+def test_every_page_sends_an_anonymous_visitor_to_the_login_page(app: Any, path: str) -> None:
+    add_letters(app.state.settings, 1)
+    with TestClient(app) as client:
+        reply = client.get(path, follow_redirects=False)
+    assert reply.status_code == 303
+    assert reply.headers["location"].startswith("/ui/login")
+    assert "olivia" not in reply.text and "7275550000" not in reply.text
+
+
+@pytest.mark.parametrize("path", POST_ROUTES)
+def test_every_post_without_a_session_is_refused_and_changes_nothing(
+    app: Any, cs: Settings, path: str
+) -> None:
+    [letter] = add_letters(cs, 1)
+    with TestClient(app) as client:
+        reply = client.post(
+            path, data={"scope": "matching", "confirm": "yes", "csrf": "x"}, follow_redirects=False
+        )
+    assert reply.status_code == 403
+    assert store_of(cs).get(letter.id) is not None
+
+
+def test_a_bearer_token_does_not_open_the_console_and_v1_still_needs_one(app: Any) -> None:
+    with TestClient(app) as client:
+        reply = client.get(
+            "/ui/", headers={"Authorization": f"Bearer {TOKEN}"}, follow_redirects=False
+        )
+        assert reply.status_code == 303 and reply.headers["location"] == "/ui/login"
+        assert client.get("/v1/jobs/abc").status_code == 401
+        assert (
+            client.get("/v1/jobs/abc", headers={"Authorization": f"Bearer {TOKEN}"}).status_code
+            == 404
+        )
+        assert client.get("/ui", follow_redirects=False).status_code in (301, 302, 303, 307, 308)
+
+
+def test_the_login_page_keeps_where_the_visitor_was_going(app: Any, cs: Settings) -> None:
+    with TestClient(app) as client:
+        reply = client.get("/ui/dead-letters?reason=dnc", follow_redirects=False)
+        assert reply.headers["location"] == "/ui/login?next=%2Fui%2Fdead-letters%3Freason%3Ddnc"
+        page = client.get(reply.headers["location"])
+        assert 'value="/ui/dead-letters?reason=dnc"' in page.text
+        done = client.post(
+            "/ui/login",
+            data={
+                "csrf": csrf_of(page.text),
+                "username": OPERATOR[0],
+                "password": OPERATOR[1],
+                "next": "/ui/dead-letters?reason=dnc",
+            },
+            follow_redirects=False,
+        )
+        assert done.headers["location"] == "/ui/dead-letters?reason=dnc"
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        "https://evil.example/",
+        "//evil.example/ui/",
+        "/v1/leads",
+        "/ui\\..\\x",
+        "javascript:alert(1)",
+    ],
+)
+def test_login_never_redirects_off_the_console(app: Any, target: str) -> None:
+    with TestClient(app) as client:
+        page = client.get("/ui/login")
+        done = client.post(
+            "/ui/login",
+            data={
+                "csrf": csrf_of(page.text),
+                "username": OPERATOR[0],
+                "password": OPERATOR[1],
+                "next": target,
+            },
+            follow_redirects=False,
+        )
+    assert done.status_code == 303 and done.headers["location"] == "/ui/"
+
+
+# -- login, cookies, sessions ------------------------------------------------------------------
+
+
+def test_session_cookie_is_httponly_lax_scoped_and_secure_over_https(
+    app: Any, cs: Settings
+) -> None:
+    with TestClient(app) as client:
+        page = client.get("/ui/login")
+        reply = client.post(
+            "/ui/login",
+            data={"csrf": csrf_of(page.text), "username": OPERATOR[0], "password": OPERATOR[1]},
+            follow_redirects=False,
+        )
+    cookie = next(
+        c for c in reply.headers.get_list("set-cookie") if c.startswith("dispatcher_console=")
+    )
+    assert "HttpOnly" in cookie and "SameSite=lax" in cookie and "Path=/ui" in cookie
+    assert "Max-Age=43200" in cookie and "Secure" not in cookie
+    https = login(app, OPERATOR, base_url="https://testserver")
+    # httpx keeps Secure cookies for https only; check the header the server sent.
+    with https:
+        page = https.get("/ui/login")
+        reply = https.post(
+            "/ui/login",
+            data={"csrf": csrf_of(page.text), "username": OPERATOR[0], "password": OPERATOR[1]},
+            follow_redirects=False,
+        )
+    cookie = next(
+        c for c in reply.headers.get_list("set-cookie") if c.startswith("dispatcher_console=")
+    )
+    assert "Secure" in cookie
+    # DISPATCHER_CONSOLE_SECURE_COOKIE=true (TLS ends at a proxy that does not say so):
+    # Secure even over plain http, so this client (http) cannot even send the login form back.
+    forced = create_app(cs.replace(console_secure_cookie="true"))
+    with TestClient(forced) as client:
+        page = client.get("/ui/login")
+        cookie = page.headers["set-cookie"]
+        assert cookie.startswith("dispatcher_login=") and "Secure" in cookie
+        reply = client.post(
+            "/ui/login",
+            data={"csrf": csrf_of(page.text), "username": OPERATOR[0], "password": OPERATOR[1]},
+            follow_redirects=False,
+        )
+        assert "dispatcher_console" not in client.cookies
+
+
+def test_sessions_live_in_redis_hashed_with_an_idle_ttl(app: Any, cs: Settings) -> None:
+    with login(app, OPERATOR) as client:
+        token = client.cookies["dispatcher_console"]
+    r = redis.Redis.from_url(cs.redis_url, decode_responses=True)
+    keys = list(r.scan_iter(match=f"{cs.key_prefix}:session:*"))
+    assert len(keys) == 1 and token not in keys[0]
+    ttl = r.ttl(keys[0])
+    assert 0 < ttl <= cs.console_idle_s
+    data = r.hgetall(keys[0])
+    assert data["user"] == OPERATOR[0] and data["role"] == "operator"
+    assert token not in json.dumps(data)
+
+
+def test_a_session_ends_at_its_lifetime_even_when_used(operator: TestClient, cs: Settings) -> None:
+    assert operator.get("/ui/", follow_redirects=False).status_code == 200
+    r = redis.Redis.from_url(cs.redis_url, decode_responses=True)
+    [key] = r.scan_iter(match=f"{cs.key_prefix}:session:*")
+    r.hset(key, "created_at", f"{time.time() - cs.console_session_s - 1:.3f}")
+    reply = operator.get("/ui/", follow_redirects=False)
+    assert reply.status_code == 303 and reply.headers["location"] == "/ui/login"
+    assert not r.exists(key)
+
+
+def test_an_idle_session_expires(operator: TestClient, cs: Settings) -> None:
+    r = redis.Redis.from_url(cs.redis_url, decode_responses=True)
+    [key] = r.scan_iter(match=f"{cs.key_prefix}:session:*")
+    r.pexpire(key, 1)  # what the idle TTL does after CONSOLE_IDLE_S without a request
+    time.sleep(0.05)
+    assert operator.get("/ui/", follow_redirects=False).status_code == 303
+
+
+def test_logout_ends_the_session_on_the_server(operator: TestClient, app: Any) -> None:
+    token = operator.cookies["dispatcher_console"]
+    page = operator.get("/ui/")
+    reply = operator.post("/ui/logout", data={"csrf": csrf_of(page.text)}, follow_redirects=False)
+    assert reply.status_code == 303 and reply.headers["location"] == "/ui/login"
+    # The old cookie, replayed by someone who kept it, opens nothing.
+    with TestClient(app, cookies={"dispatcher_console": token}) as stolen:
+        assert stolen.get("/ui/", follow_redirects=False).status_code == 303
+
+
+def test_wrong_password_and_unknown_user_get_the_same_answer(app: Any) -> None:
+    with TestClient(app) as client:
+        answers = []
+        for name, password in ((OPERATOR[0], "wrong-password-1"), ("nobody", "wrong-password-1")):
+            page = client.get("/ui/login")
+            reply = client.post(
+                "/ui/login",
+                data={"csrf": csrf_of(page.text), "username": name, "password": password},
+                follow_redirects=False,
+            )
+            answers.append((reply.status_code, "Wrong user name or password." in reply.text))
+            assert "dispatcher_console" not in client.cookies
+    assert answers == [(401, True), (401, True)]
+
+
+def test_logins_are_throttled_per_user_and_per_client(app: Any, cs: Settings) -> None:
+    throttle = LoginThrottle(get_backend(cs))
+
+    def attempt(client: TestClient, name: str, password: str) -> Any:
+        page = client.get("/ui/login")
+        return client.post(
+            "/ui/login",
+            data={"csrf": csrf_of(page.text), "username": name, "password": password},
+            follow_redirects=False,
+        )
+
+    with TestClient(app) as client:
+        # All but the last allowed failure counted directly (each real one costs an Argon2 check).
+        for _ in range(USER_LIMIT - 1):
+            throttle.failed(OPERATOR[0], "testclient")
+        assert attempt(client, OPERATOR[0], "guess-guess-1").status_code == 401
+        reply = attempt(client, OPERATOR[0], OPERATOR[1])  # the right password, too late
+        assert reply.status_code == 429 and "Too many failed logins" in reply.text
+        assert "dispatcher_console" not in client.cookies
+        # Another user from the same client is not locked out by olivia's failures...
+        assert attempt(client, VIEWER[0], VIEWER[1]).status_code == 303
+    # ...but a client that tries many names is.
+    get_backend(cs).redis.flushdb()
+    seed_users(cs)
+    with TestClient(app) as client:
+        for i in range(CLIENT_LIMIT - 1):
+            throttle.failed(f"user{i}", "testclient")
+        assert attempt(client, "someone", "guess-guess-1").status_code == 401
+        assert attempt(client, OPERATOR[0], OPERATOR[1]).status_code == 429
+
+
+def test_login_form_without_its_own_token_logs_nobody_in(app: Any) -> None:
+    with TestClient(app) as client:
+        reply = client.post(
+            "/ui/login",
+            data={"csrf": "forged", "username": OPERATOR[0], "password": OPERATOR[1]},
+            follow_redirects=False,
+        )
+        assert reply.status_code == 303 and reply.headers["location"] == "/ui/login"
+        assert "dispatcher_console" not in client.cookies
+
+
+def test_login_page_tells_how_to_create_the_first_user(cs: Settings) -> None:
+    with TestClient(create_app(cs)) as client:
+        page = client.get("/ui/login")
+    assert "dispatcher users add NAME --role operator --password-stdin" in page.text
+
+
+# -- CSRF and headers ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", ["/ui/dead-letters/replay", "/ui/dead-letters/purge"])
+def test_a_forged_post_fails_and_changes_nothing(
+    operator: TestClient, cs: Settings, path: str
+) -> None:
+    [letter] = add_letters(cs, 1)
+    form = {"scope": "selected", "id": letter.id, "confirm": "yes"}
+    assert operator.post(path, data=form).status_code == 403  # no token
+    assert operator.post(path, data={**form, "csrf": "x" * 43}).status_code == 403  # wrong
+    token = csrf_of(operator.get("/ui/").text)
+    # The right token from another site's page (its Origin) is refused too.
+    reply = operator.post(
+        path, data={**form, "csrf": token}, headers={"Origin": "https://evil.example"}
+    )
+    assert reply.status_code == 403
+    # A reverse proxy that rewrites Host says which name the browser used.
+    behind = operator.post(
+        path,
+        data={**form, "csrf": token, "confirm": "no"},
+        headers={"Origin": "https://console.example", "X-Forwarded-Host": "evil.example"},
+    )
+    assert behind.status_code == 403
+    behind = operator.post(
+        path,
+        data={**form, "csrf": token, "confirm": "no"},  # a preview: changes nothing
+        headers={"Origin": "https://console.example", "X-Forwarded-Host": "console.example"},
+    )
+    assert behind.status_code == 200
+    # And so is anything but the page's own form encoding.
+    assert operator.post(path, json={**form, "csrf": token}).status_code == 415
+    assert store_of(cs).get(letter.id) is not None
+    # The same form from the console itself works.
+    reply = operator.post(
+        path,
+        data={**form, "csrf": token},
+        headers={"Origin": "http://testserver"},
+        follow_redirects=False,
+    )
+    assert reply.status_code == 303
+    assert store_of(cs).get(letter.id) is None
+
+
+def test_another_sessions_token_does_not_work(app: Any, cs: Settings) -> None:
+    [letter] = add_letters(cs, 1)
+    with session_client(app, OPERATOR[0]) as first, session_client(app, OPERATOR[0]) as second:
+        other = csrf_of(second.get("/ui/").text)
+        reply = first.post(
+            "/ui/dead-letters/purge",
+            data={"scope": "selected", "id": letter.id, "confirm": "yes", "csrf": other},
+        )
+        assert reply.status_code == 403
+    assert store_of(cs).get(letter.id) is not None
+
+
+def test_every_page_has_a_nonce_csp_and_no_caching(operator: TestClient) -> None:
+    for path in ("/ui/", "/ui/dead-letters", "/ui/jobs", "/ui/login", "/ui/nothing-here"):
+        reply = operator.get(path)
+        csp = reply.headers["content-security-policy"]
+        nonce = re.search(r"'nonce-([^']+)'", csp)
+        assert nonce and f'nonce="{nonce.group(1)}"' in reply.text
+        assert "default-src 'none'" in csp and "frame-ancestors 'none'" in csp
+        assert reply.headers["x-frame-options"] == "DENY"
+        assert reply.headers["cache-control"] == "no-store"
+        # The page's own script and style are inline as written (not HTML-escaped)...
+        assert (
+            'getElementById("select-all")' in reply.text and "&#34;Segoe UI&#34;" not in reply.text
+        )
+        # ...and nothing is fetched from anywhere: no external script, style or font.
+        assert not re.search(r"<(script|link)[^>]+(src|href)=\"(?!data:)", reply.text)
+
+
+# -- roles ---------------------------------------------------------------------------------
+
+
+def operator_view(viewer: TestClient, dl_id: str) -> str:
+    """The same page as an operator sees it (the check above must be able to fail)."""
+    with session_client(viewer.app, OPERATOR[0]) as client:
+        return client.get(f"/ui/dead-letters/{dl_id}").text
+
+
+def test_a_viewer_sees_no_action_and_a_direct_post_is_refused(
+    viewer: TestClient, cs: Settings
+) -> None:
+    [letter] = add_letters(cs, 1)
+    page = viewer.get("/ui/dead-letters")
+    assert page.status_code == 200 and letter.id in page.text
+    action = re.compile(r"<button[^>]*>\s*(Replay|Purge)")
+    assert 'type="checkbox" name="id"' not in page.text and not action.search(page.text)
+    detail = viewer.get(f"/ui/dead-letters/{letter.id}")
+    assert detail.status_code == 200 and not action.search(detail.text)
+    assert action.search(operator_view(viewer, letter.id))
+    assert viewer.get("/ui/dead-letters/replay?scope=matching").status_code == 403
+    assert viewer.get("/ui/dead-letters/purge?scope=matching").status_code == 403
+    token = csrf_of(page.text)
+    for path in ("/ui/dead-letters/replay", "/ui/dead-letters/purge"):
+        reply = viewer.post(
+            path, data={"scope": "selected", "id": letter.id, "confirm": "yes", "csrf": token}
+        )
+        assert reply.status_code == 403
+    assert store_of(cs).get(letter.id) is not None
+    # Reading is the viewer's right: export too.
+    assert viewer.get("/ui/dead-letters/export?format=jsonl").status_code == 200
+
+
+def test_removing_a_user_or_changing_the_role_ends_their_sessions(app: Any, cs: Settings) -> None:
+    users = UserStore(get_backend(cs))
+    with login(app, OPERATOR) as client:
+        users.add(OPERATOR[0], role="viewer", password=OPERATOR[1], replace=True)
+        assert client.get("/ui/", follow_redirects=False).status_code == 303
+    with session_client(app, OPERATOR[0]) as client:
+        assert client.get("/ui/dead-letters").status_code == 200
+        assert "Replay all matching" not in client.get("/ui/dead-letters").text  # now a viewer
+        users.remove(OPERATOR[0])
+        assert client.get("/ui/", follow_redirects=False).status_code == 303
+
+
+# -- overview --------------------------------------------------------------------------------
+
+
+def test_overview_shows_queue_retries_workers_pauses_and_dead_letters(
+    operator: TestClient, cs: Settings
+) -> None:
+    add_letters(cs, 3, reason="manual_list_undefined")
+    add_letters(cs, 2, reason="dnc", phone_base=7275560000)
+    backend = get_backend(cs)
+    r = backend.redis
+    now = time.time()
+    job = prepare_job(
+        {"agent_user": "1000", "phone_number": "7275551212"}, settings=cs, now=now - 125
+    )
+    from dispatcher.producer import push_jobs
+
+    push_jobs([job], settings=cs)
+    r.zadd(backend.keys.scheduled, {"retry-1": now + 30, "retry-2": now + 60})
+    r.hset(backend.keys.workers, "w1@host", f"{now:.3f}")
+    r.hset(
+        backend.keys.pause("dialer.example:443"),
+        mapping={
+            "until": f"{now + 240:.3f}",
+            "reason": "auth",
+            "kind": "refused",
+            "since": f"{now:.3f}",
+        },
+    )
+    page = operator.get("/ui/")
+    text = page.text
+    assert page.status_code == 200
+    assert "<dt>Queued</dt><dd>1<small>oldest enqueued 2 min ago</small>" in text
+    assert "<dt>Retries waiting</dt><dd>2</dd>" in text
+    assert "w1@host" in text
+    assert "PAUSED dialer.example:443" in text and "<td>auth</td>" in text
+    assert re.search(r"<td class=\"num\">(4 min|3 min)</td>", text)
+    assert (
+        '<a href="/ui/dead-letters?reason=manual_list_undefined">manual_list_undefined</a>' in text
+    )
+    assert '<a href="/ui/dead-letters?reason=dnc">dnc</a>' in text
+    assert "<svg" in text and 'role="img"' in text
+
+
+def test_activity_counts_added_and_dead_lettered_per_minute(cs: Settings) -> None:
+    backend = get_backend(cs)
+    r = backend.redis
+    base = (int(time.time()) // 60) * 60 - 10 * 60
+    # Minute samples as worker schedulers write them, with the counters moving in between.
+    r.hset(backend.keys.stats, mapping={"added": 100, "dead_lettered:dnc": 4})
+    assert record_minute(backend, now=base + 1) is True
+    assert record_minute(backend, now=base + 30) is False  # the first writer of a minute wins
+    r.hincrby(backend.keys.stats, "added", 7)
+    r.hincrby(backend.keys.stats, "dead_lettered:auth", 2)
+    record_minute(backend, now=base + 61)
+    r.hincrby(backend.keys.stats, "added", 3)
+    record_minute(backend, now=base + 125)
+    minutes = read_activity(backend, now=base + 10 * 60 + 5)
+    assert len(minutes) == 60
+    by_start = {int(m.start): m for m in minutes}
+    assert (by_start[base].added, by_start[base].dead) == (7, 2)
+    assert (by_start[base + 60].added, by_start[base + 60].dead) == (3, 0)
+    # After the last sample nothing moved: the rest of the hour is known to be quiet.
+    assert by_start[base + 180].added == 0
+    # Before the first sample: unknown.
+    assert by_start[base - 60].added is None
+    # Bounded: samples older than KEEP_S are trimmed by the next write.
+    record_minute(backend, now=base + 5 * 3600)
+    assert r.zcard(backend.keys.activity) == 1
+
+
+def test_a_worker_records_the_minute_samples(cs: Settings) -> None:
+    from workers.scheduler import RetryScheduler
+
+    scheduler = RetryScheduler(cs, name="w-test@host")
+    scheduler.tick()
+    scheduler.tick()
+    r = get_backend(cs).redis
+    assert r.zcard(get_backend(cs).keys.activity) == 1
+
+
+# -- dead letters: list, filters, pages --------------------------------------------------------
+
+
+def test_list_masks_phones_and_filters_by_reason_agent_phone_and_age(
+    operator: TestClient, cs: Settings
+) -> None:
+    now = time.time()
+    old = add_letters(cs, 2, reason="dnc", agent="2000", phone_base=7275551000, now=now - 3 * 86400)
+    new = add_letters(cs, 3, agent="1000", phone_base=7275552000, now=now)
+    page = operator.get("/ui/dead-letters").text
+    assert set(ids_on(page)) == {x.id for x in old + new}
+    assert "7275552000" not in page and "******2000" in page
+    assert "1003|GHOST" in page  # the answer is shown...
+    new_error = add_letters(cs, 1, error="ERROR: add_lead PHONE NUMBER IN DNC - 7275559999|1000")
+    page = operator.get("/ui/dead-letters").text
+    assert "7275559999" not in page and "******9999|1000" in page  # ...its phone masked
+    store_of(cs).purge(new_error[0])
+    assert set(ids_on(operator.get("/ui/dead-letters?reason=dnc").text)) == {x.id for x in old}
+    assert set(ids_on(operator.get("/ui/dead-letters?agent=1000").text)) == {x.id for x in new}
+    assert ids_on(operator.get("/ui/dead-letters?phone4=2001").text) == [new[1].id]
+    assert set(ids_on(operator.get("/ui/dead-letters?within=1h").text)) == {x.id for x in new}
+    assert set(ids_on(operator.get("/ui/dead-letters?older=1d").text)) == {x.id for x in old}
+    assert ids_on(operator.get("/ui/dead-letters?agent=1000&phone4=9999").text) == []
+    indexed = operator.get("/ui/dead-letters?reason=dnc").text
+    assert "2 matching letters" in indexed
+
+
+@pytest.mark.parametrize(
+    ("query", "field"),
+    [
+        ("reason=nope", "reason"),
+        ("agent=a%20b", "agent"),
+        ("phone4=12345", "phone4"),
+        ("within=2x", "within"),
+        ("older=-1h", "older"),
+    ],
+)
+def test_a_bad_filter_names_the_field(operator: TestClient, query: str, field: str) -> None:
+    reply = operator.get(f"/ui/dead-letters?{query}")
+    assert reply.status_code == 400
+    assert f"{field}:" in reply.text
+
+
+def test_pages_follow_a_cursor_without_gaps_or_repeats(operator: TestClient, cs: Settings) -> None:
+    letters = add_letters(cs, 120)
+    seen: list[str] = []
+    url = "/ui/dead-letters"
+    pages = 0
+    while url:
+        page = operator.get(url).text
+        seen += ids_on(page)
+        pages += 1
+        match = re.search(r'href="([^"]+)" rel="next"', page)
+        url = match.group(1).replace("&amp;", "&") if match else ""
+    assert pages == 3
+    assert seen == [x.id for x in letters]  # newest first, each once
+
+
+def test_a_cursor_survives_replays_before_it(operator: TestClient, cs: Settings) -> None:
+    letters = add_letters(cs, 60)
+    first = operator.get("/ui/dead-letters").text
+    next_url = re.search(r'href="([^"]+)" rel="next"', first).group(1).replace("&amp;", "&")
+    store = store_of(cs)
+    for letter in letters[:50]:  # the whole first page is replayed meanwhile
+        store.replay(letter)
+    assert ids_on(operator.get(next_url).text) == [x.id for x in letters[50:]]
+
+
+def test_selection_pages_equal_scores_by_id(cs: Settings) -> None:
+    """Letters written in the same microsecond: the (score, id) cursor still pages them all."""
+    now = time.time()
+    letters = add_letters(cs, 25, now=now, step=0.0)
+    store = store_of(cs)
+    seen: list[str] = []
+    cursor: Cursor | None = None
+    while True:
+        page = Selection().page(store, after=cursor, limit=7)
+        seen += [x.id for x in page.letters]
+        if page.next is None:
+            break
+        # Delete the cursor's letter: the next page is found by score and id instead.
+        if len(seen) == 14:
+            store.purge(page.letters[-1])
+        cursor = Cursor.decode(page.next.encode())
+    assert sorted(seen) == sorted(x.id for x in letters) and len(seen) == len(set(seen))
+
+
+def test_a_rare_agent_costs_bounded_pages_not_a_full_read(cs: Settings) -> None:
+    add_letters(cs, 1, agent="4242", now=time.time() - 100)
+    add_letters(cs, 3000, agent="1000")
+    page = Selection(agent_user="4242").page(store_of(cs), limit=50, scan_budget=2000)
+    assert page.letters == [] and page.scanned == 2000 and page.next is not None
+    page = Selection(agent_user="4242").page(
+        store_of(cs), after=page.next, limit=50, scan_budget=2000
+    )
+    assert [x.agent_user for x in page.letters] == ["4242"] and page.next is None
+
+
+def test_a_garbled_cursor_is_a_clear_400(operator: TestClient) -> None:
+    reply = operator.get("/ui/dead-letters?cursor=nonsense")
+    assert reply.status_code == 400 and "cursor" in reply.text
+
+
+# -- detail ----------------------------------------------------------------------------------
+
+
+def test_detail_shows_the_whole_job_redacted_with_its_state(
+    operator: TestClient, cs: Settings
+) -> None:
+    [letter] = add_letters(cs, 1, reason="auth", error=AUTH_ERROR, phone_base=7275553333)
+    page = operator.get(f"/ui/dead-letters/{letter.id}").text
+    assert SECRET not in page and "[REDACTED]" in page
+    assert "7275553333" in page  # the whole job, for the operator to check in VICIdial
+    assert letter.job_id in page and "&#34;dnc_check&#34;: true" in page
+    assert "<dt>state</dt><dd>dead</dd>" in page
+    assert "<dt>Attempts</dt><dd>1</dd>" in page
+    assert operator.get("/ui/dead-letters/feedfeedfeedfeedfeedfeedfeedfeed").status_code == 404
+
+
+def test_no_secret_in_list_detail_export_or_job_pages(operator: TestClient, cs: Settings) -> None:
+    [letter] = add_letters(cs, 1, reason="auth", error=AUTH_ERROR)
+    for path in (
+        "/ui/",
+        "/ui/dead-letters",
+        f"/ui/dead-letters/{letter.id}",
+        f"/ui/jobs/{letter.job_id}",
+        "/ui/dead-letters/export?format=jsonl",
+        "/ui/dead-letters/export?format=csv",
+    ):
+        body = operator.get(path).text
+        assert SECRET not in body and TOKEN not in body, path
+
+
+# -- actions ---------------------------------------------------------------------------------
+
+
+def test_replay_one_from_its_page_puts_the_job_back(operator: TestClient, cs: Settings) -> None:
+    [letter] = add_letters(cs, 1)
+    page = operator.get(f"/ui/dead-letters/{letter.id}")
+    reply = operator.post(
+        "/ui/dead-letters/replay",
+        data={"scope": "selected", "id": letter.id, "confirm": "yes", "csrf": csrf_of(page.text)},
+        follow_redirects=False,
+    )
+    assert reply.status_code == 303 and reply.headers["location"] == f"/ui/jobs/{letter.job_id}"
+    landing = operator.get(reply.headers["location"]).text
+    assert "Replayed 1" in landing and '<span id="job-state">queued</span>' in landing
+    assert store_of(cs).get(letter.id) is None
+    assert job_status(letter.job_id, settings=cs)["state"] == "queued"
+    r = redis.Redis.from_url(cs.redis_url)
+    assert r.llen(cs.queue) == 1
+
+
+def test_replay_several_previews_then_replays_only_those(
+    operator: TestClient, cs: Settings
+) -> None:
+    letters = add_letters(cs, 5)
+    chosen = [letters[0].id, letters[3].id]
+    preview = operator.get(
+        "/ui/dead-letters/replay", params=[("scope", "selected"), *(("id", i) for i in chosen)]
+    )
+    assert preview.status_code == 200 and "Replay 2 letters" in preview.text
+    assert len(store_of(cs)) == 5  # a preview changes nothing
+    form = [("csrf", csrf_of(preview.text)), ("confirm", "yes"), ("scope", "selected")]
+    form += [("id", i) for i in chosen]
+    reply = operator.post(
+        "/ui/dead-letters/replay",
+        content=urlencode(form),
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+        follow_redirects=False,
+    )
+    assert reply.status_code == 303
+    left = {x.id for x in store_of(cs).iter()}
+    assert left == {x.id for x in letters} - set(chosen)
+
+
+def test_replay_all_matching_holds_dnc_and_ambiguous_until_confirmed_with_a_reason(
+    operator: TestClient, cs: Settings
+) -> None:
+    plain = add_letters(cs, 3)
+    dnc = add_letters(cs, 2, reason="dnc", phone_base=7275561000)
+    amb = add_letters(cs, 1, reason="ambiguous", phone_base=7275562000)
+    preview = operator.get("/ui/dead-letters/replay?scope=matching")
+    text = preview.text
+    assert "2 DNC letters" in text and "1 ambiguous letter" in text and "Replay 3 letters" in text
+    token = csrf_of(text)
+    base = {"csrf": token, "confirm": "yes", "scope": "matching"}
+    # Including DNC letters without typing why: refused, nothing replayed.
+    reply = operator.post("/ui/dead-letters/replay", data={**base, "include_dnc": "yes"})
+    assert reply.status_code == 400 and "Type the reason" in reply.text
+    assert len(store_of(cs)) == 6
+    # Without including them: the plain letters only.
+    reply = operator.post("/ui/dead-letters/replay", data=base)
+    assert reply.status_code == 200 and "2 DNC and 1 ambiguous left alone" in reply.text
+    assert {x.id for x in store_of(cs).iter()} == {x.id for x in dnc + amb}
+    # With the DNC confirmation and a reason: DNC replayed, ambiguous still held.
+    reply = operator.post(
+        "/ui/dead-letters/replay",
+        data={**base, "include_dnc": "yes", "note": "removed 7275561000 from the DNC list"},
+    )
+    assert "Replayed 2" in reply.text
+    assert {x.id for x in store_of(cs).iter()} == {amb[0].id}
+    assert plain  # replayed first
+
+
+def test_an_ambiguous_letter_is_never_replayed_by_one_click(
+    operator: TestClient, cs: Settings
+) -> None:
+    [letter] = add_letters(cs, 1, reason="ambiguous")
+    page = operator.get(f"/ui/dead-letters/{letter.id}")
+    form = {"scope": "selected", "id": letter.id, "confirm": "yes", "csrf": csrf_of(page.text)}
+    reply = operator.post("/ui/dead-letters/replay", data=form)
+    assert reply.status_code == 200 and "1 ambiguous letter" in reply.text  # asked, not done
+    assert store_of(cs).get(letter.id) is not None
+    reply = operator.post(
+        "/ui/dead-letters/replay",
+        data={**form, "include_ambiguous": "yes", "note": "checked: lead not in VICIdial"},
+        follow_redirects=False,
+    )
+    assert reply.status_code == 303
+    assert store_of(cs).get(letter.id) is None
+
+
+def test_purge_previews_then_deletes_what_matches(operator: TestClient, cs: Settings) -> None:
+    keep = add_letters(cs, 2, reason="dnc", phone_base=7275571000)
+    gone = add_letters(cs, 3)
+    preview = operator.get("/ui/dead-letters/purge?scope=matching&reason=manual_list_undefined")
+    assert "Delete 3 letters for good" in preview.text
+    form = {
+        "csrf": csrf_of(preview.text),
+        "confirm": "yes",
+        "scope": "matching",
+        "reason": "manual_list_undefined",
+    }
+    reply = operator.post("/ui/dead-letters/purge", data=form, follow_redirects=False)
+    assert (
+        reply.status_code == 303
+        and reply.headers["location"] == "/ui/dead-letters?reason=manual_list_undefined"
+    )
+    assert {x.id for x in store_of(cs).iter()} == {x.id for x in keep}
+    assert "Purged 3" in operator.get(reply.headers["location"]).text
+    assert gone
+
+
+def test_a_confirmation_acts_on_the_window_it_previewed(operator: TestClient, cs: Settings) -> None:
+    now = time.time()
+    inside = add_letters(cs, 2, now=now - 600)
+    preview = operator.get("/ui/dead-letters/purge?scope=matching&within=1h")
+    since = re.search(r'name="since_ts" value="([^"]+)"', preview.text)
+    assert since and abs(float(since.group(1)) - (now - 3600)) < 5
+    add_letters(cs, 1, now=now - 4000)  # outside the previewed window
+    form = {
+        "csrf": csrf_of(preview.text),
+        "confirm": "yes",
+        "scope": "matching",
+        "since_ts": since.group(1),
+    }
+    operator.post("/ui/dead-letters/purge", data=form)
+    assert len(store_of(cs)) == 1 and inside
+
+
+def test_export_streams_json_lines_and_csv_of_what_matches(
+    operator: TestClient, cs: Settings
+) -> None:
+    add_letters(cs, 3)
+    add_letters(cs, 2, reason="dnc", phone_base=7275581000)
+    reply = operator.get("/ui/dead-letters/export?format=jsonl&reason=dnc")
+    assert reply.status_code == 200
+    assert reply.headers["content-disposition"].startswith('attachment; filename="dead-letters-')
+    records = [json.loads(line) for line in reply.text.splitlines()]
+    assert [r["reason"] for r in records] == ["dnc", "dnc"]
+    assert set(records[0]) >= {"id", "job_id", "reason", "error", "attempts", "job", "replays"}
+    reply = operator.get("/ui/dead-letters/export?format=csv")
+    rows = list(csv.DictReader(io.StringIO(reply.text)))
+    assert len(rows) == 5 and rows[0]["phone_number"].startswith("72755")
+    assert json.loads(rows[0]["job"])["lead"]["phone_number"] == rows[0]["phone_number"]
+    assert operator.get("/ui/dead-letters/export?format=xml").status_code == 400
+
+
+def test_csv_cells_never_start_a_formula(operator: TestClient, cs: Settings) -> None:
+    add_letters(cs, 1, error='=HYPERLINK("http://evil")')
+    rows = list(
+        csv.DictReader(io.StringIO(operator.get("/ui/dead-letters/export?format=csv").text))
+    )
+    assert rows[0]["error"].startswith("'=")
+
+
+# -- job lookup ------------------------------------------------------------------------------
+
+
+def test_job_lookup(operator: TestClient, cs: Settings) -> None:
+    [letter] = add_letters(cs, 1)
+    page = operator.get(f"/ui/jobs?job_id={letter.job_id}").text
+    assert '<span id="job-state">dead</span>' in page
+    assert f'href="/ui/dead-letters/{letter.id}"' in page
+    assert operator.get("/ui/jobs?job_id=feedfeed").status_code == 404
+    assert operator.get("/ui/jobs?job_id=" + "x" * 200).status_code == 400
+    assert operator.get("/ui/jobs").status_code == 200
+
+
+# -- serve without the intake ----------------------------------------------------------------
+
+
+def test_console_only_app_needs_no_token_and_has_no_v1_routes(cs: Settings) -> None:
+    settings = cs.replace(intake_tokens=())
+    seed_users(settings)
+    app = create_app(settings, intake=False)
+    with session_client(app, OPERATOR[0]) as client:
+        assert client.get("/ui/").status_code == 200
+        assert client.get("/healthz").status_code == 200
+        assert client.post("/v1/leads", json={}).status_code == 401
+    from dispatcher.errors import ConfigError
+
+    with pytest.raises(ConfigError):
+        create_app(settings)
+
+
+def test_serve_no_intake_runs_the_console_alone_without_a_token(
+    redis_url: str, tmp_path: Any
+) -> None:
+    """`dispatcher serve` still refuses to start without a token; --no-intake is the way."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    import httpx
+
+    from dispatcher.localfleet import settings_env
+    from dispatcher.redis_server import free_port
+    from tests.conftest import ROOT, wait_for
+
+    settings = make_settings(redis_url)
+    env = {**os.environ, **settings_env(settings)}
+    env.pop("DISPATCHER_INTAKE_TOKENS", None)
+    refused = subprocess.run(
+        [sys.executable, "-m", "dispatcher.intake", "--port", str(free_port())],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert refused.returncode == 2 and "--no-intake" in refused.stderr
+    port = free_port()
+    log = (tmp_path / "serve.log").open("wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dispatcher.intake", "--no-intake", "--port", str(port)],
+        env=env,
+        cwd=ROOT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+
+        def up() -> bool:
+            try:
+                return httpx.get(f"{base}/healthz", timeout=1).status_code == 200
+            except httpx.TransportError:
+                assert proc.poll() is None, (tmp_path / "serve.log").read_text()
+                return False
+
+        wait_for(up, timeout=30, message="serve --no-intake to answer")
+        assert httpx.get(f"{base}/ui/login").status_code == 200
+        assert httpx.get(f"{base}/ui/", follow_redirects=False).status_code == 303
+        assert httpx.post(f"{base}/v1/leads", json={}).status_code == 401
+        assert httpx.get(f"{base}/openapi.json").status_code == 404  # no intake, no document
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(15)
+        log.close()
