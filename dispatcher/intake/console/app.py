@@ -47,7 +47,6 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from dispatcher import logs
 from dispatcher.activity import read_activity
 from dispatcher.backend import Backend
-from dispatcher.connection import broker_errors
 from dispatcher.deadletter import DeadLetter, DeadLetterStore
 from dispatcher.errors import BrokerUnavailable, all_reasons
 from dispatcher.intake.console.chart import activity_svg
@@ -364,24 +363,18 @@ class Console:
         return {
             "status": status,
             "minutes": minutes,
-            "oldest_queued_age": self._oldest_queued_age(now),
+            "oldest_queued_age": self._oldest_queued_age(status),
         }
 
-    def _oldest_queued_age(self, now: float) -> float | None:
-        """Age of the job at the consuming end of the queue (since it was enqueued)."""
-        import base64
-
-        with broker_errors(self.settings):
-            raw = self.backend.redis.lindex(self.backend.keys.queue, -1)
-        if not raw:
-            return None
-        try:
-            envelope = json.loads(str(raw))
-            body = json.loads(base64.b64decode(envelope["body"]))
-            enqueued = float(body[0][0]["enqueued_at"])
-        except (ValueError, KeyError, IndexError, TypeError):
-            return None  # not one of our messages: nothing to say about its age
-        return max(0.0, now - enqueued)
+    @staticmethod
+    def _oldest_queued_age(status: dict[str, Any]) -> float | None:
+        """How long the next job of the most lagging dialer's lane has waited."""
+        ages = [
+            d["oldest_queued_age_s"]
+            for d in status.get("dialers", {}).values()
+            if d.get("oldest_queued_age_s") is not None
+        ]
+        return max(ages) if ages else None
 
     async def overview(self, request: Request) -> Response:
         data = await self.thread(self._overview_data)
