@@ -75,6 +75,12 @@ class DeadLetter:
         return None
 
     @property
+    def dialer(self) -> str:
+        """The dialer the job names ("" for a job of an older version: the default)."""
+        value = self.job.get("dialer")
+        return value if isinstance(value, str) else ""
+
+    @property
     def replayable(self) -> bool:
         return self.reason != "invalid_payload" and isinstance(self.job.get("lead"), Mapping)
 

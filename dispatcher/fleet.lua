@@ -17,7 +17,8 @@
 --   {queue}.{dialer}.{lane}, {queue}   lists   the lanes messages are popped from (execution.lua)
 --   P:pause:{dialer}, P:rate:{dialer}  read    a paused dialer's lanes, and those of a dialer
 --                                              whose rate-limit slots are taken for the next
---                                              second, are skipped: their jobs wait in Redis
+--                                              quarter second, are skipped: their jobs wait
+--                                              in Redis, not in a sleeping worker thread
 
 local P = KEYS[1]
 local cmd = ARGV[1]
@@ -50,7 +51,9 @@ elseif cmd == 'fetch' then
     local dialer, n = ARGV[i], tonumber(ARGV[i + 1])
     local untl = redis.call('HGET', P .. ':pause:' .. dialer, 'until')
     local tat = redis.call('GET', P .. ':rate:' .. dialer)
-    local open = not (untl and tonumber(untl) > now) and not (tat and tonumber(tat) > now + 1)
+    -- More than a quarter second of slots taken: a job popped now would hold a
+    -- worker thread asleep for its slot, a thread another dialer could use.
+    local open = not (untl and tonumber(untl) > now) and not (tat and tonumber(tat) > now + 0.25)
     if open then
       for j = 1, n do
         local item = redis.call('RPOPLPUSH', ARGV[i + 1 + j], ARGV[5])

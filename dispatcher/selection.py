@@ -173,6 +173,8 @@ class Selection:
     until: float | None = None
     #: The last digits of the phone number (the console's filter).
     phone_last4: str | None = None
+    #: The dialer the letter's job names.
+    dialer: str | None = None
 
     @property
     def empty(self) -> bool:
@@ -182,13 +184,20 @@ class Selection:
     @property
     def indexed(self) -> bool:
         """True when the indexes alone answer it (counting is then O(log n))."""
-        return not self.ids and self.agent_user is None and self.phone_last4 is None
+        return (
+            not self.ids
+            and self.agent_user is None
+            and self.phone_last4 is None
+            and self.dialer is None
+        )
 
     def matches(self, letter: DeadLetter) -> bool:
         """The filters the index cannot answer (and all of them, for named IDs)."""
         if self.reason is not None and letter.reason != self.reason:
             return False
         if self.agent_user is not None and letter.agent_user != self.agent_user:
+            return False
+        if self.dialer is not None and letter.dialer != self.dialer:
             return False
         if self.phone_last4 is not None and not _phone(letter).endswith(self.phone_last4):
             return False
@@ -212,7 +221,9 @@ class Selection:
         for letter in store.iter(
             reason=self.reason, agent_user=self.agent_user, since=self.since, until=self.until
         ):
-            if self.phone_last4 is None or _phone(letter).endswith(self.phone_last4):
+            if self.phone_last4 is not None and not _phone(letter).endswith(self.phone_last4):
+                continue
+            if self.dialer is None or letter.dialer == self.dialer:
                 yield letter
 
     def count(self, store: DeadLetterStore) -> int:
@@ -273,6 +284,8 @@ class Selection:
             needles.append(f'"{self.agent_user}"')
         if self.phone_last4 is not None:
             needles.append(f'{self.phone_last4}"')
+        if self.dialer is not None:
+            needles.append(f'"dialer":"{self.dialer}"')
         with broker_errors(store.backend.settings):
             reply = store.redis.register_script(_PAGE)(
                 keys=[index],

@@ -70,6 +70,7 @@ Filters combine. --json prints a JSON array of records (the `dlq show --json` sh
 )
 @click.option("--reason", type=_REASONS, help="Only this reason.")
 @click.option("--agent-user", help="Only leads for this agent.")
+@click.option("--dialer", help="Only jobs of this dialer.")
 @click.option(
     "--since", type=SinceType(), help="Only those that failed since: 2h, 30d or an ISO time."
 )
@@ -81,12 +82,13 @@ def list_(
     obj: CliContext,
     reason: str | None,
     agent_user: str | None,
+    dialer: str | None,
     since: float | None,
     limit: int,
     as_json: bool,
 ) -> None:
     store = _store(obj)
-    letters = store.iter(reason=reason, agent_user=agent_user, since=since)
+    letters = _selection((), reason, agent_user, dialer=dialer, since=since).iter(store)
     if as_json:
         # Streamed: one record in memory at a time, whatever --limit says.
         out = sys.stdout
@@ -101,12 +103,23 @@ def list_(
     more = len(shown) > limit
     console = Console()
     table = Table(show_lines=False)
-    for column in ("id", "reason", "agent", "phone", "attempts", "replays", "last failed", "error"):
+    for column in (
+        "id",
+        "reason",
+        "dialer",
+        "agent",
+        "phone",
+        "attempts",
+        "replays",
+        "last failed",
+        "error",
+    ):
         table.add_column(column, overflow="fold")
     for letter in shown[:limit]:
         table.add_row(
             letter.id,
             letter.reason,
+            letter.dialer,
             letter.agent_user or "",
             _phone(letter),
             str(letter.attempts),
@@ -155,10 +168,15 @@ def _selection(
     reason: str | None,
     agent_user: str | None,
     older_than: float | None = None,
+    *,
+    dialer: str | None = None,
+    since: float | None = None,
 ) -> Selection:
     until = None if older_than is None else time.time() - older_than
     # Named letters still honour the other filters (e.g. purge ID --older-than 30d).
-    return Selection(ids=ids, reason=reason, agent_user=agent_user, until=until)
+    return Selection(
+        ids=ids, reason=reason, agent_user=agent_user, until=until, dialer=dialer, since=since
+    )
 
 
 def _check_selection(
@@ -368,15 +386,21 @@ def purge(
 )
 @click.option("--reason", type=_REASONS)
 @click.option("--agent-user")
+@click.option("--dialer", help="Only jobs of this dialer.")
 @click.option("--since", type=SinceType())
 @click.pass_obj
 @guarded
 def export(
-    obj: CliContext, reason: str | None, agent_user: str | None, since: float | None
+    obj: CliContext,
+    reason: str | None,
+    agent_user: str | None,
+    dialer: str | None,
+    since: float | None,
 ) -> None:
     out = sys.stdout
     count = 0
-    for letter in _store(obj).iter(reason=reason, agent_user=agent_user, since=since):
+    selection = _selection((), reason, agent_user, dialer=dialer, since=since)
+    for letter in selection.iter(_store(obj)):
         out.write(json.dumps(letter.to_dict(), ensure_ascii=False) + "\n")
         count += 1
     out.flush()

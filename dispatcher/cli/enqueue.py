@@ -37,7 +37,9 @@ are read as JSON lines):
 Every row is checked first. If any row is bad, all bad rows are listed (line,
 field, why) and nothing is enqueued (exit 2), unless --skip-invalid is given
 (good rows enqueued, bad ones listed, exit 0). Columns dnc_check,
-campaign_dnc_check and idempotency_key are understood per row.
+campaign_dnc_check, idempotency_key, dialer and priority are understood per
+row (a file's leads are bulk unless a priority column or --priority says
+otherwise).
 
 Importing the same file again enqueues nothing twice: a row without a key of
 its own gets one made of the file's content and its line number, so re-running
@@ -83,6 +85,17 @@ def _parse_fields(values: tuple[str, ...]) -> dict[str, str]:
     help="Check the campaign DNC list (default: DISPATCHER_CAMPAIGN_DNC_CHECK, on).",
 )
 @click.option("--idempotency-key", help="Same key again returns the first job id, adds nothing.")
+@click.option(
+    "--dialer",
+    help="The VICIdial server (a name from DISPATCHER_DIALERS_FILE); default: the default one. "
+    "With --file: for rows without a dialer column.",
+)
+@click.option(
+    "--priority",
+    type=click.Choice(["realtime", "bulk"]),
+    help="Lane: realtime jobs of a dialer go before its bulk ones. Default: realtime for "
+    "one lead, bulk with --file (a priority column wins).",
+)
 @click.option(
     "--file",
     "file_path",
@@ -133,6 +146,8 @@ def enqueue(
     batch_size: int,
     print_ids: bool,
     allow_reimport: bool,
+    dialer: str | None,
+    priority: str | None,
 ) -> None:
     if file_path is not None:
         single = [
@@ -161,6 +176,8 @@ def enqueue(
                 batch_size=batch_size,
                 print_ids=print_ids,
                 file_key=None if allow_reimport else _file_digest(file_path),
+                dialer=dialer,
+                priority=priority or "bulk",
             )
         except LeadFileError as exc:
             fail(f"{exc}; nothing enqueued", code=2)
@@ -185,6 +202,10 @@ def enqueue(
         lead["campaign_dnc_check"] = campaign_dnc_check
     if idempotency_key is not None:
         lead["idempotency_key"] = idempotency_key
+    if dialer is not None:
+        lead["dialer"] = dialer
+    if priority is not None:
+        lead["priority"] = priority
     try:
         job_id = enqueue_lead(settings=obj.settings, **lead)
     except InvalidLead as exc:
@@ -215,7 +236,11 @@ def _row_job(
     dnc_check: bool | None,
     campaign_dnc_check: bool | None,
     now: float,
+    dialer: str | None,
+    priority: str,
 ) -> Job:
+    if dialer is not None and not row.get("dialer"):
+        row["dialer"] = dialer
     if idempotency_column is None and file_key is not None and not row.get("idempotency_key"):
         row["idempotency_key"] = f"file:{file_key}:{line}"
     if idempotency_column is not None:
@@ -231,6 +256,7 @@ def _row_job(
         row,
         dnc_check=dnc_check,
         campaign_dnc_check=campaign_dnc_check,
+        priority=priority,
         settings=obj.settings,
         now=now,
     )
@@ -248,6 +274,8 @@ def _enqueue_file(
     batch_size: int,
     print_ids: bool,
     file_key: str | None,
+    dialer: str | None,
+    priority: str,
 ) -> None:
     err = Console(stderr=True)
     now = time.time()
@@ -269,6 +297,8 @@ def _enqueue_file(
                     dnc_check=dnc_check,
                     campaign_dnc_check=campaign_dnc_check,
                     now=now,
+                    dialer=dialer,
+                    priority=priority,
                 )
             except InvalidLead as exc:
                 problems.extend(f"line {row.line}: {e.field}: {e.message}" for e in exc.errors)
@@ -329,6 +359,8 @@ def _enqueue_file(
                         dnc_check=dnc_check,
                         campaign_dnc_check=campaign_dnc_check,
                         now=now,
+                        dialer=dialer,
+                        priority=priority,
                     )
                 )
             except InvalidLead:

@@ -38,9 +38,10 @@ def job(obj: CliContext, job_id: str, as_json: bool) -> None:
 
 
 @click.command(
-    help="""The fleet at a glance: jobs queued, retries waiting, dead letters by
-reason, the oldest dead letter's age, live workers, and whether calls to a
-VICIdial server are paused (wrong password, outage) and until when."""
+    help="""The fleet at a glance: jobs queued (per dialer and lane, with the oldest
+one's wait), retries waiting, dead letters by reason, the oldest dead letter's
+age, live workers, and whether calls to a dialer are paused (wrong password,
+outage) and until when."""
 )
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON (stable keys).")
 @click.pass_obj
@@ -68,6 +69,20 @@ def status(obj: CliContext, as_json: bool) -> None:
         console.print(f"oldest dead letter: {data['oldest_dead_letter_age_s']} s old")
     else:
         console.print("dead letters: none")
+    dialers = Table(title="dialers")
+    for column in ("dialer", "realtime", "bulk", "oldest waiting", "paused", "rate limit"):
+        dialers.add_column(column, justify="left" if column in ("dialer", "paused") else "right")
+    for name, d in data["dialers"].items():
+        age = d["oldest_queued_age_s"]
+        dialers.add_row(
+            name,
+            str(d["queued"]["realtime"]),
+            str(d["queued"]["bulk"]),
+            "" if age is None else f"{age} s",
+            "[bold red]yes[/]" if d["paused"] else "no",
+            f"{d['rate_limit']:g}/s" if d["rate_limit"] else "none",
+        )
+    console.print(dialers)
     for server, pause in data["paused"].items():
         console.print(
             f"[bold red]PAUSED[/] calls to {server}: {pause['reason']} "

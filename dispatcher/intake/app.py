@@ -368,7 +368,9 @@ class _Intake:
                 )
                 continue
             try:
-                jobs.append(prepare_job(item, index=index, settings=self.settings, now=now))
+                jobs.append(
+                    prepare_job(item, index=index, priority="bulk", settings=self.settings, now=now)
+                )
             except InvalidLead as exc:
                 results.append({"index": index, "errors": _field_errors(exc.errors)})
                 continue

@@ -66,7 +66,20 @@ def _lead_schema() -> dict[str, Any]:
         "minLength": 1,
         "maxLength": 200,
         "description": "A second lead with the same key gets the first job's id; nothing "
-        "is enqueued twice. The Idempotency-Key header does the same.",
+        "is enqueued twice. The Idempotency-Key header does the same. The same key with "
+        "another lead is a 409.",
+    }
+    props["dialer"] = {
+        "type": ["string", "null"],
+        "pattern": "^[-_0-9a-zA-Z]{1,32}$",
+        "description": "The VICIdial server (a name of the dialers file); default: the "
+        "fleet's default dialer. An unknown name is a 422.",
+    }
+    props["priority"] = {
+        "type": ["string", "null"],
+        "enum": ["realtime", "bulk", None],
+        "description": "Lane within the dialer: realtime jobs are always taken before bulk "
+        "ones. Default: realtime for /v1/leads, bulk for /v1/leads:batch.",
     }
     return {
         "type": "object",
