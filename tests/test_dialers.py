@@ -155,9 +155,9 @@ def test_unknown_dialers_and_priorities_are_invalid_leads_and_nothing_is_enqueue
         **settings_env(settings),
         "DISPATCHER_ENV_FILE": "/nonexistent",
     }
+    command = [sys.executable, "-m", "dispatcher.cli", "enqueue", "--agent-user", "1000"]
     cli = subprocess.run(
-        [sys.executable, "-m", "dispatcher.cli", "enqueue", "--agent-user", "1000"]
-        + ["--phone", "7275551212", "--dialer", "north"],
+        [*command, "--phone", "7275551212", "--dialer", "north"],
         env=env,
         capture_output=True,
         text=True,
