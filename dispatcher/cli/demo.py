@@ -92,7 +92,9 @@ one on the system DNC list, one on the campaign DNC list, one for an agent
 whose campaign has no manual dial list, one that meets two HTTP 503s and
 recovers, one whose agent logs in late. Prints what happened and the dead
 letters, fixes the campaign in the simulator, replays that dead letter and
-shows it added once. Everything it started is stopped on exit, also on Ctrl-C."""
+shows it added once. Then two dialers (a second simulator, down): a bulk import
+on the first, a web-form lead that overtakes it, the second's jobs waiting
+until it comes back. Everything it started is stopped on exit, also on Ctrl-C."""
 )
 @click.option(
     "--keep-logs",
@@ -187,17 +189,135 @@ def demo(keep_logs: Path | None) -> None:
             if keep_logs is not None:
                 keep_logs.mkdir(parents=True, exist_ok=True)
                 (keep_logs / "worker.log").write_bytes(worker.log_path.read_bytes())
+            worker.stop(timeout=15)
+            worker = None
+            worker, code2 = _two_dialers(console, err, settings, simulator, Path(workdir.name))
+            code = code or code2
     except KeyboardInterrupt:
         err.print("\n[yellow]interrupted: cleaning up[/]")
         code = 130
     finally:
         if worker is not None:
             worker.stop(timeout=15)
+        if _WEST:
+            _WEST.pop().stop()
         simulator.stop()
         redis_server.close()
         workdir.cleanup()
         err.print(f"[dim]stopped the worker, the simulator and Redis; removed {workdir.name}[/]")
     sys.exit(code)
+
+
+#: The demo's second simulator, while it exists (stopped in demo's cleanup).
+_WEST: list[Any] = []
+_BACKLOG = 400
+
+
+def _two_dialers(
+    console: Console, err: Console, base: Settings, east: Any, workdir: Path
+) -> tuple[WorkerProcess, int]:
+    """Part two: two dialers (west is down), and a realtime lead overtaking a bulk backlog."""
+    from dispatcher.backend import get_backend
+    from dispatcher.producer import enqueue_leads
+    from dispatcher.simulator import Simulator, SimulatorState
+    from dispatcher.status import fleet_status
+
+    console.print(
+        "\n[bold]Two dialers.[/] A dialers file names two VICIdial servers, east and west; "
+        "west is down. East gets a bulk import of "
+        f"{_BACKLOG} leads, then one web-form lead (realtime)."
+    )
+    west = Simulator(SimulatorState.from_dict(DEMO_STATE))
+    _WEST.append(west)
+    west.start()
+    west_url = west.url
+    west.stop()  # down: connections refused
+    path = workdir / "dialers.toml"
+    path.write_text(
+        'default = "east"\n\n'
+        f'[dialers.east]\nurl = "{east.url}"\nuser = "6666"\npass_env = "EAST_PASS"\n\n'
+        f'[dialers.west]\nurl = "{west_url}"\nuser = "6666"\npass_env = "WEST_PASS"\n'
+    )
+    passwords = {"EAST_PASS": "1234", "WEST_PASS": "1234"}
+    import os
+
+    os.environ.update(passwords)
+    settings = base.replace(
+        dialers_file=str(path), vicidial_url=None, vicidial_user=None, vicidial_pass=None
+    )
+    east.reset_leads()
+    east.set_latency(10)
+    code = 0
+    backlog = enqueue_leads(
+        [
+            {"agent_user": "1000", "phone_number": f"82000{i:05d}", "dialer": "east"}
+            for i in range(_BACKLOG)
+        ],
+        settings=settings,
+    )
+    west_ids = enqueue_leads(
+        [
+            {"agent_user": "1000", "phone_number": f"83000{i:05d}", "dialer": "west"}
+            for i in range(20)
+        ],
+        settings=settings,
+    )
+    worker = WorkerProcess(
+        settings, workdir / "worker2.log", name="demo2", concurrency=4, extra_env=passwords
+    )
+    worker.start()
+    _wait(lambda: east.call_count >= 50, 30)
+    ahead = east.call_count
+    realtime = enqueue_lead(
+        agent_user="1000", phone_number="8100000001", dialer="east", settings=settings
+    )
+    _wait(lambda: (job_status(realtime, settings=settings) or {}).get("state") == "added", 30)
+    order = [r.fields.get("phone_number") for r in east.requests]
+    at = order.index("8100000001") if "8100000001" in order else -1
+    console.print(
+        f"the web-form lead was enqueued after {ahead} calls of the import and sent as call "
+        f"#{at + 1}: it overtook the {_BACKLOG - at} bulk leads still waiting."
+    )
+    status = fleet_status(get_backend(settings))
+    table = Table(title="dispatcher status: dialers")
+    for column in ("dialer", "realtime", "bulk", "paused"):
+        table.add_column(column)
+    for name, d in status["dialers"].items():
+        table.add_row(
+            name,
+            str(d["queued"]["realtime"]),
+            str(d["queued"]["bulk"]),
+            "PAUSED" if d["paused"] else "no",
+        )
+    console.print(table)
+    if not _wait(
+        lambda: all(
+            (job_status(j, settings=settings) or {}).get("state") == "added" for j in backlog
+        ),
+        60,
+    ):
+        err.print("[red]east's import did not finish within 60 s[/]")
+        code = 1
+    console.print(
+        f"east added all {_BACKLOG} while west was down: west's jobs waited in Redis "
+        "without holding a worker thread."
+    )
+    console.print("[bold]West comes back.[/]")
+    west.start()
+    if not _wait(
+        lambda: all(
+            (job_status(j, settings=settings) or {}).get("state") == "added" for j in west_ids
+        ),
+        60,
+    ):
+        err.print("[red]west's leads did not finish within 60 s[/]")
+        code = 1
+    counts = west.count_by_phone()
+    console.print(
+        f"west added {len(counts)} of 20; duplicates: "
+        + ("none" if all(n == 1 for n in counts.values()) else str(counts))
+    )
+    return worker, code
 
 
 def _short_event(event: dict[str, Any]) -> str:
