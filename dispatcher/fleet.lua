@@ -39,7 +39,8 @@ elseif cmd == 'fetch' then
   -- have given it up during a stall), then hands out what its list still holds (a pop
   -- whose delivery failed), else moves the first message of the first lane of the first
   -- dialer that is neither paused nor out of rate-limit slots into the list.
-  -- Returns {item, 'held' | dialer name}, or {false, 'empty'}.
+  -- Returns {item, 'held' | dialer name}, {false, 'gated', seconds until a dialer whose
+  -- jobs wait opens again}, or {false, 'empty'}.
   redis.call('SET', P .. ':consumer:' .. ARGV[2], '1', 'EX', tonumber(ARGV[3]))
   redis.call('SADD', ARGV[4], ARGV[5])
   local held = redis.call('LINDEX', ARGV[5], -1)
@@ -47,21 +48,30 @@ elseif cmd == 'fetch' then
   local clock = redis.call('TIME')
   local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
   local i = 6
+  local soonest = nil  -- when a gated dialer with waiting jobs opens again
   while i <= #ARGV do
     local dialer, n = ARGV[i], tonumber(ARGV[i + 1])
-    local untl = redis.call('HGET', P .. ':pause:' .. dialer, 'until')
-    local tat = redis.call('GET', P .. ':rate:' .. dialer)
+    local untl = tonumber(redis.call('HGET', P .. ':pause:' .. dialer, 'until') or '0')
+    local tat = tonumber(redis.call('GET', P .. ':rate:' .. dialer) or '0')
     -- More than a quarter second of slots taken: a job popped now would hold a
     -- worker thread asleep for its slot, a thread another dialer could use.
-    local open = not (untl and tonumber(untl) > now) and not (tat and tonumber(tat) > now + 0.25)
-    if open then
+    local opens = math.max(untl, tat - 0.25)
+    if opens <= now then
       for j = 1, n do
         local item = redis.call('RPOPLPUSH', ARGV[i + 1 + j], ARGV[5])
         if item then return {item, dialer} end
       end
+    else
+      for j = 1, n do
+        if redis.call('LLEN', ARGV[i + 1 + j]) > 0 then
+          if soonest == nil or opens < soonest then soonest = opens end
+          break
+        end
+      end
     end
     i = i + 2 + n
   end
+  if soonest ~= nil then return {false, 'gated', string.format('%.3f', soonest - now)} end
   return {false, 'empty'}
 
 elseif cmd == 'reap' then

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -55,14 +56,33 @@ def test_celery_finds_the_app_in_the_package() -> None:
 def test_the_reliable_pop_is_the_one_running(
     settings: Settings, start_worker: Callable[..., WorkerProcess]
 ) -> None:
-    client = redis.Redis.from_url(settings.redis_url)
-    client.config_resetstat()
     start_worker(settings)
+    client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
+    commands: list[str] = []
+    done = threading.Event()
+
+    def watch() -> None:
+        with client.monitor() as monitor:
+            for entry in monitor.listen():
+                commands.append(str(entry["command"]))
+                if done.is_set():
+                    return
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    time.sleep(0.3)
     job_id = enqueue_lead(agent_user="1000", phone_number="7275551212", settings=settings)
     wait_for(lambda: (job_status(job_id, settings=settings) or {}).get("state") == "added")
-    stats = client.info("commandstats")
-    assert "cmdstat_brpop" not in stats, "a worker popped with stock BRPOP"
-    assert "cmdstat_brpoplpush" in stats or "cmdstat_evalsha" in stats
+    time.sleep(1.5)  # an idle poll or two
+    done.set()
+    redis.Redis.from_url(settings.redis_url).ping()
+    watcher.join(10)
+    pops = [c for c in commands if c.split()[0].upper() in ("BRPOP", "BLPOP", "RPOP", "LPOP")]
+    # Messages are popped only inside the fetch script (atomically into an in-flight
+    # list); a blocking BRPOP only ever waits on the wake-up list, which holds no message.
+    assert all(c.split()[1] == f"{settings.queue}.wake" for c in pops if "BRPOP" in c), pops
+    assert any(" fetch " in c or '"fetch"' in c for c in commands if c.startswith("EVALSHA"))
+    assert any(c.startswith("RPOPLPUSH") for c in commands)
 
 
 def test_a_worker_refuses_to_start_where_the_reliable_pop_cannot_run(

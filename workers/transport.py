@@ -350,7 +350,7 @@ class _ReliableChannel:
         self.qos.flush_acks()
         self._phase = "block"
         vars(self).update(_brpop_sent_at=time.monotonic())
-        self.client.connection.send_command("BRPOP", self._wake, timeout or 1)
+        self.client.connection.send_command("BRPOP", self._wake, f"{timeout:.3f}")
 
     def _brpop_read(self, **options: Any) -> Any:
         self._reliable_setup()
@@ -373,7 +373,12 @@ class _ReliableChannel:
                 raise Empty()
             item = reply[0] if reply else None
             if item is None:
-                self._block(self.brpop_timeout)
+                timeout = float(self.brpop_timeout or 1)
+                if len(reply) > 2:
+                    # Jobs wait for a paused or rate-limited dialer: look again when it
+                    # opens, not only when something new is pushed.
+                    timeout = min(timeout, max(0.01, float(reply[2])))
+                self._block(timeout)
                 raise Empty()
             if not is_envelope(item):
                 self._poison(item)
