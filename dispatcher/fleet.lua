@@ -12,8 +12,11 @@
 --   P:consumer:{id}                    string  a consumer process's heartbeat (TTL), refreshed on
 --                                              every poll and by the worker's scheduler thread
 --   _dispatcher.inflight.{queue}       set     the in-flight list of every consumer of the queue
---   _dispatcher.inflight.{queue}.{id}  list    what consumer {id} popped and has not yet recorded
---                                              in kombu's unacked hash (at most one message)
+--   _dispatcher.inflight.{queue}.{id}  list    what consumer {id} popped that is not a kombu
+--                                              message, until its dead letter is written
+--   unacked, unacked_index             hash, zset  kombu's own record of delivered messages
+--                                              (written here on the pop; kombu's visibility
+--                                              timeout redelivers what stays in it)
 --   {queue}.{dialer}.{lane}, {queue}   lists   the lanes messages are popped from (execution.lua)
 --   P:pause:{dialer}, P:rate:{dialer}  read    a paused dialer's lanes, and those of a dialer
 --                                              whose rate-limit slots are taken for the next
@@ -32,22 +35,40 @@ if cmd == 'beat' then
   return 1
 
 elseif cmd == 'fetch' then
-  -- ARGV: consumer id, ttl, registry, in-flight list, then per dialer, in the order to
-  -- serve them (the caller rotates it: no dialer starves another): its name, its number
-  -- of lanes, and its lane lists in priority order (realtime first).
-  -- Registers the consumer again (heartbeat + its list in the registry: a reaper may
-  -- have given it up during a stall), then hands out what its list still holds (a pop
-  -- whose delivery failed), else moves the first message of the first lane of the first
-  -- dialer that is neither paused nor out of rate-limit slots into the list.
-  -- Returns {item, 'held' | dialer name}, {false, 'gated', seconds until a dialer whose
-  -- jobs wait opens again}, or {false, 'empty'}.
+  -- ARGV: consumer id, ttl, registry, in-flight list, kombu's unacked hash, kombu's
+  -- unacked index, the number k of deferred acks, k delivery tags, then per dialer, in
+  -- the order to serve them (the caller rotates it: no dialer starves another): its
+  -- name, its number of lanes, and its lane lists in priority order (realtime first).
+  --
+  -- One round trip per message taken, doing everything kombu needs done around a pop:
+  -- * the acks deferred since the last poll are written (kombu's unacked entries of
+  --   the tags removed);
+  -- * the consumer registers again (heartbeat + its in-flight list in the registry: a
+  --   reaper may have given it up during a stall);
+  -- * what its in-flight list still holds (an item whose dead letter could not be
+  --   written) is handed out again;
+  -- * else the first message of the first lane of the first dialer that is neither
+  --   paused nor out of rate-limit slots is taken: a kombu envelope goes straight into
+  --   kombu's unacked hash and index (as kombu's own QoS.append would record it; the
+  --   visibility timeout redelivers it if this consumer dies), anything else into the
+  --   in-flight list, for the consumer to dead-letter.
+  -- A message is thus always in a lane, in kombu's unacked record, or in an in-flight list.
+  -- Returns {item, 'held' | dialer name, 'recorded' if it went into the unacked record},
+  -- {false, 'gated', seconds until a dialer whose jobs wait opens again}, or
+  -- {false, 'empty'}.
+  local inflight, unacked, index = ARGV[5], ARGV[6], ARGV[7]
+  local acks = tonumber(ARGV[8])
+  for a = 9, 8 + acks do
+    redis.call('ZREM', index, ARGV[a])
+    redis.call('HDEL', unacked, ARGV[a])
+  end
   redis.call('SET', P .. ':consumer:' .. ARGV[2], '1', 'EX', tonumber(ARGV[3]))
-  redis.call('SADD', ARGV[4], ARGV[5])
-  local held = redis.call('LINDEX', ARGV[5], -1)
+  redis.call('SADD', ARGV[4], inflight)
+  local held = redis.call('LINDEX', inflight, -1)
   if held then return {held, 'held'} end
   local clock = redis.call('TIME')
   local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
-  local i = 6
+  local i = 9 + acks
   local soonest = nil  -- when a gated dialer with waiting jobs opens again
   while i <= #ARGV do
     local dialer, n = ARGV[i], tonumber(ARGV[i + 1])
@@ -58,8 +79,26 @@ elseif cmd == 'fetch' then
     local opens = math.max(untl, tat - 0.25)
     if opens <= now then
       for j = 1, n do
-        local item = redis.call('RPOPLPUSH', ARGV[i + 1 + j], ARGV[5])
-        if item then return {item, dialer} end
+        local item = redis.call('RPOP', ARGV[i + 1 + j])
+        if item then
+          local ok, env = pcall(cjson.decode, item)
+          local props = ok and type(env) == 'table' and env.properties
+          local info = type(props) == 'table' and props.delivery_info
+          if type(info) == 'table' and type(props.delivery_tag) == 'string'
+              and type(env.body) == 'string' then
+            local exchange = info.exchange
+            local key = info.routing_key
+            if type(exchange) ~= 'string' then exchange = '' end
+            if type(key) ~= 'string' then key = ARGV[i + 1 + j] end
+            redis.call('HSET', unacked, props.delivery_tag,
+                       '[' .. item .. ',' .. cjson.encode(exchange) .. ','
+                       .. cjson.encode(key) .. ']')
+            redis.call('ZADD', index, now, props.delivery_tag)
+            return {item, dialer, 'recorded'}
+          end
+          redis.call('LPUSH', inflight, item)
+          return {item, dialer}
+        end
       end
     else
       for j = 1, n do

@@ -45,16 +45,29 @@ class Fleet:
         self.call("beat", worker, consumer, ttl)
 
     def fetch_args(
-        self, consumer: str, *, ttl: int, queue: str, lanes: list[tuple[str, list[str]]]
+        self,
+        consumer: str,
+        *,
+        ttl: int,
+        queue: str,
+        unacked: str,
+        unacked_index: str,
+        acks: list[Any],
+        lanes: list[tuple[str, list[str]]],
     ) -> list[Any]:
-        """The ``fetch`` command's arguments: ``lanes`` is (dialer, its lane lists) each,
-        in the order to serve them."""
+        """The ``fetch`` command's arguments: kombu's unacked hash and index, the delivery
+        tags of the acks deferred since the last poll, and ``lanes``: (dialer, its lane
+        lists) each, in the order to serve them."""
         args: list[Any] = [
             "fetch",
             consumer,
             ttl,
             inflight_registry(queue),
             inflight_key(queue, consumer),
+            unacked,
+            unacked_index,
+            len(acks),
+            *acks,
         ]
         for dialer, lists in lanes:
             args += [dialer, len(lists), *lists]

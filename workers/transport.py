@@ -171,10 +171,23 @@ class ReliableQoS(kombu_redis.QoS):
             client = self._client
         yield client.pipeline()
 
+    def take_acks(self) -> list[Any]:
+        """The deferred acks, for the next fetch to write (put back if it fails)."""
+        acks = list(self._pending_acks)
+        self._pending_acks.clear()
+        return acks
+
+    def return_acks(self, acks: list[Any]) -> None:
+        self._pending_acks.extendleft(reversed(acks))
+
     def append(self, message: Any, delivery_tag: Any) -> None:
+        raw, inflight, recorded = self.channel._take_inflight()
+        if recorded:
+            # The fetch script wrote kombu's unacked entry in the same step as the pop.
+            virtual.QoS.append(self, message, delivery_tag)
+            return
         delivery = message.delivery_info
         exchange, routing_key = delivery["exchange"], delivery["routing_key"]
-        raw, inflight = self.channel._take_inflight()
         with self.pipe_or_acquire() as pipe:
             pipe.zadd(self.unacked_index_key, {delivery_tag: time.time()})
             pipe.hset(
@@ -278,6 +291,8 @@ class _ReliableChannel:
         self._last_refusal_log = -1e9
         self._inflight_raw: Any = None
         self._inflight_list: str | None = None
+        self._recorded = False
+        self._acks_sent: list[Any] = []
         self._poll_idle = False
 
     def basic_consume(self, queue: Any, *args: Any, **kwargs: Any) -> Any:
@@ -309,10 +324,14 @@ class _ReliableChannel:
             _log.error("consumer.redis_refused", error=str(exc)[:300], during="queue binding")
             return None
 
-    def _take_inflight(self) -> tuple[Any, str | None]:
+    def _take_inflight(self) -> tuple[Any, str | None, bool]:
+        """(the raw item to clear from the in-flight list or None, that list, whether the
+        fetch already recorded the message as unacked)."""
         raw, key = getattr(self, "_inflight_raw", None), getattr(self, "_inflight_list", None)
+        recorded = getattr(self, "_recorded", False)
         self._inflight_raw = None
-        return raw, key
+        self._recorded = False
+        return raw, key, recorded
 
     def _brpop_start(self, timeout: Any = None) -> Any:
         self._reliable_setup()
@@ -329,8 +348,17 @@ class _ReliableChannel:
         # Each poll starts with the next dialer: none starves another.
         self._turn = (self._turn + 1) % len(self._lanes)
         order = self._lanes[self._turn :] + self._lanes[: self._turn]
+        # The acks deferred since the last poll ride along (kept until the reply says
+        # the script ran).
+        self._acks_sent = self.qos.take_acks()
         args = self._fleet.fetch_args(
-            consumer, ttl=self._ttl, queue=self._registry_queue, lanes=order
+            consumer,
+            ttl=self._ttl,
+            queue=self._registry_queue,
+            unacked=self.qos.unacked_key,
+            unacked_index=self.qos.unacked_index_key,
+            acks=self._acks_sent,
+            lanes=order,
         )
         script = self._fleet._script
         if self._use_eval:
@@ -362,11 +390,18 @@ class _ReliableChannel:
                 reply = self.client.parse_response(connection, name, **options)
             except self.connection_errors:
                 # Disconnect so the next iteration reconnects (as kombu does).
+                if phase == "fetch":
+                    self.qos.return_acks(self._acks_sent)
+                self._acks_sent = []
                 connection.disconnect()
                 raise
             except redis.ResponseError as exc:
+                if phase == "fetch":
+                    self.qos.return_acks(self._acks_sent)
+                self._acks_sent = []
                 self._refused(exc)
                 raise Empty() from None
+            self._acks_sent = []
             if phase != "fetch":
                 # Woken (or timed out): fetch at once.
                 self._poll_idle = reply is None
@@ -380,10 +415,14 @@ class _ReliableChannel:
                     timeout = min(timeout, max(0.01, float(reply[2])))
                 self._block(timeout)
                 raise Empty()
-            if not is_envelope(item):
+            recorded = len(reply) > 2 and reply[2] in (b"recorded", "recorded")
+            if not recorded and not is_envelope(item):
                 self._poison(item)
                 raise Empty()
-            self._inflight_raw = item
+            if recorded:
+                self._recorded = True
+            else:
+                self._inflight_raw = item
             self._queue_cycle.rotate(self._queue)
             try:
                 self.connection._deliver(loads(bytes_to_str(item)), self._queue)
@@ -395,6 +434,7 @@ class _ReliableChannel:
             return True
         finally:
             self._inflight_raw = None
+            self._recorded = False
             if self._phase is None:
                 vars(self).update(_in_poll=None)
                 # kombu >= 5.7: the connection is idle, a pending re-auth may go now.
