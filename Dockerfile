@@ -4,6 +4,7 @@
 #   docker build -t vicidial-lead-dispatcher .
 #   docker run --env-file .env vicidial-lead-dispatcher            # a worker
 #   docker run --env-file .env vicidial-lead-dispatcher dispatcher status
+#   docker build --target monitoring -t vicidial-lead-dispatcher-monitoring .   # + Flower
 #
 # No configuration or secret is baked in: everything comes from DISPATCHER_*
 # variables at run time (docker-compose.yml passes .env). .dockerignore is an
@@ -37,8 +38,8 @@ COPY dispatcher ./dispatcher
 COPY workers ./workers
 RUN pip wheel --no-deps --wheel-dir /wheels/project .
 
-# --- runtime -----------------------------------------------------------------
-FROM ${PYTHON_IMAGE}
+# --- runtime: what every variant of the image holds ---------------------------
+FROM ${PYTHON_IMAGE} AS runtime
 ENV PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 \
@@ -57,6 +58,21 @@ RUN pip install --no-index --no-deps /wheels/project/*.whl \
 
 USER dispatcher
 WORKDIR /home/dispatcher
+
+# --- monitoring: the same plus Flower (the `monitoring` extra of pyproject.toml),
+# built from this Dockerfile so that no third-party image has to be pulled. Not
+# the default target: the worker image carries no web UI it does not use.
+FROM runtime AS monitoring
+USER root
+COPY --from=build /wheels/project /wheels/project
+RUN whl=$(ls /wheels/project/*.whl) \
+    && pip install "${whl}[monitoring]" \
+    && rm -rf /wheels
+USER dispatcher
+EXPOSE 5555
+
+# --- the worker image (the default target) ------------------------------------
+FROM runtime
 
 # Healthy = Redis answers, this container's worker wrote a heartbeat in the last
 # 30 s (its scheduler thread runs) and its consumer loop answers a ping sent

@@ -7,7 +7,8 @@ environment, service host names swapped for loopback and fixed ports for free
 ones): Redis with the compose flags and healthcheck, the simulator of the demo
 profile, and a real worker started with the compose command line that consumes a
 job from a real Redis and calls that simulator, checked by the image's
-HEALTHCHECK command.
+HEALTHCHECK command. tests/test_deploy_engine.py runs the same files on a real
+Docker engine.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import socket
 import subprocess
 import sys
 import time
+import tomllib
 from collections.abc import Iterator, Mapping
 from functools import partial
 from pathlib import Path
@@ -238,6 +240,9 @@ def test_profiles_demo_and_monitoring() -> None:
     services = compose()["services"]
     assert services["simulator"]["profiles"] == ["demo"]
     assert services["flower"]["profiles"] == ["monitoring"]
+    # The intake refuses to start without a token: never part of a plain `up` or
+    # of the demo (it crash-looped there), started by naming it.
+    assert services["intake"]["profiles"] == ["intake"]
     assert "profiles" not in services["redis"]
     argv = command("simulator")
     assert argv[:2] == ["dispatcher", "simulate"]
@@ -246,7 +251,20 @@ def test_profiles_demo_and_monitoring() -> None:
     url = urlsplit(compose_env("worker")["DISPATCHER_VICIDIAL_URL"])
     assert (url.hostname, url.port) == ("simulator", int(argv[argv.index("--port") + 1]))
     assert url.path == "/agc/api.php"
-    assert all(str(p).startswith("127.0.0.1:") for p in services["flower"].get("ports", []))
+    ports = [interpolate(str(p), {}) for p in services["flower"].get("ports", [])]
+    assert ports and all(p.startswith("127.0.0.1:") for p in ports), ports
+
+
+def test_flower_is_built_from_the_project_image() -> None:
+    # No third-party image: a closed network cannot pull one.
+    flower = service("flower")
+    assert flower["build"] == {"context": ".", "target": "monitoring"}
+    assert interpolate(flower["image"], {}) != interpolate(service("worker")["image"], {})
+    stages = {a.split(" AS ")[1]: a.split(" AS ")[0] for i, a in dockerfile() if " AS " in a}
+    assert stages["monitoring"] == "runtime"
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert any(req.startswith("flower") for req in project["optional-dependencies"]["monitoring"])
+    assert not any(req.startswith("flower") for req in project["dependencies"])
 
 
 @pytest.mark.parametrize("auth", ["", "ops:pa ss"])
@@ -309,9 +327,14 @@ def test_env_example_has_no_inline_comments() -> None:
 def test_dockerfile_builds_a_slim_non_root_image_from_pyproject() -> None:
     steps = dockerfile()
     froms = [a for i, a in steps if i == "FROM"]
-    assert froms and all(a.startswith(("python:3.11-slim", "${PYTHON_IMAGE}")) for a in froms), (
-        froms
-    )
+    stages = [a.split(" AS ")[1] for a in froms if " AS " in a]
+    # Every stage starts from the Python image or from an earlier stage.
+    assert froms and all(
+        a.startswith(("python:3.11-slim", "${PYTHON_IMAGE}")) or a.split(" AS ")[0] in stages[:n]
+        for n, a in enumerate(froms)
+    ), froms
+    # The default target (the last stage) is the worker image, with the CMD.
+    assert froms[-1] in stages and [i for i, _ in steps][-1] == "CMD"
     args = [a for i, a in steps if i == "ARG"]
     assert "PYTHON_IMAGE=python:3.11-slim" in args
     users = [a for i, a in steps if i == "USER"]
@@ -512,6 +535,7 @@ def test_healthcheck_fails_when_redis_is_unreachable(tmp_path: Path) -> None:
 def test_intake_command_serves_and_its_healthcheck_passes(redis_url: str, tmp_path: Path) -> None:
     svc = service("intake")
     assert "container_name" not in svc and svc["restart"] == "unless-stopped"
+    assert svc["profiles"] == ["intake"]
     assert svc["depends_on"]["redis"]["condition"] == "service_healthy"
     port = free_port()
     env = swap_hosts(compose_env("intake"), {"redis": urlsplit(redis_url).netloc})
