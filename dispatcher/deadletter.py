@@ -352,6 +352,7 @@ class DeadLetterStore:
             return "unreplayable"
         now = time.time() if now is None else now
         job = dict(letter.job)
+        job.pop("reconcile", None)  # a replay calls: it is not a look-up
         seq = int(job.get("seq", 0) or 0) + 1
         job.update(
             attempts=0,
