@@ -34,10 +34,12 @@ from __future__ import annotations
 
 import hashlib
 import re
+import time
 from dataclasses import dataclass
 
 from dispatcher.backend import Backend
-from dispatcher.errors import LookupFailed, LookupRefused
+from dispatcher.errors import LookupDenied, LookupFailed, LookupRefused
+from dispatcher.jobs import Job
 from dispatcher.lead import Lead
 from dispatcher.logs import redact_vicidial_line
 from dispatcher.nonagent import LeadRecord, LookupAnswer, NonAgentClient
@@ -50,12 +52,15 @@ __all__ = [
     "Finding",
     "LookupCheck",
     "Match",
+    "Preview",
     "check_lookups",
     "decide",
     "deletable",
     "mark",
     "marker",
+    "preview",
     "record_lookup",
+    "why_not",
 ]
 
 #: The lead fields a marker can go in, with their VICIdial column sizes.
@@ -261,3 +266,84 @@ def check_lookups(
         return LookupCheck(exc.state, exc.line, exc.missing, exc.fix)
     record_lookup(backend, server, None)
     return LookupCheck("ok")
+
+
+def why_not(state: str, missing: str, error: str, fix: str) -> str:
+    """Why a look-up could not be made, for a dead letter's error and the CLI."""
+    head = {"refused": "the Non-Agent API refused the login", "denied": "look-ups not permitted"}
+    text = head.get(state, f"look-ups {state or 'unavailable'}")
+    if missing:
+        text += f" (missing: {missing})"
+    if error:
+        text += f": {error}"
+    if fix:
+        text += f". Fix: {fix}; then `dispatcher dlq reconcile --reason ambiguous`"
+    return text
+
+
+# -- operators: `dispatcher dlq reconcile --dry-run` --------------------------------------
+
+
+@dataclass(frozen=True)
+class Preview:
+    """What a dead letter would become if handed to the workers now (a dry run)."""
+
+    #: added | called_again | dead_letter (cannot tell) | already_added (the letter
+    #: is removed, nothing sent) | not_looked_up (paused, VICIdial not answering)
+    would: str
+    lead_id: str = ""
+    duplicates: tuple[str, ...] = ()
+    found: int = 0
+    why: str = ""
+
+
+def preview(backend: Backend, client: NonAgentClient, job: Job, *, server: str) -> Preview:
+    """Look one ambiguous letter's lead up and say what reconciling it would do.
+
+    Read-only in VICIdial (lead_all_info); obeys the server's pause, rate limit and
+    look-up holds like a worker's look-up, and records what it learns about the
+    look-up's permissions.
+    """
+    settings = backend.settings
+    state, lead_id = backend.redis.hmget(backend.keys.execution(job.job_id), "state", "lead_id")
+    if state == "done":
+        return Preview("already_added", lead_id=str(lead_id or ""))
+    interval = 1.0 / settings.rate_limit if settings.rate_limit > 0 else 0.0
+    for _ in range(100):
+        gate = backend.execution.gate(server, rate_interval_s=interval, max_rate_wait_s=5.0)
+        if gate.verdict != "throttled":
+            break
+        time.sleep(min(gate.seconds, 5.0))
+    if gate.verdict == "paused":
+        return Preview(
+            "not_looked_up",
+            why=f"calls to {server} are paused ({gate.extra or 'pause'}) for {gate.seconds:.0f} s",
+        )
+    if gate.seconds > 0:
+        time.sleep(gate.seconds)
+    held = backend.execution.lookup_gate(
+        server, mode="lookup", lease_s=2 * settings.http_timeout_s + 5, fresh_s=CHECK_EVERY_S
+    )
+    if held.verdict == "held":
+        return Preview("dead_letter", why=why_not(held.state, held.missing, held.error, held.fix))
+    try:
+        answer = client.lead_all_info(job.lead.phone_number)
+    except (LookupRefused, LookupDenied) as exc:
+        refusal = client.diagnose(exc) if isinstance(exc, LookupDenied) else exc
+        record_lookup(backend, server, refusal)
+        return Preview(
+            "dead_letter",
+            why=why_not(refusal.state, refusal.missing, refusal.line, refusal.fix),
+        )
+    except LookupFailed as exc:
+        return Preview("not_looked_up", why=exc.line)
+    if held.state != "ok":
+        record_lookup(backend, server, None)
+    finding = decide(answer, job_id=job.job_id, lead=job.lead, marker_field=settings.marker_field)
+    if finding.kind == "found":
+        return Preview(
+            "added", lead_id=finding.lead_id, duplicates=finding.duplicates, found=finding.found
+        )
+    if finding.kind == "absent":
+        return Preview("called_again")
+    return Preview("dead_letter", why=finding.why)

@@ -8,7 +8,7 @@ a monitoring loop and from every container's health check.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import redis
@@ -45,6 +45,8 @@ class FleetReading:
     dead_letters: dict[str, int]
     memory_used: int | None = None
     memory_max: int | None = None
+    #: what the last look-up or check of each server's Non-Agent API found
+    lookups: dict[str, dict[str, str]] = field(default_factory=dict)
 
 
 def read_fleet(backend: Backend, *, memory: bool = False) -> FleetReading:
@@ -63,6 +65,7 @@ def read_fleet(backend: Backend, *, memory: bool = False) -> FleetReading:
             pipe.zrange(keys.dead_letters, 0, 0, withscores=True)
             backend.fleet.queue(pipe, "alive")
             backend.execution.queue(pipe, "pauses")
+            backend.execution.queue(pipe, "lookups")
             for reason in reasons:
                 pipe.zcard(keys.dead_letters_by_reason(reason))
             if memory:
@@ -77,9 +80,10 @@ def read_fleet(backend: Backend, *, memory: bool = False) -> FleetReading:
         for reply in replies:
             if isinstance(reply, Exception):
                 raise reply
-    queued, retrying, stats, oldest, alive, pauses, *rest = replies
+    queued, retrying, stats, oldest, alive, pauses, lookups, *rest = replies
     per_reason = rest[: len(reasons)]
     now, paused = backend.execution.parse_pauses(pauses)
+    _, looked = backend.execution.parse_lookups(lookups)
     info = rest[len(reasons)] if memory else None
     return FleetReading(
         queued=int(queued),
@@ -92,6 +96,7 @@ def read_fleet(backend: Backend, *, memory: bool = False) -> FleetReading:
         dead_letters={r: int(n) for r, n in zip(reasons, per_reason, strict=True)},
         memory_used=int(info.get("used_memory", 0)) if info else None,
         memory_max=int(info.get("maxmemory", 0)) if info else None,
+        lookups=looked,
     )
 
 
@@ -116,6 +121,19 @@ def fleet_status(backend: Backend, *, now: float | None = None) -> dict[str, Any
             "remaining_s": round(left, 1),
         }
     oldest = reading.oldest
+    settings = backend.settings
+    lookups = {
+        server: {
+            "state": data["state"] or None,
+            "checked_at": (
+                iso(now - (redis_now - float(data["checked_at"]))) if data["checked_at"] else None
+            ),
+            "missing": data["missing"] or None,
+            "error": data["error"] or None,
+            "fix": data["fix"] or None,
+        }
+        for server, data in reading.lookups.items()
+    }
     return {
         "queued": reading.queued,
         "retrying": reading.retrying,
@@ -123,5 +141,13 @@ def fleet_status(backend: Backend, *, now: float | None = None) -> dict[str, Any
         "oldest_dead_letter_age_s": None if oldest is None else round(now - oldest, 1),
         "workers": reading.workers,
         "paused": pauses,
+        # Reconciliation: the mode, and per VICIdial server whether its look-ups work
+        # (state ok, denied, refused or unavailable; missing and fix say what to change).
+        "reconcile": {
+            "mode": settings.ambiguous,
+            "after_s": settings.reconcile_after_s,
+            "marker_field": settings.marker_field,
+            "lookups": lookups,
+        },
         "totals": {k: _number(v) for k, v in sorted(reading.stats.items())},
     }

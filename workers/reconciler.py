@@ -51,7 +51,7 @@ from dispatcher.errors import (
 from dispatcher.execution import Execution
 from dispatcher.jobs import Job, Reconcile, broker_envelope
 from dispatcher.keys import Keys
-from dispatcher.nonagent import NonAgentClient
+from dispatcher.nonagent import NonAgentClient, server_id
 from dispatcher.reconcile import (
     CHECK_EVERY_S,
     Finding,
@@ -60,6 +60,7 @@ from dispatcher.reconcile import (
     decide,
     deletable,
     record_lookup,
+    why_not,
 )
 from dispatcher.settings import Settings
 from workers.http_deadline import DeadlineTransport, deadline
@@ -219,7 +220,7 @@ class Reconciler:
         )
         if gate.verdict == "held":
             return self._give_up(
-                d, job, rec, why=_why(gate.state, gate.missing, gate.error, gate.fix)
+                d, job, rec, why=why_not(gate.state, gate.missing, gate.error, gate.fix)
             )
         try:
             answer = self.client.lead_all_info(job.lead.phone_number)
@@ -268,7 +269,9 @@ class Reconciler:
                     error=exc.line,
                     delay_s=self.settings.pause_s,
                 )
-            return self._give_up(d, job, rec, why=_why(exc.state, exc.missing, exc.line, exc.fix))
+            return self._give_up(
+                d, job, rec, why=why_not(exc.state, exc.missing, exc.line, exc.fix)
+            )
         paused_s = r._network_failure(d) if exc.network else None
         tries = rec.tries + 1
         _log.warning("reconcile.lookup_failed", error=exc.line, tries=tries)
@@ -502,38 +505,36 @@ class Reconciler:
             )
 
 
-def _why(state: str, missing: str, error: str, fix: str) -> str:
-    head = {"refused": "the Non-Agent API refused the login", "denied": "look-ups not permitted"}
-    text = head.get(state, f"look-ups {state}")
-    if missing:
-        text += f" (missing: {missing})"
-    if error:
-        text += f": {error}"
-    if fix:
-        text += f". Fix: {fix}; then `dispatcher dlq reconcile --reason ambiguous`"
-    return text
-
-
 class LookupChecker:
     """Checks the look-up's permissions now and then, in a thread of its own.
 
-    Run from each worker's scheduler thread (:meth:`maybe_start`): at start and every
-    :data:`~dispatcher.reconcile.CHECK_EVERY_S` one worker of the fleet asks VICIdial
-    (the others find the result fresh in Redis), so ``dispatcher status``/``health``
-    show a missing permission before any job needs a look-up.
+    Run from each worker's scheduler thread (:meth:`maybe_start`): a few seconds
+    after start and then every minute it asks Redis, and one worker of the fleet at
+    a time asks VICIdial when the last result is older than
+    :data:`~dispatcher.reconcile.CHECK_EVERY_S` (a refusal is held longer), so
+    ``dispatcher status``/``health`` show a missing permission before any job needs
+    a look-up. Never while the server's calls are paused for refused credentials:
+    the check's login would count toward VICIdial's lock too.
     """
 
-    def __init__(self, settings: Settings, backend: Backend, *, server: str) -> None:
+    #: The first check waits this long after start: a wrong password shows in the
+    #: first calls, which pause the server, and then the check does not log in.
+    FIRST_DELAY_S = 5.0
+
+    def __init__(self, settings: Settings, backend: Backend) -> None:
         self.settings = settings
         self.backend = backend
-        self.server = server
         self._thread: threading.Thread | None = None
-        self._next = 0.0
+        self._next = time.monotonic() + self.FIRST_DELAY_S
         self.last: LookupCheck | None = None
 
     @property
     def enabled(self) -> bool:
         return self.settings.ambiguous == "reconcile" and self.settings.nonagent_url is not None
+
+    @property
+    def server(self) -> str:
+        return server_id(str(self.settings.vicidial_url))
 
     def maybe_start(self) -> None:
         now = time.monotonic()
@@ -541,35 +542,41 @@ class LookupChecker:
             return
         if self._thread is not None and self._thread.is_alive():
             return
-        self._next = now + min(60.0, CHECK_EVERY_S)
+        self._next = now + 60.0
         self._thread = threading.Thread(target=self.run_once, name="lookup-check", daemon=True)
         self._thread.start()
 
     def run_once(self) -> LookupCheck | None:
+        server = self.server
         try:
+            if self.backend.redis.hget(self.backend.keys.pause(server), "kind") == "refused":
+                return None
             client = make_client(self.settings)
         except LookupFailed as exc:
-            _log.warning("reconcile.unavailable", server=self.server, error=exc.line, fix=exc.fix)
+            _log.warning("reconcile.unavailable", server=server, error=exc.line, fix=exc.fix)
+            return None
+        except Exception as exc:  # Redis away: the next minute tries again
+            _log.warning("reconcile.check_failed", error=f"{type(exc).__name__}: {exc}")
             return None
         try:
-            check = check_lookups(self.backend, client, server=self.server)
-        except Exception as exc:  # Redis away: the next tick tries again
+            check = check_lookups(self.backend, client, server=server)
+        except Exception as exc:
             _log.warning("reconcile.check_failed", error=f"{type(exc).__name__}: {exc}")
             return None
         finally:
             client.close()
         self.last = check
-        if check.state in ("denied", "refused", "unavailable"):
+        if check.state in ("denied", "refused"):
             _log.warning(
-                "reconcile.not_permitted"
-                if check.state != "unavailable"
-                else "reconcile.unavailable",
-                server=self.server,
+                "reconcile.not_permitted",
+                server=server,
                 state=check.state,
                 error=check.error,
                 missing=check.missing,
                 fix=check.fix,
             )
+        elif check.state == "unavailable":
+            _log.warning("reconcile.unavailable", server=server, error=check.error, fix=check.fix)
         elif check.state == "ok":
-            _log.info("reconcile.permitted", server=self.server)
+            _log.info("reconcile.permitted", server=server)
         return check
