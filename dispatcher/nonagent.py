@@ -215,8 +215,8 @@ def _refused(line: str, user: str) -> LookupRefused:
         missing="a Non-Agent API login",
         fix=f"the Non-Agent API refused user {user}: wrong password, user inactive, or "
         f'"User Level" below 7 ({_admin(user)}: "User Level" 7 or more; the agent API '
-        "does not need it). Each refusal counts toward VICIdial's 10-failure lock: "
-        "look-ups stop for 30 minutes",
+        "does not need it). Each refusal counts toward VICIdial's 10-failure lock, so "
+        "look-ups stop until `dispatcher health --recheck` after the fix",
     )
 
 

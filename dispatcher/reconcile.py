@@ -202,17 +202,20 @@ def deletable(match: Match) -> bool:
 CHECK_EVERY_S = 600.0
 #: After a denied permission, no automatic look-up or check for this long.
 DENIED_HOLD_S = 300.0
-#: After a refused login, no automatic look-up or check for this long: each refusal
-#: counts toward VICIdial's lock (10 failures), so at most two an hour fleet-wide.
-REFUSED_HOLD_S = 1800.0
+#: After a refused login, no automatic look-up or check: each refusal counts toward
+#: VICIdial's lock (10 failures, shared with the agent API), and the facts say never
+#: to retry one automatically. Only an operator's `dispatcher health --recheck` or
+#: `dispatcher dlq reconcile` tries again (30 days: "until then", bounded).
+REFUSED_HOLD_S = 30 * 86400.0
 
 
 def record_lookup(backend: Backend, server: str, error: LookupFailed | None) -> str:
     """Store what a look-up or check found (None: it answered); the state before.
 
-    A refused login also pauses the server's calls, as a refused call does: the
-    password may be wrong for the agent API too, and its failures count in the same
-    counter.
+    A refused login or denied permission pauses the server's look-ups (its record's
+    hold), as a refused call pauses its calls. The calls are not paused: a user of
+    level 6 or below is refused by the Non-Agent API and fine for external_add_lead,
+    and a wrong password pauses the calls through their own refusals.
     """
     settings = backend.settings
     if error is None:
@@ -228,8 +231,6 @@ def record_lookup(backend: Backend, server: str, error: LookupFailed | None) -> 
         fix=error.fix,
         hold_s=hold,
     )
-    if isinstance(error, LookupRefused):
-        backend.execution.pause(server, seconds=settings.pause_s, reason="auth", error=error.line)
     return before
 
 

@@ -312,7 +312,7 @@ def test_a_look_up_not_permitted_leaves_the_dead_letter_of_before(
     assert simulator.lookup_count == lookups
 
 
-def test_a_refused_login_costs_one_failed_login_and_pauses_the_server(
+def test_a_refused_login_costs_one_failed_login_and_stops_look_ups_not_calls(
     settings: Settings, simulator: Simulator, runners: Callable[..., JobRunner]
 ) -> None:
     simulator.update_user("6666", user_level=6)  # fine for agc/api.php, not for look-ups
@@ -321,21 +321,38 @@ def test_a_refused_login_costs_one_failed_login_and_pauses_the_server(
         simulator.script_phone(f"727555130{i}", ["reset_after"])
         assert runner.run(_message(settings, f"727555130{i}")) == "reconciling"
     outcomes = [runner.run(m) for m in _take_scheduled(settings)]
-    # The first look-up is refused: the server pauses (as for a refused call) and the
-    # other look-ups wait for it...
-    assert outcomes == ["dead", "deferred", "deferred"]
-    assert simulator.failed_logins("6666") == 1
-    client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
-    pause = client.hgetall(f"{settings.key_prefix}:pause:{runner.server}")
-    assert pause["kind"] == "refused" and pause["reason"] == "auth"
-    time.sleep(settings.pause_s + 0.1)
-    # ...then the agent API's credentials probe lifts the pause, and the look-ups,
-    # held after a refused login, give the dead letters of before without a login.
-    assert [runner.run(m) for m in _take_scheduled(settings)] == ["dead", "dead"]
-    assert simulator.failed_logins("6666") == 1
+    assert outcomes == ["dead", "dead", "dead"]  # the letters of before, with why
+    assert simulator.failed_logins("6666") == 1 and simulator.lookup_count == 1
     assert not simulator.is_locked("6666")
+    client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
     record = client.hgetall(f"{settings.key_prefix}:lookup:{runner.server}")
     assert record["state"] == "refused" and "User Level" in record["fix"]
+    letter = DeadLetterStore(settings=settings).get(_message_ids(settings)[0])
+    assert letter is not None and "User Level" in letter.error
+    # Calls are not paused: the user is fine for external_add_lead.
+    assert not client.exists(f"{settings.key_prefix}:pause:{runner.server}")
+    assert runner.run(_message(settings, "7275551399")) == "added"
+    # Nothing logs in again by itself...
+    simulator.script_phone("7275551398", ["reset_after"])
+    assert runner.run(_message(settings, "7275551398")) == "reconciling"
+    assert _run_next(runner, settings) == "dead"
+    assert simulator.failed_logins("6666") == 1
+    # ...until the operator fixed the level and asks again (health --recheck, dlq reconcile).
+    simulator.update_user("6666", user_level=9)
+    runner.execution.lookup_release(runner.server)
+    simulator.script_phone("7275551397", ["reset_after"])
+    assert runner.run(_message(settings, "7275551397")) == "reconciling"
+    assert _run_next(runner, settings) == "added"
+    assert client.hget(f"{settings.key_prefix}:lookup:{runner.server}", "state") == "ok"
+
+
+def _message_ids(settings: Settings) -> list[str]:
+    """Dead letter ids, oldest first."""
+    client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
+    try:
+        return list(client.zrange(f"{settings.key_prefix}:dlq", 0, -1))
+    finally:
+        client.close()
 
 
 def test_the_marker_goes_in_vendor_lead_code_when_asked(

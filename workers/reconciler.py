@@ -21,9 +21,10 @@ killed workers as a call:
   (reported, and deleted with ``DISPATCHER_RECONCILE_DELETE_DUPLICATES``).
 
 Look-ups never push the account toward VICIdial's lock: a refused Non-Agent login
-pauses the server and holds every look-up for 30 minutes (one login at a time tries
-again after that), and a denied permission holds them for 5 minutes; meanwhile
-ambiguous jobs become ``ambiguous`` dead letters, as without reconciliation.
+stops every look-up to that server until an operator re-checks (`dispatcher health
+--recheck`, `dispatcher dlq reconcile`), and a denied permission holds them for 5
+minutes (one check at a time tries again); meanwhile ambiguous jobs become
+``ambiguous`` dead letters, as without reconciliation.
 """
 
 from __future__ import annotations
@@ -261,14 +262,6 @@ class Reconciler:
                 missing=exc.missing,
                 fix=exc.fix,
             )
-            if isinstance(exc, LookupRefused):
-                _log.warning(
-                    "vicidial.paused",
-                    server=r.server,
-                    reason="auth",
-                    error=exc.line,
-                    delay_s=self.settings.pause_s,
-                )
             return self._give_up(
                 d, job, rec, why=why_not(exc.state, exc.missing, exc.line, exc.fix)
             )
