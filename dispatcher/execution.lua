@@ -627,8 +627,8 @@ elseif cmd == 'lookup_gate' then
   -- last look-up or check found. After a refused login or a denied permission, only one
   -- caller at a time and only once the hold is over tries again (a refused login counts
   -- toward VICIdial's lock). lookup: {'go', state} or {'held', state, error, missing,
-  -- fix}; check: also {'fresh'} (ok and younger than fresh_s) and {'held', ...} while
-  -- another check runs; force: always {'go', state}.
+  -- fix}; check: also {'fresh'} (a result younger than fresh_s: look-ups keep it up to
+  -- date) and {'held', ...} while another check runs; force: always {'go', state}.
   local server, mode = ARGV[2], ARGV[3]
   local k = k_lookup(server)
   local r = redis.call('HMGET', k, 'state', 'hold_until', 'checked_at', 'error', 'missing', 'fix')
@@ -637,7 +637,7 @@ elseif cmd == 'lookup_gate' then
   if mode ~= 'force' and hold > now and (blocked or mode == 'check') then
     return {'held', state, r[4] or '', r[5] or '', r[6] or ''}
   end
-  if mode == 'check' and state == 'ok' and tonumber(r[3] or '0') + tonumber(ARGV[5]) > now then
+  if mode == 'check' and state ~= '' and tonumber(r[3] or '0') + tonumber(ARGV[5]) > now then
     return {'fresh'}
   end
   if mode ~= 'lookup' or blocked then

@@ -198,7 +198,8 @@ def deletable(match: Match) -> bool:
 
 # -- the record of each server's look-ups (P:lookup:{server}) ------------------------------
 
-#: An ok record older than this is checked again (by a worker, or `dispatcher health`).
+#: A record older than this is checked again (by a worker, or `dispatcher health`);
+#: look-ups keep it up to date meanwhile.
 CHECK_EVERY_S = 600.0
 #: After a denied permission, no automatic look-up or check for this long.
 DENIED_HOLD_S = 300.0
@@ -251,7 +252,7 @@ def check_lookups(
 ) -> LookupCheck:
     """Check the look-up's permissions against VICIdial and record the result.
 
-    ``mode``: ``check`` asks VICIdial only when the last result is older than
+    ``mode``: ``check`` asks VICIdial only when there is no result younger than
     :data:`CHECK_EVERY_S` and no refusal is held (one caller at a time across the
     fleet); ``force`` asks now (an operator's explicit request).
     """

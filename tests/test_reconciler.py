@@ -392,3 +392,52 @@ def test_dead_letter_mode_is_unchanged(
     message = _message(settings)
     assert runners(settings).run(message) == "dead"
     assert simulator.lookup_count == 0
+
+
+def test_permission_checks_ask_vicidial_once_and_respect_holds(
+    settings: Settings, simulator: Simulator
+) -> None:
+    from dispatcher.nonagent import NonAgentClient, server_id
+    from dispatcher.reconcile import check_lookups
+    from workers.reconciler import LookupChecker
+
+    backend = get_backend(settings)
+    server = server_id(str(settings.vicidial_url))
+    client = NonAgentClient(settings)
+    try:
+        assert check_lookups(backend, client, server=server).state == "ok"
+        assert simulator.lookup_count == 1
+        assert check_lookups(backend, client, server=server).state == "fresh"  # no request
+        assert simulator.lookup_count == 1
+        simulator.update_user("6666", view_reports=False)
+        denied = check_lookups(backend, client, server=server, mode="force")
+        assert denied.state == "denied" and denied.missing == "View Reports"
+        assert '"View Reports"' in denied.fix
+        asked = simulator.lookup_count  # lead_all_info, then lead_search to narrow it down
+        assert check_lookups(backend, client, server=server).state == "held"
+        simulator.update_user("6666", view_reports=True, user_level=5)
+        refused = check_lookups(backend, client, server=server, mode="force")
+        assert refused.state == "refused" and simulator.failed_logins("6666") == 1
+        for _ in range(3):  # neither checks nor the workers' checker log in again
+            assert check_lookups(backend, client, server=server).state == "held"
+            assert LookupChecker(settings, backend).run_once() is not None
+        assert simulator.failed_logins("6666") == 1
+        assert simulator.lookup_count == asked + 1
+    finally:
+        client.close()
+
+
+def test_the_workers_checker_never_logs_in_while_calls_are_paused_for_credentials(
+    settings: Settings, simulator: Simulator
+) -> None:
+    from dispatcher.nonagent import server_id
+    from workers.reconciler import LookupChecker
+
+    backend = get_backend(settings)
+    backend.execution.pause(
+        server_id(str(settings.vicidial_url)), seconds=30, reason="auth", error="x"
+    )
+    assert LookupChecker(settings, backend).run_once() is None
+    assert simulator.lookup_count == 0
+    off = LookupChecker(settings.replace(ambiguous="dead_letter"), backend)
+    assert not off.enabled
