@@ -374,6 +374,9 @@ class NonAgentClient:
             self._http.close()
 
     def _post(self, function: str, **fields: str) -> tuple[int, str, bool]:
+        # The last form field's raw value goes into VICIdial's API-log INSERT: it is
+        # always one we made (function, a phone's digits, a lead id, "Y"), never the
+        # password, which may hold a quote.
         data = {
             "source": self.settings.vicidial_source,
             "user": self.user,
@@ -414,7 +417,12 @@ class NonAgentClient:
             missing="a working Non-Agent API" if status == 404 else "",
             fix=f"{self.url} answered 404: set DISPATCHER_VICIDIAL_NONAGENT_URL"
             if status == 404
-            else "",
+            else (
+                "VICIdial's lead_all_info fails (HTTP 500) when a lead of that phone holds a "
+                "' (its API log cannot store the record), or on a database error"
+                if status == 500
+                else ""
+            ),
         )
 
     def lead_all_info(self, phone: str) -> LookupAnswer:

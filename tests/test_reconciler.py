@@ -441,3 +441,17 @@ def test_the_workers_checker_never_logs_in_while_calls_are_paused_for_credential
     assert simulator.lookup_count == 0
     off = LookupChecker(settings.replace(ambiguous="dead_letter"), backend)
     assert not off.enabled
+
+
+def test_a_lead_holding_a_quote_cannot_be_read_back_and_says_so(
+    settings: Settings, simulator: Simulator, runners: Callable[..., JobRunner]
+) -> None:
+    simulator.script_phone(PHONE, ["reset_after"])
+    runner = runners()
+    message = _message(settings, last_name="O'Brien")
+    assert runner.run(message) == "reconciling"
+    assert _run_next(runner, settings) == "dead"  # no retries: it fails every time
+    assert simulator.lookup_count == 1
+    letter = DeadLetterStore(settings=settings).get(message["job_id"])
+    assert letter is not None and letter.reason == "ambiguous"
+    assert "holds a '" in letter.error and "by hand" in letter.error

@@ -265,6 +265,15 @@ class Reconciler:
             return self._give_up(
                 d, job, rec, why=why_not(exc.state, exc.missing, exc.line, exc.fix)
             )
+        if exc.http_status == 500 and _holds_quote(job):
+            # lead_all_info cannot print a record holding ' (HTTP 500, every time).
+            return self._give_up(
+                d,
+                job,
+                rec,
+                why="the lead holds a ' and VICIdial's lead_all_info cannot read such a "
+                "lead back (HTTP 500): check VICIdial by hand",
+            )
         paused_s = r._network_failure(d) if exc.network else None
         tries = rec.tries + 1
         _log.warning("reconcile.lookup_failed", error=exc.line, tries=tries)
@@ -496,6 +505,10 @@ class Reconciler:
                     job.job_id, lead_ids=(), deleted=tuple(deleted), ttl=r._ttl
                 ),
             )
+
+
+def _holds_quote(job: Job) -> bool:
+    return any("'" in value for value in job.lead.fields.values())
 
 
 class LookupChecker:
