@@ -40,8 +40,10 @@ def job(obj: CliContext, job_id: str, as_json: bool) -> None:
 
 @click.command(
     help="""The fleet at a glance: jobs queued, retries waiting, dead letters by
-reason, the oldest dead letter's age, live workers, and whether calls to a
-VICIdial server are paused (wrong password, outage) and until when."""
+reason, the oldest dead letter's age, live workers, whether calls to a
+VICIdial server are paused (wrong password, outage) and until when, and
+whether reconciliation's look-ups work there (as the workers or `dispatcher
+health` last found; if not, what to change in VICIdial). Reads Redis only."""
 )
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON (stable keys).")
 @click.pass_obj
