@@ -35,9 +35,11 @@ from dispatcher.jobs import broker_envelope, iso, new_job_id
 from dispatcher.logs import redact_vicidial_line
 from dispatcher.settings import Settings
 
-__all__ = ["DeadLetter", "DeadLetterStore", "ReplayResult", "WriteResult"]
+__all__ = ["DeadLetter", "DeadLetterStore", "ReconcileResult", "ReplayResult", "WriteResult"]
 
 ReplayResult = Literal["replayed", "missing", "done", "busy", "unreplayable"]
+#: What handing a letter to the workers to be looked up did (see execution.lua reconcile).
+ReconcileResult = Literal["reconciling", "missing", "done", "busy", "unreplayable"]
 #: What a letter write did: written ("ok", or "again" for a repeat), or refused because
 #: the lead was added ("done"), another copy holds or decided the job ("superseded",
 #: "busy"), or a newer publication exists ("stale").
@@ -359,6 +361,7 @@ class DeadLetterStore:
             return "unreplayable"
         now = time.time() if now is None else now
         job = dict(letter.job)
+        job.pop("reconcile", None)  # a replay calls: it is not a look-up
         seq = int(job.get("seq", 0) or 0) + 1
         job.update(
             attempts=0,
@@ -390,6 +393,45 @@ class DeadLetterStore:
         if dialer is None:
             return self.keys.queue
         return self.keys.lane(dialer.name, str(priority))
+
+    def reconcile(self, letter: DeadLetter, *, now: float | None = None) -> ReconcileResult:
+        """Hand the letter to the workers to be looked up in VICIdial (`dlq reconcile`).
+
+        The letter is removed and a look-up of its job scheduled in one step, at the
+        letter's last failure plus ``DISPATCHER_RECONCILE_AFTER_S`` (at once for an old
+        letter). The attempts already made still count. A worker then marks the job
+        added (found), calls it again (not found) or writes the letter again with why.
+        """
+        if not letter.replayable:
+            return "unreplayable"
+        settings = self.backend.settings
+        now = time.time() if now is None else now
+        job = dict(letter.job)
+        job.pop("reconcile", None)
+        seq = int(job.get("seq", 0) or 0) + 1
+        since = letter.score if 946_684_800.0 <= letter.score <= 4_102_444_800.0 else now
+        job.update(
+            seq=seq,
+            reconcile={
+                "step": "lookup",
+                "since": since,
+                # An earlier reconciliation's explanation is not part of the failure.
+                "error": letter.error.split("; reconciliation: ")[0][:1000],
+                "http_status": letter.http_status,
+                "tries": 0,
+                "absent": 0,
+                "lead_id": "",
+            },
+        )
+        envelope = broker_envelope(job, queue=self.keys.queue, task_id=letter.job_id)
+        delay = max(0.0, since + settings.reconcile_after_s - now)
+        with broker_errors(settings):
+            result = self.backend.execution.reconcile(
+                letter.id, envelope=envelope, seq=seq, ttl=int(settings.job_ttl_s), delay_s=delay
+            )
+        if result[0] == "conflict":
+            return "missing"
+        return result[0]  # type: ignore[return-value]
 
     def purge(self, letter: DeadLetter) -> bool:
         """Delete one dead letter for good; False if it was already gone."""

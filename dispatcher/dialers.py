@@ -34,6 +34,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from dispatcher.errors import ConfigError
 
@@ -83,6 +84,20 @@ class Dialer:
     def missing(self) -> list[str]:
         """What a worker needs to call this dialer and it does not have."""
         return [k for k in ("url", "user", "password") if not getattr(self, k)]
+
+    @property
+    def lookup_url(self) -> str | None:
+        """The Non-Agent API's URL (reconciliation's look-ups): ``nonagent_url``, else the
+        agent API URL with ``agc/api.php`` replaced by ``vicidial/non_agent_api.php``."""
+        if self.nonagent_url:
+            return self.nonagent_url
+        if not self.url:
+            return None
+        parts = urlsplit(self.url)
+        head, sep, _ = parts.path.rpartition("agc/api.php")
+        if not sep:
+            return None
+        return urlunsplit(parts._replace(path=head + "vicidial/non_agent_api.php"))
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,14 @@ never by matching strings, so the tree is the retry policy's vocabulary::
                     ├── PermissionDenied  permission
                     ├── ApiDisabled       api_disabled
                     └── InvalidSource     invalid_source
+     └── LookupFailed                     a Non-Agent API request (a lead look-up for
+          │                               reconciliation) gave no usable answer
+          ├── LookupRefused               the login was refused (BAD, LOCK): every refusal
+          │                               counts toward VICIdial's lock, never retried blindly
+          ├── LookupDenied                logged in, but not permitted: ``missing`` and ``fix``
+          │                               say what to change in VICIdial's admin screens
+          └── LookupUnavailable           no usable answer now (network, HTTP error, timeout,
+                                          an answer that cannot be read)
 
 Every ``CallFailed`` carries ``reason`` (the dead-letter reason code), ``line``
 (VICIdial's answer line or an exception summary, with secrets already removed)
@@ -70,6 +78,10 @@ __all__ = [
     "InvalidPayload",
     "InvalidRequest",
     "InvalidSource",
+    "LookupDenied",
+    "LookupFailed",
+    "LookupRefused",
+    "LookupUnavailable",
     "ManualListUndefined",
     "NetworkError",
     "PermanentFailure",
@@ -268,6 +280,56 @@ class ApiDisabled(ServerRefused):
 
 class InvalidSource(ServerRefused):
     reason = "invalid_source"
+
+
+class LookupFailed(DispatcherError):
+    """A Non-Agent API request gave no usable answer.
+
+    ``line`` is VICIdial's answer line or an exception summary (secrets removed);
+    ``missing`` names what VICIdial lacks (a permission, a login) and ``fix`` says
+    what to change, for the operator (empty when there is nothing to change).
+    """
+
+    #: the state a server's look-ups are recorded in (``dispatcher status``)
+    state: str = "unavailable"
+
+    def __init__(
+        self,
+        line: str = "",
+        *,
+        http_status: int | None = None,
+        missing: str = "",
+        fix: str = "",
+        network: bool = False,
+    ) -> None:
+        self.line = line
+        self.http_status = http_status
+        self.missing = missing
+        self.fix = fix
+        #: the request may never have reached VICIdial, or VICIdial is down (a 5xx):
+        #: counts toward the circuit breaker like a call's network failure
+        self.network = network
+        super().__init__(line)
+
+
+class LookupRefused(LookupFailed):
+    """VICIdial refused the Non-Agent login (wrong password, inactive user, user level
+    below 7, locked). Each refusal counts toward VICIdial's 10-failure lock, which the
+    agent API shares: never retried automatically."""
+
+    state = "refused"
+
+
+class LookupDenied(LookupFailed):
+    """Logged in, but the user may not look leads up (or delete them)."""
+
+    state = "denied"
+
+
+class LookupUnavailable(LookupFailed):
+    """No usable answer now: network failure, timeout, HTTP error, an unreadable answer."""
+
+    state = "unavailable"
 
 
 def all_reasons() -> tuple[str, ...]:

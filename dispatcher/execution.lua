@@ -17,7 +17,8 @@
 --   P:job:{id}            hash    the job as `dispatcher job` shows it: state (queued, running,
 --                                 retrying, added, dead), attempts, reason, error, http_status,
 --                                 lead_id, list_id, campaign, agent_user, enqueued_at, updated_at,
---                                 next_attempt_at, duplicate_lead_ids
+--                                 next_attempt_at, duplicate_lead_ids, deleted_lead_ids,
+--                                 reconcile (pending, found, duplicates, verifying, verified)
 --   P:exec:{id}           hash    the execution record: state, seq, token, lease_until, worker,
 --                                 orphaned_from, reason, lead_id, list_id, campaign, done_at
 --   P:idem:{key}          string  "{job_id} {fingerprint}" of the first job enqueued with the key
@@ -31,6 +32,10 @@
 --   P:breaker:{server}    string  consecutive network failures against the server
 --   P:rate:{server}       string  GCRA theoretical arrival time of the fleet rate limit
 --   P:stats               hash    fleet counters (dispatcher/stats.py)
+--   P:lookup:{server}     hash    what the last look-up or check of the server's Non-Agent API
+--                                 found (reconciliation): state (ok, denied, refused,
+--                                 unavailable), error, missing, fix, checked_at, hold_until
+--   P:lookups             set     the servers that have a lookup hash
 --
 -- The execution record (P:exec:{id}) is a state machine; `seq` counts publications
 -- of the job (a retry or a replay publishes it again with seq + 1), `token` names
@@ -43,6 +48,19 @@
 --                               claimed, lease over --claim--> claimed by the new copy
 --                                                              ("orphaned": it decides now)
 --   dead --replay--> queued (seq + 1)
+--
+-- Reconciliation (DISPATCHER_AMBIGUOUS=reconcile; the job message carries `reconcile`):
+--
+--   claimed --await_lookup--> scheduled (seq + 1: a look-up, after RECONCILE_AFTER_S)
+--                             (the call's answer never came, or its copy vanished)
+--   scheduled --claim--> claimed (the look-up) --reconciled--> done (the lead was found)
+--                                              --retry-------> scheduled (not found:
+--                                                              called again)
+--                                              --dead--------> dead (cannot tell: ambiguous)
+--                                              --await_lookup-> scheduled (look-up failed)
+--   dead --reconcile--> scheduled (seq + 1: a look-up; `dispatcher dlq reconcile`)
+--   done: verify_later schedules a verification look-up, `duplicates` records what it
+--   finds; neither changes the state. `gate` and the lookup_* commands hold no job.
 --
 -- Compare-and-set: retry, defer and dead apply only while the caller's token holds
 -- the claim (a copy that lost its claim is told "superseded"), and a repeated call
@@ -116,6 +134,21 @@ end
 local function show(id, ttl, ...)
   redis.call('HSET', k_job(id), ...)
   redis.call('EXPIRE', k_job(id), ttl)
+end
+
+local function k_lookup(s) return P .. ':lookup:' .. s end
+
+-- Add the comma-separated lead ids of `csv` to the job hash's `field` (a comma list),
+-- each once; how many were new.
+local function merge_ids(id, ttl, field, csv)
+  local have = redis.call('HGET', k_job(id), field) or ''
+  local seen, list, n = {}, {}, 0
+  for x in string.gmatch(have, '[^,]+') do seen[x] = true; table.insert(list, x) end
+  for x in string.gmatch(csv, '[^,]+') do
+    if not seen[x] then seen[x] = true; table.insert(list, x); n = n + 1 end
+  end
+  show(id, ttl, field, table.concat(list, ','))
+  return n
 end
 
 if cmd == 'enqueue' then
@@ -466,6 +499,212 @@ elseif cmd == 'pauses' then
       for j = 1, 4 do table.insert(out, p[j] or '') end
     else
       redis.call('SREM', k_pauses, server)
+    end
+  end
+  return out
+
+-- Reconciliation (dispatcher/reconcile.py, workers/reconciler.py) -----------------------
+
+elseif cmd == 'await_lookup' then
+  -- ARGV: job_id, token, seq, envelope (seq + 1, a look-up), delay_s, ttl, attempts,
+  --       error, http_status ('' for none), server.
+  -- The call may have added the lead (its answer never came, or the copy that made it
+  -- vanished): this publication ends, and the look-up of the job in VICIdial waits in
+  -- `scheduled` for delay_s. The job shows `retrying`, reason ambiguous, reconcile
+  -- pending. Compare-and-set as retry: {'ok', due}, {'again'}, {'done'}, {'superseded'}.
+  local id, token, seq = ARGV[2], ARGV[3], tonumber(ARGV[4])
+  local ttl, server = tonumber(ARGV[7]), ARGV[11]
+  local ek = k_exec(id)
+  local ex = redis.call('HMGET', ek, 'state', 'token', 'seq')
+  if ex[1] == 'done' then return {'done'} end
+  if ex[2] ~= token then return {'superseded'} end
+  if ex[1] == 'scheduled' and tonumber(ex[3] or '0') == seq + 1 then return {'again'} end
+  if ex[1] ~= 'claimed' then return {'superseded'} end
+  local due = now + tonumber(ARGV[6])
+  redis.call('HSET', ek, 'state', 'scheduled', 'seq', seq + 1)
+  redis.call('HDEL', ek, 'lease_until', 'orphaned_from')
+  redis.call('EXPIRE', ek, ttl)
+  redis.call('ZADD', k_scheduled, fmt(due), ARGV[5])
+  show(id, ttl, 'state', 'retrying', 'attempts', ARGV[8], 'reason', 'ambiguous',
+       'error', ARGV[9], 'http_status', ARGV[10], 'next_attempt_at', fmt(due),
+       'updated_at', fmt(now), 'reconcile', 'pending')
+  redis.call('HINCRBY', k_stats, 'reconcile:scheduled', 1)
+  if ARGV[10] == '200' then answered(server) end
+  return {'ok', fmt(due)}
+
+elseif cmd == 'reconciled' then
+  -- ARGV: job_id, token, lead_id, list_id, duplicate lead ids ('' or "a,b"), done_ttl,
+  --       job_ttl, attempts, server.
+  -- A look-up found the job's lead in VICIdial: done with that lead_id (the oldest of
+  -- its copies; the others are recorded as duplicates). Like succeed, a fact about
+  -- VICIdial: it applies whoever holds the claim, unless the job is done already.
+  -- Returns {'ok', retired letter's reason or '', outage pause ended 0/1},
+  -- {'again', lead_id} (repeated) or {'done', lead_id} (added before, by another copy).
+  local id, token, lead_id, dups = ARGV[2], ARGV[3], ARGV[4], ARGV[6]
+  local done_ttl, ttl, server = tonumber(ARGV[7]), tonumber(ARGV[8]), ARGV[10]
+  local ek = k_exec(id)
+  local ex = redis.call('HMGET', ek, 'state', 'token', 'lead_id')
+  if ex[1] == 'done' then
+    if ex[2] == token then return {'again', ex[3] or ''} end
+    return {'done', ex[3] or ''}
+  end
+  redis.call('HSET', ek, 'state', 'done', 'token', token, 'lead_id', lead_id,
+             'list_id', ARGV[5], 'campaign', '', 'done_at', fmt(now))
+  redis.call('HDEL', ek, 'lease_until', 'orphaned_from', 'reason')
+  redis.call('EXPIRE', ek, done_ttl)
+  show(id, ttl, 'state', 'added', 'lead_id', lead_id, 'list_id', ARGV[5],
+       'updated_at', fmt(now), 'attempts', ARGV[9],
+       'reconcile', dups ~= '' and 'duplicates' or 'found')
+  redis.call('HDEL', k_job(id), 'next_attempt_at', 'reason', 'error', 'http_status')
+  if dups ~= '' then
+    local n = merge_ids(id, ttl, 'duplicate_lead_ids', dups)
+    redis.call('HINCRBY', k_stats, 'duplicates_detected', n)
+  end
+  redis.call('HINCRBY', k_stats, 'added', 1)
+  redis.call('HINCRBY', k_stats, 'reconcile:found', 1)
+  local retired = retire_letter(id)
+  if retired then redis.call('HINCRBY', k_stats, 'dead_letters_retired', 1) end
+  return {'ok', retired or '', answered(server)}
+
+elseif cmd == 'duplicates' then
+  -- ARGV: job_id, lead ids ('' or "a,b"), deleted lead ids ('' or "a,b"), ttl.
+  -- A later look-up of an added job (the verification after it was called again, or
+  -- the repair) found copies besides its lead: they are recorded on the job
+  -- (duplicate_lead_ids; deleted_lead_ids for copies deleted). Returns how many ids
+  -- were new. With no ids, the job shows the verification passed.
+  local id, ttl = ARGV[2], tonumber(ARGV[5])
+  local n = 0
+  if ARGV[3] ~= '' then
+    n = merge_ids(id, ttl, 'duplicate_lead_ids', ARGV[3])
+    show(id, ttl, 'reconcile', 'duplicates')
+  elseif not redis.call('HGET', k_job(id), 'duplicate_lead_ids') then
+    show(id, ttl, 'reconcile', 'verified')
+  end
+  if ARGV[4] ~= '' then merge_ids(id, ttl, 'deleted_lead_ids', ARGV[4]) end
+  if n > 0 then redis.call('HINCRBY', k_stats, 'duplicates_detected', n) end
+  return n
+
+elseif cmd == 'verify_later' then
+  -- ARGV: job_id, lead_id, envelope, delay_s, ttl.
+  -- Schedules a verification look-up of a job done with lead_id after a look-up had
+  -- found nothing and the job was called again: a request stuck in VICIdial may still
+  -- insert the first copy. Only while the record is done with that lead_id:
+  -- {'ok', due} or {'changed'}.
+  local id, ttl = ARGV[2], tonumber(ARGV[6])
+  local ex = redis.call('HMGET', k_exec(id), 'state', 'lead_id')
+  if ex[1] ~= 'done' or ex[2] ~= ARGV[3] then return {'changed'} end
+  local due = now + tonumber(ARGV[5])
+  redis.call('ZADD', k_scheduled, fmt(due), ARGV[4])
+  show(id, ttl, 'reconcile', 'verifying')
+  return {'ok', fmt(due)}
+
+elseif cmd == 'reconcile' then
+  -- ARGV: id, envelope (a look-up, seq + 1), seq of that publication, ttl, delay_s.
+  -- An operator hands a dead letter to the workers to be looked up (`dispatcher dlq
+  -- reconcile`): the letter is removed and the look-up scheduled in one step. Answers
+  -- as replay: {'reconciling', due}, {'missing'}, {'done', lead_id} (added after all:
+  -- the letter is removed), {'busy'}, {'conflict'}.
+  local id, seq, ttl = ARGV[2], tonumber(ARGV[4]), tonumber(ARGV[5])
+  if redis.call('EXISTS', k_dl(id)) == 0 then return {'missing'} end
+  local ek = k_exec(id)
+  local ex = redis.call('HMGET', ek, 'state', 'seq', 'lease_until', 'lead_id')
+  if ex[1] == 'done' then
+    retire_letter(id)
+    return {'done', ex[4] or ''}
+  end
+  if ex[1] == 'claimed' and tonumber(ex[3] or '0') > now then return {'busy'} end
+  if tonumber(ex[2] or '0') > seq then return {'conflict'} end
+  retire_letter(id)
+  redis.call('HSET', ek, 'state', 'scheduled', 'seq', seq, 'token', '')
+  redis.call('HDEL', ek, 'lease_until', 'orphaned_from', 'reason')
+  redis.call('EXPIRE', ek, ttl)
+  local due = now + tonumber(ARGV[6])
+  redis.call('ZADD', k_scheduled, fmt(due), ARGV[3])
+  show(id, ttl, 'state', 'retrying', 'reason', 'ambiguous', 'next_attempt_at', fmt(due),
+       'updated_at', fmt(now), 'reconcile', 'pending')
+  redis.call('HINCRBY', k_stats, 'reconcile:requested', 1)
+  return {'reconciling', fmt(due)}
+
+elseif cmd == 'gate' then
+  -- ARGV: server, rate_interval_s (0: none), max_rate_wait_s.
+  -- A request to VICIdial that is not a job's call (a verification look-up of a job
+  -- that is done, a dry-run look-up, a duplicate's deletion) obeys the server's pause
+  -- and takes a slot of its rate limit, as a claim does, but never probes: once a
+  -- refused-credentials pause is over it waits for a call's probe; an outage pause
+  -- that is over lets it go. Returns {'paused', seconds, reason}, {'throttled',
+  -- seconds} or {'ok', delay}.
+  local server, interval, maxwait = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
+  local pause = redis.call('HMGET', k_pause(server), 'until', 'reason', 'kind')
+  if pause[1] then
+    local left = tonumber(pause[1]) - now
+    if left > 0 then return {'paused', fmt(left), pause[2] or ''} end
+    if pause[3] == 'refused' then return {'paused', fmt(5), pause[2] or ''} end
+  end
+  local delay = 0
+  if interval > 0 then
+    local rk = P .. ':rate:' .. server
+    local tat = tonumber(redis.call('GET', rk) or '0')
+    if tat < now then tat = now end
+    delay = tat - now
+    if delay > maxwait then return {'throttled', fmt(delay)} end
+    local nxt = tat + interval
+    redis.call('SET', rk, fmt(nxt), 'PX', math.ceil((nxt - now) * 1000) + 1000)
+  end
+  return {'ok', fmt(delay)}
+
+elseif cmd == 'lookup_gate' then
+  -- ARGV: server, mode (lookup | check | force), lease_s, fresh_s.
+  -- Whether to call the server's Non-Agent API now. P:lookup:{server} holds what the
+  -- last look-up or check found. After a refused login or a denied permission, only one
+  -- caller at a time and only once the hold is over tries again (a refused login counts
+  -- toward VICIdial's lock). lookup: {'go', state} or {'held', state, error, missing,
+  -- fix}; check: also {'fresh'} (a result younger than fresh_s: look-ups keep it up to
+  -- date) and {'held', ...} while another check runs; force: always {'go', state}.
+  local server, mode = ARGV[2], ARGV[3]
+  local k = k_lookup(server)
+  local r = redis.call('HMGET', k, 'state', 'hold_until', 'checked_at', 'error', 'missing', 'fix')
+  local state, hold = r[1] or '', tonumber(r[2] or '0')
+  local blocked = state == 'denied' or state == 'refused'
+  if mode ~= 'force' and hold > now and (blocked or mode == 'check') then
+    return {'held', state, r[4] or '', r[5] or '', r[6] or ''}
+  end
+  if mode == 'check' and state ~= '' and tonumber(r[3] or '0') + tonumber(ARGV[5]) > now then
+    return {'fresh'}
+  end
+  if mode ~= 'lookup' or blocked then
+    redis.call('HSET', k, 'hold_until', fmt(now + tonumber(ARGV[4])))
+    redis.call('SADD', P .. ':lookups', server)
+  end
+  return {'go', state}
+
+elseif cmd == 'lookup_record' then
+  -- ARGV: server, state (ok | denied | refused | unavailable), error, missing, fix,
+  --       hold_s. What a look-up or check of the server's Non-Agent API found; no
+  -- automatic look-up before hold_s passes (denied, refused). Returns the state before.
+  local server = ARGV[2]
+  local k = k_lookup(server)
+  local prev = redis.call('HGET', k, 'state') or ''
+  redis.call('HSET', k, 'state', ARGV[3], 'error', ARGV[4], 'missing', ARGV[5], 'fix', ARGV[6],
+             'checked_at', fmt(now), 'hold_until', fmt(now + tonumber(ARGV[7])))
+  redis.call('SADD', P .. ':lookups', server)
+  return prev
+
+elseif cmd == 'lookup_release' then
+  -- ARGV: server. An operator says the cause is fixed: the next look-up tries again.
+  local k = k_lookup(ARGV[2])
+  if redis.call('EXISTS', k) == 0 then return 0 end
+  redis.call('HSET', k, 'hold_until', '0')
+  return 1
+
+elseif cmd == 'lookups' then
+  -- Read-only: {now, then server, state, checked_at, error, missing, fix per server}.
+  local out = {fmt(now)}
+  for _, server in ipairs(redis.call('SMEMBERS', P .. ':lookups')) do
+    local r = redis.call('HMGET', k_lookup(server), 'state', 'checked_at', 'error', 'missing',
+                         'fix')
+    if r[1] then
+      table.insert(out, server)
+      for j = 1, 5 do table.insert(out, r[j] or '') end
     end
   end
   return out

@@ -21,7 +21,7 @@ from typing import Any
 
 import redis
 
-__all__ = ["Claim", "Execution", "new_token"]
+__all__ = ["Claim", "Execution", "LookupGate", "new_token"]
 
 _SOURCE = resources.files("dispatcher").joinpath("execution.lua").read_text(encoding="utf-8")
 
@@ -51,6 +51,17 @@ class Claim:
     @property
     def seconds(self) -> float:
         return float(self.detail or 0)
+
+
+@dataclass(frozen=True)
+class LookupGate:
+    """The ``lookup_gate`` command's answer: go ahead, or held (and why)."""
+
+    verdict: str  # go | held | fresh
+    state: str = ""
+    error: str = ""
+    missing: str = ""
+    fix: str = ""
 
 
 class Execution:
@@ -276,6 +287,118 @@ class Execution:
     def pauses(self) -> Any:
         """Every pause; see :func:`parse_pauses` (``queue(pipe, "pauses")`` in a pipeline)."""
         return self.call("pauses")
+
+    # -- reconciliation -------------------------------------------------------------------
+
+    def await_lookup(
+        self,
+        job_id: str,
+        *,
+        token: str,
+        seq: int,
+        envelope: str,
+        delay_s: float,
+        ttl: int,
+        attempts: int,
+        error: str,
+        http_status: int | None,
+        server: str,
+    ) -> list[str]:
+        reply = self.call(
+            "await_lookup",
+            job_id,
+            token,
+            seq,
+            envelope,
+            f"{delay_s:.6f}",
+            ttl,
+            attempts,
+            error,
+            "" if http_status is None else http_status,
+            server,
+        )
+        return [_text(x) for x in reply]
+
+    def reconciled(
+        self,
+        job_id: str,
+        *,
+        token: str,
+        lead_id: str,
+        list_id: str,
+        duplicates: tuple[str, ...],
+        done_ttl: int,
+        ttl: int,
+        attempts: int,
+        server: str,
+    ) -> list[str]:
+        reply = self.call(
+            "reconciled",
+            job_id,
+            token,
+            lead_id,
+            list_id,
+            ",".join(duplicates),
+            done_ttl,
+            ttl,
+            attempts,
+            server,
+        )
+        return [_text(x) for x in reply]
+
+    def duplicates(
+        self, job_id: str, *, lead_ids: tuple[str, ...], deleted: tuple[str, ...], ttl: int
+    ) -> int:
+        return int(self.call("duplicates", job_id, ",".join(lead_ids), ",".join(deleted), ttl))
+
+    def verify_later(
+        self, job_id: str, *, lead_id: str, envelope: str, delay_s: float, ttl: int
+    ) -> list[str]:
+        reply = self.call("verify_later", job_id, lead_id, envelope, f"{delay_s:.6f}", ttl)
+        return [_text(x) for x in reply]
+
+    def reconcile(
+        self, dl_id: str, *, envelope: str, seq: int, ttl: int, delay_s: float
+    ) -> list[str]:
+        reply = self.call("reconcile", dl_id, envelope, seq, ttl, f"{delay_s:.6f}")
+        return [_text(x) for x in reply]
+
+    def gate(self, server: str, *, rate_interval_s: float, max_rate_wait_s: float) -> Claim:
+        """Pause and rate limit for a request that is not a job's call (verdict paused,
+        throttled or ok, as a claim's)."""
+        reply = self.call("gate", server, rate_interval_s, max_rate_wait_s)
+        parts = [_text(x) for x in reply]
+        return Claim(parts[0], parts[1] if len(parts) > 1 else "", *parts[2:3])
+
+    def lookup_gate(self, server: str, *, mode: str, lease_s: float, fresh_s: float) -> LookupGate:
+        parts = [_text(x) for x in self.call("lookup_gate", server, mode, lease_s, fresh_s)]
+        return LookupGate(*parts)
+
+    def lookup_record(
+        self, server: str, *, state: str, error: str, missing: str, fix: str, hold_s: float
+    ) -> str:
+        """Store what a look-up or check found; the state recorded before."""
+        return _text(self.call("lookup_record", server, state, error, missing, fix, hold_s))
+
+    def lookup_release(self, server: str) -> bool:
+        return bool(int(self.call("lookup_release", server)))
+
+    @staticmethod
+    def parse_lookups(reply: Any) -> tuple[float, dict[str, dict[str, str]]]:
+        """(Redis time, server -> {state, checked_at, error, missing, fix}) from ``lookups``."""
+        items = [_text(x) for x in reply]
+        now = float(items[0])
+        out: dict[str, dict[str, str]] = {}
+        for i in range(1, len(items), 6):
+            server, state, checked_at, error, missing, fix = items[i : i + 6]
+            out[server] = {
+                "state": state,
+                "checked_at": checked_at,
+                "error": error,
+                "missing": missing,
+                "fix": fix,
+            }
+        return now, out
 
     @staticmethod
     def parse_pauses(reply: Any) -> tuple[float, dict[str, dict[str, str]]]:

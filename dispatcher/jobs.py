@@ -13,6 +13,13 @@ recognise a stale redelivered copy; the DNC flags travel unchanged through
 retries and replays. ``non_latin`` records the lead rules the lead was validated
 with at enqueue (the dialer's ``use_non_latin``; absent in older messages: false).
 
+A job being reconciled (a call whose answer never came, see dispatcher/reconcile.py)
+carries ``"reconcile": {"step": "lookup" | "recall" | "verify", "since": epoch,
+"error": "...", "http_status": 504 | null, "tries": 0, "absent": 0, "lead_id": "..."}``:
+the next delivery looks the lead up in VICIdial (lookup), calls again after a look-up
+found nothing (recall), or checks an added job for a late copy (verify). Every other
+message has no such key.
+
 The message is wrapped in a Celery protocol-2 envelope by :func:`broker_envelope`
 and pushed with ``LPUSH`` inside our own Lua scripts, so that enqueueing a batch
 (job state, idempotency keys, queue) is one atomic Redis round trip. The format
@@ -39,8 +46,10 @@ from dispatcher.lead import Lead, make_lead
 __all__ = [
     "JOB_STATES",
     "JOB_VERSION",
+    "RECONCILE_STEPS",
     "TASK_NAME",
     "Job",
+    "Reconcile",
     "broker_envelope",
     "iso",
     "new_job_id",
@@ -73,6 +82,83 @@ def iso(epoch: float | None) -> str | None:
         return None
 
 
+RECONCILE_STEPS = ("lookup", "recall", "verify")
+
+
+@dataclass(frozen=True)
+class Reconcile:
+    """Where a job stands in reconciliation (the message's ``reconcile`` object)."""
+
+    step: str
+    #: when the call whose answer never came was given up (epoch seconds)
+    since: float = 0.0
+    #: that call's failure (the ambiguous line) and HTTP status
+    error: str = ""
+    http_status: int | None = None
+    #: look-ups of this step that could not be answered so far
+    tries: int = 0
+    #: look-ups that found nothing (each was followed by a call)
+    absent: int = 0
+    #: verify: the lead the job was added with
+    lead_id: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "since": self.since,
+            "error": self.error,
+            "http_status": self.http_status,
+            "tries": self.tries,
+            "absent": self.absent,
+            "lead_id": self.lead_id,
+        }
+
+    def evolve(self, **changes: Any) -> Reconcile:
+        return replace(self, **changes)
+
+    @classmethod
+    def from_dict(cls, data: object) -> Reconcile:
+        """Parse the message's object; InvalidPayload naming the key if it is malformed."""
+        if not isinstance(data, Mapping):
+            raise InvalidPayload("reconcile is not an object")
+        step = data.get("step")
+        if step not in RECONCILE_STEPS:
+            raise InvalidPayload(f"reconcile.step is not one of {', '.join(RECONCILE_STEPS)}")
+        since = data.get("since", 0.0)
+        if (
+            isinstance(since, bool)
+            or not isinstance(since, int | float)
+            or not (since == 0 or EARLIEST <= since <= LATEST)
+        ):
+            raise InvalidPayload("reconcile.since is not a time between 2000 and 2100")
+        http_status = data.get("http_status")
+        if http_status is not None and (
+            isinstance(http_status, bool) or not isinstance(http_status, int)
+        ):
+            raise InvalidPayload("reconcile.http_status is not an integer")
+        counts = {}
+        for key in ("tries", "absent"):
+            value = data.get(key, 0)
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**31:
+                raise InvalidPayload(f"reconcile.{key} is not a non-negative integer")
+            counts[key] = value
+        texts = {}
+        for key in ("error", "lead_id"):
+            value = data.get(key, "")
+            if not isinstance(value, str) or len(value) > 2000:
+                raise InvalidPayload(f"reconcile.{key} is not a string")
+            texts[key] = value
+        return cls(
+            step=str(step),
+            since=float(since),
+            error=texts["error"],
+            http_status=http_status,
+            tries=counts["tries"],
+            absent=counts["absent"],
+            lead_id=texts["lead_id"],
+        )
+
+
 @dataclass(frozen=True)
 class Job:
     job_id: str
@@ -91,6 +177,8 @@ class Job:
     dialer: str = ""
     #: "realtime" or "bulk": within a dialer, realtime jobs are taken first
     priority: str = "realtime"
+    #: reconciliation in progress (None for every other job: the key is left out)
+    reconcile: Reconcile | None = None
     v: int = field(default=JOB_VERSION)
 
     @property
@@ -102,6 +190,10 @@ class Job:
         # the next line to replace it, and was 44% of enqueue_leads' time.
         data = {f.name: getattr(self, f.name) for f in fields(self)}
         data["lead"] = self.lead.to_dict()
+        if self.reconcile is None:
+            del data["reconcile"]
+        else:
+            data["reconcile"] = self.reconcile.to_dict()
         return data
 
     def evolve(self, **changes: Any) -> Job:
@@ -163,6 +255,8 @@ class Job:
         idem = data.get("idempotency_key")
         if idem is not None and not isinstance(idem, str):
             raise InvalidPayload("idempotency_key is not a string")
+        raw_reconcile = data.get("reconcile")
+        reconcile = None if raw_reconcile is None else Reconcile.from_dict(raw_reconcile)
         ints = {}
         for key in ("attempts", "seq", "replays"):
             value = data.get(key, 0)
@@ -197,6 +291,7 @@ class Job:
             non_latin=mode,
             dialer=dialer_name,
             priority=str(priority),
+            reconcile=reconcile,
         )
 
 
@@ -301,4 +396,13 @@ def state_to_status(job_id: str, raw: Mapping[str, str]) -> dict[str, Any]:
         "enqueued_at": iso(_num(raw.get("enqueued_at"))),
         "updated_at": iso(_num(raw.get("updated_at"))),
         "next_attempt_at": iso(_num(raw.get("next_attempt_at"))),
+        # Reconciliation: pending (a look-up is due), found, duplicates, verifying,
+        # verified; the job's other leads in VICIdial, and those deleted as duplicates.
+        "reconcile": raw.get("reconcile") or None,
+        "duplicate_lead_ids": _ids(raw.get("duplicate_lead_ids")),
+        "deleted_lead_ids": _ids(raw.get("deleted_lead_ids")),
     }
+
+
+def _ids(value: str | None) -> list[str] | None:
+    return [x for x in value.split(",") if x] if value else None

@@ -65,6 +65,9 @@ class Settings:
     # VICIdial's system setting use_non_latin on the dialer: which lead rules apply
     # (dispatcher.lead). A client cannot see the mode: it must be told.
     vicidial_non_latin: bool = False
+    # VICIdial's Non-Agent API (lead look-ups for reconciliation); None: derived from
+    # vicidial_url (see nonagent_url).
+    vicidial_nonagent_url: str | None = None
     phone_code: str = "1"
     dnc_check: bool = True
     campaign_dnc_check: bool = True
@@ -85,7 +88,17 @@ class Settings:
     queue: str = "dispatcher"
     job_ttl_s: float = 7 * 86400.0
     done_ttl_s: float = 7 * 86400.0
-    ambiguous: str = "dead_letter"
+    # What a call whose answer never came becomes: reconcile (look the lead up in
+    # VICIdial, then decide), dead_letter (an operator checks) or retry (call again).
+    ambiguous: str = "reconcile"
+    # How long an ambiguous job waits before the look-up: a request stuck in PHP can
+    # still insert the lead late.
+    reconcile_after_s: float = 60.0
+    # The lead field that carries the job's marker when the producer left it empty.
+    marker_field: str = "source_id"
+    # Delete the later copies of a duplicated lead (only never-touched copies that
+    # carry this job's marker).
+    reconcile_delete_duplicates: bool = False
     unknown_max_attempts: int = 3
     pause_s: float = 300.0
     breaker_threshold: int = 5
@@ -128,6 +141,12 @@ class Settings:
                 "vicidial_url",
                 "must be the full http(s) URL of agc/api.php",
             )
+        if self.vicidial_nonagent_url is not None:
+            check(
+                self.vicidial_nonagent_url.startswith(("http://", "https://")),
+                "vicidial_nonagent_url",
+                "must be the full http(s) URL of vicidial/non_agent_api.php",
+            )
         check(
             bool(_SOURCE_RE.match(self.vicidial_source)),
             "vicidial_source",
@@ -160,7 +179,21 @@ class Settings:
         check(bool(_PREFIX_RE.match(self.queue)), "queue", "1-64 of [-_.:0-9a-zA-Z]")
         check(self.job_ttl_s >= 60, "job_ttl_s", "must be >= 60")
         check(self.done_ttl_s >= 60, "done_ttl_s", "must be >= 60")
-        check(self.ambiguous in ("dead_letter", "retry"), "ambiguous", "dead_letter or retry")
+        check(
+            self.ambiguous in ("reconcile", "dead_letter", "retry"),
+            "ambiguous",
+            "reconcile, dead_letter or retry",
+        )
+        check(
+            0 <= self.reconcile_after_s <= 86400,
+            "reconcile_after_s",
+            "must be between 0 and 86400 seconds",
+        )
+        check(
+            self.marker_field in ("source_id", "vendor_lead_code", "none"),
+            "marker_field",
+            "source_id, vendor_lead_code or none",
+        )
         check(self.pause_s > 0, "pause_s", "must be > 0")
         check(self.breaker_threshold >= 1, "breaker_threshold", "must be >= 1")
         check(self.breaker_pause_s > 0, "breaker_pause_s", "must be > 0")
@@ -225,6 +258,12 @@ class Settings:
         """The dialers this worker calls (DISPATCHER_WORKER_DIALERS, default all)."""
         names = self.worker_dialers or self.dialers.names
         return [self.dialers.by_name[n] for n in names]
+
+    @property
+    def nonagent_url(self) -> str | None:
+        """The default dialer's Non-Agent API URL (see Dialer.lookup_url)."""
+        dialer = self.dialers.resolve(None)
+        return dialer.lookup_url if dialer is not None else None
 
     def require_vicidial(self) -> None:
         """Raise ConfigError unless the worker has what it needs to call VICIdial."""

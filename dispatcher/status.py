@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import redis
@@ -50,6 +50,8 @@ class FleetReading:
     lanes: dict[tuple[str, str], tuple[int, float | None]]
     memory_used: int | None = None
     memory_max: int | None = None
+    #: what the last look-up or check of each server's Non-Agent API found
+    lookups: dict[str, dict[str, str]] = field(default_factory=dict)
 
 
 def _published(envelope: Any) -> float | None:
@@ -97,6 +99,7 @@ def read_fleet(backend: Backend, *, memory: bool = False) -> FleetReading:
             pipe.zrange(keys.dead_letters, 0, 0, withscores=True)
             backend.fleet.queue(pipe, "alive")
             backend.execution.queue(pipe, "pauses")
+            backend.execution.queue(pipe, "lookups")
             for reason in reasons:
                 pipe.zcard(keys.dead_letters_by_reason(reason))
             if memory:
@@ -122,9 +125,10 @@ def read_fleet(backend: Backend, *, memory: bool = False) -> FleetReading:
                 oldest_at = published
             at += 2
         per_lane[(dialer, lane)] = (depth, oldest_at)
-    retrying, stats, oldest, alive, pauses, *rest = replies[at:]
+    retrying, stats, oldest, alive, pauses, lookups, *rest = replies[at:]
     per_reason = rest[: len(reasons)]
     now, paused = backend.execution.parse_pauses(pauses)
+    _, looked = backend.execution.parse_lookups(lookups)
     info = rest[len(reasons)] if memory else None
     return FleetReading(
         queued=sum(depth for depth, _ in per_lane.values()),
@@ -138,6 +142,7 @@ def read_fleet(backend: Backend, *, memory: bool = False) -> FleetReading:
         lanes=per_lane,
         memory_used=int(info.get("used_memory", 0)) if info else None,
         memory_max=int(info.get("maxmemory", 0)) if info else None,
+        lookups=looked,
     )
 
 
@@ -175,6 +180,19 @@ def fleet_status(backend: Backend, *, now: float | None = None) -> dict[str, Any
             "pause": pauses.get(dialer.name),
             "rate_limit": dialer.rate_limit,
         }
+    settings = backend.settings
+    lookups = {
+        server: {
+            "state": data["state"] or None,
+            "checked_at": (
+                iso(now - (redis_now - float(data["checked_at"]))) if data["checked_at"] else None
+            ),
+            "missing": data["missing"] or None,
+            "error": data["error"] or None,
+            "fix": data["fix"] or None,
+        }
+        for server, data in reading.lookups.items()
+    }
     return {
         "queued": reading.queued,
         "retrying": reading.retrying,
@@ -183,5 +201,13 @@ def fleet_status(backend: Backend, *, now: float | None = None) -> dict[str, Any
         "workers": reading.workers,
         "paused": pauses,
         "dialers": dialers,
+        # Reconciliation: the mode, and per VICIdial server whether its look-ups work
+        # (state ok, denied, refused or unavailable; missing and fix say what to change).
+        "reconcile": {
+            "mode": settings.ambiguous,
+            "after_s": settings.reconcile_after_s,
+            "marker_field": settings.marker_field,
+            "lookups": lookups,
+        },
         "totals": {k: _number(v) for k, v in sorted(reading.stats.items())},
     }

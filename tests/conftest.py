@@ -34,6 +34,7 @@ FAST = {
     "scheduler_interval_s": 0.05,
     "breaker_pause_s": 0.3,
     "pause_s": 1.0,
+    "reconcile_after_s": 0.3,
     "log_format": "json",
 }
 

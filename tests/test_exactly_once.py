@@ -101,17 +101,23 @@ def runners(settings: Settings) -> Iterator[Callable[..., JobRunner]]:
         runner.client.close()
 
 
+@pytest.mark.parametrize("ambiguous", ["dead_letter", "reconcile"])
 def test_a_copy_judged_orphaned_never_undoes_a_success(
-    settings: Settings, simulator: Simulator, runners: Callable[..., JobRunner]
+    ambiguous: str, redis_url: str, simulator: Simulator, runners: Callable[..., JobRunner]
 ) -> None:
-    """The original worker writes SUCCESS after a copy judged it lost: `added` stays."""
+    """The original worker writes SUCCESS after a copy judged it lost: `added` stays,
+    whether the copy writes an ambiguous dead letter or schedules a look-up."""
+    settings = make_settings(redis_url, simulator, ambiguous=ambiguous)
     simulator.set_latency(800)
     message = _message(settings, first_name="Ann")
-    original, copy = runners(), runners()
+    original, copy = runners(settings), runners(settings)
     original.lease_s = 0.2  # the call outlives the lease: the copy will judge it lost
     first, first_out = _in_thread(lambda: original.run(message))
     time.sleep(0.4)
-    reached, release = _hold(copy, "_dead")
+    if ambiguous == "dead_letter":
+        reached, release = _hold(copy, "_dead")
+    else:
+        reached, release = _hold(copy.reconciler, "_await")
     second, _ = _in_thread(lambda: copy.run(message))
     assert reached.wait(10), "the copy should judge the claim orphaned"
     first.join(10)
@@ -123,10 +129,11 @@ def test_a_copy_judged_orphaned_never_undoes_a_success(
     store = DeadLetterStore(settings=settings)
     for letter in list(store.iter()):  # an operator replaying whatever is there
         store.replay(letter)
-    for queued in _queued_messages(settings):
-        runners().run(queued)
+    for queued in _queued_messages(settings) + _scheduled_messages(settings):
+        runners(settings).run(queued)
     assert simulator.count_by_phone() == {"7275551212": 1}
     assert len(store) == 0
+    assert simulator.lookup_count == 0  # the copy's look-up was never scheduled
 
 
 def _queued_messages(settings: Settings) -> list[dict[str, Any]]:
@@ -323,11 +330,14 @@ def test_a_dripping_answer_is_cut_at_the_call_deadline_inside_the_lease(
     runner = runners()
     message = _message(settings)
     started = time.monotonic()
-    assert runner.run(message) == "dead"
+    assert runner.run(message) == "reconciling"
     elapsed = time.monotonic() - started
     assert elapsed < runner.lease_s, f"the call outlived its {runner.lease_s} s lease"
     status = job_status(str(message["job_id"]), settings=settings)
     assert status is not None and status["reason"] == "ambiguous"
+    # The look-up finds the lead the cut answer was about.
+    assert runner.run(_scheduled_messages(settings)[0]) == "added"
+    assert simulator.count_by_phone() == {"7275551212": 1}
 
 
 def test_an_endless_answer_is_read_only_up_to_the_cap(
@@ -335,7 +345,7 @@ def test_an_endless_answer_is_read_only_up_to_the_cap(
 ) -> None:
     simulator.script_phone("7275551212", ["flood"])  # 2 MiB, no result line
     message = _message(settings)
-    assert runners().run(message) == "dead"
+    assert runners().run(message) == "reconciling"
     status = job_status(str(message["job_id"]), settings=settings)
     assert status is not None and status["reason"] == "ambiguous"
     assert "65536" in str(status["error"])

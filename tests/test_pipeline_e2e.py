@@ -91,7 +91,8 @@ def test_non_latin_lead_is_stored_exactly_as_sent(
     status = _final(job_id, settings)
     assert status["state"] == "added", status
     [row] = simulator.leads
-    assert row.fields == {**names, "comments": "Перезвонить завтра\nVIP"}
+    # source_id: the job's marker (reconciliation), where the producer sent none.
+    assert row.fields == {**names, "comments": "Перезвонить завтра\nVIP", "source_id": job_id}
 
 
 def test_dnc_flags_off_are_explicit_and_travel_with_the_job(

@@ -120,12 +120,14 @@ def test_poison_messages_are_dead_lettered_and_the_worker_keeps_going(
     assert simulator.count_by_phone() == {"7275559999": 1}
 
 
+@pytest.mark.parametrize("ambiguous", ["dead_letter", "reconcile"])
 def test_workers_sigkilled_repeatedly_lose_nothing_and_add_nothing_twice(
+    ambiguous: str,
     redis_url: str,
     simulator: Simulator,
     start_worker: Callable[..., WorkerProcess],
 ) -> None:
-    settings = make_settings(redis_url, simulator)
+    settings = make_settings(redis_url, simulator, ambiguous=ambiguous)
     simulator.set_latency(15, max_ms=40)
     workers = [
         start_worker(settings, name="k1", concurrency=3),
@@ -151,6 +153,26 @@ def test_workers_sigkilled_repeatedly_lose_nothing_and_add_nothing_twice(
     assert max(counts.values()) == 1
     store = DeadLetterStore(settings=settings)
     dead = {job_id: s for job_id, s in states.items() if s["state"] == "dead"}
+    if ambiguous == "reconcile":
+        # Every job a kill left ambiguous was looked up in VICIdial and decided: no
+        # letter is left for a person to check, every lead is there exactly once.
+        client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
+        stats = client.hgetall(f"{settings.key_prefix}:stats")
+        client.close()
+        scheduled = int(stats.get("reconcile:scheduled", 0))
+        found = int(stats.get("reconcile:found", 0))
+        absent = int(stats.get("reconcile:absent", 0))
+        print(
+            f"kills={kills} ambiguous outcomes={scheduled} (found {found}, absent {absent}) "
+            f"ambiguous dead letters left={len(dead)} look-ups={simulator.lookup_count} "
+            f"calls={simulator.call_count}"
+        )
+        assert not dead, list(dead.values())[:3]
+        assert all(counts.get(p) == 1 for p in phones), "every lead added exactly once"
+        assert len(counts) == 300
+        assert scheduled == found + absent
+        assert scheduled <= kills * 3, scheduled
+        return
     # A job can only die here as `ambiguous`: a worker was killed between sending the
     # request and storing the answer. The operator checks VICIdial and replays those
     # that are not there; we play the operator with the simulator's table.

@@ -101,8 +101,13 @@ def test_a_copy_racing_a_call_in_flight_is_deferred_not_called(
 
 
 def test_a_worker_lost_mid_call_makes_the_job_ambiguous(
-    settings: Settings, simulator: Simulator, runner: JobRunner
+    redis_url: str, simulator: Simulator
 ) -> None:
+    # DISPATCHER_AMBIGUOUS=dead_letter (reconcile, the default: tests/test_reconciler.py)
+    from tests.conftest import make_settings
+
+    settings = make_settings(redis_url, simulator, ambiguous="dead_letter")
+    runner = JobRunner(settings, get_backend(settings))
     message = _message(settings, first_name="Ann")
     client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
     exec_key = f"{settings.key_prefix}:exec:{message['job_id']}"
@@ -122,17 +127,23 @@ def test_a_worker_lost_mid_call_makes_the_job_ambiguous(
     replayed = dict(message, seq=1, replays=1)
     assert runner.run(replayed) == "added"
     assert simulator.count_by_phone() == {"7275551212": 1}
+    runner.close()
 
 
 def test_reset_after_insert_is_ambiguous_and_not_retried(
-    settings: Settings, simulator: Simulator, runner: JobRunner
+    redis_url: str, simulator: Simulator
 ) -> None:
+    from tests.conftest import make_settings
+
+    settings = make_settings(redis_url, simulator, ambiguous="dead_letter")
+    runner = JobRunner(settings, get_backend(settings))
     simulator.script_phone("7275551212", ["reset_after"])
     message = _message(settings)
     assert runner.run(message) == "dead"
     assert simulator.count_by_phone() == {"7275551212": 1}  # it was added, answer lost
     status = job_status(str(message["job_id"]), settings=settings)
     assert status is not None and status["reason"] == "ambiguous"
+    runner.close()
 
 
 def test_ambiguous_retry_policy_retries(redis_url: str, simulator: Simulator) -> None:

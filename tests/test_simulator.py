@@ -748,9 +748,9 @@ def test_json_body_is_ignored(sim: Simulator, client: httpx.Client) -> None:
 
 
 def test_other_paths_are_404_and_not_counted(sim: Simulator, client: httpx.Client) -> None:
-    reply = client.get(sim.base_url + "/vicidial/non_agent_api.php", params=params())
+    reply = client.get(sim.base_url + "/vicidial/admin.php", params=params())
     assert reply.status_code == 404
-    assert sim.call_count == 0
+    assert sim.call_count == 0 and sim.lookup_count == 0
 
 
 def test_requests_are_recorded_without_the_password(sim: Simulator, client: httpx.Client) -> None:

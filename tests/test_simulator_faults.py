@@ -212,7 +212,14 @@ def test_every_kind_is_recorded(kind: str) -> None:
                 http.get(sim.url, params=lead())
         (record,) = sim.requests
         assert record.fault == kind
-        inserted = kind in ("reset_after", "stall_after", "html_warning", "drip_after")
+        inserted = kind in (
+            "reset_after",
+            "stall_after",
+            "html_warning",
+            "drip_after",
+            "http_504_after",
+            "hold_insert",  # after the (short) stall: a request stuck in PHP, then inserted
+        )
         assert len(sim.leads) == (1 if inserted else 0)
 
 

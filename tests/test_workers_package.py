@@ -137,3 +137,15 @@ def test_a_poison_item_whose_letter_cannot_be_written_is_kept(
     )
     assert "definitely not a celery message" in json.dumps(letters[0].job)
     assert worker.alive()
+
+
+def test_a_sweeper_killed_mid_sweep_cannot_stop_the_fleets_sweeps_for_long() -> None:
+    """kombu locks each sweep of expired unacknowledged messages with a Redis key that
+    expires after 300 s by default: a worker SIGKILLed during a sweep once left the
+    messages it held unswept that long (the SIGKILL test timed out waiting)."""
+    from workers.celery_app import make_app
+
+    settings = Settings(vicidial_url="http://127.0.0.1:1/agc/api.php", visibility_timeout_s=600)
+    options = make_app(settings).conf.broker_transport_options
+    assert options["unacked_mutex_expire"] <= 5 * options["unacked_restore_interval"]
+    assert options["unacked_mutex_expire"] < settings.visibility_timeout_s / 4

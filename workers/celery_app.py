@@ -19,6 +19,11 @@ Why each setting (see README "Guarantees"):
 * ``unacked_restore_interval`` / ``unacked_restore_throttle``: kombu looks for
   expired unacknowledged messages every interval x throttle seconds; we make the
   interval the sole control and scale it with the visibility timeout.
+* ``unacked_mutex_expire``: kombu takes a Redis lock for each of those sweeps and
+  lets it expire after 5 minutes by default: a worker killed during a sweep
+  stopped every sweep of the fleet for 5 minutes, and the messages it held waited
+  that long (seen in the SIGKILL test). A sweep takes milliseconds; the lock now
+  expires after five sweep intervals.
 * ``task_acks_on_failure_or_timeout`` stays on: our task never raises for a job
   (every outcome, an unexpected error's ``internal`` dead letter included, is
   stored first); it raises ``Reject(requeue=True)`` when Redis itself fails, or
@@ -75,6 +80,7 @@ def make_app(settings: Settings) -> Celery:
             "visibility_timeout": settings.visibility_timeout_s,
             "unacked_restore_interval": restore_every,
             "unacked_restore_throttle": 1,
+            "unacked_mutex_expire": int(5 * restore_every),
             "socket_timeout": 30,
             "socket_connect_timeout": 5,
             "health_check_interval": 25,

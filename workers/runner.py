@@ -24,7 +24,10 @@ outcome is a compare-and-set on it:
   stored, so even an outcome Redis never took is on record.
 
 A copy whose predecessor claimed the job and vanished mid-call is *ambiguous*
-(the lead may have been added) and is handled like a lost answer.
+(the lead may have been added) and is handled like a lost answer: with
+``DISPATCHER_AMBIGUOUS=reconcile`` (the default) :mod:`workers.reconciler` looks
+the lead up in VICIdial later and decides; every call carries the job's marker
+(:func:`dispatcher.reconcile.mark`) so that the look-up can recognise it.
 
 Nothing is acknowledged without an outcome: an unexpected error becomes an
 ``internal`` dead letter holding the whole job (``ambiguous`` if the call had been
@@ -64,9 +67,11 @@ from dispatcher.errors import (
 )
 from dispatcher.execution import Claim, new_token
 from dispatcher.jobs import Job, broker_envelope
+from dispatcher.reconcile import mark
 from dispatcher.settings import Settings, get_settings
 from dispatcher.stats import latency_bucket_field
 from workers.outcomes import RetryPolicy
+from workers.reconciler import Reconciler
 from workers.vicidial import AddLeadResult, VicidialClient
 
 __all__ = ["JobRunner", "TransientInfrastructureError", "get_runner"]
@@ -139,6 +144,12 @@ class JobRunner:
         self._ttl = int(settings.job_ttl_s)
         self._replicas_checked = -1e9
         self._replicas = 0
+        self.reconciler = Reconciler(self)
+
+    def close(self) -> None:
+        for client in list(self._clients.values()):
+            client.close()
+        self.reconciler.close()
 
     @property
     def client(self) -> VicidialClient:
@@ -158,10 +169,6 @@ class JobRunner:
                     client = VicidialClient(self.settings, dialer=dialer)
                     self._clients[dialer.name] = client
         return client
-
-    def close(self) -> None:
-        for client in list(self._clients.values()):
-            client.close()
 
     def _lane(self, d: _Delivery) -> str:
         return self.keys.lane(d.dialer.name, d.job.priority)
@@ -218,6 +225,8 @@ class JobRunner:
             ),
         )
         verdict = claim.verdict
+        if verdict == "done" and job.reconcile is not None and job.reconcile.step == "verify":
+            return self.reconciler.verify(d, claim.detail)
         if verdict == "done":
             self.backend.redis.hincrby(self.keys.stats, "duplicates_suppressed", 1)
             _log.info("lead.duplicate_suppressed", lead_id=claim.detail or None, seq=job.seq)
@@ -253,6 +262,8 @@ class JobRunner:
             time.sleep(claim.seconds)
         if verdict == "probe_refused" and not self._probe(d):
             return "deferred"
+        if self.reconciler.wants_lookup(job):
+            return self.reconciler.lookup(d)
         return self._call(d)
 
     # -- the call ------------------------------------------------------------------------
@@ -261,9 +272,10 @@ class JobRunner:
         job = d.job
         _log.info("lead.attempt", attempt=job.attempts + 1, phone=job.lead.phone_number)
         d.called = True
+        lead = mark(job.lead, job.job_id, self.settings.marker_field)
         try:
             result, latency_ms = self.client_for(d.dialer).add_lead(
-                job.lead, dnc_check=job.dnc_check, campaign_dnc_check=job.campaign_dnc_check
+                lead, dnc_check=job.dnc_check, campaign_dnc_check=job.campaign_dnc_check
             )
         except CallFailed as exc:
             d.answer = "ambiguous" if isinstance(exc, AmbiguousFailure) else "failed"
@@ -325,6 +337,8 @@ class JobRunner:
                 _log.warning("lead.dead_letter_retired", reason=reply[1], lead_id=result.lead_id)
             if reply[2] == "1":
                 _log.warning("vicidial.resumed", server=d.dialer.name, after="outage")
+            if job.reconcile is not None:
+                self.reconciler.after_added(d, result.lead_id)
         return "added"
 
     def _failed(self, d: _Delivery, error: CallFailed) -> str:
@@ -339,6 +353,8 @@ class JobRunner:
             attempts=job.attempts + 1,
             first_failed_at=job.first_failed_at if job.first_failed_at is not None else now,
         )
+        if isinstance(error, AmbiguousFailure) and self.settings.ambiguous == "reconcile":
+            return self.reconciler.later(d, failed, error)
         decision = self.policy.decide(error, failed, now=now, rng=self.rng)
         failed = failed.evolve(agent_wait_since=decision.agent_wait_since)
         if decision.retry:

@@ -11,7 +11,10 @@ Every worker runs one:
 * once a minute, a sample of the fleet's counters for the console's chart
   (:mod:`dispatcher.activity`);
 * returns the in-flight pops of consumers whose heartbeat key expired to the
-  queue, and forgets workers whose heartbeat is gone.
+  queue, and forgets workers whose heartbeat is gone;
+* has the reconciliation look-up's permissions checked now and then
+  (:class:`workers.reconciler.LookupChecker`, in a thread of its own), so that
+  ``dispatcher status``/``health`` can say what VICIdial lacks before a job needs it.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from dispatcher import logs
 from dispatcher.activity import record_minute
 from dispatcher.backend import get_backend
 from dispatcher.settings import Settings
+from workers.reconciler import LookupChecker
 from workers.transport import consumer_id, consumer_ttl_s
 
 __all__ = ["RetryScheduler"]
@@ -42,6 +46,7 @@ class RetryScheduler(threading.Thread):
         self._last_reap = -1e9
         self._last_minute = -1
         self._last_error_log = -1e9
+        self.lookups = LookupChecker(settings, get_backend(settings))
 
     def stop(self) -> None:
         self._stop_event.set()
@@ -68,6 +73,7 @@ class RetryScheduler(threading.Thread):
                 if n:
                     _log.warning("worker.inflight_returned", consumer=consumer, messages=n)
             backend.fleet.prune()
+        self.lookups.maybe_start()
         return moved
 
     def run(self) -> None:

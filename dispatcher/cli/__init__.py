@@ -49,6 +49,7 @@ def _register() -> None:
     from dispatcher.cli.demo import demo
     from dispatcher.cli.dlq import dlq
     from dispatcher.cli.enqueue import enqueue
+    from dispatcher.cli.reconcile import reconcile
     from dispatcher.cli.status import health, job, status
     from dispatcher.cli.users import users
     from dispatcher.intake import serve_command
@@ -58,6 +59,7 @@ def _register() -> None:
     cli.add_command(job)
     cli.add_command(status)
     cli.add_command(health)
+    dlq.add_command(reconcile)
     cli.add_command(dlq)
     cli.add_command(users)
     cli.add_command(demo)

@@ -29,8 +29,8 @@ _DNC_WHY = (
 )
 _AMBIGUOUS_WHY = (
     "VICIdial may have added these leads (the answer never came back): replaying one that "
-    "was added calls the customer twice. Check VICIdial for the phone first, then replay "
-    "by ID, or with --include-ambiguous."
+    "was added calls the customer twice. `dispatcher dlq reconcile` looks each one up in "
+    "VICIdial first; or check by hand, then replay by ID, or with --include-ambiguous."
 )
 _REASONS = click.Choice(sorted(all_reasons()))
 

@@ -7,6 +7,7 @@ from rich.console import Console
 from rich.table import Table
 
 from dispatcher.cli.common import CliContext, echo_json, fail, guarded
+from dispatcher.cli.reconcile import live_check, lookup_lines
 from dispatcher.connection import broker_errors, broker_transport_options
 from dispatcher.producer import job_status
 from dispatcher.status import fleet_status
@@ -40,8 +41,10 @@ def job(obj: CliContext, job_id: str, as_json: bool) -> None:
 @click.command(
     help="""The fleet at a glance: jobs queued (per dialer and lane, with the oldest
 one's wait), retries waiting, dead letters by reason, the oldest dead letter's
-age, live workers, and whether calls to a dialer are paused (wrong password,
-outage) and until when."""
+age, live workers, whether calls to a dialer are paused (wrong password,
+outage) and until when, and whether reconciliation's look-ups work there (as
+the workers or `dispatcher health` last found; if not, what to change in
+VICIdial). Reads Redis only."""
 )
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON (stable keys).")
 @click.pass_obj
@@ -90,6 +93,8 @@ def status(obj: CliContext, as_json: bool) -> None:
         )
     if not data["paused"]:
         console.print("VICIdial calls: not paused")
+    for ok, line in lookup_lines(obj.settings, data["reconcile"]["lookups"]):
+        console.print(line if ok else f"[bold red]{line}[/]", highlight=False, soft_wrap=True)
 
 
 @click.command(
@@ -98,8 +103,17 @@ Redis answers and, with --worker, when the worker on this host is alive and its
 consumer loop answers a ping through the broker; exit 1 otherwise, with the
 reason on stderr.
 
+With DISPATCHER_AMBIGUOUS=reconcile it also says whether reconciliation's look-ups
+(VICIdial's Non-Agent API) are permitted, and if not exactly what to change in
+VICIdial's admin screens. It asks VICIdial only when the fleet's last check is
+older than 10 minutes (never while a refused login is held: each refusal counts
+toward VICIdial's lock), or with --recheck. A look-up problem is a warning, not
+an unhealthy process (exit 0): ambiguous jobs then become dead letters, as with
+DISPATCHER_AMBIGUOUS=dead_letter.
+
 \b
-  dispatcher health                 # Redis reachable?
+  dispatcher health                 # Redis reachable? look-ups permitted?
+  dispatcher health --recheck       # ask VICIdial now (after fixing a permission)
   dispatcher health --worker        # + the worker(s) of this host answer
   dispatcher health --worker NAME   # + that worker (e.g. worker@host) answers"""
 )
@@ -113,14 +127,16 @@ reason on stderr.
     help="Also check a worker (default: those of this host).",
 )
 @click.option("--timeout", type=click.FloatRange(min=0.1), default=3.0, show_default=True)
+@click.option("--recheck", is_flag=True, help="Check the look-up's permissions in VICIdial now.")
 @click.pass_obj
 @guarded
-def health(obj: CliContext, worker: str | None, timeout: float) -> None:
+def health(obj: CliContext, worker: str | None, timeout: float, recheck: bool) -> None:
     import socket
 
     backend = obj.backend
     with broker_errors(obj.settings):
         backend.redis.ping()
+        _lookup_health(obj, recheck=recheck)
     if worker is None:
         click.echo("ok: redis")
         return
@@ -156,3 +172,11 @@ def health(obj: CliContext, worker: str | None, timeout: float) -> None:
             code=1,
         )
     click.echo(f"ok: redis, {', '.join(names)}")
+
+
+def _lookup_health(obj: CliContext, *, recheck: bool) -> None:
+    """Say whether reconciliation's look-ups work (a warning on stderr when not)."""
+    live_check(obj, force=recheck)
+    lookups = fleet_status(obj.backend)["reconcile"]["lookups"]
+    for ok, line in lookup_lines(obj.settings, lookups):
+        click.echo(line if ok else f"warning: {line}", err=not ok)

@@ -54,12 +54,21 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 # Plain counters of the stats hash: field -> (metric name without _total, help).
 _COUNTERS: tuple[tuple[str, str, str], ...] = (
     ("enqueued", "dispatcher_leads_enqueued", "Leads put on the queue (new jobs only)."),
-    ("added", "dispatcher_leads_added", "Leads VICIdial added (SUCCESS answers)."),
+    (
+        "added",
+        "dispatcher_leads_added",
+        "Leads VICIdial added (SUCCESS answers, and leads a look-up found after a lost answer).",
+    ),
     ("retries", "dispatcher_retries", "Retries scheduled after a temporary failure."),
     (
         "duplicates_suppressed",
         "dispatcher_duplicates_suppressed",
         "Deliveries of an already-added job that were not sent to VICIdial again.",
+    ),
+    (
+        "duplicates_detected",
+        "dispatcher_duplicates_detected",
+        "Leads found in VICIdial more than once for one job (reconciliation, or a late SUCCESS).",
     ),
     ("replayed", "dispatcher_dead_letters_replayed", "Dead letters replayed onto the queue."),
     ("purged", "dispatcher_dead_letters_purged", "Dead letters purged by an operator."),
@@ -179,6 +188,15 @@ def _families(snapshot: FleetSnapshot | None, dialers: Mapping[str, Dialer]) -> 
     for reason in reasons:
         dead_total.add_metric([reason], stats.get(f"dead_lettered:{reason}", 0.0))
     out.append(dead_total)
+    reconciled = CounterMetricFamily(
+        "dispatcher_reconciliations",
+        "Ambiguous calls looked up in VICIdial: scheduled (and requested by an operator), then "
+        "found (added), absent (called again) or unknown (ambiguous dead letter).",
+        labels=["result"],
+    )
+    for result in ("scheduled", "requested", "found", "absent", "unknown"):
+        reconciled.add_metric([result], stats.get(f"reconcile:{result}", 0.0))
+    out.append(reconciled)
     out.append(_latency_histogram(stats))
 
     def gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:

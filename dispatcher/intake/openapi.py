@@ -346,6 +346,15 @@ def _document() -> dict[str, Any]:
                         "enqueued_at": _NULLABLE_STR,
                         "updated_at": _NULLABLE_STR,
                         "next_attempt_at": _NULLABLE_STR,
+                        "reconcile": _NULLABLE_STR,
+                        "duplicate_lead_ids": {
+                            "type": ["array", "null"],
+                            "items": {"type": "string"},
+                        },
+                        "deleted_lead_ids": {
+                            "type": ["array", "null"],
+                            "items": {"type": "string"},
+                        },
                     },
                 },
                 "Health": {

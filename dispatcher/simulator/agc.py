@@ -77,6 +77,8 @@ class StoredLead:
     user: str = ""
     status: str = "NEW"
     entry_date: str = ""
+    #: how often it was dialled (the Non-Agent API shows it; see Simulator.touch_lead)
+    called_count: int = 0
 
 
 @dataclass

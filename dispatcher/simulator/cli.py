@@ -26,6 +26,13 @@ it to try the dispatcher end to end, for demos and for load tests, without a rea
 call center. Leads are kept in memory; every call is printed on stderr
 (never the password) unless --quiet.
 
+It also serves VICIdial's Non-Agent API at /vicidial/non_agent_api.php
+(version, lead_all_info, lead_search, update_lead with delete_lead=Y), as
+shared/vicidial/non_agent_api_lookup.md describes: what the dispatcher's
+reconciliation looks leads up with. Its login needs user_level 7+; lead_all_info
+needs view_reports and modify_leads (state file keys per user; the demo user
+6666 has them).
+
 \b
 Without --state it serves the demo state:
   API user 6666 / password 1234 (ALL_FUNCTIONS); 6667 has no API access;
@@ -38,7 +45,8 @@ Without --state it serves the demo state:
 \b
 --state FILE takes the JSON of DESIGN.md, every key optional:
   {{"users": {{"6666": {{"pass": "1234", "api_access": true,
-                       "functions": ["ALL_FUNCTIONS"], "user_group": "ADMIN"}}}},
+                       "functions": ["ALL_FUNCTIONS"], "user_group": "ADMIN",
+                       "user_level": 9, "view_reports": true, "modify_leads": true}}}},
    "agents": {{"1000": "TESTCAMP"}},
    "campaigns": {{"TESTCAMP": {{"manual_dial_list_id": "101"}}}},
    "dnc": ["7275550000"], "campaign_dnc": {{"TESTCAMP": ["7275550001"]}},

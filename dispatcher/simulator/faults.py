@@ -4,6 +4,12 @@ A :class:`FaultPlan` is consulted once per call to /agc/api.php. Precedence: the
 outage switch, then a script for that call number, then a script for that phone
 number, then the random failure rate (seeded RNG). Latency applies to every call.
 The plan itself is not thread-safe; the simulator holds its lock around it.
+
+Calls to /vicidial/non_agent_api.php (:meth:`FaultPlan.choose_lookup`) obey the same
+outage, phone scripts (a script entry goes to whichever request carries the phone
+next: the add, then its look-up), failure rate and latency, but not call-number
+scripts, and draw from generators of their own: a look-up never changes which
+agc/api.php call a seeded failure rate hits.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ __all__ = [
     "FAULT_DESCRIPTIONS",
     "FAULT_KINDS",
     "PHP_WARNING_HTML",
+    "PROXY_AFTER_PROCESSING",
     "FaultKind",
     "FaultPlan",
     "check_kind",
@@ -44,6 +51,8 @@ FaultKind = Literal[
     "drip_after",
     "flood",
     "http_500_sql",
+    "http_504_after",
+    "hold_insert",
 ]
 FAULT_KINDS: tuple[FaultKind, ...] = get_args(FaultKind)
 
@@ -66,6 +75,10 @@ FAULT_DESCRIPTIONS: dict[FaultKind, str] = {
     "flood": "HTTP 200 with 2 MiB of PHP notices and no result line; nothing inserted",
     "http_500_sql": "HTTP 500 with a PHP fatal-error page (display_errors=On) showing the "
     "failing SQL, which holds the API user's password; nothing inserted",
+    "http_504_after": "request processed (lead inserted), then HTTP 504 from the proxy, which "
+    "gave up waiting: the ambiguous case",
+    "hold_insert": "no answer: the request stays stuck (as in PHP) for the stall time or until "
+    "released, and only then is processed (lead inserted); the connection closes",
 }
 
 # Kinds answered without running the VICIdial logic, and kinds that run it first.
@@ -85,6 +98,8 @@ BEFORE_PROCESSING: frozenset[FaultKind] = frozenset(
     }
 )
 AFTER_PROCESSING: frozenset[FaultKind] = frozenset({"reset_after", "stall_after"})
+#: Processed, then answered by the proxy with this canned page instead of the script's.
+PROXY_AFTER_PROCESSING: dict[FaultKind, FaultKind] = {"http_504_after": "http_504"}
 #: Seconds between two bytes of a ``drip_after`` answer.
 DRIP_INTERVAL_S = 0.3
 
@@ -181,9 +196,12 @@ class FaultPlan:
         self.reseed(seed)
 
     def reseed(self, seed: int | None) -> None:
-        # Separate generators, so changing the latency does not change which calls fail.
+        # Separate generators, so changing the latency does not change which calls fail
+        # (and a look-up does not change which agc/api.php call fails).
         self._fail_rng = random.Random(seed)
         self._latency_rng = random.Random(None if seed is None else seed + 1)
+        self._lookup_fail_rng = random.Random(None if seed is None else seed + 2)
+        self._lookup_latency_rng = random.Random(None if seed is None else seed + 3)
 
     def clear(self) -> None:
         """Back to a healthy, instant server (the seed and stall time are kept)."""
@@ -237,8 +255,25 @@ class FaultPlan:
             return kinds[0] if len(kinds) == 1 else self._fail_rng.choice(kinds)
         return None
 
-    def latency_s(self) -> float:
+    def choose_lookup(self, phone: str) -> FaultKind | None:
+        """The fault for a Non-Agent API request carrying ``phone`` ("" for none)."""
+        if self.outage is not None:
+            return self.outage
+        if phone:
+            queue = self.phone_script.get(phone_key(phone))
+            if queue:
+                kind = queue.popleft()
+                if not queue:
+                    del self.phone_script[phone_key(phone)]
+                return kind
+        if self.rate > 0.0 and self._lookup_fail_rng.random() < self.rate:
+            kinds = self.rate_kinds
+            return kinds[0] if len(kinds) == 1 else self._lookup_fail_rng.choice(kinds)
+        return None
+
+    def latency_s(self, *, lookup: bool = False) -> float:
         low, high = self.latency_ms
         if high <= 0.0:
             return 0.0
-        return (low if low == high else self._latency_rng.uniform(low, high)) / 1000.0
+        rng = self._lookup_latency_rng if lookup else self._latency_rng
+        return (low if low == high else rng.uniform(low, high)) / 1000.0

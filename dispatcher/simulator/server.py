@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
+import dataclasses
+import re
 import socket
 import threading
 import time
@@ -25,6 +28,7 @@ from dispatcher.simulator.faults import (
     BEFORE_PROCESSING,
     DRIP_INTERVAL_S,
     PHP_WARNING_HTML,
+    PROXY_AFTER_PROCESSING,
     FaultKind,
     FaultPlan,
     check_kind,
@@ -32,11 +36,14 @@ from dispatcher.simulator.faults import (
 )
 from dispatcher.simulator.http_server import Hangup, HttpRequest, HttpResponse, HttpServer, Reply
 from dispatcher.simulator.mangling import sanitize
+from dispatcher.simulator.nonagent import answer_nonagent
 from dispatcher.simulator.state import CampaignConfig, SimulatorState, UserConfig
 
-__all__ = ["API_PATH", "RequestRecord", "Simulator"]
+__all__ = ["API_PATH", "NONAGENT_PATH", "RequestRecord", "Simulator"]
 
 API_PATH = "/agc/api.php"
+#: VICIdial's Non-Agent API (lead look-ups), on the same server.
+NONAGENT_PATH = "/vicidial/non_agent_api.php"
 
 _PHP_HEADERS = (
     ("Content-Type", "text/html; charset=utf-8"),
@@ -47,7 +54,8 @@ _PHP_HEADERS = (
 
 @dataclass(frozen=True)
 class RequestRecord:
-    """One call to /agc/api.php, as the simulator saw and answered it.
+    """One call to /agc/api.php (or, in :attr:`Simulator.lookups`, to
+    /vicidial/non_agent_api.php), as the simulator saw and answered it.
 
     ``fields`` are the request's form fields as received (query string winning over
     the body) with ``pass`` removed. ``status`` is 0 when no HTTP answer was sent
@@ -110,6 +118,12 @@ class Simulator:
         self._plan = FaultPlan(seed=seed, stall_s=stall_s)
         self._records: collections.deque[RequestRecord] = collections.deque(maxlen=max_records)
         self._calls = 0
+        self._lookup_records: collections.deque[RequestRecord] = collections.deque(
+            maxlen=max_records
+        )
+        self._lookups = 0
+        # Requests held by a hold_insert fault, released by release_held() (loop thread).
+        self._held: list[asyncio.Event] = []
         self._lifecycle = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -241,6 +255,18 @@ class Simulator:
         with self._lock:
             return self._calls
 
+    @property
+    def lookups(self) -> list[RequestRecord]:
+        """Snapshot of the recorded calls to the Non-Agent API, oldest first."""
+        with self._lock:
+            return list(self._lookup_records)
+
+    @property
+    def lookup_count(self) -> int:
+        """How many requests reached /vicidial/non_agent_api.php (faulted ones included)."""
+        with self._lock:
+            return self._lookups
+
     def failed_logins(self, user: str) -> int:
         """VICIdial's ``failed_login_count`` for ``user`` (0 for an unknown user)."""
         with self._lock:
@@ -274,6 +300,9 @@ class Simulator:
         user_group: str = "ADMIN",
         active: bool = True,
         custom_three: str = "",
+        user_level: int = 9,
+        view_reports: bool = False,
+        modify_leads: int = 1,
     ) -> None:
         """Add (or replace the settings of) a user."""
         config = UserConfig(
@@ -283,6 +312,9 @@ class Simulator:
             user_group=user_group,
             active=active,
             custom_three=custom_three,
+            user_level=user_level,
+            view_reports=view_reports,
+            modify_leads=int(modify_leads),
         )
         with self._lock:
             self._tables.put_user(user, config, self._clock())
@@ -297,6 +329,9 @@ class Simulator:
         user_group: str | None = None,
         active: bool | None = None,
         custom_three: str | None = None,
+        user_level: int | None = None,
+        view_reports: bool | None = None,
+        modify_leads: int | None = None,
     ) -> None:
         """Change some settings of an existing user (KeyError if there is none)."""
         with self._lock:
@@ -312,6 +347,9 @@ class Simulator:
                 active=old.active if active is None else active,
                 custom_three=old.custom_three if custom_three is None else custom_three,
                 last_login=old.last_login,
+                user_level=old.user_level if user_level is None else user_level,
+                view_reports=old.view_reports if view_reports is None else view_reports,
+                modify_leads=old.modify_leads if modify_leads is None else int(modify_leads),
             )
 
     def set_password(self, user: str, password: str) -> None:
@@ -374,6 +412,31 @@ class Simulator:
         with self._lock:
             self._tables.remove_campaign_dnc(campaign, phone)
 
+    def touch_lead(
+        self, lead_id: int, *, status: str | None = None, called_count: int | None = None
+    ) -> None:
+        """Change a stored lead as dialling it would (KeyError if there is no such lead)."""
+        with self._lock:
+            for i, lead in enumerate(self._tables.leads):
+                if lead.lead_id == lead_id:
+                    self._tables.leads[i] = dataclasses.replace(
+                        lead,
+                        status=lead.status if status is None else status,
+                        called_count=lead.called_count if called_count is None else called_count,
+                    )
+                    return
+        raise KeyError(f"no lead {lead_id}")
+
+    def release_held(self) -> int:
+        """Let every request held by a ``hold_insert`` fault go on (and insert); how many."""
+        loop = self._loop
+        with self._lock:
+            held, self._held = self._held, []
+        if loop is not None:
+            for event in held:
+                loop.call_soon_threadsafe(event.set)
+        return len(held)
+
     def reset_leads(self) -> None:
         """Delete every lead; lead ids start again at the state's first id."""
         with self._lock:
@@ -386,6 +449,8 @@ class Simulator:
             self._tables = Tables.from_state(self._initial, self._clock())
             self._records.clear()
             self._calls = 0
+            self._lookup_records.clear()
+            self._lookups = 0
             self._plan.clear()
             self._plan.reseed(self._seed)
 
@@ -444,7 +509,11 @@ class Simulator:
     # ------------------------------------------------------------------ serving
 
     async def _handle(self, request: HttpRequest) -> Reply:
-        if request.path != API_PATH:
+        if request.path == API_PATH:
+            nonagent = False
+        elif request.path == NONAGENT_PATH:
+            nonagent = True
+        else:
             return HttpResponse(404, b"Not Found\n", _PHP_HEADERS[:1])
         query = parse_qsl(request.query, keep_blank_values=True, errors="replace")
         post: list[tuple[str, str]] = []
@@ -456,14 +525,43 @@ class Simulator:
             text = request.body.decode("utf-8", "replace")
             post = parse_qsl(text, keep_blank_values=True, errors="replace")
         fields, value = merge_fields(query, post)
-        phone = request_phone(fields, value, non_latin=self._tables.non_latin)
+        if nonagent:
+            phone = re.sub(r"[^0-9,]", "", fields.get("phone_number", ""))
+        else:
+            phone = request_phone(fields, value, non_latin=self._tables.non_latin)
 
+        held: asyncio.Event | None = None
         with self._lock:
-            self._calls += 1
-            number = self._calls
+            if nonagent:
+                self._lookups += 1
+                number = self._lookups
+                fault = self._plan.choose_lookup(phone)
+                delay = self._plan.latency_s(lookup=True)
+            else:
+                self._calls += 1
+                number = self._calls
+                fault = self._plan.choose(number, phone)
+                delay = self._plan.latency_s()
             now = self._clock()
-            fault = self._plan.choose(number, phone)
-            outcome = self._respond(fault, fields, value, now, self._plan.latency_s())
+            if fault == "hold_insert":
+                held = asyncio.Event()
+                self._held.append(held)
+                hold_s = delay + self._plan.stall_s
+            else:
+                outcome = self._respond(fault, fields, value, now, delay, nonagent=nonagent)
+        if held is not None:
+            # Stuck "in PHP": processed only once released or after the stall time.
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(held.wait(), hold_s)
+            with self._lock:
+                if held in self._held:
+                    self._held.remove(held)
+                now = self._clock()
+                done = self._respond(None, fields, value, now, 0.0, nonagent=nonagent)
+                outcome = _Outcome(
+                    Hangup(hold_s=0.0, reset=False), 0, "", processed=True, lead_id=done.lead_id
+                )
+        with self._lock:
             record = RequestRecord(
                 number=number,
                 method=request.method,
@@ -475,7 +573,7 @@ class Simulator:
                 lead_id=outcome.lead_id,
                 at=now,
             )
-            self._records.append(record)
+            (self._lookup_records if nonagent else self._records).append(record)
         if self._on_request is not None:
             try:
                 self._on_request(record)
@@ -490,6 +588,8 @@ class Simulator:
         value: str,
         now: float,
         delay: float,
+        *,
+        nonagent: bool = False,
     ) -> _Outcome:
         """Run one call (or its fault) against the tables; the caller holds the lock."""
         if fault in ("reset", "stall"):
@@ -504,12 +604,21 @@ class Simulator:
             shown = body.replace(f"pass='{password}'", "pass='***'") if password else body
             return _Outcome(HttpResponse(status, body.encode(), headers, delay), status, shown)
 
-        result = answer(self._tables, fields, value, now, insert_fails=fault == "insert_failed")
+        if nonagent:
+            result = answer_nonagent(self._tables, fields, now)
+        else:
+            result = answer(self._tables, fields, value, now, insert_fails=fault == "insert_failed")
         lead_id = result.lead.lead_id if result.lead is not None else None
         if fault is not None and fault in AFTER_PROCESSING:
             hold = delay + (self._plan.stall_s if fault == "stall_after" else 0.0)
             hangup = Hangup(hold_s=hold, reset=fault == "reset_after")
             return _Outcome(hangup, 0, "", processed=True, lead_id=lead_id)
+        proxy = PROXY_AFTER_PROCESSING.get(fault) if fault is not None else None
+        if proxy is not None:
+            status, page, extra = fault_response(proxy)
+            headers = (("Content-Type", "text/html; charset=utf-8"), *extra)
+            response = HttpResponse(status, page.encode(), headers, delay)
+            return _Outcome(response, status, page, processed=True, lead_id=lead_id)
         body, record_body = result.body, result.record_body
         if fault == "html_warning":
             body, record_body = PHP_WARNING_HTML + body, PHP_WARNING_HTML + record_body

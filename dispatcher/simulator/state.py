@@ -4,7 +4,8 @@ This is the JSON "state file" of DESIGN.md (every key optional)::
 
     {
       "users": {"6666": {"pass": "1234", "api_access": true, "functions": ["ALL_FUNCTIONS"],
-                         "user_group": "ADMIN"}},
+                         "user_group": "ADMIN", "user_level": 9, "view_reports": true,
+                         "modify_leads": true}},
       "agents": {"1000": "TESTCAMP", "1003": "GHOST"},
       "campaigns": {"TESTCAMP": {"manual_dial_list_id": "101"},
                     "NOLIST": {"manual_dial_list_id": null}},
@@ -17,6 +18,11 @@ This is the JSON "state file" of DESIGN.md (every key optional)::
 ``non_latin`` is VICIdial's system setting ``use_non_latin`` (default false): with it,
 the lead's text fields keep letters of every script and characters above U+FFFF are
 stored as ``?`` (see :mod:`dispatcher.simulator.mangling`).
+
+Per user, what the Non-Agent API's permissions look at (``vicidial/non_agent_api.php``):
+``user_level`` (0-9, default 9; its login needs 7 or more), ``view_reports`` (default
+false, as on VICIdial's seed user 6666), ``modify_leads`` (true = 1, false = 0, or the
+number 0-5; default true).
 
 Extra keys, all optional: per user ``active`` (default true), ``custom_three`` (what
 ``alt_user`` is matched against), ``last_login`` (epoch seconds of the user's last
@@ -43,10 +49,12 @@ DEFAULT_MANUAL_DIAL_LIST = "998"
 
 @dataclass(frozen=True)
 class UserConfig:
-    """One row of ``vicidial_users`` as far as the agent API cares.
+    """One row of ``vicidial_users`` as far as the agent and Non-Agent APIs care.
 
     ``functions`` is VICIdial's ``api_allowed_functions``: ``ALL_FUNCTIONS`` or the
-    function names the user may call. The password is left out of ``repr``.
+    function names the user may call. ``api_access`` is ``vdc_agent_api_access``;
+    ``user_level``, ``view_reports`` and ``modify_leads`` (0-5) are what the Non-Agent
+    API's permission checks read. The password is left out of ``repr``.
     """
 
     password: str = field(repr=False)
@@ -56,6 +64,9 @@ class UserConfig:
     active: bool = True
     custom_three: str = ""
     last_login: float | None = None
+    user_level: int = 9
+    view_reports: bool = False
+    modify_leads: int = 1
 
 
 @dataclass(frozen=True)
@@ -91,7 +102,9 @@ class SimulatorState:
 
         Users (password ``1234`` for all):
 
-        - ``6666``: API user, ALL_FUNCTIONS, group ADMIN -- the one to call with;
+        - ``6666``: API user, ALL_FUNCTIONS, group ADMIN, level 9, View Reports and
+          Modify Leads on (so the Non-Agent API's lead look-ups work) -- the one to
+          call with;
         - ``6667``: password right but no agent-API access (auth message ``GOOD``);
         - ``6668``: API access, but may only call ``version`` (permission error);
         - ``1000``: an agent user (no API access) with ``custom_three`` ``EXT1000``,
@@ -109,7 +122,7 @@ class SimulatorState:
         """
         return cls(
             users={
-                "6666": UserConfig(password="1234"),
+                "6666": UserConfig(password="1234", view_reports=True),
                 "6667": UserConfig(password="1234", api_access=False),
                 "6668": UserConfig(password="1234", functions=("version",)),
                 "1000": UserConfig(
@@ -170,6 +183,9 @@ class SimulatorState:
                     "user_group": user.user_group,
                     "active": user.active,
                     "custom_three": user.custom_three,
+                    "user_level": user.user_level,
+                    "view_reports": user.view_reports,
+                    "modify_leads": user.modify_leads,
                     **({"last_login": user.last_login} if user.last_login is not None else {}),
                 }
                 for name, user in self.users.items()
@@ -219,7 +235,18 @@ _TOP_KEYS = frozenset(
     }
 )
 _USER_KEYS = frozenset(
-    {"pass", "api_access", "functions", "user_group", "active", "custom_three", "last_login"}
+    {
+        "pass",
+        "api_access",
+        "functions",
+        "user_group",
+        "active",
+        "custom_three",
+        "last_login",
+        "user_level",
+        "view_reports",
+        "modify_leads",
+    }
 )
 _CAMPAIGN_KEYS = frozenset({"manual_dial_list_id", "use_other_campaign_dnc"})
 
@@ -261,6 +288,16 @@ class _Reader:
             isinstance(last_login, bool) or not isinstance(last_login, int | float)
         ):
             raise ValueError(f"{where}.last_login: expected epoch seconds, got {last_login!r}")
+        level = obj.get("user_level", 9)
+        if isinstance(level, bool) or not isinstance(level, int) or not 0 <= level <= 9:
+            raise ValueError(f"{where}.user_level: expected a whole number 0-9, got {level!r}")
+        modify = obj.get("modify_leads", True)
+        if isinstance(modify, bool):
+            modify = int(modify)
+        elif not isinstance(modify, int) or not 0 <= modify <= 5:
+            raise ValueError(
+                f"{where}.modify_leads: expected true, false or a number 0-5, got {modify!r}"
+            )
         return UserConfig(
             password=self._text(obj["pass"], f"{where}.pass"),
             api_access=self._bool(obj.get("api_access", True), f"{where}.api_access"),
@@ -269,6 +306,9 @@ class _Reader:
             active=self._bool(obj.get("active", True), f"{where}.active"),
             custom_three=self._text(obj.get("custom_three", ""), f"{where}.custom_three"),
             last_login=None if last_login is None else float(last_login),
+            user_level=level,
+            view_reports=self._bool(obj.get("view_reports", False), f"{where}.view_reports"),
+            modify_leads=modify,
         )
 
     def _campaign(self, raw: Any, where: str) -> CampaignConfig:

@@ -1,0 +1,383 @@
+"""What VICIdial's ``vicidial/non_agent_api.php`` answers: ``version``, ``lead_all_info``,
+``lead_search`` and ``update_lead`` (``delete_lead=Y`` and ``no_update=Y``).
+
+Pure request -> answer logic over the same in-memory tables as ``agc`` (the caller
+holds the simulator's lock). Every answer string, the order of checks and the
+quirks follow shared/vicidial/non_agent_api_lookup.md (version 2.14-202):
+
+- ``version`` and ``coffee`` need no login; everything else logs in first through
+  ``user_authorization(...,'REPORTS',...)``: user level above 6, active, and the
+  failed-login counter shared with the agent API (a success here resets it, one
+  there does not);
+- then, per function: the source check, the allowed-functions check, the
+  permission check (``vdc_agent_api_access``, ``modify_leads``, ``view_reports``,
+  ``user_level``), then the parameters;
+- ``lead_all_info`` prints one 32-field record per lead, newest first, raw (no
+  quoting), a header before each record with ``header=YES``, skips leads whose list
+  is not a list row (list 0, what a campaign without a manual dial list gives), and
+  fails with HTTP 500 when a record holds ``'`` (its API-log INSERT breaks).
+
+Not simulated: user groups' allowed campaigns (every group sees ALL-CAMPAIGNS),
+``api_list_restrict``, custom fields and the archive table (asking for them is the
+HTTP 500 of a server without them), callbacks, field updates of ``update_lead``
+(answered with an empty body, nothing changed), IP lists and two-factor login.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+
+from dispatcher.simulator.agc import LOCK_ATTEMPTS, LOCK_SECONDS, Answer, StoredLead, Tables
+
+__all__ = ["NONAGENT_BUILD", "NONAGENT_VERSION", "RECORD_FIELDS", "answer_nonagent", "record"]
+
+NONAGENT_VERSION = "2.14-202"
+NONAGENT_BUILD = "250720-1841"
+
+#: The fields of a lead_all_info record, in order.
+RECORD_FIELDS: tuple[str, ...] = (
+    "status",
+    "user",
+    "vendor_lead_code",
+    "source_id",
+    "list_id",
+    "gmt_offset_now",
+    "phone_code",
+    "phone_number",
+    "title",
+    "first_name",
+    "middle_initial",
+    "last_name",
+    "address1",
+    "address2",
+    "address3",
+    "city",
+    "state",
+    "province",
+    "postal_code",
+    "country_code",
+    "gender",
+    "date_of_birth",
+    "alt_phone",
+    "email",
+    "security_phrase",
+    "comments",
+    "called_count",
+    "last_local_call_time",
+    "rank",
+    "owner",
+    "entry_list_id",
+    "lead_id",
+)
+
+_COFFEE = frozenset({"coffee", "start_coffee", "make_coffee", "brew_coffee"})
+_DELIMITERS = {"pipe": "|", "csv": ",", "tab": "\t", "newline": "\n"}
+_NOT_CREDENTIAL = re.compile(r"[^-_0-9a-zA-Z]")
+_NOT_SOURCE = re.compile(r"[^0-9a-zA-Z]")
+_NOT_DIGIT = re.compile(r"[^0-9]")
+_NOT_PHONE_LIST = re.compile(r"[^0-9,]")
+
+
+def _reply(*lines: str) -> Answer:
+    body = "".join(line + "\n" for line in lines)
+    return Answer(200, body, body)
+
+
+def _server_error() -> Answer:
+    # A failed SQL statement: mysqli throws on PHP 8.1+, the script dies.
+    return Answer(500, "", "")
+
+
+def record(lead: StoredLead) -> dict[str, str]:
+    """A stored lead as lead_all_info prints it (defaults of a fresh row where not sent)."""
+    f = lead.fields
+    stamp = lead.entry_date
+    values = {name: f.get(name, "") for name in RECORD_FIELDS}
+    values.update(
+        status=lead.status,
+        user=lead.user,
+        list_id=lead.list_id or "0",
+        gmt_offset_now="0.00",
+        phone_code=lead.phone_code,
+        phone_number=lead.phone_number,
+        date_of_birth=f.get("date_of_birth") or "0000-00-00",
+        called_count=str(lead.called_count),
+        last_local_call_time=stamp,
+        rank=f.get("rank") or "0",
+        entry_list_id="0",
+        lead_id=str(lead.lead_id),
+    )
+    return values
+
+
+def answer_nonagent(tables: Tables, fields: dict[str, str], now: float) -> Answer:
+    """Answer one request to non_agent_api.php, updating ``tables`` as the server would."""
+    function = _NOT_CREDENTIAL.sub("", fields.get("function", ""))
+    if function == "version":
+        return _version(now)
+    if function in _COFFEE:
+        body = f"Coffee: {function}|Error 418 I'm a teapot"
+        return Answer(418, body, body)
+    user = _NOT_CREDENTIAL.sub("", fields.get("user", ""))
+    password = _NOT_CREDENTIAL.sub("", fields.get("pass", ""))
+    verdict = _login(tables, user, password, now)
+    if verdict == "LOCK":
+        return _reply(f"ERROR: Too many login attempts, try again in 15 minutes: |{user}|LOCK|")
+    if verdict == "BAD":
+        body = f"ERROR: Login incorrect, please try again: |{user}|{password}|BAD|\n"
+        shown = f"ERROR: Login incorrect, please try again: |{user}|<redacted>|BAD|\n"
+        return Answer(200, body, shown)
+    handler = _FUNCTIONS.get(function)
+    if handler is None:
+        return _reply("ERROR: NO FUNCTION SPECIFIED")
+    source = _NOT_SOURCE.sub("", fields.get("source", ""))
+    if len(source) < 2:
+        return _reply(f"ERROR: Invalid Source - {source}", f"ERROR: Invalid Source: |{source}|")
+    row = tables.user(user)
+    assert row is not None  # logged in
+    allowed = " " + " ".join(row.config.functions) + " "
+    if f" {function} " not in allowed and "ALL_FUNCTIONS" not in allowed:
+        return _reply(
+            f"ERROR: auth USER DOES NOT HAVE PERMISSION TO USE THIS FUNCTION: |{user}|{function}|"
+        )
+    return handler(tables, user, fields)
+
+
+def _version(now: float) -> Answer:
+    local = time.localtime(now)
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S", local)
+    standard = -time.timezone / 3600
+    dst = 1 if local.tm_isdst > 0 else 0
+    return _reply(
+        f"VERSION: {NONAGENT_VERSION}|BUILD: {NONAGENT_BUILD}|DATE: {stamp}|EPOCH: {int(now)}|"
+        f"DST: {dst}|TZ: {standard:.2f}|TZNOW: {standard + dst:.2f}|"
+    )
+
+
+def _login(tables: Tables, user: str, password: str, now: float) -> str:
+    """``user_authorization()`` of functions.php: GOOD, BAD or LOCK.
+
+    Failures count in the counter the agent API shares; a success resets it.
+    """
+    epoch = int(now)
+    lock_over = epoch - LOCK_SECONDS
+    row = tables.user(user)
+    if (
+        row is not None
+        and row.config.active
+        and row.config.user_level > 6
+        and row.config.password.lower() == password.lower()
+        and (row.failed_login_count < LOCK_ATTEMPTS or row.last_login < lock_over)
+    ):
+        row.last_login = epoch
+        row.failed_login_count = 0
+        return "GOOD"
+    if row is not None:
+        if row.failed_login_count < LOCK_ATTEMPTS:
+            row.failed_login_count += 1
+        elif lock_over > row.last_login:
+            row.last_login = epoch
+            row.failed_login_count = 1
+        else:
+            return "LOCK"
+    return "BAD"
+
+
+def _permitted(tables: Tables, user: str, *, level: int, modify: range, reports: bool) -> bool:
+    row = tables.user(user)
+    if row is None:
+        return False
+    c = row.config
+    return (
+        c.api_access
+        and c.active
+        and c.user_level > level
+        and c.modify_leads in modify
+        and (c.view_reports or not reports)
+    )
+
+
+def _lists(tables: Tables) -> set[str]:
+    """The rows of vicidial_lists: every campaign's manual dial list."""
+    return {c.manual_dial_list_id for _, c in tables.campaigns.values() if c.manual_dial_list_id}
+
+
+def _lead_all_info(tables: Tables, user: str, fields: dict[str, str]) -> Answer:
+    if not _permitted(tables, user, level=6, modify=range(1, 6), reports=True):
+        return _reply(
+            f"ERROR: lead_all_info USER DOES NOT HAVE PERMISSION TO GET LEAD INFO: |{user}|0|"
+        )
+    lead_id = _NOT_DIGIT.sub("", fields.get("lead_id", ""))
+    phone = _NOT_PHONE_LIST.sub("", fields.get("phone_number", ""))
+    not_found = f"ERROR: lead_all_info LEAD NOT FOUND: {user}|{lead_id}|{phone}"
+    if not lead_id and not 6 <= len(phone) <= 19:
+        return _reply(not_found)
+    if lead_id:
+        found = [x for x in tables.leads if str(x.lead_id) == lead_id]
+    else:
+        found = [x for x in tables.leads if x.phone_number == phone]
+    found = sorted(found, key=lambda x: -x.lead_id)[:1000]
+    if not found:
+        return _reply(not_found)
+    if fields.get("custom_fields") == "Y" or fields.get("archived_lead") == "Y":
+        # "SELECT  from custom_0 ..." / no vicidial_list_archive table: SQL error.
+        return _server_error()
+    stage = fields.get("stage", "")
+    sep = _DELIMITERS.get(stage, "|")
+    header = fields.get("header") == "YES"
+    lists = _lists(tables)
+    out: list[str] = []
+    last_list = ""
+    for lead in found:
+        values = record(lead)
+        if values["list_id"] not in lists:
+            last_list = values["list_id"]
+            continue
+        text = sep.join(values[name] for name in RECORD_FIELDS)
+        if "'" in text:
+            # The record goes unescaped into the API log's INSERT, which fails.
+            return _server_error()
+        if header:
+            out.append(sep.join(RECORD_FIELDS) + "\n")
+        out.append(text + "\n")
+    if not out:
+        return _reply(f"ERROR: lead_all_info LIST NOT FOUND: {user}|{lead_id}|{phone}|{last_list}")
+    body = "".join(out)
+    return Answer(200, body, body)
+
+
+def _lead_search(tables: Tables, user: str, fields: dict[str, str]) -> Answer:
+    if not _permitted(tables, user, level=7, modify=range(1, 6), reports=False):
+        return _reply(
+            f"ERROR: lead_search USER DOES NOT HAVE PERMISSION TO SEARCH FOR LEADS: |{user}|0|"
+        )
+    method = fields.get("search_method", "") or "PHONE_NUMBER"
+    raw_records = _NOT_DIGIT.sub("", fields.get("records", ""))
+    limit = int(raw_records) if raw_records else 1000
+    if raw_records and len(raw_records) > 19:
+        return _server_error()  # above the 64-bit range: SQL syntax error
+    header = "search_keyrecords_foundlead_ids\n" if fields.get("header") == "YES" else ""
+    lead_id = _NOT_DIGIT.sub("", fields.get("lead_id", ""))
+    vendor = fields.get("vendor_lead_code", "")
+    vendor = re.sub(r'[;#"]', "", vendor).replace("+", " ")
+    phone = _NOT_PHONE_LIST.sub("", fields.get("phone_number", ""))
+    if method == "LEAD_ID":
+        if not fields.get("lead_ids"):
+            return _server_error()
+        return Answer(200, header, header)
+    lines: list[str] = []
+    vendor_found = False
+    vendor_lines: list[str] = []
+    if method in ("VENDOR_LEAD_CODE", "PHONE_NUMBER_VENDOR_LEAD_CODE") and vendor:
+        if vendor.endswith("\\"):
+            return _server_error()
+        codes = vendor.split(",")
+        wanted = {c.lower() for c in codes}
+        rows = [x for x in tables.leads if x.fields.get("vendor_lead_code", "").lower() in wanted]
+        rows = sorted(rows, key=lambda x: -x.lead_id)[:limit]
+        for code in codes:
+            # The SQL matches case-insensitively, the counting compares case-sensitively.
+            ids = [str(x.lead_id) for x in rows if x.fields.get("vendor_lead_code") == code]
+            vendor_lines.append(f"{code}|{len(ids)}|{'-'.join(ids)}")
+            vendor_found = vendor_found or bool(ids)
+        if method == "VENDOR_LEAD_CODE":
+            if not rows:
+                return _reply(
+                    f"ERROR: lead_search NO MATCHES FOUND IN THE SYSTEM: |{user}|{lead_id}|"
+                    f"{vendor}|{phone}"
+                )
+            body = header + "".join(line + "\n" for line in vendor_lines)
+            return Answer(200, body, body)
+    if len(phone) <= 5:
+        return _reply(
+            f"ERROR: lead_search NO VALID SEARCH METHOD - {user}|{method}|{lead_id}(0)|"
+            f"{vendor}(0)|{phone}(0)"
+        )
+    numbers = phone.split(",")
+    valid = [n for n in numbers if 6 <= len(n) <= 18]
+    if not valid:
+        return _server_error()  # "where  order by": SQL syntax error
+    if vendor_found:
+        lines = [f"{n}|0|" for n in numbers]
+    else:
+        rows = sorted(
+            (x for x in tables.leads if x.phone_number in set(valid)), key=lambda x: -x.lead_id
+        )[:limit]
+        if not rows and not vendor_lines:
+            return _reply(
+                f"ERROR: lead_search NO MATCHES FOUND IN THE SYSTEM: |{user}|{lead_id}|"
+                f"{vendor}|{phone}"
+            )
+        for n in numbers:
+            ids = [str(x.lead_id) for x in rows if x.phone_number == n]
+            lines.append(f"{n}|{len(ids)}|{'-'.join(ids)}")
+    body = header + "".join(line + "\n" for line in lines + vendor_lines)
+    return Answer(200, body, body)
+
+
+def _update_lead(tables: Tables, user: str, fields: dict[str, str]) -> Answer:
+    if not _permitted(tables, user, level=7, modify=range(1, 5), reports=False):
+        return _reply(
+            "ERROR: update_lead USER DOES NOT HAVE PERMISSION TO UPDATE LEADS IN THE SYSTEM: "
+            f"|{user}|0|"
+        )
+    method = fields.get("search_method", "") or "LEAD_ID"
+    lead_id = _NOT_DIGIT.sub("", fields.get("lead_id", ""))
+    vendor = re.sub(r'[;#"]', "", fields.get("vendor_lead_code", "")).replace("+", " ")
+    phone = _NOT_PHONE_LIST.sub("", fields.get("phone_number", ""))
+    raw_records = _NOT_DIGIT.sub("", fields.get("records", ""))
+    limit = int(raw_records) if raw_records else 1
+    if method == "PHONE_NUMBER" and 6 <= len(phone) <= 18:
+        rows = [x for x in tables.leads if x.phone_number == phone]
+    elif method == "VENDOR_LEAD_CODE" and vendor:
+        rows = [
+            x
+            for x in tables.leads
+            if x.fields.get("vendor_lead_code", "").lower() == vendor.lower()
+        ]
+    elif method == "LEAD_ID" and lead_id:
+        rows = [x for x in tables.leads if str(x.lead_id) == lead_id]
+    else:
+        return _reply(
+            f"ERROR: update_lead NO VALID SEARCH METHOD - {user}|{method}|{lead_id}|{vendor}|"
+            f"{phone}"
+        )
+    # order by entry_date desc: leads of the same second come in table order.
+    order = {id(x): i for i, x in enumerate(tables.leads)}
+    rows = sorted(rows, key=lambda x: (_desc(x.entry_date), order[id(x)]))[:limit]
+    if fields.get("no_update") == "Y":
+        if not rows:
+            return _reply(
+                f"NOTICE: update_lead NO MATCHES FOUND IN THE SYSTEM: |{user}|{lead_id}|{vendor}|"
+                f"{phone}"
+            )
+        return _reply(
+            *(
+                f"NOTICE: update_lead LEADS FOUND IN THE SYSTEM: |{user}|{x.lead_id}|{vendor}|"
+                f"{phone}|{x.list_id or '0'}|0"
+                for x in rows
+            )
+        )
+    if not rows:
+        return _reply(
+            f"ERROR: update_lead NO MATCHES FOUND IN THE SYSTEM: |{user}|{lead_id}|{vendor}|{phone}"
+        )
+    if fields.get("delete_lead") != "Y":
+        return Answer(200, "", "")  # field updates: not simulated (nothing changed)
+    lines = []
+    for x in rows:
+        tables.leads.remove(x)
+        lines.append(f"SUCCESS: update_lead LEAD HAS BEEN DELETED 0|0 - {user}|{x.lead_id}|1|0|0|")
+    return _reply(*lines)
+
+
+def _desc(stamp: str) -> tuple[int, ...]:
+    return tuple(-ord(c) for c in stamp)
+
+
+_FUNCTIONS = {
+    "lead_all_info": _lead_all_info,
+    "lead_search": _lead_search,
+    "update_lead": _update_lead,
+}
