@@ -119,7 +119,7 @@ def run(env: Env, *, quick: bool = False) -> Section:
     ]
     return Section(
         name=NAME,
-        title="6. Reconciliation: look-ups on the hot path and per ambiguous call",
+        title="8. Reconciliation: look-ups on the hot path and per ambiguous call",
         header=["run", "leads", "ambiguous", "look-ups", "look-ups/ambiguous", "leads/s"],
         rows=rows,
         goals=[

@@ -423,7 +423,7 @@ class DeadLetterStore:
                 "lead_id": "",
             },
         )
-        envelope = broker_envelope(job, queue=self.keys.queue, task_id=letter.job_id)
+        envelope = broker_envelope(job, queue=self.lane_of(job), task_id=letter.job_id)
         delay = max(0.0, since + settings.reconcile_after_s - now)
         with broker_errors(settings):
             result = self.backend.execution.reconcile(
