@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import pytest
 
+from dispatcher.deadletter import DeadLetterStore
 from dispatcher.errors import ConfigError, InvalidPayload
 from dispatcher.jobs import Job, Reconcile
 from dispatcher.lead import make_lead
-from dispatcher.nonagent import server_id
 from dispatcher.settings import Settings
-from tests.test_cli import check, run_cli
-from workers.vicidial import server_id as worker_server_id
+from tests.test_cli import check, record_letter, run_cli
 
 
 def test_defaults_and_the_derived_nonagent_url() -> None:
@@ -38,19 +37,6 @@ def test_bad_values_name_the_variable(name: str, value: str, words: str) -> None
     with pytest.raises(ConfigError) as caught:
         Settings.from_mapping({name: value})
     assert name in str(caught.value) and words in str(caught.value)
-
-
-@pytest.mark.parametrize(
-    "url",
-    [
-        "http://10.1.2.3/agc/api.php",
-        "https://dialer.example.com/agc/api.php",
-        "http://127.0.0.1:8088/agc/api.php",
-        "https://[::1]:8443/agc/api.php",
-    ],
-)
-def test_the_cli_and_the_workers_name_a_server_alike(url: str) -> None:
-    assert server_id(url) == worker_server_id(url)
 
 
 def test_a_reconciling_job_round_trips_and_other_messages_are_unchanged() -> None:
@@ -93,6 +79,9 @@ def test_dlq_reconcile_usage_errors(redis_url: str) -> None:
     empty = run_cli(settings, "dlq", "reconcile", "--all", "--yes")
     check(empty)
     assert "no ambiguous dead letters" in empty.stderr
+    none = run_cli(settings, "dlq", "reconcile", "--all", "--dry-run")
+    check(none)  # nothing to look up
+    record_letter(DeadLetterStore(settings=settings), settings, reason="ambiguous")
     dry = run_cli(settings, "dlq", "reconcile", "--all", "--dry-run")
     check(dry, code=2)  # the dry run looks leads up: it needs VICIdial's settings
     assert "DISPATCHER_VICIDIAL_URL" in dry.stderr

@@ -397,12 +397,12 @@ def test_dead_letter_mode_is_unchanged(
 def test_permission_checks_ask_vicidial_once_and_respect_holds(
     settings: Settings, simulator: Simulator
 ) -> None:
-    from dispatcher.nonagent import NonAgentClient, server_id
+    from dispatcher.nonagent import NonAgentClient
     from dispatcher.reconcile import check_lookups
     from workers.reconciler import LookupChecker
 
     backend = get_backend(settings)
-    server = server_id(str(settings.vicidial_url))
+    server = "default"  # the one dialer the VICIDIAL_* variables define
     client = NonAgentClient(settings)
     try:
         assert check_lookups(backend, client, server=server).state == "ok"
@@ -430,13 +430,10 @@ def test_permission_checks_ask_vicidial_once_and_respect_holds(
 def test_the_workers_checker_never_logs_in_while_calls_are_paused_for_credentials(
     settings: Settings, simulator: Simulator
 ) -> None:
-    from dispatcher.nonagent import server_id
     from workers.reconciler import LookupChecker
 
     backend = get_backend(settings)
-    backend.execution.pause(
-        server_id(str(settings.vicidial_url)), seconds=30, reason="auth", error="x"
-    )
+    backend.execution.pause("default", seconds=30, reason="auth", error="x")
     assert LookupChecker(settings, backend).run_once() is None
     assert simulator.lookup_count == 0
     off = LookupChecker(settings.replace(ambiguous="dead_letter"), backend)

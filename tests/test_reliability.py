@@ -170,8 +170,8 @@ def test_workers_sigkilled_repeatedly_lose_nothing_and_add_nothing_twice(
         assert not dead, list(dead.values())[:3]
         assert all(counts.get(p) == 1 for p in phones), "every lead added exactly once"
         assert len(counts) == 300
-        assert scheduled == found + absent
-        assert scheduled <= kills * 3, scheduled
+        # A kill may strike a look-up too: that job is scheduled again, counted twice.
+        assert found + absent <= scheduled <= kills * 3 + absent, (scheduled, found, absent)
         return
     # A job can only die here as `ambiguous`: a worker was killed between sending the
     # request and storing the answer. The operator checks VICIdial and replays those

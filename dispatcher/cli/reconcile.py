@@ -23,7 +23,7 @@ import click
 from dispatcher import logs
 from dispatcher.cli.common import CliContext, echo_json, fail, guarded
 from dispatcher.deadletter import DeadLetter, DeadLetterStore
-from dispatcher.errors import InvalidPayload, LookupFailed
+from dispatcher.errors import ConfigError, InvalidPayload, LookupFailed
 from dispatcher.jobs import Job, iso
 from dispatcher.nonagent import NonAgentClient
 from dispatcher.reconcile import LookupCheck, check_lookups, preview
@@ -170,8 +170,14 @@ def _dry_run(
 
     def client_for(name: str) -> NonAgentClient:
         dialer = settings.dialers.resolve(name) or settings.dialers.resolve(None)
+        try:
+            if not settings.dialers_file:
+                settings.require_vicidial()
+        except ConfigError as exc:
+            fail(f"the dry run looks each lead up in VICIdial: {exc}", code=2)
         if dialer is None or dialer.missing():
-            fail(f"the dry run looks each lead up in VICIdial: no credentials for {name}", code=2)
+            missing = ", ".join(dialer.missing()) if dialer else "a default dialer"
+            fail(f"the dry run looks each lead up in VICIdial: dialer {name}: {missing}", code=2)
         if dialer.name not in clients:
             try:
                 clients[dialer.name] = NonAgentClient(settings, dialer=dialer)
