@@ -163,7 +163,12 @@ def snapshot(settings: Settings) -> dict[str, bytes | None]:
     with redis.Redis.from_url(settings.redis_url) as r:
         keys = sorted(k.decode() for k in r.scan_iter(match=f"{settings.key_prefix}:*"))
         keys += sorted(k.decode() for k in r.scan_iter(match=f"{settings.queue}*"))
-        beats = (f"{settings.key_prefix}:worker:", f"{settings.key_prefix}:consumer:")
+        # Written by a running worker on its own (heartbeats, its look-up check).
+        beats = (
+            f"{settings.key_prefix}:worker:",
+            f"{settings.key_prefix}:consumer:",
+            f"{settings.key_prefix}:lookup:",
+        )
         return {k: r.dump(k) for k in keys if k not in ignored and not k.startswith(beats)}
 
 

@@ -28,7 +28,7 @@ from dispatcher.localfleet import WorkerProcess, settings_env
 from dispatcher.redis_server import RedisServer
 from dispatcher.settings import Settings
 from dispatcher.simulator import Simulator
-from tests.conftest import make_settings, wait_for
+from tests.conftest import make_settings, steady_rate, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -328,7 +328,7 @@ def test_fleet_rate_limit_holds_within_ten_percent(
     _wait_all_final(ids, settings, timeout=30)
     times = sorted(r.at for r in simulator.requests)
     assert len(times) == 100
-    rate = (len(times) - 1) / (times[-1] - times[0])
+    rate = steady_rate(times)
     print(f"measured {rate:.2f} calls/s for a limit of 20/s")
     assert 18.0 <= rate <= 22.0, rate
 

@@ -273,14 +273,14 @@ def _timed_calls(sim: Simulator, count: int) -> tuple[list[float], float]:
 def test_random_latency_within_bounds(sim: Simulator) -> None:
     sim.set_latency(50, max_ms=120)
     durations, _ = _timed_calls(sim, 6)
-    assert all(0.045 <= d < 1.0 for d in durations)
+    assert all(0.045 <= d < 2.0 for d in durations)  # generous: a loaded machine
 
 
 def test_latency_does_not_serialise_the_server(sim: Simulator) -> None:
     sim.set_latency(200)
-    durations, total = _timed_calls(sim, 4)
+    durations, total = _timed_calls(sim, 8)
     assert all(d >= 0.19 for d in durations)
-    assert total < 0.7  # one after the other would take at least 0.8 s
+    assert total < 1.2  # one after the other would take at least 1.6 s
 
 
 def test_clear_faults(sim: Simulator, client: httpx.Client) -> None:
