@@ -16,7 +16,8 @@
 --   Q.wake                list    a token per push (at most 64 kept): wakes idle consumers
 --   P:job:{id}            hash    the job as `dispatcher job` shows it: state (queued, running,
 --                                 retrying, added, dead), attempts, reason, error, http_status,
---                                 lead_id, list_id, campaign, agent_user, enqueued_at, updated_at,
+--                                 lead_id, list_id, campaign, agent_user, dialer, priority,
+--                                 enqueued_at, updated_at,
 --                                 next_attempt_at, duplicate_lead_ids, deleted_lead_ids,
 --                                 reconcile (pending, found, duplicates, verifying, verified)
 --   P:exec:{id}           hash    the execution record: state, seq, token, lease_until, worker,
@@ -196,8 +197,11 @@ if cmd == 'enqueue' then
       if key ~= '' then
         redis.call('SET', P .. ':idem:' .. key, id .. ' ' .. ARGV[b + 5], 'EX', ttl)
       end
+      -- A lane is Q.{dialer}.{priority}; neither part holds a dot.
+      local dialer, priority = string.match(ARGV[b + 7], '%.([^.]+)%.([^.]+)$')
       show(id, ttl, 'state', 'queued', 'attempts', 0, 'enqueued_at', ARGV[b + 6],
-           'updated_at', ARGV[b + 6], 'agent_user', ARGV[b + 3])
+           'updated_at', ARGV[b + 6], 'agent_user', ARGV[b + 3],
+           'dialer', dialer or '', 'priority', priority or '')
       redis.call('LPUSH', lane_of(ARGV[b + 7]), ARGV[b + 2])
       added = added + 1
       out[i] = 'n:' .. id

@@ -393,6 +393,8 @@ def state_to_status(job_id: str, raw: Mapping[str, str]) -> dict[str, Any]:
         "list_id": raw.get("list_id") if raw.get("state") == "added" else None,
         "campaign": raw.get("campaign") or None,
         "agent_user": raw.get("agent_user") or None,
+        "dialer": raw.get("dialer") or None,
+        "priority": raw.get("priority") or None,
         "enqueued_at": iso(_num(raw.get("enqueued_at"))),
         "updated_at": iso(_num(raw.get("updated_at"))),
         "next_attempt_at": iso(_num(raw.get("next_attempt_at"))),

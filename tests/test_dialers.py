@@ -367,3 +367,42 @@ def test_redis_restart_during_a_mixed_run_loses_nothing(
         assert len(counts) == 200 and max(counts.values()) == 1
     finally:
         server.close()
+
+
+def test_the_job_state_names_its_dialer_and_lane(
+    redis_url: str, tmp_path: Path, two_sims: tuple[Simulator, Simulator]
+) -> None:
+    settings = two_dialer_settings(redis_url, tmp_path, two_sims)
+    one = enqueue_lead(agent_user="1000", phone_number="7275551212", settings=settings)
+    [two] = enqueue_leads(
+        [{"agent_user": "1000", "phone_number": "7275551213", "dialer": "west"}],
+        settings=settings,
+    )
+    first, second = job_status(one, settings=settings), job_status(two, settings=settings)
+    assert first is not None and (first["dialer"], first["priority"]) == ("east", "realtime")
+    assert second is not None and (second["dialer"], second["priority"]) == ("west", "bulk")
+
+
+@pytest.mark.slow
+def test_a_worker_serves_only_the_dialers_it_is_given(
+    redis_url: str,
+    tmp_path: Path,
+    two_sims: tuple[Simulator, Simulator],
+    start_worker: Callable[..., WorkerProcess],
+) -> None:
+    east, west = two_sims
+    settings = two_dialer_settings(redis_url, tmp_path, two_sims)
+    _start(start_worker, settings.replace(worker_dialers=("east",)), name="east-only")
+    ids = enqueue_leads(
+        [
+            {"agent_user": "1000", "phone_number": "7275551212", "dialer": "east"},
+            {"agent_user": "1000", "phone_number": "7275551213", "dialer": "west"},
+        ],
+        settings=settings,
+    )
+    _all_added(settings, ids[:1], 20, "the east lead")
+    time.sleep(1.0)
+    assert _states(settings, ids[1:]) == ["queued"] and west.call_count == 0
+    _start(start_worker, settings.replace(worker_dialers=("west",)), name="west-only")
+    _all_added(settings, ids[1:], 20, "the west lead, by a worker serving west")
+    assert east.count_by_phone() == {"7275551212": 1}
