@@ -154,7 +154,7 @@ def client(settings: Settings) -> redis.Redis:
 
 
 #: Worker liveness, rewritten every beat: not state that a command could change.
-_HEARTBEATS = ("workers",)
+_HEARTBEATS = ("workers", "lookups")
 
 
 def snapshot(settings: Settings) -> dict[str, bytes | None]:
