@@ -55,16 +55,35 @@ def _bounded(timeout: float | None, error: type[Exception]) -> float | None:
 
 
 class _Stream(httpcore.NetworkStream):
+    """A connection whose operations obey the deadline, and whose writes are coalesced.
+
+    httpcore writes a request as three pieces (head, body, end): held here and sent
+    as one at the first read, one system call and one packet instead of three.
+    HTTP/1.1 reads only after the whole request is written, so nothing waits.
+    """
+
     def __init__(self, inner: httpcore.NetworkStream) -> None:
         self._inner = inner
+        self._pending: list[bytes] = []
+        self._write_timeout: float | None = None
+
+    def _flush(self) -> None:
+        if self._pending:
+            data = b"".join(self._pending)
+            self._pending.clear()
+            self._inner.write(data, _bounded(self._write_timeout, httpcore.WriteTimeout))
 
     def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        self._flush()
         return self._inner.read(max_bytes, _bounded(timeout, httpcore.ReadTimeout))
 
     def write(self, buffer: bytes, timeout: float | None = None) -> None:
-        self._inner.write(buffer, _bounded(timeout, httpcore.WriteTimeout))
+        if buffer:
+            self._pending.append(buffer)
+            self._write_timeout = timeout
 
     def close(self) -> None:
+        self._pending.clear()
         self._inner.close()
 
     def start_tls(
