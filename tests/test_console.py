@@ -861,6 +861,10 @@ def test_an_ambiguous_letter_is_never_replayed_by_one_click(
     form = {"scope": "selected", "id": letter.id, "confirm": "yes", "csrf": csrf_of(page.text)}
     reply = operator.post("/ui/dead-letters/replay", data=form)
     assert reply.status_code == 200 and "1 ambiguous letter" in reply.text  # asked, not done
+    link = re.search(
+        r'<a href="(/ui/dead-letters/reconcile\?[^"]+)">reconcile them</a>', reply.text
+    )
+    assert link and "Reconcile 1 letter" in operator.get(link.group(1).replace("&amp;", "&")).text
     assert store_of(cs).get(letter.id) is not None
     reply = operator.post(
         "/ui/dead-letters/replay",
@@ -1024,7 +1028,7 @@ def test_overview_shows_each_dialers_lanes_pause_and_rate_limit(
     assert west[:2] == ["0", "1"] and west[4] == "none"
     assert re.fullmatch(r"PAUSED \(network\), (4|3) min left", west[3]), west
     for age in (east[2], west[2]):
-        assert re.fullmatch(r"\d s", age), age  # published just now
+        assert re.fullmatch(r"\d(\.\d)? s", age), age  # published just now
     assert 'href="/ui/dead-letters?dialer=west"' in text
     assert "True" not in text and "False" not in text
     # Nothing queued: a dash, not an empty cell or "None".

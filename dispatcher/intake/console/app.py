@@ -156,6 +156,8 @@ def _age(seconds: object) -> str:
     if seconds is None or seconds == "":
         return ""
     s = float(str(seconds))
+    if 0 < s < 1:
+        return f"{s:.1f} s"
     if s < 90:
         return f"{s:.0f} s"
     if s < 90 * 60:
