@@ -8,7 +8,8 @@ time of a whole GET (routing, the session check, Redis, rendering 50 rows) for:
 
 * the first page; a page in the middle of the store (its cursor from the index);
 * the first page of one reason (the per-reason index);
-* an agent filter (read and checked per record; every letter matches here);
+* an agent filter and a dialer filter (read and checked per record; every letter
+  matches here);
 * a phone filter that matches nothing (the worst case: one bounded read of
   SCAN_BUDGET records per page, however big the store).
 
@@ -79,6 +80,7 @@ def run(env: Env, *, quick: bool) -> Section:
         "middle page (cursor)": None,
         f"reason={REASON}": f"/ui/dead-letters?reason={REASON}",
         "agent filter": "/ui/dead-letters?agent=1000",
+        "dialer filter": "/ui/dead-letters?dialer=default",
         f"phone filter, no match ({SCAN_BUDGET:,} read)": "/ui/dead-letters?phone4=0000",
     }
     samples: dict[str, dict[int, list[float]]] = {p: {s: [] for s in sizes} for p in pages}

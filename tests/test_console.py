@@ -8,6 +8,7 @@ pages in Chromium with a real worker and the simulator.
 
 from __future__ import annotations
 
+import base64
 import csv
 import io
 import json
@@ -19,7 +20,9 @@ from urllib.parse import urlencode
 
 import pytest
 import redis
+import structlog
 from starlette.testclient import TestClient
+from structlog.testing import capture_logs as _capture_logs
 
 from dispatcher.activity import read_activity, record_minute
 from dispatcher.backend import get_backend
@@ -74,6 +77,10 @@ def seed_users(settings: Settings) -> None:
 def app(cs: Settings) -> Any:
     seed_users(cs)
     return create_app(cs)
+
+
+def capture_logs() -> Any:
+    return _capture_logs(processors=[structlog.contextvars.merge_contextvars])
 
 
 def csrf_of(html: str) -> str:
@@ -131,13 +138,21 @@ def add_letters(
     error: str = "ERROR: campaign manual dial list undefined - 1003|GHOST",
     now: float | None = None,
     step: float = 0.001,
+    dialer: str | None = None,
+    priority: str | None = None,
 ) -> list[DeadLetter]:
     store = DeadLetterStore(get_backend(settings))
     start = time.time() if now is None else now
     out = []
+    route = {k: v for k, v in (("dialer", dialer), ("priority", priority)) if v}
     for i in range(n):
         job = prepare_job(
-            {"agent_user": agent, "phone_number": str(phone_base + i), "first_name": "Ann"},
+            {
+                "agent_user": agent,
+                "phone_number": str(phone_base + i),
+                "first_name": "Ann",
+                **route,
+            },
             settings=settings,
         )
         out.append(
@@ -171,12 +186,19 @@ GET_ROUTES = [
     "/ui/dead-letters/export?format=jsonl",
     "/ui/dead-letters/replay?scope=matching",
     "/ui/dead-letters/purge?scope=matching",
+    "/ui/dead-letters/reconcile?scope=matching",
     "/ui/dead-letters/0123456789abcdef0123456789abcdef",
     "/ui/jobs",
     "/ui/jobs/0123456789abcdef0123456789abcdef",
     "/ui/no-such-page",
 ]
-POST_ROUTES = ["/ui/logout", "/ui/dead-letters/replay", "/ui/dead-letters/purge", "/ui/"]
+POST_ROUTES = [
+    "/ui/logout",
+    "/ui/dead-letters/replay",
+    "/ui/dead-letters/purge",
+    "/ui/dead-letters/reconcile",
+    "/ui/",
+]
 
 
 @pytest.mark.parametrize("path", GET_ROUTES)
@@ -414,11 +436,14 @@ def test_login_page_tells_how_to_create_the_first_user(cs: Settings) -> None:
 # -- CSRF and headers ------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("path", ["/ui/dead-letters/replay", "/ui/dead-letters/purge"])
+@pytest.mark.parametrize(
+    "path", ["/ui/dead-letters/replay", "/ui/dead-letters/purge", "/ui/dead-letters/reconcile"]
+)
 def test_a_forged_post_fails_and_changes_nothing(
     operator: TestClient, cs: Settings, path: str
 ) -> None:
-    [letter] = add_letters(cs, 1)
+    reason = "ambiguous" if path.endswith("reconcile") else "manual_list_undefined"
+    [letter] = add_letters(cs, 1, reason=reason)
     form = {"scope": "selected", "id": letter.id, "confirm": "yes"}
     assert operator.post(path, data=form).status_code == 403  # no token
     assert operator.post(path, data={**form, "csrf": "x" * 43}).status_code == 403  # wrong
@@ -497,22 +522,35 @@ def test_a_viewer_sees_no_action_and_a_direct_post_is_refused(
     viewer: TestClient, cs: Settings
 ) -> None:
     [letter] = add_letters(cs, 1)
+    [amb] = add_letters(cs, 1, reason="ambiguous", phone_base=7275559000)
     page = viewer.get("/ui/dead-letters")
-    assert page.status_code == 200 and letter.id in page.text
-    action = re.compile(r"<button[^>]*>\s*(Replay|Purge)")
+    assert page.status_code == 200 and letter.id in page.text and amb.id in page.text
+    action = re.compile(r"<button[^>]*>\s*(Replay|Purge|Reconcile)")
     assert 'type="checkbox" name="id"' not in page.text and not action.search(page.text)
-    detail = viewer.get(f"/ui/dead-letters/{letter.id}")
-    assert detail.status_code == 200 and not action.search(detail.text)
+    for one in (letter, amb):
+        detail = viewer.get(f"/ui/dead-letters/{one.id}")
+        assert detail.status_code == 200 and not action.search(detail.text)
     assert action.search(operator_view(viewer, letter.id))
-    assert viewer.get("/ui/dead-letters/replay?scope=matching").status_code == 403
-    assert viewer.get("/ui/dead-letters/purge?scope=matching").status_code == 403
+    reconcile = re.compile(r"<button[^>]*>\s*Reconcile</button>")
+    assert reconcile.search(operator_view(viewer, amb.id))
+    assert not reconcile.search(operator_view(viewer, letter.id))  # not ambiguous: no button
+    overview = viewer.get("/ui/").text
+    assert "see them</a>" in overview and "Reconcile them" not in overview
+    for verb in ("replay", "purge", "reconcile"):
+        assert viewer.get(f"/ui/dead-letters/{verb}?scope=matching").status_code == 403
     token = csrf_of(page.text)
-    for path in ("/ui/dead-letters/replay", "/ui/dead-letters/purge"):
-        reply = viewer.post(
-            path, data={"scope": "selected", "id": letter.id, "confirm": "yes", "csrf": token}
-        )
-        assert reply.status_code == 403
-    assert store_of(cs).get(letter.id) is not None
+    with capture_logs() as events:
+        for verb, one in (("replay", letter), ("purge", letter), ("reconcile", amb)):
+            reply = viewer.post(
+                f"/ui/dead-letters/{verb}",
+                data={"scope": "selected", "id": one.id, "confirm": "yes", "csrf": token},
+            )
+            assert reply.status_code == 403
+    assert [e["user"] for e in events if e["event"] == "console.forbidden"] == [VIEWER[0]] * 3
+    assert store_of(cs).get(letter.id) is not None and store_of(cs).get(amb.id) is not None
+    assert (
+        queue_length(cs) == 0 and get_backend(cs).redis.zcard(get_backend(cs).keys.scheduled) == 0
+    )
     # Reading is the viewer's right: export too.
     assert viewer.get("/ui/dead-letters/export?format=jsonl").status_code == 200
 
@@ -562,7 +600,7 @@ def test_overview_shows_queue_retries_workers_pauses_and_dead_letters(
     page = operator.get("/ui/")
     text = page.text
     assert page.status_code == 200
-    assert re.search(r"<dt>Queued</dt><dd>1<small>oldest enqueued [^<]+ ago</small>", text)
+    assert re.search(r"<dt>Queued</dt><dd>1<small>the oldest waiting for [^<]+</small>", text)
     assert "<dt>Retries waiting</dt><dd>2</dd>" in text
     assert "w1@host" in text
     assert "PAUSED dialer.example:443" in text and "<td>auth</td>" in text
@@ -823,6 +861,10 @@ def test_an_ambiguous_letter_is_never_replayed_by_one_click(
     form = {"scope": "selected", "id": letter.id, "confirm": "yes", "csrf": csrf_of(page.text)}
     reply = operator.post("/ui/dead-letters/replay", data=form)
     assert reply.status_code == 200 and "1 ambiguous letter" in reply.text  # asked, not done
+    link = re.search(
+        r'<a href="(/ui/dead-letters/reconcile\?[^"]+)">reconcile them</a>', reply.text
+    )
+    assert link and "Reconcile 1 letter" in operator.get(link.group(1).replace("&amp;", "&")).text
     assert store_of(cs).get(letter.id) is not None
     reply = operator.post(
         "/ui/dead-letters/replay",
@@ -895,6 +937,323 @@ def test_csv_cells_never_start_a_formula(operator: TestClient, cs: Settings) -> 
         csv.DictReader(io.StringIO(operator.get("/ui/dead-letters/export?format=csv").text))
     )
     assert rows[0]["error"].startswith("'=")
+
+
+# -- dialers and lanes -----------------------------------------------------------------------
+
+DIALERS_TOML = """
+default = "east"
+
+[dialers.east]
+url = "http://127.0.0.1:9/agc/api.php"
+user = "6666"
+pass_env = "CONSOLE_EAST_PASS"
+rate_limit = 50
+
+[dialers.west]
+url = "http://127.0.0.1:9/west/agc/api.php"
+user = "6666"
+pass_env = "CONSOLE_WEST_PASS"
+"""
+
+
+@pytest.fixture
+def two(redis_url: str, tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> Settings:
+    """Console settings with two dialers (east, the default, at 50 calls/s; west)."""
+    monkeypatch.setenv("CONSOLE_EAST_PASS", SECRET)
+    monkeypatch.setenv("CONSOLE_WEST_PASS", "west-Sekr1t-abc")
+    path = tmp_path / "dialers.toml"
+    path.write_text(DIALERS_TOML)
+    settings = make_settings(redis_url, intake_tokens=(TOKEN,), dialers_file=str(path))
+    seed_users(settings)
+    return settings
+
+
+@pytest.fixture
+def two_operator(two: Settings) -> Iterator[TestClient]:
+    with session_client(create_app(two), OPERATOR[0]) as client:
+        yield client
+
+
+def _row(html: str, table_id: str, name: str) -> str:
+    table = re.search(rf'<table id="{table_id}">(.*?)</table>', html, re.S)
+    assert table, f"no table {table_id}"
+    row = re.search(rf'<tr>\s*<th scope="row">{name}</th>(.*?)</tr>', table.group(1), re.S)
+    assert row, f"no row {name} in {table_id}"
+    return re.sub(r"\s+", " ", row.group(1))
+
+
+def _cells(row: str) -> list[str]:
+    return [re.sub(r"<[^>]+>", "", c).strip() for c in re.findall(r"<td[^>]*>(.*?)</td>", row)]
+
+
+def test_overview_shows_each_dialers_lanes_pause_and_rate_limit(
+    two_operator: TestClient, two: Settings
+) -> None:
+    from dispatcher.producer import push_jobs
+
+    now = time.time()
+    jobs = [
+        prepare_job(
+            {"agent_user": "1000", "phone_number": f"72755510{i:02d}", **route},
+            settings=two,
+            now=now - 125,
+        )
+        for i, route in enumerate(
+            [
+                {"dialer": "east"},
+                {"dialer": "east", "priority": "bulk"},
+                {"dialer": "east", "priority": "bulk"},
+                {"dialer": "west", "priority": "bulk"},
+            ]
+        )
+    ]
+    push_jobs(jobs, settings=two)
+    backend = get_backend(two)
+    backend.redis.sadd(backend.keys.pauses, "west")
+    backend.redis.hset(
+        backend.keys.pause("west"),
+        mapping={
+            "until": f"{now + 240:.3f}",
+            "reason": "network",
+            "kind": "outage",
+            "since": f"{now:.3f}",
+        },
+    )
+    text = two_operator.get("/ui/").text
+    east = _cells(_row(text, "dialers", "east"))
+    west = _cells(_row(text, "dialers", "west"))
+    # waiting realtime, bulk, oldest waiting, calls, rate limit, link
+    assert east[:2] == ["1", "2"] and east[3:5] == ["running", "50/s"]
+    assert west[:2] == ["0", "1"] and west[4] == "none"
+    assert re.fullmatch(r"PAUSED \(network\), (4|3) min left", west[3]), west
+    for age in (east[2], west[2]):
+        assert re.fullmatch(r"\d(\.\d)? s", age), age  # published just now
+    assert 'href="/ui/dead-letters?dialer=west"' in text
+    assert "True" not in text and "False" not in text
+    # Nothing queued: a dash, not an empty cell or "None".
+    backend.redis.delete(
+        *(backend.keys.lane(d, lane) for d in ("east", "west") for lane in ("realtime", "bulk"))
+    )
+    idle = _cells(_row(two_operator.get("/ui/").text, "dialers", "east"))
+    assert idle[:3] == ["0", "0", "\u2013"]
+
+
+def test_the_dead_letter_list_filters_by_dialer_and_shows_dialer_and_lane(
+    two_operator: TestClient, two: Settings
+) -> None:
+    east = add_letters(two, 3, dialer="east")
+    west = add_letters(two, 2, dialer="west", priority="bulk", phone_base=7275560000)
+    west_dnc = add_letters(two, 1, dialer="west", reason="dnc", phone_base=7275570000)
+    page = two_operator.get("/ui/dead-letters").text
+    assert '<option value="east" >east</option><option value="west" >west</option>' in page
+    assert set(ids_on(page)) == {x.id for x in east + west + west_dnc}
+    row = re.search(rf'href="/ui/dead-letters/{west[0].id}">.*?</tr>', page, re.S)
+    assert row and "<td>west</td>" in row.group(0) and "<td>bulk</td>" in row.group(0)
+    row = re.search(rf'href="/ui/dead-letters/{east[0].id}">.*?</tr>', page, re.S)
+    assert row and "<td>east</td>" in row.group(0) and "<td>realtime</td>" in row.group(0)
+    listed = two_operator.get("/ui/dead-letters?dialer=west").text
+    assert set(ids_on(listed)) == {x.id for x in west + west_dnc}
+    assert '<option value="west" selected>west</option>' in listed
+    both = two_operator.get("/ui/dead-letters?dialer=west&reason=dnc").text
+    assert ids_on(both) == [west_dnc[0].id]
+    assert ids_on(two_operator.get("/ui/dead-letters?dialer=east&reason=dnc").text) == []
+    bad = two_operator.get("/ui/dead-letters?dialer=north")
+    assert bad.status_code == 400 and "dialer: unknown dialer &#39;north&#39;" in bad.text
+    assert "(known: east, west)" in bad.text
+    # The filter follows into the actions and the export.
+    preview = two_operator.get("/ui/dead-letters/purge?scope=matching&dialer=west").text
+    assert "of dialer west" in preview and "Delete 3 letters for good" in preview
+    assert 'name="dialer" value="west"' in preview
+    rows = list(
+        csv.DictReader(
+            io.StringIO(two_operator.get("/ui/dead-letters/export?format=csv&dialer=east").text)
+        )
+    )
+    assert [(r["dialer"], r["priority"]) for r in rows] == [("east", "realtime")] * 3
+    reply = two_operator.post(
+        "/ui/dead-letters/purge",
+        data={"csrf": csrf_of(preview), "confirm": "yes", "scope": "matching", "dialer": "west"},
+        follow_redirects=False,
+    )
+    assert reply.headers["location"] == "/ui/dead-letters?dialer=west"
+    assert {x.id for x in store_of(two).iter()} == {x.id for x in east}
+
+
+def test_detail_and_job_pages_show_dialer_lane_and_reconciliation(
+    two_operator: TestClient, two: Settings
+) -> None:
+    [letter] = add_letters(two, 1, dialer="west", priority="bulk")
+    page = two_operator.get(f"/ui/dead-letters/{letter.id}").text
+    assert "<dt>Dialer</dt><dd>west</dd>" in page and "<dt>Lane</dt><dd>bulk</dd>" in page
+    # A job reconciled with VICIdial: found twice, one copy deleted (dialer and lane as
+    # the enqueue recorded them).
+    backend = get_backend(two)
+    backend.redis.hset(
+        backend.keys.job(letter.job_id),
+        mapping={
+            "dialer": "west",
+            "priority": "bulk",
+            "state": "added",
+            "lead_id": "7",
+            "reconcile": "duplicates",
+            "duplicate_lead_ids": "9,12",
+            "deleted_lead_ids": "12",
+        },
+    )
+    job = two_operator.get(f"/ui/jobs/{letter.job_id}").text
+    assert "<dt>dialer</dt><dd>west</dd>" in job and "<dt>priority</dt><dd>bulk</dd>" in job
+    assert "<dt>duplicate_lead_ids</dt><dd>9, 12</dd>" in job
+    assert "found in VICIdial more than once" in job
+    assert re.search(r"added as lead 7;\s+the other copies are leads 9, 12", job)
+    assert "deleted as duplicates: 12" in job
+
+
+# -- reconcile -------------------------------------------------------------------------------
+
+
+def _deny_lookups(settings: Settings, server: str) -> None:
+    """What a worker records when the Non-Agent API says the user may not look leads up."""
+    get_backend(settings).execution.lookup_record(
+        server,
+        state="denied",
+        error="ERROR: auth USER DOES NOT HAVE PERMISSION TO GET LEAD INFO - 6666",
+        missing="View Reports",
+        fix='Admin > Users > 6666: set "View Reports" to 1',
+        hold_s=300,
+    )
+
+
+def _held(settings: Settings, server: str) -> bool:
+    gate = get_backend(settings).execution.lookup_gate(
+        server, mode="lookup", lease_s=5, fresh_s=600
+    )
+    return gate.verdict == "held"
+
+
+def test_overview_shows_the_reconcile_mode_and_what_to_fix(
+    two_operator: TestClient, two: Settings
+) -> None:
+    add_letters(two, 2, reason="ambiguous", dialer="west")
+    get_backend(two).execution.lookup_record(
+        "east", state="ok", error="", missing="", fix="", hold_s=0
+    )
+    _deny_lookups(two, "west")
+    text = two_operator.get("/ui/").text
+    assert "On: a call whose answer never came is looked up in VICIdial" in text
+    assert "<code>source_id</code>" in text
+    assert _cells(_row(text, "lookups", "east"))[0] == "permitted"
+    west = _cells(_row(text, "lookups", "west"))
+    assert west[0] == "NOT permitted" and west[2] == "View Reports"
+    assert 'set "View Reports" to 1' in west[3].replace("&#34;", '"')
+    assert "USER DOES NOT HAVE PERMISSION" in west[3]
+    assert "ambiguous calls of west become dead letters" in text
+    assert '2 ambiguous dead letters:\n<a href="/ui/dead-letters?reason=ambiguous">' in text
+    assert 'href="/ui/dead-letters/reconcile?scope=matching&amp;reason=ambiguous"' in text
+    # Reconciliation off: the overview says so, and what happens instead.
+    off = create_app(two.replace(ambiguous="dead_letter"))
+    with session_client(off, OPERATOR[0]) as client:
+        text = client.get("/ui/").text
+    assert "Off (<code>DISPATCHER_AMBIGUOUS=dead_letter</code>)" in text
+    # Not checked yet (a fresh fleet): said, not shown as a failure.
+    prefix = two.key_prefix
+    get_backend(two).redis.delete(
+        f"{prefix}:lookup:east", f"{prefix}:lookup:west", f"{prefix}:lookups"
+    )
+    text = two_operator.get("/ui/").text
+    assert _cells(_row(text, "lookups", "west"))[0].startswith("not checked yet")
+    assert "become dead letters" not in text
+
+
+def test_reconcile_one_from_its_page_hands_it_to_the_workers(
+    two_operator: TestClient, two: Settings
+) -> None:
+    [letter] = add_letters(two, 1, reason="ambiguous", dialer="west", now=time.time() - 3600)
+    _deny_lookups(two, "west")
+    assert _held(two, "west")
+    page = two_operator.get(f"/ui/dead-letters/{letter.id}").text
+    assert "Look-ups on west" in page and "NOT permitted" in page and "View Reports" in page
+    form = re.search(
+        r'<form method="post" action="/ui/dead-letters/reconcile">(.*?)</form>', page, re.S
+    )
+    assert form and f'name="id" value="{letter.id}"' in form.group(1)
+    with capture_logs() as events:
+        reply = two_operator.post(
+            "/ui/dead-letters/reconcile",
+            data={"scope": "selected", "id": letter.id, "confirm": "yes", "csrf": csrf_of(page)},
+            follow_redirects=False,
+        )
+    assert reply.status_code == 303 and reply.headers["location"] == f"/ui/jobs/{letter.job_id}"
+    landing = two_operator.get(reply.headers["location"]).text
+    assert "Handed 1 letter(s) to the workers" in landing
+    assert '<span id="job-state">retrying</span>' in landing
+    assert "<dt>reconcile</dt><dd>pending" in landing
+    assert store_of(two).get(letter.id) is None
+    backend = get_backend(two)
+    [envelope] = backend.redis.zrange(backend.keys.scheduled, 0, -1)
+    [[message], _, _] = json.loads(base64.b64decode(json.loads(envelope)["body"]))
+    assert message["job_id"] == letter.job_id and message["reconcile"]["step"] == "lookup"
+    assert message["dialer"] == "west"
+    assert not _held(two, "west")  # the operator fixed the cause: the look-up is tried again
+    [event] = [e for e in events if e["event"] == "console.reconcile"]
+    assert event["user"] == OPERATOR[0] and event["reconciling"] == 1 and event["ids"] == 1
+    assert [e["user"] for e in events if e["event"] == "dlq.reconcile_requested"] == [OPERATOR[0]]
+
+
+def test_reconcile_matching_previews_how_many_and_leaves_other_reasons_alone(
+    two_operator: TestClient, two: Settings
+) -> None:
+    east = add_letters(two, 2, reason="ambiguous", dialer="east")
+    west = add_letters(two, 1, reason="ambiguous", dialer="west", phone_base=7275560000)
+    dnc = add_letters(two, 2, reason="dnc", dialer="east", phone_base=7275570000)
+    listing = two_operator.get("/ui/dead-letters").text
+    assert "Reconcile all matching…" in listing and "Reconcile selected…" in listing
+    assert "Reconcile all matching" not in two_operator.get("/ui/dead-letters?reason=dnc").text
+    preview = two_operator.get("/ui/dead-letters/reconcile?scope=matching").text
+    assert "3 ambiguous letters will be handed to the workers" in preview
+    assert "2 letters of other reasons will be left alone" in preview
+    assert "Reconcile 3 letters" in preview
+    assert "No worker is alive" in preview
+    assert len(store_of(two)) == 5  # a preview changes nothing
+    token = csrf_of(preview)
+    # Not confirmed: the preview again, nothing handed over.
+    again = two_operator.post(
+        "/ui/dead-letters/reconcile", data={"csrf": token, "scope": "matching"}
+    )
+    assert again.status_code == 200 and "Reconcile 3 letters" in again.text
+    assert len(store_of(two)) == 5
+    # One dialer's letters.
+    reply = two_operator.post(
+        "/ui/dead-letters/reconcile",
+        data={"csrf": token, "confirm": "yes", "scope": "matching", "dialer": "east"},
+        follow_redirects=False,
+    )
+    assert reply.headers["location"] == "/ui/dead-letters?dialer=east"
+    flash = two_operator.get(reply.headers["location"]).text
+    assert "Handed 2 letter(s)" in flash and "2 not ambiguous, left alone" in flash
+    assert {x.id for x in store_of(two).iter()} == {x.id for x in west + dnc}
+    # Selected letters: the ambiguous one is handed over, the DNC one left alone.
+    reply = two_operator.post(
+        "/ui/dead-letters/reconcile",
+        content=urlencode(
+            [
+                ("csrf", token),
+                ("confirm", "yes"),
+                ("scope", "selected"),
+                ("id", west[0].id),
+                ("id", dnc[0].id),
+            ]
+        ),
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    )
+    assert "Handed 1 letter(s)" in reply.text and "1 not ambiguous, left alone" in reply.text
+    assert {x.id for x in store_of(two).iter()} == {x.id for x in dnc}
+    backend = get_backend(two)
+    assert backend.redis.zcard(backend.keys.scheduled) == 3
+    # Nothing ambiguous left: the preview says so and offers no button.
+    none_left = two_operator.get("/ui/dead-letters/reconcile?scope=matching").text
+    assert "No ambiguous dead letters match" in none_left and "Reconcile 0" not in none_left
+    assert east
 
 
 # -- job lookup ------------------------------------------------------------------------------

@@ -2,9 +2,12 @@
 
 Everything is real: ``python -m dispatcher.intake`` serves the console as a
 subprocess, a ``celery worker`` process calls the VICIdial simulator, and
-Chromium clicks through the pages as an operator would: log in, filter the dead
-letters, open one, replay it, and watch the job become ``added``. A viewer sees
-no action and a POST from their browser is refused; logging out ends the session.
+Chromium clicks through the pages as an operator would: log in, see on the
+overview that reconciliation's look-ups are not permitted and why, filter the dead
+letters (reason, dialer, phone), open one, replay it, and watch the job become
+``added``; then fix the permission, reconcile the ambiguous letter and watch its
+job become ``added`` with the lead VICIdial already had. A viewer sees no action
+and a POST from their browser is refused; logging out ends the session.
 The test also takes the screenshots in docs/.
 
 Chromium cannot be downloaded by a Python package here: the test uses
@@ -163,13 +166,19 @@ def test_operator_replays_a_dead_letter_in_the_browser_and_a_viewer_cannot(
     users.add(VIEWER[0], role="viewer", password=VIEWER[1])
 
     # Dead letters made the real way: agent 1003 is on a campaign VICIdial has no row for,
-    # and 7275550000 is on the system DNC list.
+    # and 7275550000 is on the system DNC list. The call for 7275556666 adds the lead but
+    # its answer is lost (connection reset), and the API user may not look leads up (no
+    # View Reports): an ambiguous letter.
+    simulator.update_user("6666", view_reports=False)
+    simulator.script_phone("7275556666", ["reset_after"])
     start_worker(settings)
     phones = ["7275554444", "7275552222", "7275553333"]
     jobs = {p: enqueue_lead(agent_user="1003", phone_number=p, settings=settings) for p in phones}
     dnc_job = enqueue_lead(agent_user="1000", phone_number="7275550000", settings=settings)
+    amb_job = enqueue_lead(agent_user="1000", phone_number="7275556666", settings=settings)
     store = DeadLetterStore(get_backend(settings))
-    wait_for(lambda: len(store) == 4, timeout=30, message="four dead letters")
+    wait_for(lambda: len(store) == 5, timeout=30, message="five dead letters")
+    assert store.counts().get("ambiguous") == 1
     # The operator fixes the cause in VICIdial: the campaign exists, with a manual dial list.
     simulator.set_manual_dial_list("GHOST", "103")
 
@@ -178,13 +187,18 @@ def test_operator_replays_a_dead_letter_in_the_browser_and_a_viewer_cannot(
     assert driver.find_element(By.TAG_NAME, "h1").text == "Overview"
     body = driver.find_element(By.TAG_NAME, "body").text
     assert "manual_list_undefined" in body and "dnc" in body
+    # Reconciliation's look-ups: not permitted, and what to fix.
+    lookups = driver.find_element(By.ID, "lookups").text
+    assert "NOT permitted" in lookups and "View Reports" in lookups, lookups
+    [dialer] = driver.find_elements(By.CSS_SELECTOR, "#dialers tbody tr")
+    assert dialer.text.startswith("default 0 0") and "running" in dialer.text, dialer.text
     DOCS.mkdir(exist_ok=True)
     driver.save_screenshot(str(DOCS / "console-overview.png"))
 
     # The dead-letter list: every letter, phones masked.
     driver.find_element(By.LINK_TEXT, "Dead letters").click()
     rows = driver.find_elements(By.CSS_SELECTOR, "#letters tbody tr")
-    assert len(rows) == 4
+    assert len(rows) == 5
     text = driver.find_element(By.ID, "letters").text
     assert "******2222" in text and "7275552222" not in text
     driver.save_screenshot(str(DOCS / "console-dead-letters.png"))
@@ -193,12 +207,14 @@ def test_operator_replays_a_dead_letter_in_the_browser_and_a_viewer_cannot(
     assert all(b.is_selected() for b in driver.find_elements(By.CSS_SELECTOR, "input[name=id]"))
     driver.find_element(By.ID, "select-all").click()
 
-    # Filter: the reason and the last digits of the phone.
+    # Filter: the reason, the dialer and the last digits of the phone.
     Select(driver.find_element(By.ID, "f-reason")).select_by_value("manual_list_undefined")
+    Select(driver.find_element(By.ID, "f-dialer")).select_by_value("default")
     driver.find_element(By.ID, "f-phone4").send_keys("2222")
     driver.find_element(By.CSS_SELECTOR, "form.filters button[type=submit]").click()
     rows = driver.find_elements(By.CSS_SELECTOR, "#letters tbody tr")
-    assert len(rows) == 1 and "******2222" in rows[0].text
+    assert len(rows) == 1 and "******2222" in rows[0].text and "default" in rows[0].text
+    assert "dialer=default" in driver.current_url
 
     # Open it: the whole job, then replay it.
     rows[0].find_element(By.TAG_NAME, "a").click()
@@ -217,6 +233,22 @@ def test_operator_replays_a_dead_letter_in_the_browser_and_a_viewer_cannot(
     assert job_status(jobs["7275552222"], settings=settings)["state"] == "added"
     assert store.get(jobs["7275554444"]) is not None  # the others are untouched
     assert store.get(dnc_job) is not None
+
+    # The operator gives the API user View Reports, then reconciles the ambiguous letter:
+    # the workers find the lead the lost call added, and nothing is called again.
+    simulator.update_user("6666", view_reports=True)
+    calls = simulator.call_count
+    driver.get(f"{base}/ui/dead-letters/{amb_job}")
+    assert "NOT permitted" in driver.find_element(By.ID, "reconcile-help").text
+    driver.find_element(By.XPATH, "//button[normalize-space()='Reconcile']").click()
+    flash = wait_for(lambda: driver.find_elements(By.CSS_SELECTOR, ".flash"), message="a message")
+    assert "Handed 1 letter(s) to the workers" in flash[0].text, driver.page_source
+    wait_for(added, timeout=30, interval=0.3, message="the reconciled job to be added")
+    state = job_status(amb_job, settings=settings)
+    assert state["reconcile"] == "found" and state["lead_id"]
+    assert "found in VICIdial" in driver.find_element(By.TAG_NAME, "main").text
+    assert simulator.count_by_phone().get("7275556666") == 1
+    assert simulator.call_count == calls  # looked up, not called again
 
     # A viewer: no action buttons, and a POST from their browser is refused.
     viewer = browser_factory()
@@ -263,12 +295,13 @@ def test_operator_replays_a_dead_letter_in_the_browser_and_a_viewer_cannot(
     assert {
         ("console.login", "olivia"),
         ("console.replay", "olivia"),
+        ("console.reconcile", "olivia"),
         ("console.login", "victor"),
         ("console.forbidden", "victor"),
         ("console.logout", "olivia"),
     } <= named
     text = log_path.read_text()
-    for secret in (OPERATOR[1], VIEWER[1], "7275552222", cookie["value"], csrf):
+    for secret in (OPERATOR[1], VIEWER[1], "7275552222", "7275556666", cookie["value"], csrf):
         assert secret not in text
     replay = next(e for e in events if e["event"] == "console.replay")
     assert replay["replayed"] == 1 and replay["ids"] == 1

@@ -29,7 +29,9 @@ import json
 import re
 import secrets
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 from http.cookies import SimpleCookie
 from importlib import resources
@@ -48,6 +50,7 @@ from dispatcher import logs
 from dispatcher.activity import read_activity
 from dispatcher.backend import Backend
 from dispatcher.deadletter import DeadLetter, DeadLetterStore
+from dispatcher.dialers import Dialer
 from dispatcher.errors import BrokerUnavailable, all_reasons
 from dispatcher.intake.console.chart import activity_svg
 from dispatcher.intake.console.sessions import LoginThrottle, Session, SessionStore
@@ -75,6 +78,8 @@ PAGE_SIZE = 50
 SCAN_BUDGET = 1000
 #: Most letter ids one form may name.
 MAX_IDS = 1000
+#: The list's filter fields, in the order they are shown and kept in links.
+_FILTERS = ("reason", "dialer", "agent", "phone4", "within", "older")
 _AGENT_RE = re.compile(r"^[-_0-9a-zA-Z]{1,20}$")
 _PHONE4_RE = re.compile(r"^[0-9]{1,4}$")
 _FORM_TYPE = "application/x-www-form-urlencoded"
@@ -151,6 +156,8 @@ def _age(seconds: object) -> str:
     if seconds is None or seconds == "":
         return ""
     s = float(str(seconds))
+    if 0 < s < 1:
+        return f"{s:.1f} s"
     if s < 90:
         return f"{s:.0f} s"
     if s < 90 * 60:
@@ -163,6 +170,45 @@ def _age(seconds: object) -> str:
 def _phone(letter: DeadLetter) -> str:
     lead = letter.job.get("lead")
     return str(lead.get("phone_number", "")) if isinstance(lead, dict) else ""
+
+
+def _verb(request: Request) -> str:
+    """replay, purge or reconcile: the last part of the action's path."""
+    return request.url.path.rsplit("/", 1)[-1]
+
+
+def _value(value: object) -> str:
+    """A job-state value for people: lists joined, nothing for null."""
+    if value is None:
+        return ""
+    if isinstance(value, list | tuple):
+        return ", ".join(str(v) for v in value)
+    return str(value)
+
+
+def _rate(limit: object) -> str:
+    value = float(str(limit or 0))
+    if value <= 0:
+        return "none"
+    return f"{value:g}/s"
+
+
+#: What the ``reconcile`` field of a job's state means (execution.lua).
+RECONCILE_STATES = {
+    "pending": "a look-up in VICIdial is due (the call's answer never came)",
+    "found": "found in VICIdial: added with that lead",
+    "duplicates": "found in VICIdial more than once: added with the oldest lead",
+    "verifying": "called again after a look-up found nothing; a verification look-up is due",
+    "verified": "the verification look-up found no other copy",
+}
+#: What a look-up state means (fleet_status()["reconcile"]["lookups"]).
+LOOKUP_STATES = {
+    "ok": "permitted",
+    "denied": "NOT permitted",
+    "refused": "REFUSED (login)",
+    "unavailable": "unavailable",
+    None: "not checked yet",
+}
 
 
 class Console:
@@ -196,7 +242,10 @@ class Console:
             masked_phone=lambda letter: logs.mask_phone(_phone(letter)) if _phone(letter) else "",
             redact=self.redact,
             maskdigits=logs.mask_digits,
+            rate=_rate,
+            value=_value,
         )
+        self.env.globals.update(reconcile_states=RECONCILE_STATES)
 
     # -- helpers ------------------------------------------------------------------------
 
@@ -376,6 +425,28 @@ class Console:
         ]
         return max(ages) if ages else None
 
+    def _lookup_rows(self, status: dict[str, Any]) -> list[dict[str, Any]]:
+        """Whether each dialer's look-ups work (reconciliation), and what to fix if not."""
+        lookups: dict[str, dict[str, Any]] = status["reconcile"]["lookups"]
+        names = [*self.settings.dialers.names]
+        names += sorted(s for s in lookups if s not in self.settings.dialers.by_name)
+        rows = []
+        for name in names:
+            data = lookups.get(name, {})
+            state = data.get("state")
+            rows.append(
+                {
+                    "server": name,
+                    "state": state,
+                    "label": LOOKUP_STATES.get(state, str(state)),
+                    "checked_at": data.get("checked_at"),
+                    "missing": data.get("missing") or "",
+                    "error": self.redact(data.get("error") or ""),
+                    "fix": data.get("fix") or "",
+                }
+            )
+        return rows
+
     async def overview(self, request: Request) -> Response:
         data = await self.thread(self._overview_data)
         minutes = data["minutes"]
@@ -391,6 +462,8 @@ class Console:
             chart=activity_svg(minutes),
             hour=hour,
             dead_total=sum(data["status"]["dead_letters"].values()),
+            lookup_rows=self._lookup_rows(data["status"]),
+            can_act=request.state.session.can_act,
             **data,
         )
 
@@ -428,9 +501,18 @@ class Console:
         phone4 = _first(params, "phone4").strip() or None
         if phone4 is not None and not _PHONE4_RE.match(phone4):
             raise _BadInput("phone4", "the last 1-4 digits of the phone number")
+        dialer = _first(params, "dialer").strip() or None
+        names = self.settings.dialers.names
+        if dialer is not None and dialer not in names:
+            raise _BadInput("dialer", f"unknown dialer {dialer!r} (known: {', '.join(names)})")
         since = self._time(params, "since_ts", "within", now)
         until = self._time(params, "until_ts", "older", now)
-        for key, value in (("reason", reason), ("agent", agent), ("phone4", phone4)):
+        for key, value in (
+            ("reason", reason),
+            ("dialer", dialer),
+            ("agent", agent),
+            ("phone4", phone4),
+        ):
             if value is not None:
                 items.append((key, value))
         if since is not None:
@@ -444,6 +526,7 @@ class Console:
             since=since,
             until=until,
             phone_last4=phone4,
+            dialer=dialer,
         )
         return selection, items
 
@@ -475,6 +558,8 @@ class Console:
             parts.append("every dead letter")
         if selection.reason:
             parts.append(f"with reason {selection.reason}")
+        if selection.dialer:
+            parts.append(f"of dialer {selection.dialer}")
         if selection.agent_user:
             parts.append(f"for agent {selection.agent_user}")
         if selection.phone_last4:
@@ -490,16 +575,14 @@ class Console:
 
     async def dead_letters(self, request: Request) -> Response:
         params: Form = list(request.query_params.multi_items())
-        form = {
-            k: request.query_params.get(k, "")
-            for k in ("reason", "agent", "phone4", "within", "older")
-        }
+        form = {k: request.query_params.get(k, "") for k in _FILTERS}
         common = {
             "nav": "dead-letters",
             "form": form,
             "reasons": sorted(all_reasons()),
             "within_choices": _WITHIN,
             "older_choices": _OLDER,
+            "dialers": self.settings.dialers.names,
             "within_values": [v for v, _ in _WITHIN],
             "older_values": [v for v, _ in _OLDER],
             "can_act": request.state.session.can_act,
@@ -571,6 +654,15 @@ class Console:
                 request, 404, "Not found", "No such dead letter (replayed or purged already?)."
             )
         job_json = self.redact(json.dumps(letter.job, indent=2, ensure_ascii=False))
+        lookup = None
+        if letter.reason in AMBIGUOUS_REASONS:
+            # Whether a reconcile can work now: the look-ups of the letter's dialer.
+            dialer = self._dialer_of(letter)
+            status = await self.thread(fleet_status, self.backend)
+            lookup = next(
+                (r for r in self._lookup_rows(status) if dialer and r["server"] == dialer.name),
+                None,
+            )
         return self.render(
             request,
             "dead_letter.html",
@@ -578,9 +670,16 @@ class Console:
             letter=letter,
             job=job,
             job_json=job_json,
+            lookup=lookup,
+            reconcile_mode=self.settings.ambiguous,
             can_act=request.state.session.can_act,
             flash=await self.flash(request),
         )
+
+    def _dialer_of(self, letter: DeadLetter) -> Dialer | None:
+        """The dialer a letter's job goes to (the default one for an unknown or no name)."""
+        dialers = self.settings.dialers
+        return dialers.resolve(letter.dialer) or dialers.resolve(None)
 
     def _letter_and_job(self, dl_id: str) -> tuple[DeadLetter | None, dict[str, Any] | None]:
         letter = self.store.get(dl_id)
@@ -598,7 +697,7 @@ class Console:
     # -- actions ------------------------------------------------------------------------
 
     async def preview(self, request: Request) -> Response:
-        verb = "replay" if request.url.path.endswith("/replay") else "purge"
+        verb = _verb(request)
         denied = self.forbidden_for_viewer(request)
         if denied is not None:
             return denied
@@ -616,10 +715,16 @@ class Console:
         total = sum(by_reason.values())
         held_dnc = sum(by_reason.get(r, 0) for r in DNC_REASONS) if verb == "replay" else 0
         held_amb = sum(by_reason.get(r, 0) for r in AMBIGUOUS_REASONS) if verb == "replay" else 0
+        kept = total - held_dnc - held_amb
+        lookups: list[dict[str, Any]] = []
+        workers: list[str] = []
+        if verb == "reconcile":
+            kept = sum(by_reason.get(r, 0) for r in AMBIGUOUS_REASONS)
+            status = await self.thread(fleet_status, self.backend)
+            lookups = [row for row in self._lookup_rows(status) if row["state"] not in ("ok", None)]
+            workers = status["workers"]
         ui = request.scope.get("root_path", "")
-        back_items = [
-            (k, v) for k, v in params if k in ("reason", "agent", "phone4", "within", "older")
-        ]
+        back_items = [(k, v) for k, v in params if k in _FILTERS]
         if selection.ids and len(selection.ids) == 1:
             back_url = f"{ui}/dead-letters/{quote(selection.ids[0], safe='')}"
         else:
@@ -633,7 +738,7 @@ class Console:
             describe=self.describe(selection),
             by_reason=sorted(by_reason.items(), key=lambda kv: -kv[1]),
             total=total,
-            kept=total - held_dnc - held_amb,
+            kept=kept,
             held_dnc=held_dnc,
             held_ambiguous=held_amb,
             include_dnc=_first(params, "include_dnc") == "yes",
@@ -642,10 +747,13 @@ class Console:
             selection_items=items,
             back_url=back_url,
             error=error,
+            lookups=lookups,
+            workers=workers,
+            settings=self.settings,
         )
 
     async def act(self, request: Request) -> Response:
-        verb = "replay" if request.url.path.endswith("/replay") else "purge"
+        verb = _verb(request)
         denied = self.forbidden_for_viewer(request)
         if denied is not None:
             return denied
@@ -678,6 +786,7 @@ class Console:
             "user": session.user,
             "selection": self.describe(selection),
             "reason": selection.reason,
+            "dialer": selection.dialer,
             "agent_user": selection.agent_user,
             "ids": len(selection.ids) or None,
             "note": logs.mask_digits(note) or None,
@@ -707,18 +816,76 @@ class Console:
                 f"not replayable; {summary['skipped_dnc']} DNC and "
                 f"{summary['skipped_ambiguous']} ambiguous left alone."
             )
+        elif verb == "reconcile":
+            summary, first_due = await self.thread(self._reconcile, selection, session.user)
+            _log.info("console.reconcile", **summary, **log_fields)
+            when = f" from {_utc(first_due)}" if first_due is not None else ""
+            message = (
+                f"Handed {summary['reconciling']} letter(s) to the workers: each lead is looked "
+                f"up in VICIdial{when}, then marked added, called again, or written back as a "
+                f"dead letter saying why. {summary['already_added']} were added after all "
+                f"(removed, nothing sent); {summary['gone']} already gone; {summary['busy']} "
+                f"held by a worker right now (try again); {summary['left_alone']} not "
+                "ambiguous, left alone."
+            )
         else:
             deleted = await self.thread(self._purge, selection, session.user)
             _log.info("console.purge", purged=deleted, **log_fields)
             message = f"Purged {deleted} dead letter(s) for good."
         await self.thread(self.sessions.set_flash, session, message)
         ui = request.scope.get("root_path", "")
-        if verb == "replay" and len(selection.ids) == 1:
+        if verb != "purge" and len(selection.ids) == 1:
             target = f"{ui}/jobs/{quote(selection.ids[0], safe='')}"
         else:
-            back = [(k, v) for k, v in items if k in ("reason", "agent", "phone4")]
+            back = [(k, v) for k, v in items if k in _FILTERS]
             target = f"{ui}/dead-letters?{urlencode(back)}"
         return RedirectResponse(target, status_code=303)
+
+    def _reconcile(self, selection: Selection, user: str) -> tuple[dict[str, int], float | None]:
+        """Hand the selected ambiguous letters to the workers (as `dlq reconcile`)."""
+        outcomes: Counter[str] = Counter()
+        if selection.ids or selection.reason in AMBIGUOUS_REASONS:
+            letters = selection.iter(self.store)
+        else:
+            # Only the ambiguous letters are read; the others are counted.
+            by_reason = selection.by_reason(self.store)
+            outcomes["left_alone"] = sum(
+                n for r, n in by_reason.items() if r not in AMBIGUOUS_REASONS
+            )
+            letters = (
+                replace(selection, reason=AMBIGUOUS_REASONS[0]).iter(self.store)
+                if selection.reason is None
+                else iter(())
+            )
+        released: set[str] = set()
+        first_due: float | None = None
+        after_s = self.settings.reconcile_after_s
+        for letter in letters:
+            if letter.reason not in AMBIGUOUS_REASONS:
+                outcomes["left_alone"] += 1
+                continue
+            dialer = self._dialer_of(letter)
+            if dialer is not None and dialer.name not in released:
+                # The operator says the cause is fixed: the next look-up tries again at once.
+                self.backend.execution.lookup_release(dialer.name)
+                released.add(dialer.name)
+            result = self.store.reconcile(letter)
+            outcomes[result] += 1
+            if result == "reconciling":
+                due = max(time.time(), letter.score + after_s)
+                first_due = due if first_due is None else min(first_due, due)
+                _log.info(
+                    "dlq.reconcile_requested", job_id=letter.job_id, reason=letter.reason, user=user
+                )
+        summary = {
+            "reconciling": outcomes["reconciling"],
+            "already_added": outcomes["done"],
+            "gone": outcomes["missing"],
+            "busy": outcomes["busy"],
+            "unreplayable": outcomes["unreplayable"],
+            "left_alone": outcomes["left_alone"],
+        }
+        return summary, first_due
 
     def _purge(self, selection: Selection, user: str) -> int:
         deleted = 0
@@ -766,6 +933,8 @@ class Console:
         "last_failed_at",
         "enqueued_at",
         "replays",
+        "dialer",
+        "priority",
         "agent_user",
         "phone_code",
         "phone_number",
@@ -801,6 +970,8 @@ class Console:
                 letter.last_failed_at,
                 letter.enqueued_at,
                 letter.replays,
+                letter.dialer,
+                letter.job.get("priority"),
                 letter.agent_user,
                 lead.get("phone_code"),
                 lead.get("phone_number"),
@@ -1014,6 +1185,8 @@ def console_app(settings: Settings, backend: Backend) -> ASGIApp:
         Route("/dead-letters/replay", console.act, methods=["POST"]),
         Route("/dead-letters/purge", console.preview, methods=["GET"]),
         Route("/dead-letters/purge", console.act, methods=["POST"]),
+        Route("/dead-letters/reconcile", console.preview, methods=["GET"]),
+        Route("/dead-letters/reconcile", console.act, methods=["POST"]),
         Route("/dead-letters/{dl_id:path}", console.dead_letter, methods=["GET"]),
         Route("/jobs", console.jobs, methods=["GET"]),
         Route("/jobs/{job_id:path}", console.jobs, methods=["GET"]),
