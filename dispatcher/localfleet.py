@@ -77,6 +77,9 @@ class WorkerProcess:
     name: str = "w1"
     extra_env: Mapping[str, str] = field(default_factory=dict)
     extra_args: tuple[str, ...] = ()
+    #: Celery's start-up handshake and gossip between workers (off by default, as in
+    #: the Dockerfile: a fleet does not need them; the README's plain command has them).
+    mingle: bool = False
     process: subprocess.Popen[bytes] | None = None
     #: The Celery app module (`celery -A APP worker`); benchmarks run other apps.
     app: str = "workers"
@@ -97,8 +100,7 @@ class WorkerProcess:
             str(self.concurrency),
             "--hostname",
             f"{self.name}@%h",
-            "--without-gossip",
-            "--without-mingle",
+            *(() if self.mingle else ("--without-gossip", "--without-mingle")),
             *self.extra_args,
         ]
 

@@ -149,3 +149,22 @@ def test_a_sweeper_killed_mid_sweep_cannot_stop_the_fleets_sweeps_for_long() -> 
     options = make_app(settings).conf.broker_transport_options
     assert options["unacked_mutex_expire"] <= 5 * options["unacked_restore_interval"]
     assert options["unacked_mutex_expire"] < settings.visibility_timeout_s / 4
+
+
+def test_a_worker_started_with_mingle_and_gossip_takes_queued_jobs(
+    settings: Settings, start_worker: Callable[..., WorkerProcess]
+) -> None:
+    """The README's plain `celery -A workers worker` keeps Celery's start-up handshake:
+    its reply queue is read by kombu's own pop, never by the fetch script (which
+    would hand a lead to the handshake and crash the worker)."""
+    ids = [
+        enqueue_lead(agent_user="1000", phone_number=f"72755{i:05d}", settings=settings)
+        for i in range(30)
+    ]
+    worker = start_worker(settings, mingle=True)
+    wait_for(
+        lambda: all((job_status(j, settings=settings) or {}).get("state") == "added" for j in ids),
+        timeout=30,
+    )
+    assert worker.process is not None and worker.process.poll() is None
+    assert "Unrecoverable error" not in worker.log_path.read_text()

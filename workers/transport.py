@@ -336,6 +336,12 @@ class _ReliableChannel:
     def _brpop_start(self, timeout: Any = None) -> Any:
         self._reliable_setup()
         queues = self._queue_cycle.consume(len(self.active_queues))
+        if queues and queues[0] != self._registry_queue:
+            # Not the dispatcher's queue: a reply queue of Celery's start-up handshake
+            # (mingle) or of a control command, read by another channel of the same
+            # connection. kombu's own pop serves it; the fetch script would hand it a lead.
+            self._phase = "kombu"
+            return super()._brpop_start(timeout)  # type: ignore[misc]
         if not queues or time.monotonic() < self._backoff_until:
             return None  # nothing sent: the poller waits its timeout, then asks again
         if self._poll_idle:
@@ -384,6 +390,8 @@ class _ReliableChannel:
         self._reliable_setup()
         connection = self.client.connection
         phase, self._phase = self._phase, None
+        if phase == "kombu":
+            return super()._brpop_read(**options)  # type: ignore[misc]
         try:
             try:
                 name = "EVALSHA" if phase == "fetch" else "BRPOP"
