@@ -28,7 +28,7 @@ from collections.abc import Iterable, Iterator
 import httpcore
 import httpx
 
-__all__ = ["DeadlineTransport", "deadline"]
+__all__ = ["DeadlineTransport", "deadline", "deadline_pool"]
 
 _local = threading.local()
 
@@ -127,15 +127,22 @@ class _Backend(httpcore.NetworkBackend):
         self._inner.sleep(seconds)
 
 
+def deadline_pool(
+    *, limits: httpx.Limits, verify: bool | ssl.SSLContext = True
+) -> httpcore.ConnectionPool:
+    """httpcore's keep-alive pool (HTTP/1.1, no proxy) whose connections obey :func:`deadline`."""
+    return httpcore.ConnectionPool(
+        ssl_context=httpx.create_ssl_context(verify=verify),
+        max_connections=limits.max_connections,
+        max_keepalive_connections=limits.max_keepalive_connections,
+        keepalive_expiry=limits.keepalive_expiry,
+        network_backend=_Backend(),
+    )
+
+
 class DeadlineTransport(httpx.HTTPTransport):
     """``httpx.HTTPTransport`` (HTTP/1.1, no proxy) whose connections obey :func:`deadline`."""
 
     def __init__(self, *, limits: httpx.Limits, verify: bool | ssl.SSLContext = True) -> None:
         super().__init__(limits=limits, verify=verify)
-        self._pool = httpcore.ConnectionPool(
-            ssl_context=httpx.create_ssl_context(verify=verify),
-            max_connections=limits.max_connections,
-            max_keepalive_connections=limits.max_keepalive_connections,
-            keepalive_expiry=limits.keepalive_expiry,
-            network_backend=_Backend(),
-        )
+        self._pool = deadline_pool(limits=limits, verify=verify)

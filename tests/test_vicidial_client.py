@@ -1,0 +1,206 @@
+"""The worker's HTTP call to external_add_lead, over real loopback sockets.
+
+A tiny raw-socket server answers each request with canned bytes, so the answers
+that a real Apache/PHP can give (chunked bodies, charsets, a dropped connection,
+no answer, megabytes of warnings) reach the client exactly as they would on the
+wire, and the error each one maps to is checked.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+from collections.abc import Callable, Iterator
+from urllib.parse import parse_qs
+
+import pytest
+
+from dispatcher.errors import AmbiguousFailure, NetworkError, UnknownResponse
+from dispatcher.lead import Lead
+from dispatcher.settings import Settings
+from workers.vicidial import MAX_ANSWER_BYTES, VicidialClient
+
+SUCCESS = b"SUCCESS: lead added - 7275551212|TESTCAMP|101|42|1000\n"
+
+Reply = Callable[[bytes], bytes | None]
+
+
+def _response(body: bytes, *, content_type: bytes = b"text/html; charset=UTF-8") -> bytes:
+    return (
+        b"HTTP/1.1 200 OK\r\nContent-Type: "
+        + content_type
+        + b"\r\nContent-Length: "
+        + str(len(body)).encode()
+        + b"\r\n\r\n"
+        + body
+    )
+
+
+class CannedServer:
+    """Accepts connections; for each request read, sends ``reply(request)`` (None: close)."""
+
+    def __init__(self, reply: Reply) -> None:
+        self.reply = reply
+        self.requests: list[bytes] = []
+        self.connections = 0
+        self._sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self._sock.getsockname()[1]
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self._sock.accept()
+            except OSError:
+                return
+            self.connections += 1
+            threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
+
+    def _handle(self, conn: socket.socket) -> None:
+        with contextlib.suppress(OSError):  # the client gave up (reset): nothing to answer
+            self._exchange(conn)
+
+    def _exchange(self, conn: socket.socket) -> None:
+        with conn:
+            buffer = b""
+            while True:
+                while b"\r\n\r\n" not in buffer:
+                    data = conn.recv(65536)
+                    if not data:
+                        return
+                    buffer += data
+                head, _, rest = buffer.partition(b"\r\n\r\n")
+                length = 0
+                for line in head.split(b"\r\n")[1:]:
+                    name, _, value = line.partition(b":")
+                    if name.strip().lower() == b"content-length":
+                        length = int(value)
+                while len(rest) < length:
+                    rest += conn.recv(65536)
+                request, buffer = head + b"\r\n\r\n" + rest[:length], rest[length:]
+                self.requests.append(request)
+                answer = self.reply(request)
+                if answer is None:
+                    return
+                conn.sendall(answer)
+
+    def close(self) -> None:
+        self._sock.close()
+
+
+@pytest.fixture
+def serve() -> Iterator[Callable[[Reply], CannedServer]]:
+    servers: list[CannedServer] = []
+
+    def start(reply: Reply) -> CannedServer:
+        servers.append(CannedServer(reply))
+        return servers[-1]
+
+    yield start
+    for server in servers:
+        server.close()
+
+
+def _client(port: int, *, timeout: float = 5.0) -> VicidialClient:
+    settings = Settings(
+        redis_url="redis://127.0.0.1:1/0",
+        vicidial_url=f"http://127.0.0.1:{port}/agc/api.php",
+        vicidial_user="6666",
+        vicidial_pass="1234",
+        http_timeout_s=timeout,
+    )
+    return VicidialClient(settings)
+
+
+LEAD = Lead(
+    agent_user="1000", phone_number="7275551212", phone_code="1", fields={"first_name": "José"}
+)
+
+
+def test_a_call_posts_the_form_with_value_and_host_and_reuses_the_connection(
+    serve: Callable[[Reply], CannedServer],
+) -> None:
+    server = serve(lambda request: _response(SUCCESS))
+    client = _client(server.port)
+    for _ in range(3):
+        result, latency_ms = client.add_lead(LEAD, dnc_check=True, campaign_dnc_check=False)
+        assert (result.lead_id, result.list_id, result.campaign) == ("42", "101", "TESTCAMP")
+        assert latency_ms >= 0
+    client.close()
+    assert server.connections == 1  # keep-alive: one connection for three calls
+    head, _, body = server.requests[0].partition(b"\r\n\r\n")
+    assert head.startswith(b"POST /agc/api.php HTTP/1.1\r\n")
+    assert f"Host: 127.0.0.1:{server.port}".encode() in head
+    assert b"Content-Type: application/x-www-form-urlencoded" in head
+    form = parse_qs(body.decode("ascii"))
+    assert form["value"] == ["7275551212"] == form["phone_number"]
+    assert form["function"] == ["external_add_lead"] and form["dnc_check"] == ["YES"]
+    assert form["first_name"] == ["José"] and "campaign_dnc_check" not in form
+
+
+def test_a_chunked_answer_in_latin_1_is_read_whole_and_decoded(
+    serve: Callable[[Reply], CannedServer],
+) -> None:
+    body = "NOTICE: nombre José\n".encode("latin-1") + SUCCESS
+    chunked = b"HTTP/1.1 200 OK\r\nContent-Type: text/html; charset=ISO-8859-1\r\n"
+    chunked += b"Transfer-Encoding: chunked\r\n\r\n"
+    for piece in (body[:10], body[10:]):
+        chunked += f"{len(piece):x}\r\n".encode() + piece + b"\r\n"
+    chunked += b"0\r\n\r\n"
+    server = serve(lambda request: chunked)
+    result, _ = _client(server.port).add_lead(LEAD, dnc_check=False, campaign_dnc_check=False)
+    assert result.lead_id == "42"
+    assert result.notes == ("NOTICE: nombre José",)
+
+
+def test_an_answer_past_the_cap_with_no_result_line_is_ambiguous(
+    serve: Callable[[Reply], CannedServer],
+) -> None:
+    warnings = b"PHP Warning: something\n" * (MAX_ANSWER_BYTES // 10)
+    server = serve(lambda request: _response(warnings + SUCCESS))
+    with pytest.raises(AmbiguousFailure, match="larger than"):
+        _client(server.port).add_lead(LEAD, dnc_check=False, campaign_dnc_check=False)
+
+
+def test_a_connection_dropped_after_the_request_is_ambiguous(
+    serve: Callable[[Reply], CannedServer],
+) -> None:
+    server = serve(lambda request: None)
+    with pytest.raises(AmbiguousFailure, match="connection dropped after the request was sent"):
+        _client(server.port).add_lead(LEAD, dnc_check=False, campaign_dnc_check=False)
+    assert len(server.requests) == 1
+
+
+def test_no_answer_within_the_timeout_is_ambiguous(
+    serve: Callable[[Reply], CannedServer],
+) -> None:
+    hold = threading.Event()
+    server = serve(lambda request: (hold.wait(5), None)[1])
+    try:
+        with pytest.raises(AmbiguousFailure, match="ReadTimeout: no answer in time"):
+            _client(server.port, timeout=0.5).add_lead(
+                LEAD, dnc_check=False, campaign_dnc_check=False
+            )
+    finally:
+        hold.set()
+
+
+def test_nothing_listening_is_a_network_error_not_ambiguous() -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with pytest.raises(NetworkError, match="ConnectError: could not connect"):
+        _client(port).add_lead(LEAD, dnc_check=False, campaign_dnc_check=False)
+
+
+def test_a_garbage_status_line_is_ambiguous_and_an_empty_answer_unknown(
+    serve: Callable[[Reply], CannedServer],
+) -> None:
+    server = serve(lambda request: b"SUCCESS but not HTTP\r\n\r\n")
+    with pytest.raises(AmbiguousFailure, match="RemoteProtocolError"):
+        _client(server.port).add_lead(LEAD, dnc_check=False, campaign_dnc_check=False)
+    server = serve(lambda request: _response(b""))
+    with pytest.raises(UnknownResponse, match="empty answer"):
+        _client(server.port).add_lead(LEAD, dnc_check=False, campaign_dnc_check=False)
