@@ -121,7 +121,7 @@ class JobRunner:
         self.settings = settings
         self.backend = backend
         self.keys = backend.keys
-        self.execution = backend.execution
+        self.execution = backend.execution.direct()
         self.dead_letters = DeadLetterStore(backend)
         self.dialers = settings.dialers
         default = self.dialers.resolve(None)
