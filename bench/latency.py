@@ -78,6 +78,10 @@ def run(env: Env, *, quick: bool) -> Section:
         procs = math.ceil(IN_FLIGHT_GOAL / compose.concurrency)
         per = math.ceil(IN_FLIGHT_GOAL / procs)
         systems[f"product {compose.pool} {per} x{procs}"] = (compose.pool, per, procs)
+    if not quick:
+        # A host with 128 calls in flight: its ideal (1280 leads/s) is above the
+        # 800 leads/s goal, so the row shows what the CPU allows.
+        systems[f"product {compose.pool} 64 x2"] = (compose.pool, 64, 2)
     systems["naive prefork 2"] = ("prefork", 2, 1)
     rounds = 1 if quick else 3
     product_n, naive_n = (400, 40) if quick else (2000, 150)
@@ -168,8 +172,10 @@ def run(env: Env, *, quick: bool) -> Section:
             0.8,
         )
     )
+    # Issue 15: one worker process >= 500 leads/s; a 2-core host (Redis and the
+    # simulator on it too) >= 800 leads/s.
     section.goals.append(
-        Goal(f"{shipped} (as shipped): leads/s per host", shipped_rate, 400.0, unit=" leads/s")
+        Goal(f"{shipped} (as shipped): leads/s per process", shipped_rate, 500.0, unit=" /s")
     )
     for label, (pool, concurrency, processes) in systems.items():
         if label in (shipped, "naive prefork 2"):
@@ -181,13 +187,20 @@ def run(env: Env, *, quick: bool) -> Section:
                 0.8,
             )
         )
-        section.goals.append(Goal(f"{label}: leads/s per host", rates[label], 400.0, unit=" /s"))
+        if processes == 1:
+            section.goals.append(
+                Goal(f"{label}: leads/s per process", rates[label], 500.0, unit=" /s")
+            )
+        else:
+            section.goals.append(
+                Goal(f"{label}: leads/s per host", rates[label], 800.0, unit=" /s")
+            )
     section.notes.append(f"worker settings from {compose.source}")
     if compose.concurrency < 50:
         section.notes.append(
             f"as shipped, one worker container holds at most {compose.concurrency} calls in "
             f"flight: its ideal is {ideal_rate(compose.pool, compose.concurrency):.0f} leads/s, "
-            "below the 400 leads/s goal whatever the efficiency; the extra rows show one "
+            "below the 500 leads/s goal whatever the efficiency; the extra rows show one "
             "worker with 64 threads, two containers of the shipped size (docker compose "
             "--scale worker=2), and two containers holding 50 calls together"
         )
