@@ -168,3 +168,17 @@ def test_a_worker_started_with_mingle_and_gossip_takes_queued_jobs(
     )
     assert worker.process is not None and worker.process.poll() is None
     assert "Unrecoverable error" not in worker.log_path.read_text()
+
+
+@pytest.mark.parametrize("pool", ["gevent", "eventlet", "celery.concurrency.gevent"])
+def test_a_worker_refuses_the_gevent_and_eventlet_pools(
+    pool: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from types import SimpleNamespace
+
+    from workers.celery_app import _check_worker_settings
+
+    with pytest.raises(SystemExit) as exit_info:
+        _check_worker_settings(sender=SimpleNamespace(pool_cls=pool))
+    assert exit_info.value.code == 2
+    assert "is not supported: use --pool threads" in capsys.readouterr().err

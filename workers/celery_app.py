@@ -138,8 +138,23 @@ def _setup_logging(**_: Any) -> None:
     configure_logging(level=settings.log_level, fmt=settings.log_format, secrets=settings.secrets)
 
 
+#: Pools measured and refused (docs/DEPLOYING.md): under gevent the worker added
+#: 17 leads/s against about 230 with threads (its Redis pop and HTTP deadline are
+#: written for threads), and the careful task itself spent 1.7x the CPU per lead.
+_UNSUPPORTED_POOLS = ("gevent", "eventlet")
+
+
 @signals.worker_init.connect
-def _check_worker_settings(**_: Any) -> None:
+def _check_worker_settings(sender: Any = None, **_: Any) -> None:
+    pool = getattr(sender, "pool_cls", None)
+    name = pool if isinstance(pool, str) else getattr(pool, "__module__", "")
+    if any(bad in str(name) for bad in _UNSUPPORTED_POOLS):
+        print(
+            f"dispatcher worker: --pool {str(name).rsplit('.', 1)[-1]} is not supported: "
+            "use --pool threads (the Dockerfile's) or prefork; see docs/DEPLOYING.md",
+            file=sys.stderr,
+        )
+        raise SystemExit(2)
     try:
         _settings_or_exit().require_vicidial()
     except ConfigError as exc:
