@@ -93,7 +93,11 @@ def run(env: Env, *, quick: bool) -> Section:
             queued = (
                 celery_db.llen("celery")
                 if name.startswith("celery")
-                else product_db.llen(settings.queue)
+                else sum(  # every lane: {queue}.{dialer}.{realtime|bulk}
+                    int(product_db.llen(k))
+                    for k in product_db.scan_iter(match=f"{settings.queue}*", _type="list")
+                    if not str(k).endswith(".wake")
+                )
             )
             if queued != n:
                 raise RuntimeError(f"{name}: {queued} messages queued, expected {n}")
