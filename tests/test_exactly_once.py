@@ -113,7 +113,13 @@ def test_a_copy_judged_orphaned_never_undoes_a_success(
     original, copy = runners(settings), runners(settings)
     original.lease_s = 0.2  # the call outlives the lease: the copy will judge it lost
     first, first_out = _in_thread(lambda: original.run(message))
-    time.sleep(0.4)
+    # From the claim on (not from the thread's start: a loaded machine may take a
+    # while to get there), the lease runs out during the 800 ms call.
+    client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
+    exec_key = f"{settings.key_prefix}:exec:{message['job_id']}"
+    wait_for(lambda: client.hget(exec_key, "token") is not None, timeout=10)
+    client.close()
+    time.sleep(0.3)
     if ambiguous == "dead_letter":
         reached, release = _hold(copy, "_dead")
     else:
