@@ -163,11 +163,13 @@ def snapshot(settings: Settings) -> dict[str, bytes | None]:
     with redis.Redis.from_url(settings.redis_url) as r:
         keys = sorted(k.decode() for k in r.scan_iter(match=f"{settings.key_prefix}:*"))
         keys += sorted(k.decode() for k in r.scan_iter(match=f"{settings.queue}*"))
-        # Written by a running worker on its own (heartbeats, its look-up check).
+        # Written by a running worker on its own (heartbeats, its look-up check, the
+        # once-a-minute activity sample when a minute turns during the test).
         beats = (
             f"{settings.key_prefix}:worker:",
             f"{settings.key_prefix}:consumer:",
             f"{settings.key_prefix}:lookup:",
+            f"{settings.key_prefix}:activity",
         )
         return {k: r.dump(k) for k in keys if k not in ignored and not k.startswith(beats)}
 
