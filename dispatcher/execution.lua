@@ -99,6 +99,27 @@ end
 
 -- VICIdial answered (HTTP 200, whatever it said): the network failures are not
 -- consecutive any more, and an outage pause is over. 1 if a pause was ended.
+-- Replay and reconcile of a dead letter: hand the job back to the workers as
+-- publication `seq` in `state` (queued or scheduled), removing the letter. Returns
+-- nil when done, else the answer: {'missing'}, {'done', lead_id} (added after all:
+-- the letter is removed), {'busy'} (a live claim) or {'conflict'} (a newer seq).
+local function take_letter(id, seq, ttl, state)
+  if redis.call('EXISTS', k_dl(id)) == 0 then return {'missing'} end
+  local ek = k_exec(id)
+  local ex = redis.call('HMGET', ek, 'state', 'seq', 'lease_until', 'lead_id')
+  if ex[1] == 'done' then
+    retire_letter(id)
+    return {'done', ex[4] or ''}
+  end
+  if ex[1] == 'claimed' and tonumber(ex[3] or '0') > now then return {'busy'} end
+  if tonumber(ex[2] or '0') > seq then return {'conflict'} end
+  retire_letter(id)
+  redis.call('HSET', ek, 'state', state, 'seq', seq, 'token', '')
+  redis.call('HDEL', ek, 'lease_until', 'orphaned_from', 'reason')
+  redis.call('EXPIRE', ek, ttl)
+  return nil
+end
+
 local function answered(server)
   redis.call('DEL', P .. ':breaker:' .. server)
   if redis.call('HGET', k_pause(server), 'kind') == 'outage' then
@@ -408,19 +429,8 @@ elseif cmd == 'replay' then
   -- was added after all: the letter is removed, nothing sent), {'busy'} (a copy of
   -- the job holds a live claim right now), {'conflict'} (a newer publication exists).
   local id, seq, ttl = ARGV[2], tonumber(ARGV[4]), tonumber(ARGV[5])
-  if redis.call('EXISTS', k_dl(id)) == 0 then return {'missing'} end
-  local ek = k_exec(id)
-  local ex = redis.call('HMGET', ek, 'state', 'seq', 'lease_until', 'lead_id')
-  if ex[1] == 'done' then
-    retire_letter(id)
-    return {'done', ex[4] or ''}
-  end
-  if ex[1] == 'claimed' and tonumber(ex[3] or '0') > now then return {'busy'} end
-  if tonumber(ex[2] or '0') > seq then return {'conflict'} end
-  retire_letter(id)
-  redis.call('HSET', ek, 'state', 'queued', 'seq', seq, 'token', '')
-  redis.call('HDEL', ek, 'lease_until', 'orphaned_from', 'reason')
-  redis.call('EXPIRE', ek, ttl)
+  local refused = take_letter(id, seq, ttl, 'queued')
+  if refused then return refused end
   show(id, ttl, 'state', 'queued', 'attempts', 0, 'updated_at', fmt(now))
   redis.call('HDEL', k_job(id), 'reason', 'error', 'http_status', 'next_attempt_at')
   redis.call('LPUSH', lane_of(ARGV[6]), ARGV[3])
@@ -609,19 +619,8 @@ elseif cmd == 'reconcile' then
   -- as replay: {'reconciling', due}, {'missing'}, {'done', lead_id} (added after all:
   -- the letter is removed), {'busy'}, {'conflict'}.
   local id, seq, ttl = ARGV[2], tonumber(ARGV[4]), tonumber(ARGV[5])
-  if redis.call('EXISTS', k_dl(id)) == 0 then return {'missing'} end
-  local ek = k_exec(id)
-  local ex = redis.call('HMGET', ek, 'state', 'seq', 'lease_until', 'lead_id')
-  if ex[1] == 'done' then
-    retire_letter(id)
-    return {'done', ex[4] or ''}
-  end
-  if ex[1] == 'claimed' and tonumber(ex[3] or '0') > now then return {'busy'} end
-  if tonumber(ex[2] or '0') > seq then return {'conflict'} end
-  retire_letter(id)
-  redis.call('HSET', ek, 'state', 'scheduled', 'seq', seq, 'token', '')
-  redis.call('HDEL', ek, 'lease_until', 'orphaned_from', 'reason')
-  redis.call('EXPIRE', ek, ttl)
+  local refused = take_letter(id, seq, ttl, 'scheduled')
+  if refused then return refused end
   local due = now + tonumber(ARGV[6])
   redis.call('ZADD', k_scheduled, fmt(due), ARGV[3])
   show(id, ttl, 'state', 'retrying', 'reason', 'ambiguous', 'next_attempt_at', fmt(due),

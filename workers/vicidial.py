@@ -33,7 +33,7 @@ from __future__ import annotations
 import re
 import time
 from dataclasses import dataclass
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import urlencode
 
 import httpcore
 import httpx
@@ -185,13 +185,12 @@ class VicidialClient:
             keepalive_expiry=4.0,
         )
         self._pool = deadline_pool(limits=limits)
-        url = urlsplit(self.url)
-        if url.scheme not in ("http", "https") or not url.hostname:
-            raise ConfigError(f"dialer {dialer.name}: url must be http(s)://host/...")
-        host = url.hostname if ":" not in url.hostname else f"[{url.hostname}]"
-        default_port = {"http": 80, "https": 443}[url.scheme]
-        self._host = (host if url.port in (None, default_port) else f"{host}:{url.port}").encode()
+        # The URL's scheme was checked with the settings (dialers.py, settings.py).
         self._target = httpcore.URL(self.url)
+        host = self._target.host
+        host = b"[" + host + b"]" if b":" in host else host
+        port = self._target.port
+        self._host = host + (b":%d" % port if port else b"")
         self._timeouts = {
             "connect": min(timeout, 5.0),
             "read": timeout,

@@ -35,7 +35,10 @@ __all__ = ["NONAGENT_BUILD", "NONAGENT_VERSION", "RECORD_FIELDS", "answer_nonage
 NONAGENT_VERSION = "2.14-202"
 NONAGENT_BUILD = "250720-1841"
 
-#: The fields of a lead_all_info record, in order.
+#: The fields of a lead_all_info record, in order. Written out from
+#: shared/vicidial/non_agent_api_lookup.md, not imported from the client
+#: (dispatcher/nonagent.py): a stand-in that shares the client's list could not catch
+#: a mistake in it.
 RECORD_FIELDS: tuple[str, ...] = (
     "status",
     "user",
