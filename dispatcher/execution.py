@@ -54,6 +54,11 @@ class Claim:
     def seconds(self) -> float:
         return float(self.detail or 0)
 
+    @classmethod
+    def from_reply(cls, reply: Any) -> Claim:
+        parts = [_text(x) for x in reply]
+        return cls(parts[0], parts[1] if len(parts) > 1 else "", *parts[2:3])
+
 
 @dataclass(frozen=True)
 class LookupGate:
@@ -107,6 +112,35 @@ class _ThreadConnections:
             # commands are compare-and-set on the delivery's token.)
             return self._exchange(connection, args)
 
+    def execute_many(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+        """Send every command, then read every reply: one round trip. An error reply
+        is returned in its place as the exception; a lost connection raises (once
+        retried on a fresh one, as :meth:`execute`)."""
+        local = self._local
+        connection = getattr(local, "connection", None)
+        if connection is None or local.pid != os.getpid():
+            connection = local.connection = self._class(**self._kwargs)
+            local.pid = os.getpid()
+        try:
+            return self._exchange_many(connection, commands)
+        except redis.ConnectionError:
+            return self._exchange_many(connection, commands)
+
+    @staticmethod
+    def _exchange_many(connection: Any, commands: list[tuple[Any, ...]]) -> list[Any]:
+        try:
+            connection.send_packed_command(connection.pack_commands(commands))
+            replies: list[Any] = []
+            for _ in commands:
+                try:
+                    replies.append(connection.read_response())
+                except redis.ResponseError as exc:
+                    replies.append(exc)
+            return replies
+        except BaseException:
+            connection.disconnect()
+            raise
+
     @staticmethod
     def _exchange(connection: Any, args: tuple[Any, ...]) -> Any:
         try:
@@ -150,6 +184,34 @@ class Execution:
                 return direct.execute("EVAL", script.script, 2, *self._keys, command, *args)
         return self._script(keys=self._keys, args=[command, *args], client=client)
 
+    def call_many(self, calls: list[tuple[Any, ...]]) -> list[Any]:
+        """Run several commands (each ``(command, *args)``) in one round trip, in order.
+
+        Each reply is in its command's place, or the exception of an error reply
+        (a write refused under OOM, ...); a lost connection raises for the whole
+        batch. Not atomic: each command is a script of its own, as with
+        :meth:`call`.
+        """
+        script = self._script
+        head = (script.sha, len(self._keys), *self._keys)
+        direct = self._direct
+        if direct is not None:
+            replies = direct.execute_many([("EVALSHA", *head, *call) for call in calls])
+        else:
+            pipe = self._client.pipeline(transaction=False)
+            for call in calls:
+                pipe.evalsha(*head, *call)
+            replies = pipe.execute(raise_on_error=False)
+        noscript = redis.exceptions.NoScriptError
+        missing = [i for i, reply in enumerate(replies) if isinstance(reply, noscript)]
+        if missing:
+            # A restarted or flushed Redis: load the script, run those again.
+            self.load()
+            again = self.call_many([calls[i] for i in missing])
+            for i, reply in zip(missing, again, strict=True):
+                replies[i] = reply
+        return replies
+
     def queue(self, pipe: Any, command: str, *args: Any) -> None:
         """Queue one command on ``pipe`` as a bare EVALSHA (redis-py would add a SCRIPT
         EXISTS round trip to every execute); the caller handles NoScriptError."""
@@ -187,8 +249,12 @@ class Execution:
 
     # -- workers --------------------------------------------------------------------------
 
-    def claim(
-        self,
+    def claim(self, job_id: str, **options: Any) -> Claim:
+        """Claim the job for a delivery (options: :meth:`claim_args`)."""
+        return Claim.from_reply(self.call(*self.claim_args(job_id, **options)))
+
+    @staticmethod
+    def claim_args(
         job_id: str,
         *,
         seq: int,
@@ -199,8 +265,9 @@ class Execution:
         worker: str,
         max_rate_wait_s: float,
         server: str,
-    ) -> Claim:
-        reply = self.call(
+    ) -> tuple[Any, ...]:
+        """The ``claim`` command, for :meth:`call` or :meth:`call_many`."""
+        return (
             "claim",
             job_id,
             seq,
@@ -212,11 +279,13 @@ class Execution:
             max_rate_wait_s,
             server,
         )
-        parts = [_text(x) for x in reply]
-        return Claim(parts[0], parts[1] if len(parts) > 1 else "", *parts[2:3])
 
-    def succeed(
-        self,
+    def succeed(self, job_id: str, *, client: Any = None, **options: Any) -> Any:
+        """Store a success (options: :meth:`succeed_args`; ``client``: a pipeline)."""
+        return self.call(*self.succeed_args(job_id, **options), client=client)
+
+    @staticmethod
+    def succeed_args(
         job_id: str,
         *,
         token: str,
@@ -229,9 +298,9 @@ class Execution:
         latency_field: str,
         latency_ms: float,
         server: str,
-        client: Any = None,
-    ) -> Any:
-        return self.call(
+    ) -> tuple[Any, ...]:
+        """The ``succeed`` command, for :meth:`call` or :meth:`call_many`."""
+        return (
             "succeed",
             job_id,
             token,
@@ -244,7 +313,6 @@ class Execution:
             latency_field,
             f"{latency_ms:.3f}",
             server,
-            client=client,
         )
 
     def retry(

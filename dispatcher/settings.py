@@ -116,6 +116,10 @@ class Settings:
     console_idle_s: float = 1800.0
     console_session_s: float = 12 * 3600.0
     console_secure_cookie: str = "auto"
+    # How a --pool threads worker runs its jobs: "asyncio" (workers/engine.py: one
+    # event loop holds every call in flight) or "threads" (one Celery pool thread
+    # per job, as before).
+    engine: str = "asyncio"
 
     def __post_init__(self) -> None:
         problems: list[str] = []
@@ -179,6 +183,7 @@ class Settings:
         check(bool(_PREFIX_RE.match(self.queue)), "queue", "1-64 of [-_.:0-9a-zA-Z]")
         check(self.job_ttl_s >= 60, "job_ttl_s", "must be >= 60")
         check(self.done_ttl_s >= 60, "done_ttl_s", "must be >= 60")
+        check(self.engine in ("asyncio", "threads"), "engine", "asyncio or threads")
         check(
             self.ambiguous in ("reconcile", "dead_letter", "retry"),
             "ambiguous",

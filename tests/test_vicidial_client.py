@@ -1,5 +1,9 @@
 """The worker's HTTP call to external_add_lead, over real loopback sockets.
 
+Every test runs twice: against the threaded client (workers/vicidial.py) and
+the lead engine's asyncio client (workers/async_vicidial.py), which must
+behave the same, error texts included.
+
 A tiny raw-socket server answers each request with canned bytes, so the answers
 that a real Apache/PHP can give (chunked bodies, charsets, a dropped connection,
 no answer, megabytes of warnings) reach the client exactly as they would on the
@@ -8,9 +12,11 @@ wire, and the error each one maps to is checked.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator
 from urllib.parse import parse_qs
 
@@ -19,7 +25,8 @@ import pytest
 from dispatcher.errors import AmbiguousFailure, NetworkError, UnknownResponse
 from dispatcher.lead import Lead
 from dispatcher.settings import Settings
-from workers.vicidial import MAX_ANSWER_BYTES, VicidialClient
+from workers.async_vicidial import AsyncVicidialClient
+from workers.vicidial import MAX_ANSWER_BYTES, AddLeadResult, VicidialClient
 
 SUCCESS = b"SUCCESS: lead added - 7275551212|TESTCAMP|101|42|1000\n"
 
@@ -103,15 +110,61 @@ def serve() -> Iterator[Callable[[Reply], CannedServer]]:
         server.close()
 
 
-def _client(port: int, *, timeout: float = 5.0) -> VicidialClient:
-    settings = Settings(
+def _settings(port: int, timeout: float) -> Settings:
+    return Settings(
         redis_url="redis://127.0.0.1:1/0",
         vicidial_url=f"http://127.0.0.1:{port}/agc/api.php",
         vicidial_user="6666",
         vicidial_pass="1234",
         http_timeout_s=timeout,
     )
-    return VicidialClient(settings)
+
+
+class _OnLoop:
+    """The lead engine's asyncio client, called as the threaded one is (its own loop)."""
+
+    def __init__(self, settings: Settings) -> None:
+        dialer = settings.dialers.resolve(None)
+        assert dialer is not None
+        self._loop = asyncio.new_event_loop()
+        self._client = AsyncVicidialClient(settings, dialer=dialer)
+
+    def add_lead(
+        self, lead: Lead, *, dnc_check: bool, campaign_dnc_check: bool
+    ) -> tuple[AddLeadResult, float]:
+        return self._loop.run_until_complete(
+            self._client.add_lead(lead, dnc_check=dnc_check, campaign_dnc_check=campaign_dnc_check)
+        )
+
+    def close(self) -> None:
+        if self._loop.is_closed():
+            return
+        self._client.close()
+        self._loop.run_until_complete(asyncio.sleep(0))  # let the transports close
+        self._loop.close()
+
+
+Client = VicidialClient | _OnLoop
+MakeClient = Callable[..., Client]
+
+
+@pytest.fixture(params=["threads", "asyncio"])
+def make_client(request: pytest.FixtureRequest) -> Iterator[MakeClient]:
+    """Each test runs against both clients: the threaded worker's and the engine's."""
+    made: list[Client] = []
+
+    def make(port: int, *, timeout: float = 5.0) -> Client:
+        settings = _settings(port, timeout)
+        client: Client = (
+            VicidialClient(settings) if request.param == "threads" else _OnLoop(settings)
+        )
+        made.append(client)
+        return client
+
+    yield make
+    for client in made:
+        with contextlib.suppress(Exception):
+            client.close()
 
 
 LEAD = Lead(
@@ -120,10 +173,10 @@ LEAD = Lead(
 
 
 def test_a_call_posts_the_form_with_value_and_host_and_reuses_the_connection(
-    serve: Callable[[Reply], CannedServer],
+    serve: Callable[[Reply], CannedServer], make_client: MakeClient
 ) -> None:
     server = serve(lambda request: _response(SUCCESS))
-    client = _client(server.port)
+    client = make_client(server.port)
     for _ in range(3):
         result, latency_ms = client.add_lead(LEAD, dnc_check=True, campaign_dnc_check=False)
         assert (result.lead_id, result.list_id, result.campaign) == ("42", "101", "TESTCAMP")
@@ -141,7 +194,7 @@ def test_a_call_posts_the_form_with_value_and_host_and_reuses_the_connection(
 
 
 def test_a_chunked_answer_in_latin_1_is_read_whole_and_decoded(
-    serve: Callable[[Reply], CannedServer],
+    serve: Callable[[Reply], CannedServer], make_client: MakeClient
 ) -> None:
     body = "NOTICE: nombre José\n".encode("latin-1") + SUCCESS
     chunked = b"HTTP/1.1 200 OK\r\nContent-Type: text/html; charset=ISO-8859-1\r\n"
@@ -150,57 +203,100 @@ def test_a_chunked_answer_in_latin_1_is_read_whole_and_decoded(
         chunked += f"{len(piece):x}\r\n".encode() + piece + b"\r\n"
     chunked += b"0\r\n\r\n"
     server = serve(lambda request: chunked)
-    result, _ = _client(server.port).add_lead(LEAD, dnc_check=False, campaign_dnc_check=False)
+    result, _ = make_client(server.port).add_lead(LEAD, dnc_check=False, campaign_dnc_check=False)
     assert result.lead_id == "42"
     assert result.notes == ("NOTICE: nombre José",)
 
 
 def test_an_answer_past_the_cap_with_no_result_line_is_ambiguous(
-    serve: Callable[[Reply], CannedServer],
+    serve: Callable[[Reply], CannedServer], make_client: MakeClient
 ) -> None:
     warnings = b"PHP Warning: something\n" * (MAX_ANSWER_BYTES // 10)
     server = serve(lambda request: _response(warnings + SUCCESS))
     with pytest.raises(AmbiguousFailure, match="larger than"):
-        _client(server.port).add_lead(LEAD, dnc_check=False, campaign_dnc_check=False)
+        make_client(server.port).add_lead(LEAD, dnc_check=False, campaign_dnc_check=False)
 
 
 def test_a_connection_dropped_after_the_request_is_ambiguous(
-    serve: Callable[[Reply], CannedServer],
+    serve: Callable[[Reply], CannedServer], make_client: MakeClient
 ) -> None:
     server = serve(lambda request: None)
     with pytest.raises(AmbiguousFailure, match="connection dropped after the request was sent"):
-        _client(server.port).add_lead(LEAD, dnc_check=False, campaign_dnc_check=False)
+        make_client(server.port).add_lead(LEAD, dnc_check=False, campaign_dnc_check=False)
     assert len(server.requests) == 1
 
 
 def test_no_answer_within_the_timeout_is_ambiguous(
-    serve: Callable[[Reply], CannedServer],
+    serve: Callable[[Reply], CannedServer], make_client: MakeClient
 ) -> None:
     hold = threading.Event()
     server = serve(lambda request: (hold.wait(5), None)[1])
     try:
         with pytest.raises(AmbiguousFailure, match="ReadTimeout: no answer in time"):
-            _client(server.port, timeout=0.5).add_lead(
+            make_client(server.port, timeout=0.5).add_lead(
                 LEAD, dnc_check=False, campaign_dnc_check=False
             )
     finally:
         hold.set()
 
 
-def test_nothing_listening_is_a_network_error_not_ambiguous() -> None:
+def test_nothing_listening_is_a_network_error_not_ambiguous(make_client: MakeClient) -> None:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     with pytest.raises(NetworkError, match="ConnectError: could not connect"):
-        _client(port).add_lead(LEAD, dnc_check=False, campaign_dnc_check=False)
+        make_client(port).add_lead(LEAD, dnc_check=False, campaign_dnc_check=False)
 
 
 def test_a_garbage_status_line_is_ambiguous_and_an_empty_answer_unknown(
-    serve: Callable[[Reply], CannedServer],
+    serve: Callable[[Reply], CannedServer], make_client: MakeClient
 ) -> None:
     server = serve(lambda request: b"SUCCESS but not HTTP\r\n\r\n")
     with pytest.raises(AmbiguousFailure, match="RemoteProtocolError"):
-        _client(server.port).add_lead(LEAD, dnc_check=False, campaign_dnc_check=False)
+        make_client(server.port).add_lead(LEAD, dnc_check=False, campaign_dnc_check=False)
     server = serve(lambda request: _response(b""))
     with pytest.raises(UnknownResponse, match="empty answer"):
-        _client(server.port).add_lead(LEAD, dnc_check=False, campaign_dnc_check=False)
+        make_client(server.port).add_lead(LEAD, dnc_check=False, campaign_dnc_check=False)
+
+
+def test_a_connection_the_server_closed_is_not_reused_and_the_call_is_clean(
+    serve: Callable[[Reply], CannedServer], make_client: MakeClient
+) -> None:
+    # Apache after its KeepAliveTimeout (or an answer saying Connection: close): the
+    # next call opens a new connection instead of failing as ambiguous on the dead one.
+    server = serve(lambda request: _response(SUCCESS))
+
+    def one_answer_then_hang_up(conn: socket.socket) -> None:
+        with conn:
+            buffer = b""
+            while b"\r\n\r\n" not in buffer:
+                buffer += conn.recv(65536)
+            server.requests.append(buffer)
+            conn.sendall(_response(SUCCESS))
+            conn.shutdown(socket.SHUT_RDWR)
+
+    server._exchange = one_answer_then_hang_up  # type: ignore[method-assign]
+    client = make_client(server.port)
+    for _ in range(3):
+        result, _ = client.add_lead(LEAD, dnc_check=False, campaign_dnc_check=False)
+        assert result.lead_id == "42"
+        time.sleep(0.05)  # the hang-up reaches the client before the next call
+    assert server.connections == 3
+
+
+def test_an_answer_without_length_runs_to_the_close_and_interim_answers_are_skipped(
+    serve: Callable[[Reply], CannedServer], make_client: MakeClient
+) -> None:
+    answer = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.0 200 OK\r\nContent-Type: text/html\r\n\r\n"
+    server = serve(lambda request: answer + SUCCESS)
+
+    def exchange(conn: socket.socket) -> None:
+        with conn:
+            buffer = b""
+            while b"\r\n\r\n" not in buffer:
+                buffer += conn.recv(65536)
+            conn.sendall(answer + SUCCESS)  # and close: the end of the body
+
+    server._exchange = exchange  # type: ignore[method-assign]
+    result, _ = make_client(server.port).add_lead(LEAD, dnc_check=False, campaign_dnc_check=False)
+    assert result.lead_id == "42"

@@ -63,7 +63,14 @@ def _settings_or_exit() -> Settings:
 
 def make_app(settings: Settings) -> Celery:
     celery = Celery("dispatcher", broker=settings.redis_url)
-    celery.task(name=TASK_NAME, bind=True, acks_late=True, ignore_result=True)(tasks.add_lead)
+    celery.task(
+        name=TASK_NAME,
+        bind=True,
+        acks_late=True,
+        ignore_result=True,
+        # Plain add-lead messages go to the lead engine when it runs (workers/engine.py).
+        Strategy="workers.engine:strategy",
+    )(tasks.add_lead)
     # Our subclass of kombu's Redis transport dead-letters poison queue items.
     sentinel = settings.redis_url.startswith("sentinel://")
     celery.conf.broker_transport = (
@@ -105,7 +112,43 @@ def make_app(settings: Settings) -> Celery:
         worker_log_color=False,
     )
     celery.steps["worker"].add(SchedulerStep)
+    celery.steps["worker"].add(EngineStep)
     return celery
+
+
+class EngineStep(bootsteps.StartStopStep):
+    """Starts the lead engine of a ``--pool threads`` worker; a warm shutdown waits
+    for every job it took (each call ends within its deadline)."""
+
+    requires = {"celery.worker.components:Pool"}
+
+    def __init__(self, worker: Any, **kwargs: Any) -> None:
+        super().__init__(worker, **kwargs)
+        self.engine: Any = None
+
+    def include_if(self, worker: Any) -> bool:
+        pool = getattr(worker, "pool_cls", None)
+        name = pool if isinstance(pool, str) else getattr(pool, "__module__", "")
+        return "thread" in str(name) and get_settings().engine == "asyncio"
+
+    def start(self, worker: Any) -> None:
+        from workers.engine import LeadEngine, set_engine
+        from workers.runner import get_runner
+
+        self.engine = LeadEngine(get_runner(), capacity=max(1, int(worker.concurrency)))
+        self.engine.start()
+        set_engine(self.engine)
+
+    def stop(self, worker: Any) -> None:
+        from workers.engine import set_engine
+
+        if self.engine is not None:
+            set_engine(None)
+            settings = get_settings()
+            self.engine.stop(timeout=2 * settings.http_timeout_s + 10)
+            self.engine = None
+
+    shutdown = stop
 
 
 class SchedulerStep(bootsteps.StartStopStep):

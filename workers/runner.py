@@ -67,6 +67,7 @@ from dispatcher.errors import (
 )
 from dispatcher.execution import Claim, new_token
 from dispatcher.jobs import Job, broker_envelope
+from dispatcher.lead import Lead
 from dispatcher.reconcile import mark
 from dispatcher.settings import Settings, get_settings
 from dispatcher.stats import latency_bucket_field
@@ -183,47 +184,88 @@ class JobRunner:
         Redis itself fails, so that the broker message is returned to the queue
         instead of being acknowledged.
         """
-        structlog.contextvars.clear_contextvars()
         started = time.monotonic()
-        try:
+
+        def whole() -> str:
             try:
                 job = Job.from_message(message, dialers=self.dialers)
             except InvalidPayload as exc:
                 return self._invalid_payload(message, exc, started)
-            dialer = self.dialers.resolve(job.dialer)
-            assert dialer is not None  # from_message checked it
-            structlog.contextvars.bind_contextvars(
-                job_id=job.job_id, agent_user=job.agent_user, dialer=dialer.name
-            )
-            delivery = _Delivery(job, dialer, new_token(), started)
+            d = self.delivery(job, started)
+            return self.step(d, lambda: self._run(d))
+
+        return self.step(None, whole)
+
+    def delivery(self, job: Job, started: float) -> _Delivery:
+        """A new delivery of a valid job (its own token), taken at monotonic ``started``."""
+        dialer = self.dialers.resolve(job.dialer)
+        assert dialer is not None  # Job.from_message checked it
+        return _Delivery(job, dialer, new_token(), started)
+
+    def step(self, d: _Delivery | None, body: Callable[[], str]) -> str:
+        """Run part of a job's path with its log context; what escapes ends as a dead letter.
+
+        An unexpected exception becomes an ``internal`` (or ``ambiguous``) dead
+        letter; a Redis failure raises TransientInfrastructureError so that the
+        message goes back to the queue. ``d`` None: before the job is known, an
+        unexpected exception propagates.
+        """
+        structlog.contextvars.clear_contextvars()
+        try:
             try:
-                return self._run(delivery)
+                if d is not None:
+                    self.bind(d)
+                return body()
             except (TransientInfrastructureError, BrokerUnavailable, redis.RedisError):
                 raise
             except Exception as exc:
-                return self._internal(delivery, exc)
+                if d is None:
+                    raise
+                return self._internal(d, exc)
         except (BrokerUnavailable, redis.RedisError) as exc:
             _log.error("worker.redis_unavailable", error=str(exc))
             raise TransientInfrastructureError(str(exc)) from None
         finally:
             structlog.contextvars.clear_contextvars()
 
-    def _run(self, d: _Delivery) -> str:
-        job = d.job
-        claim: Claim = self._persist(
-            d.started,
-            lambda: self.execution.claim(
-                job.job_id,
-                seq=job.seq,
-                token=d.token,
-                lease_s=self.lease_s,
-                ttl=self._ttl,
-                rate_interval_s=1.0 / d.dialer.rate_limit if d.dialer.rate_limit > 0 else 0.0,
-                worker=self.worker_id,
-                max_rate_wait_s=MAX_RATE_WAIT_S,
-                server=d.dialer.name,
-            ),
+    @staticmethod
+    def bind(d: _Delivery) -> None:
+        """Every log line of the job names it (structlog's context variables)."""
+        structlog.contextvars.bind_contextvars(
+            job_id=d.job.job_id, agent_user=d.job.agent_user, dialer=d.dialer.name
         )
+
+    def _run(self, d: _Delivery) -> str:
+        return self.decide(d, self.claim(d))
+
+    def claim(self, d: _Delivery) -> Claim:
+        """Claim the job for this delivery, retrying while Redis is away."""
+        args = self.claim_args(d)
+        return Claim.from_reply(self._persist(d.started, lambda: self.execution.call(*args)))
+
+    def claim_args(self, d: _Delivery) -> tuple[Any, ...]:
+        """The delivery's ``claim`` command (dispatcher.execution)."""
+        job = d.job
+        return self.execution.claim_args(
+            job.job_id,
+            seq=job.seq,
+            token=d.token,
+            lease_s=self.lease_s,
+            ttl=self._ttl,
+            rate_interval_s=1.0 / d.dialer.rate_limit if d.dialer.rate_limit > 0 else 0.0,
+            worker=self.worker_id,
+            max_rate_wait_s=MAX_RATE_WAIT_S,
+            server=d.dialer.name,
+        )
+
+    def calls_now(self, d: _Delivery, claim: Claim) -> bool:
+        """Whether the claim leads straight to the call (after ``claim.seconds``), the
+        common case :mod:`workers.engine` runs on its event loop."""
+        return claim.verdict in ("ok", "probe_outage") and not self.reconciler.wants_lookup(d.job)
+
+    def decide(self, d: _Delivery, claim: Claim) -> str:
+        """Everything after the claim: the call, or what the verdict says instead."""
+        job = d.job
         verdict = claim.verdict
         if verdict == "done" and job.reconcile is not None and job.reconcile.step == "verify":
             return self.reconciler.verify(d, claim.detail)
@@ -268,11 +310,16 @@ class JobRunner:
 
     # -- the call ------------------------------------------------------------------------
 
-    def _call(self, d: _Delivery) -> str:
+    def attempt(self, d: _Delivery) -> Lead:
+        """Log the attempt and mark the delivery called: the lead to send (with its marker)."""
         job = d.job
         _log.info("lead.attempt", attempt=job.attempts + 1, phone=job.lead.phone_number)
         d.called = True
-        lead = mark(job.lead, job.job_id, self.settings.marker_field)
+        return mark(job.lead, job.job_id, self.settings.marker_field)
+
+    def _call(self, d: _Delivery) -> str:
+        job = d.job
+        lead = self.attempt(d)
         try:
             result, latency_ms = self.client_for(d.dialer).add_lead(
                 lead, dnc_check=job.dnc_check, campaign_dnc_check=job.campaign_dnc_check
@@ -284,14 +331,16 @@ class JobRunner:
         return self._added(d, result, latency_ms)
 
     def _added(self, d: _Delivery, result: AddLeadResult, latency_ms: float) -> str:
-        job = d.job
-        attempts = job.attempts + 1
+        self.log_added(d, result, latency_ms)
+        return self.store_added(d, result, latency_ms)
+
+    def log_added(self, d: _Delivery, result: AddLeadResult, latency_ms: float) -> None:
         # On record before it is stored: if Redis never takes it, the log still
         # says which lead VICIdial made for this job.
         _log.info(
             "lead.added",
-            attempt=attempts,
-            phone=job.lead.phone_number,
+            attempt=d.job.attempts + 1,
+            phone=d.job.lead.phone_number,
             lead_id=result.lead_id,
             list_id=result.list_id,
             campaign=result.campaign,
@@ -299,31 +348,51 @@ class JobRunner:
             notes=list(result.notes) or None,
         )
 
+    def stores_added_at_once(self, d: _Delivery) -> bool:
+        """Whether storing this success is one quick write (no reconcile step, no replica
+        to wait for): the event loop of :mod:`workers.engine` does those itself."""
+        return d.job.reconcile is None and not self._has_replicas()
+
+    def store_added(self, d: _Delivery, result: AddLeadResult, latency_ms: float) -> str:
+        """Store the success, retrying while Redis is away (waiting for a replica if any)."""
+        args = self.succeed_args(d, result, latency_ms)
+
         def write() -> Any:
-            succeed = dict(
-                token=d.token,
-                lead_id=result.lead_id,
-                list_id=result.list_id,
-                campaign=result.campaign,
-                done_ttl=int(self.settings.done_ttl_s),
-                ttl=self._ttl,
-                attempts=attempts,
-                latency_field=latency_bucket_field(latency_ms / 1000),
-                latency_ms=latency_ms,
-                server=d.dialer.name,
-            )
             if not self._has_replicas():
-                return self.execution.succeed(job.job_id, **succeed)  # type: ignore[arg-type]
+                return self.execution.call(*args)
             # After a failover only what reached a replica survives: wait for one.
             pipe = self.backend.redis.pipeline(transaction=False)
-            self.execution.succeed(job.job_id, client=pipe, **succeed)  # type: ignore[arg-type]
+            self.execution.call(*args, client=pipe)
             pipe.execute_command("WAIT", 1, _WAIT_REPLICA_MS)
             reply, acked = pipe.execute()
             if not int(acked):
                 _log.warning("worker.replica_not_confirmed", timeout_ms=_WAIT_REPLICA_MS)
             return reply
 
-        reply = [_text(x) for x in self._persist(d.started, write)]
+        return self.after_added(d, result, self._persist(d.started, write))
+
+    def succeed_args(
+        self, d: _Delivery, result: AddLeadResult, latency_ms: float
+    ) -> tuple[Any, ...]:
+        """The delivery's ``succeed`` command (dispatcher.execution)."""
+        return self.execution.succeed_args(
+            d.job.job_id,
+            token=d.token,
+            lead_id=result.lead_id,
+            list_id=result.list_id,
+            campaign=result.campaign,
+            done_ttl=int(self.settings.done_ttl_s),
+            ttl=self._ttl,
+            attempts=d.job.attempts + 1,
+            latency_field=latency_bucket_field(latency_ms / 1000),
+            latency_ms=latency_ms,
+            server=d.dialer.name,
+        )
+
+    def after_added(self, d: _Delivery, result: AddLeadResult, stored: Any) -> str:
+        """What the ``succeed`` reply says: added, or a duplicate found."""
+        job = d.job
+        reply = [_text(x) for x in stored]
         if reply[0] == "duplicate":
             _log.error(
                 "lead.duplicate_detected",

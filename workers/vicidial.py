@@ -52,7 +52,16 @@ from dispatcher.settings import Settings
 from workers.http_deadline import deadline, deadline_pool
 from workers.outcomes import STATUS_RULES, classify_line
 
-__all__ = ["MAX_ANSWER_BYTES", "AddLeadResult", "VicidialClient", "parse_add_lead"]
+__all__ = [
+    "MAX_ANSWER_BYTES",
+    "USER_AGENT",
+    "AddLeadResult",
+    "VicidialClient",
+    "add_lead_form",
+    "decode_answer",
+    "host_header",
+    "parse_add_lead",
+]
 
 _RESULT_LINE = re.compile(r"^(SUCCESS|ERROR|NOTICE): ")
 _SUCCESS = "SUCCESS: lead added - "
@@ -60,6 +69,7 @@ _SNIPPET = 300
 #: The most of an answer a worker reads. A real answer is one or two lines; a
 #: misconfigured PHP may print a few KiB of warnings first.
 MAX_ANSWER_BYTES = 64 * 1024
+USER_AGENT = b"vicidial-lead-dispatcher/0.1"
 
 
 @dataclass(frozen=True)
@@ -152,6 +162,38 @@ def _decode(body: bytes, charset: str | None) -> str:
         return body.decode("utf-8", "replace")
 
 
+def decode_answer(body: bytes, headers: list[tuple[bytes, bytes]]) -> str:
+    """The answer's text, in the charset its Content-Type names (UTF-8 otherwise)."""
+    return _decode(body, _charset(headers))
+
+
+def host_header(url: httpx.URL | httpcore.URL) -> bytes:
+    """The Host header for a dialer's URL (IPv6 in brackets, the port if it has one)."""
+    host = url.raw_host if isinstance(url, httpx.URL) else url.host
+    host = b"[" + host + b"]" if b":" in host else host
+    port = url.port
+    return host + (b":%d" % port if port else b"")
+
+
+def add_lead_form(
+    dialer: Dialer, lead: Lead, *, dnc_check: bool, campaign_dnc_check: bool
+) -> bytes:
+    """The urlencoded POST body of one external_add_lead call (see the module's notes)."""
+    data = {
+        "source": dialer.source,
+        "user": str(dialer.user),
+        "pass": str(dialer.password),
+        "function": "external_add_lead",
+    }
+    data.update(lead.vicidial_params())
+    data["value"] = lead.phone_number
+    if dnc_check:
+        data["dnc_check"] = "YES"
+    if campaign_dnc_check:
+        data["campaign_dnc_check"] = "YES"
+    return urlencode(data).encode("ascii")
+
+
 class VicidialClient:
     """Calls external_add_lead on one dialer over one keep-alive connection pool."""
 
@@ -187,10 +229,7 @@ class VicidialClient:
         self._pool = deadline_pool(limits=limits)
         # The URL's scheme was checked with the settings (dialers.py, settings.py).
         self._target = httpcore.URL(self.url)
-        host = self._target.host
-        host = b"[" + host + b"]" if b":" in host else host
-        port = self._target.port
-        self._host = host + (b":%d" % port if port else b"")
+        self._host = host_header(self._target)
         self._timeouts = {
             "connect": min(timeout, 5.0),
             "read": timeout,
@@ -209,15 +248,14 @@ class VicidialClient:
             "function": "external_add_lead",
         }
 
-    def _post(self, data: dict[str, str]) -> tuple[int, str, bool]:
+    def _post(self, body: bytes) -> tuple[int, str, bool]:
         """POST; (status, text, truncated). At most MAX_ANSWER_BYTES, within the deadline."""
-        body = urlencode(data).encode("ascii")
         request = httpcore.Request(
             b"POST",
             self._target,
             headers=[
                 (b"Host", self._host),
-                (b"User-Agent", b"vicidial-lead-dispatcher/0.1"),
+                (b"User-Agent", USER_AGENT),
                 (b"Accept", b"*/*"),
                 (b"Content-Type", b"application/x-www-form-urlencoded"),
                 (b"Content-Length", str(len(body)).encode("ascii")),
@@ -260,15 +298,11 @@ class VicidialClient:
         self, lead: Lead, *, dnc_check: bool, campaign_dnc_check: bool
     ) -> tuple[AddLeadResult, float]:
         """Add one lead; return the result and the call's latency in ms, or raise CallFailed."""
-        data = self._base_fields()
-        data.update(lead.vicidial_params())
-        data["value"] = lead.phone_number
-        if dnc_check:
-            data["dnc_check"] = "YES"
-        if campaign_dnc_check:
-            data["campaign_dnc_check"] = "YES"
+        body = add_lead_form(
+            self.dialer, lead, dnc_check=dnc_check, campaign_dnc_check=campaign_dnc_check
+        )
         started = time.perf_counter()
-        status, text, truncated = self._post(data)
+        status, text, truncated = self._post(body)
         latency_ms = (time.perf_counter() - started) * 1000
         result = parse_add_lead(
             text, http_status=status, secrets=self._secrets, truncated=truncated
@@ -284,7 +318,7 @@ class VicidialClient:
         """
         data = self._base_fields()
         data.update({"agent_user": "probe", "phone_number": "0", "value": "0"})
-        status, text, truncated = self._post(data)
+        status, text, truncated = self._post(urlencode(data).encode("ascii"))
         try:
             parse_add_lead(text, http_status=status, secrets=self._secrets, truncated=truncated)
         except CallFailed as exc:

@@ -1,0 +1,279 @@
+"""The lead engine (workers/engine.py): the runner's rules, on one event loop.
+
+In-process engines against a real Redis and the simulator over real HTTP; the
+consumer's ack and reject are recorded instead of sent (the end-to-end tests run
+the engine inside real Celery workers). Lost and late Redis replies come from a
+real TCP proxy (:mod:`tests.faultproxy`).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+import redis
+import structlog
+from structlog.testing import capture_logs as _capture_logs
+
+from dispatcher import DeadLetterStore, job_status
+from dispatcher.backend import get_backend
+from dispatcher.execution import Execution
+from dispatcher.producer import prepare_job, push_jobs
+from dispatcher.settings import Settings
+from dispatcher.simulator import Simulator
+from tests.conftest import make_settings, wait_for
+from tests.faultproxy import FaultProxy
+from workers.batching import ScriptBatcher
+from workers.engine import LeadEngine
+from workers.runner import JobRunner
+
+
+def capture_logs() -> Any:
+    return _capture_logs(processors=[structlog.contextvars.merge_contextvars])
+
+
+class Recorded:
+    """A message's ack/reject as the consumer would receive them."""
+
+    def __init__(self, log: list[tuple[str, Recorded]]) -> None:
+        self._log = log
+
+    def settle(self, *, ack: bool) -> None:
+        self._log.append(("ack" if ack else "reject", self))
+
+
+class Harness:
+    def __init__(self, settings: Settings, *, capacity: int = 32) -> None:
+        self.settings = settings
+        self.runner = JobRunner(settings, get_backend(settings))
+        self.engine = LeadEngine(self.runner, capacity=capacity)
+        self.engine.start()
+        self.settled: list[tuple[str, Recorded]] = []
+
+    def submit(self, message: object) -> Recorded:
+        handle = Recorded(self.settled)
+        self.engine.submit(handle, message)  # type: ignore[arg-type]
+        return handle
+
+    def wait(self, count: int, timeout: float = 20.0) -> None:
+        wait_for(lambda: len(self.settled) >= count, timeout=timeout, message="settled")
+
+    def kinds(self) -> list[str]:
+        return [kind for kind, _ in self.settled]
+
+    def close(self) -> None:
+        self.engine.stop(timeout=20)
+        self.runner.close()
+
+
+@pytest.fixture
+def harness(settings: Settings) -> Iterator[Callable[..., Harness]]:
+    made: list[Harness] = []
+
+    def make(s: Settings | None = None, **kwargs: Any) -> Harness:
+        made.append(Harness(s or settings, **kwargs))
+        return made[-1]
+
+    yield make
+    for h in made:
+        h.close()
+
+
+@pytest.fixture
+def proxy(redis_url: str) -> Iterator[FaultProxy]:
+    host, port = redis_url.split("//")[1].split("/")[0].split(":")
+    fault_proxy = FaultProxy(host, int(port)).start()
+    yield fault_proxy
+    fault_proxy.close()
+
+
+def _message(settings: Settings, phone: str, **fields: object) -> dict[str, Any]:
+    job = prepare_job({"agent_user": "1000", "phone_number": phone, **fields}, settings=settings)
+    push_jobs([job], settings=settings)
+    message: dict[str, Any] = job.to_message()
+    return message
+
+
+def _state(settings: Settings, message: dict[str, Any]) -> str:
+    status = job_status(str(message["job_id"]), settings=settings)
+    return "" if status is None else str(status["state"])
+
+
+def test_many_leads_in_flight_are_each_added_once_and_acked_after_their_outcome(
+    settings: Settings, simulator: Simulator, harness: Callable[..., Harness]
+) -> None:
+    simulator.set_latency(200)
+    h = harness(capacity=40)
+    messages = [_message(settings, f"72755{i:05d}") for i in range(40)]
+    started = time.monotonic()
+    with capture_logs() as logs:
+        for message in messages:
+            h.submit(message)
+        h.wait(40)
+    # 40 calls of 200 ms in flight together, not one after another (8 s).
+    assert time.monotonic() - started < 4.0
+    assert h.kinds() == ["ack"] * 40
+    assert all(_state(settings, m) == "added" for m in messages)
+    counts = simulator.count_by_phone()
+    assert all(counts[f"72755{i:05d}"] == 1 for i in range(40))
+    added = [e for e in logs if e["event"] == "lead.added"]
+    assert len(added) == 40 and {e["job_id"] for e in added} == {m["job_id"] for m in messages}
+    assert all(e["lead_id"] and e["dialer"] == "default" for e in added)
+    assert h.engine.held == 0
+
+
+def test_a_copy_arriving_while_the_first_calls_is_deferred_not_called(
+    settings: Settings, simulator: Simulator, harness: Callable[..., Harness]
+) -> None:
+    simulator.set_latency(400)
+    h = harness()
+    message = _message(settings, "7275551212")
+    h.submit(message)
+    wait_for(lambda: simulator.call_count >= 1, message="the first call")
+    h.submit(dict(message))
+    h.wait(2)
+    assert h.kinds() == ["ack", "ack"]
+    assert simulator.count_by_phone()["7275551212"] == 1
+    assert _state(settings, message) == "added"
+
+
+def test_failures_bad_messages_and_retries_follow_the_runners_rules(
+    settings: Settings, simulator: Simulator, harness: Callable[..., Harness]
+) -> None:
+    h = harness()
+    simulator.script_phone("7275550002", ["http_503", None])
+    dnc = _message(settings, "7275550000")  # on the simulator's DNC list
+    busy = _message(settings, "7275550002")
+    with capture_logs() as logs:
+        h.submit(dnc)
+        h.submit(busy)
+        h.submit({"job_id": "x", "lead": "not a lead"})
+        h.wait(3)
+    assert h.kinds() == ["ack", "ack", "ack"]
+    letters = {letter.reason for letter in DeadLetterStore(settings=settings).iter()}
+    assert letters == {"dnc", "invalid_payload"}
+    assert _state(settings, busy) == "retrying"
+    events = [e["event"] for e in logs]
+    assert events.count("lead.dead_lettered") == 2 and "lead.retry_scheduled" in events
+
+
+def test_a_lost_claim_reply_is_recognised_as_our_own_claim(
+    settings: Settings, simulator: Simulator, harness: Callable[..., Harness], proxy: FaultProxy
+) -> None:
+    h = harness(settings.replace(redis_url=proxy.url))
+    h.submit(_message(settings, "7275550100"))  # warm: script loaded, connection made
+    h.wait(1)
+    message = _message(settings, "7275551212")
+    # The claim's reply is lost twice (the connection cut after it ran): once in the
+    # batch, once in its immediate retry; the job goes on on a thread, same token.
+    proxy.drop_replies(2)
+    h.submit(message)
+    h.wait(2)
+    assert proxy.dropped == 2
+    assert h.kinds() == ["ack", "ack"]
+    assert _state(settings, message) == "added"
+    assert simulator.count_by_phone()["7275551212"] == 1
+
+
+def test_a_lost_success_reply_counts_the_lead_once(
+    settings: Settings, simulator: Simulator, harness: Callable[..., Harness], proxy: FaultProxy
+) -> None:
+    h = harness(settings.replace(redis_url=proxy.url))
+    h.submit(_message(settings, "7275550100"))
+    h.wait(1)
+    simulator.set_latency(300)
+    message = _message(settings, "7275551212")
+    with capture_logs() as logs:
+        h.submit(message)
+        wait_for(lambda: simulator.call_count >= 2, message="the call")
+        proxy.drop_replies(2)  # the success write's reply, and its immediate retry's
+        h.wait(2)
+    assert proxy.dropped == 2
+    assert h.kinds() == ["ack", "ack"]
+    stats = redis.Redis.from_url(settings.redis_url, decode_responses=True).hgetall(
+        f"{settings.key_prefix}:stats"
+    )
+    assert stats["added"] == "2" and stats["latency_count"] == "2"
+    # Logged once, before it was stored; the retry on a thread does not log it again.
+    assert [e["event"] for e in logs].count("lead.added") == 1
+
+
+def test_redis_away_hands_the_message_back_instead_of_acknowledging_it(
+    settings: Settings, simulator: Simulator, harness: Callable[..., Harness], proxy: FaultProxy
+) -> None:
+    h = harness(settings.replace(redis_url=proxy.url))
+    h.runner.hold_s = 1.0  # give up holding the message after 1 s (the visibility timeout)
+    h.submit(_message(settings, "7275550100"))
+    h.wait(1)
+    message = _message(settings, "7275551212")
+    proxy.refuse(30.0)
+    h.submit(message)
+    h.wait(2, timeout=30)
+    assert h.kinds() == ["ack", "reject"]
+    assert simulator.count_by_phone().get("7275551212", 0) == 0
+
+
+def test_stop_lets_every_call_in_flight_finish_and_store_its_outcome(
+    settings: Settings, simulator: Simulator
+) -> None:
+    simulator.set_latency(500)
+    h = Harness(settings)
+    messages = [_message(settings, f"72755{i:05d}") for i in range(5)]
+    for message in messages:
+        h.submit(message)
+    wait_for(lambda: simulator.call_count >= 5, message="the calls")
+    assert h.engine.stop(timeout=20)
+    h.runner.close()
+    assert h.kinds() == ["ack"] * 5
+    assert all(_state(settings, m) == "added" for m in messages)
+
+
+def test_the_batcher_keeps_each_reply_in_its_place_and_reloads_a_flushed_script(
+    redis_url: str,
+) -> None:
+    import asyncio
+
+    settings = make_settings(redis_url)
+    backend = get_backend(settings)
+    execution: Execution = backend.execution.direct()
+    loop = asyncio.new_event_loop()
+    batcher = ScriptBatcher(execution, loop)
+    try:
+        backend.redis.script_flush()  # as after a Redis restart: NOSCRIPT, then EVAL
+        backend.redis.hset(f"{settings.key_prefix}:pause:x", "until", "not a number")
+
+        async def run() -> list[Any]:
+            calls = [
+                batcher.call("resume", "a"),
+                batcher.call("no_such_command"),
+                batcher.call("resume", "b"),
+            ]
+            return await asyncio.gather(*calls, return_exceptions=True)
+
+        first, bad, last = loop.run_until_complete(run())
+        assert not isinstance(first, BaseException) and not isinstance(last, BaseException)
+        assert isinstance(bad, redis.ResponseError)
+    finally:
+        batcher.close()
+        loop.close()
+
+
+def test_concurrent_submissions_from_many_threads_are_all_settled(
+    settings: Settings, simulator: Simulator, harness: Callable[..., Harness]
+) -> None:
+    h = harness(capacity=64)
+    messages = [_message(settings, f"72756{i:05d}") for i in range(60)]
+    threads = [
+        threading.Thread(target=lambda chunk=chunk: [h.submit(m) for m in chunk])
+        for chunk in (messages[0::3], messages[1::3], messages[2::3])
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    h.wait(60)
+    assert h.kinds() == ["ack"] * 60
+    assert len(simulator.count_by_phone()) == 60

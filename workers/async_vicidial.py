@@ -1,0 +1,300 @@
+"""external_add_lead over asyncio: the call of :mod:`workers.engine`, many in flight on one thread.
+
+The same call as :class:`workers.vicidial.VicidialClient` (same form, same
+headers, same answer parser, same cap, same overall deadline, same error for
+each way a call can fail, texts included), spoken as HTTP/1.1 straight over
+asyncio streams: a worker waiting on 64 calls then holds 64 sockets in one
+event loop instead of 64 threads taking turns at the GIL.
+
+Why not httpx's ``AsyncClient``: its per-request machinery is the cost the
+threaded client already left behind (workers/vicidial.py), and the hot path is
+one POST of a handful of form fields to one server, answered by one or two
+lines. The reading side takes what Apache and PHP send: ``Content-Length``,
+chunked, or read-until-close bodies, interim ``1xx`` answers, ``Connection:
+close``, and any charset.
+
+Keep-alive: an idle connection is reused for at most :data:`KEEPALIVE_S`
+(below Apache's default ``KeepAliveTimeout`` of 5 s) and only if the server
+has not closed it meanwhile (asyncio has already seen its EOF): reusing a
+connection the server is closing would turn a clean call into an ambiguous one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import select
+import ssl
+import time
+
+import httpx
+
+from dispatcher.dialers import Dialer
+from dispatcher.errors import AmbiguousFailure, ConfigError, NetworkError
+from dispatcher.lead import Lead
+from dispatcher.settings import Settings
+from workers.vicidial import (
+    MAX_ANSWER_BYTES,
+    USER_AGENT,
+    AddLeadResult,
+    add_lead_form,
+    decode_answer,
+    host_header,
+    parse_add_lead,
+)
+
+__all__ = ["KEEPALIVE_S", "AsyncVicidialClient"]
+
+#: Longest an idle connection is kept for reuse (Apache closes at 5 s by default).
+KEEPALIVE_S = 4.0
+#: The status line and headers of an answer may not be longer than this.
+_MAX_HEAD = 64 * 1024
+
+
+class _ProtocolError(Exception):
+    """The answer is not HTTP/1.x as we read it (httpcore's RemoteProtocolError)."""
+
+
+class _Connection:
+    __slots__ = ("idle_since", "reader", "writer")
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.idle_since = 0.0
+
+    def usable(self, now: float) -> bool:
+        if now - self.idle_since >= KEEPALIVE_S or self.writer.is_closing():
+            return False
+        if self.reader.at_eof() or getattr(self.reader, "_buffer", b""):
+            return False  # closed, or bytes nobody asked for: the server is not in step
+        # The loop may not have read the server's hang-up yet: ask the socket itself
+        # (as httpcore does). An idle connection has nothing to read unless it closed.
+        sock = self.writer.get_extra_info("socket")
+        if sock is None:
+            return False
+        try:
+            readable, _, _ = select.select([sock], [], [], 0)
+        except (OSError, ValueError):
+            return False
+        return not readable
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.writer.close()
+
+
+class AsyncVicidialClient:
+    """Calls external_add_lead on one dialer from one event loop, over kept-alive connections.
+
+    Made and used on the loop's thread only (not thread-safe, like the loop).
+    """
+
+    def __init__(self, settings: Settings, *, dialer: Dialer) -> None:
+        if dialer.missing():
+            raise ConfigError(f"dialer {dialer.name}: needs {dialer.missing()}")
+        self.settings = settings
+        self.dialer = dialer
+        self.server = dialer.name
+        self._secrets = settings.secrets
+        self.deadline_s = settings.http_timeout_s
+        self._connect_s = min(settings.http_timeout_s, 5.0)
+        url = httpx.URL(str(dialer.url))
+        self._host = url.host
+        self._tls = url.scheme == "https"
+        self._port = url.port or (443 if self._tls else 80)
+        self._ssl: ssl.SSLContext | None = httpx.create_ssl_context() if self._tls else None
+        target = url.raw_path or b"/"
+        self._head = (
+            b"POST " + target + b" HTTP/1.1\r\n"
+            b"Host: " + host_header(url) + b"\r\n"
+            b"User-Agent: " + USER_AGENT + b"\r\n"
+            b"Accept: */*\r\n"
+            b"Content-Type: application/x-www-form-urlencoded\r\n"
+            b"Content-Length: "
+        )
+        self._idle: collections.deque[_Connection] = collections.deque()
+
+    def close(self) -> None:
+        while self._idle:
+            self._idle.pop().close()
+
+    async def add_lead(
+        self, lead: Lead, *, dnc_check: bool, campaign_dnc_check: bool
+    ) -> tuple[AddLeadResult, float]:
+        """Add one lead; return the result and the call's latency in ms, or raise CallFailed."""
+        body = add_lead_form(
+            self.dialer, lead, dnc_check=dnc_check, campaign_dnc_check=campaign_dnc_check
+        )
+        started = time.perf_counter()
+        status, text, truncated = await self.post(body)
+        latency_ms = (time.perf_counter() - started) * 1000
+        result = parse_add_lead(
+            text, http_status=status, secrets=self._secrets, truncated=truncated
+        )
+        return result, latency_ms
+
+    def _take_idle(self) -> _Connection | None:
+        now = time.monotonic()
+        while self._idle:
+            conn = self._idle.pop()  # the most recently used: the least likely to be closing
+            if conn.usable(now):
+                return conn
+            conn.close()
+        return None
+
+    async def post(self, body: bytes) -> tuple[int, str, bool]:
+        """POST the form; (status, text, truncated), within the call's deadline.
+
+        Raises NetworkError when nothing was sent (no connection), AmbiguousFailure
+        once the request may have reached VICIdial; the names in the texts are
+        httpcore's, as the threaded client's are.
+        """
+        loop = asyncio.get_running_loop()
+        end = loop.time() + self.deadline_s
+        conn = self._take_idle()
+        phase = "connect"
+        try:
+            async with asyncio.timeout_at(end):
+                if conn is None:
+                    conn = await self._connect(loop.time() + self._connect_s)
+                phase = "write"
+                conn.writer.write(self._head + b"%d\r\n\r\n" % len(body) + body)
+                await conn.writer.drain()
+                phase = "read"
+                status, head, content, truncated, reusable = await _read_answer(conn.reader)
+        except TimeoutError:
+            self._drop(conn)
+            if phase == "connect":
+                raise NetworkError("ConnectTimeout: could not connect") from None
+            name = "WriteTimeout" if phase == "write" else "ReadTimeout"
+            raise AmbiguousFailure(f"{name}: no answer in time") from None
+        except _ProtocolError:
+            self._drop(conn)
+            raise AmbiguousFailure(
+                "RemoteProtocolError: connection dropped after the request was sent"
+            ) from None
+        except (OSError, EOFError, ssl.SSLError) as exc:
+            self._drop(conn)
+            if phase == "connect":
+                raise NetworkError("ConnectError: could not connect") from None
+            if isinstance(exc, asyncio.IncompleteReadError | EOFError):
+                name = "RemoteProtocolError"
+            else:
+                name = "WriteError" if phase == "write" else "ReadError"
+            raise AmbiguousFailure(
+                f"{name}: connection dropped after the request was sent"
+            ) from None
+        if reusable:
+            conn.idle_since = time.monotonic()
+            self._idle.append(conn)
+        else:
+            conn.close()
+        return status, decode_answer(content, head), truncated
+
+    async def _connect(self, connect_end: float) -> _Connection:
+        try:
+            async with asyncio.timeout_at(connect_end):
+                reader, writer = await asyncio.open_connection(
+                    self._host,
+                    self._port,
+                    ssl=self._ssl,
+                    server_hostname=self._host if self._ssl else None,
+                    limit=_MAX_HEAD,
+                )
+        except TimeoutError:
+            raise NetworkError("ConnectTimeout: could not connect") from None
+        return _Connection(reader, writer)
+
+    @staticmethod
+    def _drop(conn: _Connection | None) -> None:
+        if conn is not None:
+            conn.close()
+
+
+async def _read_answer(
+    reader: asyncio.StreamReader,
+) -> tuple[int, list[tuple[bytes, bytes]], bytes, bool, bool]:
+    """(status, headers, body of at most MAX_ANSWER_BYTES, truncated, reusable)."""
+    while True:
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+        except asyncio.LimitOverrunError:
+            raise _ProtocolError("answer head too long") from None
+        except asyncio.IncompleteReadError as exc:
+            if not exc.partial:
+                raise  # closed before answering: httpcore's "Server disconnected"
+            raise _ProtocolError("answer cut inside its head") from None
+        status, version, headers = _parse_head(head)
+        if 100 <= status < 200 and status != 101:
+            continue  # an interim answer (100 Continue): the real one follows
+        break
+    fields = {name.lower(): value for name, value in headers}
+    keep = version == b"HTTP/1.1" and b"close" not in fields.get(b"connection", b"").lower()
+    if status in (204, 304):
+        return status, headers, b"", False, keep
+    if b"chunked" in fields.get(b"transfer-encoding", b"").lower():
+        body, truncated = await _read_chunked(reader)
+        return status, headers, body, truncated, keep and not truncated
+    length = fields.get(b"content-length")
+    if length is not None:
+        try:
+            size = int(length)
+        except ValueError:
+            raise _ProtocolError("bad Content-Length") from None
+        if size < 0:
+            raise _ProtocolError("bad Content-Length")
+        if size > MAX_ANSWER_BYTES:
+            return status, headers, await reader.readexactly(MAX_ANSWER_BYTES), True, False
+        return status, headers, await reader.readexactly(size), False, keep
+    # No length: the body runs to the end of the connection.
+    body = await reader.read(MAX_ANSWER_BYTES + 1)
+    chunks = [body]
+    size = len(body)
+    while body and size <= MAX_ANSWER_BYTES:
+        body = await reader.read(MAX_ANSWER_BYTES + 1 - size)
+        chunks.append(body)
+        size += len(body)
+    data = b"".join(chunks)
+    return status, headers, data[:MAX_ANSWER_BYTES], size > MAX_ANSWER_BYTES, False
+
+
+def _parse_head(head: bytes) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+    lines = head[:-4].split(b"\r\n")
+    parts = lines[0].split(b" ", 2)
+    if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or not parts[1].isdigit():
+        raise _ProtocolError("not an HTTP/1.x status line")
+    headers: list[tuple[bytes, bytes]] = []
+    for line in lines[1:]:
+        name, sep, value = line.partition(b":")
+        if not sep or not name or name != name.strip():
+            raise _ProtocolError("malformed header line")
+        headers.append((name, value.strip()))
+    return int(parts[1]), parts[0], headers
+
+
+async def _read_chunked(reader: asyncio.StreamReader) -> tuple[bytes, bool]:
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        try:
+            line = await reader.readuntil(b"\r\n")
+        except asyncio.LimitOverrunError:
+            raise _ProtocolError("chunk size line too long") from None
+        try:
+            length = int(line.split(b";", 1)[0].strip(), 16)
+        except ValueError:
+            raise _ProtocolError("bad chunk size") from None
+        if length == 0:
+            while (await reader.readuntil(b"\r\n")) != b"\r\n":
+                pass  # trailers: nothing we use
+            return b"".join(chunks), False
+        if size + length > MAX_ANSWER_BYTES:
+            chunks.append(await reader.readexactly(MAX_ANSWER_BYTES - size))
+            return b"".join(chunks), True
+        data = await reader.readexactly(length + 2)
+        if data[-2:] != b"\r\n":
+            raise _ProtocolError("chunk not followed by CRLF")
+        chunks.append(data[:-2])
+        size += length

@@ -1,0 +1,293 @@
+"""The lead engine: a worker's jobs on one event loop instead of one thread per job.
+
+A worker waits on VICIdial almost all of a job's time. With Celery's thread
+pool, every job holds a thread and crosses Celery's per-message path (request
+object, tracer, pool hand-off): at 100 ms VICIdial latency one process topped
+out near 200 leads/s with a core busy, most of it spent on that path and on
+threads taking turns at the GIL (docs/BENCHMARKS.md). Here the Celery consumer
+hands each add-lead message straight to one event loop thread
+(:func:`strategy`), which claims it, calls VICIdial over asyncio
+(:class:`workers.async_vicidial.AsyncVicidialClient`), stores the success and
+acknowledges the message: the same steps, the same Redis scripts and the same
+log events as :class:`workers.runner.JobRunner`, whose methods it calls.
+
+Only the common path runs on the loop: a claim that goes straight to the call,
+and a success stored in one write. Everything else (a bad message, a paused
+dialer, a failed call and its retry or dead letter, a reconcile step, a
+replica to wait for, Redis away) continues on a thread of a small pool with the
+runner's own code, exactly as the threaded worker runs it, so there is one
+implementation of every rule. A Redis write on the loop is tried once; if it
+fails, the job moves to a thread that retries it with the same token (which the
+scripts recognise), so a slow Redis never stalls the calls of other jobs.
+
+Guarantees are the threaded worker's: a message is acknowledged only after its
+outcome is stored, a Redis failure hands it back to the queue, and a warm
+shutdown lets every accepted job finish (each call ends within its deadline).
+The consumer's prefetch limit (``--concurrency``) bounds the jobs held.
+
+Used with ``--pool threads`` (the shipped one); with ``prefork`` the children
+run the task as before (one event loop in the parent could use one core only).
+``DISPATCHER_ENGINE=threads`` turns it off.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import structlog
+from celery.worker import strategy as celery_strategy
+
+from dispatcher import logs
+from dispatcher.errors import AmbiguousFailure, CallFailed
+from dispatcher.execution import Claim
+from dispatcher.jobs import Job
+from workers.async_vicidial import AsyncVicidialClient
+from workers.batching import ScriptBatcher
+from workers.runner import JobRunner, TransientInfrastructureError, _Delivery
+
+__all__ = ["LeadEngine", "current_engine", "strategy"]
+
+_log = logs.get_logger("workers.engine")
+#: How long a job whose Redis failed waits before its message goes back (as the task does).
+_REQUEUE_PAUSE_S = 1.0
+
+
+class LeadEngine:
+    """Runs add-lead messages of one worker process on an event loop thread."""
+
+    def __init__(self, runner: JobRunner, *, capacity: int) -> None:
+        self.runner = runner
+        self.capacity = capacity
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._serve, name="lead-engine", daemon=True)
+        # Threads are made when first needed: a healthy flow never starts one.
+        self._slow = ThreadPoolExecutor(max_workers=capacity, thread_name_prefix="lead-job")
+        self._clients: dict[str, AsyncVicidialClient] = {}
+        self._redis = ScriptBatcher(runner.execution, self._loop)
+        self._held = 0
+        self._held_lock = threading.Condition()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # -- any thread ----------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def submit(self, message: Settle, payload: object) -> None:
+        """Take a message (from the consumer's thread); it is settled when its job is."""
+        with self._held_lock:
+            self._held += 1
+        self._loop.call_soon_threadsafe(self._accept, message, payload, time.monotonic())
+
+    @property
+    def held(self) -> int:
+        """Messages taken and not yet acknowledged or handed back."""
+        return self._held
+
+    def stop(self, timeout: float) -> bool:
+        """Wait (up to ``timeout``) for every job taken to settle, then stop; True if all did."""
+        end = time.monotonic() + timeout
+        with self._held_lock:
+            while self._held and time.monotonic() < end:
+                self._held_lock.wait(min(0.1, max(0.0, end - time.monotonic())))
+            settled = self._held == 0
+        if not settled:
+            _log.warning("worker.engine_stop_timeout", held=self._held)
+        self._slow.shutdown(wait=settled, cancel_futures=not settled)
+        if self._thread.is_alive():
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout=5.0)
+        self._redis.close()
+        return settled
+
+    # -- the loop's thread ---------------------------------------------------------------
+
+    def _serve(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        try:
+            self._loop.run_forever()
+        finally:
+            for client in self._clients.values():
+                client.close()
+            with contextlib.suppress(Exception):
+                self._loop.close()
+
+    def _client(self, d: _Delivery) -> AsyncVicidialClient:
+        client = self._clients.get(d.dialer.name)
+        if client is None:
+            client = AsyncVicidialClient(self.runner.settings, dialer=d.dialer)
+            self._clients[d.dialer.name] = client
+        return client
+
+    def _accept(self, message: Settle, payload: object, started: float) -> None:
+        task = self._loop.create_task(self._job(message, payload, started))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _job(self, message: Settle, payload: object, started: float) -> None:
+        runner = self.runner
+        try:
+            job = Job.from_message(payload, dialers=runner.dialers)
+        except Exception:
+            # Invalid (or a bug in the check): the runner dead-letters it on a thread.
+            self._thread_job(message, lambda: runner.run(payload))
+            return
+        d = runner.delivery(job, started)
+        runner.bind(d)  # this task's own copy of the context
+        try:
+            try:
+                claim = Claim.from_reply(await self._redis.call(*runner.claim_args(d)))
+            except Exception:
+                # Redis away (or refusing writes): claim again on a thread, with the
+                # same token (a claim that did run is recognised as our own).
+                self._thread_step(message, d, lambda: runner._run(d))
+                return
+            if not runner.calls_now(d, claim):
+                self._thread_step(message, d, lambda: runner.decide(d, claim))
+                return
+            if claim.seconds > 0:
+                await asyncio.sleep(claim.seconds)  # the rate-limit slot the claim reserved
+            lead = runner.attempt(d)
+            try:
+                result, latency_ms = await self._client(d).add_lead(
+                    lead, dnc_check=job.dnc_check, campaign_dnc_check=job.campaign_dnc_check
+                )
+            except CallFailed as exc:
+                d.answer = "ambiguous" if isinstance(exc, AmbiguousFailure) else "failed"
+                self._thread_step(message, d, functools.partial(runner._failed, d, exc))
+                return
+            d.answer = "added"
+            runner.log_added(d, result, latency_ms)
+            if not runner.stores_added_at_once(d):
+                self._thread_step(message, d, lambda: runner.store_added(d, result, latency_ms))
+                return
+            try:
+                stored = await self._redis.call(*runner.succeed_args(d, result, latency_ms))
+            except Exception:
+                # Once more on a thread, retried while the message is ours (the same
+                # token: a write that did run answers "again"); logged once only.
+                self._thread_step(message, d, lambda: runner.store_added(d, result, latency_ms))
+                return
+            runner.after_added(d, result, stored)
+            self._settle(message, ack=True)
+        except Exception as exc:
+            self._thread_step(message, d, functools.partial(runner._internal, d, exc))
+        finally:
+            structlog.contextvars.clear_contextvars()
+
+    # -- settling ------------------------------------------------------------------------
+
+    def _thread_step(self, message: Settle, d: _Delivery, body: Callable[[], str]) -> None:
+        runner = self.runner
+        self._thread_job(message, lambda: runner.step(d, body))
+
+    def _thread_job(self, message: Settle, body: Callable[[], str]) -> None:
+        """Finish a job on a thread with the runner's code; settle its message as the
+        Celery task would (workers.tasks.add_lead)."""
+
+        def run() -> None:
+            try:
+                body()
+            except TransientInfrastructureError:
+                time.sleep(_REQUEUE_PAUSE_S)  # do not spin on a dead Redis
+                self._settle(message, ack=False)
+            except Exception as exc:
+                _log.error("worker.task_failed", error=f"{type(exc).__name__}: {exc}")
+                time.sleep(_REQUEUE_PAUSE_S)
+                self._settle(message, ack=False)
+            else:
+                self._settle(message, ack=True)
+
+        try:
+            self._slow.submit(run)
+        except RuntimeError:
+            # Shutting down past the grace time: the message stays unacknowledged and
+            # goes back to the queue (the visibility sweep), as with a killed worker.
+            self._release()
+
+    def _settle(self, message: Settle, *, ack: bool) -> None:
+        try:
+            message.settle(ack=ack)
+        except Exception as exc:  # a dropped broker connection: the sweep redelivers it
+            _log.warning("worker.ack_failed", error=f"{type(exc).__name__}: {exc}")
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        with self._held_lock:
+            self._held -= 1
+            if not self._held:
+                self._held_lock.notify_all()
+
+
+class Settle:
+    """How a message taken from the consumer is acknowledged or handed back.
+
+    Through the consumer's own callbacks (Celery's ``ack``/``reject`` promises),
+    as its task requests do: they run on the consumer's thread and wake its
+    event loop, which may then fetch the next message (a write to the channel
+    from another thread would wait for the loop's next timer tick).
+    """
+
+    __slots__ = ("_ack", "_errors", "_reject")
+
+    def __init__(self, ack: Any, reject: Any, errors: Any) -> None:
+        self._ack = ack
+        self._reject = reject
+        self._errors = errors
+
+    def settle(self, *, ack: bool) -> None:
+        if ack:
+            self._ack(_celery_log, self._errors)
+        else:
+            self._reject(_celery_log, self._errors, True)
+
+
+_celery_log = logging.getLogger("workers.engine")
+_engine: LeadEngine | None = None
+
+
+def current_engine() -> LeadEngine | None:
+    """The engine of this worker process, once its boot step started it."""
+    return _engine
+
+
+def set_engine(engine: LeadEngine | None) -> None:
+    global _engine
+    _engine = engine
+
+
+def strategy(task: Any, app: Any, consumer: Any, **kwargs: Any) -> Any:
+    """Celery's task strategy for add_lead: plain messages go to the engine.
+
+    Anything unusual (an ETA or expiry set by hand, another body shape) takes
+    Celery's own path, where the task handles it as before.
+    """
+    default = celery_strategy.default(task, app, consumer, **kwargs)
+    errors = consumer.connection_errors
+
+    def handler(message: Any, body: Any, ack: Any, reject: Any, callbacks: Any, **kw: Any) -> Any:
+        engine = _engine
+        if engine is None or body is not None:
+            return default(message, body, ack, reject, callbacks, **kw)
+        headers = message.headers or {}
+        if headers.get("eta") or headers.get("expires"):
+            return default(message, body, ack, reject, callbacks, **kw)
+        try:
+            args, kwargs_, _embed = message.decode()
+        except Exception:
+            return default(message, body, ack, reject, callbacks, **kw)
+        if kwargs_ or not isinstance(args, list | tuple) or len(args) != 1:
+            return default(message, body, ack, reject, callbacks, **kw)
+        engine.submit(Settle(ack, reject, errors), args[0])
+        return None
+
+    return handler
