@@ -67,7 +67,7 @@ class _Connection:
     def usable(self, now: float) -> bool:
         if now - self.idle_since >= KEEPALIVE_S or self.writer.is_closing():
             return False
-        if self.reader.at_eof() or getattr(self.reader, "_buffer", b""):
+        if self.reader.at_eof() or bool(getattr(self.reader, "_buffer", None)):
             return False  # closed, or bytes nobody asked for: the server is not in step
         # The loop may not have read the server's hang-up yet: ask the socket itself
         # (as httpcore does). An idle connection has nothing to read unless it closed.
