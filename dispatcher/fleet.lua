@@ -36,29 +36,34 @@ if cmd == 'beat' then
 
 elseif cmd == 'fetch' then
   -- ARGV: consumer id, ttl, registry, in-flight list, kombu's unacked hash, kombu's
-  -- unacked index, the number k of deferred acks, k delivery tags, then per dialer, in
-  -- the order to serve them (the caller rotates it: no dialer starves another): its
-  -- name, its number of lanes, and its lane lists in priority order (realtime first).
+  -- unacked index, the most messages m to take, the number k of deferred acks, k
+  -- delivery tags, then per dialer, in the order to serve them (the caller rotates
+  -- it: no dialer starves another): its name, its number of lanes, and its lane lists
+  -- in priority order (realtime first).
   --
-  -- One round trip per message taken, doing everything kombu needs done around a pop:
+  -- One round trip per poll, doing everything kombu needs done around a pop:
   -- * the acks deferred since the last poll are written (kombu's unacked entries of
   --   the tags removed);
   -- * the consumer registers again (heartbeat + its in-flight list in the registry: a
   --   reaper may have given it up during a stall);
   -- * what its in-flight list still holds (an item whose dead letter could not be
   --   written) is handed out again;
-  -- * else the first message of the first lane of the first dialer that is neither
-  --   paused nor out of rate-limit slots is taken: a kombu envelope goes straight into
+  -- * else messages are taken, first lane of the first dialer that is neither paused
+  --   nor out of rate-limit slots first: each kombu envelope goes straight into
   --   kombu's unacked hash and index (as kombu's own QoS.append would record it; the
-  --   visibility timeout redelivers it if this consumer dies), anything else into the
-  --   in-flight list, for the consumer to dead-letter.
+  --   visibility timeout redelivers it if this consumer dies). Up to m of them, as
+  --   many as the consumer has free slots, but one only from a dialer with a rate
+  --   limit (its slots are handed out one claim at a time). Anything that is not an
+  --   envelope goes into the in-flight list, for the consumer to dead-letter: alone,
+  --   or (after envelopes taken in this poll) on the next poll.
   -- A message is thus always in a lane, in kombu's unacked record, or in an in-flight list.
-  -- Returns {item, 'held' | dialer name, 'recorded' if it went into the unacked record},
-  -- {false, 'gated', seconds until a dialer whose jobs wait opens again}, or
-  -- {false, 'empty'}.
+  -- Returns {item, 'held' | dialer name}, {item, dialer, 'recorded', item, dialer,
+  -- 'recorded', ...} (envelopes, in the order taken), {false, 'gated', seconds until a
+  -- dialer whose jobs wait opens again}, or {false, 'empty'}.
   local inflight, unacked, index = ARGV[5], ARGV[6], ARGV[7]
-  local acks = tonumber(ARGV[8])
-  for a = 9, 8 + acks do
+  local most = tonumber(ARGV[8])
+  local acks = tonumber(ARGV[9])
+  for a = 10, 9 + acks do
     redis.call('ZREM', index, ARGV[a])
     redis.call('HDEL', unacked, ARGV[a])
   end
@@ -68,19 +73,24 @@ elseif cmd == 'fetch' then
   if held then return {held, 'held'} end
   local clock = redis.call('TIME')
   local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
-  local i = 9 + acks
+  local i = 10 + acks
   local soonest = nil  -- when a gated dialer with waiting jobs opens again
-  while i <= #ARGV do
+  local taken = {}
+  while i <= #ARGV and #taken < 3 * most do
     local dialer, n = ARGV[i], tonumber(ARGV[i + 1])
     local untl = tonumber(redis.call('HGET', P .. ':pause:' .. dialer, 'until') or '0')
-    local tat = tonumber(redis.call('GET', P .. ':rate:' .. dialer) or '0')
+    local rate = redis.call('GET', P .. ':rate:' .. dialer)
+    local tat = tonumber(rate or '0')
     -- More than a quarter second of slots taken: a job popped now would hold a
     -- worker thread asleep for its slot, a thread another dialer could use.
     local opens = math.max(untl, tat - 0.25)
     if opens <= now then
+      local room = most - #taken / 3
+      if rate then room = math.min(room, 1) end
       for j = 1, n do
-        local item = redis.call('RPOP', ARGV[i + 1 + j])
-        if item then
+        while room > 0 do
+          local item = redis.call('RPOP', ARGV[i + 1 + j])
+          if not item then break end
           local ok, env = pcall(cjson.decode, item)
           local props = ok and type(env) == 'table' and env.properties
           local info = type(props) == 'table' and props.delivery_info
@@ -94,10 +104,15 @@ elseif cmd == 'fetch' then
                        '[' .. item .. ',' .. cjson.encode(exchange) .. ','
                        .. cjson.encode(key) .. ']')
             redis.call('ZADD', index, now, props.delivery_tag)
-            return {item, dialer, 'recorded'}
+            taken[#taken + 1] = item
+            taken[#taken + 1] = dialer
+            taken[#taken + 1] = 'recorded'
+            room = room - 1
+          else
+            redis.call('LPUSH', inflight, item)
+            if #taken > 0 then return taken end
+            return {item, dialer}
           end
-          redis.call('LPUSH', inflight, item)
-          return {item, dialer}
         end
       end
     else
@@ -110,6 +125,7 @@ elseif cmd == 'fetch' then
     end
     i = i + 2 + n
   end
+  if #taken > 0 then return taken end
   if soonest ~= nil then return {false, 'gated', string.format('%.3f', soonest - now)} end
   return {false, 'empty'}
 

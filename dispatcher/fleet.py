@@ -54,10 +54,11 @@ class Fleet:
         unacked_index: str,
         acks: list[Any],
         lanes: list[tuple[str, list[str]]],
+        most: int = 1,
     ) -> list[Any]:
         """The ``fetch`` command's arguments: kombu's unacked hash and index, the delivery
-        tags of the acks deferred since the last poll, and ``lanes``: (dialer, its lane
-        lists) each, in the order to serve them."""
+        tags of the acks deferred since the last poll, ``lanes``: (dialer, its lane
+        lists) each, in the order to serve them, and the most messages to take."""
         args: list[Any] = [
             "fetch",
             consumer,
@@ -66,6 +67,7 @@ class Fleet:
             inflight_key(queue, consumer),
             unacked,
             unacked_index,
+            max(1, most),
             len(acks),
             *acks,
         ]

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from dispatcher import DeadLetterStore, enqueue_lead, job_status
+from dispatcher import DeadLetterStore, enqueue_lead, enqueue_leads, job_status
 from dispatcher.localfleet import WorkerProcess
 from dispatcher.settings import Settings
 from dispatcher.simulator import Simulator
@@ -86,6 +86,45 @@ def test_the_reliable_pop_is_the_one_running(
     assert any(" fetch " in c or '"fetch"' in c for c in commands if c.startswith("EVALSHA"))
     assert any(c.startswith("RPOP") for c in in_scripts)
     assert any(c.startswith("HSET") and "unacked" in c for c in in_scripts)
+
+
+def test_a_worker_with_free_slots_takes_several_messages_a_poll(
+    settings: Settings, simulator: Simulator, start_worker: Callable[..., WorkerProcess]
+) -> None:
+    simulator.set_latency(500)  # the eight calls of a round end together
+    leads = [{"agent_user": "1000", "phone_number": f"72755{i:05d}"} for i in range(24)]
+    job_ids = enqueue_leads(leads, settings=settings)
+    client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
+    fetches: list[str] = []
+    done = threading.Event()
+
+    def watch() -> None:
+        with client.monitor() as monitor:
+            for entry in monitor.listen():
+                command = str(entry["command"])
+                if entry.get("client_type") != "lua" and " fetch " in command:
+                    fetches.append(command)
+                if done.is_set():
+                    return
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    time.sleep(0.3)
+    start_worker(settings, concurrency=8)
+    wait_for(
+        lambda: all(
+            (job_status(j, settings=settings) or {}).get("state") == "added" for j in job_ids
+        ),
+        timeout=30,
+    )
+    done.set()
+    redis.Redis.from_url(settings.redis_url).ping()
+    watcher.join(10)
+    # 24 messages through 8 slots: a poll asks for every free slot (the script takes
+    # that many, tests/test_fetch_batch.py): all 8 at the start, most of them after
+    # each round of calls ended together.
+    most = [int(c.split()[11]) for c in fetches]  # EVALSHA sha 1 prefix fetch ... most
+    assert most[0] == 8 and sorted(most)[-3:] >= [7, 7, 8], most
 
 
 def test_a_worker_refuses_to_start_where_the_reliable_pop_cannot_run(

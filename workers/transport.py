@@ -79,6 +79,8 @@ _log = logs.get_logger("workers.transport")
 _consumer_id: tuple[int, str] | None = None
 #: How long the consumer waits after Redis refused a poll (full, read-only).
 _REFUSED_BACKOFF_S = 0.5
+#: The most messages one poll takes (each into a free prefetch slot).
+_MOST_PER_FETCH = 64
 
 
 class UnsupportedLayout(RuntimeError):
@@ -365,6 +367,7 @@ class _ReliableChannel:
             unacked_index=self.qos.unacked_index_key,
             acks=self._acks_sent,
             lanes=order,
+            most=self._free_slots(),
         )
         script = self._fleet._script
         if self._use_eval:
@@ -376,6 +379,17 @@ class _ReliableChannel:
         vars(self).update(_in_poll=self.client.connection, _brpop_sent_at=time.monotonic())
         self.client.connection.send_command(*command)
         return None
+
+    def _free_slots(self) -> int:
+        """How many messages this poll may take: the consumer's free prefetch slots (a
+        worker whose slots all freed at once refills them in one round trip)."""
+        try:
+            free = self.qos.can_consume_max_estimate()
+        except Exception:
+            return 1
+        if free is None:
+            return 1
+        return max(1, min(int(free), _MOST_PER_FETCH))
 
     def _block(self, timeout: Any) -> None:
         """Nothing to take: wait for a wake token (pushed with every enqueue, retry and
@@ -427,11 +441,14 @@ class _ReliableChannel:
             if not recorded and not is_envelope(item):
                 self._poison(item)
                 raise Empty()
-            if recorded:
-                self._recorded = True
-            else:
-                self._inflight_raw = item
             self._queue_cycle.rotate(self._queue)
+            if recorded:
+                # One or more envelopes, each already in kombu's unacked record.
+                for at in range(0, len(reply) - 2, 3):
+                    self._recorded = True
+                    self.connection._deliver(loads(bytes_to_str(reply[at])), self._queue)
+                return True
+            self._inflight_raw = item
             try:
                 self.connection._deliver(loads(bytes_to_str(item)), self._queue)
             except redis.ResponseError as exc:
