@@ -71,6 +71,35 @@ class LookupGate:
     fix: str = ""
 
 
+def _encode(value: Any) -> bytes:
+    # As redis-py's Encoder (its default UTF-8), for the types the scripts are given.
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, str):
+        return value.encode()
+    if isinstance(value, bool):
+        raise redis.DataError("a bool is not a Redis argument")
+    if isinstance(value, int | float):
+        return repr(value).encode()
+    raise redis.DataError(f"a {type(value).__name__} is not a Redis argument")
+
+
+def pack_commands(commands: list[tuple[Any, ...]]) -> bytes:
+    """The RESP bytes of several commands, each one argument list.
+
+    redis-py's packer splits a first argument holding spaces and chunks large
+    values; a worker's script calls need neither, and this costs a third of it
+    (the batched claim and success of every lead go through here).
+    """
+    out: list[bytes] = []
+    for command in commands:
+        out.append(b"*%d\r\n" % len(command))
+        for arg in command:
+            data = _encode(arg)
+            out.append(b"$%d\r\n%b\r\n" % (len(data), data))
+    return b"".join(out)
+
+
 class _ThreadConnections:
     """One Redis connection per thread, taken past redis-py's connection pool.
 
@@ -129,7 +158,7 @@ class _ThreadConnections:
     @staticmethod
     def _exchange_many(connection: Any, commands: list[tuple[Any, ...]]) -> list[Any]:
         try:
-            connection.send_packed_command(connection.pack_commands(commands))
+            connection.send_packed_command(pack_commands(commands))
             replies: list[Any] = []
             for _ in commands:
                 try:

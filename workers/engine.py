@@ -42,6 +42,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import orjson
 import structlog
 from celery.worker import strategy as celery_strategy
 
@@ -265,6 +266,18 @@ def set_engine(engine: LeadEngine | None) -> None:
     _engine = engine
 
 
+def _decode(message: Any) -> Any:
+    """The task message's body ``[args, kwargs, embed]``: orjson for plain JSON (a
+    fifth of kombu's cost per message), kombu's own decoder for anything else."""
+    if message.content_type == "application/json" and message.content_encoding in (
+        "utf-8",
+        "utf8",
+    ):
+        with contextlib.suppress(orjson.JSONDecodeError):
+            return orjson.loads(message.body)
+    return message.decode()
+
+
 def strategy(task: Any, app: Any, consumer: Any, **kwargs: Any) -> Any:
     """Celery's task strategy for add_lead: plain messages go to the engine.
 
@@ -282,7 +295,7 @@ def strategy(task: Any, app: Any, consumer: Any, **kwargs: Any) -> Any:
         if headers.get("eta") or headers.get("expires"):
             return default(message, body, ack, reject, callbacks, **kw)
         try:
-            args, kwargs_, _embed = message.decode()
+            args, kwargs_, _embed = _decode(message)
         except Exception:
             return default(message, body, ack, reject, callbacks, **kw)
         if kwargs_ or not isinstance(args, list | tuple) or len(args) != 1:

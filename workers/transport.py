@@ -50,6 +50,7 @@ from collections.abc import Iterator
 from queue import Empty
 from typing import Any
 
+import orjson
 import redis
 from kombu.transport import redis as kombu_redis
 from kombu.transport import virtual
@@ -121,6 +122,15 @@ def is_envelope(item: Any) -> bool:
         and "body" in data
         and isinstance(data.get("headers", {}), dict)
     )
+
+
+def _envelope(item: Any) -> Any:
+    # An envelope is plain JSON (the script checked its shape): orjson reads it in a
+    # fifth of the time; kombu's decoder for anything it does not take.
+    try:
+        return orjson.loads(item)
+    except orjson.JSONDecodeError:
+        return loads(bytes_to_str(item))
 
 
 class ReliableQoS(kombu_redis.QoS):
@@ -446,7 +456,7 @@ class _ReliableChannel:
                 # One or more envelopes, each already in kombu's unacked record.
                 for at in range(0, len(reply) - 2, 3):
                     self._recorded = True
-                    self.connection._deliver(loads(bytes_to_str(reply[at])), self._queue)
+                    self.connection._deliver(_envelope(reply[at]), self._queue)
                 return True
             self._inflight_raw = item
             try:
