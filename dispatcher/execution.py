@@ -158,7 +158,7 @@ class _ThreadConnections:
     @staticmethod
     def _exchange_many(connection: Any, commands: list[tuple[Any, ...]]) -> list[Any]:
         try:
-            connection.send_packed_command(pack_commands(commands))
+            connection.send_packed_command([pack_commands(commands)])
             replies: list[Any] = []
             for _ in commands:
                 try:
