@@ -113,7 +113,25 @@ def make_app(settings: Settings) -> Celery:
     )
     celery.steps["worker"].add(SchedulerStep)
     celery.steps["worker"].add(EngineStep)
+    celery.steps["consumer"].add(EnginePrefetch)
     return celery
+
+
+class EnginePrefetch(bootsteps.StartStopStep):
+    """With the lead engine, the consumer holds a quarter more messages than calls in
+    flight: a call slot that frees finds its next job already fetched (its claim and
+    call start at once), instead of waiting for an ack, a poll and a delivery.
+    Messages held beyond the slots are not claimed yet: on a crash they go back to
+    the queue as any unacknowledged message does."""
+
+    requires = {"celery.worker.consumer.tasks:Tasks"}
+
+    def start(self, c: Any) -> None:
+        from workers.engine import current_engine
+
+        engine = current_engine()
+        if engine is not None and getattr(c, "qos", None) is not None:
+            c.qos.increment_eventually(engine.prefetch_extra)
 
 
 class EngineStep(bootsteps.StartStopStep):

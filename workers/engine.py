@@ -23,7 +23,8 @@ scripts recognise), so a slow Redis never stalls the calls of other jobs.
 Guarantees are the threaded worker's: a message is acknowledged only after its
 outcome is stored, a Redis failure hands it back to the queue, and a warm
 shutdown lets every accepted job finish (each call ends within its deadline).
-The consumer's prefetch limit (``--concurrency``) bounds the jobs held.
+At most ``--concurrency`` calls are in flight; the consumer holds a quarter more
+messages, so that a call slot that frees finds its next job already fetched.
 
 Used with ``--pool threads`` (the shipped one); with ``prefork`` the children
 run the task as before (one event loop in the parent could use one core only).
@@ -76,6 +77,8 @@ class LeadEngine:
         self._held = 0
         self._held_lock = threading.Condition()
         self._tasks: set[asyncio.Task[None]] = set()
+        #: calls in flight at most (the worker's --concurrency)
+        self._slots = asyncio.Semaphore(capacity)
 
     # -- any thread ----------------------------------------------------------------------
 
@@ -87,6 +90,11 @@ class LeadEngine:
         with self._held_lock:
             self._held += 1
         self._loop.call_soon_threadsafe(self._accept, message, payload, time.monotonic())
+
+    @property
+    def prefetch_extra(self) -> int:
+        """Messages the consumer may hold beyond the call slots (workers.celery_app)."""
+        return max(1, self.capacity // 4)
 
     @property
     def held(self) -> int:
@@ -143,16 +151,20 @@ class LeadEngine:
             return
         d = runner.delivery(job, started)
         runner.bind(d)  # this task's own copy of the context
+        # A call slot is taken before the claim (a job claimed and left waiting would
+        # look orphaned if the worker died) and given back when the call ends.
+        await self._slots.acquire()
+        holding = True
         try:
             try:
                 claim = Claim.from_reply(await self._redis.call(*runner.claim_args(d)))
             except Exception:
                 # Redis away (or refusing writes): claim again on a thread, with the
                 # same token (a claim that did run is recognised as our own).
-                self._thread_step(message, d, lambda: runner._run(d))
+                holding = self._thread_step(message, d, lambda: runner._run(d), slot=True)
                 return
             if not runner.calls_now(d, claim):
-                self._thread_step(message, d, lambda: runner.decide(d, claim))
+                holding = self._thread_step(message, d, lambda: runner.decide(d, claim), slot=True)
                 return
             if claim.seconds > 0:
                 await asyncio.sleep(claim.seconds)  # the rate-limit slot the claim reserved
@@ -163,9 +175,15 @@ class LeadEngine:
                 )
             except CallFailed as exc:
                 d.answer = "ambiguous" if isinstance(exc, AmbiguousFailure) else "failed"
-                self._thread_step(message, d, functools.partial(runner._failed, d, exc))
+                # The slot stays taken until the failure is handled: a pause or the
+                # breaker it trips must be stored before the next job claims.
+                holding = self._thread_step(
+                    message, d, functools.partial(runner._failed, d, exc), slot=True
+                )
                 return
             d.answer = "added"
+            holding = False
+            self._slots.release()
             runner.log_added(d, result, latency_ms)
             if not runner.stores_added_at_once(d):
                 self._thread_step(message, d, lambda: runner.store_added(d, result, latency_ms))
@@ -180,19 +198,28 @@ class LeadEngine:
             runner.after_added(d, result, stored)
             self._settle(message, ack=True)
         except Exception as exc:
-            self._thread_step(message, d, functools.partial(runner._internal, d, exc))
+            internal = functools.partial(runner._internal, d, exc)
+            holding = self._thread_step(message, d, internal, slot=holding)
         finally:
+            if holding:
+                self._slots.release()
             structlog.contextvars.clear_contextvars()
 
     # -- settling ------------------------------------------------------------------------
 
-    def _thread_step(self, message: Settle, d: _Delivery, body: Callable[[], str]) -> None:
+    def _thread_step(
+        self, message: Settle, d: _Delivery, body: Callable[[], str], *, slot: bool = False
+    ) -> bool:
         runner = self.runner
-        self._thread_job(message, lambda: runner.step(d, body))
+        return self._thread_job(message, lambda: runner.step(d, body), slot=slot)
 
-    def _thread_job(self, message: Settle, body: Callable[[], str]) -> None:
+    def _thread_job(self, message: Settle, body: Callable[[], str], *, slot: bool = False) -> bool:
         """Finish a job on a thread with the runner's code; settle its message as the
-        Celery task would (workers.tasks.add_lead)."""
+        Celery task would (workers.tasks.add_lead).
+
+        ``slot``: the job holds a call slot, given back when the thread is done.
+        Returns whether the caller still holds the slot (the hand-off failed).
+        """
 
         def run() -> None:
             try:
@@ -206,6 +233,10 @@ class LeadEngine:
                 self._settle(message, ack=False)
             else:
                 self._settle(message, ack=True)
+            finally:
+                if slot:
+                    with contextlib.suppress(RuntimeError):  # the loop is closed
+                        self._loop.call_soon_threadsafe(self._slots.release)
 
         try:
             self._slow.submit(run)
@@ -213,6 +244,8 @@ class LeadEngine:
             # Shutting down past the grace time: the message stays unacknowledged and
             # goes back to the queue (the visibility sweep), as with a killed worker.
             self._release()
+            return slot
+        return False
 
     def _settle(self, message: Settle, *, ack: bool) -> None:
         try:
