@@ -15,8 +15,8 @@ write repeated after a lost reply (the same token) is recognised as done.
 from __future__ import annotations
 
 import os
+import random
 import threading
-import uuid
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
@@ -29,8 +29,12 @@ _SOURCE = resources.files("dispatcher").joinpath("execution.lua").read_text(enco
 
 
 def new_token() -> str:
-    """A token for one delivery of a job (its claim and outcome writes)."""
-    return uuid.uuid4().hex
+    """A token for one delivery of a job (its claim and outcome writes).
+
+    Unique, not secret: 128 bits of the process's generator, which Python seeds
+    from the OS and seeds again in a forked child (uuid4 asks the OS every time).
+    """
+    return f"{random.getrandbits(128):032x}"
 
 
 def _text(value: Any) -> str:

@@ -39,6 +39,8 @@ from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
+
 from dispatcher.dialers import DIALER_NAME, PRIORITIES, Dialers
 from dispatcher.errors import InvalidLead, InvalidPayload
 from dispatcher.lead import Lead, make_lead
@@ -358,13 +360,17 @@ def broker_envelope(message: Mapping[str, Any], *, queue: str, task_id: str | No
     fresh delivery tag; the task id is the job id, so Celery's own logs name the job.
     """
     task_id = task_id or str(message.get("job_id") or new_job_id())
-    body = json.dumps([[message], {}, _EMBED])
+    try:
+        body = orjson.dumps([[message], {}, _EMBED])
+    except (TypeError, orjson.JSONEncodeError):  # what orjson refuses (an int past 64 bits)
+        body = json.dumps([[message], {}, _EMBED]).encode()
     return _ENVELOPE % {
-        "body": json.dumps(base64.b64encode(body.encode()).decode()),
+        # base64 needs no JSON escaping: quoted as it is.
+        "body": '"' + base64.b64encode(body).decode("ascii") + '"',
         "id": json.dumps(task_id),
         "retries": int(message.get("attempts", 0) or 0),
         "queue": json.dumps(queue),
-        "tag": json.dumps(str(uuid.uuid4())),
+        "tag": '"' + str(uuid.uuid4()) + '"',
         "at": f"{time.time():.3f}",
     }
 

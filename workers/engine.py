@@ -76,6 +76,9 @@ class LeadEngine:
         self._redis = ScriptBatcher(runner.execution, self._loop)
         self._held = 0
         self._held_lock = threading.Condition()
+        #: messages taken by the consumer, not yet on the loop
+        self._inbox: list[tuple[Settle, object, float]] = []
+        self._inbox_waking = False
         self._tasks: set[asyncio.Task[None]] = set()
         #: calls in flight at most (the worker's --concurrency)
         self._slots = asyncio.Semaphore(capacity)
@@ -89,7 +92,11 @@ class LeadEngine:
         """Take a message (from the consumer's thread); it is settled when its job is."""
         with self._held_lock:
             self._held += 1
-        self._loop.call_soon_threadsafe(self._accept, message, payload, time.monotonic())
+            self._inbox.append((message, payload, time.monotonic()))
+            if self._inbox_waking:
+                return  # the loop drains the inbox soon: one wake-up for a whole poll
+            self._inbox_waking = True
+        self._loop.call_soon_threadsafe(self._drain)
 
     @property
     def prefetch_extra(self) -> int:
@@ -136,10 +143,14 @@ class LeadEngine:
             self._clients[d.dialer.name] = client
         return client
 
-    def _accept(self, message: Settle, payload: object, started: float) -> None:
-        task = self._loop.create_task(self._job(message, payload, started))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+    def _drain(self) -> None:
+        with self._held_lock:
+            taken, self._inbox = self._inbox, []
+            self._inbox_waking = False
+        for message, payload, started in taken:
+            task = self._loop.create_task(self._job(message, payload, started))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
     async def _job(self, message: Settle, payload: object, started: float) -> None:
         runner = self.runner
