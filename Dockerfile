@@ -84,4 +84,4 @@ HEALTHCHECK --interval=30s --timeout=20s --start-period=30s --retries=3 \
 # stop timeout of docker-compose.yml (stop_grace_period) when run by hand, e.g.
 # `docker stop -t 40`. Pool and concurrency: measured, see docs/DEPLOYING.md.
 STOPSIGNAL SIGTERM
-CMD ["celery", "-A", "workers", "worker", "--loglevel", "INFO", "--pool", "threads", "--concurrency", "32", "--without-gossip", "--without-mingle"]
+CMD ["celery", "-A", "workers", "worker", "--loglevel", "INFO", "--pool", "threads", "--concurrency", "64", "--without-gossip", "--without-mingle"]
