@@ -68,9 +68,19 @@ def celery_enqueuer(module: str, db: int, env: Env) -> Callable[[list[str]], Non
     return enqueue
 
 
+#: The product's producer enqueues batches of this many leads, one after the other:
+#: a producer app feeding leads as they come. (One batch of a whole round would make
+#: the workers wait for all of it to be validated before the first lead, since
+#: enqueue_leads checks every lead before it writes any; the Celery apps' loops hand
+#: out their first message at once.)
+PRODUCER_BATCH = 250
+
+
 def product_enqueuer(settings: Any) -> Callable[[list[str]], None]:
     def enqueue(phones: list[str]) -> None:
-        enqueue_leads([lead_fields(p) for p in phones], settings=settings)
+        for start in range(0, len(phones), PRODUCER_BATCH):
+            chunk = phones[start : start + PRODUCER_BATCH]
+            enqueue_leads([lead_fields(p) for p in chunk], settings=settings)
 
     return enqueue
 
