@@ -24,7 +24,8 @@ import functools
 import logging
 import re
 import sys
-from collections.abc import Iterable, MutableMapping
+import threading
+from collections.abc import Callable, Iterable, MutableMapping
 from typing import Any, TextIO
 
 import orjson
@@ -33,11 +34,14 @@ import structlog
 __all__ = [
     "Redactor",
     "configure_logging",
+    "flush_lines",
     "get_logger",
+    "hold_lines",
     "is_configured",
     "mask_digits",
     "mask_phone",
     "redact_vicidial_line",
+    "release_lines",
 ]
 
 _PHONE_KEYS = frozenset({"phone", "phone_number", "alt_phone", "value"})
@@ -141,6 +145,69 @@ def _orjson_dumps(obj: Any, **_: Any) -> str:
 _configured: dict[str, Any] = {}
 
 
+_held = threading.local()
+
+
+class _LineWriter(structlog.WriteLogger):
+    """structlog's WriteLogger, whose lines a thread may hold and write together.
+
+    A worker's event loop logs two lines per lead; written one by one they were a
+    fifth of its CPU (a system call each). It holds them (:func:`hold_lines`) and
+    writes what one turn of the loop logged in one call (:func:`flush_lines`),
+    before the turn's requests and Redis writes leave: a line is never behind what
+    it reports. Every other thread writes each line at once.
+    """
+
+    def msg(self, message: str) -> None:
+        held: list[str] | None = getattr(_held, "lines", None)
+        if held is None:
+            with self._lock:
+                self._write(message + "\n")
+                self._flush()
+            return
+        if not held:
+            _held.file = self
+            _held.on_hold()
+        held.append(message)
+
+    def flush_held(self, lines: list[str]) -> None:
+        with self._lock:
+            self._write("\n".join(lines) + "\n")
+            self._flush()
+
+    log = debug = info = warn = warning = fatal = failure = err = error = critical = exception = msg
+
+
+class _LineWriterFactory:
+    def __init__(self, file: TextIO) -> None:
+        self._logger = _LineWriter(file)
+
+    def __call__(self, *args: Any) -> _LineWriter:
+        return self._logger
+
+
+def hold_lines(on_hold: Callable[[], None]) -> None:
+    """From now on this thread's log lines wait for :func:`flush_lines`;
+    ``on_hold`` is called when the first line of a batch is held (to schedule it)."""
+    _held.lines = []
+    _held.on_hold = on_hold
+
+
+def flush_lines() -> None:
+    """Write the lines this thread holds, in one call."""
+    lines: list[str] | None = getattr(_held, "lines", None)
+    if lines:
+        writer: _LineWriter = _held.file
+        _held.lines = []
+        writer.flush_held(lines)
+
+
+def release_lines() -> None:
+    """Write what is held and stop holding (each line is written at once again)."""
+    flush_lines()
+    _held.lines = None
+
+
 def configure_logging(
     *,
     level: str = "INFO",
@@ -178,7 +245,7 @@ def configure_logging(
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=structlog.WriteLoggerFactory(file=out),
+        logger_factory=_LineWriterFactory(out),
         cache_logger_on_first_use=True,
     )
     # Foreign (stdlib) records: Celery, kombu, httpx. Same processors, same renderer.

@@ -121,26 +121,31 @@ def _settings(port: int, timeout: float) -> Settings:
 
 
 class _OnLoop:
-    """The lead engine's asyncio client, called as the threaded one is (its own loop)."""
+    """The lead engine's asyncio client, called as the threaded one is: its loop runs
+    in a thread of its own all the time, as the engine's does."""
 
     def __init__(self, settings: Settings) -> None:
         dialer = settings.dialers.resolve(None)
         assert dialer is not None
         self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._thread.start()
         self._client = AsyncVicidialClient(settings, dialer=dialer)
 
     def add_lead(
         self, lead: Lead, *, dnc_check: bool, campaign_dnc_check: bool
     ) -> tuple[AddLeadResult, float]:
-        return self._loop.run_until_complete(
-            self._client.add_lead(lead, dnc_check=dnc_check, campaign_dnc_check=campaign_dnc_check)
+        call = self._client.add_lead(
+            lead, dnc_check=dnc_check, campaign_dnc_check=campaign_dnc_check
         )
+        return asyncio.run_coroutine_threadsafe(call, self._loop).result(30)
 
     def close(self) -> None:
         if self._loop.is_closed():
             return
-        self._client.close()
-        self._loop.run_until_complete(asyncio.sleep(0))  # let the transports close
+        self._loop.call_soon_threadsafe(self._client.close)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
         self._loop.close()
 
 

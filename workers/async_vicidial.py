@@ -48,6 +48,9 @@ __all__ = ["KEEPALIVE_S", "AsyncVicidialClient"]
 
 #: Longest an idle connection is kept for reuse (Apache closes at 5 s by default).
 KEEPALIVE_S = 4.0
+#: A connection idle for less than this is trusted to the loop's own reading (one
+#: system call less per call); longer, its socket is asked whether it closed.
+_TRUST_LOOP_S = 1.0
 #: The status line and headers of an answer may not be longer than this.
 _MAX_HEAD = 64 * 1024
 
@@ -69,8 +72,12 @@ class _Connection:
             return False
         if self.reader.at_eof() or bool(getattr(self.reader, "_buffer", None)):
             return False  # closed, or bytes nobody asked for: the server is not in step
-        # The loop may not have read the server's hang-up yet: ask the socket itself
-        # (as httpcore does). An idle connection has nothing to read unless it closed.
+        if now - self.idle_since < _TRUST_LOOP_S:
+            # The running loop reads every connection: a hang-up that came before
+            # this turn shows as EOF above. (A keep-alive close comes after seconds.)
+            return True
+        # Idle a while: the server's keep-alive close may be on its way; ask the
+        # socket itself (as httpcore does): an idle connection has nothing to read.
         sock = self.writer.get_extra_info("socket")
         if sock is None:
             return False

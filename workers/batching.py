@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from dispatcher.execution import Execution
@@ -28,9 +29,18 @@ MAX_BATCH = 256
 class ScriptBatcher:
     """Sends the execution script's commands queued by one event loop, in batches."""
 
-    def __init__(self, execution: Execution, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self,
+        execution: Execution,
+        loop: asyncio.AbstractEventLoop,
+        *,
+        on_staged: Callable[[], None] | None = None,
+    ) -> None:
         self._execution = execution
         self._loop = loop
+        #: called when a first command is staged (to schedule :meth:`send`)
+        self._on_staged = on_staged or (lambda: loop.call_soon(self.send))
+        self._staged: list[tuple[tuple[Any, ...], asyncio.Future[Any]]] = []
         self._pending: list[tuple[tuple[Any, ...], asyncio.Future[Any]]] = []
         self._cond = threading.Condition(threading.Lock())
         self._closed = False
@@ -38,17 +48,27 @@ class ScriptBatcher:
         self._thread.start()
 
     def call(self, *command: Any) -> asyncio.Future[Any]:
-        """Queue one command (``(name, *args)``) from the loop's thread; its reply's future.
+        """Stage one command (``(name, *args)``) from the loop's thread; its reply's future.
 
-        The future fails with the error reply's exception, or with the connection
-        error that lost the whole batch (the command may or may not have run).
+        Staged commands leave with :meth:`send` (the engine sends once per turn of
+        its loop, after that turn's log lines are written). The future fails with
+        the error reply's exception, or with the connection error that lost the
+        whole batch (the command may or may not have run).
         """
         future: asyncio.Future[Any] = self._loop.create_future()
-        with self._cond:
-            self._pending.append((command, future))
-            if len(self._pending) == 1:
-                self._cond.notify()
+        if not self._staged:
+            self._on_staged()
+        self._staged.append((command, future))
         return future
+
+    def send(self) -> None:
+        """Hand the staged commands to the sending thread (from the loop's thread)."""
+        if not self._staged:
+            return
+        staged, self._staged = self._staged, []
+        with self._cond:
+            self._pending.extend(staged)
+            self._cond.notify()
 
     def close(self) -> None:
         with self._cond:

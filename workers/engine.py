@@ -73,7 +73,10 @@ class LeadEngine:
         # Threads are made when first needed: a healthy flow never starts one.
         self._slow = ThreadPoolExecutor(max_workers=capacity, thread_name_prefix="lead-job")
         self._clients: dict[str, AsyncVicidialClient] = {}
-        self._redis = ScriptBatcher(runner.execution, self._loop)
+        self._redis = ScriptBatcher(runner.execution, self._loop, on_staged=self._turn_ends)
+        #: a turn of the loop ends with _commit (log lines written, Redis commands sent)
+        self._committing = False
+        self._written: asyncio.Future[None] | None = None
         self._held = 0
         self._held_lock = threading.Condition()
         #: messages taken by the consumer, not yet on the loop
@@ -128,13 +131,42 @@ class LeadEngine:
 
     def _serve(self) -> None:
         asyncio.set_event_loop(self._loop)
+        logs.hold_lines(self._turn_ends)
         try:
             self._loop.run_forever()
         finally:
+            logs.release_lines()
             for client in self._clients.values():
                 client.close()
             with contextlib.suppress(Exception):
                 self._loop.close()
+
+    # -- one turn of the loop -------------------------------------------------------------
+    #
+    # What the jobs of one turn log is written in one call, and only then do their
+    # Redis commands leave and their requests go out: an outcome is on record
+    # before it is stored (as in the threaded worker), and no request is sent
+    # before its lead.attempt line (a call absent from the logs was never made).
+
+    def _turn_ends(self) -> None:
+        if not self._committing:
+            self._committing = True
+            self._loop.call_soon(self._commit)
+
+    def _commit(self) -> None:
+        self._committing = False
+        logs.flush_lines()
+        self._redis.send()
+        written, self._written = self._written, None
+        if written is not None and not written.done():
+            written.set_result(None)
+
+    def _lines_written(self) -> asyncio.Future[None]:
+        """Resolved once this turn's log lines are written."""
+        if self._written is None:
+            self._written = self._loop.create_future()
+        self._turn_ends()
+        return self._written
 
     def _client(self, d: _Delivery) -> AsyncVicidialClient:
         client = self._clients.get(d.dialer.name)
@@ -180,6 +212,7 @@ class LeadEngine:
             if claim.seconds > 0:
                 await asyncio.sleep(claim.seconds)  # the rate-limit slot the claim reserved
             lead = runner.attempt(d)
+            await self._lines_written()
             try:
                 result, latency_ms = await self._client(d).add_lead(
                     lead, dnc_check=job.dnc_check, campaign_dnc_check=job.campaign_dnc_check
