@@ -132,6 +132,9 @@ class EnginePrefetch(bootsteps.StartStopStep):
         engine = current_engine()
         if engine is not None and getattr(c, "qos", None) is not None:
             c.qos.increment_eventually(engine.prefetch_extra)
+            from workers.transport import ReliableQoS
+
+            ReliableQoS.refill_at = max(1, engine.prefetch_extra // 2)
 
 
 class EngineStep(bootsteps.StartStopStep):

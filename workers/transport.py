@@ -183,6 +183,21 @@ class ReliableQoS(kombu_redis.QoS):
             client = self._client
         yield client.pipeline()
 
+    #: With the lead engine, poll only once this many prefetch slots are free (it
+    #: holds messages beyond its call slots, workers/engine.py): each poll then takes
+    #: several messages, and its system calls (send, register, wait, read) are shared.
+    refill_at = 1
+
+    def can_consume(self) -> bool:
+        pcount = self.prefetch_count
+        if not pcount:
+            return True
+        held = len(self._delivered) - len(self._dirty)
+        if held >= pcount:
+            return False
+        # Nothing held: poll at once (new work, or an idle worker).
+        return held == 0 or pcount - held >= min(self.refill_at, pcount)
+
     def take_acks(self) -> list[Any]:
         """The deferred acks, for the next fetch to write (put back if it fails)."""
         acks = list(self._pending_acks)
