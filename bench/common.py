@@ -10,6 +10,7 @@ also after Ctrl-C. Benchmarks never assert: they return a :class:`Section`
 from __future__ import annotations
 
 import contextlib
+import multiprocessing
 import os
 import platform
 import signal
@@ -382,6 +383,101 @@ class LeadCounter:
             return self._count
 
 
+class SimulatorProcess:
+    """The VICIdial simulator in a process of its own, as a real VICIdial would be.
+
+    The in-process simulator shares this process's interpreter lock with the
+    bench's own work (the enqueue loops, the Celery apps' ``delay()`` calls): at
+    several hundred leads/s that work delays its answers, and the workers wait
+    for the bench rather than for VICIdial. Same counter interface as
+    :class:`LeadCounter` (``counter``), run in the child and read here.
+    """
+
+    def __init__(self) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        self._count = ctx.Value("q", 0)
+        self._target = ctx.Value("q", 0)
+        self._done = ctx.Event()
+        self._conn, child = ctx.Pipe()
+        self._process = ctx.Process(
+            target=_serve_simulator,
+            args=(child, self._count, self._target, self._done),
+            daemon=True,
+            name="bench-simulator",
+        )
+        self.url = ""
+        self.counter = self
+
+    def start(self) -> SimulatorProcess:
+        self._process.start()
+        if not self._conn.poll(60):
+            raise RuntimeError("the simulator process did not start")
+        self.url = self._conn.recv()
+        return self
+
+    @property
+    def pid(self) -> int:
+        return self._process.pid or 0
+
+    def _ask(self, *command: Any) -> Any:
+        self._conn.send(command)
+        return self._conn.recv()
+
+    def set_latency(self, ms: float) -> None:
+        self._ask("latency", ms)
+
+    def count_by_phone(self) -> dict[str, int]:
+        result: dict[str, int] = self._ask("count_by_phone")
+        return result
+
+    def stop(self) -> None:
+        if self._process.is_alive():
+            with contextlib.suppress(Exception):
+                self._ask("stop")
+            self._process.join(10)
+        if self._process.is_alive():
+            self._process.kill()
+
+    # the counter
+    def arm(self, target: int) -> None:
+        with self._count.get_lock():
+            self._count.value = 0
+            self._target.value = target
+            self._done.clear()
+
+    def wait(self, timeout: float) -> bool:
+        return bool(self._done.wait(timeout))
+
+    @property
+    def count(self) -> int:
+        return int(self._count.value)
+
+
+def _serve_simulator(conn: Any, count: Any, target: Any, done: Any) -> None:
+    def counted(record: RequestRecord) -> None:
+        if record.lead_id is None:
+            return
+        with count.get_lock():
+            count.value += 1
+            if target.value and count.value >= target.value:
+                done.set()
+
+    sim = Simulator(SimulatorState.demo(), on_request=counted, max_records=1000)
+    sim.start()
+    conn.send(sim.url)
+    while True:
+        command = conn.recv()
+        if command[0] == "latency":
+            sim.set_latency(command[1])
+            conn.send(None)
+        elif command[0] == "count_by_phone":
+            conn.send(dict(sim.count_by_phone()))
+        else:
+            sim.stop()
+            conn.send(None)
+            return
+
+
 # -- the environment --------------------------------------------------------------------
 
 
@@ -492,7 +588,16 @@ class Env:
         self.workers.append(worker)
         return worker
 
-    def app_worker(self, app: str, *, db: int, pool: str, concurrency: int, tag: str) -> AppWorker:
+    def app_worker(
+        self,
+        app: str,
+        *,
+        db: int,
+        pool: str,
+        concurrency: int,
+        tag: str,
+        vicidial_url: str | None = None,
+    ) -> AppWorker:
         """`celery -A bench.naive_app worker` (or careful_app) on Redis db ``db``."""
         name = self._name(tag)
         worker = AppWorker(
@@ -504,7 +609,7 @@ class Env:
             app=app,
             extra_env={
                 "BENCH_BROKER_URL": self.url(db),
-                "BENCH_VICIDIAL_URL": self.sim.url,
+                "BENCH_VICIDIAL_URL": vicidial_url or self.sim.url,
                 "BENCH_VICIDIAL_USER": API_USER,
                 "BENCH_VICIDIAL_PASS": API_PASS,
             },
