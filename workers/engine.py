@@ -14,11 +14,14 @@ log events as :class:`workers.runner.JobRunner`, whose methods it calls.
 Only the common path runs on the loop: a claim that goes straight to the call,
 and a success stored in one write. Everything else (a bad message, a paused
 dialer, a failed call and its retry or dead letter, a reconcile step, a
-replica to wait for, Redis away) continues on a thread of a small pool with the
-runner's own code, exactly as the threaded worker runs it, so there is one
-implementation of every rule. A Redis write on the loop is tried once; if it
-fails, the job moves to a thread that retries it with the same token (which the
-scripts recognise), so a slow Redis never stalls the calls of other jobs.
+replica to wait for, Redis away) continues on a thread of a pool (threads made
+when needed) with the runner's own code, exactly as the threaded worker runs it,
+so there is one implementation of every rule. The loop's Redis commands go out in
+batches from a thread of their own (:mod:`workers.batching`); one that fails is
+not retried on the loop: the job moves to a thread that retries it with the same
+token (which the scripts recognise), so a slow Redis never stalls other calls.
+The log lines of one turn of the loop are written in one call, before that
+turn's Redis writes leave and its requests go out (:meth:`LeadEngine._commit`).
 
 Guarantees are the threaded worker's: a message is acknowledged only after its
 outcome is stored, a Redis failure hands it back to the queue, and a warm
