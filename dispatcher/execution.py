@@ -23,7 +23,7 @@ from typing import Any
 
 import redis
 
-__all__ = ["Claim", "Execution", "LookupGate", "new_token"]
+__all__ = ["Claim", "Execution", "LookupGate", "new_token", "pack_commands"]
 
 _SOURCE = resources.files("dispatcher").joinpath("execution.lua").read_text(encoding="utf-8")
 
@@ -216,6 +216,22 @@ class Execution:
                 # A restarted or flushed Redis: EVAL loads it again as it runs.
                 return direct.execute("EVAL", script.script, 2, *self._keys, command, *args)
         return self._script(keys=self._keys, args=[command, *args], client=client)
+
+    def script_command(self, call: tuple[Any, ...]) -> tuple[Any, ...]:
+        """The EVALSHA command of one call (``(command, *args)``), as sent on the wire."""
+        return ("EVALSHA", self._script.sha, len(self._keys), *self._keys, *call)
+
+    def new_connection(self) -> Any:
+        """A new, unconnected redis-py connection speaking RESP2 to this Redis (a plain
+        TCP one), for a caller that takes its socket over; None where there is none
+        (TLS, a Unix socket, Sentinel)."""
+        direct = self._direct
+        if direct is None or direct._class is not redis.Connection:
+            return None
+        factory: Any = direct._class
+        kwargs = {k: v for k, v in direct._kwargs.items() if not k.startswith("maint_")}
+        # RESP2 (redis-py 8's maintenance notifications need RESP3: none here).
+        return factory(**{**kwargs, "protocol": 2})
 
     def call_many(self, calls: list[tuple[Any, ...]]) -> list[Any]:
         """Run several commands (each ``(command, *args)``) in one round trip, in order.

@@ -8,6 +8,7 @@ real TCP proxy (:mod:`tests.faultproxy`).
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -26,7 +27,7 @@ from dispatcher.settings import Settings
 from dispatcher.simulator import Simulator
 from tests.conftest import make_settings, wait_for
 from tests.faultproxy import FaultProxy
-from workers.batching import ScriptBatcher
+from workers.batching import LoopPipeline, ScriptBatcher
 from workers.engine import LeadEngine
 from workers.runner import JobRunner
 
@@ -231,33 +232,61 @@ def test_stop_lets_every_call_in_flight_finish_and_store_its_outcome(
     assert all(_state(settings, m) == "added" for m in messages)
 
 
-def test_the_batcher_keeps_each_reply_in_its_place_and_reloads_a_flushed_script(
-    redis_url: str,
+@pytest.mark.parametrize("sender", [ScriptBatcher, LoopPipeline])
+def test_each_reply_comes_back_in_its_place_and_an_error_reply_stays_its_own(
+    redis_url: str, sender: type[ScriptBatcher] | type[LoopPipeline]
 ) -> None:
-    import asyncio
-
     settings = make_settings(redis_url)
     backend = get_backend(settings)
     execution: Execution = backend.execution.direct()
     loop = asyncio.new_event_loop()
-    batcher = ScriptBatcher(execution, loop)
+    redis_sender = sender(execution, loop)
     try:
-        backend.redis.script_flush()  # as after a Redis restart: NOSCRIPT, then EVAL
-        backend.redis.hset(f"{settings.key_prefix}:pause:x", "until", "not a number")
+        backend.redis.script_load(execution._script.script)
 
         async def run() -> list[Any]:
             calls = [
-                batcher.call("resume", "a"),
-                batcher.call("no_such_command"),
-                batcher.call("resume", "b"),
+                redis_sender.call("resume", "a"),
+                redis_sender.call("no_such_command"),
+                redis_sender.call("resume", "b"),
             ]
             return await asyncio.gather(*calls, return_exceptions=True)
 
         first, bad, last = loop.run_until_complete(run())
         assert not isinstance(first, BaseException) and not isinstance(last, BaseException)
-        assert isinstance(bad, redis.ResponseError)
+        assert isinstance(bad, redis.ResponseError) and "unknown command" in str(bad)
+        backend.redis.script_flush()  # as after a Redis restart
+        (flushed,) = loop.run_until_complete(run())[:1]
+        # The batching thread loads the script again; the loop reports NOSCRIPT, and
+        # the engine finishes that job on a thread (whose EVAL loads it).
+        if sender is ScriptBatcher:
+            assert not isinstance(flushed, BaseException)
+        else:
+            assert isinstance(flushed, redis.exceptions.NoScriptError)
     finally:
-        batcher.close()
+        redis_sender.close()
+        loop.run_until_complete(asyncio.sleep(0))
+        loop.close()
+
+
+def test_the_loop_connection_lost_fails_what_was_in_flight_and_the_next_turn_reconnects(
+    settings: Settings, proxy: FaultProxy
+) -> None:
+    via_proxy = settings.replace(redis_url=proxy.url)
+    execution: Execution = get_backend(via_proxy).execution.direct()
+    get_backend(settings).redis.script_load(execution._script.script)
+    loop = asyncio.new_event_loop()
+    pipeline = LoopPipeline(execution, loop)
+    try:
+        assert loop.run_until_complete(pipeline.call("resume", "a")) is not None
+        proxy.drop_replies(1)
+        with pytest.raises(redis.ConnectionError):
+            loop.run_until_complete(pipeline.call("resume", "b"))
+        assert loop.run_until_complete(pipeline.call("resume", "c")) is not None
+        assert proxy.dropped == 1
+    finally:
+        pipeline.close()
+        loop.run_until_complete(asyncio.sleep(0))
         loop.close()
 
 

@@ -55,7 +55,7 @@ from dispatcher.errors import AmbiguousFailure, CallFailed
 from dispatcher.execution import Claim
 from dispatcher.jobs import Job
 from workers.async_vicidial import AsyncVicidialClient
-from workers.batching import ScriptBatcher
+from workers.batching import LoopPipeline, ScriptBatcher
 from workers.runner import JobRunner, TransientInfrastructureError, _Delivery
 
 __all__ = ["LeadEngine", "current_engine", "strategy"]
@@ -76,7 +76,12 @@ class LeadEngine:
         # Threads are made when first needed: a healthy flow never starts one.
         self._slow = ThreadPoolExecutor(max_workers=capacity, thread_name_prefix="lead-job")
         self._clients: dict[str, AsyncVicidialClient] = {}
-        self._redis = ScriptBatcher(runner.execution, self._loop, on_staged=self._turn_ends)
+        # The loop speaks to Redis itself over plain TCP; a thread does it over TLS, a
+        # Unix socket or Sentinel (workers/batching.py).
+        sender = LoopPipeline if LoopPipeline.supported(runner.execution) else ScriptBatcher
+        self._redis: LoopPipeline | ScriptBatcher = sender(
+            runner.execution, self._loop, on_staged=self._turn_ends
+        )
         #: a turn of the loop ends with _commit (log lines written, Redis commands sent)
         self._committing = False
         self._written: asyncio.Future[None] | None = None
@@ -139,6 +144,8 @@ class LeadEngine:
             self._loop.run_forever()
         finally:
             logs.release_lines()
+            if isinstance(self._redis, LoopPipeline):
+                self._redis.close()
             for client in self._clients.values():
                 client.close()
             with contextlib.suppress(Exception):
