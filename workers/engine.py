@@ -17,7 +17,7 @@ dialer, a failed call and its retry or dead letter, a reconcile step, a
 replica to wait for, Redis away) continues on a thread of a pool (threads made
 when needed) with the runner's own code, exactly as the threaded worker runs it,
 so there is one implementation of every rule. The loop's Redis commands go out in
-batches from a thread of their own (:mod:`workers.batching`); one that fails is
+one pipeline per turn of the loop (:mod:`workers.batching`); one that fails is
 not retried on the loop: the job moves to a thread that retries it with the same
 token (which the scripts recognise), so a slow Redis never stalls other calls.
 The log lines of one turn of the loop are written in one call, before that
