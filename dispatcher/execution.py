@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import random
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
@@ -129,35 +130,35 @@ class _ThreadConnections:
             in (redis.Connection, redis.SSLConnection, redis.UnixDomainSocketConnection)
         )
 
-    def execute(self, *args: Any) -> Any:
+    def _connection(self) -> Any:
         local = self._local
         connection = getattr(local, "connection", None)
         if connection is None or local.pid != os.getpid():
             # A forked child never touches its parent's socket.
             connection = local.connection = self._class(**self._kwargs)
             local.pid = os.getpid()
+        return connection
+
+    def _twice(self, exchange: Callable[[Any, Any], Any], payload: Any) -> Any:
+        connection = self._connection()
         try:
-            return self._exchange(connection, args)
+            return exchange(connection, payload)
         except redis.ConnectionError:
             # Closed while idle (Redis restarted, a timeout, CLIENT KILL): the pool would
             # have seen it before sending; here the first use tells. Once more, fresh.
             # (A reply lost after the command ran is the case every caller handles: the
             # commands are compare-and-set on the delivery's token.)
-            return self._exchange(connection, args)
+            return exchange(connection, payload)
+
+    def execute(self, *args: Any) -> Any:
+        return self._twice(self._exchange, args)
 
     def execute_many(self, commands: list[tuple[Any, ...]]) -> list[Any]:
         """Send every command, then read every reply: one round trip. An error reply
         is returned in its place as the exception; a lost connection raises (once
         retried on a fresh one, as :meth:`execute`)."""
-        local = self._local
-        connection = getattr(local, "connection", None)
-        if connection is None or local.pid != os.getpid():
-            connection = local.connection = self._class(**self._kwargs)
-            local.pid = os.getpid()
-        try:
-            return self._exchange_many(connection, commands)
-        except redis.ConnectionError:
-            return self._exchange_many(connection, commands)
+        replies: list[Any] = self._twice(self._exchange_many, commands)
+        return replies
 
     @staticmethod
     def _exchange_many(connection: Any, commands: list[tuple[Any, ...]]) -> list[Any]:

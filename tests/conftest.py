@@ -18,6 +18,7 @@ import redis
 from dispatcher.localfleet import WorkerProcess
 from dispatcher.redis_server import RedisServer
 from dispatcher.settings import Settings
+from tests.faultproxy import FaultProxy
 
 if TYPE_CHECKING:
     from dispatcher.simulator import Simulator
@@ -61,6 +62,15 @@ def simulator() -> Iterator[Simulator]:
 
     with Simulator(SimulatorState.demo()) as sim:
         yield sim
+
+
+@pytest.fixture
+def proxy(redis_url: str) -> Iterator[FaultProxy]:
+    """A real TCP proxy in front of the test Redis, for lost and late replies."""
+    host, port = redis_url.split("//")[1].split("/")[0].split(":")
+    fault_proxy = FaultProxy(host, int(port)).start()
+    yield fault_proxy
+    fault_proxy.close()
 
 
 def make_settings(redis_url: str, sim: Simulator | None = None, **overrides: Any) -> Settings:

@@ -83,14 +83,6 @@ def harness(settings: Settings) -> Iterator[Callable[..., Harness]]:
         h.close()
 
 
-@pytest.fixture
-def proxy(redis_url: str) -> Iterator[FaultProxy]:
-    host, port = redis_url.split("//")[1].split("/")[0].split(":")
-    fault_proxy = FaultProxy(host, int(port)).start()
-    yield fault_proxy
-    fault_proxy.close()
-
-
 def _message(settings: Settings, phone: str, **fields: object) -> dict[str, Any]:
     job = prepare_job({"agent_user": "1000", "phone_number": phone, **fields}, settings=settings)
     push_jobs([job], settings=settings)

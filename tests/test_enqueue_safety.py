@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -115,14 +114,6 @@ def test_rerunning_an_interrupted_import_enqueues_each_row_once(
     check(again)
     assert f"{rows - interrupted_at} lead(s)" in again.stderr
     assert queue_length(rsettings) == rows  # every row once, none twice
-
-
-@pytest.fixture
-def proxy(redis_url: str) -> Iterator[FaultProxy]:
-    host, port = redis_url.split("//")[1].split("/")[0].split(":")
-    fault_proxy = FaultProxy(host, int(port)).start()
-    yield fault_proxy
-    fault_proxy.close()
 
 
 def test_an_enqueue_whose_answer_was_lost_is_resolved_not_repeated(

@@ -173,14 +173,6 @@ def test_a_deferred_copy_never_wipes_a_claim_taken_meanwhile(
     assert simulator.count_by_phone() == {"7275551212": 1}
 
 
-@pytest.fixture
-def proxy(redis_url: str) -> Iterator[FaultProxy]:
-    host, port = redis_url.split("//")[1].split("/")[0].split(":")
-    fault_proxy = FaultProxy(host, int(port)).start()
-    yield fault_proxy
-    fault_proxy.close()
-
-
 def _finish(
     message: dict[str, Any], make: Callable[[], JobRunner], settings: Settings, timeout: float
 ) -> str:

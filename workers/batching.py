@@ -38,8 +38,8 @@ _RESP_ERRORS = BaseParser
 MAX_BATCH = 256
 
 
-class ScriptBatcher:
-    """Sends the execution script's commands queued by one event loop, in batches."""
+class _Stager:
+    """What both senders share: commands staged on the loop's thread, sent by :meth:`send`."""
 
     def __init__(
         self,
@@ -53,11 +53,6 @@ class ScriptBatcher:
         #: called when a first command is staged (to schedule :meth:`send`)
         self._on_staged = on_staged or (lambda: loop.call_soon(self.send))
         self._staged: list[tuple[tuple[Any, ...], asyncio.Future[Any]]] = []
-        self._pending: list[tuple[tuple[Any, ...], asyncio.Future[Any]]] = []
-        self._cond = threading.Condition(threading.Lock())
-        self._closed = False
-        self._thread = threading.Thread(target=self._run, name="lead-redis", daemon=True)
-        self._thread.start()
 
     def call(self, *command: Any) -> asyncio.Future[Any]:
         """Stage one command (``(name, *args)``) from the loop's thread; its reply's future.
@@ -72,6 +67,27 @@ class ScriptBatcher:
             self._on_staged()
         self._staged.append((command, future))
         return future
+
+    def send(self) -> None:
+        raise NotImplementedError
+
+
+class ScriptBatcher(_Stager):
+    """Sends the execution script's commands queued by one event loop, in batches."""
+
+    def __init__(
+        self,
+        execution: Execution,
+        loop: asyncio.AbstractEventLoop,
+        *,
+        on_staged: Callable[[], None] | None = None,
+    ) -> None:
+        super().__init__(execution, loop, on_staged=on_staged)
+        self._pending: list[tuple[tuple[Any, ...], asyncio.Future[Any]]] = []
+        self._cond = threading.Condition(threading.Lock())
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="lead-redis", daemon=True)
+        self._thread.start()
 
     def send(self) -> None:
         """Hand the staged commands to the sending thread (from the loop's thread)."""
@@ -118,7 +134,7 @@ def _resolve(batch: list[tuple[Any, asyncio.Future[Any]]], replies: list[Any]) -
             future.set_result(reply)
 
 
-class LoopPipeline:
+class LoopPipeline(_Stager):
     """The same interface as :class:`ScriptBatcher`, spoken by the event loop itself.
 
     Over a plain TCP connection the loop writes each turn's commands to Redis and
@@ -138,23 +154,13 @@ class LoopPipeline:
         *,
         on_staged: Callable[[], None] | None = None,
     ) -> None:
-        self._execution = execution
-        self._loop = loop
-        self._on_staged = on_staged or (lambda: loop.call_soon(self.send))
-        self._staged: list[tuple[tuple[Any, ...], asyncio.Future[Any]]] = []
+        super().__init__(execution, loop, on_staged=on_staged)
         self._protocol: _RespProtocol | None = None
         self._connecting: asyncio.Task[_RespProtocol] | None = None
 
     @staticmethod
     def supported(execution: Execution) -> bool:
         return execution.new_connection() is not None
-
-    def call(self, *command: Any) -> asyncio.Future[Any]:
-        future: asyncio.Future[Any] = self._loop.create_future()
-        if not self._staged:
-            self._on_staged()
-        self._staged.append((command, future))
-        return future
 
     def send(self) -> None:
         if not self._staged:
