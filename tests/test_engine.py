@@ -9,6 +9,8 @@ real TCP proxy (:mod:`tests.faultproxy`).
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -20,6 +22,7 @@ import structlog
 from structlog.testing import capture_logs as _capture_logs
 
 from dispatcher import DeadLetterStore, job_status
+from dispatcher import logs as logs_module
 from dispatcher.backend import get_backend
 from dispatcher.execution import Execution
 from dispatcher.producer import prepare_job, push_jobs
@@ -116,6 +119,59 @@ def test_many_leads_in_flight_are_each_added_once_and_acked_after_their_outcome(
     assert len(added) == 40 and {e["job_id"] for e in added} == {m["job_id"] for m in messages}
     assert all(e["lead_id"] and e["dialer"] == "default" for e in added)
     assert h.engine.held == 0
+
+
+class _SlowStream:
+    """A log stream whose every write takes 30 ms; records when each one ended."""
+
+    def __init__(self) -> None:
+        self.written: list[tuple[float, str]] = []
+
+    def write(self, text: str) -> int:
+        time.sleep(0.03)
+        self.written.append((time.time(), text))
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+    def isatty(self) -> bool:
+        return False
+
+
+def test_no_request_leaves_before_its_attempt_line_is_written(
+    settings: Settings, simulator: Simulator, harness: Callable[..., Harness]
+) -> None:
+    """A call absent from the logs was never made: each request reaches VICIdial only
+    after the write of its lead.attempt line has ended (slow writes make a request
+    sent too early arrive while its line is still being written). The second round
+    reuses the first one's connections: a request then goes out in its line's turn."""
+    stream = _SlowStream()
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    logs_module.configure_logging(fmt="json", stream=stream, force=True)  # type: ignore[arg-type]
+    structlog.configure(cache_logger_on_first_use=False)  # later tests capture again
+    try:
+        h = harness(capacity=20)
+        for round_ in range(2):
+            for i in range(20):
+                h.submit(_message(settings, f"72755{round_ * 20 + i:05d}"))
+            h.wait(20 * (round_ + 1))
+    finally:
+        structlog.reset_defaults()
+        logs_module._configured.clear()
+        root.handlers[:] = handlers
+        root.setLevel(level)
+    written: dict[str, float] = {}
+    for ended, text in stream.written:
+        for line in text.splitlines():
+            event = json.loads(line)
+            if event["event"] == "lead.attempt":
+                written[event["phone"]] = ended
+    assert h.kinds() == ["ack"] * 40 and len(simulator.requests) == 40
+    for request in simulator.requests:
+        masked = logs_module.mask_phone(request.fields["phone_number"])
+        assert request.at >= written[masked], masked
 
 
 def test_a_copy_arriving_while_the_first_calls_is_deferred_not_called(

@@ -120,10 +120,10 @@ def test_a_worker_with_free_slots_takes_several_messages_a_poll(
     done.set()
     redis.Redis.from_url(settings.redis_url).ping()
     watcher.join(10)
-    # 8 call slots, and the consumer holds 2 more messages (workers/engine.py): the
-    # first poll asks for all 10 (the script takes that many, tests/test_fetch_batch.py).
+    # 8 call slots, and the consumer holds 4 more messages (workers/engine.py): the
+    # first poll asks for all 12 (the script takes that many, tests/test_fetch_batch.py).
     most = [int(c.split()[11]) for c in fetches]  # EVALSHA sha 1 prefix fetch ... most
-    assert most[0] == 10 and max(most[1:]) <= 10, most
+    assert most[0] == 12 and max(most[1:]) <= 12, most
 
 
 def test_a_worker_refuses_to_start_where_the_reliable_pop_cannot_run(

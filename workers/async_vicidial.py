@@ -24,9 +24,11 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import select
 import ssl
 import time
+from collections.abc import Callable
 
 import httpx
 
@@ -44,7 +46,11 @@ from workers.vicidial import (
     parse_add_lead,
 )
 
-__all__ = ["KEEPALIVE_S", "AsyncVicidialClient"]
+__all__ = ["KEEPALIVE_S", "AsyncVicidialClient", "Gate"]
+
+#: Takes the function that sends a request and runs it when the caller allows
+#: (workers.engine: once the turn's log lines are written).
+Gate = Callable[[Callable[[], None]], None]
 
 #: Longest an idle connection is kept for reuse (Apache closes at 5 s by default).
 KEEPALIVE_S = 4.0
@@ -128,14 +134,17 @@ class AsyncVicidialClient:
             self._idle.pop().close()
 
     async def add_lead(
-        self, lead: Lead, *, dnc_check: bool, campaign_dnc_check: bool
+        self, lead: Lead, *, dnc_check: bool, campaign_dnc_check: bool, gate: Gate | None = None
     ) -> tuple[AddLeadResult, float]:
-        """Add one lead; return the result and the call's latency in ms, or raise CallFailed."""
+        """Add one lead; return the result and the call's latency in ms, or raise CallFailed.
+
+        ``gate``: the request is sent when the gate runs it (else at once).
+        """
         body = add_lead_form(
             self.dialer, lead, dnc_check=dnc_check, campaign_dnc_check=campaign_dnc_check
         )
         started = time.perf_counter()
-        status, text, truncated = await self.post(body)
+        status, text, truncated = await self.post(body, gate=gate)
         latency_ms = (time.perf_counter() - started) * 1000
         result = parse_add_lead(
             text, http_status=status, secrets=self._secrets, truncated=truncated
@@ -151,8 +160,11 @@ class AsyncVicidialClient:
             conn.close()
         return None
 
-    async def post(self, body: bytes) -> tuple[int, str, bool]:
+    async def post(self, body: bytes, *, gate: Gate | None = None) -> tuple[int, str, bool]:
         """POST the form; (status, text, truncated), within the call's deadline.
+
+        ``gate``: runs the send when the caller allows (a request of a few hundred
+        bytes: the socket takes it whole, there is nothing to drain).
 
         Raises NetworkError when nothing was sent (no connection), AmbiguousFailure
         once the request may have reached VICIdial; the names in the texts are
@@ -167,8 +179,12 @@ class AsyncVicidialClient:
                 if conn is None:
                     conn = await self._connect(loop.time() + self._connect_s)
                 phase = "write"
-                conn.writer.write(self._head + b"%d\r\n\r\n" % len(body) + body)
-                await conn.writer.drain()
+                request = self._head + b"%d\r\n\r\n" % len(body) + body
+                if gate is None:
+                    conn.writer.write(request)
+                    await conn.writer.drain()
+                else:
+                    gate(functools.partial(_send, conn.writer, request))
                 phase = "read"
                 status, head, content, truncated, reusable = await _read_answer(conn.reader)
         except TimeoutError:
@@ -218,6 +234,16 @@ class AsyncVicidialClient:
     def _drop(conn: _Connection | None) -> None:
         if conn is not None:
             conn.close()
+
+
+def _send(writer: asyncio.StreamWriter, request: bytes) -> None:
+    """Write a gated request. One that cannot be written ends its connection: the
+    read waiting on it fails at once, ambiguous as a failed write is (a transport
+    that lost its connection drops the bytes; the read then fails as well)."""
+    try:
+        writer.write(request)
+    except Exception:
+        writer.transport.abort()
 
 
 async def _read_answer(

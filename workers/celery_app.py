@@ -37,6 +37,7 @@ Why each setting (see README "Guarantees"):
 
 from __future__ import annotations
 
+import gc
 import sys
 from typing import Any
 
@@ -50,6 +51,9 @@ from dispatcher.settings import Settings, get_settings
 from workers import tasks
 
 __all__ = ["get_app", "make_app"]
+
+#: Allocations between runs of the collector's youngest generation (Python's: 700).
+_GC_YOUNG_THRESHOLD = 10_000
 
 
 def _settings_or_exit() -> Settings:
@@ -118,8 +122,8 @@ def make_app(settings: Settings) -> Celery:
 
 
 class EnginePrefetch(bootsteps.StartStopStep):
-    """With the lead engine, the consumer holds a quarter more messages than calls in
-    flight: a call slot that frees finds its next job already fetched (its claim and
+    """With the lead engine, the consumer holds half as many messages again as calls
+    in flight: a call slot that frees finds its next job already fetched (its claim and
     call start at once), instead of waiting for an ack, a poll and a delivery.
     Messages held beyond the slots are not claimed yet: on a crash they go back to
     the queue as any unacknowledged message does."""
@@ -156,6 +160,13 @@ class EngineStep(bootsteps.StartStopStep):
         from workers.engine import LeadEngine, set_engine
         from workers.runner import get_runner
 
+        # Everything loaded by now (Celery, kombu, this package) lives as long as the
+        # process: out of the collector's sight, a full collection no longer walks
+        # it (one took 90 ms, and every call in flight stalled with it). A lead
+        # leaves few objects in cycles: the youngest generation is collected every
+        # 10,000 allocations instead of 700.
+        gc.freeze()
+        gc.set_threshold(_GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
         self.engine = LeadEngine(get_runner(), capacity=max(1, int(worker.concurrency)))
         self.engine.start()
         set_engine(self.engine)

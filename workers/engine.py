@@ -26,8 +26,10 @@ turn's Redis writes leave and its requests go out (:meth:`LeadEngine._commit`).
 Guarantees are the threaded worker's: a message is acknowledged only after its
 outcome is stored, a Redis failure hands it back to the queue, and a warm
 shutdown lets every accepted job finish (each call ends within its deadline).
-At most ``--concurrency`` calls are in flight; the consumer holds a quarter more
-messages, so that a call slot that frees finds its next job already fetched.
+At most ``--concurrency`` calls are in flight; the consumer holds half as many
+messages again, so that a call slot that frees finds its next job already fetched
+(with a quarter, slots stood empty: a message is held until its success is stored
+and its ack reaches the consumer, and a poll waits for several free places).
 
 Used with ``--pool threads`` (the shipped one); with ``prefork`` the children
 run the task as before (one event loop in the parent could use one core only).
@@ -63,6 +65,11 @@ __all__ = ["LeadEngine", "current_engine", "strategy"]
 _log = logs.get_logger("workers.engine")
 #: How long a job whose Redis failed waits before its message goes back (as the task does).
 _REQUEUE_PAUSE_S = 1.0
+#: The loop's acknowledgements go to the consumer together, at most this late: each
+#: batch wakes the consumer's event loop once, instead of once per lead (a turn of
+#: its loop and a system call on each side). The call slot is free already: only
+#: the spare prefetched messages wait for these acks.
+_ACK_BATCH_S = 0.005
 
 
 class LeadEngine:
@@ -84,13 +91,16 @@ class LeadEngine:
         )
         #: a turn of the loop ends with _commit (log lines written, Redis commands sent)
         self._committing = False
-        self._written: asyncio.Future[None] | None = None
+        #: requests to send once this turn's log lines are written
+        self._sends: list[Callable[[], None]] = []
         self._held = 0
         self._held_lock = threading.Condition()
         #: messages taken by the consumer, not yet on the loop
         self._inbox: list[tuple[Settle, object, float]] = []
         self._inbox_waking = False
         self._tasks: set[asyncio.Task[None]] = set()
+        #: acks of jobs finished on the loop, not yet handed to the consumer
+        self._acks: list[Settle] = []
         #: calls in flight at most (the worker's --concurrency)
         self._slots = asyncio.Semaphore(capacity)
 
@@ -112,7 +122,7 @@ class LeadEngine:
     @property
     def prefetch_extra(self) -> int:
         """Messages the consumer may hold beyond the call slots (workers.celery_app)."""
-        return max(1, self.capacity // 4)
+        return max(1, self.capacity // 2)
 
     @property
     def held(self) -> int:
@@ -130,6 +140,7 @@ class LeadEngine:
             _log.warning("worker.engine_stop_timeout", held=self._held)
         self._slow.shutdown(wait=settled, cancel_futures=not settled)
         if self._thread.is_alive():
+            self._loop.call_soon_threadsafe(self._flush_acks)  # what the timer still holds
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(timeout=5.0)
         self._redis.close()
@@ -167,16 +178,14 @@ class LeadEngine:
         self._committing = False
         logs.flush_lines()
         self._redis.send()
-        written, self._written = self._written, None
-        if written is not None and not written.done():
-            written.set_result(None)
+        sends, self._sends = self._sends, []
+        for send in sends:
+            send()
 
-    def _lines_written(self) -> asyncio.Future[None]:
-        """Resolved once this turn's log lines are written."""
-        if self._written is None:
-            self._written = self._loop.create_future()
+    def _after_lines(self, send: Callable[[], None]) -> None:
+        """Send a request once this turn's log lines are written (its lead.attempt)."""
+        self._sends.append(send)
         self._turn_ends()
-        return self._written
 
     def _client(self, d: _Delivery) -> AsyncVicidialClient:
         client = self._clients.get(d.dialer.name)
@@ -222,10 +231,12 @@ class LeadEngine:
             if claim.seconds > 0:
                 await asyncio.sleep(claim.seconds)  # the rate-limit slot the claim reserved
             lead = runner.attempt(d)
-            await self._lines_written()
             try:
                 result, latency_ms = await self._client(d).add_lead(
-                    lead, dnc_check=job.dnc_check, campaign_dnc_check=job.campaign_dnc_check
+                    lead,
+                    dnc_check=job.dnc_check,
+                    campaign_dnc_check=job.campaign_dnc_check,
+                    gate=self._after_lines,
                 )
             except CallFailed as exc:
                 d.answer = "ambiguous" if isinstance(exc, AmbiguousFailure) else "failed"
@@ -250,7 +261,7 @@ class LeadEngine:
                 self._thread_step(message, d, lambda: runner.store_added(d, result, latency_ms))
                 return
             runner.after_added(d, result, stored)
-            self._settle(message, ack=True)
+            self._ack_soon(message)
         except Exception as exc:
             internal = functools.partial(runner._internal, d, exc)
             holding = self._thread_step(message, d, internal, slot=holding)
@@ -300,6 +311,16 @@ class LeadEngine:
             self._release()
             return slot
         return False
+
+    def _ack_soon(self, message: Settle) -> None:
+        if not self._acks:
+            self._loop.call_later(_ACK_BATCH_S, self._flush_acks)
+        self._acks.append(message)
+
+    def _flush_acks(self) -> None:
+        acks, self._acks = self._acks, []
+        for message in acks:
+            self._settle(message, ack=True)
 
     def _settle(self, message: Settle, *, ack: bool) -> None:
         try:
