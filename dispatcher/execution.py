@@ -84,7 +84,7 @@ def _encode(value: Any) -> bytes:
         return value.encode()
     if isinstance(value, bool):
         raise redis.DataError("a bool is not a Redis argument")
-    if isinstance(value, int | float):
+    if isinstance(value, (int, float)):  # a tuple: ``int | float`` is built on each call
         return repr(value).encode()
     raise redis.DataError(f"a {type(value).__name__} is not a Redis argument")
 

@@ -210,7 +210,7 @@ class Job:
         an unknown dialer is InvalidPayload) or, without ``dialers``, of the mode the
         message records from its enqueue.
         """
-        if isinstance(data, str | bytes):
+        if isinstance(data, (str, bytes)):
             try:
                 data = json.loads(data)
             except ValueError:
@@ -269,7 +269,7 @@ class Job:
         for key in ("enqueued_at", "first_failed_at", "agent_wait_since"):
             value = data.get(key)
             if value is not None and (
-                not isinstance(value, int | float)
+                not isinstance(value, (int, float))
                 or isinstance(value, bool)
                 or not math.isfinite(value)
             ):

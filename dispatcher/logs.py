@@ -25,6 +25,7 @@ import logging
 import re
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterable, MutableMapping
 from typing import Any, TextIO
 
@@ -33,6 +34,7 @@ import structlog
 
 __all__ = [
     "Redactor",
+    "UtcStamper",
     "configure_logging",
     "flush_lines",
     "get_logger",
@@ -53,6 +55,10 @@ _AUTH_ECHO = re.compile(r"(Invalid Username/Password: \|[^|]*\|)([^|]*)(\|)")
 # pass='...' in echoed SQL; the closing quote may be missing when the text was cut.
 _SQL_PASS = re.compile(r"""(pass\s*=\s*(?:\\?['"]))([^'"\\]*)((?:\\?['"])|$)""")
 REDACTED = "[REDACTED]"
+# Tuples, not ``list | tuple``: a union is built anew each time it is evaluated, and
+# these are tested for every value of every log line.
+_SEQUENCES = (list, tuple)
+_SCRUBBED = (str, dict, list, tuple)
 #: An event name like these holds no digits and no password (the events of a lead).
 _EVENT_NAMES = frozenset(
     {"lead.attempt", "lead.added", "lead.enqueued", "lead.retry_scheduled", "lead.delayed"}
@@ -123,7 +129,7 @@ class Redactor:
             return value
         if isinstance(value, dict):
             return {k: self._scrub(v, k) for k, v in value.items()}
-        if isinstance(value, list | tuple):
+        if isinstance(value, _SEQUENCES):
             return [self._scrub(v, key) for v in value]
         return value
 
@@ -131,8 +137,37 @@ class Redactor:
         self, logger: Any, method_name: str, event_dict: MutableMapping[str, Any]
     ) -> MutableMapping[str, Any]:
         for key, value in list(event_dict.items()):
-            if isinstance(value, str | dict | list | tuple):
+            if isinstance(value, _SCRUBBED):
                 event_dict[key] = self._scrub(value, key)
+        return event_dict
+
+
+class UtcStamper:
+    """structlog processor: ``timestamp``, UTC ISO 8601 as structlog's
+    ``TimeStamper(fmt="iso", utc=True)`` writes it (``2026-11-30T07:33:20.337744Z``,
+    no fraction on a whole second), its date and time made once a second: two
+    lines per lead on a busy worker, where building a datetime each was a tenth of
+    the logging's cost."""
+
+    __slots__ = ("_second",)
+
+    def __init__(self) -> None:
+        self._second: tuple[int, str] = (-1, "")
+
+    def __call__(
+        self, logger: Any, method_name: str, event_dict: MutableMapping[str, Any]
+    ) -> MutableMapping[str, Any]:
+        # To the microsecond as datetime.now rounds it (the fraction, half to even).
+        now = time.time()
+        second = int(now)
+        micros = round((now - second) * 1e6)
+        if micros >= 1_000_000:
+            second, micros = second + 1, micros - 1_000_000
+        cached, text = self._second  # one tuple: threads never see half an update
+        if second != cached:
+            text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+            self._second = (second, text)
+        event_dict["timestamp"] = f"{text}.{micros:06d}Z" if micros else text + "Z"
         return event_dict
 
 
@@ -229,7 +264,7 @@ def configure_logging(
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
-        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        UtcStamper(),
         redactor,
     ]
     renderer: Any = (

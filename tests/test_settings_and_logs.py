@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import datetime
 import io
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -12,7 +14,13 @@ from structlog.testing import capture_logs
 
 from dispatcher import logs as logs_module
 from dispatcher.errors import ConfigError
-from dispatcher.logs import Redactor, configure_logging, mask_phone, redact_vicidial_line
+from dispatcher.logs import (
+    Redactor,
+    UtcStamper,
+    configure_logging,
+    mask_phone,
+    redact_vicidial_line,
+)
 from dispatcher.settings import SETTINGS_VARIABLES, Settings
 
 
@@ -154,3 +162,23 @@ def test_capture_logs_sees_events() -> None:
     with capture_logs() as logs:
         structlog.get_logger().info("lead.enqueued", job_id="x")
     assert logs == [{"event": "lead.enqueued", "job_id": "x", "log_level": "info"}]
+
+
+def test_the_timestamp_is_written_as_structlogs_iso_utc_stamper_writes_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    ours, theirs = UtcStamper(), structlog.processors.TimeStamper(fmt="iso", utc=True)
+    # Whole seconds, halves of a microsecond (rounded to even), a carry to the next second.
+    cases = (1796024379.5525002, 1796024379.0, 1796024380.000001, 946684799.999999)
+    cases += (1953571005.8919725, 1699601365.5983775, 1796024379.9999996)
+    for now in cases:
+        monkeypatch.setattr(time, "time", lambda now=now: now)
+        expected = datetime.datetime.fromtimestamp(now, tz=datetime.UTC)
+        stamped = ours(None, "info", {})["timestamp"]
+        assert stamped == expected.isoformat().replace("+00:00", "Z")
+    monkeypatch.undo()
+    # The live clock: the same shape as structlog's, a moment apart.
+    a = ours(None, "info", {})["timestamp"]
+    b = theirs(None, "info", {})["timestamp"]
+    apart = datetime.datetime.fromisoformat(b) - datetime.datetime.fromisoformat(a)
+    assert a.endswith("Z") and datetime.timedelta(0) <= apart < datetime.timedelta(seconds=1)

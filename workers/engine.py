@@ -406,7 +406,7 @@ def strategy(task: Any, app: Any, consumer: Any, **kwargs: Any) -> Any:
             args, kwargs_, _embed = _decode(message)
         except Exception:
             return default(message, body, ack, reject, callbacks, **kw)
-        if kwargs_ or not isinstance(args, list | tuple) or len(args) != 1:
+        if kwargs_ or not isinstance(args, (list, tuple)) or len(args) != 1:
             return default(message, body, ack, reject, callbacks, **kw)
         engine.submit(Settle(ack, reject, errors), args[0])
         return None
