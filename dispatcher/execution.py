@@ -449,8 +449,15 @@ class Execution:
 
     # -- operators ------------------------------------------------------------------------
 
-    def replay(self, dl_id: str, *, envelope: str, seq: int, ttl: int, lane: str) -> str:
-        return _text(self.call("replay", dl_id, envelope, seq, ttl, lane)[0])
+    @staticmethod
+    def replay_args(dl_id: str, *, envelope: str, seq: int, ttl: int, lane: str) -> tuple[Any, ...]:
+        """The ``replay`` command, for :meth:`call` or :meth:`call_many`."""
+        return ("replay", dl_id, envelope, seq, ttl, lane)
+
+    @staticmethod
+    def replay_answer(reply: Any) -> str:
+        """The first word of a ``replay`` reply (replayed, done, missing, busy, conflict)."""
+        return _text(reply[0])
 
     def purge(self, dl_id: str) -> bool:
         return bool(int(self.call("purge", dl_id)))

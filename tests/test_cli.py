@@ -24,13 +24,16 @@ from typing import Any
 import pytest
 import redis
 from click.testing import CliRunner
+from structlog.testing import capture_logs
 
+from dispatcher import selection
 from dispatcher.cli import cli
 from dispatcher.cli.common import CliContext
 from dispatcher.deadletter import DeadLetter, DeadLetterStore
 from dispatcher.localfleet import settings_env
 from dispatcher.producer import prepare_job
 from dispatcher.redis_server import free_port
+from dispatcher.selection import replay_letters
 from dispatcher.settings import Settings
 from tests.conftest import make_settings, queue_length, queued_envelopes
 
@@ -794,6 +797,39 @@ def test_replay_by_id_and_json_summary(
     check(again)
     assert "no dead letters match" in again.stderr
     assert queue_length(rsettings) == 1
+
+
+def test_replay_many_answers_each_letter_in_its_place(
+    store: DeadLetterStore, rsettings: Settings, letters: dict[str, DeadLetter]
+) -> None:
+    gone = letters["m3"]
+    assert store.replay(gone) == "replayed"
+    bad = record_letter(store, rsettings, phone="7275551009", reason="invalid_payload")
+    results = store.replay_many([letters["m1"], gone, bad, letters["m2"]])
+    assert results == ["replayed", "missing", "unreplayable", "replayed"]
+    assert store.get(letters["m1"].id) is None and store.get(letters["m2"].id) is None
+    assert store.get(bad.id) is not None
+    assert queue_length(rsettings) == 3
+
+
+def test_replay_all_goes_in_batches_and_counts_and_logs_every_letter(
+    store: DeadLetterStore, rsettings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(selection, "REPLAY_BATCH", 4)
+    made = [record_letter(store, rsettings, phone=f"72755520{i:02d}") for i in range(10)]
+    trips: list[int] = []
+    replay_many = store.replay_many
+    monkeypatch.setattr(store, "replay_many", lambda b: trips.append(len(b)) or replay_many(b))
+    seen: list[str] = []
+    with capture_logs() as logged:
+        outcomes = replay_letters(
+            store, store.iter(), on_each=lambda letter, result: seen.append(result)
+        )
+    assert trips == [4, 4, 2]
+    assert outcomes["replayed"] == 10 and seen == ["replayed"] * 10
+    replayed = [e["job_id"] for e in logged if e["event"] == "dlq.replayed"]
+    assert sorted(replayed) == sorted(letter.job_id for letter in made)
+    assert len(store) == 0 and queue_length(rsettings) == 10
 
 
 # ---------------------------------------------------------------------------- status

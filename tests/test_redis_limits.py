@@ -19,10 +19,12 @@ import redis
 from dispatcher import BrokerUnavailable, enqueue_lead, job_status
 from dispatcher.backend import get_backend
 from dispatcher.connection import broker_errors
+from dispatcher.deadletter import DeadLetterStore
 from dispatcher.errors import BrokerOutOfMemory, BrokerReadOnly, BrokerWriteRefused
 from dispatcher.intake.metrics import read_snapshot, render_metrics
 from dispatcher.localfleet import WorkerProcess, settings_env
 from dispatcher.redis_server import RedisServer
+from dispatcher.selection import replay_letters
 from dispatcher.settings import Settings
 from dispatcher.simulator import Simulator
 from dispatcher.status import fleet_status
@@ -167,3 +169,23 @@ def test_redis_write_refusals_map_to_broker_errors() -> None:
 
 def _base_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("DISPATCHER_")}
+
+
+def test_a_replay_batch_refused_by_a_read_only_redis_is_a_clear_error_and_changes_nothing(
+    own_redis: RedisServer,
+) -> None:
+    from tests.test_cli import record_letter
+
+    settings = Settings(redis_url=own_redis.url)
+    store = DeadLetterStore(settings=settings)
+    made = [record_letter(store, settings, phone=f"72755530{i:02d}") for i in range(3)]
+    client = redis.Redis.from_url(own_redis.url)
+    client.execute_command("REPLICAOF", "127.0.0.1", "1")  # a replica now: writes refused
+    try:
+        with pytest.raises(BrokerReadOnly):
+            replay_letters(store, made)
+    finally:
+        client.execute_command("REPLICAOF", "NO", "ONE")
+    assert all(store.get(letter.id) is not None for letter in made)
+    assert replay_letters(store, made)["replayed"] == 3
+    assert len(store) == 0
