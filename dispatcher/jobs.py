@@ -32,8 +32,8 @@ from __future__ import annotations
 import base64
 import json
 import math
+import os
 import time
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, datetime
@@ -66,8 +66,20 @@ JOB_STATES = ("queued", "running", "retrying", "added", "dead")
 _BOOL_KEYS = ("dnc_check", "campaign_dnc_check")
 
 
+#: The version (4) and variant (RFC 4122) bits of a random UUID.
+_UUID4_CLEAR = ~((0xF000 << 64) | (0xC000 << 48))
+_UUID4_SET = (0x4000 << 64) | (0x8000 << 48)
+
+
+def _uuid4_hex() -> str:
+    """``uuid.uuid4().hex``, the same 16 random bytes from the OS, without building a
+    UUID object (a producer makes two per lead: a fifth of a batched enqueue's time)."""
+    n = (int.from_bytes(os.urandom(16), "big") & _UUID4_CLEAR) | _UUID4_SET
+    return f"{n:032x}"
+
+
 def new_job_id() -> str:
-    return uuid.uuid4().hex
+    return _uuid4_hex()
 
 
 #: Timestamps a message may carry: 2000-01-01 to 2100-01-01 (epoch seconds).
@@ -360,6 +372,7 @@ def broker_envelope(message: Mapping[str, Any], *, queue: str, task_id: str | No
     fresh delivery tag; the task id is the job id, so Celery's own logs name the job.
     """
     task_id = task_id or str(message.get("job_id") or new_job_id())
+    tag = _uuid4_hex()  # the delivery tag, as str(uuid.uuid4()) writes it
     try:
         body = orjson.dumps([[message], {}, _EMBED])
     except (TypeError, orjson.JSONEncodeError):  # what orjson refuses (an int past 64 bits)
@@ -370,7 +383,7 @@ def broker_envelope(message: Mapping[str, Any], *, queue: str, task_id: str | No
         "id": json.dumps(task_id),
         "retries": int(message.get("attempts", 0) or 0),
         "queue": json.dumps(queue),
-        "tag": '"' + str(uuid.uuid4()) + '"',
+        "tag": f'"{tag[:8]}-{tag[8:12]}-{tag[12:16]}-{tag[16:20]}-{tag[20:]}"',
         "at": f"{time.time():.3f}",
     }
 

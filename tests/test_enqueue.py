@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import time
+import uuid
 from typing import Any
 
 import pytest
@@ -18,7 +19,7 @@ from dispatcher import (
     job_status,
 )
 from dispatcher.errors import InvalidPayload
-from dispatcher.jobs import TASK_NAME, Job
+from dispatcher.jobs import TASK_NAME, Job, broker_envelope, new_job_id
 from dispatcher.redis_server import free_port
 from dispatcher.settings import Settings
 from tests.conftest import make_settings, queued_envelopes
@@ -254,3 +255,16 @@ def test_every_invalid_lead_of_the_validation_table_enqueues_nothing(
     assert rejected >= 25
     assert client.dbsize() == 0
     client.close()
+
+
+def test_job_ids_and_delivery_tags_are_random_version_4_uuids() -> None:
+    """Made without uuid.uuid4() (dispatcher.jobs._uuid4_hex), written as it writes them."""
+    ids = {new_job_id() for _ in range(2000)}
+    assert len(ids) == 2000
+    for job_id in ids:
+        parsed = uuid.UUID(job_id)
+        assert parsed.hex == job_id and parsed.version == 4 and parsed.variant == uuid.RFC_4122
+    envelopes = [json.loads(broker_envelope({"job_id": "a" * 32}, queue="q")) for _ in range(200)]
+    tags = {e["properties"]["delivery_tag"] for e in envelopes}
+    assert len(tags) == 200
+    assert all(str(uuid.UUID(tag)) == tag and uuid.UUID(tag).version == 4 for tag in tags)
