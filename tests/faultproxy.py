@@ -138,7 +138,9 @@ class FaultProxy:
                     if drop:
                         return  # the reply is lost with the connection
                     client.sendall(data)
-        except OSError:
+        except (OSError, ValueError):
+            # Closed under us (kill_connections, close): a closed socket's descriptor
+            # is -1, which select refuses with ValueError.
             return
         finally:
             for s in (client, server):
