@@ -33,6 +33,7 @@ from dispatcher.errors import (
 from dispatcher.settings import Settings, redact_url
 
 __all__ = [
+    "broker_error",
     "broker_errors",
     "broker_transport_options",
     "parse_sentinel_url",
@@ -134,26 +135,35 @@ _WHY = {
 }
 
 
+def broker_error(exc: Exception, settings: Settings) -> Exception:
+    """The error to raise for ``exc`` from redis-py: a connection failure or a write
+    refusal as BrokerUnavailable (or one of its kinds), anything else as it is."""
+    if isinstance(exc, redis.AuthenticationError):
+        return BrokerUnavailable(
+            f"Redis at {redact_url(settings.redis_url)} refused the credentials"
+        )
+    if isinstance(exc, redis.ConnectionError | redis.TimeoutError):
+        # redis-py says "... connecting to host:port" when no connection was made:
+        # then no command reached Redis, which an enqueue needs to know.
+        error = BrokerUnavailable(
+            f"Redis at {redact_url(settings.redis_url)} is unreachable: {type(exc).__name__}"
+        )
+        error.connecting = "connecting to" in str(exc)
+        return error
+    if isinstance(exc, redis.ResponseError):
+        kind = write_refusal(exc)
+        if kind is not None:
+            return kind(f"Redis at {redact_url(settings.redis_url)} {_WHY[kind]}")
+    return exc
+
+
 @contextmanager
 def broker_errors(settings: Settings) -> Iterator[None]:
     """Translate redis-py's connection failures and write refusals into BrokerUnavailable."""
     try:
         yield
-    except redis.AuthenticationError:
-        raise BrokerUnavailable(
-            f"Redis at {redact_url(settings.redis_url)} refused the credentials"
-        ) from None
-    except (redis.ConnectionError, redis.TimeoutError) as exc:
-        # redis-py says "... connecting to host:port" when no connection was made:
-        # then no command reached Redis, which an enqueue needs to know.
-        connecting = "connecting to" in str(exc)
-        error = BrokerUnavailable(
-            f"Redis at {redact_url(settings.redis_url)} is unreachable: {type(exc).__name__}"
-        )
-        error.connecting = connecting
-        raise error from None
-    except redis.ResponseError as exc:
-        kind = write_refusal(exc)
-        if kind is None:
+    except redis.RedisError as exc:
+        error = broker_error(exc, settings)
+        if error is exc:
             raise
-        raise kind(f"Redis at {redact_url(settings.redis_url)} {_WHY[kind]}") from None
+        raise error from None

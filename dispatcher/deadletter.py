@@ -29,7 +29,7 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any, Literal
 
 from dispatcher.backend import Backend, get_backend
-from dispatcher.connection import broker_errors
+from dispatcher.connection import broker_error, broker_errors
 from dispatcher.dialers import PRIORITIES
 from dispatcher.errors import all_reasons
 from dispatcher.execution import Execution
@@ -396,11 +396,7 @@ class DeadLetterStore:
             replies = self.backend.execution.call_many(calls)
         for place, reply in zip(places, replies, strict=True):
             if isinstance(reply, Exception):
-                try:
-                    with broker_errors(settings):
-                        raise reply
-                except Exception as exc:  # the error replay() would raise
-                    results[place] = exc
+                results[place] = broker_error(reply, settings)  # what replay() would raise
             else:
                 results[place] = _replay_result(reply)
         return results
