@@ -300,14 +300,20 @@ elseif cmd == 'succeed' then
   -- ARGV: job_id, token, lead_id, list_id, campaign, done_ttl, job_ttl, attempts,
   --       latency bucket field, latency_ms, server.
   -- Returns {'ok', retired letter's reason or '', outage pause ended 0/1},
-  -- {'again', lead_id} for a repeated call, or {'duplicate', first lead_id} when
-  -- another copy had added the lead already (VICIdial now holds it twice).
+  -- {'again', lead_id} for a repeated call, {'same', lead_id} when the job was
+  -- recorded done with this very lead already (a look-up found it before this late
+  -- answer was stored: one lead, reported twice), or {'duplicate', first lead_id}
+  -- when another copy had added another lead (VICIdial now holds it twice).
   local id, token, lead_id = ARGV[2], ARGV[3], ARGV[4]
   local done_ttl, ttl, server = tonumber(ARGV[7]), tonumber(ARGV[8]), ARGV[12]
   local ek = k_exec(id)
   local ex = redis.call('HMGET', ek, 'state', 'token', 'lead_id')
   if ex[1] == 'done' then
     if ex[2] == token then return {'again', ex[3] or ''} end
+    if lead_id ~= '' and ex[3] == lead_id then
+      answered(server)
+      return {'same', lead_id}
+    end
     local dups = redis.call('HGET', k_job(id), 'duplicate_lead_ids')
     if dups and dups ~= '' then dups = dups .. ',' .. lead_id else dups = lead_id end
     show(id, ttl, 'duplicate_lead_ids', dups)

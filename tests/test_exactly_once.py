@@ -382,3 +382,61 @@ def test_a_bad_message_carrying_a_real_job_id_leaves_that_job_alone(
     assert len(store) == 2
     status = job_status(str(message["job_id"]), settings=settings)
     assert status is not None and status["reason"] == "dnc"
+
+
+def test_a_late_success_of_the_lead_reconciliation_found_is_not_its_own_duplicate(
+    settings: Settings, simulator: Simulator, runners: Callable[..., JobRunner]
+) -> None:
+    """The original's answer (lead N) is stored after a copy's reconciliation recorded N.
+
+    Same lead, two reports of it: no duplicate, no `lead.duplicate_detected` (compliance
+    evidence of a double add that never happened)."""
+    message = _message(settings)
+    original, copy = runners(), runners()
+    reached, release = _hold(original, "store_added")  # answered, then stalled
+    thread, out = _in_thread(lambda: original.run(message))
+    assert reached.wait(10), "the original's call should have been answered"
+    # Its lease runs out (as a stall past it would do) and a copy takes the job over.
+    client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
+    client.hset(f"{settings.key_prefix}:exec:{message['job_id']}", "lease_until", "0")
+    client.close()
+    assert copy.run(message) == "reconciling"
+    (lookup,) = _scheduled_messages(settings)
+    assert copy.run(lookup) == "added"  # reconciliation found the original's lead
+    with capture_logs() as logs:
+        release.set()
+        thread.join(10)
+    assert out == ["added"]
+    status = job_status(str(message["job_id"]), settings=settings)
+    assert status is not None and (status["state"], status["lead_id"]) == ("added", "1")
+    assert status["duplicate_lead_ids"] is None
+    assert not [e for e in logs if e["event"] == "lead.duplicate_detected"]
+    stats = redis.Redis.from_url(settings.redis_url, decode_responses=True).hgetall(
+        f"{settings.key_prefix}:stats"
+    )
+    assert "duplicates_detected" not in stats
+    assert simulator.count_by_phone() == {"7275551212": 1}
+
+
+def test_a_late_success_with_another_lead_is_still_a_duplicate(settings: Settings) -> None:
+    execution = get_backend(settings).execution
+    common = {
+        "list_id": "101",
+        "campaign": "TESTCAMP",
+        "done_ttl": 60,
+        "ttl": 60,
+        "attempts": 1,
+        "latency_field": "latency_le_0_1",
+        "latency_ms": 1.0,
+        "server": "default",
+    }
+
+    def succeed(token: str, lead_id: str) -> list[str]:
+        reply = execution.succeed("job-x", token=token, lead_id=lead_id, **common)
+        return [x.decode() if isinstance(x, bytes) else str(x) for x in reply]
+
+    assert succeed("a", "5")[0] == "ok"
+    assert succeed("b", "5") == ["same", "5"]  # another copy's report of the same lead
+    assert succeed("c", "9") == ["duplicate", "5"]  # another lead: VICIdial holds two
+    status = job_status("job-x", settings=settings)
+    assert status is not None and status["duplicate_lead_ids"] == ["9"]

@@ -393,6 +393,11 @@ class JobRunner:
         """What the ``succeed`` reply says: added, or a duplicate found."""
         job = d.job
         reply = [_text(x) for x in stored]
+        if reply[0] == "same":
+            # Recorded done with this very lead already (a look-up found it before
+            # this late answer was stored): the same lead, not a copy of it.
+            _log.info("lead.already_recorded", lead_id=result.lead_id)
+            return "added"
         if reply[0] == "duplicate":
             _log.error(
                 "lead.duplicate_detected",
