@@ -19,7 +19,9 @@
 --                                 lead_id, list_id, campaign, agent_user, dialer, priority,
 --                                 enqueued_at, updated_at,
 --                                 next_attempt_at, duplicate_lead_ids, deleted_lead_ids,
---                                 reconcile (pending, found, duplicates, verifying, verified)
+--                                 unverified_lead_ids (leads of the phone only lead_search
+--                                 sees: perhaps copies), reconcile (pending, found,
+--                                 duplicates, unverified, verifying, verified)
 --   P:exec:{id}           hash    the execution record: state, seq, token, lease_until, worker,
 --                                 orphaned_from, reason, lead_id, list_id, campaign, done_at
 --   P:idem:{key}          string  "{job_id} {fingerprint}" of the first job enqueued with the key
@@ -587,19 +589,27 @@ elseif cmd == 'reconciled' then
   return {'ok', retired or '', answered(server)}
 
 elseif cmd == 'duplicates' then
-  -- ARGV: job_id, lead ids ('' or "a,b"), deleted lead ids ('' or "a,b"), ttl.
+  -- ARGV: job_id, lead ids ('' or "a,b"), deleted lead ids ('' or "a,b"), ttl,
+  --       unverified lead ids ('' or "a,b").
   -- A later look-up of an added job (the verification after it was called again, or
   -- the repair) found copies besides its lead: they are recorded on the job
-  -- (duplicate_lead_ids; deleted_lead_ids for copies deleted). Returns how many ids
-  -- were new. With no ids, the job shows the verification passed.
+  -- (duplicate_lead_ids; deleted_lead_ids for copies deleted; unverified_lead_ids for
+  -- leads of the phone that only lead_search sees, which may be copies). Returns how
+  -- many duplicate ids were new. With no ids at all, the job shows the verification
+  -- passed.
   local id, ttl = ARGV[2], tonumber(ARGV[5])
+  local unverified = ARGV[6] or ''
   local n = 0
+  local dups = redis.call('HGET', k_job(id), 'duplicate_lead_ids')
   if ARGV[3] ~= '' then
     n = merge_ids(id, ttl, 'duplicate_lead_ids', ARGV[3])
     show(id, ttl, 'reconcile', 'duplicates')
-  elseif not redis.call('HGET', k_job(id), 'duplicate_lead_ids') then
+  elseif unverified ~= '' then
+    if not dups then show(id, ttl, 'reconcile', 'unverified') end
+  elseif not dups and not redis.call('HGET', k_job(id), 'unverified_lead_ids') then
     show(id, ttl, 'reconcile', 'verified')
   end
+  if unverified ~= '' then merge_ids(id, ttl, 'unverified_lead_ids', unverified) end
   if ARGV[4] ~= '' then merge_ids(id, ttl, 'deleted_lead_ids', ARGV[4]) end
   if n > 0 then redis.call('HINCRBY', k_stats, 'duplicates_detected', n) end
   return n

@@ -547,9 +547,24 @@ class Execution:
         return [_text(x) for x in reply]
 
     def duplicates(
-        self, job_id: str, *, lead_ids: tuple[str, ...], deleted: tuple[str, ...], ttl: int
+        self,
+        job_id: str,
+        *,
+        lead_ids: tuple[str, ...],
+        deleted: tuple[str, ...],
+        ttl: int,
+        unverified: tuple[str, ...] = (),
     ) -> int:
-        return int(self.call("duplicates", job_id, ",".join(lead_ids), ",".join(deleted), ttl))
+        return int(
+            self.call(
+                "duplicates",
+                job_id,
+                ",".join(lead_ids),
+                ",".join(deleted),
+                ttl,
+                ",".join(unverified),
+            )
+        )
 
     def verify_later(
         self, job_id: str, *, lead_id: str, envelope: str, delay_s: float, ttl: int

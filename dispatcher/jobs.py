@@ -417,11 +417,13 @@ def state_to_status(job_id: str, raw: Mapping[str, str]) -> dict[str, Any]:
         "enqueued_at": iso(_num(raw.get("enqueued_at"))),
         "updated_at": iso(_num(raw.get("updated_at"))),
         "next_attempt_at": iso(_num(raw.get("next_attempt_at"))),
-        # Reconciliation: pending (a look-up is due), found, duplicates, verifying,
-        # verified; the job's other leads in VICIdial, and those deleted as duplicates.
+        # Reconciliation: pending (a look-up is due), found, duplicates, unverified,
+        # verifying, verified; the job's other leads in VICIdial, those deleted as
+        # duplicates, and leads of its phone only lead_search sees (perhaps copies).
         "reconcile": raw.get("reconcile") or None,
         "duplicate_lead_ids": _ids(raw.get("duplicate_lead_ids")),
         "deleted_lead_ids": _ids(raw.get("deleted_lead_ids")),
+        "unverified_lead_ids": _ids(raw.get("unverified_lead_ids")),
     }
 
 

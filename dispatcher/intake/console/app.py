@@ -438,7 +438,9 @@ class Console:
                 {
                     "server": name,
                     "state": state,
-                    "label": LOOKUP_STATES.get(state, str(state)),
+                    "label": LOOKUP_STATES.get(state, str(state))
+                    # lead_search missing: found leads are found, absent ones never proven
+                    + (", but not lead_search" if state == "ok" and data.get("missing") else ""),
                     "checked_at": data.get("checked_at"),
                     "missing": data.get("missing") or "",
                     "error": self.redact(data.get("error") or ""),
