@@ -36,6 +36,8 @@ never by matching strings, so the tree is the retry policy's vocabulary::
                     ├── PermissionDenied  permission
                     ├── ApiDisabled       api_disabled
                     └── InvalidSource     invalid_source
+     ├── ClaimLapsed                      right before a request: the job's claim could have
+     │                                    lapsed before the call would end; nothing was sent
      └── LookupFailed                     a Non-Agent API request (a lead look-up for
           │                               reconciliation) gave no usable answer
           ├── LookupRefused               the login was refused (BAD, LOCK): every refusal
@@ -65,6 +67,7 @@ __all__ = [
     "BrokerWriteRefused",
     "CallFailed",
     "CampaignDNCBlocked",
+    "ClaimLapsed",
     "ConfigError",
     "DNCBlocked",
     "DispatcherError",
@@ -280,6 +283,22 @@ class ApiDisabled(ServerRefused):
 
 class InvalidSource(ServerRefused):
     reason = "invalid_source"
+
+
+class ClaimLapsed(DispatcherError):
+    """The fence refused a call: the job's claim was granted so long ago (a worker
+    stopped, paused or blocked since) that its lease could run out before the call
+    would end. Nothing was sent; the job goes on as a copy of it would (see
+    ``dispatcher.execution.Fence``)."""
+
+    def __init__(self, *, age_s: float, lease_s: float, call_s: float) -> None:
+        self.age_s = age_s
+        self.lease_s = lease_s
+        self.call_s = call_s
+        super().__init__(
+            f"claim granted at least {age_s:.3f} s ago; with the call's {call_s:.1f} s it "
+            f"could outlive its {lease_s:.1f} s lease: request not sent"
+        )
 
 
 class LookupFailed(DispatcherError):

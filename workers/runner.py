@@ -23,6 +23,12 @@ outcome is a compare-and-set on it:
   the visibility timeout; the outcome is logged (with the lead_id) before it is
   stored, so even an outcome Redis never took is on record.
 
+The claim fence: right before the request leaves, the delivery checks that its
+call would still end inside its claim's lease, counted from before the claim was
+sent (:class:`dispatcher.execution.Fence`). A worker frozen between claim and
+request past its lease, while another copy took the job over, does not send:
+``lead.claim_lapsed``, and the job goes on as a copy would (:meth:`JobRunner.claim_lapsed`).
+
 A copy whose predecessor claimed the job and vanished mid-call is *ambiguous*
 (the lead may have been added) and is handled like a lost answer: with
 ``DISPATCHER_AMBIGUOUS=reconcile`` (the default) :mod:`workers.reconciler` looks
@@ -59,13 +65,14 @@ from dispatcher.errors import (
     AmbiguousFailure,
     BrokerUnavailable,
     CallFailed,
+    ClaimLapsed,
     HTTPStatusError,
     InternalFailure,
     InvalidPayload,
     NetworkError,
     ServerRefused,
 )
-from dispatcher.execution import Claim, new_token
+from dispatcher.execution import FENCE_MARGIN_S, Claim, Fence, claim_clock, new_token
 from dispatcher.jobs import Job, broker_envelope
 from dispatcher.lead import Lead
 from dispatcher.reconcile import mark
@@ -86,6 +93,9 @@ MAX_RATE_WAIT_S = 5.0
 _HOLD_MARGIN_S = 5.0
 #: How long to wait for a replica to confirm a `done` record (when there is one).
 _WAIT_REPLICA_MS = 500
+#: A delivery whose fence refused its call this often in a row hands the job back to
+#: the queue instead of claiming it again (a worker that keeps stalling).
+_MAX_LAPSES = 3
 _T = TypeVar("_T")
 
 
@@ -108,6 +118,12 @@ class _Delivery:
     #: what the call's answer said, once known: "added", "failed" (not added) or
     #: "ambiguous"; None while unknown
     answer: str | None = None
+    #: claim_clock() before the delivery's last claim command was sent
+    asked_at: float = 0.0
+    #: the fence of the claim granted (JobRunner.granted), checked before the request
+    fence: Fence | None = None
+    #: how often the fence refused this delivery's call
+    lapses: int = 0
 
 
 class JobRunner:
@@ -240,11 +256,21 @@ class JobRunner:
 
     def claim(self, d: _Delivery) -> Claim:
         """Claim the job for this delivery, retrying while Redis is away."""
-        args = self.claim_args(d)
-        return Claim.from_reply(self._persist(d.started, lambda: self.execution.call(*args)))
+        # Built (and stamped) per attempt: the grant is one of the last attempt.
+        return Claim.from_reply(
+            self._persist(d.started, lambda: self.execution.call(*self.claim_args(d)))
+        )
+
+    #: the clock of the claim fence (dispatcher.execution.claim_clock)
+    fence_clock = staticmethod(claim_clock)
 
     def claim_args(self, d: _Delivery) -> tuple[Any, ...]:
-        """The delivery's ``claim`` command (dispatcher.execution)."""
+        """The delivery's ``claim`` command (dispatcher.execution), to be sent now.
+
+        Stamps the delivery's fence clock: Redis grants the claim after this moment, so
+        the claim's age is at most the time since (build the command right before
+        sending it)."""
+        d.asked_at = self.fence_clock()
         job = d.job
         return self.execution.claim_args(
             job.job_id,
@@ -258,6 +284,17 @@ class JobRunner:
             server=d.dialer.name,
         )
 
+    def granted(self, d: _Delivery, claim: Claim) -> None:
+        """Fence the delivery's call by the claim Redis just answered (a lease of
+        ``lease_s`` plus the reserved rate-limit slot's delay, from ``d.asked_at``)."""
+        delay = claim.seconds if claim.verdict in ("ok", "probe_refused", "probe_outage") else 0.0
+        d.fence = Fence(
+            d.asked_at,
+            lease_s=self.lease_s + delay,
+            call_s=self.settings.http_timeout_s + FENCE_MARGIN_S,
+            clock=self.fence_clock,
+        )
+
     def calls_now(self, d: _Delivery, claim: Claim) -> bool:
         """Whether the claim leads straight to the call (after ``claim.seconds``), the
         common case :mod:`workers.engine` runs on its event loop."""
@@ -265,6 +302,7 @@ class JobRunner:
 
     def decide(self, d: _Delivery, claim: Claim) -> str:
         """Everything after the claim: the call, or what the verdict says instead."""
+        self.granted(d, claim)
         job = d.job
         verdict = claim.verdict
         if verdict == "done" and job.reconcile is not None and job.reconcile.step == "verify":
@@ -322,13 +360,41 @@ class JobRunner:
         lead = self.attempt(d)
         try:
             result, latency_ms = self.client_for(d.dialer).add_lead(
-                lead, dnc_check=job.dnc_check, campaign_dnc_check=job.campaign_dnc_check
+                lead,
+                dnc_check=job.dnc_check,
+                campaign_dnc_check=job.campaign_dnc_check,
+                fence=d.fence,
             )
+        except ClaimLapsed:
+            return self.claim_lapsed(d)
         except CallFailed as exc:
             d.answer = "ambiguous" if isinstance(exc, AmbiguousFailure) else "failed"
             return self._failed(d, exc)
         d.answer = "added"
         return self._added(d, result, latency_ms)
+
+    def claim_lapsed(self, d: _Delivery) -> str:
+        """The fence refused the call (nothing was sent): the job goes on as a copy would.
+
+        The claim is asked again with the same token: still ours (nobody took the job
+        over meanwhile), it is granted a fresh lease and the call goes ahead under a
+        new fence; otherwise the record says who holds it (busy: look again later),
+        that the job moved on (stale: dropped) or that it is done (acknowledged, no
+        call). A delivery refused again and again hands the job back to the queue.
+        """
+        fence = d.fence
+        d.called, d.answer, d.fence = False, None, None
+        d.lapses += 1
+        _log.warning(
+            "lead.claim_lapsed",
+            sent=False,
+            age_s=round(fence.age(), 3) if fence is not None else None,
+            lease_s=round(fence.lease_s, 3) if fence is not None else None,
+            lapses=d.lapses,
+        )
+        if d.lapses >= _MAX_LAPSES:
+            return self._reschedule(d, delay=0.0, why="claim_lapsed", held=True)
+        return self._run(d)
 
     def _added(self, d: _Delivery, result: AddLeadResult, latency_ms: float) -> str:
         self.log_added(d, result, latency_ms)
