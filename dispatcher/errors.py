@@ -22,7 +22,10 @@ never by matching strings, so the tree is the retry policy's vocabulary::
           │    ├── InsertFailed           insert_failed
           │    ├── NetworkError           network: nothing reached VICIdial
           │    ├── HTTPStatusError        http_error: 500/502/503/429
-          │    └── UnknownResponse        unknown_response: garbage, empty body, odd status
+          │    ├── UnknownResponse        unknown_response: garbage, empty body, odd status
+          │    └── UnknownDialer          unknown_dialer: the job's dialer is not one this
+          │                               worker knows (as the job knows it): it waits for a
+          │                               worker that does, up to UNKNOWN_DIALER_WAIT_S
           ├── AmbiguousFailure            ambiguous: the request may have been executed
           └── PermanentFailure            can never succeed as sent
                ├── DNCBlocked             dnc
@@ -91,6 +94,7 @@ __all__ = [
     "PermissionDenied",
     "ServerRefused",
     "TemporaryFailure",
+    "UnknownDialer",
     "UnknownResponse",
     "UnknownUser",
     "UserError",
@@ -222,6 +226,26 @@ class UnknownResponse(TemporaryFailure):
     """An answer we cannot read: retried a few times only."""
 
     reason = "unknown_response"
+
+
+class UnknownDialer(TemporaryFailure):
+    """A job whose dialer this worker does not know as the job does: a name missing from
+    its dialers file (a rolling deploy of the file, a renamed dialer), or ``non_latin``
+    set otherwise than when the lead was validated (the lead fails this worker's rules
+    and passes the job's). Nothing is called: the job waits for a worker that knows the
+    dialer, and after ``DISPATCHER_UNKNOWN_DIALER_WAIT_S`` becomes the replayable dead
+    letter ``unknown_dialer`` under its own id.
+
+    ``job``: the job as it was enqueued (a ``dispatcher.jobs.Job``); ``dialer``: the
+    name it gives ("" for the default one).
+    """
+
+    reason = "unknown_dialer"
+
+    def __init__(self, line: str, *, job: object, dialer: str) -> None:
+        super().__init__(line)
+        self.job = job
+        self.dialer = dialer
 
 
 class AmbiguousFailure(CallFailed):

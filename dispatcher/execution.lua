@@ -21,9 +21,13 @@
 --                                 next_attempt_at, duplicate_lead_ids, deleted_lead_ids,
 --                                 unverified_lead_ids (leads of the phone only lead_search
 --                                 sees: perhaps copies), reconcile (pending, found,
---                                 duplicates, unverified, verifying, verified)
+--                                 duplicates, unverified, verifying, verified),
+--                                 waiting_for_dialer, dialer_wait_until (a job whose dialer
+--                                 the worker that took it did not know)
 --   P:exec:{id}           hash    the execution record: state, seq, token, lease_until, worker,
---                                 orphaned_from, reason, lead_id, list_id, campaign, done_at
+--                                 orphaned_from, reason, lead_id, list_id, campaign, done_at,
+--                                 dialer_wait_since (when a worker that did not know the
+--                                 job's dialer first handed it back; cleared by a claim)
 --   P:idem:{key}          string  "{job_id} {fingerprint}" of the first job enqueued with the key
 --   P:dl:{id}             string  one dead letter (JSON; the id is the job id)
 --   P:dlq                 zset    every dead-letter id, by last failure time
@@ -51,6 +55,9 @@
 --                               claimed, lease over --claim--> claimed by the new copy
 --                                                              ("orphaned": it decides now)
 --   dead --replay--> queued (seq + 1)
+--   (none), queued or scheduled --await_dialer--> (unchanged; the same publication waits in
+--                               `scheduled` for a worker that knows the job's dialer; after
+--                               UNKNOWN_DIALER_WAIT_S the worker writes the letter: dead)
 --
 -- Reconciliation (DISPATCHER_AMBIGUOUS=reconcile; the job message carries `reconcile`):
 --
@@ -117,7 +124,7 @@ local function take_letter(id, seq, ttl, state)
   if tonumber(ex[2] or '0') > seq then return {'conflict'} end
   retire_letter(id)
   redis.call('HSET', ek, 'state', state, 'seq', seq, 'token', '')
-  redis.call('HDEL', ek, 'lease_until', 'orphaned_from', 'reason')
+  redis.call('HDEL', ek, 'lease_until', 'orphaned_from', 'reason', 'dialer_wait_since')
   redis.call('EXPIRE', ek, ttl)
   return nil
 end
@@ -293,7 +300,7 @@ elseif cmd == 'claim' then
   end
   redis.call('HSET', ek, 'state', 'claimed', 'seq', seq, 'token', token,
              'lease_until', fmt(now + delay + lease), 'worker', worker)
-  redis.call('HDEL', ek, 'orphaned_from')
+  redis.call('HDEL', ek, 'orphaned_from', 'dialer_wait_since')
   redis.call('EXPIRE', ek, ttl)
   show(id, ttl, 'state', 'running', 'updated_at', fmt(now))
   return {verdict, fmt(delay)}
@@ -382,6 +389,37 @@ elseif cmd == 'defer' then
   end
   return {'ok', fmt(due)}
 
+elseif cmd == 'await_dialer' then
+  -- ARGV: job_id, seq, envelope (the same publication, to a lane of the worker that
+  --       took it), delay_s, wait_s, dialer, error, ttl.
+  -- A worker took a job whose dialer it does not know: nothing is claimed or called;
+  -- the publication waits in `scheduled` for a worker that knows the dialer (at most
+  -- until the wait ends), counted from the first such hand-back (Redis time).
+  -- Returns {'waiting', due, wait_until}, {'expired', since} (the wait is over: the
+  -- caller writes the unknown_dialer letter with `dead`), {'done', lead_id} or
+  -- {'stale'}. A live claim of another copy (a worker that knows the dialer) is left
+  -- alone: the publication waits all the same, the job's state is not touched.
+  local id, seq, wait = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[6])
+  local ttl = tonumber(ARGV[9])
+  local ek = k_exec(id)
+  local ex = redis.call('HMGET', ek, 'state', 'seq', 'lease_until', 'lead_id',
+                        'dialer_wait_since')
+  if ex[1] == 'done' then return {'done', ex[4] or ''} end
+  if tonumber(ex[2] or '0') > seq or ex[1] == 'dead' then return {'stale'} end
+  local held = ex[1] == 'claimed' and tonumber(ex[3] or '0') > now
+  local since = tonumber(ex[5] or '') or now
+  if not held and now - since >= wait then return {'expired', fmt(since)} end
+  local due = math.min(now + tonumber(ARGV[5]), since + wait)
+  redis.call('ZADD', k_scheduled, fmt(due), ARGV[4])
+  if not held then
+    if not ex[5] then redis.call('HSET', ek, 'dialer_wait_since', fmt(since)) end
+    redis.call('EXPIRE', ek, ttl)
+    show(id, ttl, 'state', 'retrying', 'reason', 'unknown_dialer', 'error', ARGV[8],
+         'waiting_for_dialer', ARGV[7], 'dialer_wait_until', fmt(since + wait),
+         'next_attempt_at', fmt(due), 'updated_at', fmt(now))
+  end
+  return {'waiting', fmt(due), fmt(since + wait)}
+
 elseif cmd == 'dead' then
   -- ARGV: job_id, token ('' for a letter written without a claim), seq, record JSON,
   --       score, reason, attempts, error, http_status ('' for none), ttl, server.
@@ -406,7 +444,7 @@ elseif cmd == 'dead' then
   redis.call('ZADD', k_reason(reason), ARGV[6], id)
   redis.call('HSET', ek, 'state', 'dead', 'seq', math.max(seq + 1, tonumber(ex[3] or '0')),
              'token', token, 'reason', reason)
-  redis.call('HDEL', ek, 'lease_until', 'orphaned_from')
+  redis.call('HDEL', ek, 'lease_until', 'orphaned_from', 'dialer_wait_since')
   redis.call('EXPIRE', ek, ttl)
   show(id, ttl, 'state', 'dead', 'reason', reason, 'attempts', ARGV[8], 'error', ARGV[9],
        'updated_at', fmt(now), 'http_status', ARGV[10])

@@ -487,6 +487,33 @@ class Execution:
         reply = self.call("defer", job_id, token, seq, envelope, f"{delay_s:.6f}", ttl)
         return [_text(x) for x in reply]
 
+    def await_dialer(
+        self,
+        job_id: str,
+        *,
+        seq: int,
+        envelope: str,
+        delay_s: float,
+        wait_s: float,
+        dialer: str,
+        error: str,
+        ttl: int,
+    ) -> list[str]:
+        """Hand a job whose dialer this worker does not know back for one that does (see
+        execution.lua ``await_dialer``): waiting, expired, done or stale."""
+        reply = self.call(
+            "await_dialer",
+            job_id,
+            seq,
+            envelope,
+            f"{delay_s:.6f}",
+            f"{wait_s:.6f}",
+            dialer,
+            error,
+            ttl,
+        )
+        return [_text(x) for x in reply]
+
     def dead(
         self,
         job_id: str,

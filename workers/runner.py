@@ -71,6 +71,7 @@ from dispatcher.errors import (
     InvalidPayload,
     NetworkError,
     ServerRefused,
+    UnknownDialer,
 )
 from dispatcher.execution import FENCE_MARGIN_S, Claim, Fence, claim_clock, new_token
 from dispatcher.jobs import Job, broker_envelope
@@ -96,6 +97,10 @@ _WAIT_REPLICA_MS = 500
 #: A delivery whose fence refused its call this often in a row hands the job back to
 #: the queue instead of claiming it again (a worker that keeps stalling).
 _MAX_LAPSES = 3
+#: A job whose dialer this worker does not know is handed out again after about a
+#: twentieth of its wait (30 s of the default 600, at least 1 s; jittered; never past
+#: the wait's end), for a worker that knows it.
+_DIALER_LOOK_AGAIN_S = (1.0, 30.0)
 _T = TypeVar("_T")
 
 
@@ -205,6 +210,8 @@ class JobRunner:
         def whole() -> str:
             try:
                 job = Job.from_message(message, dialers=self.dialers)
+            except UnknownDialer as exc:
+                return self._unknown_dialer(exc, started)
             except InvalidPayload as exc:
                 return self._invalid_payload(message, exc, started)
             d = self.delivery(job, started)
@@ -620,6 +627,87 @@ class JobRunner:
         else:
             error = InternalFailure(f"{type(exc).__name__}: {exc}")
         return self._dead(d, failed, error, now=time.time())
+
+    def _unknown_dialer(self, exc: UnknownDialer, started: float) -> str:
+        """A job whose dialer this worker does not know (as the job knows it): nothing is
+        claimed or called. The same publication waits for a worker that knows the
+        dialer, in a lane of this worker's (where it was found: a worker that knows the
+        dialer and serves that lane takes it); after ``DISPATCHER_UNKNOWN_DIALER_WAIT_S``
+        it becomes the dead letter ``unknown_dialer`` under its own job id, replayable
+        once the dialers files agree."""
+        job = exc.job
+        assert isinstance(job, Job)
+        structlog.contextvars.bind_contextvars(
+            job_id=job.job_id, agent_user=job.agent_user, dialer=exc.dialer or None
+        )
+        settings = self.settings
+        served = [d.name for d in settings.served_dialers()]
+        default = self.dialers.resolve(None)
+        if job.dialer in served:
+            lane_dialer = job.dialer
+        elif default is not None and default.name in served:
+            lane_dialer = default.name
+        else:
+            lane_dialer = served[0]
+        envelope = broker_envelope(
+            job.to_message(), queue=self.keys.lane(lane_dialer, job.priority)
+        )
+        low, high = _DIALER_LOOK_AGAIN_S
+        delay = min(high, max(low, settings.unknown_dialer_wait_s / 20))
+        delay *= self.rng.uniform(0.5, 1.0)
+        reply = self._persist(
+            started,
+            lambda: self.execution.await_dialer(
+                job.job_id,
+                seq=job.seq,
+                envelope=envelope,
+                delay_s=delay,
+                wait_s=settings.unknown_dialer_wait_s,
+                dialer=exc.dialer,
+                error=exc.line,
+                ttl=self._ttl,
+            ),
+        )
+        if reply[0] == "done":
+            _log.info("lead.duplicate_suppressed", lead_id=reply[1] or None, seq=job.seq)
+            return "duplicate_suppressed"
+        if reply[0] == "stale":
+            _log.info("lead.stale_copy_dropped", seq=job.seq)
+            return "stale"
+        if reply[0] == "waiting":
+            _log.warning(
+                "lead.waiting_for_dialer",
+                reason=exc.reason,
+                error=exc.line,
+                delay_s=round(float(reply[1]) - time.time(), 3) if reply[1] else None,
+                wait_until=float(reply[2]),
+            )
+            return "waiting"
+        # The wait is over: the replayable letter, under the job's own id.
+        waited = f"no worker that knows it took the job within {settings.unknown_dialer_wait_s:g} s"
+        error = UnknownDialer(f"{exc.line}; {waited}", job=job, dialer=exc.dialer)
+        letter = self.dead_letters.letter(
+            job=job.to_message(),
+            reason=error.reason,
+            error=error.line,
+            http_status=None,
+            attempts=job.attempts,
+            first_failed_at=job.first_failed_at,
+            now=time.time(),
+        )
+        result = self._persist(
+            started, lambda: self.dead_letters.write(letter, token="", seq=job.seq)
+        )
+        if result not in ("ok", "again"):
+            return self._superseded(result, "dead_letter", error)
+        _log.warning(
+            "lead.dead_lettered",
+            attempt=job.attempts,
+            phone=job.lead.phone_number,
+            reason=error.reason,
+            error=error.line,
+        )
+        return "dead"
 
     def _invalid_payload(self, message: object, exc: InvalidPayload, started: float) -> str:
         job: dict[str, Any]
