@@ -333,6 +333,31 @@ def test_a_verification_that_cannot_see_every_lead_does_not_say_verified(
     assert warned and warned[0]["lead_ids"] == [late]
 
 
+def test_a_visible_lead_beside_a_hidden_late_copy_is_not_verified(
+    redis_url: str, simulator: Simulator, runners: Callable[..., JobRunner]
+) -> None:
+    """The job's own lead is readable, a late copy is not (the agent moved to a campaign
+    without a manual dial list before the stuck request inserted it): unverified."""
+    settings = make_settings(redis_url, simulator, reconcile_after_s=0.0)
+    simulator.set_stall_seconds(60.0)
+    simulator.script_phone(PHONE, ["hold_insert"])
+    runner = runners(settings)
+    message = _message(settings)
+    assert runner.run(message) == "reconciling"
+    assert _run_next(runner, settings) == "retrying"
+    assert runner.run(_take_scheduled(settings)[0]) == "added"  # lead in list 101
+    (mine,) = _lead_ids(simulator)
+    simulator.login("1000", "NOLIST")
+    assert simulator.release_held() == 1  # the late copy lands in list 0
+    deadline = time.monotonic() + 5
+    while len(_lead_ids(simulator)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    (late,) = [x for x in _lead_ids(simulator) if x != mine]
+    assert _run_next(runner, settings) == "unverified"
+    status = job_status(message["job_id"], settings=settings)
+    assert status is not None and status["unverified_lead_ids"] == [late]
+
+
 def test_a_worker_lost_mid_call_is_looked_up_not_dead_lettered(
     settings: Settings, simulator: Simulator, runners: Callable[..., JobRunner]
 ) -> None:

@@ -457,7 +457,7 @@ class Reconciler:
         others = tuple(
             sorted((m.lead_id for m in finding.matches if m.lead_id != lead_id), key=int)
         )
-        if finding.kind == "unknown" and not others:
+        if not others and (finding.kind == "unknown" or finding.unseen):
             # The same rule as the look-up's: not seeing a copy is not "verified"
             # unless VICIdial could have shown every lead of the phone.
             self._unverified(d, job, lead_id, finding.unseen, why=finding.why)
