@@ -27,7 +27,8 @@
 --   P:exec:{id}           hash    the execution record: state, seq, token, lease_until, worker,
 --                                 orphaned_from, reason, lead_id, list_id, campaign, done_at,
 --                                 dialer_wait_since (when a worker that did not know the
---                                 job's dialer first handed it back; cleared by a claim)
+--                                 job's dialer first handed it back; cleared when one that
+--                                 knows it claims it or defers it)
 --   P:idem:{key}          string  "{job_id} {fingerprint}" of the first job enqueued with the key
 --   P:dl:{id}             string  one dead letter (JSON; the id is the job id)
 --   P:dlq                 zset    every dead-letter id, by last failure time
@@ -169,6 +170,16 @@ end
 
 local function k_lookup(s) return P .. ':lookup:' .. s end
 
+-- A worker that knows the job's dialer took it (a claim, or a deferral of one that
+-- found the dialer paused or busy): the wait for such a worker is over.
+local function dialer_known(id)
+  redis.call('HDEL', k_exec(id), 'dialer_wait_since')
+  redis.call('HDEL', k_job(id), 'waiting_for_dialer', 'dialer_wait_until')
+  if redis.call('HGET', k_job(id), 'reason') == 'unknown_dialer' then
+    redis.call('HDEL', k_job(id), 'reason', 'error')
+  end
+end
+
 -- Add the comma-separated lead ids of `csv` to the job hash's `field` (a comma list),
 -- each once; how many were new.
 local function merge_ids(id, ttl, field, csv)
@@ -258,7 +269,8 @@ elseif cmd == 'claim' then
   local lease, ttl, interval = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
   local worker, maxwait, server = ARGV[8], tonumber(ARGV[9]), ARGV[10]
   local ek = k_exec(id)
-  local ex = redis.call('HMGET', ek, 'state', 'seq', 'lease_until', 'lead_id', 'token')
+  local ex = redis.call('HMGET', ek, 'state', 'seq', 'lease_until', 'lead_id', 'token',
+                        'dialer_wait_since')
   local state, eseq = ex[1], tonumber(ex[2] or '0')
   if state == 'done' then return {'done', ex[4] or ''} end
   if state == 'claimed' and eseq <= seq then
@@ -300,7 +312,8 @@ elseif cmd == 'claim' then
   end
   redis.call('HSET', ek, 'state', 'claimed', 'seq', seq, 'token', token,
              'lease_until', fmt(now + delay + lease), 'worker', worker)
-  redis.call('HDEL', ek, 'orphaned_from', 'dialer_wait_since')
+  redis.call('HDEL', ek, 'orphaned_from')
+  if ex[6] then dialer_known(id) end
   redis.call('EXPIRE', ek, ttl)
   show(id, ttl, 'state', 'running', 'updated_at', fmt(now))
   return {verdict, fmt(delay)}
@@ -374,9 +387,10 @@ elseif cmd == 'defer' then
   local id, token, seq = ARGV[2], ARGV[3], tonumber(ARGV[4])
   local ttl = tonumber(ARGV[7])
   local ek = k_exec(id)
-  local ex = redis.call('HMGET', ek, 'state', 'token', 'seq')
+  local ex = redis.call('HMGET', ek, 'state', 'token', 'seq', 'dialer_wait_since')
   if ex[1] == 'done' then return {'done'} end
   if tonumber(ex[3] or '0') > seq or ex[1] == 'dead' then return {'stale'} end
+  if ex[4] then dialer_known(id) end
   local due = now + tonumber(ARGV[6])
   redis.call('ZADD', k_scheduled, fmt(due), ARGV[5])
   local mine = token ~= '' and ex[1] == 'claimed' and ex[2] == token
