@@ -133,8 +133,10 @@ def run(env: Env, *, quick: bool = False) -> Section:
             f"ambiguous outcomes: {scheduled} (found {found}, absent {absent}, unknown {unknown}); "
             f"faults scripted: {len(faulted)} ({', '.join(FAULTS)}, in turn); leads missing: "
             f"{missing}; job states: {sum(1 for s in states.values() if s == 'added')} added",
-            "one look-up per lost answer; a job called again (absent) gets one more, the "
-            "verification, RECONCILE_AFTER_S after it was added (a late copy would show there)",
+            "one look-up per lost answer, of two Non-Agent requests (lead_all_info, then "
+            "lead_search, which sees the lists lead_all_info cannot show); a job called again "
+            "(absent) gets one more, the verification, RECONCILE_AFTER_S after it was added "
+            "(a late copy would show there)",
             f"the worker's permission check at start: {checks} Non-Agent request(s), not counted",
         ],
         data={

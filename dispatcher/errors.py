@@ -22,7 +22,10 @@ never by matching strings, so the tree is the retry policy's vocabulary::
           │    ├── InsertFailed           insert_failed
           │    ├── NetworkError           network: nothing reached VICIdial
           │    ├── HTTPStatusError        http_error: 500/502/503/429
-          │    └── UnknownResponse        unknown_response: garbage, empty body, odd status
+          │    ├── UnknownResponse        unknown_response: garbage, empty body, odd status
+          │    └── UnknownDialer          unknown_dialer: the job's dialer is not one this
+          │                               worker knows (as the job knows it): it waits for a
+          │                               worker that does, up to UNKNOWN_DIALER_WAIT_S
           ├── AmbiguousFailure            ambiguous: the request may have been executed
           └── PermanentFailure            can never succeed as sent
                ├── DNCBlocked             dnc
@@ -36,6 +39,8 @@ never by matching strings, so the tree is the retry policy's vocabulary::
                     ├── PermissionDenied  permission
                     ├── ApiDisabled       api_disabled
                     └── InvalidSource     invalid_source
+     ├── ClaimLapsed                      right before a request: the job's claim could have
+     │                                    lapsed before the call would end; nothing was sent
      └── LookupFailed                     a Non-Agent API request (a lead look-up for
           │                               reconciliation) gave no usable answer
           ├── LookupRefused               the login was refused (BAD, LOCK): every refusal
@@ -65,6 +70,7 @@ __all__ = [
     "BrokerWriteRefused",
     "CallFailed",
     "CampaignDNCBlocked",
+    "ClaimLapsed",
     "ConfigError",
     "DNCBlocked",
     "DispatcherError",
@@ -88,6 +94,7 @@ __all__ = [
     "PermissionDenied",
     "ServerRefused",
     "TemporaryFailure",
+    "UnknownDialer",
     "UnknownResponse",
     "UnknownUser",
     "UserError",
@@ -221,6 +228,26 @@ class UnknownResponse(TemporaryFailure):
     reason = "unknown_response"
 
 
+class UnknownDialer(TemporaryFailure):
+    """A job whose dialer this worker does not know as the job does: a name missing from
+    its dialers file (a rolling deploy of the file, a renamed dialer), or ``non_latin``
+    set otherwise than when the lead was validated (the lead fails this worker's rules
+    and passes the job's). Nothing is called: the job waits for a worker that knows the
+    dialer, and after ``DISPATCHER_UNKNOWN_DIALER_WAIT_S`` becomes the replayable dead
+    letter ``unknown_dialer`` under its own id.
+
+    ``job``: the job as it was enqueued (a ``dispatcher.jobs.Job``); ``dialer``: the
+    name it gives ("" for the default one).
+    """
+
+    reason = "unknown_dialer"
+
+    def __init__(self, line: str, *, job: object, dialer: str) -> None:
+        super().__init__(line)
+        self.job = job
+        self.dialer = dialer
+
+
 class AmbiguousFailure(CallFailed):
     """The request may have reached VICIdial but no answer came back.
 
@@ -280,6 +307,22 @@ class ApiDisabled(ServerRefused):
 
 class InvalidSource(ServerRefused):
     reason = "invalid_source"
+
+
+class ClaimLapsed(DispatcherError):
+    """The fence refused a call: the job's claim was granted so long ago (a worker
+    stopped, paused or blocked since) that its lease could run out before the call
+    would end. Nothing was sent; the job goes on as a copy of it would (see
+    ``dispatcher.execution.Fence``)."""
+
+    def __init__(self, *, age_s: float, lease_s: float, call_s: float) -> None:
+        self.age_s = age_s
+        self.lease_s = lease_s
+        self.call_s = call_s
+        super().__init__(
+            f"claim granted at least {age_s:.3f} s ago; with the call's {call_s:.1f} s it "
+            f"could outlive its {lease_s:.1f} s lease: request not sent"
+        )
 
 
 class LookupFailed(DispatcherError):

@@ -19,9 +19,16 @@
 --                                 lead_id, list_id, campaign, agent_user, dialer, priority,
 --                                 enqueued_at, updated_at,
 --                                 next_attempt_at, duplicate_lead_ids, deleted_lead_ids,
---                                 reconcile (pending, found, duplicates, verifying, verified)
+--                                 unverified_lead_ids (leads of the phone only lead_search
+--                                 sees: perhaps copies), reconcile (pending, found,
+--                                 duplicates, unverified, verifying, verified),
+--                                 waiting_for_dialer, dialer_wait_until (a job whose dialer
+--                                 the worker that took it did not know)
 --   P:exec:{id}           hash    the execution record: state, seq, token, lease_until, worker,
---                                 orphaned_from, reason, lead_id, list_id, campaign, done_at
+--                                 orphaned_from, reason, lead_id, list_id, campaign, done_at,
+--                                 dialer_wait_since (when a worker that did not know the
+--                                 job's dialer first handed it back; cleared when one that
+--                                 knows it claims it or defers it)
 --   P:idem:{key}          string  "{job_id} {fingerprint}" of the first job enqueued with the key
 --   P:dl:{id}             string  one dead letter (JSON; the id is the job id)
 --   P:dlq                 zset    every dead-letter id, by last failure time
@@ -49,6 +56,9 @@
 --                               claimed, lease over --claim--> claimed by the new copy
 --                                                              ("orphaned": it decides now)
 --   dead --replay--> queued (seq + 1)
+--   (none), queued or scheduled --await_dialer--> (unchanged; the same publication waits in
+--                               `scheduled` for a worker that knows the job's dialer; after
+--                               UNKNOWN_DIALER_WAIT_S the worker writes the letter: dead)
 --
 -- Reconciliation (DISPATCHER_AMBIGUOUS=reconcile; the job message carries `reconcile`):
 --
@@ -115,7 +125,7 @@ local function take_letter(id, seq, ttl, state)
   if tonumber(ex[2] or '0') > seq then return {'conflict'} end
   retire_letter(id)
   redis.call('HSET', ek, 'state', state, 'seq', seq, 'token', '')
-  redis.call('HDEL', ek, 'lease_until', 'orphaned_from', 'reason')
+  redis.call('HDEL', ek, 'lease_until', 'orphaned_from', 'reason', 'dialer_wait_since')
   redis.call('EXPIRE', ek, ttl)
   return nil
 end
@@ -159,6 +169,16 @@ local function show(id, ttl, ...)
 end
 
 local function k_lookup(s) return P .. ':lookup:' .. s end
+
+-- A worker that knows the job's dialer took it (a claim, or a deferral of one that
+-- found the dialer paused or busy): the wait for such a worker is over.
+local function dialer_known(id)
+  redis.call('HDEL', k_exec(id), 'dialer_wait_since')
+  redis.call('HDEL', k_job(id), 'waiting_for_dialer', 'dialer_wait_until')
+  if redis.call('HGET', k_job(id), 'reason') == 'unknown_dialer' then
+    redis.call('HDEL', k_job(id), 'reason', 'error')
+  end
+end
 
 -- Add the comma-separated lead ids of `csv` to the job hash's `field` (a comma list),
 -- each once; how many were new.
@@ -249,7 +269,8 @@ elseif cmd == 'claim' then
   local lease, ttl, interval = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
   local worker, maxwait, server = ARGV[8], tonumber(ARGV[9]), ARGV[10]
   local ek = k_exec(id)
-  local ex = redis.call('HMGET', ek, 'state', 'seq', 'lease_until', 'lead_id', 'token')
+  local ex = redis.call('HMGET', ek, 'state', 'seq', 'lease_until', 'lead_id', 'token',
+                        'dialer_wait_since')
   local state, eseq = ex[1], tonumber(ex[2] or '0')
   if state == 'done' then return {'done', ex[4] or ''} end
   if state == 'claimed' and eseq <= seq then
@@ -292,6 +313,7 @@ elseif cmd == 'claim' then
   redis.call('HSET', ek, 'state', 'claimed', 'seq', seq, 'token', token,
              'lease_until', fmt(now + delay + lease), 'worker', worker)
   redis.call('HDEL', ek, 'orphaned_from')
+  if ex[6] then dialer_known(id) end
   redis.call('EXPIRE', ek, ttl)
   show(id, ttl, 'state', 'running', 'updated_at', fmt(now))
   return {verdict, fmt(delay)}
@@ -300,14 +322,20 @@ elseif cmd == 'succeed' then
   -- ARGV: job_id, token, lead_id, list_id, campaign, done_ttl, job_ttl, attempts,
   --       latency bucket field, latency_ms, server.
   -- Returns {'ok', retired letter's reason or '', outage pause ended 0/1},
-  -- {'again', lead_id} for a repeated call, or {'duplicate', first lead_id} when
-  -- another copy had added the lead already (VICIdial now holds it twice).
+  -- {'again', lead_id} for a repeated call, {'same', lead_id} when the job was
+  -- recorded done with this very lead already (a look-up found it before this late
+  -- answer was stored: one lead, reported twice), or {'duplicate', first lead_id}
+  -- when another copy had added another lead (VICIdial now holds it twice).
   local id, token, lead_id = ARGV[2], ARGV[3], ARGV[4]
   local done_ttl, ttl, server = tonumber(ARGV[7]), tonumber(ARGV[8]), ARGV[12]
   local ek = k_exec(id)
   local ex = redis.call('HMGET', ek, 'state', 'token', 'lead_id')
   if ex[1] == 'done' then
     if ex[2] == token then return {'again', ex[3] or ''} end
+    if lead_id ~= '' and ex[3] == lead_id then
+      answered(server)
+      return {'same', lead_id}
+    end
     local dups = redis.call('HGET', k_job(id), 'duplicate_lead_ids')
     if dups and dups ~= '' then dups = dups .. ',' .. lead_id else dups = lead_id end
     show(id, ttl, 'duplicate_lead_ids', dups)
@@ -359,9 +387,10 @@ elseif cmd == 'defer' then
   local id, token, seq = ARGV[2], ARGV[3], tonumber(ARGV[4])
   local ttl = tonumber(ARGV[7])
   local ek = k_exec(id)
-  local ex = redis.call('HMGET', ek, 'state', 'token', 'seq')
+  local ex = redis.call('HMGET', ek, 'state', 'token', 'seq', 'dialer_wait_since')
   if ex[1] == 'done' then return {'done'} end
   if tonumber(ex[3] or '0') > seq or ex[1] == 'dead' then return {'stale'} end
+  if ex[4] then dialer_known(id) end
   local due = now + tonumber(ARGV[6])
   redis.call('ZADD', k_scheduled, fmt(due), ARGV[5])
   local mine = token ~= '' and ex[1] == 'claimed' and ex[2] == token
@@ -373,6 +402,37 @@ elseif cmd == 'defer' then
     show(id, ttl, 'state', 'retrying', 'next_attempt_at', fmt(due), 'updated_at', fmt(now))
   end
   return {'ok', fmt(due)}
+
+elseif cmd == 'await_dialer' then
+  -- ARGV: job_id, seq, envelope (the same publication, to a lane of the worker that
+  --       took it), delay_s, wait_s, dialer, error, ttl.
+  -- A worker took a job whose dialer it does not know: nothing is claimed or called;
+  -- the publication waits in `scheduled` for a worker that knows the dialer (at most
+  -- until the wait ends), counted from the first such hand-back (Redis time).
+  -- Returns {'waiting', due, wait_until}, {'expired', since} (the wait is over: the
+  -- caller writes the unknown_dialer letter with `dead`), {'done', lead_id} or
+  -- {'stale'}. A live claim of another copy (a worker that knows the dialer) is left
+  -- alone: the publication waits all the same, the job's state is not touched.
+  local id, seq, wait = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[6])
+  local ttl = tonumber(ARGV[9])
+  local ek = k_exec(id)
+  local ex = redis.call('HMGET', ek, 'state', 'seq', 'lease_until', 'lead_id',
+                        'dialer_wait_since')
+  if ex[1] == 'done' then return {'done', ex[4] or ''} end
+  if tonumber(ex[2] or '0') > seq or ex[1] == 'dead' then return {'stale'} end
+  local held = ex[1] == 'claimed' and tonumber(ex[3] or '0') > now
+  local since = tonumber(ex[5] or '') or now
+  if not held and now - since >= wait then return {'expired', fmt(since)} end
+  local due = math.min(now + tonumber(ARGV[5]), since + wait)
+  redis.call('ZADD', k_scheduled, fmt(due), ARGV[4])
+  if not held then
+    if not ex[5] then redis.call('HSET', ek, 'dialer_wait_since', fmt(since)) end
+    redis.call('EXPIRE', ek, ttl)
+    show(id, ttl, 'state', 'retrying', 'reason', 'unknown_dialer', 'error', ARGV[8],
+         'waiting_for_dialer', ARGV[7], 'dialer_wait_until', fmt(since + wait),
+         'next_attempt_at', fmt(due), 'updated_at', fmt(now))
+  end
+  return {'waiting', fmt(due), fmt(since + wait)}
 
 elseif cmd == 'dead' then
   -- ARGV: job_id, token ('' for a letter written without a claim), seq, record JSON,
@@ -398,7 +458,7 @@ elseif cmd == 'dead' then
   redis.call('ZADD', k_reason(reason), ARGV[6], id)
   redis.call('HSET', ek, 'state', 'dead', 'seq', math.max(seq + 1, tonumber(ex[3] or '0')),
              'token', token, 'reason', reason)
-  redis.call('HDEL', ek, 'lease_until', 'orphaned_from')
+  redis.call('HDEL', ek, 'lease_until', 'orphaned_from', 'dialer_wait_since')
   redis.call('EXPIRE', ek, ttl)
   show(id, ttl, 'state', 'dead', 'reason', reason, 'attempts', ARGV[8], 'error', ARGV[9],
        'updated_at', fmt(now), 'http_status', ARGV[10])
@@ -581,19 +641,27 @@ elseif cmd == 'reconciled' then
   return {'ok', retired or '', answered(server)}
 
 elseif cmd == 'duplicates' then
-  -- ARGV: job_id, lead ids ('' or "a,b"), deleted lead ids ('' or "a,b"), ttl.
+  -- ARGV: job_id, lead ids ('' or "a,b"), deleted lead ids ('' or "a,b"), ttl,
+  --       unverified lead ids ('' or "a,b").
   -- A later look-up of an added job (the verification after it was called again, or
   -- the repair) found copies besides its lead: they are recorded on the job
-  -- (duplicate_lead_ids; deleted_lead_ids for copies deleted). Returns how many ids
-  -- were new. With no ids, the job shows the verification passed.
+  -- (duplicate_lead_ids; deleted_lead_ids for copies deleted; unverified_lead_ids for
+  -- leads of the phone that only lead_search sees, which may be copies). Returns how
+  -- many duplicate ids were new. With no ids at all, the job shows the verification
+  -- passed.
   local id, ttl = ARGV[2], tonumber(ARGV[5])
+  local unverified = ARGV[6] or ''
   local n = 0
+  local dups = redis.call('HGET', k_job(id), 'duplicate_lead_ids')
   if ARGV[3] ~= '' then
     n = merge_ids(id, ttl, 'duplicate_lead_ids', ARGV[3])
     show(id, ttl, 'reconcile', 'duplicates')
-  elseif not redis.call('HGET', k_job(id), 'duplicate_lead_ids') then
+  elseif unverified ~= '' then
+    if not dups then show(id, ttl, 'reconcile', 'unverified') end
+  elseif not dups and not redis.call('HGET', k_job(id), 'unverified_lead_ids') then
     show(id, ttl, 'reconcile', 'verified')
   end
+  if unverified ~= '' then merge_ids(id, ttl, 'unverified_lead_ids', unverified) end
   if ARGV[4] ~= '' then merge_ids(id, ttl, 'deleted_lead_ids', ARGV[4]) end
   if n > 0 then redis.call('HINCRBY', k_stats, 'duplicates_detected', n) end
   return n

@@ -10,6 +10,16 @@ Tokens: a worker names each delivery of a message with a fresh random token and
 claims the job with it. Outcomes are compare-and-set on that token, so a copy
 that lost its claim cannot overwrite what the claim's new holder decided, and a
 write repeated after a lost reply (the same token) is recognised as done.
+
+The fence (:class:`Fence`): a claim is a lease in Redis's clock, and nothing in
+Redis can stop a request that leaves a worker after the lease ran out. So right
+before the request, the worker checks how old its claim may be: it stamps its own
+clock (:func:`claim_clock`) *before* the claim command leaves (Redis grants the
+claim after that), and sends only if the call, at its deadline, still ends inside
+the lease (with :data:`FENCE_MARGIN_S` to spare). A worker frozen between claim and
+request past its lease (SIGSTOP, ``docker pause``, a suspended machine, a long GC, a
+blocked loop) thus never sends; it raises :class:`~dispatcher.errors.ClaimLapsed`,
+and the job goes on as a copy of it would (claimed again).
 """
 
 from __future__ import annotations
@@ -17,14 +27,26 @@ from __future__ import annotations
 import os
 import random
 import threading
+import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 
 import redis
 
-__all__ = ["Claim", "Execution", "LookupGate", "new_token", "pack_commands"]
+from dispatcher.errors import ClaimLapsed
+
+__all__ = [
+    "FENCE_MARGIN_S",
+    "Claim",
+    "Execution",
+    "Fence",
+    "LookupGate",
+    "claim_clock",
+    "new_token",
+    "pack_commands",
+]
 
 _SOURCE = resources.files("dispatcher").joinpath("execution.lua").read_text(encoding="utf-8")
 
@@ -63,6 +85,69 @@ class Claim:
     def from_reply(cls, reply: Any) -> Claim:
         parts = [_text(x) for x in reply]
         return cls(parts[0], parts[1] if len(parts) > 1 else "", *parts[2:3])
+
+
+def _boottime() -> int | None:
+    clock = getattr(time, "CLOCK_BOOTTIME", None)
+    if clock is None:
+        return None
+    try:
+        time.clock_gettime(clock)
+    except OSError:  # a kernel or sandbox without it
+        return None
+    return int(clock)
+
+
+_BOOTTIME = _boottime()
+
+
+def claim_clock() -> float:
+    """Seconds on the clock that fences claims: never set back (NTP, an operator), and
+    counting while this process is stopped (SIGSTOP, ``docker pause``: every system
+    clock does) *and* while the machine is suspended: Linux's CLOCK_BOOTTIME, where
+    CLOCK_MONOTONIC (``time.monotonic``, the fallback elsewhere) stands still, so a
+    worker woken from a suspend would think its old claim fresh. A VM whose hypervisor
+    freezes the guest's clocks while paused is seen by no guest clock (README)."""
+    if _BOOTTIME is not None:
+        return time.clock_gettime(_BOOTTIME)
+    return time.monotonic()
+
+
+#: What a call must leave of its claim's lease beyond its own deadline when it is
+#: sent: the timers that end a call fire a little late, and a claim's clock and
+#: Redis's may run at slightly different rates.
+FENCE_MARGIN_S = 0.5
+
+
+@dataclass
+class Fence:
+    """Whether a delivery may still send its call: only if the call ends, at its
+    deadline, inside the lease its claim was granted.
+
+    ``asked_at``: :func:`claim_clock` taken before the claim command was sent (the
+    grant came after it, so the claim's age is at most ``clock() - asked_at``);
+    ``lease_s``: the lease granted (a reserved rate-limit slot's delay included);
+    ``call_s``: the call's deadline plus :data:`FENCE_MARGIN_S`.
+    """
+
+    asked_at: float
+    lease_s: float
+    call_s: float
+    clock: Callable[[], float] = field(default=claim_clock, repr=False)
+    #: the check refused the call (the request was not sent)
+    lapsed: bool = False
+
+    def age(self) -> float:
+        """At most how long ago the claim was granted."""
+        return self.clock() - self.asked_at
+
+    def check(self) -> None:
+        """Right before the request leaves: raise ClaimLapsed if the call could outlive
+        the claim (the request is then not sent)."""
+        age = self.age()
+        if age + self.call_s > self.lease_s:
+            self.lapsed = True
+            raise ClaimLapsed(age_s=age, lease_s=self.lease_s, call_s=self.call_s)
 
 
 @dataclass(frozen=True)
@@ -402,6 +487,33 @@ class Execution:
         reply = self.call("defer", job_id, token, seq, envelope, f"{delay_s:.6f}", ttl)
         return [_text(x) for x in reply]
 
+    def await_dialer(
+        self,
+        job_id: str,
+        *,
+        seq: int,
+        envelope: str,
+        delay_s: float,
+        wait_s: float,
+        dialer: str,
+        error: str,
+        ttl: int,
+    ) -> list[str]:
+        """Hand a job whose dialer this worker does not know back for one that does (see
+        execution.lua ``await_dialer``): waiting, expired, done or stale."""
+        reply = self.call(
+            "await_dialer",
+            job_id,
+            seq,
+            envelope,
+            f"{delay_s:.6f}",
+            f"{wait_s:.6f}",
+            dialer,
+            error,
+            ttl,
+        )
+        return [_text(x) for x in reply]
+
     def dead(
         self,
         job_id: str,
@@ -547,9 +659,24 @@ class Execution:
         return [_text(x) for x in reply]
 
     def duplicates(
-        self, job_id: str, *, lead_ids: tuple[str, ...], deleted: tuple[str, ...], ttl: int
+        self,
+        job_id: str,
+        *,
+        lead_ids: tuple[str, ...],
+        deleted: tuple[str, ...],
+        ttl: int,
+        unverified: tuple[str, ...] = (),
     ) -> int:
-        return int(self.call("duplicates", job_id, ",".join(lead_ids), ",".join(deleted), ttl))
+        return int(
+            self.call(
+                "duplicates",
+                job_id,
+                ",".join(lead_ids),
+                ",".join(deleted),
+                ttl,
+                ",".join(unverified),
+            )
+        )
 
     def verify_later(
         self, job_id: str, *, lead_id: str, envelope: str, delay_s: float, ttl: int

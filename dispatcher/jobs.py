@@ -42,7 +42,7 @@ from typing import Any
 import orjson
 
 from dispatcher.dialers import DIALER_NAME, PRIORITIES, Dialers
-from dispatcher.errors import InvalidLead, InvalidPayload
+from dispatcher.errors import InvalidLead, InvalidPayload, UnknownDialer
 from dispatcher.lead import Lead, make_lead
 
 __all__ = [
@@ -218,9 +218,11 @@ class Job:
         """Parse a queue message; anything that is not a valid v1 job is InvalidPayload.
 
         The lead is validated again, with the rules of its dialer's mode (``non_latin``
-        of the dialer the worker sends it to, from ``dialers``, which a worker passes;
-        an unknown dialer is InvalidPayload) or, without ``dialers``, of the mode the
-        message records from its enqueue.
+        of the dialer the worker sends it to, from ``dialers``, which a worker passes)
+        or, without ``dialers``, of the mode the message records from its enqueue.
+        A valid job whose dialer ``dialers`` does not know, or whose lead passes only
+        the mode it was enqueued with, is :class:`~dispatcher.errors.UnknownDialer`
+        (carrying the job as enqueued).
         """
         if isinstance(data, (str, bytes)):
             try:
@@ -252,9 +254,13 @@ class Job:
         if dialers is not None:
             dialer = dialers.resolve(dialer_name)
             if dialer is None:
-                raise InvalidPayload(
-                    f"unknown dialer {dialer_name!r} (this worker knows: "
-                    f"{', '.join(dialers.names)})"
+                # A job, as enqueued (else InvalidPayload), for a dialer this worker does
+                # not know: it waits for one that does.
+                raise UnknownDialer(
+                    f"dialer {dialer_name or '(the default one)'!r} is not one this worker "
+                    f"knows (it knows: {', '.join(dialers.names)})",
+                    job=cls.from_message(data),
+                    dialer=dialer_name,
                 )
             mode = dialer.non_latin
         try:
@@ -262,7 +268,18 @@ class Job:
             # reaching VICIdial with a field it would mangle.
             lead = make_lead(lead_data, default_phone_code="", non_latin=mode)
         except InvalidLead as exc:
-            raise InvalidPayload(str(exc)) from None
+            if mode == recorded or dialers is None:
+                raise InvalidPayload(str(exc)) from None
+            # Valid as enqueued, not with this worker's non_latin for the dialer: one
+            # of the two configurations is stale (a rolling deploy). Wait for a worker
+            # that agrees with the job's, rather than bury or mangle the lead.
+            raise UnknownDialer(
+                f"dialer {dialer_name or '(the default one)'!r} has non_latin="
+                f"{str(mode).lower()} on this worker, but the lead was validated with "
+                f"non_latin={str(recorded).lower()}: {exc}",
+                job=cls.from_message(data),
+                dialer=dialer_name,
+            ) from None
         for key in _BOOL_KEYS:
             if not isinstance(data.get(key), bool):
                 raise InvalidPayload(f"{key} missing or not a boolean")
@@ -401,6 +418,11 @@ def state_to_status(job_id: str, raw: Mapping[str, str]) -> dict[str, Any]:
     """The job-state hash as `dispatcher job --json` prints it (absent facts are null)."""
     attempts = raw.get("attempts")
     http_status = raw.get("http_status")
+    waiting = (
+        raw.get("waiting_for_dialer") or "(the default one)"
+        if raw.get("state") == "retrying" and raw.get("reason") == "unknown_dialer"
+        else None
+    )
     return {
         "job_id": job_id,
         "state": raw.get("state"),
@@ -417,11 +439,17 @@ def state_to_status(job_id: str, raw: Mapping[str, str]) -> dict[str, Any]:
         "enqueued_at": iso(_num(raw.get("enqueued_at"))),
         "updated_at": iso(_num(raw.get("updated_at"))),
         "next_attempt_at": iso(_num(raw.get("next_attempt_at"))),
-        # Reconciliation: pending (a look-up is due), found, duplicates, verifying,
-        # verified; the job's other leads in VICIdial, and those deleted as duplicates.
+        # Reconciliation: pending (a look-up is due), found, duplicates, unverified,
+        # verifying, verified; the job's other leads in VICIdial, those deleted as
+        # duplicates, and leads of its phone only lead_search sees (perhaps copies).
         "reconcile": raw.get("reconcile") or None,
+        # A job whose dialer the worker that took it did not know: the dialer it waits
+        # for, and when it becomes the dead letter unknown_dialer.
+        "waiting_for_dialer": waiting,
+        "dialer_wait_until": iso(_num(raw.get("dialer_wait_until"))) if waiting else None,
         "duplicate_lead_ids": _ids(raw.get("duplicate_lead_ids")),
         "deleted_lead_ids": _ids(raw.get("deleted_lead_ids")),
+        "unverified_lead_ids": _ids(raw.get("unverified_lead_ids")),
     }
 
 

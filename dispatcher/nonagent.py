@@ -12,7 +12,14 @@ Follows shared/vicidial/non_agent_api_lookup.md:
   be trusted there.
 * An answer mixes ERROR lines and records: ``LIST NOT FOUND`` lines name leads the
   user may not see (list 0, other user groups' lists), so an answer with them cannot
-  prove that a lead is absent.
+  prove that a lead is absent. Such a line appears only when no lead at all could be
+  shown (or the user has ``api_list_restrict``): a hidden lead beside a readable one
+  of the same phone is left out *silently*.
+* ``lead_search`` sees every list (list 0 too) and answers the phone's lead ids
+  (:func:`parse_lead_search`): the cross-check that says whether lead_all_info
+  showed every lead of the phone. It needs user level 8 (lead_all_info: 7) and no
+  View Reports; when it is not permitted, :class:`SearchAnswer` says so instead of
+  raising, since lead_all_info alone can still find a lead (not prove it absent).
 * Logging in needs user level 7+ and counts failures in the counter the agent API
   shares (10 failures lock both for 15 minutes): a refused login is
   :class:`~dispatcher.errors.LookupRefused` and is never retried blindly.
@@ -50,9 +57,11 @@ __all__ = [
     "LeadRecord",
     "LookupAnswer",
     "NonAgentClient",
+    "SearchAnswer",
     "diagnose_denied",
     "parse_delete",
     "parse_lead_all_info",
+    "parse_lead_search",
 ]
 
 #: The fields of a lead_all_info record, in order.
@@ -138,6 +147,31 @@ class LookupAnswer:
     unreadable: int = 0
     #: the answer was cut at MAX_LOOKUP_BYTES
     truncated: bool = False
+
+    def hidden_lists(self) -> dict[str, str]:
+        """lead_id -> list_id of the hidden leads a ``LIST NOT FOUND`` line names with both
+        (the last line of a look-up by lead id: ``{user}|{lead_id}|{phone}|{list_id}``)."""
+        out: dict[str, str] = {}
+        for line in self.hidden:
+            parts = line.split(": ", 1)[-1].split("|")
+            if len(parts) == 4 and parts[1].isdigit():
+                out[parts[1]] = parts[3]
+        return out
+
+
+@dataclass(frozen=True)
+class SearchAnswer:
+    """What one lead_search answer said about one phone.
+
+    ``ids``: the phone's lead ids in every list, highest first; None when lead_search
+    was not permitted (``line`` says VICIdial's refusal, ``missing`` and ``fix`` what
+    to change), so that the look-up cannot prove a lead absent.
+    """
+
+    ids: tuple[str, ...] | None
+    line: str = ""
+    missing: str = ""
+    fix: str = ""
 
 
 @dataclass(frozen=True)
@@ -300,6 +334,62 @@ def parse_lead_all_info(
     return LookupAnswer(records, not_found, hidden, unreadable, truncated)
 
 
+def _search_denied(line: str, user: str) -> SearchAnswer:
+    if "user_group DOES NOT EXIST" in line:
+        return SearchAnswer(
+            None,
+            line,
+            "an existing user group",
+            f"user {user} has API List Restrict on and its user group does not exist: "
+            f'{_admin(user)}: choose an existing "User Group"',
+        )
+    return SearchAnswer(
+        None,
+        line,
+        "lead_search (User Level 8+, Modify Leads 1-5, API Allowed Functions)",
+        f'{_admin(user)}: "User Level" 8 or more and lead_search in "API Allowed Functions" '
+        "(or ALL_FUNCTIONS): lead_search sees every list, lead_all_info does not (list 0, "
+        "lists outside the user group's campaigns); without it a lead that cannot be "
+        "shown cannot be proven absent, and the job stays an ambiguous dead letter",
+    )
+
+
+def parse_lead_search(
+    body: str, phone: str, *, secrets: tuple[str, ...] = (), user: str = ""
+) -> SearchAnswer:
+    """Read a lead_search answer for one phone (``{phone}|{count}|{ids}``, or NO MATCHES).
+
+    A refused login raises :class:`LookupRefused` (it would refuse lead_all_info too);
+    a permission or user-group refusal is a :class:`SearchAnswer` without ids; anything
+    unreadable raises :class:`LookupUnavailable`.
+    """
+    for line in body.split("\n"):
+        if not line:
+            continue
+        if line.startswith("ERROR: "):
+            shown = redact_vicidial_line(line, secrets)
+            if line.startswith("ERROR: lead_search NO MATCHES FOUND"):
+                return SearchAnswer(())
+            if (
+                "USER DOES NOT HAVE PERMISSION" in line
+                or line.startswith("ERROR: user_group DOES NOT EXIST")
+                or line.startswith("ERROR: NO FUNCTION SPECIFIED")
+            ):
+                return _search_denied(shown, user)
+            error = _classify(line, user, secrets)
+            raise error or LookupUnavailable(f"unexpected lead_search answer: {shown[:300]}")
+        parts = line.split("|")
+        if len(parts) == 3 and parts[0] == phone and parts[1].isdigit():
+            ids = tuple(x for x in parts[2].split("-") if x)
+            if len(ids) == int(parts[1]) and all(x.isdigit() for x in ids):
+                return SearchAnswer(ids)
+    shown = redact_vicidial_line(" ".join(body.split())[:300], secrets)
+    raise LookupUnavailable(
+        f"unreadable lead_search answer: {shown!r}" if body.strip() else "empty answer",
+        http_status=200,
+    )
+
+
 _DELETED = "SUCCESS: update_lead LEAD HAS BEEN DELETED"
 
 
@@ -428,18 +518,34 @@ class NonAgentClient:
             self._checked(status, body), secrets=self._secrets, user=self.user, truncated=truncated
         )
 
+    def lead_by_id(self, lead_id: str) -> LookupAnswer:
+        """One lead by its id, if the user may see it (else its LIST NOT FOUND line)."""
+        status, body, truncated = self._post("lead_all_info", lead_id=lead_id)
+        return parse_lead_all_info(
+            self._checked(status, body), secrets=self._secrets, user=self.user, truncated=truncated
+        )
+
+    def lead_search(self, phone: str) -> SearchAnswer:
+        """The ids of every lead with ``phone`` (digits), in every list (1,000 at most)."""
+        status, body, _ = self._post("lead_search", records="1000", phone_number=phone)
+        return parse_lead_search(
+            self._checked(status, body), phone, secrets=self._secrets, user=self.user
+        )
+
     def delete_lead(self, lead_id: str) -> bool:
         """Delete one lead by id (update_lead delete_lead=Y); False if it was not there."""
         status, body, _ = self._post("update_lead", lead_id=lead_id, delete_lead="Y")
         return parse_delete(self._checked(status, body), secrets=self._secrets, user=self.user)
 
-    def check(self, *, delete: bool = False) -> None:
+    def check(self, *, delete: bool = False) -> SearchAnswer:
         """Check the look-up's permissions with requests that change nothing.
 
         ``lead_all_info`` without a lead id or phone answers LEAD NOT FOUND once every
         check passed (login, source, allowed functions, permissions). Raises the
         LookupFailed that says what is wrong. ``delete``: check ``update_lead`` too
         (without a lead id it stops at NO VALID SEARCH METHOD, deleting nothing).
+        Returns what ``lead_search`` answers for a phone no lead has: without ids when
+        it is not permitted (look-ups then find leads, but never prove one absent).
         """
         status, body, _ = self._post("lead_all_info")
         body = self._checked(status, body)
@@ -463,6 +569,7 @@ class NonAgentClient:
                     + redact_vicidial_line(line[:200], self._secrets),
                     http_status=200,
                 )
+        return self.lead_search("0000000000")
 
     def diagnose(self, error: LookupDenied) -> LookupDenied:
         """``error`` with what is missing narrowed down, if lead_all_info's permission

@@ -4,15 +4,28 @@ A call whose answer never came (read timeout, connection dropped after sending,
 HTTP 504, a worker killed mid-call) may or may not have added the lead. With
 ``DISPATCHER_AMBIGUOUS=reconcile`` the job waits ``DISPATCHER_RECONCILE_AFTER_S`` (a
 request stuck in PHP can still insert late), then a worker looks the phone up with
-the Non-Agent API's ``lead_all_info`` (``workers/reconciler.py``) and
-:func:`decide` says what the answer means:
+the Non-Agent API (:func:`look_up`, from ``workers/reconciler.py``) and
+:func:`decide` says what the answers mean:
 
 * **found** (one lead or more that are ours): the job is *added* with the oldest
   one's lead_id; the others are duplicates (``lead.duplicate_detected``);
-* **absent** (no lead of ours, and every lead of that phone was readable): the job
-  is called again;
-* **unknown** (leads the API user may not see, unreadable records): the job becomes
-  the ``ambiguous`` dead letter of before, with the reason.
+* **absent** (no lead of ours, and VICIdial could have shown every lead of that
+  phone): the job is called again;
+* **unknown** (a lead the API user may not see, unreadable records, or no way to
+  tell): the job becomes the ``ambiguous`` dead letter of before, with the reason.
+
+``absent`` needs proof. ``lead_all_info`` never shows a lead whose list is not a
+list row (list 0: what external_add_lead gives when the agent's campaign has no
+manual dial list) or whose campaign the API user's group may not read, and says so
+(``LIST NOT FOUND``) only when it could show no lead at all: beside a readable lead
+of the same phone, a hidden one is left out silently. So every look-up also asks
+``lead_search``, which sees every list: a lead id it finds that lead_all_info did
+not show (looked up by its id, which shows it if it is readable after all) makes
+the outcome unknown, never absent. Without lead_search (not permitted: user level 8
+needed) a lead can still be found, never proven absent. The one case this cannot
+decide: a lead of that phone that only lead_search sees (its list is hidden from
+the API user): it may be this job's, so the job stays an ``ambiguous`` letter that
+names it and its list, for a person to check.
 
 Which leads are "ours". Every call carries the job's **marker**
 (:func:`marker`) in ``DISPATCHER_MARKER_FIELD`` (``source_id`` by default) when the
@@ -35,6 +48,7 @@ from __future__ import annotations
 import hashlib
 import re
 import time
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 from dispatcher.backend import Backend
@@ -42,12 +56,13 @@ from dispatcher.errors import LookupDenied, LookupFailed, LookupRefused
 from dispatcher.jobs import Job
 from dispatcher.lead import Lead
 from dispatcher.logs import redact_vicidial_line
-from dispatcher.nonagent import LeadRecord, LookupAnswer, NonAgentClient
+from dispatcher.nonagent import LeadRecord, LookupAnswer, NonAgentClient, SearchAnswer
 
 __all__ = [
     "CHECK_EVERY_S",
     "DENIED_HOLD_S",
     "MARKER_FIELDS",
+    "MAX_ID_LOOKUPS",
     "REFUSED_HOLD_S",
     "Finding",
     "LookupCheck",
@@ -56,6 +71,7 @@ __all__ = [
     "check_lookups",
     "decide",
     "deletable",
+    "look_up",
     "mark",
     "marker",
     "preview",
@@ -119,6 +135,9 @@ class Finding:
     matches: tuple[Match, ...] = ()
     matched_by: str = ""
     why: str = ""
+    #: lead ids lead_search found for the phone that no lead_all_info answer showed
+    #: (hidden lists), leaving out the ones the caller knew as the job's own
+    unseen: tuple[str, ...] = ()
 
     @property
     def found(self) -> int:
@@ -144,8 +163,22 @@ def _fields_match(record: LeadRecord, lead: Lead) -> bool:
     return all(values.get(name) == value for name, value in lead.fields.items())
 
 
-def decide(answer: LookupAnswer, *, job_id: str, lead: Lead, marker_field: str) -> Finding:
-    """What a lead_all_info answer for the job's phone means for the job.
+def decide(
+    answer: LookupAnswer,
+    *,
+    job_id: str,
+    lead: Lead,
+    marker_field: str,
+    search: SearchAnswer,
+    by_id: Sequence[LookupAnswer] = (),
+    known: Collection[str] = (),
+) -> Finding:
+    """What the look-up's answers for the job's phone mean for the job.
+
+    ``answer``: lead_all_info by phone; ``search``: lead_search for the same phone,
+    asked after it; ``by_id``: lead_all_info by lead id of ids the search found and
+    ``answer`` did not show; ``known``: lead ids known to be the job's (the one it was
+    added with, when verifying), which need no showing.
 
     ``marker_field`` is the setting: when it says a marker was written (the producer
     left that field empty), only leads with a marker are ours; otherwise leads whose
@@ -154,8 +187,19 @@ def decide(answer: LookupAnswer, *, job_id: str, lead: Lead, marker_field: str) 
     """
     markers = {f: marker(job_id, f) for f in MARKER_FIELDS if f not in lead.fields}
     by_fields = marker_field == "none" or marker_field in lead.fields
+    records = list(answer.records)
+    for extra in by_id:
+        records.extend(extra.records)
+    shown = {r.lead_id for r in records}
+    unseen: tuple[str, ...] = ()
+    if search.ids is not None:
+        unseen = tuple(i for i in search.ids if i not in shown and i not in known)
     matches: list[Match] = []
-    for record in answer.records:
+    seen: set[str] = set()
+    for record in records:
+        if record.lead_id in seen:
+            continue
+        seen.add(record.lead_id)
         if _has_marker(record, markers):
             matches.append(Match(record, True))
         elif by_fields and _fields_match(record, lead):
@@ -170,15 +214,33 @@ def decide(answer: LookupAnswer, *, job_id: str, lead: Lead, marker_field: str) 
             duplicates=tuple(m.lead_id for m in ordered[1:]),
             matches=tuple(matches),
             matched_by="marker" if all(m.by_marker for m in matches) else "fields",
+            unseen=unseen,
         )
-    if answer.hidden:
+    if unseen:
+        lists: dict[str, str] = {}
+        for extra in by_id:
+            lists.update(extra.hidden_lists())
+        named = ", ".join(
+            f"lead {i}" + (f" (list {lists[i]})" if i in lists else "") for i in unseen[:10]
+        )
+        more = f" and {len(unseen) - 10} more" if len(unseen) > 10 else ""
+        return Finding(
+            "unknown",
+            why=f"lead_search finds {named}{more} with this phone, which lead_all_info does "
+            "not show the API user (list 0 of a campaign without a manual dial list, or a "
+            "list outside the user group's allowed campaigns): it may be this job's lead, so "
+            "it is not called again. Check VICIdial by hand: `dispatcher dlq replay` if none "
+            "of them is this job's lead, `dispatcher dlq purge` if one is",
+            unseen=unseen,
+        )
+    if answer.hidden and search.ids is None:
         return Finding(
             "unknown",
             why="VICIdial has leads with this phone that the API user may not see "
             f"({answer.hidden[-1]}): a lead in list 0 (a campaign without a manual dial "
             "list) or in a list outside the user group's campaigns cannot be looked up",
         )
-    if answer.unreadable or (by_fields and any(not r.complete for r in answer.records)):
+    if answer.unreadable or (by_fields and any(not r.complete for r in records)):
         return Finding(
             "unknown",
             why="VICIdial's answer holds records that cannot be read field by field "
@@ -186,7 +248,57 @@ def decide(answer: LookupAnswer, *, job_id: str, lead: Lead, marker_field: str) 
         )
     if answer.truncated:
         return Finding("unknown", why="VICIdial's answer was larger than the dispatcher reads")
+    if search.ids is None:
+        return Finding(
+            "unknown",
+            why="not found by lead_all_info, but absence cannot be proven without lead_search "
+            "(lead_all_info does not show leads of list 0 or of lists outside the user "
+            f"group's campaigns): {search.line}"
+            + (f" (missing: {search.missing})" if search.missing else "")
+            + (f". Fix: {search.fix}" if search.fix else ""),
+        )
     return Finding("absent")
+
+
+#: At most this many ids that lead_search found and lead_all_info did not show are
+#: looked up one by one (each shows its lead if readable, else names its list).
+MAX_ID_LOOKUPS = 3
+
+
+def look_up(
+    client: NonAgentClient,
+    *,
+    job_id: str,
+    lead: Lead,
+    marker_field: str,
+    known: Collection[str] = (),
+) -> Finding:
+    """Ask VICIdial about the job's phone and decide (:func:`decide`).
+
+    lead_all_info first, then lead_search: a lead inserted between the two (a request
+    stuck in PHP, inserting now) is then one the search found and lead_all_info did
+    not show, looked up by its id (it shows if readable), never silently missed.
+    Raises :class:`~dispatcher.errors.LookupFailed` as the client does (a lead_search
+    that is not permitted does not raise: lead_all_info alone can still find the lead).
+    """
+    phone = lead.phone_number
+    answer = client.lead_all_info(phone)
+    search = client.lead_search(phone)
+    by_id: list[LookupAnswer] = []
+    if search.ids is not None:
+        shown = {r.lead_id for r in answer.records}
+        unseen = [i for i in search.ids if i not in shown and i not in known]
+        for lead_id in unseen[:MAX_ID_LOOKUPS]:
+            by_id.append(client.lead_by_id(lead_id))
+    return decide(
+        answer,
+        job_id=job_id,
+        lead=lead,
+        marker_field=marker_field,
+        search=search,
+        by_id=by_id,
+        known=known,
+    )
 
 
 def deletable(match: Match) -> bool:
@@ -210,18 +322,28 @@ DENIED_HOLD_S = 300.0
 REFUSED_HOLD_S = 30 * 86400.0
 
 
-def record_lookup(backend: Backend, server: str, error: LookupFailed | None) -> str:
+def record_lookup(
+    backend: Backend, server: str, error: LookupFailed | None, *, search: SearchAnswer | None = None
+) -> str:
     """Store what a look-up or check found (None: it answered); the state before.
 
     A refused login or denied permission pauses the server's look-ups (its record's
     hold), as a refused call pauses its calls. The calls are not paused: a user of
     level 6 or below is refused by the Non-Agent API and fine for external_add_lead,
-    and a wrong password pauses the calls through their own refusals.
+    and a wrong password pauses the calls through their own refusals. ``search``:
+    what lead_search answered; when it is not permitted, look-ups still work (state
+    ok) and the record says what is missing to prove a lead absent.
     """
     settings = backend.settings
     if error is None:
+        refused = search is not None and search.ids is None
         return backend.execution.lookup_record(
-            server, state="ok", error="", missing="", fix="", hold_s=0
+            server,
+            state="ok",
+            error=redact_vicidial_line(search.line, settings.secrets) if refused and search else "",
+            missing=search.missing if refused and search else "",
+            fix=search.fix if refused and search else "",
+            hold_s=0,
         )
     hold = {"denied": DENIED_HOLD_S, "refused": REFUSED_HOLD_S}.get(error.state, 0.0)
     before = backend.execution.lookup_record(
@@ -240,7 +362,9 @@ class LookupCheck:
     """The outcome of :func:`check_lookups`."""
 
     #: ok | denied | refused | unavailable | held (not asked: a refusal is held) |
-    #: fresh (not asked: an ok check is recent) | off (reconciliation not configured)
+    #: fresh (not asked: an ok check is recent) | off (reconciliation not configured).
+    #: ok with ``missing``: look-ups work, but lead_search is not permitted (a lead
+    #: cannot be proven absent)
     state: str
     error: str = ""
     missing: str = ""
@@ -262,11 +386,13 @@ def check_lookups(
     if gate.verdict != "go":
         return LookupCheck(gate.verdict, gate.error, gate.missing, gate.fix)
     try:
-        client.check(delete=backend.settings.reconcile_delete_duplicates)
+        search = client.check(delete=backend.settings.reconcile_delete_duplicates)
     except LookupFailed as exc:
         record_lookup(backend, server, exc)
         return LookupCheck(exc.state, exc.line, exc.missing, exc.fix)
-    record_lookup(backend, server, None)
+    record_lookup(backend, server, None, search=search)
+    if search.ids is None:
+        return LookupCheck("ok", search.line, search.missing, search.fix)
     return LookupCheck("ok")
 
 
@@ -330,7 +456,9 @@ def preview(backend: Backend, client: NonAgentClient, job: Job, *, server: str) 
     if held.verdict == "held":
         return Preview("dead_letter", why=why_not(held.state, held.missing, held.error, held.fix))
     try:
-        answer = client.lead_all_info(job.lead.phone_number)
+        finding = look_up(
+            client, job_id=job.job_id, lead=job.lead, marker_field=settings.marker_field
+        )
     except (LookupRefused, LookupDenied) as exc:
         refusal = client.diagnose(exc) if isinstance(exc, LookupDenied) else exc
         record_lookup(backend, server, refusal)
@@ -342,7 +470,6 @@ def preview(backend: Backend, client: NonAgentClient, job: Job, *, server: str) 
         return Preview("not_looked_up", why=exc.line)
     if held.state != "ok":
         record_lookup(backend, server, None)
-    finding = decide(answer, job_id=job.job_id, lead=job.lead, marker_field=settings.marker_field)
     if finding.kind == "found":
         return Preview(
             "added", lead_id=finding.lead_id, duplicates=finding.duplicates, found=finding.found

@@ -75,6 +75,10 @@ class Settings:
     retry_base_s: float = 2.0
     retry_cap_s: float = 300.0
     agent_wait_s: float = 900.0
+    # How long a job whose dialer the worker that took it does not know (a rolling
+    # deploy of the dialers file, a renamed dialer, non_latin flipped) waits for a
+    # worker that knows it before it becomes the dead letter unknown_dialer.
+    unknown_dialer_wait_s: float = 600.0
     # Our retries wait in a Redis sorted set, not as ETA messages inside a worker,
     # so an unacknowledged message is only ever held for one call (plus a rate-limit
     # wait). Ten minutes is far above that, and is how long a job held by a worker
@@ -166,6 +170,11 @@ class Settings:
         check(self.retry_base_s > 0, "retry_base_s", "must be > 0")
         check(self.retry_cap_s >= self.retry_base_s, "retry_cap_s", "must be >= RETRY_BASE_S")
         check(self.agent_wait_s >= 0, "agent_wait_s", "must be >= 0")
+        check(
+            0 <= self.unknown_dialer_wait_s <= 30 * 86400,
+            "unknown_dialer_wait_s",
+            "must be between 0 and 2592000 seconds (30 days)",
+        )
         check(0 < self.http_timeout_s <= 300, "http_timeout_s", "must be > 0 and <= 300")
         check(
             self.visibility_timeout_s > 2 * self.http_timeout_s + 5,

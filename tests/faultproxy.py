@@ -10,6 +10,7 @@ proxy only decides when (or whether) the server's replies are forwarded.
     proxy.stall(20.0)       # replies are held back for 20 s (the server still runs)
     proxy.hold_requests(3)  # requests are held back for 3 s (nothing reaches the server)
     proxy.refuse(5)         # connections cut and refused for 5 s (the server is away)
+    proxy.delay_replies(1)  # every reply reaches the client 1 s after the server sent it
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ class FaultProxy:
         self._hold_until = 0.0
         self._refuse_until = 0.0
         self._refuse_after_drop = 0.0
+        self._reply_delay = 0.0
         self._closing = False
         self._pairs: list[tuple[socket.socket, socket.socket]] = []
         self.dropped = 0
@@ -72,6 +74,11 @@ class FaultProxy:
         with self._lock:
             self._refuse_until = time.monotonic() + seconds
         self.cut()
+
+    def delay_replies(self, seconds: float) -> None:
+        """Forward every server reply ``seconds`` after it arrived (a slow link back)."""
+        with self._lock:
+            self._reply_delay = seconds
 
     def hold_requests(self, seconds: float) -> None:
         """Hold every client request back for ``seconds`` (the server sees nothing)."""
@@ -121,6 +128,7 @@ class FaultProxy:
                 readable, _, _ = select.select([client, server], [], [], 0.05)
                 for sock in readable:
                     data = sock.recv(65536)
+                    arrived = time.monotonic()
                     if not data:
                         return
                     if sock is client:
@@ -128,6 +136,10 @@ class FaultProxy:
                         server.sendall(data)
                         continue
                     self._wait("_stall_until")
+                    with self._lock:
+                        late = arrived + self._reply_delay - time.monotonic()
+                    if late > 0:
+                        time.sleep(late)
                     with self._lock:
                         drop = self._drop > 0
                         if drop:

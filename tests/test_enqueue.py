@@ -18,7 +18,7 @@ from dispatcher import (
     enqueue_leads,
     job_status,
 )
-from dispatcher.errors import InvalidPayload
+from dispatcher.errors import InvalidPayload, UnknownDialer
 from dispatcher.jobs import TASK_NAME, Job, broker_envelope, new_job_id
 from dispatcher.redis_server import free_port
 from dispatcher.settings import Settings
@@ -91,9 +91,12 @@ def test_non_latin_lead_is_validated_at_enqueue_and_again_by_the_worker(
     assert job.job_id == job_id and job.non_latin is True
     assert dict(job.lead.fields) == {"first_name": "Иван", "comments": "Перезвонить завтра"}
     assert job.to_message()["non_latin"] is True  # kept through retries and replays
-    # A worker that knows its dialer runs without use_non_latin refuses it.
-    with pytest.raises(InvalidPayload, match="first_name"):
+    # A worker whose dialer runs without use_non_latin does not call: the two
+    # configurations disagree, and the job waits for a worker that agrees with its own
+    # (issue 23: not an invalid_payload letter).
+    with pytest.raises(UnknownDialer, match="first_name") as raised:
         Job.from_message(message, dialers=psettings.dialers)
+    assert raised.value.job == job and raised.value.reason == "unknown_dialer"
     assert Job.from_message(message, dialers=nl_settings.dialers) == job
     # Older messages (no key) are latin-mode jobs; a non-boolean is refused.
     old = {k: v for k, v in message.items() if k != "non_latin"}

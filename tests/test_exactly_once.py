@@ -108,24 +108,23 @@ def test_a_copy_judged_orphaned_never_undoes_a_success(
     """The original worker writes SUCCESS after a copy judged it lost: `added` stays,
     whether the copy writes an ambiguous dead letter or schedules a look-up."""
     settings = make_settings(redis_url, simulator, ambiguous=ambiguous)
-    simulator.set_latency(800)
     message = _message(settings, first_name="Ann")
     original, copy = runners(settings), runners(settings)
-    original.lease_s = 0.2  # the call outlives the lease: the copy will judge it lost
+    # The call is answered, then the original stalls past its lease before storing the
+    # answer (a call cannot start so late: the fence), and the copy judges it lost.
+    answered, go_on = _hold(original, "store_added")
     first, first_out = _in_thread(lambda: original.run(message))
-    # From the claim on (not from the thread's start: a loaded machine may take a
-    # while to get there), the lease runs out during the 800 ms call.
+    assert answered.wait(10)
     client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
-    exec_key = f"{settings.key_prefix}:exec:{message['job_id']}"
-    wait_for(lambda: client.hget(exec_key, "token") is not None, timeout=10)
+    client.hset(f"{settings.key_prefix}:exec:{message['job_id']}", "lease_until", "0")
     client.close()
-    time.sleep(0.3)
     if ambiguous == "dead_letter":
         reached, release = _hold(copy, "_dead")
     else:
         reached, release = _hold(copy.reconciler, "_await")
     second, _ = _in_thread(lambda: copy.run(message))
     assert reached.wait(10), "the copy should judge the claim orphaned"
+    go_on.set()
     first.join(10)
     assert first_out == ["added"]
     release.set()  # the copy's late dead letter lands after the success
@@ -194,7 +193,7 @@ def test_a_lost_claim_reply_is_recognised_as_our_own_claim(
     """The claim ran in Redis but its reply was lost: the worker still adds the lead."""
     via_proxy = settings.replace(redis_url=proxy.url)
     runner = runners(via_proxy)
-    runner.lease_s = 1.0
+    runner.lease_s = 2.0  # short, yet the call's 1 s deadline fits (the fence)
     assert runner.run(_message(settings, "7275550100")) == "added"  # warm: scripts, pool
     message = _message(settings)
     proxy.drop_replies(1)
@@ -233,14 +232,14 @@ def test_the_outcome_is_logged_before_it_is_stored_and_stored_after_a_long_outag
     settings = make_settings(redis_url, simulator, visibility_timeout_s=30.0)
     via_proxy = settings.replace(redis_url=proxy.url)
     runner = runners(via_proxy)
-    runner.lease_s = 1.0
+    runner.lease_s = 2.0  # the call's 1 s deadline fits (the fence), the outage does not
     assert runner.run(_message(settings, "7275550100")) == "added"
     message = _message(settings)
     simulator.set_latency(300)
     with capture_logs() as logs:
         thread, out = _in_thread(lambda: runner.run(message))
         wait_for(lambda: simulator.call_count >= 2, message="the call")
-        proxy.hold_requests(3.0)  # Redis out of reach for 3 s: longer than the 1 s lease
+        proxy.hold_requests(3.0)  # Redis out of reach for 3 s: longer than the 2 s lease
         wait_for(
             lambda: any(e["event"] == "lead.added" for e in logs),
             timeout=10,
@@ -382,3 +381,61 @@ def test_a_bad_message_carrying_a_real_job_id_leaves_that_job_alone(
     assert len(store) == 2
     status = job_status(str(message["job_id"]), settings=settings)
     assert status is not None and status["reason"] == "dnc"
+
+
+def test_a_late_success_of_the_lead_reconciliation_found_is_not_its_own_duplicate(
+    settings: Settings, simulator: Simulator, runners: Callable[..., JobRunner]
+) -> None:
+    """The original's answer (lead N) is stored after a copy's reconciliation recorded N.
+
+    Same lead, two reports of it: no duplicate, no `lead.duplicate_detected` (compliance
+    evidence of a double add that never happened)."""
+    message = _message(settings)
+    original, copy = runners(), runners()
+    reached, release = _hold(original, "store_added")  # answered, then stalled
+    thread, out = _in_thread(lambda: original.run(message))
+    assert reached.wait(10), "the original's call should have been answered"
+    # Its lease runs out (as a stall past it would do) and a copy takes the job over.
+    client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
+    client.hset(f"{settings.key_prefix}:exec:{message['job_id']}", "lease_until", "0")
+    client.close()
+    assert copy.run(message) == "reconciling"
+    (lookup,) = _scheduled_messages(settings)
+    assert copy.run(lookup) == "added"  # reconciliation found the original's lead
+    with capture_logs() as logs:
+        release.set()
+        thread.join(10)
+    assert out == ["added"]
+    status = job_status(str(message["job_id"]), settings=settings)
+    assert status is not None and (status["state"], status["lead_id"]) == ("added", "1")
+    assert status["duplicate_lead_ids"] is None
+    assert not [e for e in logs if e["event"] == "lead.duplicate_detected"]
+    stats = redis.Redis.from_url(settings.redis_url, decode_responses=True).hgetall(
+        f"{settings.key_prefix}:stats"
+    )
+    assert "duplicates_detected" not in stats
+    assert simulator.count_by_phone() == {"7275551212": 1}
+
+
+def test_a_late_success_with_another_lead_is_still_a_duplicate(settings: Settings) -> None:
+    execution = get_backend(settings).execution
+    common = {
+        "list_id": "101",
+        "campaign": "TESTCAMP",
+        "done_ttl": 60,
+        "ttl": 60,
+        "attempts": 1,
+        "latency_field": "latency_le_0_1",
+        "latency_ms": 1.0,
+        "server": "default",
+    }
+
+    def succeed(token: str, lead_id: str) -> list[str]:
+        reply = execution.succeed("job-x", token=token, lead_id=lead_id, **common)
+        return [x.decode() if isinstance(x, bytes) else str(x) for x in reply]
+
+    assert succeed("a", "5")[0] == "ok"
+    assert succeed("b", "5") == ["same", "5"]  # another copy's report of the same lead
+    assert succeed("c", "9") == ["duplicate", "5"]  # another lead: VICIdial holds two
+    status = job_status("job-x", settings=settings)
+    assert status is not None and status["duplicate_lead_ids"] == ["9"]

@@ -12,8 +12,14 @@ from hypothesis import strategies as st
 
 from dispatcher.errors import LookupDenied, LookupRefused, LookupUnavailable
 from dispatcher.lead import make_lead
-from dispatcher.nonagent import diagnose_denied, parse_lead_all_info
-from dispatcher.reconcile import decide, deletable, mark, marker
+from dispatcher.nonagent import (
+    LookupAnswer,
+    SearchAnswer,
+    diagnose_denied,
+    parse_lead_all_info,
+    parse_lead_search,
+)
+from dispatcher.reconcile import Finding, decide, deletable, mark, marker
 
 STAMP = "2026-11-29 22:22:59"
 HEADER = (
@@ -158,9 +164,16 @@ def lead(**fields: str) -> object:
     return make_lead({"agent_user": "1000", "phone_number": "7275559101", **fields})
 
 
+def judge(answer: LookupAnswer, *, search: SearchAnswer | None = None, **kw: object) -> Finding:
+    """decide() where lead_search found exactly the leads lead_all_info showed, unless told."""
+    if search is None:
+        search = SearchAnswer(tuple(r.lead_id for r in answer.records))
+    return decide(answer, search=search, **kw)  # type: ignore[arg-type]
+
+
 def test_one_lead_with_our_marker_is_found() -> None:
     answer = parse_lead_all_info(rec(5, source="other") + rec(4, source=JOB) + rec(1))
-    finding = decide(answer, job_id=JOB, lead=lead(), marker_field="source_id")
+    finding = judge(answer, job_id=JOB, lead=lead(), marker_field="source_id")
     assert (finding.kind, finding.lead_id, finding.duplicates, finding.found) == (
         "found",
         "4",
@@ -172,37 +185,45 @@ def test_one_lead_with_our_marker_is_found() -> None:
 
 def test_several_are_found_the_oldest_kept() -> None:
     answer = parse_lead_all_info(rec(9, source=JOB) + rec(7) + rec(4, source=JOB))
-    finding = decide(answer, job_id=JOB, lead=lead(), marker_field="source_id")
+    finding = judge(answer, job_id=JOB, lead=lead(), marker_field="source_id")
     assert (finding.kind, finding.lead_id, finding.duplicates) == ("found", "4", ("9",))
     assert finding.found == 2
 
 
 def test_the_vendor_lead_code_marker_counts_whatever_the_setting_now_says() -> None:
     answer = parse_lead_all_info(rec(3, vendor=marker(JOB, "vendor_lead_code")))
-    finding = decide(answer, job_id=JOB, lead=lead(), marker_field="source_id")
+    finding = judge(answer, job_id=JOB, lead=lead(), marker_field="source_id")
     assert (finding.kind, finding.lead_id) == ("found", "3")
 
 
 def test_no_marker_no_lead_other_leads_of_that_phone_are_not_ours() -> None:
     answer = parse_lead_all_info(rec(3, source="someone-else", first="Ann"))
-    finding = decide(answer, job_id=JOB, lead=lead(first_name="Ann"), marker_field="source_id")
+    finding = judge(answer, job_id=JOB, lead=lead(first_name="Ann"), marker_field="source_id")
     assert finding.kind == "absent" and finding.found == 0
     empty = parse_lead_all_info("ERROR: lead_all_info LEAD NOT FOUND: 6666||7275559101\n")
-    assert decide(empty, job_id=JOB, lead=lead(), marker_field="source_id").kind == "absent"
+    assert judge(empty, job_id=JOB, lead=lead(), marker_field="source_id").kind == "absent"
 
 
 def test_hidden_or_unreadable_leads_make_absence_unknowable() -> None:
     hidden = parse_lead_all_info("ERROR: lead_all_info LIST NOT FOUND: 6666||7275559101|0\n")
-    finding = decide(hidden, job_id=JOB, lead=lead(), marker_field="source_id")
+    finding = judge(
+        hidden, search=SearchAnswer(("12",)), job_id=JOB, lead=lead(), marker_field="source_id"
+    )
+    assert finding.kind == "unknown" and "lead 12" in finding.why
+    assert finding.unseen == ("12",)
+    # Without lead_search, the LIST NOT FOUND line alone says it.
+    finding = judge(
+        hidden, search=SearchAnswer(None), job_id=JOB, lead=lead(), marker_field="source_id"
+    )
     assert finding.kind == "unknown" and "list" in finding.why.lower()
     garbled = parse_lead_all_info("NEW|6666|x\n" + rec(3, source="someone-else"))
     assert garbled.unreadable == 1 and [r.lead_id for r in garbled.records] == ["3"]
-    assert decide(garbled, job_id=JOB, lead=lead(), marker_field="source_id").kind == "unknown"
+    assert judge(garbled, job_id=JOB, lead=lead(), marker_field="source_id").kind == "unknown"
     # Found anyway: a lead we can read proves the add, hidden ones notwithstanding.
     both = parse_lead_all_info(
         "ERROR: lead_all_info LIST NOT FOUND: 6669k||7275559101\n" + rec(8, source=JOB)
     )
-    assert decide(both, job_id=JOB, lead=lead(), marker_field="source_id").kind == "found"
+    assert judge(both, job_id=JOB, lead=lead(), marker_field="source_id").kind == "found"
 
 
 def test_without_a_marker_every_field_sent_must_match() -> None:
@@ -210,9 +231,9 @@ def test_without_a_marker_every_field_sent_must_match() -> None:
     answer = parse_lead_all_info(
         rec(6, source="crm-7", first="Ann") + rec(5, source="crm-7", first="Bob")
     )
-    finding = decide(answer, job_id=JOB, lead=own, marker_field="source_id")
+    finding = judge(answer, job_id=JOB, lead=own, marker_field="source_id")
     assert (finding.kind, finding.lead_id, finding.matched_by) == ("found", "6", "fields")
-    none_field = decide(
+    none_field = judge(
         parse_lead_all_info(rec(2, first="Ann")),
         job_id=JOB,
         lead=lead(first_name="Ann"),
@@ -221,7 +242,7 @@ def test_without_a_marker_every_field_sent_must_match() -> None:
     assert (none_field.kind, none_field.lead_id) == ("found", "2")
     # A marker was written (source_id was empty): a look-alike without it is not ours.
     assert (
-        decide(
+        judge(
             parse_lead_all_info(rec(2, first="Ann")),
             job_id=JOB,
             lead=lead(first_name="Ann"),
@@ -235,10 +256,10 @@ def test_only_never_touched_marked_copies_may_be_deleted() -> None:
     answer = parse_lead_all_info(
         rec(9, source=JOB) + rec(8, source=JOB, status="NA", called="1") + rec(4, source=JOB)
     )
-    finding = decide(answer, job_id=JOB, lead=lead(), marker_field="source_id")
+    finding = judge(answer, job_id=JOB, lead=lead(), marker_field="source_id")
     assert finding.duplicates == ("8", "9")
     assert [r.lead_id for r in finding.matches if deletable(r)] == ["9", "4"]
-    by_fields = decide(
+    by_fields = judge(
         parse_lead_all_info(rec(3, first="Ann") + rec(2, first="Ann")),
         job_id=JOB,
         lead=lead(first_name="Ann"),
@@ -246,3 +267,111 @@ def test_only_never_touched_marked_copies_may_be_deleted() -> None:
     )
     assert by_fields.duplicates == ("3",)
     assert not any(deletable(r) for r in by_fields.matches)  # no marker: never deleted
+
+
+# -- issue 23, item 1: absent only when VICIdial could have shown the lead ------------------
+
+OTHER = rec(2, source="someone-else")  # a readable lead of the phone that is not ours
+
+
+def test_a_lead_only_lead_search_sees_makes_the_outcome_unknown() -> None:
+    """lead_all_info silently leaves out a hidden lead beside a readable one."""
+    answer = parse_lead_all_info(OTHER)
+    assert answer.hidden == []  # no LIST NOT FOUND line: nothing says a lead is missing
+    search = parse_lead_search("7275559101|2|12-2\n", "7275559101")
+    finding = decide(answer, search=search, job_id=JOB, lead=lead(), marker_field="source_id")
+    assert (finding.kind, finding.unseen) == ("unknown", ("12",))
+    # Looked up by its id: list 0 gives LIST NOT FOUND again, and the why names the list.
+    by_id = parse_lead_all_info("ERROR: lead_all_info LIST NOT FOUND: 6666|12||0\n")
+    finding = decide(
+        answer, search=search, by_id=[by_id], job_id=JOB, lead=lead(), marker_field="source_id"
+    )
+    assert finding.kind == "unknown" and "lead 12 (list 0)" in finding.why
+    # Readable by id after all (e.g. inserted between the two look-ups): decided on it.
+    mine = parse_lead_all_info(rec(12, source=JOB))
+    finding = decide(
+        answer, search=search, by_id=[mine], job_id=JOB, lead=lead(), marker_field="source_id"
+    )
+    assert (finding.kind, finding.lead_id, finding.unseen) == ("found", "12", ())
+    someone = parse_lead_all_info(rec(12, source="someone-else"))
+    finding = decide(
+        answer, search=search, by_id=[someone], job_id=JOB, lead=lead(), marker_field="source_id"
+    )
+    assert finding.kind == "absent"
+
+
+def test_absence_needs_lead_search() -> None:
+    answer = parse_lead_all_info(OTHER)
+    everything = SearchAnswer(("2",))
+    assert (
+        decide(answer, search=everything, job_id=JOB, lead=lead(), marker_field="source_id").kind
+        == "absent"
+    )
+    refused = SearchAnswer(None, "ERROR: lead_search USER DOES NOT HAVE PERMISSION", "lead_search")
+    finding = decide(answer, search=refused, job_id=JOB, lead=lead(), marker_field="source_id")
+    assert finding.kind == "unknown" and "lead_search" in finding.why
+    # Found needs no lead_search.
+    found = parse_lead_all_info(rec(5, source=JOB) + OTHER)
+    assert (
+        decide(found, search=refused, job_id=JOB, lead=lead(), marker_field="source_id").kind
+        == "found"
+    )
+
+
+def test_a_found_lead_beside_hidden_ones_is_found_and_the_hidden_ones_named() -> None:
+    answer = parse_lead_all_info(rec(5, source=JOB) + OTHER)
+    search = SearchAnswer(("12", "5", "2"))
+    finding = decide(answer, search=search, job_id=JOB, lead=lead(), marker_field="source_id")
+    assert (finding.kind, finding.lead_id, finding.unseen) == ("found", "5", ("12",))
+
+
+def test_the_job_s_own_lead_needs_no_showing_when_verifying() -> None:
+    """The verification knows the lead the job was added with (list 0: never shown)."""
+    only_ours = parse_lead_all_info("ERROR: lead_all_info LIST NOT FOUND: 6666||7275559101|0\n")
+    search = SearchAnswer(("7",))
+    finding = decide(
+        only_ours, search=search, known=("7",), job_id=JOB, lead=lead(), marker_field="source_id"
+    )
+    assert finding.kind == "absent"
+    search = SearchAnswer(("9", "7"))
+    finding = decide(
+        only_ours, search=search, known=("7",), job_id=JOB, lead=lead(), marker_field="source_id"
+    )
+    assert (finding.kind, finding.unseen) == ("unknown", ("9",))
+
+
+@pytest.mark.parametrize(
+    ("body", "ids", "missing"),
+    [
+        ("7275559101|3|12-2-1\n", ("12", "2", "1"), ""),
+        ("search_keyrecords_foundlead_ids\n7275559101|1|4\n", ("4",), ""),
+        ("ERROR: lead_search NO MATCHES FOUND IN THE SYSTEM: |6666|||7275559101\n", (), ""),
+        (
+            "ERROR: lead_search USER DOES NOT HAVE PERMISSION TO SEARCH FOR LEADS: |6666|0|\n",
+            None,
+            "lead_search",
+        ),
+        (
+            "ERROR: auth USER DOES NOT HAVE PERMISSION TO USE THIS FUNCTION: |6666|lead_search|\n",
+            None,
+            "lead_search",
+        ),
+        ("ERROR: user_group DOES NOT EXIST: |6669|NOSUCH|\n", None, "user group"),
+    ],
+)
+def test_lead_search_answers(body: str, ids: tuple[str, ...] | None, missing: str) -> None:
+    answer = parse_lead_search(body, "7275559101", user="6666")
+    assert answer.ids == ids
+    assert missing in answer.missing
+
+
+def test_lead_search_refusals_and_garbage() -> None:
+    with pytest.raises(LookupRefused):
+        parse_lead_search(
+            "ERROR: Login incorrect, please try again: |6666|wrong|BAD|\n",
+            "7275559101",
+            secrets=("wrong",),
+        )
+    for body in ("", "7275559101|2|12\n", "7275550000|1|4\n", "<html>oops</html>"):
+        with pytest.raises(LookupUnavailable):
+            parse_lead_search(body, "7275559101")

@@ -111,7 +111,8 @@ def test_an_insert_whose_answer_was_lost_is_found_and_added_once(
     assert status["reconcile"] == "found" and status["attempts"] == 1
     reconciled = [e for e in logs if e["event"] == "lead.reconciled"]
     assert reconciled and reconciled[0]["found"] == 1 and reconciled[0]["lead_id"] == lead_id
-    assert simulator.call_count == 1 and simulator.lookup_count == 1
+    # One look-up: lead_all_info, then lead_search (which sees every list).
+    assert simulator.call_count == 1 and simulator.lookup_count == 2
     # The lead carries the job's marker: the job id, in source_id.
     assert simulator.leads[0].fields["source_id"] == message["job_id"]
     assert simulator.leads[0].fields["first_name"] == "Ann"
@@ -145,7 +146,7 @@ def test_a_call_that_never_arrived_is_not_found_and_called_again(
     (verify,) = _take_scheduled(settings)
     assert verify["reconcile"]["step"] == "verify"
     assert runner.run(verify) == "verified"
-    assert simulator.lookup_count == 2
+    assert simulator.lookup_count == 4  # two look-ups, lead_all_info and lead_search each
     status = job_status(message["job_id"], settings=settings)
     assert status is not None and status["reconcile"] == "verified"
 
@@ -245,6 +246,118 @@ def test_a_stuck_request_that_inserts_after_the_look_up_is_caught_by_the_verific
     assert dup and dup[0]["lead_ids"] == [mine, late]
 
 
+def _add_other(simulator: Simulator, phone: str = PHONE) -> str:
+    """A lead of someone else with the same phone, in list 101 (readable): its id."""
+    import httpx
+
+    with httpx.Client(timeout=5) as http:
+        reply = http.post(
+            simulator.url,
+            data={
+                "source": "test",
+                "user": "6666",
+                "pass": "1234",
+                "function": "external_add_lead",
+                "agent_user": "1000",
+                "phone_code": "1",
+                "value": phone,
+            },
+        )
+    assert reply.text.startswith("SUCCESS"), reply.text
+    return reply.text.strip().split("|")[-2]
+
+
+@pytest.mark.parametrize(
+    ("agent", "readable"),
+    [("1001", None), ("1002", ["TESTCAMP"])],
+    ids=["list-0", "list-of-a-campaign-the-group-cannot-read"],
+)
+def test_a_lead_only_lead_search_sees_is_never_called_again(
+    agent: str,
+    readable: list[str] | None,
+    settings: Settings,
+    simulator: Simulator,
+    runners: Callable[..., JobRunner],
+) -> None:
+    """Issue 23, item 1: lead_all_info shows the phone's other lead (list 101) and never
+    ours (list 0 of NOLIST, or list 102 of a campaign the API user's group may not
+    read), with no LIST NOT FOUND line. That is not "absent": never a second call."""
+    if readable is not None:
+        simulator.set_user_group("ADMIN", allowed_campaigns=readable)
+    other = _add_other(simulator)
+    simulator.script_phone(PHONE, ["reset_after"])  # ours is inserted, the answer lost
+    runner = runners()
+    message = _message(settings, agent_user=agent)
+    assert runner.run(message) == "reconciling"
+    (ours,) = [x for x in _lead_ids(simulator) if x != other]
+    with capture_logs() as logs:
+        outcome = _run_next(runner, settings)
+    assert simulator.call_count == 2  # the other lead's add and ours: nothing more
+    assert sorted(_lead_ids(simulator), key=int) == sorted([other, ours], key=int)
+    assert outcome == "dead"
+    letter = DeadLetterStore(settings=settings).get(message["job_id"])
+    assert letter is not None and letter.reason == "ambiguous"
+    assert f"lead {ours}" in letter.error and "lead_search" in letter.error
+    reconciled = [e for e in logs if e["event"] == "lead.reconciled"]
+    assert reconciled and reconciled[0]["outcome"] == "unknown"
+    assert not _take_scheduled(settings)
+
+
+def test_a_verification_that_cannot_see_every_lead_does_not_say_verified(
+    redis_url: str, simulator: Simulator, runners: Callable[..., JobRunner]
+) -> None:
+    """The verification after a call made again follows the same rule: a copy that only
+    lead_search sees (list 0) leaves the job unverified, never "verified"."""
+    settings = make_settings(redis_url, simulator, reconcile_after_s=0.0)
+    other = _add_other(simulator)
+    simulator.set_stall_seconds(60.0)
+    simulator.script_phone(PHONE, ["hold_insert"])
+    runner = runners(settings)
+    message = _message(settings, agent_user="1001")  # NOLIST: list 0
+    assert runner.run(message) == "reconciling"  # read timeout: the request is stuck
+    assert _run_next(runner, settings) == "retrying"  # not there (yet): called again
+    assert runner.run(_take_scheduled(settings)[0]) == "added"
+    (mine,) = [x for x in _lead_ids(simulator) if x != other]
+    assert simulator.release_held() == 1  # the stuck request inserts a copy now
+    deadline = time.monotonic() + 5
+    while len(_lead_ids(simulator)) < 3 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    (late,) = [x for x in _lead_ids(simulator) if x not in (other, mine)]
+    with capture_logs() as logs:
+        assert _run_next(runner, settings) == "unverified"
+    status = job_status(message["job_id"], settings=settings)
+    assert status is not None and status["lead_id"] == mine
+    assert status["reconcile"] == "unverified"
+    assert status["unverified_lead_ids"] == [late]
+    warned = [e for e in logs if e["event"] == "lead.reconcile_unverified"]
+    assert warned and warned[0]["lead_ids"] == [late]
+
+
+def test_a_visible_lead_beside_a_hidden_late_copy_is_not_verified(
+    redis_url: str, simulator: Simulator, runners: Callable[..., JobRunner]
+) -> None:
+    """The job's own lead is readable, a late copy is not (the agent moved to a campaign
+    without a manual dial list before the stuck request inserted it): unverified."""
+    settings = make_settings(redis_url, simulator, reconcile_after_s=0.0)
+    simulator.set_stall_seconds(60.0)
+    simulator.script_phone(PHONE, ["hold_insert"])
+    runner = runners(settings)
+    message = _message(settings)
+    assert runner.run(message) == "reconciling"
+    assert _run_next(runner, settings) == "retrying"
+    assert runner.run(_take_scheduled(settings)[0]) == "added"  # lead in list 101
+    (mine,) = _lead_ids(simulator)
+    simulator.login("1000", "NOLIST")
+    assert simulator.release_held() == 1  # the late copy lands in list 0
+    deadline = time.monotonic() + 5
+    while len(_lead_ids(simulator)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    (late,) = [x for x in _lead_ids(simulator) if x != mine]
+    assert _run_next(runner, settings) == "unverified"
+    status = job_status(message["job_id"], settings=settings)
+    assert status is not None and status["unverified_lead_ids"] == [late]
+
+
 def test_a_worker_lost_mid_call_is_looked_up_not_dead_lettered(
     settings: Settings, simulator: Simulator, runners: Callable[..., JobRunner]
 ) -> None:
@@ -273,7 +386,8 @@ def test_a_look_up_that_fails_is_tried_again_and_counts_toward_the_breaker(
     client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
     assert client.get(f"{settings.key_prefix}:breaker:{runner.server}") == "1"
     assert _run_next(runner, settings) == "added"
-    assert simulator.lookup_count == 2 and len(_lead_ids(simulator)) == 1
+    # The 503 (lead_all_info), then lead_all_info and lead_search.
+    assert simulator.lookup_count == 3 and len(_lead_ids(simulator)) == 1
 
 
 def test_look_ups_wait_for_a_paused_server(
@@ -406,9 +520,9 @@ def test_permission_checks_ask_vicidial_once_and_respect_holds(
     client = NonAgentClient(settings)
     try:
         assert check_lookups(backend, client, server=server).state == "ok"
-        assert simulator.lookup_count == 1
+        assert simulator.lookup_count == 2  # lead_all_info, and lead_search
         assert check_lookups(backend, client, server=server).state == "fresh"  # no request
-        assert simulator.lookup_count == 1
+        assert simulator.lookup_count == 2
         simulator.update_user("6666", view_reports=False)
         denied = check_lookups(backend, client, server=server, mode="force")
         assert denied.state == "denied" and denied.missing == "View Reports"
@@ -425,6 +539,43 @@ def test_permission_checks_ask_vicidial_once_and_respect_holds(
         assert simulator.lookup_count == asked + 1
     finally:
         client.close()
+
+
+def test_without_lead_search_a_lead_is_found_but_never_proven_absent(
+    settings: Settings, simulator: Simulator, runners: Callable[..., JobRunner]
+) -> None:
+    """User level 7: lead_all_info answers, lead_search does not (it needs 8)."""
+    from dispatcher.cli.reconcile import lookup_lines
+    from dispatcher.nonagent import NonAgentClient
+    from dispatcher.reconcile import check_lookups
+    from dispatcher.status import fleet_status
+
+    simulator.update_user("6666", user_level=7)
+    backend = get_backend(settings)
+    client = NonAgentClient(settings)
+    try:
+        check = check_lookups(backend, client, server="default")
+    finally:
+        client.close()
+    assert check.state == "ok" and "lead_search" in check.missing
+    assert '"User Level" 8' in check.fix
+    lines = lookup_lines(settings, fleet_status(backend)["reconcile"]["lookups"])
+    assert [ok for ok, _ in lines] == [False]
+    assert "but lead_search is not" in lines[0][1]
+    runner = runners()
+    simulator.script_phone(PHONE, ["reset_after"])  # inserted: found without lead_search
+    found = _message(settings)
+    assert runner.run(found) == "reconciling"
+    assert _run_next(runner, settings) == "added"
+    simulator.script_phone("7275551213", ["reset"])  # not inserted: cannot be proven
+    absent = _message(settings, "7275551213")
+    assert runner.run(absent) == "reconciling"
+    assert _run_next(runner, settings) == "dead"
+    letter = DeadLetterStore(settings=settings).get(absent["job_id"])
+    assert letter is not None and letter.reason == "ambiguous"
+    assert "absence cannot be proven without lead_search" in letter.error
+    assert simulator.call_count == 2  # never called a second time
+    assert simulator.failed_logins("6666") == 0
 
 
 def test_the_workers_checker_never_logs_in_while_calls_are_paused_for_credentials(

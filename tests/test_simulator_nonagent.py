@@ -353,6 +353,75 @@ def test_a_record_with_a_quote_is_unreadable(sim: Simulator, http: httpx.Client)
     assert ask(sim, http, "lead_all_info", lead_id="2").status_code == 200
 
 
+def test_user_groups_and_api_list_restrict(seeded: Simulator, http: httpx.Client) -> None:
+    """The facts' captures: a group reading only NOLIST, api_list_restrict's extra lines,
+    a group row that does not exist."""
+    sim = seeded  # leads 1, 2 in list 101 (TESTCAMP), 3 in list 0
+    sim.add_user("6669f", "1234", user_group="ONLYNOLIST", view_reports=True)
+    sim.add_user("6669k", "1234", view_reports=True, api_list_restrict=True)
+    sim.add_user("6669h0", "1234", user_group="NOSUCH", view_reports=True)
+    sim.set_user_group("ADMIN", allowed_campaigns=["ALL-CAMPAIGNS"])
+    sim.set_user_group("ONLYNOLIST", allowed_campaigns=["NOLIST"])
+
+    def as_user(user: str, function: str, **fields: str) -> str:
+        data = {"source": "test", "user": user, "pass": "1234", "function": function, **fields}
+        return http.get(url(sim), params=data).text
+
+    # A group that may not read TESTCAMP: no line per skipped lead without the restrict.
+    assert as_user("6669f", "lead_all_info", lead_id="1") == (
+        "ERROR: lead_all_info LIST NOT FOUND: 6669f|1||101\n"
+    )
+    sim.update_user("6669f", api_list_restrict=True)
+    assert as_user("6669f", "lead_all_info", lead_id="1") == (
+        "ERROR: lead_all_info LIST NOT FOUND: 6669f|1|\n"
+        "ERROR: lead_all_info LIST NOT FOUND: 6669f|1||101\n"
+    )
+    # api_list_restrict, group ADMIN: the list-0 lead's line comes before the records.
+    assert as_user("6669k", "lead_all_info", phone_number="7275559101") == (
+        "ERROR: lead_all_info LIST NOT FOUND: 6669k||7275559101\n" + LEAD_2 + LEAD_1
+    )
+    # Without the restrict, the same phone shows the readable leads and no error line.
+    assert ask(sim, http, "lead_all_info", phone_number="7275559101").text == LEAD_2 + LEAD_1
+    # A user whose group row does not exist sees no lead at all.
+    assert as_user("6669h0", "lead_all_info", lead_id="1") == (
+        "ERROR: lead_all_info LIST NOT FOUND: 6669h0|1||101\n"
+    )
+    # lead_search sees every list, also for a group that reads none of them.
+    assert as_user("6669f", "lead_search", phone_number="7275559101") == "7275559101|3|3-2-1\n"
+    sim.update_user("6669h0", api_list_restrict=True)
+    assert as_user("6669h0", "lead_search", phone_number="7275559101") == (
+        "ERROR: user_group DOES NOT EXIST: |6669h0|NOSUCH|\n"
+    )
+    assert as_user("6669f", "lead_search", phone_number="7275559101", list_id="101") == (
+        "ERROR: lead_search NOT AN ALLOWED LIST ID - 7275559101|101\n"
+    )
+    # update_lead with the restrict: a lead of a list the group may not touch stops it.
+    assert as_user("6669f", "update_lead", lead_id="1", delete_lead="Y") == (
+        "ERROR: update_lead NOT AN ALLOWED LIST ID, RESULTS - 101\n"
+    )
+    assert as_user("6669f", "update_lead", lead_id="3", delete_lead="Y") == (
+        "SUCCESS: update_lead LEAD HAS BEEN DELETED 0|0 - 6669f|3|1|0|0|\n"
+    )
+
+
+def test_state_file_user_groups_and_api_list_restrict() -> None:
+    state = SimulatorState.from_dict(
+        {
+            "users": {"6669": {"pass": "1234", "api_list_restrict": True}},
+            "user_groups": {"ADMIN": {"allowed_campaigns": ["TESTCAMP"]}},
+        }
+    )
+    assert state.users["6669"].api_list_restrict is True
+    assert state.user_groups is not None
+    assert state.user_groups["ADMIN"].allowed_campaigns == ("TESTCAMP",)
+    assert SimulatorState.from_dict(state.to_dict()) == state
+    assert SimulatorState.demo().user_groups is None
+    with pytest.raises(ValueError, match=r"user_groups\.X\.allowed_campaigns"):
+        SimulatorState.from_dict({"user_groups": {"X": {"allowed_campaigns": "ALL"}}})
+    with pytest.raises(ValueError, match=r"users\.1\.api_list_restrict"):
+        SimulatorState.from_dict({"users": {"1": {"pass": "x", "api_list_restrict": 1}}})
+
+
 # -- lead_search ------------------------------------------------------------------------
 
 

@@ -33,7 +33,8 @@ from collections.abc import Callable
 import httpx
 
 from dispatcher.dialers import Dialer
-from dispatcher.errors import AmbiguousFailure, ConfigError, NetworkError
+from dispatcher.errors import AmbiguousFailure, ClaimLapsed, ConfigError, NetworkError
+from dispatcher.execution import Fence
 from dispatcher.lead import Lead
 from dispatcher.settings import Settings
 from workers.vicidial import (
@@ -134,17 +135,25 @@ class AsyncVicidialClient:
             self._idle.pop().close()
 
     async def add_lead(
-        self, lead: Lead, *, dnc_check: bool, campaign_dnc_check: bool, gate: Gate | None = None
+        self,
+        lead: Lead,
+        *,
+        dnc_check: bool,
+        campaign_dnc_check: bool,
+        gate: Gate | None = None,
+        fence: Fence | None = None,
     ) -> tuple[AddLeadResult, float]:
         """Add one lead; return the result and the call's latency in ms, or raise CallFailed.
 
-        ``gate``: the request is sent when the gate runs it (else at once).
+        ``gate``: the request is sent when the gate runs it (else at once). ``fence``:
+        the claim's fence, checked right before the request is written (ClaimLapsed,
+        nothing sent, when the claim could lapse before the call ends).
         """
         body = add_lead_form(
             self.dialer, lead, dnc_check=dnc_check, campaign_dnc_check=campaign_dnc_check
         )
         started = time.perf_counter()
-        status, text, truncated = await self.post(body, gate=gate)
+        status, text, truncated = await self.post(body, gate=gate, fence=fence)
         latency_ms = (time.perf_counter() - started) * 1000
         result = parse_add_lead(
             text, http_status=status, secrets=self._secrets, truncated=truncated
@@ -160,11 +169,15 @@ class AsyncVicidialClient:
             conn.close()
         return None
 
-    async def post(self, body: bytes, *, gate: Gate | None = None) -> tuple[int, str, bool]:
+    async def post(
+        self, body: bytes, *, gate: Gate | None = None, fence: Fence | None = None
+    ) -> tuple[int, str, bool]:
         """POST the form; (status, text, truncated), within the call's deadline.
 
         ``gate``: runs the send when the caller allows (a request of a few hundred
-        bytes: the socket takes it whole, there is nothing to drain).
+        bytes: the socket takes it whole, there is nothing to drain). ``fence``:
+        checked in the same step as the write; a refused request is not written, its
+        connection is dropped and ClaimLapsed raised.
 
         Raises NetworkError when nothing was sent (no connection), AmbiguousFailure
         once the request may have reached VICIdial; the names in the texts are
@@ -181,25 +194,33 @@ class AsyncVicidialClient:
                 phase = "write"
                 request = self._head + b"%d\r\n\r\n" % len(body) + body
                 if gate is None:
+                    if fence is not None:
+                        fence.check()
                     conn.writer.write(request)
                     await conn.writer.drain()
                 else:
-                    gate(functools.partial(_send, conn.writer, request))
+                    gate(functools.partial(_send, conn.writer, request, fence))
                 phase = "read"
                 status, head, content, truncated, reusable = await _read_answer(conn.reader)
+        except ClaimLapsed:
+            self._drop(conn)
+            raise
         except TimeoutError:
             self._drop(conn)
+            _refused(fence)
             if phase == "connect":
                 raise NetworkError("ConnectTimeout: could not connect") from None
             name = "WriteTimeout" if phase == "write" else "ReadTimeout"
             raise AmbiguousFailure(f"{name}: no answer in time") from None
         except _ProtocolError:
             self._drop(conn)
+            _refused(fence)
             raise AmbiguousFailure(
                 "RemoteProtocolError: connection dropped after the request was sent"
             ) from None
         except (OSError, EOFError, ssl.SSLError) as exc:
             self._drop(conn)
+            _refused(fence)
             if phase == "connect":
                 raise NetworkError("ConnectError: could not connect") from None
             if isinstance(exc, asyncio.IncompleteReadError | EOFError):
@@ -236,14 +257,24 @@ class AsyncVicidialClient:
             conn.close()
 
 
-def _send(writer: asyncio.StreamWriter, request: bytes) -> None:
+def _send(writer: asyncio.StreamWriter, request: bytes, fence: Fence | None = None) -> None:
     """Write a gated request. One that cannot be written ends its connection: the
     read waiting on it fails at once, ambiguous as a failed write is (a transport
-    that lost its connection drops the bytes; the read then fails as well)."""
+    that lost its connection drops the bytes; the read then fails as well). The
+    claim fence is checked in the same step, right before the write: a refused
+    request ends its connection unwritten (the read then raises ClaimLapsed)."""
     try:
+        if fence is not None:
+            fence.check()
         writer.write(request)
     except Exception:
         writer.transport.abort()
+
+
+def _refused(fence: Fence | None) -> None:
+    """Raise ClaimLapsed if the fence refused this call's request (never written)."""
+    if fence is not None and fence.lapsed:
+        raise ClaimLapsed(age_s=fence.age(), lease_s=fence.lease_s, call_s=fence.call_s) from None
 
 
 async def _read_answer(

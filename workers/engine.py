@@ -53,7 +53,7 @@ import structlog
 from celery.worker import strategy as celery_strategy
 
 from dispatcher import logs
-from dispatcher.errors import AmbiguousFailure, CallFailed
+from dispatcher.errors import AmbiguousFailure, CallFailed, ClaimLapsed
 from dispatcher.execution import Claim
 from dispatcher.jobs import Job
 from workers.async_vicidial import AsyncVicidialClient
@@ -228,6 +228,7 @@ class LeadEngine:
             if not runner.calls_now(d, claim):
                 holding = self._thread_step(message, d, lambda: runner.decide(d, claim), slot=True)
                 return
+            runner.granted(d, claim)  # the claim fence (checked right before the send)
             if claim.seconds > 0:
                 await asyncio.sleep(claim.seconds)  # the rate-limit slot the claim reserved
             lead = runner.attempt(d)
@@ -237,7 +238,13 @@ class LeadEngine:
                     dnc_check=job.dnc_check,
                     campaign_dnc_check=job.campaign_dnc_check,
                     gate=self._after_lines,
+                    fence=d.fence,
                 )
+            except ClaimLapsed:
+                # Frozen past the claim's lease before the send: nothing was sent; the
+                # job goes on as a copy would, on a thread (issue 23, item 2).
+                holding = self._thread_step(message, d, lambda: runner.claim_lapsed(d), slot=True)
+                return
             except CallFailed as exc:
                 d.answer = "ambiguous" if isinstance(exc, AmbiguousFailure) else "failed"
                 # The slot stays taken until the failure is handled: a pause or the

@@ -10,6 +10,12 @@ call ends within it: connect, send, headers and body alike. Past the deadline,
 the operation raises httpcore's own timeout (ConnectTimeout before anything was
 sent, WriteTimeout or ReadTimeout after), which httpx maps as usual.
 
+The same place holds the claim fence's check (:func:`deadline`'s ``before_send``):
+httpcore writes a request in pieces that :class:`_Stream` holds and sends as one
+write at the first read, so that write is the one moment the request leaves, and
+the check runs right before it (after a wait for a pooled connection or a connect,
+which a stopped worker may have spent frozen). A check that raises sends nothing.
+
 httpx has no public hook for httpcore's network backend, so
 :class:`DeadlineTransport` builds its own connection pool with one (httpcore's
 public ``network_backend`` argument) in place of the one ``HTTPTransport`` made;
@@ -23,7 +29,7 @@ import ssl
 import threading
 import time
 import typing
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 import httpcore
 import httpx
@@ -34,14 +40,19 @@ _local = threading.local()
 
 
 @contextlib.contextmanager
-def deadline(seconds: float) -> Iterator[None]:
-    """Every socket operation in this thread ends within ``seconds`` from now."""
-    previous = getattr(_local, "end", None)
+def deadline(seconds: float, *, before_send: Callable[[], None] | None = None) -> Iterator[None]:
+    """Every socket operation in this thread ends within ``seconds`` from now.
+
+    ``before_send``: called right before the request's bytes are written (once); if
+    it raises, nothing is written and the exception propagates.
+    """
+    previous = getattr(_local, "end", None), getattr(_local, "before_send", None)
     _local.end = time.monotonic() + seconds
+    _local.before_send = before_send
     try:
         yield
     finally:
-        _local.end = previous
+        _local.end, _local.before_send = previous
 
 
 def _bounded(timeout: float | None, error: type[Exception]) -> float | None:
@@ -69,6 +80,10 @@ class _Stream(httpcore.NetworkStream):
 
     def _flush(self) -> None:
         if self._pending:
+            check = getattr(_local, "before_send", None)
+            if check is not None:
+                _local.before_send = None  # the request leaves once
+                check()
             data = b"".join(self._pending)
             self._pending.clear()
             self._inner.write(data, _bounded(self._write_timeout, httpcore.WriteTimeout))

@@ -59,8 +59,8 @@ from dispatcher.reconcile import (
     Finding,
     LookupCheck,
     check_lookups,
-    decide,
     deletable,
+    look_up,
     record_lookup,
     why_not,
 )
@@ -233,21 +233,24 @@ class Reconciler:
                 d, job, rec, why=why_not(gate.state, gate.missing, gate.error, gate.fix)
             )
         try:
-            answer = self.client(d.dialer).lead_all_info(job.lead.phone_number)
+            finding = look_up(
+                self.client(d.dialer),
+                job_id=job.job_id,
+                lead=job.lead,
+                marker_field=self.settings.marker_field,
+            )
         except LookupFailed as exc:
             return self._lookup_failed(d, job, rec, exc)
         if gate.state != "ok":
             r._persist(d.started, lambda: record_lookup(r.backend, d.dialer.name, None))
             _log.info("reconcile.permitted", server=d.dialer.name, before=gate.state or None)
-        finding = decide(
-            answer, job_id=job.job_id, lead=job.lead, marker_field=self.settings.marker_field
-        )
         _log.info(
             "lead.reconciled",
             found=finding.found,
             lead_id=finding.lead_id or None,
             outcome=finding.kind,
             matched_by=finding.matched_by or None,
+            unseen_lead_ids=list(finding.unseen) or None,
             phone=job.lead.phone_number,
         )
         if finding.kind == "found":
@@ -341,6 +344,9 @@ class Reconciler:
                 phone=job.lead.phone_number,
             )
             self._repair(d, job, finding, keep=finding.lead_id)
+        if finding.unseen:
+            # Leads of the phone the API user cannot read: copies of ours, perhaps.
+            self._unverified(d, job, finding.lead_id, finding.unseen)
         if rec.absent:
             # The job was called again after a look-up found nothing: that call's
             # request may still be stuck in VICIdial as well.
@@ -426,7 +432,13 @@ class Reconciler:
             _log.warning("reconcile.verify_skipped", lead_id=lead_id, state=held.state)
             return "verify_skipped"
         try:
-            answer = self.client(d.dialer).lead_all_info(job.lead.phone_number)
+            finding = look_up(
+                self.client(d.dialer),
+                job_id=job.job_id,
+                lead=job.lead,
+                marker_field=self.settings.marker_field,
+                known=(lead_id,),
+            )
         except LookupFailed as exc:
             refusal = exc
             if isinstance(refusal, LookupRefused | LookupDenied):
@@ -442,12 +454,14 @@ class Reconciler:
             delay = r.policy.backoff(tries, r.rng)
             self._verify_later(d, job, rec.evolve(tries=tries), lead_id=lead_id, delay=delay)
             return "deferred"
-        finding = decide(
-            answer, job_id=job.job_id, lead=job.lead, marker_field=self.settings.marker_field
-        )
         others = tuple(
             sorted((m.lead_id for m in finding.matches if m.lead_id != lead_id), key=int)
         )
+        if not others and (finding.kind == "unknown" or finding.unseen):
+            # The same rule as the look-up's: not seeing a copy is not "verified"
+            # unless VICIdial could have shown every lead of the phone.
+            self._unverified(d, job, lead_id, finding.unseen, why=finding.why)
+            return "unverified"
         if not others:
             r._persist(
                 d.started,
@@ -455,6 +469,8 @@ class Reconciler:
             )
             _log.info("lead.reconcile_verified", lead_id=lead_id, found=finding.found)
             return "verified"
+        if finding.unseen:
+            self._unverified(d, job, lead_id, finding.unseen)
         r._persist(
             d.started,
             lambda: r.execution.duplicates(job.job_id, lead_ids=others, deleted=(), ttl=r._ttl),
@@ -468,6 +484,29 @@ class Reconciler:
         )
         self._repair(d, job, finding, keep=lead_id)
         return "duplicates"
+
+    def _unverified(
+        self, d: _Delivery, job: Job, lead_id: str, unseen: tuple[str, ...], *, why: str = ""
+    ) -> None:
+        """The job is added (with ``lead_id``), but lead_search finds leads of the phone the
+        API user cannot read: they may be copies of it. Recorded on the job
+        (``unverified_lead_ids``, reconcile ``unverified``) for a person to check."""
+        r = self.r
+        r._persist(
+            d.started,
+            lambda: r.execution.duplicates(
+                job.job_id, lead_ids=(), deleted=(), unverified=unseen, ttl=r._ttl
+            ),
+        )
+        _log.warning(
+            "lead.reconcile_unverified",
+            lead_id=lead_id,
+            lead_ids=list(unseen),
+            why=why
+            or "lead_search finds leads of this phone that lead_all_info does not show the "
+            "API user: they may be copies of this job's lead",
+            phone=job.lead.phone_number,
+        )
 
     # -- the optional repair ----------------------------------------------------------------
 
@@ -600,6 +639,14 @@ class LookupChecker:
             )
         elif check.state == "unavailable":
             _log.warning("reconcile.unavailable", server=server, error=check.error, fix=check.fix)
+        elif check.state == "ok" and check.missing:
+            _log.warning(
+                "reconcile.search_not_permitted",
+                server=server,
+                error=check.error,
+                missing=check.missing,
+                fix=check.fix,
+            )
         elif check.state == "ok":
             _log.info("reconcile.permitted", server=server)
         return check

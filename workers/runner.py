@@ -23,6 +23,12 @@ outcome is a compare-and-set on it:
   the visibility timeout; the outcome is logged (with the lead_id) before it is
   stored, so even an outcome Redis never took is on record.
 
+The claim fence: right before the request leaves, the delivery checks that its
+call would still end inside its claim's lease, counted from before the claim was
+sent (:class:`dispatcher.execution.Fence`). A worker frozen between claim and
+request past its lease, while another copy took the job over, does not send:
+``lead.claim_lapsed``, and the job goes on as a copy would (:meth:`JobRunner.claim_lapsed`).
+
 A copy whose predecessor claimed the job and vanished mid-call is *ambiguous*
 (the lead may have been added) and is handled like a lost answer: with
 ``DISPATCHER_AMBIGUOUS=reconcile`` (the default) :mod:`workers.reconciler` looks
@@ -59,13 +65,15 @@ from dispatcher.errors import (
     AmbiguousFailure,
     BrokerUnavailable,
     CallFailed,
+    ClaimLapsed,
     HTTPStatusError,
     InternalFailure,
     InvalidPayload,
     NetworkError,
     ServerRefused,
+    UnknownDialer,
 )
-from dispatcher.execution import Claim, new_token
+from dispatcher.execution import FENCE_MARGIN_S, Claim, Fence, claim_clock, new_token
 from dispatcher.jobs import Job, broker_envelope
 from dispatcher.lead import Lead
 from dispatcher.reconcile import mark
@@ -86,6 +94,13 @@ MAX_RATE_WAIT_S = 5.0
 _HOLD_MARGIN_S = 5.0
 #: How long to wait for a replica to confirm a `done` record (when there is one).
 _WAIT_REPLICA_MS = 500
+#: A delivery whose fence refused its call this often in a row hands the job back to
+#: the queue instead of claiming it again (a worker that keeps stalling).
+_MAX_LAPSES = 3
+#: A job whose dialer this worker does not know is handed out again after about a
+#: twentieth of its wait (30 s of the default 600, at least 1 s; jittered; never past
+#: the wait's end), for a worker that knows it.
+_DIALER_LOOK_AGAIN_S = (1.0, 30.0)
 _T = TypeVar("_T")
 
 
@@ -108,6 +123,12 @@ class _Delivery:
     #: what the call's answer said, once known: "added", "failed" (not added) or
     #: "ambiguous"; None while unknown
     answer: str | None = None
+    #: claim_clock() before the delivery's last claim command was sent
+    asked_at: float = 0.0
+    #: the fence of the claim granted (JobRunner.granted), checked before the request
+    fence: Fence | None = None
+    #: how often the fence refused this delivery's call
+    lapses: int = 0
 
 
 class JobRunner:
@@ -189,6 +210,8 @@ class JobRunner:
         def whole() -> str:
             try:
                 job = Job.from_message(message, dialers=self.dialers)
+            except UnknownDialer as exc:
+                return self._unknown_dialer(exc, started)
             except InvalidPayload as exc:
                 return self._invalid_payload(message, exc, started)
             d = self.delivery(job, started)
@@ -240,11 +263,21 @@ class JobRunner:
 
     def claim(self, d: _Delivery) -> Claim:
         """Claim the job for this delivery, retrying while Redis is away."""
-        args = self.claim_args(d)
-        return Claim.from_reply(self._persist(d.started, lambda: self.execution.call(*args)))
+        # Built (and stamped) per attempt: the grant is one of the last attempt.
+        return Claim.from_reply(
+            self._persist(d.started, lambda: self.execution.call(*self.claim_args(d)))
+        )
+
+    #: the clock of the claim fence (dispatcher.execution.claim_clock)
+    fence_clock = staticmethod(claim_clock)
 
     def claim_args(self, d: _Delivery) -> tuple[Any, ...]:
-        """The delivery's ``claim`` command (dispatcher.execution)."""
+        """The delivery's ``claim`` command (dispatcher.execution), to be sent now.
+
+        Stamps the delivery's fence clock: Redis grants the claim after this moment, so
+        the claim's age is at most the time since (build the command right before
+        sending it)."""
+        d.asked_at = self.fence_clock()
         job = d.job
         return self.execution.claim_args(
             job.job_id,
@@ -258,6 +291,17 @@ class JobRunner:
             server=d.dialer.name,
         )
 
+    def granted(self, d: _Delivery, claim: Claim) -> None:
+        """Fence the delivery's call by the claim Redis just answered (a lease of
+        ``lease_s`` plus the reserved rate-limit slot's delay, from ``d.asked_at``)."""
+        delay = claim.seconds if claim.verdict in ("ok", "probe_refused", "probe_outage") else 0.0
+        d.fence = Fence(
+            d.asked_at,
+            lease_s=self.lease_s + delay,
+            call_s=self.settings.http_timeout_s + FENCE_MARGIN_S,
+            clock=self.fence_clock,
+        )
+
     def calls_now(self, d: _Delivery, claim: Claim) -> bool:
         """Whether the claim leads straight to the call (after ``claim.seconds``), the
         common case :mod:`workers.engine` runs on its event loop."""
@@ -265,6 +309,7 @@ class JobRunner:
 
     def decide(self, d: _Delivery, claim: Claim) -> str:
         """Everything after the claim: the call, or what the verdict says instead."""
+        self.granted(d, claim)
         job = d.job
         verdict = claim.verdict
         if verdict == "done" and job.reconcile is not None and job.reconcile.step == "verify":
@@ -322,13 +367,41 @@ class JobRunner:
         lead = self.attempt(d)
         try:
             result, latency_ms = self.client_for(d.dialer).add_lead(
-                lead, dnc_check=job.dnc_check, campaign_dnc_check=job.campaign_dnc_check
+                lead,
+                dnc_check=job.dnc_check,
+                campaign_dnc_check=job.campaign_dnc_check,
+                fence=d.fence,
             )
+        except ClaimLapsed:
+            return self.claim_lapsed(d)
         except CallFailed as exc:
             d.answer = "ambiguous" if isinstance(exc, AmbiguousFailure) else "failed"
             return self._failed(d, exc)
         d.answer = "added"
         return self._added(d, result, latency_ms)
+
+    def claim_lapsed(self, d: _Delivery) -> str:
+        """The fence refused the call (nothing was sent): the job goes on as a copy would.
+
+        The claim is asked again with the same token: still ours (nobody took the job
+        over meanwhile), it is granted a fresh lease and the call goes ahead under a
+        new fence; otherwise the record says who holds it (busy: look again later),
+        that the job moved on (stale: dropped) or that it is done (acknowledged, no
+        call). A delivery refused again and again hands the job back to the queue.
+        """
+        fence = d.fence
+        d.called, d.answer, d.fence = False, None, None
+        d.lapses += 1
+        _log.warning(
+            "lead.claim_lapsed",
+            sent=False,
+            age_s=round(fence.age(), 3) if fence is not None else None,
+            lease_s=round(fence.lease_s, 3) if fence is not None else None,
+            lapses=d.lapses,
+        )
+        if d.lapses >= _MAX_LAPSES:
+            return self._reschedule(d, delay=0.0, why="claim_lapsed", held=True)
+        return self._run(d)
 
     def _added(self, d: _Delivery, result: AddLeadResult, latency_ms: float) -> str:
         self.log_added(d, result, latency_ms)
@@ -393,6 +466,11 @@ class JobRunner:
         """What the ``succeed`` reply says: added, or a duplicate found."""
         job = d.job
         reply = [_text(x) for x in stored]
+        if reply[0] == "same":
+            # Recorded done with this very lead already (a look-up found it before
+            # this late answer was stored): the same lead, not a copy of it.
+            _log.info("lead.already_recorded", lead_id=result.lead_id)
+            return "added"
         if reply[0] == "duplicate":
             _log.error(
                 "lead.duplicate_detected",
@@ -549,6 +627,87 @@ class JobRunner:
         else:
             error = InternalFailure(f"{type(exc).__name__}: {exc}")
         return self._dead(d, failed, error, now=time.time())
+
+    def _unknown_dialer(self, exc: UnknownDialer, started: float) -> str:
+        """A job whose dialer this worker does not know (as the job knows it): nothing is
+        claimed or called. The same publication waits for a worker that knows the
+        dialer, in a lane of this worker's (where it was found: a worker that knows the
+        dialer and serves that lane takes it); after ``DISPATCHER_UNKNOWN_DIALER_WAIT_S``
+        it becomes the dead letter ``unknown_dialer`` under its own job id, replayable
+        once the dialers files agree."""
+        job = exc.job
+        assert isinstance(job, Job)
+        structlog.contextvars.bind_contextvars(
+            job_id=job.job_id, agent_user=job.agent_user, dialer=exc.dialer or None
+        )
+        settings = self.settings
+        served = [d.name for d in settings.served_dialers()]
+        default = self.dialers.resolve(None)
+        if job.dialer in served:
+            lane_dialer = job.dialer
+        elif default is not None and default.name in served:
+            lane_dialer = default.name
+        else:
+            lane_dialer = served[0]
+        envelope = broker_envelope(
+            job.to_message(), queue=self.keys.lane(lane_dialer, job.priority)
+        )
+        low, high = _DIALER_LOOK_AGAIN_S
+        delay = min(high, max(low, settings.unknown_dialer_wait_s / 20))
+        delay *= self.rng.uniform(0.5, 1.0)
+        reply = self._persist(
+            started,
+            lambda: self.execution.await_dialer(
+                job.job_id,
+                seq=job.seq,
+                envelope=envelope,
+                delay_s=delay,
+                wait_s=settings.unknown_dialer_wait_s,
+                dialer=exc.dialer,
+                error=exc.line,
+                ttl=self._ttl,
+            ),
+        )
+        if reply[0] == "done":
+            _log.info("lead.duplicate_suppressed", lead_id=reply[1] or None, seq=job.seq)
+            return "duplicate_suppressed"
+        if reply[0] == "stale":
+            _log.info("lead.stale_copy_dropped", seq=job.seq)
+            return "stale"
+        if reply[0] == "waiting":
+            _log.warning(
+                "lead.waiting_for_dialer",
+                reason=exc.reason,
+                error=exc.line,
+                delay_s=round(float(reply[1]) - time.time(), 3) if reply[1] else None,
+                wait_until=float(reply[2]),
+            )
+            return "waiting"
+        # The wait is over: the replayable letter, under the job's own id.
+        waited = f"no worker that knows it took the job within {settings.unknown_dialer_wait_s:g} s"
+        error = UnknownDialer(f"{exc.line}; {waited}", job=job, dialer=exc.dialer)
+        letter = self.dead_letters.letter(
+            job=job.to_message(),
+            reason=error.reason,
+            error=error.line,
+            http_status=None,
+            attempts=job.attempts,
+            first_failed_at=job.first_failed_at,
+            now=time.time(),
+        )
+        result = self._persist(
+            started, lambda: self.dead_letters.write(letter, token="", seq=job.seq)
+        )
+        if result not in ("ok", "again"):
+            return self._superseded(result, "dead_letter", error)
+        _log.warning(
+            "lead.dead_lettered",
+            attempt=job.attempts,
+            phone=job.lead.phone_number,
+            reason=error.reason,
+            error=error.line,
+        )
+        return "dead"
 
     def _invalid_payload(self, message: object, exc: InvalidPayload, started: float) -> str:
         job: dict[str, Any]

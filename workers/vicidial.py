@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote_plus, urlencode
@@ -47,6 +48,7 @@ from dispatcher.errors import (
     NetworkError,
     UnknownResponse,
 )
+from dispatcher.execution import Fence
 from dispatcher.lead import Lead
 from dispatcher.logs import redact_vicidial_line
 from dispatcher.settings import Settings
@@ -264,8 +266,13 @@ class VicidialClient:
             "function": "external_add_lead",
         }
 
-    def _post(self, body: bytes) -> tuple[int, str, bool]:
-        """POST; (status, text, truncated). At most MAX_ANSWER_BYTES, within the deadline."""
+    def _post(
+        self, body: bytes, *, before_send: Callable[[], None] | None = None
+    ) -> tuple[int, str, bool]:
+        """POST; (status, text, truncated). At most MAX_ANSWER_BYTES, within the deadline.
+
+        ``before_send``: run right before the request's bytes leave (the claim fence);
+        what it raises propagates, and nothing was sent."""
         request = httpcore.Request(
             b"POST",
             self._target,
@@ -282,7 +289,7 @@ class VicidialClient:
         # httpcore's exceptions bear httpx's names (ReadTimeout, ...): the texts in dead
         # letters stay as they were.
         try:
-            with deadline(self.deadline_s):
+            with deadline(self.deadline_s, before_send=before_send):
                 reply = self._pool.handle_request(request)
                 try:
                     chunks: list[bytes] = []
@@ -311,14 +318,24 @@ class VicidialClient:
             raise NetworkError(type(exc).__name__) from None
 
     def add_lead(
-        self, lead: Lead, *, dnc_check: bool, campaign_dnc_check: bool
+        self,
+        lead: Lead,
+        *,
+        dnc_check: bool,
+        campaign_dnc_check: bool,
+        fence: Fence | None = None,
     ) -> tuple[AddLeadResult, float]:
-        """Add one lead; return the result and the call's latency in ms, or raise CallFailed."""
+        """Add one lead; return the result and the call's latency in ms, or raise CallFailed.
+
+        ``fence``: the claim's fence, checked right before the request leaves (raises
+        ClaimLapsed, nothing sent, when the claim could lapse before the call ends).
+        """
         body = add_lead_form(
             self.dialer, lead, dnc_check=dnc_check, campaign_dnc_check=campaign_dnc_check
         )
         started = time.perf_counter()
-        status, text, truncated = self._post(body)
+        check = fence.check if fence is not None else None
+        status, text, truncated = self._post(body, before_send=check)
         latency_ms = (time.perf_counter() - started) * 1000
         result = parse_add_lead(
             text, http_status=status, secrets=self._secrets, truncated=truncated

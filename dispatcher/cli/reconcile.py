@@ -248,8 +248,20 @@ def lookup_lines(
     for server, data in sorted(lookups.items()):
         state = data.get("state")
         when = data.get("checked_at") or "?"
-        if state == "ok":
+        if state == "ok" and not data.get("missing"):
             out.append((True, f"reconcile: look-ups permitted on {server} (checked {when})"))
+            continue
+        if state == "ok":
+            line = (
+                f"reconcile: look-ups permitted on {server} (checked {when}), but lead_search "
+                f"is not; missing: {data['missing']}"
+            )
+            if data.get("error"):
+                line += f"; VICIdial said: {data['error']}"
+            if data.get("fix"):
+                line += f"; fix: {data['fix']}"
+            line += "; until then a lead that is not found stays an ambiguous dead letter"
+            out.append((False, line))
             continue
         what = {
             "denied": "NOT permitted",

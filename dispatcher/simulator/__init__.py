@@ -47,7 +47,12 @@ from dispatcher.simulator.agc import API_BUILD, API_VERSION, StoredLead
 from dispatcher.simulator.cli import simulate_command
 from dispatcher.simulator.faults import FAULT_DESCRIPTIONS, FAULT_KINDS, FaultKind
 from dispatcher.simulator.server import API_PATH, RequestRecord, Simulator
-from dispatcher.simulator.state import CampaignConfig, SimulatorState, UserConfig
+from dispatcher.simulator.state import (
+    CampaignConfig,
+    SimulatorState,
+    UserConfig,
+    UserGroupConfig,
+)
 
 __all__ = [
     "API_BUILD",
@@ -62,5 +67,6 @@ __all__ = [
     "SimulatorState",
     "StoredLead",
     "UserConfig",
+    "UserGroupConfig",
     "simulate_command",
 ]

@@ -32,7 +32,7 @@ from dispatcher.simulator.mangling import (
     sql_literal,
     to_column,
 )
-from dispatcher.simulator.state import CampaignConfig, SimulatorState, UserConfig
+from dispatcher.simulator.state import CampaignConfig, SimulatorState, UserConfig, UserGroupConfig
 
 __all__ = [
     "API_BUILD",
@@ -121,6 +121,9 @@ class Tables:
     non_latin: bool = False  # the system setting use_non_latin
     leads: list[StoredLead] = field(default_factory=list)
     next_lead_id: int = 1
+    #: vicidial_user_groups (case-folded name -> (name, row)); None: every group
+    #: exists and reads every campaign
+    user_groups: dict[str, tuple[str, UserGroupConfig]] | None = None
 
     @classmethod
     def from_state(cls, state: SimulatorState, now: float) -> Tables:
@@ -135,6 +138,10 @@ class Tables:
             tables.login(agent, campaign)
         for name, camp in state.campaigns.items():
             tables.put_campaign(name, camp)
+        if state.user_groups is not None:
+            tables.user_groups = {}
+            for name, group in state.user_groups.items():
+                tables.put_user_group(name, group)
         tables.dnc = {_fold(phone) for phone in state.dnc}
         for name, phones in state.campaign_dnc.items():
             tables.campaign_dnc[_fold(name)] = {_fold(phone) for phone in phones}
@@ -156,6 +163,19 @@ class Tables:
 
     def logout(self, agent: str) -> None:
         self.agents.pop(_fold(agent), None)
+
+    def put_user_group(self, name: str, config: UserGroupConfig) -> None:
+        if self.user_groups is None:
+            self.user_groups = {}
+        self.user_groups[_fold(name)] = (name, config)
+
+    def user_group(self, name: str) -> UserGroupConfig | None:
+        """The group's row; None if it does not exist (every group exists while the
+        state names none)."""
+        if self.user_groups is None:
+            return UserGroupConfig()
+        found = self.user_groups.get(_fold(name))
+        return found[1] if found is not None else None
 
     def put_campaign(self, name: str, config: CampaignConfig) -> None:
         self.campaigns[_fold(name)] = (name, config)

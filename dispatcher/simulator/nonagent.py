@@ -14,11 +14,21 @@ quirks follow shared/vicidial/non_agent_api_lookup.md (version 2.14-202):
   ``user_level``), then the parameters;
 - ``lead_all_info`` prints one 32-field record per lead, newest first, raw (no
   quoting), a header before each record with ``header=YES``, skips leads whose list
-  is not a list row (list 0, what a campaign without a manual dial list gives), and
-  fails with HTTP 500 when a record holds ``'`` (its API-log INSERT breaks).
+  is not a list row (list 0, what a campaign without a manual dial list gives) or
+  whose list's campaign the user's group may not read (``allowed_campaigns``), and
+  fails with HTTP 500 when a record holds ``'`` (its API-log INSERT breaks). A
+  skipped lead is silent unless the user has ``api_list_restrict`` (then a ``LIST
+  NOT FOUND`` line at once, before the records); only when no lead passed does the
+  answer end with ``LIST NOT FOUND`` naming the last skipped lead's list;
+- ``lead_search`` sees every list (list 0 too) and counts the rows of all numbers
+  together (``records``); with ``api_list_restrict`` the group row must exist and an
+  explicit ``list_id`` of 99 or more must be one of the group's lists;
+- ``update_lead`` with ``api_list_restrict`` stops at a found lead whose list (99 or
+  more) is not one of the group's.
 
-Not simulated: user groups' allowed campaigns (every group sees ALL-CAMPAIGNS),
-``api_list_restrict``, custom fields and the archive table (asking for them is the
+The lists are the campaigns' manual dial lists (a list belongs to the first campaign
+naming it). Not simulated: ``search_location`` of ``lead_search`` (the search is
+always SYSTEM-wide), custom fields and the archive table (asking for them is the
 HTTP 500 of a server without them), callbacks, field updates of ``update_lead``
 (answered with an empty body, nothing changed), IP lists and two-factor login.
 """
@@ -29,6 +39,7 @@ import re
 import time
 
 from dispatcher.simulator.agc import LOCK_ATTEMPTS, LOCK_SECONDS, Answer, StoredLead, Tables
+from dispatcher.simulator.state import ALL_CAMPAIGNS
 
 __all__ = ["NONAGENT_BUILD", "NONAGENT_VERSION", "RECORD_FIELDS", "answer_nonagent", "record"]
 
@@ -201,9 +212,49 @@ def _permitted(tables: Tables, user: str, *, level: int, modify: range, reports:
     )
 
 
-def _lists(tables: Tables) -> set[str]:
-    """The rows of vicidial_lists: every campaign's manual dial list."""
-    return {c.manual_dial_list_id for _, c in tables.campaigns.values() if c.manual_dial_list_id}
+def _lists(tables: Tables) -> dict[str, str]:
+    """The rows of vicidial_lists (every campaign's manual dial list) -> their campaign."""
+    out: dict[str, str] = {}
+    for name, c in tables.campaigns.values():
+        if c.manual_dial_list_id:
+            out.setdefault(c.manual_dial_list_id, name)
+    return out
+
+
+def _readable_lists(tables: Tables, user: str) -> set[str]:
+    """The lists whose leads lead_all_info shows ``user``: a list row whose campaign the
+    user's group may read (none if the group row does not exist)."""
+    row = tables.user(user)
+    group = tables.user_group(row.config.user_group) if row is not None else None
+    if group is None:
+        return set()
+    lists = _lists(tables)
+    if ALL_CAMPAIGNS in group.allowed_campaigns:
+        return set(lists)
+    allowed = {c.lower() for c in group.allowed_campaigns}
+    return {list_id for list_id, campaign in lists.items() if campaign.lower() in allowed}
+
+
+def _restricted(tables: Tables, user: str) -> bool:
+    row = tables.user(user)
+    return row is not None and row.config.api_list_restrict
+
+
+def _missing_group(tables: Tables, user: str) -> Answer | None:
+    """With api_list_restrict, the user group row must exist (lead_search, update_lead)."""
+    row = tables.user(user)
+    if row is None or not row.config.api_list_restrict:
+        return None
+    if tables.user_group(row.config.user_group) is not None:
+        return None
+    return _reply(f"ERROR: user_group DOES NOT EXIST: |{user}|{row.config.user_group}|")
+
+
+def _allowed_list(tables: Tables, user: str, list_id: str) -> bool:
+    """Whether api_list_restrict lets ``user`` touch list ``list_id`` (below 99: always)."""
+    if not list_id.isdigit() or int(list_id) < 99:
+        return True
+    return list_id in _readable_lists(tables, user)
 
 
 def _lead_all_info(tables: Tables, user: str, fields: dict[str, str]) -> Answer:
@@ -229,13 +280,18 @@ def _lead_all_info(tables: Tables, user: str, fields: dict[str, str]) -> Answer:
     stage = fields.get("stage", "")
     sep = _DELIMITERS.get(stage, "|")
     header = fields.get("header") == "YES"
-    lists = _lists(tables)
+    lists = _readable_lists(tables, user)
+    restricted = _restricted(tables, user)
+    skipped: list[str] = []
     out: list[str] = []
     last_list = ""
     for lead in found:
         values = record(lead)
         if values["list_id"] not in lists:
             last_list = values["list_id"]
+            if restricted:
+                # Printed at once: before every record, which are printed at the end.
+                skipped.append(f"ERROR: lead_all_info LIST NOT FOUND: {user}|{lead_id}|{phone}\n")
             continue
         text = sep.join(values[name] for name in RECORD_FIELDS)
         if "'" in text:
@@ -245,8 +301,8 @@ def _lead_all_info(tables: Tables, user: str, fields: dict[str, str]) -> Answer:
             out.append(sep.join(RECORD_FIELDS) + "\n")
         out.append(text + "\n")
     if not out:
-        return _reply(f"ERROR: lead_all_info LIST NOT FOUND: {user}|{lead_id}|{phone}|{last_list}")
-    body = "".join(out)
+        out.append(f"ERROR: lead_all_info LIST NOT FOUND: {user}|{lead_id}|{phone}|{last_list}\n")
+    body = "".join(skipped + out)
     return Answer(200, body, body)
 
 
@@ -255,6 +311,9 @@ def _lead_search(tables: Tables, user: str, fields: dict[str, str]) -> Answer:
         return _reply(
             f"ERROR: lead_search USER DOES NOT HAVE PERMISSION TO SEARCH FOR LEADS: |{user}|0|"
         )
+    missing = _missing_group(tables, user)
+    if missing is not None:
+        return missing
     method = fields.get("search_method", "") or "PHONE_NUMBER"
     raw_records = _NOT_DIGIT.sub("", fields.get("records", ""))
     limit = int(raw_records) if raw_records else 1000
@@ -297,6 +356,9 @@ def _lead_search(tables: Tables, user: str, fields: dict[str, str]) -> Answer:
             f"ERROR: lead_search NO VALID SEARCH METHOD - {user}|{method}|{lead_id}(0)|"
             f"{vendor}(0)|{phone}(0)"
         )
+    list_id = _NOT_DIGIT.sub("", fields.get("list_id", ""))
+    if list_id and _restricted(tables, user) and not _allowed_list(tables, user, list_id):
+        return _reply(f"ERROR: lead_search NOT AN ALLOWED LIST ID - {phone}|{list_id}")
     numbers = phone.split(",")
     valid = [n for n in numbers if 6 <= len(n) <= 18]
     if not valid:
@@ -325,6 +387,9 @@ def _update_lead(tables: Tables, user: str, fields: dict[str, str]) -> Answer:
             "ERROR: update_lead USER DOES NOT HAVE PERMISSION TO UPDATE LEADS IN THE SYSTEM: "
             f"|{user}|0|"
         )
+    missing = _missing_group(tables, user)
+    if missing is not None:
+        return missing
     method = fields.get("search_method", "") or "LEAD_ID"
     lead_id = _NOT_DIGIT.sub("", fields.get("lead_id", ""))
     vendor = re.sub(r'[;#"]', "", fields.get("vendor_lead_code", "")).replace("+", " ")
@@ -369,7 +434,11 @@ def _update_lead(tables: Tables, user: str, fields: dict[str, str]) -> Answer:
     if fields.get("delete_lead") != "Y":
         return Answer(200, "", "")  # field updates: not simulated (nothing changed)
     lines = []
+    restricted = _restricted(tables, user)
     for x in rows:
+        if restricted and not _allowed_list(tables, user, x.list_id or "0"):
+            lines.append(f"ERROR: update_lead NOT AN ALLOWED LIST ID, RESULTS - {x.list_id}")
+            break
         tables.leads.remove(x)
         lines.append(f"SUCCESS: update_lead LEAD HAS BEEN DELETED 0|0 - {user}|{x.lead_id}|1|0|0|")
     return _reply(*lines)

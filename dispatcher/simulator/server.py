@@ -37,7 +37,12 @@ from dispatcher.simulator.faults import (
 from dispatcher.simulator.http_server import Hangup, HttpRequest, HttpResponse, HttpServer, Reply
 from dispatcher.simulator.mangling import sanitize
 from dispatcher.simulator.nonagent import answer_nonagent
-from dispatcher.simulator.state import CampaignConfig, SimulatorState, UserConfig
+from dispatcher.simulator.state import (
+    CampaignConfig,
+    SimulatorState,
+    UserConfig,
+    UserGroupConfig,
+)
 
 __all__ = ["API_PATH", "NONAGENT_PATH", "RequestRecord", "Simulator"]
 
@@ -303,6 +308,7 @@ class Simulator:
         user_level: int = 9,
         view_reports: bool = False,
         modify_leads: int = 1,
+        api_list_restrict: bool = False,
     ) -> None:
         """Add (or replace the settings of) a user."""
         config = UserConfig(
@@ -315,6 +321,7 @@ class Simulator:
             user_level=user_level,
             view_reports=view_reports,
             modify_leads=int(modify_leads),
+            api_list_restrict=api_list_restrict,
         )
         with self._lock:
             self._tables.put_user(user, config, self._clock())
@@ -332,6 +339,7 @@ class Simulator:
         user_level: int | None = None,
         view_reports: bool | None = None,
         modify_leads: int | None = None,
+        api_list_restrict: bool | None = None,
     ) -> None:
         """Change some settings of an existing user (KeyError if there is none)."""
         with self._lock:
@@ -350,6 +358,17 @@ class Simulator:
                 user_level=old.user_level if user_level is None else user_level,
                 view_reports=old.view_reports if view_reports is None else view_reports,
                 modify_leads=old.modify_leads if modify_leads is None else int(modify_leads),
+                api_list_restrict=(
+                    old.api_list_restrict if api_list_restrict is None else api_list_restrict
+                ),
+            )
+
+    def set_user_group(self, name: str, *, allowed_campaigns: Sequence[str]) -> None:
+        """Add (or change) a user group and the campaigns it may read (``ALL-CAMPAIGNS``
+        for all). Once one group is set, groups never set do not exist."""
+        with self._lock:
+            self._tables.put_user_group(
+                name, UserGroupConfig(allowed_campaigns=tuple(allowed_campaigns))
             )
 
     def set_password(self, user: str, password: str) -> None:

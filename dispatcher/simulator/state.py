@@ -22,7 +22,16 @@ stored as ``?`` (see :mod:`dispatcher.simulator.mangling`).
 Per user, what the Non-Agent API's permissions look at (``vicidial/non_agent_api.php``):
 ``user_level`` (0-9, default 9; its login needs 7 or more), ``view_reports`` (default
 false, as on VICIdial's seed user 6666), ``modify_leads`` (true = 1, false = 0, or the
-number 0-5; default true).
+number 0-5; default true), ``api_list_restrict`` (default false: with it the user's
+group row must exist for ``lead_search`` and ``update_lead``, and ``lead_all_info``
+prints a ``LIST NOT FOUND`` line for each lead it skips).
+
+User groups (``vicidial_user_groups``), as far as ``lead_all_info`` cares: top level
+``"user_groups": {"AGENTS": {"allowed_campaigns": ["TESTCAMP"]}}`` (or
+``["ALL-CAMPAIGNS"]``, the default of a group). A lead is shown only when its list is a
+list (a campaign's manual dial list here: list 0 never is) whose campaign the user's
+group may read. Without the key every group exists and reads every campaign; with
+it, exactly the groups named exist (a user of another group sees no lead at all).
 
 Extra keys, all optional: per user ``active`` (default true), ``custom_three`` (what
 ``alt_user`` is matched against), ``last_login`` (epoch seconds of the user's last
@@ -41,10 +50,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["CampaignConfig", "SimulatorState", "UserConfig"]
+__all__ = ["ALL_CAMPAIGNS", "CampaignConfig", "SimulatorState", "UserConfig", "UserGroupConfig"]
 
 # VICIdial's schema default for vicidial_campaigns.manual_dial_list_id.
 DEFAULT_MANUAL_DIAL_LIST = "998"
+#: The value of a user group's allowed_campaigns that lets it read every campaign.
+ALL_CAMPAIGNS = "ALL-CAMPAIGNS"
 
 
 @dataclass(frozen=True)
@@ -67,6 +78,21 @@ class UserConfig:
     user_level: int = 9
     view_reports: bool = False
     modify_leads: int = 1
+    #: vicidial_users.api_list_restrict: the Non-Agent API checks the user group's
+    #: lists (lead_search and update_lead need the group row; lead_all_info prints a
+    #: LIST NOT FOUND line for each lead it skips)
+    api_list_restrict: bool = False
+
+
+@dataclass(frozen=True)
+class UserGroupConfig:
+    """One row of ``vicidial_user_groups`` as far as the Non-Agent API's look-ups care.
+
+    ``allowed_campaigns``: the campaigns whose lists the group's users may read
+    (``lead_all_info``), or ``ALL-CAMPAIGNS``.
+    """
+
+    allowed_campaigns: tuple[str, ...] = (ALL_CAMPAIGNS,)
 
 
 @dataclass(frozen=True)
@@ -95,6 +121,9 @@ class SimulatorState:
     api_active: bool = True
     non_latin: bool = False
     first_lead_id: int = 1
+    #: vicidial_user_groups; None (the default): every user's group exists and may read
+    #: every campaign (ALL-CAMPAIGNS). Given: exactly these rows exist.
+    user_groups: dict[str, UserGroupConfig] | None = None
 
     @classmethod
     def demo(cls) -> SimulatorState:
@@ -186,6 +215,7 @@ class SimulatorState:
                     "user_level": user.user_level,
                     "view_reports": user.view_reports,
                     "modify_leads": user.modify_leads,
+                    "api_list_restrict": user.api_list_restrict,
                     **({"last_login": user.last_login} if user.last_login is not None else {}),
                 }
                 for name, user in self.users.items()
@@ -203,6 +233,16 @@ class SimulatorState:
             "api_active": self.api_active,
             "non_latin": self.non_latin,
             "first_lead_id": self.first_lead_id,
+            **(
+                {
+                    "user_groups": {
+                        name: {"allowed_campaigns": list(group.allowed_campaigns)}
+                        for name, group in self.user_groups.items()
+                    }
+                }
+                if self.user_groups is not None
+                else {}
+            ),
         }
 
     def copy(self) -> SimulatorState:
@@ -232,6 +272,7 @@ _TOP_KEYS = frozenset(
         "api_active",
         "non_latin",
         "first_lead_id",
+        "user_groups",
     }
 )
 _USER_KEYS = frozenset(
@@ -246,8 +287,10 @@ _USER_KEYS = frozenset(
         "user_level",
         "view_reports",
         "modify_leads",
+        "api_list_restrict",
     }
 )
+_GROUP_KEYS = frozenset({"allowed_campaigns"})
 _CAMPAIGN_KEYS = frozenset({"manual_dial_list_id", "use_other_campaign_dnc"})
 
 
@@ -273,7 +316,20 @@ class _Reader:
         if isinstance(first, bool) or not isinstance(first, int) or first < 1:
             raise ValueError(f"first_lead_id: expected a whole number >= 1, got {first!r}")
         state.first_lead_id = first
+        if "user_groups" in top:
+            groups = self._object(top["user_groups"], "user_groups")
+            state.user_groups = {
+                name: self._group(raw, f"user_groups.{name}") for name, raw in groups.items()
+            }
         return state
+
+    def _group(self, raw: Any, where: str) -> UserGroupConfig:
+        obj = self._object(raw, where)
+        self._known(obj, _GROUP_KEYS, where + ".")
+        allowed = obj.get("allowed_campaigns", [ALL_CAMPAIGNS])
+        if not isinstance(allowed, list) or not all(isinstance(c, str) for c in allowed):
+            raise ValueError(f"{where}.allowed_campaigns: expected a list of campaign ids")
+        return UserGroupConfig(allowed_campaigns=tuple(allowed))
 
     def _user(self, raw: Any, where: str) -> UserConfig:
         obj = self._object(raw, where)
@@ -309,6 +365,9 @@ class _Reader:
             user_level=level,
             view_reports=self._bool(obj.get("view_reports", False), f"{where}.view_reports"),
             modify_leads=modify,
+            api_list_restrict=self._bool(
+                obj.get("api_list_restrict", False), f"{where}.api_list_restrict"
+            ),
         )
 
     def _campaign(self, raw: Any, where: str) -> CampaignConfig:

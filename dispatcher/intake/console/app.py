@@ -200,6 +200,8 @@ RECONCILE_STATES = {
     "duplicates": "found in VICIdial more than once: added with the oldest lead",
     "verifying": "called again after a look-up found nothing; a verification look-up is due",
     "verified": "the verification look-up found no other copy",
+    "unverified": "VICIdial holds leads of this phone the API user cannot read "
+    "(unverified_lead_ids): they may be copies; check them by hand",
 }
 #: What a look-up state means (fleet_status()["reconcile"]["lookups"]).
 LOOKUP_STATES = {
@@ -438,7 +440,9 @@ class Console:
                 {
                     "server": name,
                     "state": state,
-                    "label": LOOKUP_STATES.get(state, str(state)),
+                    "label": LOOKUP_STATES.get(state, str(state))
+                    # lead_search missing: found leads are found, absent ones never proven
+                    + (", but not lead_search" if state == "ok" and data.get("missing") else ""),
                     "checked_at": data.get("checked_at"),
                     "missing": data.get("missing") or "",
                     "error": self.redact(data.get("error") or ""),
