@@ -347,7 +347,9 @@ class SimulatorState:
             f"agents logged in: {agents}; {len(self.campaigns)} campaigns; "
             f"{len(self.dnc)} system DNC, {sum(map(len, self.campaign_dnc.values()))} campaign DNC "
             f"numbers; API {'active' if self.api_active else 'NOT active'}"
-            f"{'; use_non_latin' if self.non_latin else ''}"
+            f"{'; use_non_latin' if self.non_latin else ''}; "
+            f"{len(self.lists)} lists ({len(self.custom_fields)} with custom fields"
+            f"{'' if self.custom_fields_enabled else ', disabled'})"
         )
 
 
