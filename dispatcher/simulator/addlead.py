@@ -148,6 +148,8 @@ def log_value_breaks(value: str) -> bool:
 def general_ci(text: str) -> str:
     """A comparison key like MariaDB's ``utf8mb4_general_ci``: case- and
     accent-insensitive, trailing spaces ignored (PAD SPACE)."""
+    if text.isascii():  # the common case (phones), at C speed
+        return text.rstrip(" ").upper()
     out = []
     for char in text.rstrip(" "):
         base = unicodedata.normalize("NFD", char)[0]
@@ -464,15 +466,26 @@ def _duplicate(tables: Tables, r: _Request, now: float) -> bool:
                 k for k, row in tables.list_rows().items() if row.campaign_id.lower() == campaign
             }
         found: StoredLead | None = None
+        own_list = list_key(list_id)
         for lead in tables.leads:
+            # A phone that matches P under general_ci starts with P (P is digits and
+            # commas): a cheap test before the collation, like the server's phone index.
+            if what in ("", "NAMEPHONE") and not lead.phone_number.startswith(phone):
+                continue
+            if (
+                what == "PHONEALT"
+                and not lead.phone_number.startswith(phone)
+                and not lead.fields.get("alt_phone", "").startswith(phone)
+            ):
+                continue
+            if not _matches(lead, what, key_phone, values):
+                continue
             if since and not lead.entry_date > since:
                 continue
             lead_list = list_key(lead.list_id)
-            if where == "LIST" and lead_list != list_key(list_id):
+            if where == "LIST" and lead_list != own_list:
                 continue
             if where == "CAMP" and lead_list not in (campaign_lists or set()):
-                continue
-            if not _matches(lead, what, key_phone, values):
                 continue
             if found is None or lead.lead_id < found.lead_id:
                 found = lead
