@@ -2,7 +2,10 @@
 
 The HTTP server runs an asyncio loop in a daemon thread; every request is answered
 under one lock, which every inspection and run-time change takes too, so tests may
-poke the simulator from any thread while clients hammer it.
+poke the simulator from any thread while clients hammer it. The one exception is
+add_lead's race window (:meth:`Simulator.set_add_lead_race_window`): between its
+duplicate check and its INSERT the request lets go of the lock, as the real server,
+which has no lock there, lets other requests run.
 """
 
 from __future__ import annotations
@@ -101,6 +104,13 @@ class Simulator:
     ``seed`` seeds the failure-rate and latency RNGs. ``stall_s`` is how long the
     ``stall`` faults hold a connection. ``max_records`` bounds :attr:`requests`.
     ``on_request`` is called (in the server thread) with each :class:`RequestRecord`.
+
+    The Non-Agent API (``/vicidial/non_agent_api.php``: version, look-ups, ``add_lead``)
+    is served on the same port; its calls are recorded in :attr:`lookups`
+    (:attr:`add_lead_requests` for the adds). What ``add_lead`` writes besides the lead
+    is inspected with :attr:`hopper`, :attr:`callbacks`, :meth:`alt_phones` and
+    :meth:`custom_values`; :meth:`set_add_lead_race_window` opens the gap between its
+    duplicate check and its INSERT that the real server has.
     """
 
     def __init__(
@@ -285,7 +295,7 @@ class Simulator:
     def custom_values(self, list_id: str | int, lead_id: int) -> dict[str, str] | None:
         """The lead's row in ``custom_{list_id}`` (label -> value), None if it has none."""
         with self._lock:
-            row = self._tables.lists.custom_rows.get(str(list_id), {}).get(lead_id)
+            row = self._tables.lists.custom_rows.get(list_key(str(list_id)), {}).get(lead_id)
             return None if row is None else dict(row)
 
     @property
