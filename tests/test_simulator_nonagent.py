@@ -378,9 +378,7 @@ def test_user_groups_and_api_list_restrict(seeded: Simulator, http: httpx.Client
     )
     # api_list_restrict, group ADMIN: the list-0 lead's line comes before the records.
     assert as_user("6669k", "lead_all_info", phone_number="7275559101") == (
-        "ERROR: lead_all_info LIST NOT FOUND: 6669k||7275559101\n"
-        + LEAD_2
-        + LEAD_1
+        "ERROR: lead_all_info LIST NOT FOUND: 6669k||7275559101\n" + LEAD_2 + LEAD_1
     )
     # Without the restrict, the same phone shows the readable leads and no error line.
     assert ask(sim, http, "lead_all_info", phone_number="7275559101").text == LEAD_2 + LEAD_1
@@ -418,9 +416,9 @@ def test_state_file_user_groups_and_api_list_restrict() -> None:
     assert state.user_groups["ADMIN"].allowed_campaigns == ("TESTCAMP",)
     assert SimulatorState.from_dict(state.to_dict()) == state
     assert SimulatorState.demo().user_groups is None
-    with pytest.raises(ValueError, match="user_groups.X.allowed_campaigns"):
+    with pytest.raises(ValueError, match=r"user_groups\.X\.allowed_campaigns"):
         SimulatorState.from_dict({"user_groups": {"X": {"allowed_campaigns": "ALL"}}})
-    with pytest.raises(ValueError, match="users.1.api_list_restrict"):
+    with pytest.raises(ValueError, match=r"users\.1\.api_list_restrict"):
         SimulatorState.from_dict({"users": {"1": {"pass": "x", "api_list_restrict": 1}}})
 
 
