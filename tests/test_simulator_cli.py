@@ -143,3 +143,39 @@ def test_real_command_serves_a_state_file(tmp_path: Path, sig: signal.Signals) -
     assert "|api|<redacted>|0|1|BAD|" in err
     assert "SUCCESS: lead added" in err
     assert "1 leads added" in err
+
+
+def test_help_and_command_serve_add_lead(tmp_path: Path) -> None:
+    help_text = CliRunner().invoke(simulate_command, ["--help"]).output
+    for needle in ("add_lead", "--add-lead-race-ms", "custom_fields", "php_timezone", "lists"):
+        assert needle in help_text
+    state = tmp_path / "state.json"
+    state.write_text(
+        json.dumps(
+            {
+                "users": {"api": {"pass": "s3cret"}},
+                "campaigns": {"SALES": {"manual_dial_list_id": "700"}},
+                "lists": {"701": {"campaign_id": "SALES"}},
+                "php_timezone": "UTC",
+            }
+        )
+    )
+    proc, url = _start(["--port", "0", "--state", str(state), "--add-lead-race-ms", "5"])
+    try:
+        nonagent = url.replace("/agc/api.php", "/vicidial/non_agent_api.php")
+        params = {"source": "test", "user": "api", "pass": "s3cret", "function": "add_lead"}
+        reply = httpx.get(
+            nonagent,
+            params={**params, "phone_number": "7275551212", "list_id": "701", "tz_method": "NANPA"},
+            timeout=5,
+        )
+        assert reply.text == (
+            "NOTICE: add_lead NANPA options disabled, NANPA prefix data not loaded - 0|api\n"
+            "SUCCESS: add_lead LEAD HAS BEEN ADDED - 7275551212|701|1|-5.00|api\n"
+        )
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=10)
+    assert proc.returncode == 0 and "Traceback" not in err
+    assert "GET add_lead agent=- phone=7275551212 -> 200 SUCCESS: add_lead LEAD HAS BEEN" in err
+    assert "stopped after 0 calls and 1 Non-Agent calls, 1 leads added" in err

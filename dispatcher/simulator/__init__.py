@@ -46,7 +46,16 @@ HTTP/1.1 server), ``server`` (the :class:`Simulator`), ``cli`` (the command).
 from dispatcher.simulator.agc import API_BUILD, API_VERSION, StoredLead
 from dispatcher.simulator.cli import simulate_command
 from dispatcher.simulator.faults import FAULT_DESCRIPTIONS, FAULT_KINDS, FaultKind
-from dispatcher.simulator.server import API_PATH, RequestRecord, Simulator
+from dispatcher.simulator.listconfig import (
+    CallTimeConfig,
+    CustomFieldConfig,
+    ListConfig,
+    NanpaPrefixConfig,
+    PhoneCodeConfig,
+    PostalCodeConfig,
+)
+from dispatcher.simulator.listtables import AltPhoneRow, CallbackRow, HopperRow
+from dispatcher.simulator.server import API_PATH, NONAGENT_PATH, RequestRecord, Simulator
 from dispatcher.simulator.state import (
     CampaignConfig,
     SimulatorState,
@@ -60,8 +69,18 @@ __all__ = [
     "API_VERSION",
     "FAULT_DESCRIPTIONS",
     "FAULT_KINDS",
+    "NONAGENT_PATH",
+    "AltPhoneRow",
+    "CallTimeConfig",
+    "CallbackRow",
     "CampaignConfig",
+    "CustomFieldConfig",
     "FaultKind",
+    "HopperRow",
+    "ListConfig",
+    "NanpaPrefixConfig",
+    "PhoneCodeConfig",
+    "PostalCodeConfig",
     "RequestRecord",
     "Simulator",
     "SimulatorState",

@@ -21,10 +21,11 @@ from agc/api.php itself (2.14-81 source):
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from dispatcher.simulator.listconfig import ListConfig
+from dispatcher.simulator.listtables import ListTables, list_key
 from dispatcher.simulator.mangling import (
     LEAD_FIELDS,
     RAW_SQL_FIELDS,
@@ -32,6 +33,7 @@ from dispatcher.simulator.mangling import (
     sql_literal,
     to_column,
 )
+from dispatcher.simulator.servertime import ServerTime
 from dispatcher.simulator.state import CampaignConfig, SimulatorState, UserConfig, UserGroupConfig
 
 __all__ = [
@@ -79,6 +81,12 @@ class StoredLead:
     entry_date: str = ""
     #: how often it was dialled (the Non-Agent API shows it; see Simulator.touch_lead)
     called_count: int = 0
+    #: the DECIMAL(4,2) column: add_lead computes it, external_add_lead never sets it
+    gmt_offset_now: str = "0.00"
+    #: add_lead's ``entry_list_id`` (the list whose custom fields hold its values)
+    entry_list_id: str = "0"
+    #: which API call added it: ``external_add_lead`` or ``add_lead``
+    function: str = "external_add_lead"
 
 
 @dataclass
@@ -124,6 +132,10 @@ class Tables:
     #: vicidial_user_groups (case-folded name -> (name, row)); None: every group
     #: exists and reads every campaign
     user_groups: dict[str, tuple[str, UserGroupConfig]] | None = None
+    #: lists, time-zone tables, call times, custom fields, hopper, callbacks (add_lead)
+    lists: ListTables = field(default_factory=ListTables)
+    #: PHP's time zone and the servers row's local_gmt
+    time: ServerTime = field(default_factory=ServerTime)
 
     @classmethod
     def from_state(cls, state: SimulatorState, now: float) -> Tables:
@@ -145,7 +157,33 @@ class Tables:
         tables.dnc = {_fold(phone) for phone in state.dnc}
         for name, phones in state.campaign_dnc.items():
             tables.campaign_dnc[_fold(name)] = {_fold(phone) for phone in phones}
+        tables.lists = ListTables(
+            lists=dict(state.lists),
+            phone_codes=list(state.phone_codes),
+            postal_codes=list(state.postal_codes),
+            nanpa_prefixes=list(state.nanpa_prefixes),
+            call_times=dict(state.call_times),
+            custom_fields=dict(state.custom_fields),
+            custom_fields_enabled=state.custom_fields_enabled,
+            custom_rows={list_id: {} for list_id in state.custom_fields},
+        )
+        tables.time = ServerTime(state.php_timezone, state.servers_local_gmt)
         return tables
+
+    def list_rows(self) -> dict[str, ListConfig]:
+        """The rows of vicidial_lists (list id -> row): the state's ``lists``, and each
+        campaign's manual dial list (of the first campaign naming it) not among them."""
+        rows: dict[str, ListConfig] = {}
+        for name, camp in self.campaigns.values():
+            list_id = camp.manual_dial_list_id
+            if list_id and list_id.isdigit():
+                rows.setdefault(list_key(list_id), ListConfig(campaign_id=name))
+        rows.update(self.lists.lists)
+        return rows
+
+    def list_row(self, list_id: str) -> ListConfig | None:
+        """The list's row, the id compared as a number like SQL does (``00101`` is 101)."""
+        return self.list_rows().get(list_key(list_id))
 
     def put_user(self, name: str, config: UserConfig, now: float) -> None:
         old = self.users.get(_fold(name))
@@ -253,7 +291,7 @@ def answer(
     """
     function = sanitize("function", fields.get("function", ""))
     if function == "version":
-        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(now))
+        stamp = tables.time.stamp(now)  # PHP's date(): its time zone, not the host's
         return _reply(f"VERSION: {API_VERSION}|BUILD: {API_BUILD}|DATE: {stamp}|EPOCH: {int(now)}")
     if function in _COFFEE:  # agc/api.php really has this (no trailing newline)
         body = f"Coffee: {function}|Error 418 I'm a teapot"
@@ -422,7 +460,7 @@ def _external_add_lead(
         phone_code=to_column("phone_code", phone_code, non_latin=non_latin),
         fields={name: to_column(name, val, non_latin=non_latin) for name, val in sent.items()},
         user=user,
-        entry_date=time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(now)),
+        entry_date=tables.time.stamp(now),
     )
     tables.next_lead_id += 1
     tables.leads.append(lead)

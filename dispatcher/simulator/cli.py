@@ -33,6 +33,14 @@ reconciliation looks leads up with. Its login needs user_level 7+; lead_all_info
 needs view_reports and modify_leads (state file keys per user; the demo user
 6666 has them).
 
+And function=add_lead, which adds a lead to a list, byte for byte as
+shared/vicidial/non_agent_add_lead.md describes: its permission checks
+(user_level 8+, modify_leads 1-4, api_list_restrict), phone and DNC checks, the
+duplicate checks (DUPLIST, DUPCAMP30DAY, ...; no lock: --add-lead-race-ms opens
+a window between check and insert), the GMT look-up, hopper, callbacks, multi
+alt phones and custom fields, and its HTTP 500 cases. Leads from both APIs share
+one table and id sequence.
+
 \b
 Without --state it serves the demo state:
   API user 6666 / password 1234 (ALL_FUNCTIONS); 6667 has no API access;
@@ -41,6 +49,10 @@ Without --state it serves the demo state:
   (list NULL), 1002 on OTHERDNC (list 102, TESTCAMP's campaign DNC list),
   1003 on GHOST (no such campaign: "manual dial list undefined").
   System DNC: 7275550000, 7275550002. TESTCAMP DNC: 7275550001, 7275550002.
+  Lists: 101 (TESTCAMP), 102 (OTHERDNC; custom field favorite_color), 998 and
+  999 (TESTCAMP; 999 is add_lead's default list); custom fields enabled; phone
+  codes 1/727 FL -5.00, 1/808 HI -10.00, 44 +0.00, 61 NSW +10.00; servers row
+  local_gmt -5.00; PHP in this machine's time zone.
 
 \b
 --state FILE takes the JSON of DESIGN.md, every key optional:
@@ -52,12 +64,24 @@ Without --state it serves the demo state:
    "dnc": ["7275550000"], "campaign_dnc": {{"TESTCAMP": ["7275550001"]}},
    "api_active": true, "non_latin": false}}
   "non_latin": true is VICIdial's use_non_latin=1 (names in any script kept).
+  For add_lead (dispatcher/simulator/listconfig.py has the details):
+  {{"lists": {{"101": {{"campaign_id": "TESTCAMP", "local_call_time": "campaign"}}}},
+   "campaigns": {{"TESTCAMP": {{"use_other_campaign_dnc": "", "local_call_time": "9am-9pm"}}}},
+   "phone_codes": [{{"country_code": 1, "areacode": "727", "state": "FL",
+                    "gmt_offset": "-5.00", "dst": true, "dst_range": "SSM-FSN"}}],
+   "postal_codes": [], "nanpa_prefixes": [],
+   "custom_fields": {{"102": [{{"label": "favorite_color", "max": 100}}]}},
+   "custom_fields_enabled": true, "call_times": {{"9am-6pm": {{"start": 900, "stop": 1800}}}},
+   "servers_local_gmt": "-5.00", "php_timezone": "UTC"}}
+  users also take "user_level", "modify_leads" (0-5) and "api_list_restrict".
 
 \b
 Try it:
   curl 'http://127.0.0.1:8088/agc/api.php?function=version'
   curl 'http://127.0.0.1:8088/agc/api.php?source=test&user=6666&pass=1234&function=external_add_lead&agent_user=1000&value=7275551212&phone_code=1&first_name=Bob&dnc_check=YES'
   -> SUCCESS: lead added - 7275551212|TESTCAMP|101|1|1000
+  curl 'http://127.0.0.1:8088/vicidial/non_agent_api.php?source=test&user=6666&pass=1234&function=add_lead&phone_number=7275551213&list_id=101&duplicate_check=DUPLIST'
+  -> SUCCESS: add_lead LEAD HAS BEEN ADDED - 7275551213|101|2|-5.00|6666
 
 \b
 Fault kinds for --fail-with (a call fails with probability --fail-rate):
@@ -70,7 +94,12 @@ Serves until Ctrl-C or SIGTERM.
 def _print_record(record: RequestRecord) -> None:
     # One line per call; the password is never in a record, and a long body is cut.
     phone = record.fields.get("value") or record.fields.get("phone_number") or "-"
-    first = record.body.splitlines()[0] if record.body.strip() else "(empty body)"
+    lines = [line for line in record.body.splitlines() if line.strip()]
+    # add_lead may print a NOTICE first: show its SUCCESS/ERROR line.
+    first = next(
+        (x for x in lines if x.startswith(("SUCCESS", "ERROR"))), lines[0] if lines else ""
+    )
+    first = first or "(empty body)"
     if record.status == 0:
         first = "(no answer)"
     fault = f" [fault {record.fault}]" if record.fault else ""
@@ -135,6 +164,14 @@ def _print_record(record: RequestRecord) -> None:
     show_default=True,
     help="How long the stall faults hold a connection open.",
 )
+@click.option(
+    "--add-lead-race-ms",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    show_default=True,
+    help="add_lead's gap between its duplicate check and its INSERT (identical adds "
+    "within it all insert, as on VICIdial without a lock).",
+)
 @click.option("--quiet", "-q", is_flag=True, help="Do not print a line per call.")
 def simulate_command(
     host: str,
@@ -146,6 +183,7 @@ def simulate_command(
     fail_with: str,
     seed: int | None,
     stall_s: float,
+    add_lead_race_ms: float,
     quiet: bool,
 ) -> None:
     if state_file is None:
@@ -167,6 +205,8 @@ def simulate_command(
     )
     if latency_ms or latency_jitter_ms:
         sim.set_latency(latency_ms, max_ms=latency_ms + latency_jitter_ms)
+    if add_lead_race_ms:
+        sim.set_add_lead_race_window(add_lead_race_ms / 1000)
     if fail_rate:
         sim.set_failure_rate(fail_rate, kind=fail_with)
     elif click.get_current_context().get_parameter_source("fail_with") is not (
@@ -187,12 +227,18 @@ def simulate_command(
         faults.append(f"latency {latency_ms:g}..{latency_ms + latency_jitter_ms:g} ms")
     if fail_rate:
         faults.append(f"{fail_rate:g} of calls fail with {fail_with}")
+    if add_lead_race_ms:
+        faults.append(f"add_lead race window {add_lead_race_ms:g} ms")
     click.echo(f"faults: {', '.join(faults) or 'none'}; Ctrl-C to stop", err=True)
 
     _serve_until_signalled()
     sim.stop()
     leads = sim.leads
-    click.echo(f"stopped after {sim.call_count} calls, {len(leads)} leads added", err=True)
+    click.echo(
+        f"stopped after {sim.call_count} calls and {sim.lookup_count} Non-Agent calls, "
+        f"{len(leads)} leads added",
+        err=True,
+    )
 
 
 def _serve_until_signalled() -> None:

@@ -69,7 +69,8 @@ FAULT_DESCRIPTIONS: dict[FaultKind, str] = {
     "html": "HTTP 200 with an HTML error page and no result line; nothing inserted",
     "html_warning": "processed normally, but PHP warnings in HTML precede the result line",
     "empty": "HTTP 200 with an empty body; nothing inserted",
-    "insert_failed": "the INSERT affects no row: 'ERROR: lead insertion failed - ...'",
+    "insert_failed": "the INSERT affects no row: 'ERROR: lead insertion failed - ...' "
+    "(add_lead: the INSERT fails, HTTP 500 with what was printed before it)",
     "drip_after": "request processed (lead inserted), then the answer trickles in, one byte "
     "every 0.3 s (a slow proxy): each read is quick, the whole answer is not",
     "flood": "HTTP 200 with 2 MiB of PHP notices and no result line; nothing inserted",

@@ -26,18 +26,24 @@ quirks follow shared/vicidial/non_agent_api_lookup.md (version 2.14-202):
 - ``update_lead`` with ``api_list_restrict`` stops at a found lead whose list (99 or
   more) is not one of the group's.
 
-The lists are the campaigns' manual dial lists (a list belongs to the first campaign
-naming it). Not simulated: ``search_location`` of ``lead_search`` (the search is
-always SYSTEM-wide), custom fields and the archive table (asking for them is the
-HTTP 500 of a server without them), callbacks, field updates of ``update_lead``
-(answered with an empty body, nothing changed), IP lists and two-factor login.
+``add_lead`` is :mod:`dispatcher.simulator.addlead`; the ``version`` line reports
+PHP's clock and the servers row's ``local_gmt`` (:mod:`dispatcher.simulator.servertime`).
+
+The lists are the state's ``lists`` and the campaigns' manual dial lists (a list
+belongs to the first campaign naming it). ``update_lead``'s delete also deletes the
+lead's callbacks (counted in its line) and, with ``custom_fields=Y``, its custom
+field row. Not simulated: ``search_location`` of ``lead_search`` (the search is
+always SYSTEM-wide), custom field values in ``lead_all_info`` and the archive table
+(asking for them is the HTTP 500 of a server without them), field updates of
+``update_lead`` (answered with an empty body, nothing changed), IP lists and
+two-factor login.
 """
 
 from __future__ import annotations
 
 import re
-import time
 
+from dispatcher.simulator.addlead import PendingInsert, answer_add_lead
 from dispatcher.simulator.agc import LOCK_ATTEMPTS, LOCK_SECONDS, Answer, StoredLead, Tables
 from dispatcher.simulator.state import ALL_CAMPAIGNS
 
@@ -112,29 +118,42 @@ def record(lead: StoredLead) -> dict[str, str]:
         status=lead.status,
         user=lead.user,
         list_id=lead.list_id or "0",
-        gmt_offset_now="0.00",
+        gmt_offset_now=lead.gmt_offset_now,
         phone_code=lead.phone_code,
         phone_number=lead.phone_number,
         date_of_birth=f.get("date_of_birth") or "0000-00-00",
         called_count=str(lead.called_count),
         last_local_call_time=stamp,
         rank=f.get("rank") or "0",
-        entry_list_id="0",
+        entry_list_id=lead.entry_list_id,
         lead_id=str(lead.lead_id),
     )
     return values
 
 
-def answer_nonagent(tables: Tables, fields: dict[str, str], now: float) -> Answer:
-    """Answer one request to non_agent_api.php, updating ``tables`` as the server would."""
+def answer_nonagent(
+    tables: Tables,
+    fields: dict[str, str],
+    now: float,
+    *,
+    post_value: str = "",
+    insert_fails: bool = False,
+    pause_before_insert: bool = False,
+) -> Answer | PendingInsert:
+    """Answer one request to non_agent_api.php, updating ``tables`` as the server would.
+
+    ``post_value`` (the last POST field's raw value), ``insert_fails`` and
+    ``pause_before_insert`` concern add_lead (:func:`answer_add_lead`); only add_lead
+    returns a :class:`PendingInsert`.
+    """
     function = _NOT_CREDENTIAL.sub("", fields.get("function", ""))
     if function == "version":
-        return _version(now)
+        return _version(tables, now)
     if function in _COFFEE:
         body = f"Coffee: {function}|Error 418 I'm a teapot"
         return Answer(418, body, body)
-    user = _NOT_CREDENTIAL.sub("", fields.get("user", ""))
-    password = _NOT_CREDENTIAL.sub("", fields.get("pass", ""))
+    user = _credential(fields.get("user", ""), tables.non_latin)
+    password = _credential(fields.get("pass", ""), tables.non_latin)
     verdict = _login(tables, user, password, now)
     if verdict == "LOCK":
         return _reply(f"ERROR: Too many login attempts, try again in 15 minutes: |{user}|LOCK|")
@@ -142,6 +161,16 @@ def answer_nonagent(tables: Tables, fields: dict[str, str], now: float) -> Answe
         body = f"ERROR: Login incorrect, please try again: |{user}|{password}|BAD|\n"
         shown = f"ERROR: Login incorrect, please try again: |{user}|<redacted>|BAD|\n"
         return Answer(200, body, shown)
+    if function == "add_lead":
+        return answer_add_lead(
+            tables,
+            user,
+            fields,
+            now,
+            post_value=post_value,
+            insert_fails=insert_fails,
+            pause=pause_before_insert,
+        )
     handler = _FUNCTIONS.get(function)
     if handler is None:
         return _reply("ERROR: NO FUNCTION SPECIFIED")
@@ -158,14 +187,25 @@ def answer_nonagent(tables: Tables, fields: dict[str, str], now: float) -> Answe
     return handler(tables, user, fields)
 
 
-def _version(now: float) -> Answer:
-    local = time.localtime(now)
-    stamp = time.strftime("%Y-%m-%d %H:%M:%S", local)
-    standard = -time.timezone / 3600
-    dst = 1 if local.tm_isdst > 0 else 0
+def _credential(value: str, non_latin: bool) -> str:
+    """``user``/``pass`` filter: ``[-_0-9a-zA-Z]``; letters of any script with
+    use_non_latin=1."""
+    if non_latin:
+        return "".join(
+            c for c in value if c in "-_" or (c.isdigit() and c.isascii()) or c.isalpha()
+        )
+    return _NOT_CREDENTIAL.sub("", value)
+
+
+def _version(tables: Tables, now: float) -> Answer:
+    # DATE and DST come from PHP's clock; TZ is the servers row's local_gmt as stored,
+    # TZNOW the script's SERVER_GMT (++ during DST: PHP prints the number, "-4").
+    clock = tables.time
+    tz_now, _ = clock.server_gmt(now)
     return _reply(
-        f"VERSION: {NONAGENT_VERSION}|BUILD: {NONAGENT_BUILD}|DATE: {stamp}|EPOCH: {int(now)}|"
-        f"DST: {dst}|TZ: {standard:.2f}|TZNOW: {standard + dst:.2f}|"
+        f"VERSION: {NONAGENT_VERSION}|BUILD: {NONAGENT_BUILD}|DATE: {clock.stamp(now)}|"
+        f"EPOCH: {int(now)}|DST: {1 if clock.isdst(now) else 0}|TZ: {clock.local_gmt or ''}|"
+        f"TZNOW: {tz_now}|"
     )
 
 
@@ -213,12 +253,9 @@ def _permitted(tables: Tables, user: str, *, level: int, modify: range, reports:
 
 
 def _lists(tables: Tables) -> dict[str, str]:
-    """The rows of vicidial_lists (every campaign's manual dial list) -> their campaign."""
-    out: dict[str, str] = {}
-    for name, c in tables.campaigns.values():
-        if c.manual_dial_list_id:
-            out.setdefault(c.manual_dial_list_id, name)
-    return out
+    """The rows of vicidial_lists (the state's lists, every campaign's manual dial list)
+    -> their campaign."""
+    return {list_id: row.campaign_id for list_id, row in tables.list_rows().items()}
 
 
 def _readable_lists(tables: Tables, user: str) -> set[str]:
@@ -435,12 +472,21 @@ def _update_lead(tables: Tables, user: str, fields: dict[str, str]) -> Answer:
         return Answer(200, "", "")  # field updates: not simulated (nothing changed)
     lines = []
     restricted = _restricted(tables, user)
+    custom = fields.get("custom_fields") == "Y"
     for x in rows:
         if restricted and not _allowed_list(tables, user, x.list_id or "0"):
             lines.append(f"ERROR: update_lead NOT AN ALLOWED LIST ID, RESULTS - {x.list_id}")
             break
         tables.leads.remove(x)
-        lines.append(f"SUCCESS: update_lead LEAD HAS BEEN DELETED 0|0 - {user}|{x.lead_id}|1|0|0|")
+        n, no_table = tables.lists.forget_lead(x.lead_id, x.list_id or "0", custom_fields=custom)
+        lines.append(
+            f"SUCCESS: update_lead LEAD HAS BEEN DELETED {n}|{n} - {user}|{x.lead_id}|1|{n}|{n}|"
+        )
+        if no_table:
+            lines.append(
+                "NOTICE: update_lead CUSTOM FIELDS NOT ADDED, NO CUSTOM FIELDS DEFINED FOR THIS "
+                f"LIST - {x.phone_number}|{x.lead_id}|{x.list_id or '0'}"
+            )
     return _reply(*lines)
 
 

@@ -2,7 +2,10 @@
 
 The HTTP server runs an asyncio loop in a daemon thread; every request is answered
 under one lock, which every inspection and run-time change takes too, so tests may
-poke the simulator from any thread while clients hammer it.
+poke the simulator from any thread while clients hammer it. The one exception is
+add_lead's race window (:meth:`Simulator.set_add_lead_race_window`): between its
+duplicate check and its INSERT the request lets go of the lock, as the real server,
+which has no lock there, lets other requests run.
 """
 
 from __future__ import annotations
@@ -22,7 +25,8 @@ from types import TracebackType
 from typing import NamedTuple
 from urllib.parse import parse_qsl
 
-from dispatcher.simulator.agc import StoredLead, Tables, answer, is_locked, merge_fields
+from dispatcher.simulator.addlead import PendingInsert
+from dispatcher.simulator.agc import Answer, StoredLead, Tables, answer, is_locked, merge_fields
 from dispatcher.simulator.faults import (
     AFTER_PROCESSING,
     BEFORE_PROCESSING,
@@ -35,6 +39,8 @@ from dispatcher.simulator.faults import (
     fault_response,
 )
 from dispatcher.simulator.http_server import Hangup, HttpRequest, HttpResponse, HttpServer, Reply
+from dispatcher.simulator.listconfig import CustomFieldConfig, ListConfig, NanpaPrefixConfig
+from dispatcher.simulator.listtables import AltPhoneRow, CallbackRow, HopperRow, list_key
 from dispatcher.simulator.mangling import sanitize
 from dispatcher.simulator.nonagent import answer_nonagent
 from dispatcher.simulator.state import (
@@ -98,6 +104,13 @@ class Simulator:
     ``seed`` seeds the failure-rate and latency RNGs. ``stall_s`` is how long the
     ``stall`` faults hold a connection. ``max_records`` bounds :attr:`requests`.
     ``on_request`` is called (in the server thread) with each :class:`RequestRecord`.
+
+    The Non-Agent API (``/vicidial/non_agent_api.php``: version, look-ups, ``add_lead``)
+    is served on the same port; its calls are recorded in :attr:`lookups`
+    (:attr:`add_lead_requests` for the adds). What ``add_lead`` writes besides the lead
+    is inspected with :attr:`hopper`, :attr:`callbacks`, :meth:`alt_phones` and
+    :meth:`custom_values`; :meth:`set_add_lead_race_window` opens the gap between its
+    duplicate check and its INSERT that the real server has.
     """
 
     def __init__(
@@ -129,6 +142,8 @@ class Simulator:
         self._lookups = 0
         # Requests held by a hold_insert fault, released by release_held() (loop thread).
         self._held: list[asyncio.Event] = []
+        # add_lead's gap between its duplicate check and its INSERT (0: atomic).
+        self._race_s = 0.0
         self._lifecycle = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -247,6 +262,51 @@ class Simulator:
         """How many leads each stored phone number has (a count above 1 is a duplicate)."""
         with self._lock:
             return dict(collections.Counter(lead.phone_number for lead in self._tables.leads))
+
+    def lead(self, lead_id: int) -> StoredLead | None:
+        """The stored lead with this id (None if there is none, e.g. deleted)."""
+        with self._lock:
+            return next((x for x in self._tables.leads if x.lead_id == lead_id), None)
+
+    def leads_in_list(self, list_id: str | int) -> list[StoredLead]:
+        """The leads stored in a list (ids compared as numbers: ``"0101"`` is 101)."""
+        key = list_key(str(list_id))
+        with self._lock:
+            return [x for x in self._tables.leads if list_key(x.list_id) == key]
+
+    @property
+    def hopper(self) -> list[HopperRow]:
+        """Snapshot of ``vicidial_hopper`` (rows add_lead inserted), oldest first."""
+        with self._lock:
+            return list(self._tables.lists.hopper)
+
+    @property
+    def callbacks(self) -> list[CallbackRow]:
+        """Snapshot of ``vicidial_callbacks`` (rows add_lead inserted), oldest first."""
+        with self._lock:
+            return list(self._tables.lists.callbacks)
+
+    def alt_phones(self, lead_id: int | None = None) -> list[AltPhoneRow]:
+        """``vicidial_list_alt_phones`` rows (``multi_alt_phones``), of one lead or all."""
+        with self._lock:
+            rows = self._tables.lists.alt_phones
+            return [r for r in rows if lead_id is None or r.lead_id == lead_id]
+
+    def custom_values(self, list_id: str | int, lead_id: int) -> dict[str, str] | None:
+        """The lead's row in ``custom_{list_id}`` (label -> value), None if it has none."""
+        with self._lock:
+            row = self._tables.lists.custom_rows.get(list_key(str(list_id)), {}).get(lead_id)
+            return None if row is None else dict(row)
+
+    @property
+    def add_lead_requests(self) -> list[RequestRecord]:
+        """The recorded Non-Agent calls whose function is add_lead, oldest first."""
+        with self._lock:
+            return [
+                r
+                for r in self._lookup_records
+                if re.sub(r"[^-_0-9a-zA-Z]", "", r.fields.get("function", "")) == "add_lead"
+            ]
 
     @property
     def requests(self) -> list[RequestRecord]:
@@ -396,9 +456,11 @@ class Simulator:
         """Set a campaign's manual dial list (None = NULL), creating the campaign if needed."""
         with self._lock:
             found = self._tables.campaign(campaign)
-            other = found[1].use_other_campaign_dnc if found else ""
-            name = found[0] if found else campaign
-            self._tables.put_campaign(name, CampaignConfig(list_id, other))
+            if found is None:
+                self._tables.put_campaign(campaign, CampaignConfig(list_id))
+            else:
+                changed = dataclasses.replace(found[1], manual_dial_list_id=list_id)
+                self._tables.put_campaign(found[0], changed)
 
     def set_other_campaign_dnc(self, campaign: str, other: str | None) -> None:
         """Make ``campaign`` check ``other``'s campaign DNC list (None: its own)."""
@@ -406,9 +468,80 @@ class Simulator:
             found = self._tables.campaign(campaign)
             if found is None:
                 raise KeyError(f"no such campaign: {campaign!r}")
-            self._tables.put_campaign(
-                found[0], CampaignConfig(found[1].manual_dial_list_id, other or "")
+            changed = dataclasses.replace(found[1], use_other_campaign_dnc=other or "")
+            self._tables.put_campaign(found[0], changed)
+
+    def set_local_call_time(self, campaign: str, call_time: str) -> None:
+        """A campaign's ``local_call_time`` (add_lead's hopper time check)."""
+        with self._lock:
+            found = self._tables.campaign(campaign)
+            if found is None:
+                raise KeyError(f"no such campaign: {campaign!r}")
+            changed = dataclasses.replace(found[1], local_call_time=call_time)
+            self._tables.put_campaign(found[0], changed)
+
+    def set_list(
+        self,
+        list_id: str | int,
+        campaign_id: str,
+        *,
+        active: bool = True,
+        local_call_time: str = "campaign",
+    ) -> None:
+        """Add (or change) a ``vicidial_lists`` row."""
+        config = ListConfig(campaign_id, active, local_call_time)
+        with self._lock:
+            self._tables.lists.lists[list_key(str(list_id))] = config
+
+    def remove_list(self, list_id: str | int) -> None:
+        """Delete a list row the state (or set_list) made; a campaign's manual dial list
+        stays a list while the campaign names it."""
+        with self._lock:
+            self._tables.lists.lists.pop(list_key(str(list_id)), None)
+
+    def set_custom_fields(
+        self, list_id: str | int, fields: Sequence[str | CustomFieldConfig] | None
+    ) -> None:
+        """Create the table ``custom_{list_id}`` with these field definitions (labels or
+        :class:`CustomFieldConfig`); None drops the table and its rows."""
+        key = list_key(str(list_id))
+        with self._lock:
+            lists = self._tables.lists
+            if fields is None:
+                lists.custom_fields.pop(key, None)
+                lists.custom_rows.pop(key, None)
+                return
+            lists.custom_fields[key] = tuple(
+                f if isinstance(f, CustomFieldConfig) else CustomFieldConfig(label=f)
+                for f in fields
             )
+            lists.custom_rows.setdefault(key, {})
+
+    def set_custom_fields_enabled(self, enabled: bool) -> None:
+        """The system setting ``custom_fields_enabled``."""
+        with self._lock:
+            self._tables.lists.custom_fields_enabled = enabled
+
+    def set_nanpa_prefixes(self, rows: Sequence[NanpaPrefixConfig]) -> None:
+        """Replace ``vicidial_nanpa_prefix_codes`` (fewer than 10 rows: "not loaded")."""
+        with self._lock:
+            self._tables.lists.nanpa_prefixes = list(rows)
+
+    def set_next_lead_id(self, lead_id: int) -> None:
+        """The next lead id (``ALTER TABLE vicidial_list AUTO_INCREMENT``)."""
+        if lead_id < 1:
+            raise ValueError("lead ids start at 1")
+        with self._lock:
+            self._tables.next_lead_id = lead_id
+
+    def set_add_lead_race_window(self, seconds: float) -> None:
+        """How long add_lead waits, the lock released, between its duplicate check and its
+        INSERT (0, the default: atomic). The real server has no lock there: identical
+        requests within the window all pass the check and all insert."""
+        if seconds < 0:
+            raise ValueError("the race window cannot be negative")
+        with self._lock:
+            self._race_s = seconds
 
     def remove_campaign(self, campaign: str) -> None:
         """Delete the campaign row: its agents then get "manual dial list undefined"."""
@@ -457,9 +590,11 @@ class Simulator:
         return len(held)
 
     def reset_leads(self) -> None:
-        """Delete every lead; lead ids start again at the state's first id."""
+        """Delete every lead (with its hopper, callback, alternate phone and custom field
+        rows); lead ids start again at the state's first id."""
         with self._lock:
             self._tables.leads.clear()
+            self._tables.lists.clear_lead_rows()
             self._tables.next_lead_id = self._initial.first_lead_id
 
     def reset(self) -> None:
@@ -472,6 +607,7 @@ class Simulator:
             self._lookups = 0
             self._plan.clear()
             self._plan.reseed(self._seed)
+            self._race_s = 0.0
 
     # ----------------------------------------------------------- fault injection
 
@@ -546,10 +682,13 @@ class Simulator:
         fields, value = merge_fields(query, post)
         if nonagent:
             phone = re.sub(r"[^0-9,]", "", fields.get("phone_number", ""))
+            # non_agent_api.php's $value: what its foreach over $_POST left behind.
+            value = next(reversed(merge_fields((), post)[0].values()), "")
         else:
             phone = request_phone(fields, value, non_latin=self._tables.non_latin)
 
         held: asyncio.Event | None = None
+        first: _Outcome | _Paused | None = None
         with self._lock:
             if nonagent:
                 self._lookups += 1
@@ -567,8 +706,19 @@ class Simulator:
                 self._held.append(held)
                 hold_s = delay + self._plan.stall_s
             else:
-                outcome = self._respond(fault, fields, value, now, delay, nonagent=nonagent)
-        if held is not None:
+                first = self._respond(
+                    fault, fields, value, now, delay, nonagent=nonagent, pause=self._race_s > 0
+                )
+        if isinstance(first, _Paused):
+            # add_lead between its duplicate check and its INSERT, the lock released:
+            # what MyISAM without a lock allows (two identical adds may both insert).
+            await asyncio.sleep(first.gap_s)
+            with self._lock:
+                first = self._finish(fault, first.pending.finish(self._tables, now), delay)
+        if first is not None:
+            outcome = first
+        else:
+            assert held is not None
             # Stuck "in PHP": processed only once released or after the stall time.
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(held.wait(), hold_s)
@@ -577,6 +727,7 @@ class Simulator:
                     self._held.remove(held)
                 now = self._clock()
                 done = self._respond(None, fields, value, now, 0.0, nonagent=nonagent)
+                assert isinstance(done, _Outcome)
                 outcome = _Outcome(
                     Hangup(hold_s=0.0, reset=False), 0, "", processed=True, lead_id=done.lead_id
                 )
@@ -609,8 +760,13 @@ class Simulator:
         delay: float,
         *,
         nonagent: bool = False,
-    ) -> _Outcome:
-        """Run one call (or its fault) against the tables; the caller holds the lock."""
+        pause: bool = False,
+    ) -> _Outcome | _Paused:
+        """Run one call (or its fault) against the tables; the caller holds the lock.
+
+        With ``pause``, an add_lead that passed its checks comes back as :class:`_Paused`
+        (the caller finishes it after the race window).
+        """
         if fault in ("reset", "stall"):
             hold = delay + (self._plan.stall_s if fault == "stall" else 0.0)
             return _Outcome(Hangup(hold_s=hold, reset=fault == "reset"), 0, "")
@@ -623,10 +779,25 @@ class Simulator:
             shown = body.replace(f"pass='{password}'", "pass='***'") if password else body
             return _Outcome(HttpResponse(status, body.encode(), headers, delay), status, shown)
 
+        failing = fault == "insert_failed"
+        result: Answer | PendingInsert
         if nonagent:
-            result = answer_nonagent(self._tables, fields, now)
+            result = answer_nonagent(
+                self._tables,
+                fields,
+                now,
+                post_value=value,
+                insert_fails=failing,
+                pause_before_insert=pause,
+            )
+            if isinstance(result, PendingInsert):
+                return _Paused(result, self._race_s)
         else:
-            result = answer(self._tables, fields, value, now, insert_fails=fault == "insert_failed")
+            result = answer(self._tables, fields, value, now, insert_fails=failing)
+        return self._finish(fault, result, delay)
+
+    def _finish(self, fault: FaultKind | None, result: Answer, delay: float) -> _Outcome:
+        """The HTTP outcome of a processed call (and of a fault that strikes after it)."""
         lead_id = result.lead.lead_id if result.lead is not None else None
         if fault is not None and fault in AFTER_PROCESSING:
             hold = delay + (self._plan.stall_s if fault == "stall_after" else 0.0)
@@ -644,6 +815,11 @@ class Simulator:
         drip = DRIP_INTERVAL_S if fault == "drip_after" else 0.0
         response = HttpResponse(result.status, body.encode(), _PHP_HEADERS, delay, drip_s=drip)
         return _Outcome(response, result.status, record_body, processed=True, lead_id=lead_id)
+
+
+class _Paused(NamedTuple):
+    pending: PendingInsert
+    gap_s: float
 
 
 class _Outcome(NamedTuple):

@@ -37,8 +37,33 @@ Extra keys, all optional: per user ``active`` (default true), ``custom_three`` (
 ``alt_user`` is matched against), ``last_login`` (epoch seconds of the user's last
 login, the anchor of VICIdial's lockout window; default: when the simulator is
 created or reset);
-per campaign ``use_other_campaign_dnc``; top level ``first_lead_id`` (default 1).
+per campaign ``use_other_campaign_dnc`` (add_lead's campaign DNC check and the agent
+API's use it) and ``local_call_time`` (default ``9am-9pm``; add_lead's hopper time
+check); top level ``first_lead_id`` (default 1).
 A campaign may also be given as just its list id: ``"campaigns": {"X": "101"}``.
+
+For the Non-Agent API's ``add_lead`` (shared/vicidial/non_agent_add_lead.md), all
+optional and described in :mod:`dispatcher.simulator.listconfig`::
+
+    "lists": {"101": {"campaign_id": "TESTCAMP", "local_call_time": "campaign"}},
+    "phone_codes": [{"country_code": 1, "areacode": "727", "state": "FL",
+                     "gmt_offset": "-5.00", "dst": true, "dst_range": "SSM-FSN"}],
+    "postal_codes": [], "nanpa_prefixes": [],
+    "custom_fields": {"102": [{"label": "favorite_color"}]},
+    "custom_fields_enabled": true,
+    "call_times": {"9am-6pm": {"start": 900, "stop": 1800}},
+    "servers_local_gmt": "-5.00",
+    "php_timezone": "UTC"
+
+``lists`` are the rows of ``vicidial_lists`` (each campaign's manual dial list is a
+list of that campaign too); ``custom_fields_enabled`` is the system setting (default
+false, as VICIdial ships); ``servers_local_gmt`` is the active ``servers`` row's
+``local_gmt`` (default ``-5.00``; null: no row), reported by the Non-Agent ``version``
+and used by add_lead's DST arithmetic; ``php_timezone`` is PHP's time zone (an IANA
+name; default null: this machine's), the clock of every date VICIdial prints or
+stores (``version``'s DATE, entry dates, duplicate-check windows, callbacks). Users'
+``api_list_restrict`` applies to add_lead too (the list must belong to one of the
+group's campaigns); add_lead needs ``modify_leads`` 1-4 and ``user_level`` 8+.
 """
 
 from __future__ import annotations
@@ -49,6 +74,30 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from dispatcher.simulator.listconfig import (
+    DEFAULT_CALL_TIMES,
+    DEFAULT_PHONE_CODES,
+    CallTimeConfig,
+    CustomFieldConfig,
+    ListConfig,
+    NanpaPrefixConfig,
+    PhoneCodeConfig,
+    PostalCodeConfig,
+    call_times_to_json,
+    custom_fields_to_json,
+    lists_to_json,
+    nanpa_to_json,
+    phone_codes_to_json,
+    postal_codes_to_json,
+    read_call_times,
+    read_custom_fields,
+    read_lists,
+    read_nanpa,
+    read_phone_codes,
+    read_postal_codes,
+)
+from dispatcher.simulator.servertime import DEFAULT_LOCAL_GMT, check_local_gmt, check_timezone
 
 __all__ = ["ALL_CAMPAIGNS", "CampaignConfig", "SimulatorState", "UserConfig", "UserGroupConfig"]
 
@@ -101,6 +150,8 @@ class CampaignConfig:
 
     manual_dial_list_id: str | None = DEFAULT_MANUAL_DIAL_LIST
     use_other_campaign_dnc: str = ""
+    #: a vicidial_call_times id (VICIdial's default): add_lead's hopper time check
+    local_call_time: str = "9am-9pm"
 
 
 @dataclass
@@ -124,6 +175,19 @@ class SimulatorState:
     #: vicidial_user_groups; None (the default): every user's group exists and may read
     #: every campaign (ALL-CAMPAIGNS). Given: exactly these rows exist.
     user_groups: dict[str, UserGroupConfig] | None = None
+    #: vicidial_lists rows (list id -> row), besides the campaigns' manual dial lists
+    lists: dict[str, ListConfig] = field(default_factory=dict)
+    phone_codes: tuple[PhoneCodeConfig, ...] = DEFAULT_PHONE_CODES
+    postal_codes: tuple[PostalCodeConfig, ...] = ()
+    nanpa_prefixes: tuple[NanpaPrefixConfig, ...] = ()
+    #: list id -> its vicidial_lists_fields (the list has a custom_{list} table)
+    custom_fields: dict[str, tuple[CustomFieldConfig, ...]] = field(default_factory=dict)
+    custom_fields_enabled: bool = False
+    call_times: dict[str, CallTimeConfig] = field(default_factory=lambda: dict(DEFAULT_CALL_TIMES))
+    #: the active servers row's local_gmt; None: no such row
+    servers_local_gmt: str | None = DEFAULT_LOCAL_GMT
+    #: PHP's time zone (IANA name); None: this machine's
+    php_timezone: str | None = None
 
     @classmethod
     def demo(cls) -> SimulatorState:
@@ -148,6 +212,13 @@ class SimulatorState:
         DNC: system ``7275550000`` and ``7275550002``; TESTCAMP's campaign DNC
         ``7275550001`` and ``7275550002`` (so ``7275550002`` hits both). API active,
         lead ids start at 1.
+
+        Lists (for the Non-Agent API's add_lead): 101 (TESTCAMP), 102 (OTHERDNC, with the
+        custom field ``favorite_color``), 998 and 999 (TESTCAMP, inactive as VICIdial
+        ships them; 999 is add_lead's default list); custom fields enabled. The phone
+        codes of the facts (1/727 FL -5.00, 1/808 HI -10.00, 44 +0.00, 61 NSW +10.00),
+        no NANPA prefix data, VICIdial's six call times, servers row ``local_gmt``
+        -5.00, PHP in this machine's time zone.
         """
         return cls(
             users={
@@ -168,6 +239,14 @@ class SimulatorState:
             },
             dnc=["7275550000", "7275550002"],
             campaign_dnc={"TESTCAMP": ["7275550001", "7275550002"]},
+            lists={
+                "101": ListConfig(campaign_id="TESTCAMP"),
+                "102": ListConfig(campaign_id="OTHERDNC"),
+                "998": ListConfig(campaign_id="TESTCAMP", active=False),
+                "999": ListConfig(campaign_id="TESTCAMP", active=False),
+            },
+            custom_fields={"102": (CustomFieldConfig(label="favorite_color"),)},
+            custom_fields_enabled=True,
         )
 
     @classmethod
@@ -225,6 +304,7 @@ class SimulatorState:
                 name: {
                     "manual_dial_list_id": camp.manual_dial_list_id,
                     "use_other_campaign_dnc": camp.use_other_campaign_dnc,
+                    "local_call_time": camp.local_call_time,
                 }
                 for name, camp in self.campaigns.items()
             },
@@ -243,6 +323,15 @@ class SimulatorState:
                 if self.user_groups is not None
                 else {}
             ),
+            "lists": lists_to_json(self.lists),
+            "phone_codes": phone_codes_to_json(self.phone_codes),
+            "postal_codes": postal_codes_to_json(self.postal_codes),
+            "nanpa_prefixes": nanpa_to_json(self.nanpa_prefixes),
+            "custom_fields": custom_fields_to_json(self.custom_fields),
+            "custom_fields_enabled": self.custom_fields_enabled,
+            "call_times": call_times_to_json(self.call_times),
+            "servers_local_gmt": self.servers_local_gmt,
+            "php_timezone": self.php_timezone,
         }
 
     def copy(self) -> SimulatorState:
@@ -258,7 +347,9 @@ class SimulatorState:
             f"agents logged in: {agents}; {len(self.campaigns)} campaigns; "
             f"{len(self.dnc)} system DNC, {sum(map(len, self.campaign_dnc.values()))} campaign DNC "
             f"numbers; API {'active' if self.api_active else 'NOT active'}"
-            f"{'; use_non_latin' if self.non_latin else ''}"
+            f"{'; use_non_latin' if self.non_latin else ''}; "
+            f"{len(self.lists)} lists ({len(self.custom_fields)} with custom fields"
+            f"{'' if self.custom_fields_enabled else ', disabled'})"
         )
 
 
@@ -273,6 +364,15 @@ _TOP_KEYS = frozenset(
         "non_latin",
         "first_lead_id",
         "user_groups",
+        "lists",
+        "phone_codes",
+        "postal_codes",
+        "nanpa_prefixes",
+        "custom_fields",
+        "custom_fields_enabled",
+        "call_times",
+        "servers_local_gmt",
+        "php_timezone",
     }
 )
 _USER_KEYS = frozenset(
@@ -291,7 +391,7 @@ _USER_KEYS = frozenset(
     }
 )
 _GROUP_KEYS = frozenset({"allowed_campaigns"})
-_CAMPAIGN_KEYS = frozenset({"manual_dial_list_id", "use_other_campaign_dnc"})
+_CAMPAIGN_KEYS = frozenset({"manual_dial_list_id", "use_other_campaign_dnc", "local_call_time"})
 
 
 class _Reader:
@@ -321,6 +421,30 @@ class _Reader:
             state.user_groups = {
                 name: self._group(raw, f"user_groups.{name}") for name, raw in groups.items()
             }
+        state.lists = read_lists(top.get("lists", {}), "lists")
+        if "phone_codes" in top:
+            state.phone_codes = read_phone_codes(top["phone_codes"], "phone_codes")
+        state.postal_codes = read_postal_codes(top.get("postal_codes", []), "postal_codes")
+        state.nanpa_prefixes = read_nanpa(top.get("nanpa_prefixes", []), "nanpa_prefixes")
+        state.custom_fields = read_custom_fields(top.get("custom_fields", {}), "custom_fields")
+        state.custom_fields_enabled = self._bool(
+            top.get("custom_fields_enabled", False), "custom_fields_enabled"
+        )
+        state.call_times = read_call_times(top.get("call_times", {}), "call_times")
+        local_gmt = top.get("servers_local_gmt", DEFAULT_LOCAL_GMT)
+        if local_gmt is not None:
+            try:
+                local_gmt = check_local_gmt(self._text(local_gmt, "servers_local_gmt"))
+            except ValueError as exc:
+                raise ValueError(f"servers_local_gmt: {exc}") from None
+        state.servers_local_gmt = local_gmt
+        zone = top.get("php_timezone")
+        if zone is not None:
+            try:
+                check_timezone(self._text(zone, "php_timezone"))
+            except ValueError as exc:
+                raise ValueError(f"php_timezone: {exc}") from None
+        state.php_timezone = zone
         return state
 
     def _group(self, raw: Any, where: str) -> UserGroupConfig:
@@ -379,7 +503,10 @@ class _Reader:
         if list_id is not None:
             list_id = self._text(list_id, f"{where}.manual_dial_list_id")
         other = self._text(obj.get("use_other_campaign_dnc", ""), f"{where}.use_other_campaign_dnc")
-        return CampaignConfig(manual_dial_list_id=list_id, use_other_campaign_dnc=other)
+        call_time = self._text(obj.get("local_call_time", "9am-9pm"), f"{where}.local_call_time")
+        return CampaignConfig(
+            manual_dial_list_id=list_id, use_other_campaign_dnc=other, local_call_time=call_time
+        )
 
     def _phones(self, raw: Any, where: str) -> list[str]:
         if not isinstance(raw, list):
