@@ -55,6 +55,7 @@ from dispatcher.errors import BrokerUnavailable, all_reasons
 from dispatcher.intake.console.chart import activity_svg
 from dispatcher.intake.console.sessions import LoginThrottle, Session, SessionStore
 from dispatcher.producer import job_status
+from dispatcher.redaction import redactor_for
 from dispatcher.selection import (
     AMBIGUOUS_REASONS,
     DNC_REASONS,
@@ -224,6 +225,7 @@ class Console:
         )
         self.throttle = LoginThrottle(backend)
         self.secrets = tuple(s for s in settings.secrets if s)
+        self.redactor = redactor_for(self.secrets)
         package = resources.files("dispatcher.intake.console")
         # Our own files, inlined under the page's CSP nonce: not to be HTML-escaped.
         self.css = Markup((package / "static" / "console.css").read_text(encoding="utf-8"))
@@ -250,11 +252,9 @@ class Console:
     # -- helpers ------------------------------------------------------------------------
 
     def redact(self, text: object) -> str:
-        """VICIdial's echo of the password, and any configured secret, removed."""
-        line = logs.redact_vicidial_line(str(text or ""), self.secrets)
-        for secret in self.secrets:
-            line = line.replace(secret, logs.REDACTED)
-        return line
+        """VICIdial's echo of the password, and every form of any configured secret,
+        removed (the one redactor, :mod:`dispatcher.redaction`)."""
+        return self.redactor(str(text or ""))
 
     def render(
         self, request: Request, template: str, *, status_code: int = 200, **context: Any
