@@ -35,8 +35,10 @@
 --   P:stats               hash    fleet counters (dispatcher/stats.py)
 --   P:lookup:{server}     hash    what the last look-up or check of the server's Non-Agent API
 --                                 found (reconciliation): state (ok, denied, refused,
---                                 unavailable), error, missing, fix, checked_at, hold_until
---   P:lookups             set     the servers that have a lookup hash
+--                                 unavailable), error, missing, fix, checked_at, hold_until;
+--                                 TTL: LOOKUP_TTL_S, or its hold + a day if longer, set by
+--                                 each command that writes it (never shortened)
+--   P:lookups             set     the servers that have a lookup hash (TTL as theirs)
 --
 -- The execution record (P:exec:{id}) is a state machine; `seq` counts publications
 -- of the job (a retry or a replay publishes it again with seq + 1), `token` names
@@ -159,6 +161,15 @@ local function show(id, ttl, ...)
 end
 
 local function k_lookup(s) return P .. ':lookup:' .. s end
+-- A look-up record nobody refreshed for a week is forgotten (the next look-up or
+-- check starts afresh); one that holds look-ups back lives as long as its hold.
+local LOOKUP_TTL_S = 7 * 86400
+local function keep_lookup(server, hold_s)
+  local ttl = math.max(LOOKUP_TTL_S, math.ceil(hold_s or 0) + 86400)
+  for _, k in ipairs({k_lookup(server), P .. ':lookups'}) do
+    if redis.call('TTL', k) < ttl then redis.call('EXPIRE', k, ttl) end
+  end
+end
 
 -- Add the comma-separated lead ids of `csv` to the job hash's `field` (a comma list),
 -- each once; how many were new.
@@ -677,6 +688,7 @@ elseif cmd == 'lookup_gate' then
   if mode ~= 'lookup' or blocked then
     redis.call('HSET', k, 'hold_until', fmt(now + tonumber(ARGV[4])))
     redis.call('SADD', P .. ':lookups', server)
+    keep_lookup(server, tonumber(ARGV[4]))
   end
   return {'go', state}
 
@@ -690,6 +702,7 @@ elseif cmd == 'lookup_record' then
   redis.call('HSET', k, 'state', ARGV[3], 'error', ARGV[4], 'missing', ARGV[5], 'fix', ARGV[6],
              'checked_at', fmt(now), 'hold_until', fmt(now + tonumber(ARGV[7])))
   redis.call('SADD', P .. ':lookups', server)
+  keep_lookup(server, tonumber(ARGV[7]))
   return prev
 
 elseif cmd == 'lookup_release' then

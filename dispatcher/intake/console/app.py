@@ -53,6 +53,7 @@ from dispatcher.deadletter import DeadLetter, DeadLetterStore
 from dispatcher.dialers import Dialer
 from dispatcher.errors import BrokerUnavailable, all_reasons
 from dispatcher.intake.console.chart import activity_svg
+from dispatcher.intake.console.hashing import HashingBusy, HashingPool
 from dispatcher.intake.console.sessions import LoginThrottle, Session, SessionStore
 from dispatcher.producer import job_status
 from dispatcher.redaction import redactor_for
@@ -224,6 +225,9 @@ class Console:
             backend, idle_s=settings.console_idle_s, lifetime_s=settings.console_session_s
         )
         self.throttle = LoginThrottle(backend)
+        # Argon2 on a small pool of its own: a flood of logins never takes the threads
+        # and cores the intake's 202s need (hashing.py).
+        self.hashing = HashingPool()
         self.secrets = tuple(s for s in settings.secrets if s)
         self.redactor = redactor_for(self.secrets)
         package = resources.files("dispatcher.intake.console")
@@ -354,30 +358,44 @@ class Console:
         password = _first(form, "password")
         next_url = _first(form, "next")
         client = (request.client.host if request.client else "") or "unknown"
-        wait = await self.thread(self.throttle.blocked_for, username, client)
-        if wait:
-            _log.warning("console.login_throttled", client=client, retry_after_s=round(wait))
+
+        async def again(error: str, status_code: int) -> Response:
             return await self._login_form(
-                request,
-                next_url=next_url,
-                username=username,
-                error=f"Too many failed logins. Try again in {_age(wait)}.",
-                status_code=429,
+                request, next_url=next_url, username=username, error=error, status_code=status_code
             )
-        user = None
-        if username and password and len(password) <= MAX_PASSWORD_LENGTH:
-            user = await self.thread(self.users.authenticate, username, password)
+
+        if not username or not password or len(password) > MAX_PASSWORD_LENGTH:
+            _log.warning("console.login_refused", client=client, why="name or password missing")
+            return await again("Wrong user name or password.", 401)
+        # Counted before the check, in one atomic step: concurrent guesses cannot pass it.
+        attempt = await self.thread(self.throttle.attempt, username, client)
+        if not attempt.allowed:
+            _log.warning(
+                "console.login_throttled",
+                client=client,
+                scope=attempt.scope,
+                retry_after_s=round(attempt.retry_after_s),
+            )
+            whose = {
+                "pair": "for this user from your address",
+                "user": "for this user",
+                "client": "from your address",
+            }[attempt.scope]
+            return await again(
+                f"Too many failed logins {whose}. Try again in {_age(attempt.retry_after_s)} "
+                "(at most 15 minutes).",
+                429,
+            )
+        try:
+            user = await self.hashing.run(self.users.authenticate, username, password)
+        except HashingBusy:
+            await self.thread(self.throttle.uncount, username, client)
+            _log.warning("console.login_busy", client=client)
+            return await again("Too many logins at once. Try again in a moment.", 503)
         if user is None:
-            await self.thread(self.throttle.failed, username, client)
-            known = bool(username) and (await self.thread(self.users.get, username)) is not None
+            known = (await self.thread(self.users.get, username)) is not None
             _log.warning("console.login_failed", user=username if known else None, client=client)
-            return await self._login_form(
-                request,
-                next_url=next_url,
-                username=username,
-                error="Wrong user name or password.",
-                status_code=401,
-            )
+            return await again("Wrong user name or password.", 401)
         await self.thread(self.throttle.succeeded, username, client)
         token, _session = await self.thread(self.sessions.create, user)
         _log.info("console.login", user=user.name, role=user.role, client=client)
