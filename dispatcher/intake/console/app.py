@@ -51,7 +51,9 @@ from dispatcher.activity import read_activity
 from dispatcher.backend import Backend
 from dispatcher.deadletter import DeadLetter, DeadLetterStore
 from dispatcher.dialers import Dialer
-from dispatcher.errors import BrokerUnavailable, all_reasons
+from dispatcher.erasure import KINDS as ERASED_KINDS
+from dispatcher.erasure import VICIDIAL_NOTE, Erasure, forget_phone, normalise_phone
+from dispatcher.errors import BrokerUnavailable, InvalidLead, all_reasons
 from dispatcher.intake.console.chart import activity_svg
 from dispatcher.intake.console.hashing import HashingBusy, HashingPool
 from dispatcher.intake.console.sessions import LoginThrottle, Session, SessionStore
@@ -1001,6 +1003,74 @@ class Console:
             writer.writerow([_cell(v) for v in row])
             yield flush()
 
+    # -- erasure requests ---------------------------------------------------------------
+
+    async def forget_page(self, request: Request) -> Response:
+        denied = self.forbidden_for_viewer(request)
+        if denied is not None:
+            return denied
+        return self._forget_form(request, flash=await self.flash(request))
+
+    def _forget_form(
+        self,
+        request: Request,
+        *,
+        status_code: int = 200,
+        preview: Erasure | None = None,
+        phone: str = "",
+        error: str = "",
+        flash: str = "",
+    ) -> Response:
+        return self.render(
+            request,
+            "forget.html",
+            status_code=status_code,
+            nav="forget",
+            preview=preview,
+            phone=phone,
+            error=error,
+            kinds=ERASED_KINDS,
+            vicidial_note=VICIDIAL_NOTE,
+            flash=flash,
+        )
+
+    async def forget(self, request: Request) -> Response:
+        """Erase a phone number: a preview with the counts first, then (confirmed) for good."""
+        denied = self.forbidden_for_viewer(request)
+        if denied is not None:
+            return denied
+        form: Form = request.state.form
+        session: Session = request.state.session
+        phone = _first(form, "phone").strip()
+        try:
+            if len(phone) > 40:
+                raise _BadInput("phone", "at most 40 characters")
+            digits = normalise_phone(phone, default_phone_code=self.settings.phone_code)
+        except (InvalidLead, _BadInput) as exc:
+            why = (
+                "; ".join(e.message for e in exc.errors)
+                if isinstance(exc, InvalidLead)
+                else exc.message
+            )
+            return self._forget_form(
+                request, status_code=400, phone=phone[:40], error=f"phone: {why}"
+            )
+        if _first(form, "confirm") != "yes":
+            preview = await self.thread(
+                forget_phone, self.backend, phone, dry_run=True, operator=session.user
+            )
+            return self._forget_form(request, preview=preview, phone=phone)
+        erasure = await self.thread(forget_phone, self.backend, phone, operator=session.user)
+        _log.info("console.forget", user=session.user, phone=digits, **erasure.counts)
+        done = ", ".join(f"{n} {ERASED_KINDS.get(k, k)}" for k, n in erasure.counts.items() if n)
+        await self.thread(
+            self.sessions.set_flash,
+            session,
+            f"Forgot {erasure.masked_phone}: {done or 'nothing was kept'}. {VICIDIAL_NOTE}",
+        )
+        ui = request.scope.get("root_path", "")
+        return RedirectResponse(f"{ui}/forget", status_code=303)
+
     # -- jobs ---------------------------------------------------------------------------
 
     async def jobs(self, request: Request) -> Response:
@@ -1206,6 +1276,8 @@ def console_app(settings: Settings, backend: Backend) -> ASGIApp:
         Route("/dead-letters/reconcile", console.preview, methods=["GET"]),
         Route("/dead-letters/reconcile", console.act, methods=["POST"]),
         Route("/dead-letters/{dl_id:path}", console.dead_letter, methods=["GET"]),
+        Route("/forget", console.forget_page, methods=["GET"]),
+        Route("/forget", console.forget, methods=["POST"]),
         Route("/jobs", console.jobs, methods=["GET"]),
         Route("/jobs/{job_id:path}", console.jobs, methods=["GET"]),
     ]
