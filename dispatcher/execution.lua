@@ -114,9 +114,8 @@ end
 -- A job made: listed under its phone, with its idempotency key.
 local function index_job(h, id, idem, ttl)
   local k = k_phone(h)
-  redis.call('HSET', k, id, idem)
-  if redis.call('TTL', k) == -1 and redis.call('HEXISTS', k, '#letters') == 0 then
-    redis.call('EXPIRE', k, ttl + INDEX_MARGIN_S)
+  if redis.call('HSET', k, id, idem) == 1 and redis.call('HLEN', k) == 1 then
+    redis.call('EXPIRE', k, ttl + INDEX_MARGIN_S)  -- a new index: its first job
   else
     keep_index(h, ttl)
   end
