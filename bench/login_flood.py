@@ -37,9 +37,8 @@ from typing import Any
 
 import httpx
 
-from bench.common import ROOT, Env, Goal, Section, median, rotations
+from bench.common import ROOT, Env, Goal, Section, median, rotations, tree_env
 from dispatcher.backend import get_backend
-from dispatcher.localfleet import settings_env
 from dispatcher.redis_server import free_port
 from dispatcher.settings import Settings
 from dispatcher.users import UserStore
@@ -78,7 +77,7 @@ class Server:
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         env = {k: v for k, v in os.environ.items() if not k.startswith("DISPATCHER_")}
-        env.update(settings_env(settings))
+        env.update(tree_env(settings))
         env.update(
             DISPATCHER_ENV_FILE="/nonexistent",
             DISPATCHER_LOG_LEVEL="WARNING",

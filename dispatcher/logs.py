@@ -96,12 +96,16 @@ class Redactor:
 
     def __init__(self, secrets: Iterable[str] = ()) -> None:
         self._redactor = redactor_for(secrets)
+        self._needles = self._redactor.needles
 
     def _scrub(self, value: Any, key: str | None) -> Any:
         if isinstance(value, str):
-            # Plain substring tests first (inside the redactor): most values hold no
-            # secret and no echo line (every event of every lead comes through here).
-            value = self._redactor(value)
+            # Plain substring tests first: most values hold no secret and no echo line
+            # (every event of every lead comes through here).
+            for needle in self._needles:
+                if needle in value:
+                    value = self._redactor(value)
+                    break
             if key in _PHONE_KEYS:
                 return mask_phone(value)
             if key in _SECRET_KEYS and value:

@@ -70,6 +70,8 @@ _SQL_PASS = re.compile(r"""((?<![0-9A-Za-z_])pass(?:_hash)?\s*=\s*\\?['"])([^'"\
 # pass=... in a quoted URL or form body (not the SQL above: no quote after "=").
 _FORM_PASS = re.compile(r"""((?<![0-9A-Za-z_])pass=)([^&\s'"\\][^&\s'"]*)""")
 _NOT_ASCII_CREDENTIAL = re.compile(r"[^-_0-9a-zA-Z]")
+#: Literal text every echo shape above contains.
+_MARKERS = ("Invalid Username/Password", "Login incorrect", "pass")
 
 
 def _non_latin_reduced(secret: str) -> str:
@@ -120,6 +122,10 @@ class SecretRedactor:
         #: longest first, so that a form inside another is not matched before it
         self.forms: tuple[str, ...] = tuple(sorted(forms, key=lambda f: (-len(f), f)))
         self._pattern = re.compile("|".join(_bounded(f) for f in self.forms)) if forms else None
+        #: Substrings one of which every text needing work contains (the echo lines'
+        #: markers, every form): most texts (log values) need none, and plain substring
+        #: tests tell it fastest.
+        self.needles: tuple[str, ...] = (*_MARKERS, *self.forms)
 
     def structure(self, text: str) -> str:
         """The password fields of the echo shapes removed (no secret needed)."""
@@ -148,7 +154,10 @@ class SecretRedactor:
         Apply it to the whole text before cutting it short: a cut can leave half a
         password behind, which neither the structure nor the forms recognise.
         """
-        return self.secrets_out(self.structure(text))
+        for needle in self.needles:
+            if needle in text:
+                return self.secrets_out(self.structure(text))
+        return text
 
 
 @functools.lru_cache(maxsize=32)
