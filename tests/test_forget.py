@@ -233,3 +233,44 @@ def test_the_consoles_forget_needs_an_operator_a_csrf_token_and_a_confirmation(
     assert done.status_code == 303 and done.headers["location"] == "/ui/forget"
     assert job_status(job_id, settings=settings) is None
     assert "Forgot ******0000" in operator.get("/ui/forget").text
+
+
+@pytest.mark.parametrize(("phone", "outcome"), [(PHONE, "superseded"), (OTHER, "added")])
+def test_forgetting_a_job_in_flight_never_crashes_its_worker(
+    redis_url: str, simulator: Simulator, phone: str, outcome: str
+) -> None:
+    """The call is under way when the phone is forgotten: a refusal can no longer be
+    written (no dead letter, no state), a success is recorded without the phone."""
+    import threading
+
+    from dispatcher.producer import prepare_job, push_jobs
+    from workers.runner import JobRunner
+
+    settings = make_settings(redis_url, simulator)
+    backend = get_backend(settings)
+    job = prepare_job({"agent_user": "1000", "phone_number": phone}, settings=settings)
+    push_jobs([job], settings=settings)
+    simulator.set_latency(800)
+    runner = JobRunner(settings, backend)
+    result: list[str] = []
+    thread = threading.Thread(target=lambda: result.append(runner.run(job.to_message())))
+    try:
+        thread.start()
+        wait_for(
+            lambda: backend.redis.hget(backend.keys.execution(job.job_id), "state") == "claimed",
+            message="the call to start",
+        )
+        erasure = forget_phone(backend, phone)
+        assert erasure.counts["stopped"] == 1 and erasure.counts["in_flight"] == 1
+        thread.join(30)
+    finally:
+        simulator.set_latency(0)
+        runner.close()
+    assert result == [outcome]
+    assert DeadLetterStore(backend).get(job.job_id) is None
+    state = job_status(job.job_id, settings=settings)
+    if outcome == "added":
+        assert state is not None and state["state"] == "added"
+    else:
+        assert state is None
+    assert not _holding(settings, phone)
