@@ -48,6 +48,7 @@ __all__ = [
     "rotations",
     "rss_kb",
     "run_measured",
+    "tree_env",
 ]
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -233,6 +234,14 @@ def rss_kb(pid: int) -> int:
     except OSError:
         pass
     return 0
+
+
+def tree_env(settings: Settings) -> dict[str, str]:
+    """``settings_env`` without the values that are the defaults: what a process of an
+    older source tree (bench.compare_trees, bench.login_flood) reads the same way
+    although it may not know every setting of this one."""
+    defaults = settings_env(Settings())
+    return {k: v for k, v in settings_env(settings).items() if defaults.get(k) != v}
 
 
 def child_env(settings: Settings, **extra: str) -> dict[str, str]:

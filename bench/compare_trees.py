@@ -26,9 +26,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.common import Env, cpu_seconds, median, process_tree, rotations
+from bench.common import Env, cpu_seconds, median, process_tree, rotations, tree_env
 from bench.throughput import celery_enqueuer, lead_fields
-from dispatcher.localfleet import WorkerProcess, settings_env
+from dispatcher.localfleet import WorkerProcess
 from dispatcher.producer import enqueue_leads
 from dispatcher.settings import Settings
 
@@ -44,7 +44,7 @@ class TreeWorker(WorkerProcess):
     def start(self, *, wait: bool = True, timeout: float = 30.0) -> TreeWorker:
         root = str(Path(self.root).resolve())
         env = {k: v for k, v in os.environ.items() if not k.startswith("DISPATCHER_")}
-        env.update(settings_env(self.settings))
+        env.update(tree_env(self.settings))
         env["DISPATCHER_ENV_FILE"] = "/nonexistent"
         env["PYTHONPATH"] = root
         with self.log_path.open("ab") as log:

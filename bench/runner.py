@@ -28,11 +28,32 @@ from pathlib import Path
 from types import FrameType, ModuleType
 from typing import Any
 
-from bench import console, cost, dialers, enqueue, latency, reconcile, replay, throughput
+from bench import (
+    console,
+    cost,
+    dialers,
+    enqueue,
+    latency,
+    login_flood,
+    reconcile,
+    replay,
+    throughput,
+)
 from bench.common import ROOT, Env, Section, machine_info
 
 BENCHMARKS: dict[str, ModuleType] = {
-    m.NAME: m for m in (throughput, latency, enqueue, replay, cost, console, dialers, reconcile)
+    m.NAME: m
+    for m in (
+        throughput,
+        latency,
+        enqueue,
+        replay,
+        cost,
+        console,
+        dialers,
+        reconcile,
+        login_flood,
+    )
 }
 RESULTS = ROOT / "bench" / "results"
 

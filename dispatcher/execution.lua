@@ -23,7 +23,8 @@
 --                                 sees: perhaps copies), reconcile (pending, found,
 --                                 duplicates, unverified, verifying, verified),
 --                                 waiting_for_dialer, dialer_wait_until (a job whose dialer
---                                 the worker that took it did not know)
+--                                 the worker that took it did not know),
+--                                 phone_key (the job's P:phone:{h}, never the phone)
 --   P:exec:{id}           hash    the execution record: state, seq, token, lease_until, worker,
 --                                 orphaned_from, reason, lead_id, list_id, campaign, done_at,
 --                                 dialer_wait_since (when a worker that did not know the
@@ -33,6 +34,15 @@
 --   P:dl:{id}             string  one dead letter (JSON; the id is the job id)
 --   P:dlq                 zset    every dead-letter id, by last failure time
 --   P:dlq:reason:{r}      zset    the dead-letter ids of one reason
+--   P:phone:{h}           hash    the phone index (dispatcher/phone_index.py): job id -> its
+--                                 idempotency key ('' for none), and #letters (how many of
+--                                 its jobs have a dead letter); h = 32 hex of HMAC-SHA256(the
+--                                 index key, phone). TTL: the longest of its jobs' states'
+--                                 plus a day (each write of a job's state extends it); none
+--                                 while #letters > 0 (the letters it finds live as long)
+--   P:dlq:phone_keys      hash    dead-letter id -> h, while the letter exists
+--   P:index_key           string  the index's HMAC key (hex; made once, by the first enqueue
+--                                 or operator tool that needs it)
 --   P:scheduled           zset    envelopes waiting for their retry time (score: Redis time)
 --   P:pause:{server}      hash    a fleet-wide pause of calls to one VICIdial server: until,
 --                                 kind (refused|outage), reason, since, error, trips, probing
@@ -42,8 +52,10 @@
 --   P:stats               hash    fleet counters (dispatcher/stats.py)
 --   P:lookup:{server}     hash    what the last look-up or check of the server's Non-Agent API
 --                                 found (reconciliation): state (ok, denied, refused,
---                                 unavailable), error, missing, fix, checked_at, hold_until
---   P:lookups             set     the servers that have a lookup hash
+--                                 unavailable), error, missing, fix, checked_at, hold_until;
+--                                 TTL: LOOKUP_TTL_S, or its hold + a day if longer, set by
+--                                 each command that writes it (never shortened)
+--   P:lookups             set     the servers that have a lookup hash (TTL as theirs)
 --
 -- The execution record (P:exec:{id}) is a state machine; `seq` counts publications
 -- of the job (a retry or a replay publishes it again with seq + 1), `token` names
@@ -59,6 +71,7 @@
 --   (none), queued or scheduled --await_dialer--> (unchanged; the same publication waits in
 --                               `scheduled` for a worker that knows the job's dialer; after
 --                               UNKNOWN_DIALER_WAIT_S the worker writes the letter: dead)
+--   any but done and dead --forget--> forgotten (seq + 1: every copy is stale, never called)
 --
 -- Reconciliation (DISPATCHER_AMBIGUOUS=reconcile; the job message carries `reconcile`):
 --
@@ -95,6 +108,56 @@ local k_dlq, k_scheduled, k_stats = P .. ':dlq', P .. ':scheduled', P .. ':stats
 local k_pauses = P .. ':pauses'
 local function k_pause(s) return P .. ':pause:' .. s end
 
+-- The phone index (P:phone:{h}): it outlives the job states it lists by INDEX_MARGIN_S,
+-- and has no TTL while one of its jobs has a dead letter.
+local INDEX_MARGIN_S = 86400
+local k_phone_keys = P .. ':dlq:phone_keys'
+local function k_phone(h) return P .. ':phone:' .. h end
+
+-- A job state written with `ttl`: its index entry lives at least that long (+ margin).
+local function keep_index(h, ttl)
+  local k = k_phone(h)
+  local left = redis.call('TTL', k)
+  if left >= 0 and left < ttl + 3600 then redis.call('EXPIRE', k, ttl + INDEX_MARGIN_S) end
+end
+
+-- A job made: listed under its phone, with its idempotency key.
+local function index_job(h, id, idem, ttl)
+  local k = k_phone(h)
+  if redis.call('HSET', k, id, idem) == 1 and redis.call('HLEN', k) == 1 then
+    redis.call('EXPIRE', k, ttl + INDEX_MARGIN_S)  -- a new index: its first job
+  else
+    keep_index(h, ttl)
+  end
+end
+
+-- A dead letter written for a job of phone key h: the index keeps it while it exists.
+local function index_letter(id, h)
+  local k = k_phone(h)
+  redis.call('HSET', k_phone_keys, id, h)
+  redis.call('HSETNX', k, id, '')
+  redis.call('HINCRBY', k, '#letters', 1)
+  redis.call('PERSIST', k)
+end
+
+-- No letter of the index is left: it lives as long as its longest job state (plus the
+-- margin) and forgets the jobs whose state is gone; with none left, it goes.
+local function settle_index(h)
+  local k = k_phone(h)
+  local longest = 0
+  for _, id in ipairs(redis.call('HKEYS', k)) do
+    if string.sub(id, 1, 1) ~= '#' then
+      local left = redis.call('TTL', k_job(id))
+      if left == -2 then redis.call('HDEL', k, id) elseif left > longest then longest = left end
+    end
+  end
+  if redis.call('HLEN', k) == 0 then
+    redis.call('DEL', k)
+  else
+    redis.call('EXPIRE', k, longest + INDEX_MARGIN_S)
+  end
+end
+
 -- Remove a dead letter and its index entries; its reason, or nil if there was none.
 local function retire_letter(id)
   local rec = redis.call('GET', k_dl(id))
@@ -104,6 +167,14 @@ local function retire_letter(id)
   redis.call('DEL', k_dl(id))
   redis.call('ZREM', k_dlq, id)
   if reason ~= '' then redis.call('ZREM', k_reason(reason), id) end
+  local h = redis.call('HGET', k_phone_keys, id)
+  if h then
+    redis.call('HDEL', k_phone_keys, id)
+    if redis.call('HINCRBY', k_phone(h), '#letters', -1) <= 0 then
+      redis.call('HDEL', k_phone(h), '#letters')
+      settle_index(h)
+    end
+  end
   return reason
 end
 
@@ -166,9 +237,20 @@ end
 local function show(id, ttl, ...)
   redis.call('HSET', k_job(id), ...)
   redis.call('EXPIRE', k_job(id), ttl)
+  local h = redis.call('HGET', k_job(id), 'phone_key')
+  if h then keep_index(h, ttl) end
 end
 
 local function k_lookup(s) return P .. ':lookup:' .. s end
+-- A look-up record nobody refreshed for a week is forgotten (the next look-up or
+-- check starts afresh); one that holds look-ups back lives as long as its hold.
+local LOOKUP_TTL_S = 7 * 86400
+local function keep_lookup(server, hold_s)
+  local ttl = math.max(LOOKUP_TTL_S, math.ceil(hold_s or 0) + 86400)
+  for _, k in ipairs({k_lookup(server), P .. ':lookups'}) do
+    if redis.call('TTL', k) < ttl then redis.call('EXPIRE', k, ttl) end
+  end
+end
 
 -- A worker that knows the job's dialer took it (a claim, or a deferral of one that
 -- found the dialer paused or busy): the wait for such a worker is over.
@@ -194,12 +276,22 @@ local function merge_ids(id, ttl, field, csv)
 end
 
 if cmd == 'enqueue' then
-  -- ARGV: ttl, strict, then per job: job_id, envelope, agent_user, idempotency key ('' for
-  -- none), fingerprint of the lead, enqueued_at, the lane list it goes to.
+  -- ARGV: ttl, strict, the phone index's key (hex; '' for none), then per job: job_id,
+  -- envelope, agent_user, idempotency key ('' for none), fingerprint of the lead,
+  -- enqueued_at, the lane list it goes to, its phone key ('' for none).
   -- Per job: "n:{id}" new, "e:{id}" the key's first job (the same lead), "c:{id}" the key
   -- belongs to another lead. strict = 1: any conflict and nothing is written.
-  local ttl, strict = tonumber(ARGV[2]), ARGV[3]
-  local n = (#ARGV - 3) / 7
+  -- {'rekey'} and nothing written: the index key given is not the one Redis holds.
+  local ttl, strict, ikey = tonumber(ARGV[2]), ARGV[3], ARGV[4]
+  if ikey ~= '' then
+    local have = redis.call('GET', P .. ':index_key')
+    if not have then
+      redis.call('SET', P .. ':index_key', ikey)
+    elseif have ~= ikey then
+      return {'rekey'}
+    end
+  end
+  local n = (#ARGV - 4) / 8
   -- The key's first job, as "e:{id}" (the same lead) or "c:{id}" (another lead).
   local function bound(b)
     local key = ARGV[b + 4]
@@ -216,7 +308,7 @@ if cmd == 'enqueue' then
   if strict == '1' then
     local conflicts = 0
     for i = 1, n do
-      local seen = bound(3 + (i - 1) * 7)
+      local seen = bound(4 + (i - 1) * 8)
       if seen and string.sub(seen, 1, 1) == 'c' then
         out[i] = seen
         conflicts = conflicts + 1
@@ -229,7 +321,7 @@ if cmd == 'enqueue' then
   end
   local added = 0
   for i = 1, n do
-    local b = 3 + (i - 1) * 7
+    local b = 4 + (i - 1) * 8
     local seen = bound(b)
     if seen then
       out[i] = seen
@@ -240,9 +332,17 @@ if cmd == 'enqueue' then
       end
       -- A lane is Q.{dialer}.{priority}; neither part holds a dot.
       local dialer, priority = string.match(ARGV[b + 7], '%.([^.]+)%.([^.]+)$')
-      show(id, ttl, 'state', 'queued', 'attempts', 0, 'enqueued_at', ARGV[b + 6],
-           'updated_at', ARGV[b + 6], 'agent_user', ARGV[b + 3],
-           'dialer', dialer or '', 'priority', priority or '')
+      local h = ARGV[b + 8]
+      local fields = {'state', 'queued', 'attempts', 0, 'enqueued_at', ARGV[b + 6],
+                      'updated_at', ARGV[b + 6], 'agent_user', ARGV[b + 3],
+                      'dialer', dialer or '', 'priority', priority or ''}
+      if h ~= '' then
+        table.insert(fields, 'phone_key')
+        table.insert(fields, h)
+      end
+      redis.call('HSET', k_job(id), unpack(fields))
+      redis.call('EXPIRE', k_job(id), ttl)
+      if h ~= '' then index_job(h, id, key, ttl) end
       redis.call('LPUSH', lane_of(ARGV[b + 7]), ARGV[b + 2])
       added = added + 1
       out[i] = 'n:' .. id
@@ -463,6 +563,8 @@ elseif cmd == 'dead' then
   show(id, ttl, 'state', 'dead', 'reason', reason, 'attempts', ARGV[8], 'error', ARGV[9],
        'updated_at', fmt(now), 'http_status', ARGV[10])
   redis.call('HDEL', k_job(id), 'next_attempt_at')
+  local h = redis.call('HGET', k_job(id), 'phone_key')
+  if h then index_letter(id, h) end
   if not old then redis.call('HINCRBY', k_stats, 'dead_lettered:' .. reason, 1) end
   if ARGV[10] == '200' then answered(server) end
   return {'ok'}
@@ -505,6 +607,97 @@ elseif cmd == 'purge' then
   if not reason then return 0 end
   redis.call('HINCRBY', k_stats, 'purged', 1)
   return 1
+
+elseif cmd == 'expire_letters' then
+  -- ARGV: cutoff (epoch s), limit. Retention (DISPATCHER_DEAD_LETTER_RETENTION_DAYS): the
+  -- oldest dead letters whose last failure is before the cutoff are removed, at most
+  -- `limit` of them, as purge removes one (the execution record stays dead). Returns
+  -- {id, reason, ...} of the letters removed.
+  local out = {}
+  local old = redis.call('ZRANGEBYSCORE', k_dlq, '-inf', '(' .. ARGV[2], 'LIMIT', 0,
+                         tonumber(ARGV[3]))
+  for _, id in ipairs(old) do
+    local reason = retire_letter(id)
+    if reason == nil then
+      redis.call('ZREM', k_dlq, id)  -- an index entry without its record
+      reason = ''
+    end
+    table.insert(out, id)
+    table.insert(out, reason)
+  end
+  if #old > 0 then redis.call('HINCRBY', k_stats, 'dead_letters_expired', #old) end
+  return out
+
+elseif cmd == 'forget' then
+  -- ARGV: phone key h ('' for none), dry run ('1' | '0'), ttl of a stopped job's execution
+  -- record, then (job id, idempotency key) pairs found otherwise (`--scan`: jobs of the
+  -- previous release, which are not in the index).
+  -- Erases what the dispatcher keeps of every job listed under P:phone:{h} (an erasure
+  -- request, `dispatcher forget`): the job's state (P:job), its dead letter (and index
+  -- entries), its idempotency record (if it still names the job), then the index itself.
+  -- A job not yet final is stopped: its execution record becomes `forgotten` with seq + 1,
+  -- so every copy still queued or scheduled is stale and is dropped unread by the worker
+  -- that takes it; a copy calling VICIdial right now (in_flight) may still add the lead
+  -- (its success is recorded without the phone) but can write nothing else. Execution
+  -- records of final jobs stay (no lead field in them; they keep a stale copy from ever
+  -- calling again). Dry run: the same counts, nothing changed. Returns
+  -- {kind, count, ...}: job_states, dead_letters, idempotency_records, stopped, in_flight.
+  local h, dry, ttl = ARGV[2], ARGV[3] == '1', tonumber(ARGV[4])
+  local k = k_phone(h)
+  local n = {job_states = 0, dead_letters = 0, idempotency_records = 0, stopped = 0,
+             in_flight = 0}
+  local fields = h ~= '' and redis.call('HGETALL', k) or {}
+  for i = 5, #ARGV, 2 do
+    table.insert(fields, ARGV[i])
+    table.insert(fields, ARGV[i + 1])
+  end
+  local seen = {}
+  for i = 1, #fields, 2 do
+    local id, idem = fields[i], fields[i + 1]
+    if string.sub(id, 1, 1) ~= '#' and not seen[id] then
+      seen[id] = true
+      local ek = k_exec(id)
+      local ex = redis.call('HMGET', ek, 'state', 'seq', 'lease_until')
+      local shown = redis.call('HGET', k_job(id), 'state')
+      local final = ex[1] == 'done' or ex[1] == 'dead' or ex[1] == 'forgotten'
+          or (not ex[1] and (shown == 'added' or shown == 'dead' or not shown))
+      if not final then
+        n.stopped = n.stopped + 1
+        if ex[1] == 'claimed' and tonumber(ex[3] or '0') > now then
+          n.in_flight = n.in_flight + 1
+        end
+        if not dry then
+          redis.call('HSET', ek, 'state', 'forgotten', 'seq', tonumber(ex[2] or '0') + 1,
+                     'token', '')
+          redis.call('HDEL', ek, 'lease_until', 'orphaned_from')
+          redis.call('EXPIRE', ek, ttl)
+        end
+      end
+      if shown then
+        n.job_states = n.job_states + 1
+        if not dry then redis.call('DEL', k_job(id)) end
+      end
+      if redis.call('EXISTS', k_dl(id)) == 1 then
+        n.dead_letters = n.dead_letters + 1
+        if not dry then retire_letter(id) end
+      end
+      if idem ~= '' then
+        local v = redis.call('GET', P .. ':idem:' .. idem)
+        if v and string.sub(v, 1, #id + 1) == id .. ' ' then
+          n.idempotency_records = n.idempotency_records + 1
+          if not dry then redis.call('DEL', P .. ':idem:' .. idem) end
+        end
+      end
+    end
+  end
+  if not dry then
+    if h ~= '' then redis.call('DEL', k) end
+    redis.call('HINCRBY', k_stats, 'forgotten:phones', 1)
+    redis.call('HINCRBY', k_stats, 'forgotten:jobs', n.job_states)
+  end
+  return {'job_states', n.job_states, 'dead_letters', n.dead_letters,
+          'idempotency_records', n.idempotency_records, 'stopped', n.stopped,
+          'in_flight', n.in_flight}
 
 elseif cmd == 'move_due' then
   -- ARGV: limit. Moves retries whose time has come onto their lanes; how many.
@@ -745,6 +938,7 @@ elseif cmd == 'lookup_gate' then
   if mode ~= 'lookup' or blocked then
     redis.call('HSET', k, 'hold_until', fmt(now + tonumber(ARGV[4])))
     redis.call('SADD', P .. ':lookups', server)
+    keep_lookup(server, tonumber(ARGV[4]))
   end
   return {'go', state}
 
@@ -758,6 +952,7 @@ elseif cmd == 'lookup_record' then
   redis.call('HSET', k, 'state', ARGV[3], 'error', ARGV[4], 'missing', ARGV[5], 'fix', ARGV[6],
              'checked_at', fmt(now), 'hold_until', fmt(now + tonumber(ARGV[7])))
   redis.call('SADD', P .. ':lookups', server)
+  keep_lookup(server, tonumber(ARGV[7]))
   return prev
 
 elseif cmd == 'lookup_release' then

@@ -42,6 +42,7 @@ __all__ = [
     "Claim",
     "Execution",
     "Fence",
+    "IndexKeyChanged",
     "LookupGate",
     "claim_clock",
     "new_token",
@@ -49,6 +50,11 @@ __all__ = [
 ]
 
 _SOURCE = resources.files("dispatcher").joinpath("execution.lua").read_text(encoding="utf-8")
+
+
+class IndexKeyChanged(Exception):
+    """The phone index's key given to ``enqueue`` is not the one Redis holds (Redis was
+    emptied and indexed anew since the caller read it): read it again and resend."""
 
 
 def new_token() -> str:
@@ -360,24 +366,31 @@ class Execution:
 
     def enqueue(
         self,
-        items: list[tuple[str, str, str, str, str, str]],
+        items: list[tuple[str, str, str, str, str, str, str]],
         *,
         now: float,
         ttl: int,
         strict: bool,
+        index_key: str = "",
     ) -> list[tuple[str, str]]:
-        """Enqueue jobs: (job_id, envelope, agent_user, idempotency key, fingerprint, lane).
+        """Enqueue jobs: (job_id, envelope, agent_user, idempotency key, fingerprint, lane,
+        phone key ('' for none)); ``index_key``: the phone index's key, hex.
 
         Returns per job ("new" | "existing" | "conflict", job id). With ``strict``
-        a single conflict writes nothing (the others come back as ("", "")).
+        a single conflict writes nothing (the others come back as ("", "")). Raises
+        :class:`IndexKeyChanged` (nothing written) when ``index_key`` is not the key
+        Redis holds.
         """
-        args: list[Any] = [ttl, "1" if strict else "0"]
+        args: list[Any] = [ttl, "1" if strict else "0", index_key]
         stamp = f"{now:.6f}"
-        for job_id, envelope, agent, key, fingerprint, lane in items:
-            args += [job_id, envelope, agent, key, fingerprint, stamp, lane]
+        for job_id, envelope, agent, key, fingerprint, lane, phone in items:
+            args += [job_id, envelope, agent, key, fingerprint, stamp, lane, phone]
         kinds = {"n": "new", "e": "existing", "c": "conflict"}
         out = []
-        for raw in self.call("enqueue", *args):
+        reply = self.call("enqueue", *args)
+        if len(reply) == 1 and _text(reply[0]) == "rekey":
+            raise IndexKeyChanged
+        for raw in reply:
             text = _text(raw)
             out.append((kinds[text[0]], text[2:]) if text else ("", ""))
         return out
@@ -573,6 +586,29 @@ class Execution:
 
     def purge(self, dl_id: str) -> bool:
         return bool(int(self.call("purge", dl_id)))
+
+    def expire_letters(self, *, before: float, limit: int) -> list[tuple[str, str]]:
+        """Remove dead letters whose last failure is before ``before`` (epoch), at most
+        ``limit``, oldest first: (id, reason) of each removed."""
+        items = [_text(x) for x in self.call("expire_letters", f"{before:.6f}", limit)]
+        return list(zip(items[0::2], items[1::2], strict=True))
+
+    def forget(
+        self,
+        phone_key: str,
+        *,
+        dry_run: bool,
+        ttl: int,
+        extra: list[tuple[str, str]] | None = None,
+    ) -> dict[str, int]:
+        """Erase every job listed under one phone key, and the ``extra`` (job id,
+        idempotency key) pairs (see execution.lua ``forget``): counts by kind
+        (job_states, dead_letters, idempotency_records, stopped, in_flight);
+        ``dry_run`` counts without changing anything."""
+        pairs = [x for pair in extra or [] for x in pair]
+        reply = self.call("forget", phone_key, "1" if dry_run else "0", ttl, *pairs)
+        items = [_text(x) for x in reply]
+        return {kind: int(n) for kind, n in zip(items[0::2], items[1::2], strict=True)}
 
     # -- the fleet ------------------------------------------------------------------------
 

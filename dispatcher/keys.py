@@ -120,11 +120,13 @@ class Keys:
         return f"{self.prefix}:session:{token_digest}"
 
     def user_sessions(self, name: str) -> str:
-        """Set: the session digests of one user (removed with the user)."""
+        """Sorted set: the session digests of one user, scored by each session's end
+        (trimmed at each login, removed with the user; a set in the previous release)."""
         return f"{self.prefix}:user_sessions:{name}"
 
     def login_failures(self, kind: str, who: str) -> str:
-        """String counter: failed console logins per user or per client, in a window."""
+        """String counter: console password checks per user and client (``pair``), per
+        user, or per client, in a window (intake/console/sessions.lua)."""
         return f"{self.prefix}:login_failures:{kind}:{who}"
 
     @property

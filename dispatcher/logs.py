@@ -8,9 +8,11 @@ contextvars so that every line logged while a job runs carries it.
 
 Two processors protect what must not leak:
 
-* :class:`Redactor` replaces every configured secret (the VICIdial password, a
-  Redis password) anywhere in the event with ``[REDACTED]``; VICIdial's auth
-  error echoes the password, so this is not hypothetical.
+* :class:`Redactor` runs every string of the event through the one redactor of
+  :mod:`dispatcher.redaction`: VICIdial's echo lines lose their password field
+  whatever it holds, and every form of every configured secret (the VICIdial
+  passwords, a Redis password, the intake tokens) is replaced by ``[REDACTED]``;
+  VICIdial's auth errors echo the password, so this is not hypothetical.
 * phone numbers are masked to their last four digits, both in ``phone`` /
   ``phone_number`` keys and inside free-text keys such as ``error``.
 
@@ -20,7 +22,6 @@ Celery's own log records are routed through the same processors (see
 
 from __future__ import annotations
 
-import functools
 import logging
 import re
 import sys
@@ -31,6 +32,8 @@ from typing import Any, TextIO
 
 import orjson
 import structlog
+
+from dispatcher.redaction import REDACTED, redact, redactor_for
 
 __all__ = [
     "Redactor",
@@ -44,17 +47,15 @@ __all__ = [
     "mask_phone",
     "redact_vicidial_line",
     "release_lines",
+    "reset_logging",
 ]
 
 _PHONE_KEYS = frozenset({"phone", "phone_number", "alt_phone", "value"})
 _TEXT_KEYS = frozenset({"error", "line", "response", "body", "exception", "message"})
 # A phone-like run of digits, not part of a job id (hex) or a decimal number.
 _DIGIT_RUN = re.compile(r"(?<![\w.])\d{6,18}(?![\w.])")
-# VICIdial's auth error: "ERROR: Invalid Username/Password: |user|PASS|auth|api|message|"
-_AUTH_ECHO = re.compile(r"(Invalid Username/Password: \|[^|]*\|)([^|]*)(\|)")
-# pass='...' in echoed SQL; the closing quote may be missing when the text was cut.
-_SQL_PASS = re.compile(r"""(pass\s*=\s*(?:\\?['"]))([^'"\\]*)((?:\\?['"])|$)""")
-REDACTED = "[REDACTED]"
+# A key whose value is a password whatever it holds (a form field, a settings dump).
+_SECRET_KEYS = frozenset({"pass", "password"})
 # Tuples, not ``list | tuple``: a union is built anew each time it is evaluated, and
 # these are tested for every value of every log line.
 _SEQUENCES = (list, tuple)
@@ -81,51 +82,38 @@ def mask_digits(text: str) -> str:
 def redact_vicidial_line(line: str, secrets: Iterable[str] = ()) -> str:
     """Remove passwords from text that came from VICIdial (or any server's error page).
 
-    Structural (the password field of the auth error and the ``pass='...'`` of
-    echoed SQL, whatever the HTTP status), plus the known secrets wherever they
-    stand, so that an old or mistyped password is removed too. Apply it to the
-    whole text before cutting it short: a cut can leave half a password behind.
+    The one redactor (:mod:`dispatcher.redaction`): every echo shape of the facts by
+    structure, whatever the password, and every form of the known secrets (as
+    configured, URL-encoded, reduced to VICIdial's characters) wherever they stand.
+    Apply it to the whole text before cutting it short: a cut can leave half a
+    password behind.
     """
-    if "Invalid Username/Password" in line:
-        line = _AUTH_ECHO.sub(lambda m: m.group(1) + REDACTED + m.group(3), line)
-    if "pass" in line:
-        line = _SQL_PASS.sub(lambda m: m.group(1) + REDACTED + m.group(3), line)
-    pattern = _secrets_pattern(tuple(secrets))
-    return pattern.sub(REDACTED, line) if pattern is not None else line
-
-
-@functools.lru_cache(maxsize=32)
-def _secrets_pattern(secrets: tuple[str, ...]) -> re.Pattern[str] | None:
-    """The secrets, longest first, each where it stands as a token of its own: a short
-    password like 1234 must not eat the digits of a phone number or a job id."""
-    ordered = sorted({s for s in secrets if s}, key=len, reverse=True)
-    if not ordered:
-        return None
-    return re.compile("|".join(rf"(?<![0-9A-Za-z]){re.escape(s)}(?![0-9A-Za-z])" for s in ordered))
+    return redact(line, secrets)
 
 
 class Redactor:
-    """structlog processor: secrets out, phone numbers masked."""
+    """structlog processor: secrets out (every form, every echo shape), phone numbers masked."""
 
     def __init__(self, secrets: Iterable[str] = ()) -> None:
-        self.secrets = sorted({s for s in secrets if s}, key=len, reverse=True)
-        self._pattern = _secrets_pattern(tuple(self.secrets))
+        self._redactor = redactor_for(secrets)
+        self._needles = self._redactor.needles
 
     def _scrub(self, value: Any, key: str | None) -> Any:
         if isinstance(value, str):
-            # Plain substring tests first: most values hold no secret (every event
-            # of every lead comes through here), and the regex is only needed if one does.
-            if self._pattern is not None:
-                for secret in self.secrets:
-                    if secret in value:
-                        value = self._pattern.sub(REDACTED, value)
-                        break
+            # Plain substring tests first: most values hold no secret and no echo line
+            # (every event of every lead comes through here).
+            for needle in self._needles:
+                if needle in value:
+                    value = self._redactor(value)
+                    break
             if key in _PHONE_KEYS:
                 return mask_phone(value)
+            if key in _SECRET_KEYS and value:
+                return REDACTED
             if key in _TEXT_KEYS or key == "event":
                 if key == "event" and value in _EVENT_NAMES:
                     return value  # one of our own event names: nothing to mask
-                return mask_digits(redact_vicidial_line(value))
+                return mask_digits(value)
             return value
         if isinstance(value, dict):
             return {k: self._scrub(v, k) for k, v in value.items()}
@@ -307,6 +295,12 @@ def configure_logging(
     logging.getLogger("celery.app.trace").setLevel(max(numeric, logging.WARNING))
     logging.getLogger("celery.worker.strategy").setLevel(max(numeric, logging.WARNING))
     _configured.update(level=level, fmt=fmt)
+
+
+def reset_logging() -> None:
+    """Forget the configuration (tests: the next :func:`configure_logging` applies)."""
+    structlog.reset_defaults()
+    _configured.clear()
 
 
 def is_configured() -> bool:

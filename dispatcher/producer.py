@@ -33,9 +33,11 @@ from dispatcher.errors import (
     IdempotencyConflict,
     InvalidLead,
 )
+from dispatcher.execution import IndexKeyChanged
 from dispatcher.jobs import Job, broker_envelope, new_job_id, state_to_status
 from dispatcher.lead import make_lead
 from dispatcher.logs import redact_vicidial_line
+from dispatcher.phone_index import index_key, phone_key
 from dispatcher.settings import Settings, redact_url
 
 __all__ = [
@@ -185,22 +187,28 @@ def _check_keys(jobs: list[Job], offset: int) -> list[str]:
 def _push(
     backend: Backend, jobs: list[Job], now: float, strict: bool, offset: int
 ) -> list[tuple[str, str]]:
-    keys = backend.keys
     settings = backend.settings
     prints = _check_keys(jobs, offset)
-    items = []
-    for job, fp in zip(jobs, prints, strict=True):
-        lane = keys.lane(job.dialer, job.priority)
-        envelope = broker_envelope(job.to_message(), queue=lane)
-        items.append((job.job_id, envelope, job.agent_user, job.idempotency_key or "", fp, lane))
     ttl = int(settings.job_ttl_s)
+    with broker_errors(settings):
+        key = index_key(backend)  # read once per process; a failure here wrote nothing
+    items = _items(backend, jobs, prints, key)
     try:
         with broker_errors(settings):
-            results = backend.execution.enqueue(items, now=now, ttl=ttl, strict=strict)
+            try:
+                results = backend.execution.enqueue(
+                    items, now=now, ttl=ttl, strict=strict, index_key=key.hex()
+                )
+            except IndexKeyChanged:
+                key = index_key(backend, fresh=True)
+                items = _items(backend, jobs, prints, key)
+                results = backend.execution.enqueue(
+                    items, now=now, ttl=ttl, strict=strict, index_key=key.hex()
+                )
     except BrokerUnavailable as exc:
         if type(exc) is not BrokerUnavailable or exc.connecting:
             raise  # refused, or never reached Redis: nothing was written
-        results = _resolve(backend, jobs, items, now=now, strict=strict)
+        results = _resolve(backend, jobs, items, now=now, strict=strict, index_key=key.hex())
     for i, (kind, job_id) in enumerate(results):
         if kind == "conflict" and strict:
             job = jobs[i]
@@ -221,13 +229,37 @@ def _push(
     return results
 
 
+def _items(
+    backend: Backend, jobs: list[Job], prints: list[str], key: bytes
+) -> list[tuple[str, str, str, str, str, str, str]]:
+    """The enqueue command's items: each job's envelope, keys and phone index key."""
+    keys = backend.keys
+    items = []
+    for job, fp in zip(jobs, prints, strict=True):
+        lane = keys.lane(job.dialer, job.priority)
+        envelope = broker_envelope(job.to_message(), queue=lane)
+        items.append(
+            (
+                job.job_id,
+                envelope,
+                job.agent_user,
+                job.idempotency_key or "",
+                fp,
+                lane,
+                phone_key(key, job.lead.phone_number),
+            )
+        )
+    return items
+
+
 def _resolve(
     backend: Backend,
     jobs: list[Job],
-    items: list[tuple[str, str, str, str, str, str]],
+    items: list[tuple[str, str, str, str, str, str, str]],
     *,
     now: float,
     strict: bool,
+    index_key: str,
 ) -> list[tuple[str, str]]:
     """The enqueue was sent and its reply lost: find out whether it ran, never run it twice."""
     settings = backend.settings
@@ -245,7 +277,11 @@ def _resolve(
                 if not any(exists):
                     # It did not run (or every job was a duplicate): sending it is safe.
                     return backend.execution.enqueue(
-                        items, now=now, ttl=int(settings.job_ttl_s), strict=strict
+                        items,
+                        now=now,
+                        ttl=int(settings.job_ttl_s),
+                        strict=strict,
+                        index_key=index_key,
                     )
         except BrokerUnavailable as exc:
             if type(exc) is not BrokerUnavailable or time.monotonic() > deadline:

@@ -92,6 +92,8 @@ class Settings:
     queue: str = "dispatcher"
     job_ttl_s: float = 7 * 86400.0
     done_ttl_s: float = 7 * 86400.0
+    # Dead letters older than this are removed by the workers' maintenance (0: never).
+    dead_letter_retention_days: float = 0.0
     # What a call whose answer never came becomes: reconcile (look the lead up in
     # VICIdial, then decide), dead_letter (an operator checks) or retry (call again).
     ambiguous: str = "reconcile"
@@ -192,6 +194,11 @@ class Settings:
         check(bool(_PREFIX_RE.match(self.queue)), "queue", "1-64 of [-_.:0-9a-zA-Z]")
         check(self.job_ttl_s >= 60, "job_ttl_s", "must be >= 60")
         check(self.done_ttl_s >= 60, "done_ttl_s", "must be >= 60")
+        check(
+            self.dead_letter_retention_days >= 0,
+            "dead_letter_retention_days",
+            "must be >= 0 (0 keeps dead letters forever)",
+        )
         check(self.engine in ("asyncio", "threads"), "engine", "asyncio or threads")
         check(
             self.ambiguous in ("reconcile", "dead_letter", "retry"),

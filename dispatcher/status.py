@@ -20,6 +20,7 @@ from dispatcher.connection import broker_errors
 from dispatcher.dialers import PRIORITIES
 from dispatcher.errors import all_reasons
 from dispatcher.jobs import iso
+from dispatcher.redaction import redact
 
 __all__ = ["FleetReading", "fleet_status", "read_fleet"]
 
@@ -188,7 +189,8 @@ def fleet_status(backend: Backend, *, now: float | None = None) -> dict[str, Any
                 iso(now - (redis_now - float(data["checked_at"]))) if data["checked_at"] else None
             ),
             "missing": data["missing"] or None,
-            "error": data["error"] or None,
+            # Stored redacted; again here for records written by older versions.
+            "error": redact(data["error"], settings.secrets) or None,
             "fix": data["fix"] or None,
         }
         for server, data in reading.lookups.items()

@@ -21,7 +21,7 @@ import functools
 import re
 import time
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
@@ -144,12 +144,19 @@ class UserStore:
 
     def end_sessions(self, name: str) -> int:
         """Log a user out everywhere; returns how many sessions ended."""
+        index = self.keys.user_sessions(name)
         with broker_errors(self.backend.settings):
-            digests = list(self.redis.smembers(self.keys.user_sessions(name)))
+            # A sorted set (scored by each session's end); a set from the previous release.
+            members: Any = (
+                self.redis.smembers(index)
+                if self.redis.type(index) == "set"
+                else self.redis.zrange(index, 0, -1)
+            )
+            digests = [str(d) for d in members]
             pipe = self.redis.pipeline(transaction=True)
             for digest in digests:
                 pipe.delete(self.keys.session(str(digest)))
-            pipe.delete(self.keys.user_sessions(name))
+            pipe.delete(index)
             pipe.execute()
         return len(digests)
 

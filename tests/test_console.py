@@ -28,7 +28,7 @@ from dispatcher.activity import read_activity, record_minute
 from dispatcher.backend import get_backend
 from dispatcher.deadletter import DeadLetter, DeadLetterStore
 from dispatcher.intake import create_app
-from dispatcher.intake.console.sessions import CLIENT_LIMIT, USER_LIMIT, LoginThrottle, SessionStore
+from dispatcher.intake.console.sessions import CLIENT_LIMIT, PAIR_LIMIT, LoginThrottle, SessionStore
 from dispatcher.producer import job_status, prepare_job
 from dispatcher.selection import Cursor, Selection
 from dispatcher.settings import Settings
@@ -385,7 +385,8 @@ def test_wrong_password_and_unknown_user_get_the_same_answer(app: Any) -> None:
     assert answers == [(401, True), (401, True)]
 
 
-def test_logins_are_throttled_per_user_and_per_client(app: Any, cs: Settings) -> None:
+def test_logins_are_throttled_per_user_and_address_and_per_client(app: Any, cs: Settings) -> None:
+    """The limits' edges (tests/test_login_throttle.py has the attacks)."""
     throttle = LoginThrottle(get_backend(cs))
 
     def attempt(client: TestClient, name: str, password: str) -> Any:
@@ -398,8 +399,8 @@ def test_logins_are_throttled_per_user_and_per_client(app: Any, cs: Settings) ->
 
     with TestClient(app) as client:
         # All but the last allowed failure counted directly (each real one costs an Argon2 check).
-        for _ in range(USER_LIMIT - 1):
-            throttle.failed(OPERATOR[0], "testclient")
+        for _ in range(PAIR_LIMIT - 1):
+            assert throttle.attempt(OPERATOR[0], "testclient").allowed
         assert attempt(client, OPERATOR[0], "guess-guess-1").status_code == 401
         reply = attempt(client, OPERATOR[0], OPERATOR[1])  # the right password, too late
         assert reply.status_code == 429 and "Too many failed logins" in reply.text
@@ -411,7 +412,7 @@ def test_logins_are_throttled_per_user_and_per_client(app: Any, cs: Settings) ->
     seed_users(cs)
     with TestClient(app) as client:
         for i in range(CLIENT_LIMIT - 1):
-            throttle.failed(f"user{i}", "testclient")
+            assert throttle.attempt(f"user{i}", "testclient").allowed
         assert attempt(client, "someone", "guess-guess-1").status_code == 401
         assert attempt(client, OPERATOR[0], OPERATOR[1]).status_code == 429
 

@@ -313,3 +313,66 @@ def test_screenshots_are_in_docs() -> None:
         data = (DOCS / name).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000, name
     assert re.search(r"docs/console-overview\.png", (ROOT / "README.md").read_text())
+
+
+def test_operator_forgets_a_phone_in_the_browser_after_seeing_what_goes(
+    console_server: tuple[str, Settings, Path],
+    start_worker: Callable[..., WorkerProcess],
+    browser_factory: Callable[[], Any],
+) -> None:
+    """An erasure request from the console: the counts first, then the erasure, logged
+    with the operator's name; a viewer has neither the page nor the action."""
+    from selenium.webdriver.common.by import By
+
+    base, settings, log_path = console_server
+    users = UserStore(get_backend(settings))
+    users.add(OPERATOR[0], role="operator", password=OPERATOR[1])
+    users.add(VIEWER[0], role="viewer", password=VIEWER[1])
+    start_worker(settings)
+    dnc_job = enqueue_lead(
+        agent_user="1000", phone_number="7275550000", idempotency_key="form-77", settings=settings
+    )
+    kept = enqueue_lead(agent_user="1000", phone_number="7275551234", settings=settings)
+    store = DeadLetterStore(get_backend(settings))
+    wait_for(lambda: store.get(dnc_job) is not None, timeout=30, message="the DNC letter")
+    wait_for(lambda: (job_status(kept, settings=settings) or {}).get("state") == "added")
+
+    driver = browser_factory()
+    _log_in(driver, base, OPERATOR)
+    driver.find_element(By.LINK_TEXT, "Forget a phone").click()
+    assert driver.find_element(By.TAG_NAME, "h1").text == "Forget a phone number"
+    driver.find_element(By.ID, "forget-phone").send_keys("not a phone")
+    driver.find_element(By.CSS_SELECTOR, "#forget-form button[type=submit]").click()
+    assert "phone:" in driver.find_element(By.ID, "forget-error").text
+    driver.find_element(By.ID, "forget-phone").clear()
+    driver.find_element(By.ID, "forget-phone").send_keys("(727) 555-0000")
+    driver.find_element(By.CSS_SELECTOR, "#forget-form button[type=submit]").click()
+    # The confirmation page: what would go, counts by kind; nothing gone yet.
+    preview = driver.find_element(By.ID, "forget-preview").text
+    assert "******0000" in preview and "7275550000" not in preview
+    rows = {
+        r.find_elements(By.TAG_NAME, "td")[0].text: r.find_elements(By.TAG_NAME, "td")[1].text
+        for r in driver.find_elements(By.CSS_SELECTOR, "#forget-preview tbody tr")
+    }
+    assert rows["dead letters"] == "1" and rows["job states"] == "1", rows
+    assert rows["idempotency records"] == "1", rows
+    assert store.get(dnc_job) is not None
+    driver.find_element(By.XPATH, "//button[normalize-space()='Erase all of it for good']").click()
+    flash = wait_for(lambda: driver.find_elements(By.CSS_SELECTOR, ".flash"), message="a message")
+    assert "Forgot ******0000" in flash[0].text and "VICIdial's to erase" in flash[0].text
+    assert store.get(dnc_job) is None and job_status(dnc_job, settings=settings) is None
+    assert (job_status(kept, settings=settings) or {}).get("state") == "added"
+
+    # A viewer: no link, and the page and the action are refused.
+    viewer = browser_factory()
+    _log_in(viewer, base, VIEWER)
+    assert not viewer.find_elements(By.LINK_TEXT, "Forget a phone")
+    viewer.get(f"{base}/ui/forget")
+    assert viewer.find_element(By.TAG_NAME, "h1").text == "Not allowed"
+
+    events = _events(log_path)
+    (forgot,) = [e for e in events if e["event"] == "console.forget"]
+    assert forgot["user"] == "olivia" and forgot["phone"] == "******0000"
+    assert forgot["dead_letters"] == 1 and forgot["job_states"] == 1
+    assert any(e["event"] == "data.forgotten" and e.get("operator") == "olivia" for e in events)
+    assert "7275550000" not in log_path.read_text()

@@ -12,6 +12,8 @@ Every worker runs one:
   (:mod:`dispatcher.activity`);
 * returns the in-flight pops of consumers whose heartbeat key expired to the
   queue, and forgets workers whose heartbeat is gone;
+* once a minute, removes the dead letters older than
+  DISPATCHER_DEAD_LETTER_RETENTION_DAYS (:mod:`dispatcher.retention`; default: none);
 * has the reconciliation look-up's permissions checked now and then
   (:class:`workers.reconciler.LookupChecker`, in a thread of its own), so that
   ``dispatcher status``/``health`` can say what VICIdial lacks before a job needs it.
@@ -22,9 +24,9 @@ from __future__ import annotations
 import threading
 import time
 
-from dispatcher import logs
+from dispatcher import logs, retention
 from dispatcher.activity import record_minute
-from dispatcher.backend import get_backend
+from dispatcher.backend import Backend, get_backend
 from dispatcher.settings import Settings
 from workers.reconciler import LookupChecker
 from workers.transport import consumer_id, consumer_ttl_s
@@ -46,6 +48,7 @@ class RetryScheduler(threading.Thread):
         self._last_reap = -1e9
         self._last_minute = -1
         self._last_error_log = -1e9
+        self._last_retention = -1e9
         self.lookups = LookupChecker(settings, get_backend(settings))
 
     def stop(self) -> None:
@@ -74,7 +77,14 @@ class RetryScheduler(threading.Thread):
                     _log.warning("worker.inflight_returned", consumer=consumer, messages=n)
             backend.fleet.prune()
         self.lookups.maybe_start()
+        self.expire_letters(backend, now)
         return moved
+
+    def expire_letters(self, backend: Backend, now: float) -> None:
+        """Dead-letter retention (DISPATCHER_DEAD_LETTER_RETENTION_DAYS), once a minute."""
+        if now - self._last_retention >= retention.EVERY_S:
+            self._last_retention = now
+            retention.expire_dead_letters(backend)
 
     def run(self) -> None:
         while not self._stop_event.is_set():

@@ -51,10 +51,14 @@ from dispatcher.activity import read_activity
 from dispatcher.backend import Backend
 from dispatcher.deadletter import DeadLetter, DeadLetterStore
 from dispatcher.dialers import Dialer
-from dispatcher.errors import BrokerUnavailable, all_reasons
+from dispatcher.erasure import KINDS as ERASED_KINDS
+from dispatcher.erasure import VICIDIAL_NOTE, Erasure, forget_phone, normalise_phone
+from dispatcher.errors import BrokerUnavailable, InvalidLead, all_reasons
 from dispatcher.intake.console.chart import activity_svg
+from dispatcher.intake.console.hashing import HashingBusy, HashingPool
 from dispatcher.intake.console.sessions import LoginThrottle, Session, SessionStore
 from dispatcher.producer import job_status
+from dispatcher.redaction import redactor_for
 from dispatcher.selection import (
     AMBIGUOUS_REASONS,
     DNC_REASONS,
@@ -225,7 +229,11 @@ class Console:
             backend, idle_s=settings.console_idle_s, lifetime_s=settings.console_session_s
         )
         self.throttle = LoginThrottle(backend)
+        # Argon2 on a small pool of its own: a flood of logins never takes the threads
+        # and cores the intake's 202s need (hashing.py).
+        self.hashing = HashingPool()
         self.secrets = tuple(s for s in settings.secrets if s)
+        self.redactor = redactor_for(self.secrets)
         package = resources.files("dispatcher.intake.console")
         # Our own files, inlined under the page's CSP nonce: not to be HTML-escaped.
         self.css = Markup((package / "static" / "console.css").read_text(encoding="utf-8"))
@@ -252,11 +260,9 @@ class Console:
     # -- helpers ------------------------------------------------------------------------
 
     def redact(self, text: object) -> str:
-        """VICIdial's echo of the password, and any configured secret, removed."""
-        line = logs.redact_vicidial_line(str(text or ""), self.secrets)
-        for secret in self.secrets:
-            line = line.replace(secret, logs.REDACTED)
-        return line
+        """VICIdial's echo of the password, and every form of any configured secret,
+        removed (the one redactor, :mod:`dispatcher.redaction`)."""
+        return self.redactor(str(text or ""))
 
     def render(
         self, request: Request, template: str, *, status_code: int = 200, **context: Any
@@ -356,30 +362,44 @@ class Console:
         password = _first(form, "password")
         next_url = _first(form, "next")
         client = (request.client.host if request.client else "") or "unknown"
-        wait = await self.thread(self.throttle.blocked_for, username, client)
-        if wait:
-            _log.warning("console.login_throttled", client=client, retry_after_s=round(wait))
+
+        async def again(error: str, status_code: int) -> Response:
             return await self._login_form(
-                request,
-                next_url=next_url,
-                username=username,
-                error=f"Too many failed logins. Try again in {_age(wait)}.",
-                status_code=429,
+                request, next_url=next_url, username=username, error=error, status_code=status_code
             )
-        user = None
-        if username and password and len(password) <= MAX_PASSWORD_LENGTH:
-            user = await self.thread(self.users.authenticate, username, password)
+
+        if not username or not password or len(password) > MAX_PASSWORD_LENGTH:
+            _log.warning("console.login_refused", client=client, why="name or password missing")
+            return await again("Wrong user name or password.", 401)
+        # Counted before the check, in one atomic step: concurrent guesses cannot pass it.
+        attempt = await self.thread(self.throttle.attempt, username, client)
+        if not attempt.allowed:
+            _log.warning(
+                "console.login_throttled",
+                client=client,
+                scope=attempt.scope,
+                retry_after_s=round(attempt.retry_after_s),
+            )
+            whose = {
+                "pair": "for this user from your address",
+                "user": "for this user",
+                "client": "from your address",
+            }[attempt.scope]
+            return await again(
+                f"Too many failed logins {whose}. Try again in {_age(attempt.retry_after_s)} "
+                "(at most 15 minutes).",
+                429,
+            )
+        try:
+            user = await self.hashing.run(self.users.authenticate, username, password)
+        except HashingBusy:
+            await self.thread(self.throttle.uncount, username, client)
+            _log.warning("console.login_busy", client=client)
+            return await again("Too many logins at once. Try again in a moment.", 503)
         if user is None:
-            await self.thread(self.throttle.failed, username, client)
-            known = bool(username) and (await self.thread(self.users.get, username)) is not None
+            known = (await self.thread(self.users.get, username)) is not None
             _log.warning("console.login_failed", user=username if known else None, client=client)
-            return await self._login_form(
-                request,
-                next_url=next_url,
-                username=username,
-                error="Wrong user name or password.",
-                status_code=401,
-            )
+            return await again("Wrong user name or password.", 401)
         await self.thread(self.throttle.succeeded, username, client)
         token, _session = await self.thread(self.sessions.create, user)
         _log.info("console.login", user=user.name, role=user.role, client=client)
@@ -987,6 +1007,74 @@ class Console:
             writer.writerow([_cell(v) for v in row])
             yield flush()
 
+    # -- erasure requests ---------------------------------------------------------------
+
+    async def forget_page(self, request: Request) -> Response:
+        denied = self.forbidden_for_viewer(request)
+        if denied is not None:
+            return denied
+        return self._forget_form(request, flash=await self.flash(request))
+
+    def _forget_form(
+        self,
+        request: Request,
+        *,
+        status_code: int = 200,
+        preview: Erasure | None = None,
+        phone: str = "",
+        error: str = "",
+        flash: str = "",
+    ) -> Response:
+        return self.render(
+            request,
+            "forget.html",
+            status_code=status_code,
+            nav="forget",
+            preview=preview,
+            phone=phone,
+            error=error,
+            kinds=ERASED_KINDS,
+            vicidial_note=VICIDIAL_NOTE,
+            flash=flash,
+        )
+
+    async def forget(self, request: Request) -> Response:
+        """Erase a phone number: a preview with the counts first, then (confirmed) for good."""
+        denied = self.forbidden_for_viewer(request)
+        if denied is not None:
+            return denied
+        form: Form = request.state.form
+        session: Session = request.state.session
+        phone = _first(form, "phone").strip()
+        try:
+            if len(phone) > 40:
+                raise _BadInput("phone", "at most 40 characters")
+            digits = normalise_phone(phone, default_phone_code=self.settings.phone_code)
+        except (InvalidLead, _BadInput) as exc:
+            why = (
+                "; ".join(e.message for e in exc.errors)
+                if isinstance(exc, InvalidLead)
+                else exc.message
+            )
+            return self._forget_form(
+                request, status_code=400, phone=phone[:40], error=f"phone: {why}"
+            )
+        if _first(form, "confirm") != "yes":
+            preview = await self.thread(
+                forget_phone, self.backend, phone, dry_run=True, operator=session.user
+            )
+            return self._forget_form(request, preview=preview, phone=phone)
+        erasure = await self.thread(forget_phone, self.backend, phone, operator=session.user)
+        _log.info("console.forget", user=session.user, phone=digits, **erasure.counts)
+        done = ", ".join(f"{n} {ERASED_KINDS.get(k, k)}" for k, n in erasure.counts.items() if n)
+        await self.thread(
+            self.sessions.set_flash,
+            session,
+            f"Forgot {erasure.masked_phone}: {done or 'nothing was kept'}. {VICIDIAL_NOTE}",
+        )
+        ui = request.scope.get("root_path", "")
+        return RedirectResponse(f"{ui}/forget", status_code=303)
+
     # -- jobs ---------------------------------------------------------------------------
 
     async def jobs(self, request: Request) -> Response:
@@ -1192,6 +1280,8 @@ def console_app(settings: Settings, backend: Backend) -> ASGIApp:
         Route("/dead-letters/reconcile", console.preview, methods=["GET"]),
         Route("/dead-letters/reconcile", console.act, methods=["POST"]),
         Route("/dead-letters/{dl_id:path}", console.dead_letter, methods=["GET"]),
+        Route("/forget", console.forget_page, methods=["GET"]),
+        Route("/forget", console.forget, methods=["POST"]),
         Route("/jobs", console.jobs, methods=["GET"]),
         Route("/jobs/{job_id:path}", console.jobs, methods=["GET"]),
     ]

@@ -1,16 +1,29 @@
-"""Console sessions and login throttling, both in Redis.
+"""Console sessions and login throttling, both in Redis (written by ``sessions.lua``).
 
 A session is a random token in an HttpOnly cookie; Redis keeps only its SHA-256
-(``session:{digest}``: user, role, CSRF token, login time), so a copy of the
-Redis data does not hold usable cookies. The key's TTL is the idle timeout and
+(``session:{digest}``: user, role, CSRF token, login time, a flash), so a copy of
+the Redis data does not hold usable cookies. The key's TTL is the idle timeout and
 is renewed on every request; the login time caps the session's whole life. A
-user's sessions are listed in ``user_sessions:{name}`` so that removing the user
-(or replacing their password or role) ends them at once.
+user's sessions are listed in ``user_sessions:{name}`` (a sorted set scored by each
+session's end, trimmed on every login, with a TTL) so that removing the user (or
+replacing their password or role) ends them at once. Every key gets its TTL in the
+script command that writes it; a flash is never written into a session that ended.
 
-Failed logins are counted per user name and per client address in fixed windows
-(``login_failures:{user|client}:{who}``). Past the limit, logins are refused
-before the password is even checked, until the window ends: guessing is limited
-to a handful of tries per window however the attacker spreads them.
+Logins are throttled (DESIGN.md, "Security and personal data"): each attempt is
+counted *before* the password is checked, in one atomic script command that also
+refuses it when a limit is reached, so concurrent guesses cannot get past the
+limit. The counters, per fixed window of :data:`WINDOW_S` from the first attempt:
+
+* :data:`PAIR_LIMIT` checks per user name per client address: a stranger locks out
+  only their own address;
+* :data:`USER_LIMIT` checks per user name from every address: bounds how much a
+  spread-out guesser can try (30 per 15 minutes), at the price that such an attack
+  can lock the user out everywhere until the window ends (at most 15 minutes; the
+  attempts refused meanwhile are not counted, so they do not push the window out);
+* :data:`CLIENT_LIMIT` checks per client address across user names (spraying names).
+
+A right password undoes its own count and ends its address's pair counter (the
+operator's own typos are forgiven there), but not the user's counter.
 """
 
 from __future__ import annotations
@@ -19,6 +32,8 @@ import hashlib
 import secrets
 import time
 from dataclasses import dataclass
+from importlib import resources
+from typing import Any
 
 from dispatcher.backend import Backend
 from dispatcher.connection import broker_errors
@@ -26,21 +41,31 @@ from dispatcher.users import Role, User
 
 __all__ = [
     "CLIENT_LIMIT",
+    "PAIR_LIMIT",
     "USER_LIMIT",
     "WINDOW_S",
+    "Attempt",
     "LoginThrottle",
     "Session",
     "SessionStore",
 ]
 
-#: Failed logins allowed per user name, and per client address, in one window.
-USER_LIMIT = 5
+#: Failed password checks allowed in one window: per user name and client address,
+#: per user name in all, and per client address across names.
+PAIR_LIMIT = 5
+USER_LIMIT = 30
 CLIENT_LIMIT = 20
 WINDOW_S = 15 * 60
+
+_SOURCE = resources.files(__package__).joinpath("sessions.lua").read_text(encoding="utf-8")
 
 
 def _digest(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
+
+
+def _script(backend: Backend) -> Any:
+    return backend.redis.register_script(_SOURCE)
 
 
 @dataclass(frozen=True)
@@ -63,6 +88,7 @@ class SessionStore:
         self.keys = backend.keys
         self.idle_s = int(idle_s)
         self.lifetime_s = lifetime_s
+        self._script = _script(backend)
 
     def create(self, user: User, *, now: float | None = None) -> tuple[str, Session]:
         """A new session for ``user``: (cookie token, session)."""
@@ -70,22 +96,20 @@ class SessionStore:
         token = secrets.token_urlsafe(32)
         digest = _digest(token)
         session = Session(digest, user.name, user.role, secrets.token_urlsafe(32), now)
-        key = self.keys.session(digest)
         with broker_errors(self.backend.settings):
-            pipe = self.backend.redis.pipeline(transaction=True)
-            pipe.hset(
-                key,
-                mapping={
-                    "user": user.name,
-                    "role": user.role,
-                    "csrf": session.csrf,
-                    "created_at": f"{now:.3f}",
-                },
+            self._script(
+                keys=[self.keys.session(digest), self.keys.user_sessions(user.name)],
+                args=[
+                    "session_create",
+                    digest,
+                    user.name,
+                    user.role,
+                    session.csrf,
+                    f"{now:.3f}",
+                    max(1, self.idle_s),
+                    max(1, int(self.lifetime_s)),
+                ],
             )
-            pipe.expire(key, self.idle_s)
-            pipe.sadd(self.keys.user_sessions(user.name), digest)
-            pipe.expire(self.keys.user_sessions(user.name), int(self.lifetime_s) + 60)
-            pipe.execute()
         return token, session
 
     def load(self, token: str | None, *, now: float | None = None) -> Session | None:
@@ -98,7 +122,7 @@ class SessionStore:
         with broker_errors(self.backend.settings):
             pipe = self.backend.redis.pipeline(transaction=False)
             pipe.hgetall(key)
-            pipe.expire(key, self.idle_s)
+            pipe.expire(key, self.idle_s)  # a key that is gone stays gone: EXPIRE makes none
             data, _ = pipe.execute()
         if not data or not data.get("user") or not data.get("csrf"):
             return None
@@ -111,15 +135,18 @@ class SessionStore:
 
     def destroy(self, digest: str, user: str) -> None:
         with broker_errors(self.backend.settings):
-            pipe = self.backend.redis.pipeline(transaction=True)
-            pipe.delete(self.keys.session(digest))
-            pipe.srem(self.keys.user_sessions(user), digest)
-            pipe.execute()
+            self._script(
+                keys=[self.keys.session(digest), self.keys.user_sessions(user)],
+                args=["session_destroy", digest],
+            )
 
     def set_flash(self, session: Session, message: str) -> None:
-        """A one-time message shown on the next page (after a redirect)."""
+        """A one-time message shown on the next page (after a redirect); nothing if the
+        session ended meanwhile (a logout in another tab)."""
         with broker_errors(self.backend.settings):
-            self.backend.redis.hset(self.keys.session(session.token_digest), "flash", message)
+            self._script(
+                keys=[self.keys.session(session.token_digest)], args=["session_flash", message]
+            )
 
     def pop_flash(self, session: Session) -> str:
         if not session.flash:
@@ -129,52 +156,62 @@ class SessionStore:
         return session.flash
 
 
+@dataclass(frozen=True)
+class Attempt:
+    """What the throttle said about one login attempt."""
+
+    allowed: bool
+    #: which limit refused it: pair (this user from this address), user, client
+    scope: str = ""
+    retry_after_s: float = 0.0
+
+
+_SCOPES = ("pair", "user", "client")
+
+
 class LoginThrottle:
     def __init__(
         self,
         backend: Backend,
         *,
+        pair_limit: int = PAIR_LIMIT,
         user_limit: int = USER_LIMIT,
         client_limit: int = CLIENT_LIMIT,
         window_s: int = WINDOW_S,
     ) -> None:
         self.backend = backend
         self.keys = backend.keys
-        self.user_limit = user_limit
-        self.client_limit = client_limit
+        self.limits = (pair_limit, user_limit, client_limit)
         self.window_s = window_s
+        self._script = _script(backend)
 
-    def _keys(self, user: str, client: str) -> tuple[str, str]:
+    def _keys(self, user: str, client: str) -> list[str]:
         # A name is hashed: whatever was typed in the name field stays out of key names.
         who = hashlib.sha256(user.encode()).hexdigest()[:32]
-        return self.keys.login_failures("user", who), self.keys.login_failures("client", client)
+        return [
+            self.keys.login_failures("pair", f"{who}:{client}"),
+            self.keys.login_failures("user", who),
+            self.keys.login_failures("client", client),
+        ]
 
-    def blocked_for(self, user: str, client: str) -> float:
-        """Seconds until a login for ``user`` from ``client`` may be tried (0: now)."""
-        user_key, client_key = self._keys(user, client)
+    def attempt(self, user: str, client: str) -> Attempt:
+        """Count one attempt before its password check; refused (not counted) past a limit."""
         with broker_errors(self.backend.settings):
-            pipe = self.backend.redis.pipeline(transaction=False)
-            pipe.get(user_key)
-            pipe.get(client_key)
-            pipe.ttl(user_key)
-            pipe.ttl(client_key)
-            by_user, by_client, user_ttl, client_ttl = pipe.execute()
-        wait = 0.0
-        if int(by_user or 0) >= self.user_limit:
-            wait = max(wait, float(user_ttl), 1.0)
-        if int(by_client or 0) >= self.client_limit:
-            wait = max(wait, float(client_ttl), 1.0)
-        return wait
+            reply = self._script(
+                keys=self._keys(user, client),
+                args=["login_attempt", self.window_s, *self.limits],
+            )
+        verdict = [x.decode() if isinstance(x, bytes) else x for x in reply]
+        if verdict[0] == "ok":
+            return Attempt(True)
+        return Attempt(False, _SCOPES[int(verdict[1]) - 1], max(1.0, float(verdict[2])))
 
-    def failed(self, user: str, client: str) -> None:
+    def uncount(self, user: str, client: str) -> None:
+        """The attempt was never checked (the hashing pool was full): not a failure."""
         with broker_errors(self.backend.settings):
-            pipe = self.backend.redis.pipeline(transaction=False)
-            for key in self._keys(user, client):
-                pipe.set(key, 0, ex=self.window_s, nx=True)
-                pipe.incr(key)
-            pipe.execute()
+            self._script(keys=self._keys(user, client), args=["login_uncount"])
 
     def succeeded(self, user: str, client: str) -> None:
-        user_key, _ = self._keys(user, client)
+        """The password was right: its attempt is no failure; its address is forgiven."""
         with broker_errors(self.backend.settings):
-            self.backend.redis.delete(user_key)
+            self._script(keys=self._keys(user, client), args=["login_succeeded"])
