@@ -20,13 +20,20 @@ from typing import Any
 
 import pytest
 import redis
+from structlog.testing import capture_logs
 
-from dispatcher import enqueue_leads
+from dispatcher import enqueue_leads, redis_health
+from dispatcher.backend import get_backend
+from dispatcher.jobs import broker_envelope
 from dispatcher.localfleet import WorkerProcess, settings_env
+from dispatcher.producer import prepare_job
+from dispatcher.redis_health import RedisAvailability
 from dispatcher.redis_server import RedisServer
 from dispatcher.settings import Settings
 from dispatcher.simulator import Simulator
 from tests.conftest import make_settings, wait_for
+from tests.faultproxy import FaultProxy
+from workers.celery_app import make_app
 
 pytestmark = pytest.mark.slow
 
@@ -70,42 +77,185 @@ def _leads(n: int, base: int) -> list[dict[str, Any]]:
     return [{"agent_user": "1000", "phone_number": f"727{base + i:07d}"} for i in range(n)]
 
 
+class Fault:
+    """One way a real redis-server stops serving a worker, started and ended by the test."""
+
+    #: the ``kind`` of ``redis.unavailable`` it causes
+    kind = ""
+    #: the URL clients use (a fault proxy's, for a dropped connection)
+    url = ""
+
+    def __init__(self, server: RedisServer, tmp: Path) -> None:
+        self.server = server
+        self.url = server.url
+        self.client = redis.Redis.from_url(server.url)
+        self.tmp = tmp
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def end(self) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        self.client.close()
+
+
+class Full(Fault):
+    kind = "out_of_memory"
+
+    def start(self) -> None:
+        self.client.config_set("maxmemory", "1")  # noeviction: writes refused (OOM)
+
+    def end(self) -> None:
+        self.client.config_set("maxmemory", "0")
+
+
+class ReadOnly(Fault):
+    """The server becomes a replica (of nothing that answers): writes refused."""
+
+    kind = "read_only"
+
+    def start(self) -> None:
+        self.client.execute_command("REPLICAOF", "127.0.0.1", "1")
+
+    def end(self) -> None:
+        self.client.execute_command("REPLICAOF", "NO", "ONE")
+
+
+class Misconf(Fault):
+    """A snapshot that cannot be written (its directory is gone): writes refused."""
+
+    kind = "misconf"
+
+    def start(self) -> None:
+        gone = self.tmp / "gone"
+        gone.mkdir(exist_ok=True)
+        self.client.config_set("dir", str(gone))
+        self.client.config_set("save", "3600 1")
+        self.client.config_set("stop-writes-on-bgsave-error", "yes")
+        gone.rmdir()
+        self.client.bgsave()
+
+        def refused() -> bool:
+            try:
+                self.client.set("misconf-probe", "1")
+            except redis.ResponseError as exc:
+                return str(exc).startswith("MISCONF")
+            return False
+
+        wait_for(refused, timeout=10, message="MISCONF")
+
+    def end(self) -> None:
+        self.client.config_set("stop-writes-on-bgsave-error", "no")
+        self.client.config_set("save", "")
+        self.client.config_set("dir", str(self.server.directory))
+
+
+class Stalled(Fault):
+    """The redis-server process stopped (SIGSTOP): connections open, nothing answers.
+    Clients need a short DISPATCHER_REDIS_TIMEOUT_S to see it within the test."""
+
+    kind = "timeout"
+
+    def start(self) -> None:
+        assert self.server.process is not None
+        os.kill(self.server.process.pid, signal.SIGSTOP)
+
+    def end(self) -> None:
+        assert self.server.process is not None
+        os.kill(self.server.process.pid, signal.SIGCONT)
+
+    def close(self) -> None:
+        self.end()
+        super().close()
+
+
+class Dropped(Fault):
+    """Every connection cut, and new ones refused while it lasts (tests/faultproxy.py)."""
+
+    kind = "connection"
+
+    def __init__(self, server: RedisServer, tmp: Path) -> None:
+        super().__init__(server, tmp)
+        host, port = server.url.split("//")[1].split("/")[0].split(":")
+        self.proxy = FaultProxy(host, int(port)).start()
+        self.url = self.proxy.url
+
+    def start(self) -> None:
+        self.proxy.refuse(3600)
+
+    def end(self) -> None:
+        self.proxy.refuse(0)
+
+    def close(self) -> None:
+        self.proxy.close()
+        super().close()
+
+
+FAULTS: dict[str, type[Fault]] = {
+    "full": Full,
+    "read_only": ReadOnly,
+    "misconf": Misconf,
+    "stalled": Stalled,
+    "dropped": Dropped,
+}
+
+
+@pytest.fixture
+def fault_of(own_redis: RedisServer, tmp_path: Path) -> Iterator[Callable[[str], Fault]]:
+    made: list[Fault] = []
+
+    def make(name: str) -> Fault:
+        fault = FAULTS[name](own_redis, tmp_path)
+        made.append(fault)
+        return fault
+
+    yield make
+    for fault in made:
+        fault.close()
+
+
 def _through_a_fault(
-    settings: Settings,
+    fault: Fault,
     simulator: Simulator,
     start_worker: Callable[..., WorkerProcess],
     *,
     engine: str,
-    break_redis: Callable[[], None],
-    mend_redis: Callable[[], None],
     fault_s: float = 3.0,
-    base: int = 1000,
+    **overrides: Any,
 ) -> WorkerProcess:
-    """Leads in flight, one retrying, and the consumer idle with acks to write when
-    Redis breaks; then Redis is mended and more leads come. Returns the worker."""
+    """Leads in flight, one retrying, and acks deferred when Redis stops serving; then
+    Redis serves again and more leads come. Returns the worker (checked alive, every
+    lead added exactly once)."""
     settings = make_settings(
-        settings.redis_url, simulator, engine=engine, http_timeout_s=3.0, visibility_timeout_s=15.0
+        fault.url,
+        simulator,
+        engine=engine,
+        http_timeout_s=3.0,
+        visibility_timeout_s=15.0,
+        **overrides,
     )
     worker = start_worker(settings, concurrency=8)
     simulator.set_latency(200, max_ms=1500)
     # One lead fails its first calls: it waits in the retry schedule across the fault.
-    retrying = _leads(1, base + 500)
+    retrying = _leads(1, 1500)
     simulator.script_phone(retrying[0]["phone_number"], ["http_503"] * 3)
-    first = enqueue_leads(_leads(8, base) + retrying, settings=settings)
+    first = enqueue_leads(_leads(8, 1000) + retrying, settings=settings)
     # Some calls end before the fault (acks deferred, the consumer idle), the others
-    # while Redis refuses: their outcomes and acks wait.
+    # while Redis is away: their outcomes and acks wait.
     wait_for(
         lambda: sum(s == "added" for s in _states(first, settings).values()) >= 2,
         timeout=30,
         message="the first leads added",
     )
-    break_redis()
+    fault.start()
     try:
         time.sleep(fault_s)
         _assert_up(worker)
     finally:
-        mend_redis()
-    second = enqueue_leads(_leads(12, base + 100), settings=settings)
+        fault.end()
+    second = enqueue_leads(_leads(12, 1100), settings=settings)
     _wait_added(first + second, settings, timeout=60)
     _assert_up(worker)
     counts = simulator.count_by_phone()
@@ -120,41 +270,141 @@ def _assert_up(worker: WorkerProcess) -> None:
     assert "Unrecoverable error" not in worker.log_path.read_text(), worker.tail(6000)
 
 
-def _one_episode(worker: WorkerProcess) -> None:
-    # Said once for the whole episode, by whichever path met it first; and its end.
-    wait_for(
-        lambda: _events(worker, "redis.available"),
-        timeout=15,
-        message="redis.available",
-    )
+def _one_episode(worker: WorkerProcess, fault: Fault) -> list[str]:
+    """Said once for the whole episode, by whichever path met it first, and its end
+    once; returns the paths that met it."""
+    wait_for(lambda: _events(worker, "redis.available"), timeout=15, message="redis.available")
     down = _events(worker, "redis.unavailable")
     up = _events(worker, "redis.available")
     assert len(down) == 1, down
     assert len(up) == 1, up
-    assert "Traceback" not in worker.log_path.read_text()
+    assert down[0]["kind"] == fault.kind, down
+    paths: list[str] = up[0]["paths"]
+    print(f"{fault.kind}: {up[0]['failures']} failed commands on {paths}")
+    return paths
 
 
 @pytest.mark.parametrize("engine", ["asyncio", "threads"])
 def test_a_full_redis_mid_run_kills_nothing_and_every_lead_is_added_once(
     engine: str,
-    own_redis: RedisServer,
+    fault_of: Callable[[str], Fault],
     simulator: Simulator,
     start_worker: Callable[..., WorkerProcess],
 ) -> None:
-    client = redis.Redis.from_url(own_redis.url)
-    settings = make_settings(own_redis.url, simulator)
+    fault = fault_of("full")
+    worker = _through_a_fault(fault, simulator, start_worker, engine=engine)
+    paths = _one_episode(worker, fault)
+    # The consumer's polls, the scheduler's ticks and the jobs whose calls ended
+    # during the fault all met it (acks too, when some were pending: timing).
+    assert {"fetch", "scheduler", "job"} <= set(paths), paths
+    assert "Traceback" not in worker.log_path.read_text()
 
-    def full() -> None:
-        client.config_set("maxmemory", "1")  # noeviction: every write that grows refused
 
-    def freed() -> None:
-        client.config_set("maxmemory", "0")
-
+@pytest.mark.parametrize(
+    ("name", "engine"),
+    [
+        ("read_only", "asyncio"),
+        ("misconf", "threads"),
+        ("stalled", "threads"),
+        ("dropped", "asyncio"),
+    ],
+)
+def test_a_read_only_refusing_stalled_or_dropped_redis_kills_nothing(
+    name: str,
+    engine: str,
+    fault_of: Callable[[str], Fault],
+    simulator: Simulator,
+    start_worker: Callable[..., WorkerProcess],
+) -> None:
+    fault = fault_of(name)
+    # A stall shows as timeouts only past DISPATCHER_REDIS_TIMEOUT_S: short here (and
+    # a poll is dropped as stale once its reply is that late past its own 1 s).
     worker = _through_a_fault(
-        settings, simulator, start_worker, engine=engine, break_redis=full, mend_redis=freed
+        fault,
+        simulator,
+        start_worker,
+        engine=engine,
+        redis_timeout_s=1.0,
+        fault_s=5.0 if name == "stalled" else 3.0,
     )
-    _one_episode(worker)
-    assert _events(worker, "redis.unavailable")[0]["kind"] == "out_of_memory"
+    paths = _one_episode(worker, fault)
+    # The paths each fault reaches every time (others, such as pending acks, when
+    # the timing brings them). A stalled poll is not an error: kombu drops it as stale
+    # once overdue (1 s + DISPATCHER_REDIS_TIMEOUT_S) and polls again; a dropped one
+    # makes Celery reconnect.
+    expected = {
+        "read_only": {"fetch", "scheduler"},
+        "misconf": {"fetch", "scheduler"},
+        "stalled": {"scheduler", "job"},
+        "dropped": {"scheduler"},
+    }[name]
+    assert expected <= set(paths), paths
+
+
+# -- the consumer's own writes, in-process -------------------------------------------
+
+
+def _taken(settings: Settings, n: int) -> list[str]:
+    """``n`` messages taken by a consumer (the fetch script records them as unacked)."""
+    backend = get_backend(settings)
+    keys = backend.keys
+    lane = keys.lane("default", "realtime")
+    tags = []
+    for i in range(n):
+        job = prepare_job(
+            {"agent_user": "1000", "phone_number": f"72755512{i:02d}"}, settings=settings
+        )
+        envelope = broker_envelope(job.to_message(), queue=lane)
+        tags.append(str(json.loads(envelope)["properties"]["delivery_tag"]))
+        backend.redis.lpush(lane, envelope)
+    args = backend.fleet.fetch_args(
+        "c1",
+        ttl=30,
+        queue=keys.queue,
+        unacked="unacked",
+        unacked_index="unacked_index",
+        acks=[],
+        lanes=[("default", [lane])],
+        most=n,
+    )
+    backend.fleet.call(*args)
+    assert all(backend.redis.hexists("unacked", tag) for tag in tags)
+    return tags
+
+
+@pytest.mark.parametrize("name", sorted(FAULTS))
+def test_acks_hand_backs_and_sweeps_wait_for_redis_instead_of_raising(
+    name: str, fault_of: Callable[[str], Fault], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The consumer's own Redis writes, each called as Celery's loop calls it: a
+    refused or failed write must never raise into that loop (it ended the worker
+    with "Unrecoverable error"), and must be written once Redis serves again."""
+    fault = fault_of(name)
+    settings = make_settings(fault.url, redis_timeout_s=0.5)
+    monkeypatch.setattr(redis_health, "_availability", RedisAvailability(quiet_s=0.0))
+    acked, handed_back = _taken(settings, 2)
+    app = make_app(settings)
+    with app.connection_for_write() as connection, capture_logs() as logs:
+        qos = connection.default_channel.qos
+        fault.start()
+        try:
+            qos.ack(acked)  # a job's outcome stored: its ack is deferred
+            qos.reject(handed_back, requeue=True)  # a job whose Redis failed goes back
+            assert qos.flush_acks() is False  # refused: kept for the next poll
+            qos.restore_visible(num=10, interval=1)  # the sweep's timer
+        finally:
+            fault.end()
+        assert qos.flush_acks() is True
+    client = redis.Redis.from_url(fault.server.url, decode_responses=True)
+    lane = get_backend(settings).keys.lane("default", "realtime")
+    assert not client.hexists("unacked", acked) and client.zscore("unacked_index", acked) is None
+    assert not client.hexists("unacked", handed_back)
+    assert [handed_back] == [
+        json.loads(m)["properties"]["delivery_tag"] for m in client.lrange(lane, 0, -1)
+    ]
+    down = [e for e in logs if e["event"] == "redis.unavailable"]
+    assert len(down) == 1 and down[0]["kind"] == fault.kind, down
+    client.close()
 
 
 # -- an evicting Redis ------------------------------------------------------------------
