@@ -1,6 +1,7 @@
-"""kombu's Redis transport, made safe against lost pops and poison queue items.
+"""kombu's Redis transport, made safe against lost pops, poison queue items, a Redis
+that cannot serve, and hosts' clocks.
 
-Four gaps in stock kombu matter for "no lead is lost":
+Six gaps in stock kombu matter for "no lead is lost" and "none added twice":
 
 1. **The pop window.** kombu takes a message with ``BRPOP`` and only then, in a
    second round trip, records it as unacknowledged. A worker killed between the
@@ -26,13 +27,33 @@ Four gaps in stock kombu matter for "no lead is lost":
 3. **Acks on a dead connection.** After Redis restarts, kombu may ack, reject
    or restore through a detached connection and crash the worker;
    :class:`ReliableQoS` leaves those messages to the visibility sweep instead.
-4. **A full or read-only Redis** refuses the pop's writes (stock ``BRPOP`` is
-   allowed under OOM, ``BRPOPLPUSH`` is not): the consumer waits and polls again
-   instead of crashing, and resumes when Redis takes writes.
+4. **A Redis that cannot serve** (full under ``noeviction``, a read-only replica,
+   MISCONF, loading, stalled past DISPATCHER_REDIS_TIMEOUT_S, unreachable) refused
+   or failed a write that kombu sends from Celery's event loop, and the error ended
+   the worker ("Unrecoverable error"): the deferred acks' MULTI (Redis refuses to
+   queue commands in a MULTI under OOM), a hand-back (``reject`` with requeue), the
+   visibility sweep's lock, a PING on the control channel's pub/sub connection
+   (answered MISCONF). Each now waits: the acks and hand-backs stay pending for the
+   next poll, the sweep for the next sweep, the consumer backs off and polls again,
+   and the episode is logged once (``redis.unavailable``,
+   :mod:`dispatcher.redis_health`). Connection errors still go to Celery, which
+   reconnects. Every command has a socket timeout; a poll (whose reply is read by
+   the event loop) is dropped as stale by kombu once overdue by
+   DISPATCHER_REDIS_TIMEOUT_S, and sent again.
+5. **The sweep's clock.** kombu's visibility sweep compares the unacked index's
+   scores with ``time.time()`` of whichever host sweeps: a host whose clock runs
+   ahead put live in-flight messages back (a second copy ran), one behind delayed
+   recovery. Scores are Redis TIME (the fetch script, and ``record`` for a message
+   delivered outside it) and the sweep's ceiling is Redis TIME too
+   (:meth:`ReliableQoS.restore_visible`), as liveness is.
+6. **Acks deferred** off the consumer thread (:class:`ReliableQoS`): they ride
+   along with the next poll.
 
-This overrides private methods of kombu's Redis channel (``_brpop_start``,
-``_brpop_read``, ``QoS.append``...), tested with kombu 5.7 (the range the package
-pins; tests/test_workers_package.py proves the reliable pop is the one running).
+This overrides private methods of kombu's Redis channel and QoS (``_brpop_start``,
+``_brpop_read``, ``_receive``, ``_size``, ``_queue_bind``, ``QoS.append``,
+``QoS.restore_visible``, ``QoS.reject``, ``QoS.pipe_or_acquire``...), tested with
+kombu 5.7 (the range the package pins; tests/test_workers_package.py proves the
+reliable pop is the one running and that kombu still has each method overridden).
 It needs one queue and no ``global_keyprefix``: a worker configured otherwise
 refuses to start rather than fall back to stock ``BRPOP``.
 """
