@@ -1,10 +1,14 @@
-"""What a worker asks of its Redis (noeviction) and how it counts episodes of Redis
-unavailable (dispatcher/redis_health.py): the logic with an injected clock, the
-start-up check against real redis-servers."""
+"""What a worker asks of its Redis (noeviction: issue 23, item 3) and how it counts
+episodes of Redis unavailable (dispatcher/redis_health.py): the logic with an injected
+clock; the start-up check, ``status`` and ``health`` against real redis-servers; and
+the Redis-clock stamp of a message recorded outside the fetch (item 6)."""
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -20,6 +24,7 @@ from dispatcher.backend import get_backend
 from dispatcher.connection import unavailable_kind
 from dispatcher.errors import BrokerOutOfMemory, BrokerUnavailable, ConfigError
 from dispatcher.jobs import broker_envelope
+from dispatcher.localfleet import WorkerProcess, settings_env
 from dispatcher.producer import prepare_job
 from dispatcher.redis_health import (
     RedisAvailability,
@@ -28,6 +33,7 @@ from dispatcher.redis_health import (
 )
 from dispatcher.redis_server import RedisServer
 from dispatcher.settings import Settings
+from dispatcher.simulator import Simulator
 from tests.conftest import make_settings
 from workers import transport
 from workers.celery_app import make_app
@@ -154,6 +160,7 @@ def test_policy_warnings_name_the_setting() -> None:
 
 @pytest.fixture
 def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A redis-server of this test's own (not started: each test starts it)."""
     (tmp_path / "redis").mkdir()
     server = RedisServer(tmp_path / "redis")
     yield server
@@ -203,6 +210,65 @@ def test_a_redis_that_refuses_info_is_a_warning_not_a_refusal(own_redis: RedisSe
     assert "cannot check" in status["redis"]["warnings"][0]
     client.close()
     admin.close()
+
+
+# -- an evicting Redis ------------------------------------------------------------------
+
+
+def _cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DISPATCHER_")}
+    env.update(settings_env(settings), DISPATCHER_ENV_FILE="/nonexistent")
+    return subprocess.run(
+        [sys.executable, "-m", "dispatcher.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_a_worker_refuses_to_start_on_a_redis_that_evicts(
+    own_redis: RedisServer, simulator: Simulator, tmp_path: Path
+) -> None:
+    own_redis.start()
+    client = redis.Redis.from_url(own_redis.url)
+    client.config_set("maxmemory-policy", "volatile-lru")  # a managed-Redis default
+    settings = make_settings(own_redis.url, simulator)
+    worker = WorkerProcess(settings, tmp_path / "refused.log")
+    worker.start(wait=False)
+    assert worker.process is not None
+    try:
+        code = worker.process.wait(60)
+    finally:
+        worker.kill()
+    text = worker.tail(20_000)
+    assert code != 0, text
+    assert "maxmemory-policy" in text and "volatile-lru" in text and "noeviction" in text, text
+    assert "Traceback" not in text, text
+    # Nothing was consumed or registered.
+    assert not client.smembers(f"_dispatcher.inflight.{settings.queue}")
+
+
+def test_status_and_health_warn_about_a_redis_that_evicts(own_redis: RedisServer) -> None:
+    own_redis.start()
+    settings = Settings(redis_url=own_redis.url, ambiguous="dead_letter")
+    ok = _cli(settings, "status", "--json")
+    assert ok.returncode == 0, ok.stderr
+    assert json.loads(ok.stdout)["redis"] == {"maxmemory_policy": "noeviction", "warnings": []}
+    client = redis.Redis.from_url(own_redis.url)
+    client.config_set("maxmemory-policy", "allkeys-lru")
+    status = _cli(settings, "status", "--json")
+    assert status.returncode == 0, status.stderr
+    data = json.loads(status.stdout)["redis"]
+    assert data["maxmemory_policy"] == "allkeys-lru"
+    assert len(data["warnings"]) == 1 and "noeviction" in data["warnings"][0], data
+    plain = _cli(settings, "status")
+    assert plain.returncode == 0, plain.stderr
+    assert "maxmemory-policy" in plain.stdout and "allkeys-lru" in plain.stdout, plain.stdout
+    health = _cli(settings, "health")
+    # A warning, not an unhealthy process: the workers already refuse to start.
+    assert health.returncode == 0, health.stderr
+    assert "warning" in health.stderr and "allkeys-lru" in health.stderr, health.stderr
 
 
 # -- a message recorded outside the fetch ---------------------------------------------
