@@ -17,12 +17,14 @@ dropped (every connection cut and refused, ``tests/faultproxy.py``).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from queue import Empty
 from typing import Any
 
 import pytest
@@ -36,7 +38,7 @@ from dispatcher.localfleet import WorkerProcess
 from dispatcher.producer import prepare_job
 from dispatcher.redis_health import RedisAvailability
 from dispatcher.redis_server import RedisServer
-from dispatcher.settings import Settings
+from dispatcher.settings import Settings, get_settings
 from dispatcher.simulator import Simulator
 from tests.conftest import make_settings, wait_for
 from tests.faultproxy import FaultProxy
@@ -416,3 +418,51 @@ def test_acks_hand_backs_and_sweeps_wait_for_redis_instead_of_raising(
     down = [e for e in logs if e["event"] == "redis.unavailable"]
     assert len(down) == 1 and down[0]["kind"] == fault.kind, down
     client.close()
+
+
+def test_a_poll_refused_before_it_leaves_waits_instead_of_raising(
+    own_redis: RedisServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """redis-py pings a connection idle past its health-check interval before the next
+    command, and Redis answers that PING with MISCONF while it cannot persist: the
+    consumer's poll then failed as it was sent, inside Celery's loop ("Unrecoverable
+    error: ResponseError", seen in the MISCONF run above). Driven here through kombu's
+    own polling loop (``drain_events``), with the interval passed."""
+    settings = make_settings(own_redis.url, redis_timeout_s=1.0)
+    # The channel reads the process settings (its lanes, its scripts).
+    monkeypatch.setenv("DISPATCHER_REDIS_URL", own_redis.url)
+    monkeypatch.setenv("DISPATCHER_ENV_FILE", "/nonexistent")
+    get_settings.cache_clear()
+    monkeypatch.setattr(redis_health, "_availability", RedisAvailability(quiet_s=0.0))
+    fault = Misconf(own_redis, tmp_path)
+    app = make_app(settings)
+    try:
+        with app.connection_for_write() as connection, capture_logs() as logs:
+            channel = connection.default_channel
+            channel.basic_consume(
+                settings.queue, no_ack=False, callback=lambda *_: None, consumer_tag="t"
+            )
+
+            def drain(times: int) -> None:
+                for _ in range(times):
+                    with contextlib.suppress(TimeoutError, Empty):
+                        connection.drain_events(timeout=0.3)
+
+            drain(4)  # polls and waits, Redis healthy
+            fault.start()
+            try:
+                # A poll refused (MISCONF): the consumer backs off, its connection
+                # idle past the health-check interval; the next poll pings first.
+                drain(4)
+                time.sleep(1.2)
+                drain(4)  # must not raise MISCONF
+            finally:
+                fault.end()
+            drain(4)
+        down = [e for e in logs if e["event"] == "redis.unavailable"]
+        assert len(down) == 1 and down[0]["kind"] == "misconf", down
+        up = [e for e in logs if e["event"] == "redis.available"]
+        assert len(up) == 1 and "fetch" in up[0]["paths"], up
+    finally:
+        fault.close()
+        get_settings.cache_clear()

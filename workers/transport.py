@@ -515,7 +515,14 @@ class _ReliableChannel:
             # (mingle) or of a control command, read by another channel of the same
             # connection. kombu's own pop serves it; the fetch script would hand it a lead.
             self._phase = "kombu"
-            return super()._brpop_start(timeout)  # type: ignore[misc]
+            try:
+                return super()._brpop_start(timeout)  # type: ignore[misc]
+            except redis.ResponseError as exc:
+                # Refused before anything was sent (see _send): poll again later.
+                self._phase = None
+                vars(self).update(_in_poll=None)
+                self._redis_failed(exc, during="fetch")
+                return None
         if not queues or time.monotonic() < self._backoff_until:
             return None  # nothing sent: the poller waits its timeout, then asks again
         if self._poll_idle:
@@ -557,18 +564,23 @@ class _ReliableChannel:
         return None
 
     def _send(self, *command: Any) -> None:
+        """Send a poll. Unreachable or stalled (its connection's handshake timed out):
+        raised, kombu reconnects. Refused before it left (redis-py pings a connection
+        idle past its health-check interval, and Redis answers that PING with MISCONF
+        while it cannot persist): nothing is sent, the consumer polls again after its
+        back-off. Either way the episode is said once."""
         try:
             self.client.connection.send_command(*command)
-        except self.connection_errors as exc:
-            # Redis unreachable or stalled (the connection's handshake timed out):
-            # kombu reconnects; the episode is said once.
+        except (*self.connection_errors, redis.ResponseError) as exc:
             if self._phase == "fetch":
                 self.qos.return_acks(self._acks_sent)
                 self._acks_sent = []
             self._phase = None
             vars(self).update(_in_poll=None)
-            redis_availability().failed(exc, during="fetch")
-            raise
+            if not isinstance(exc, redis.ResponseError):
+                redis_availability().failed(exc, during="fetch")
+                raise
+            self._redis_failed(exc, during="fetch")
 
     def _free_slots(self) -> int:
         """How many messages this poll may take: the consumer's free prefetch slots (a
