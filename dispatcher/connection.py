@@ -13,6 +13,7 @@ their token; an enqueue, after checking what happened) do it themselves.
 
 from __future__ import annotations
 
+import socket
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -36,8 +37,10 @@ __all__ = [
     "broker_error",
     "broker_errors",
     "broker_transport_options",
+    "client_timeouts",
     "parse_sentinel_url",
     "redis_client",
+    "unavailable_kind",
     "write_refusal",
 ]
 
@@ -60,12 +63,17 @@ def redis_client(settings: Settings) -> redis.Redis:
 
 _CLIENT_OPTIONS: dict[str, Any] = {
     "decode_responses": True,
-    "socket_connect_timeout": 5,
-    "socket_timeout": 15,
     "health_check_interval": 30,
     "retry": Retry(NoBackoff(), 0),
 }
 _SENTINEL_OPTIONS: dict[str, Any] = {"socket_connect_timeout": 5, "socket_timeout": 5}
+
+
+def client_timeouts(settings: Settings) -> dict[str, float]:
+    """``socket_timeout`` and ``socket_connect_timeout`` for a Redis client (redis-py's
+    and kombu's option names): no command waits longer than DISPATCHER_REDIS_TIMEOUT_S."""
+    timeout = float(settings.redis_timeout_s)
+    return {"socket_timeout": timeout, "socket_connect_timeout": min(5.0, timeout)}
 
 
 def parse_sentinel_url(url: str) -> tuple[list[tuple[str, int]], dict[str, Any]]:
@@ -85,17 +93,14 @@ def parse_sentinel_url(url: str) -> tuple[list[tuple[str, int]], dict[str, Any]]
 
 
 def _new_client(settings: Settings) -> redis.Redis:
+    options = {**_CLIENT_OPTIONS, **client_timeouts(settings)}
     if not settings.redis_url.startswith("sentinel://"):
-        return redis.Redis.from_url(settings.redis_url, **_CLIENT_OPTIONS)
+        return redis.Redis.from_url(settings.redis_url, **options)
     nodes, credentials = parse_sentinel_url(settings.redis_url)
-    sentinel = Sentinel(  # type: ignore[no-untyped-call]
-        nodes, sentinel_kwargs=_SENTINEL_OPTIONS, **credentials, **_CLIENT_OPTIONS
-    )
+    sentinel = Sentinel(nodes, sentinel_kwargs=_SENTINEL_OPTIONS, **credentials, **options)
     # A master_for client asks the Sentinels for the current primary on every
     # (re)connection, so it follows a failover.
-    client: redis.Redis = sentinel.master_for(  # type: ignore[no-untyped-call]
-        str(settings.redis_sentinel_master)
-    )
+    client: redis.Redis = sentinel.master_for(str(settings.redis_sentinel_master))
     return client
 
 
@@ -119,9 +124,52 @@ def write_refusal(exc: redis.ResponseError) -> type[BrokerWriteRefused] | None:
     if text.startswith("MISCONF "):
         return BrokerWriteRefused
     # A script aborted by one of these carries the original error in its message.
-    for marker, kind in (("OOM ", BrokerOutOfMemory), ("READONLY ", BrokerReadOnly)):
+    for marker, kind in (
+        ("OOM ", BrokerOutOfMemory),
+        ("READONLY ", BrokerReadOnly),
+        ("MISCONF ", BrokerWriteRefused),
+    ):
         if f"-{marker}" in text or f": {marker}" in text:
             return kind
+    return None
+
+
+#: Error replies of a Redis that cannot serve for now (the first word of the reply).
+_PASSING_REPLIES = {
+    "LOADING": "loading",  # reading its data set after a restart
+    "BUSY": "busy",  # a script runs past lua-time-limit
+    "MASTERDOWN": "read_only",  # a replica that lost its master
+    "UNBLOCKED": "read_only",  # a blocked command cut by a role change (master -> replica)
+    "TRYAGAIN": "busy",
+    "NOREPLICAS": "read_only",  # min-replicas-to-write not met
+}
+
+
+def unavailable_kind(exc: BaseException) -> str | None:
+    """Why Redis cannot serve now, if ``exc`` says so: a condition to wait out (full,
+    read-only, refusing writes, loading, busy, slow, unreachable), named for logs
+    (``out_of_memory``, ``read_only``, ``misconf``, ``loading``, ``busy``, ``timeout``,
+    ``connection``, ``auth``). None for anything else (a wrong key type, a script bug):
+    waiting would not mend those."""
+    if isinstance(exc, BrokerUnavailable):
+        return exc.kind
+    if isinstance(exc, redis.AuthenticationError):
+        return "auth"
+    if isinstance(exc, redis.BusyLoadingError):
+        return "loading"
+    if isinstance(exc, redis.TimeoutError | TimeoutError | socket.timeout):
+        return "timeout"
+    if isinstance(exc, redis.ConnectionError | ConnectionError):
+        return "connection"
+    if isinstance(exc, redis.ResponseError):
+        refusal = write_refusal(exc)
+        if refusal is not None:
+            return refusal.kind
+        text = str(exc)
+        # A script aborted by one carries it after "-" (see write_refusal).
+        for word, kind in _PASSING_REPLIES.items():
+            if text.startswith(f"{word} ") or f"-{word} " in text:
+                return kind
     return None
 
 
@@ -139,9 +187,11 @@ def broker_error(exc: Exception, settings: Settings) -> Exception:
     """The error to raise for ``exc`` from redis-py: a connection failure or a write
     refusal as BrokerUnavailable (or one of its kinds), anything else as it is."""
     if isinstance(exc, redis.AuthenticationError):
-        return BrokerUnavailable(
+        error = BrokerUnavailable(
             f"Redis at {redact_url(settings.redis_url)} refused the credentials"
         )
+        error.kind = "auth"
+        return error
     if isinstance(exc, redis.ConnectionError | redis.TimeoutError):
         # redis-py says "... connecting to host:port" when no connection was made:
         # then no command reached Redis, which an enqueue needs to know.
@@ -149,11 +199,12 @@ def broker_error(exc: Exception, settings: Settings) -> Exception:
             f"Redis at {redact_url(settings.redis_url)} is unreachable: {type(exc).__name__}"
         )
         error.connecting = "connecting to" in str(exc)
+        error.kind = unavailable_kind(exc) or "connection"
         return error
     if isinstance(exc, redis.ResponseError):
-        kind = write_refusal(exc)
-        if kind is not None:
-            return kind(f"Redis at {redact_url(settings.redis_url)} {_WHY[kind]}")
+        refusal = write_refusal(exc)
+        if refusal is not None:
+            return refusal(f"Redis at {redact_url(settings.redis_url)} {_WHY[refusal]}")
     return exc
 
 

@@ -140,6 +140,9 @@ class BrokerUnavailable(DispatcherError):
 
     #: True when no connection could be made: no command reached Redis.
     connecting: bool = False
+    #: Why, for logs (dispatcher.connection.unavailable_kind): "connection", "timeout",
+    #: "out_of_memory", "read_only", "misconf", "auth", ...
+    kind: str = "connection"
 
 
 class EnqueueUnconfirmed(BrokerUnavailable):
@@ -151,13 +154,19 @@ class EnqueueUnconfirmed(BrokerUnavailable):
 class BrokerWriteRefused(BrokerUnavailable):
     """Redis answered but refused to write (MISCONF: it cannot persist to disk)."""
 
+    kind = "misconf"
+
 
 class BrokerOutOfMemory(BrokerWriteRefused):
     """Redis reached maxmemory (noeviction): every write is refused until memory frees."""
 
+    kind = "out_of_memory"
+
 
 class BrokerReadOnly(BrokerWriteRefused):
     """Redis is a read-only replica (e.g. the old master after a failover)."""
+
+    kind = "read_only"
 
 
 class IdempotencyConflict(DispatcherError, ValueError):

@@ -15,8 +15,10 @@
 --   _dispatcher.inflight.{queue}.{id}  list    what consumer {id} popped that is not a kombu
 --                                              message, until its dead letter is written
 --   unacked, unacked_index             hash, zset  kombu's own record of delivered messages
---                                              (written here on the pop; kombu's visibility
---                                              timeout redelivers what stays in it)
+--                                              (written here on the pop, the index scored
+--                                              with Redis TIME; the visibility sweep of
+--                                              workers/transport.py redelivers what stays
+--                                              in it longer than the timeout, by Redis TIME)
 --   {queue}.{dialer}.{lane}, {queue}   lists   the lanes messages are popped from (execution.lua)
 --   P:pause:{dialer}, P:rate:{dialer}  read    a paused dialer's lanes, and those of a dialer
 --                                              whose rate-limit slots are taken for the next
@@ -128,6 +130,18 @@ elseif cmd == 'fetch' then
   if #taken > 0 then return taken end
   if soonest ~= nil then return {false, 'gated', string.format('%.3f', soonest - now)} end
   return {false, 'empty'}
+
+elseif cmd == 'record' then
+  -- ARGV: kombu's unacked hash, kombu's unacked index, delivery tag, the unacked
+  -- entry, the in-flight list (or ''), the raw item to clear from it. Records a
+  -- message handed out outside `fetch` (an envelope given out again from an
+  -- in-flight list) as kombu's QoS.append would, but stamped with Redis's clock as
+  -- `fetch` stamps it: the visibility sweep judges age by that clock (never a host's).
+  local clock = redis.call('TIME')
+  redis.call('HSET', ARGV[2], ARGV[4], ARGV[5])
+  redis.call('ZADD', ARGV[3], tonumber(clock[1]) + tonumber(clock[2]) / 1000000, ARGV[4])
+  if ARGV[6] ~= '' then redis.call('LREM', ARGV[6], 1, ARGV[7]) end
+  return 1
 
 elseif cmd == 'reap' then
   -- ARGV: consumer id, registry, in-flight list, queue. If the consumer's heartbeat

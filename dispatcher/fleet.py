@@ -75,6 +75,21 @@ class Fleet:
             args += [dialer, len(lists), *lists]
         return args
 
+    def record(
+        self,
+        *,
+        unacked: str,
+        unacked_index: str,
+        tag: str,
+        entry: str,
+        inflight: str = "",
+        raw: Any = "",
+        client: Any = None,
+    ) -> None:
+        """Record a message delivered outside ``fetch`` in kombu's unacked hash and index
+        (stamped with Redis's clock), clearing ``raw`` from the in-flight list if any."""
+        self.call("record", unacked, unacked_index, tag, entry, inflight, raw, client=client)
+
     def reap(self, client: redis.Redis, *, queue: str) -> dict[str, int]:
         """Return the in-flight messages of consumers whose heartbeat is gone; per consumer."""
         registry = inflight_registry(queue)

@@ -58,6 +58,11 @@ class Settings:
 
     redis_url: str = "redis://localhost:6379/0"
     redis_sentinel_master: str | None = None
+    # The longest any one Redis command may take (a socket timeout on every client:
+    # the workers' broker connection, their job writes, the scheduler, producers);
+    # connecting is bounded by the smaller of this and 5 s. A command that times out
+    # is Redis unavailable: a worker waits and tries again.
+    redis_timeout_s: float = 15.0
     vicidial_url: str | None = None
     vicidial_user: str | None = None
     vicidial_pass: str | None = field(default=None, repr=False)
@@ -145,6 +150,7 @@ class Settings:
             "redis_sentinel_master",
             "is required with a sentinel:// REDIS_URL (the name of the monitored master)",
         )
+        check(0.1 <= self.redis_timeout_s <= 300, "redis_timeout_s", "must be 0.1-300 seconds")
         if self.vicidial_url is not None:
             check(
                 self.vicidial_url.startswith(("http://", "https://")),

@@ -16,11 +16,12 @@ from typing import Any
 import redis
 
 from dispatcher.backend import Backend
-from dispatcher.connection import broker_errors
+from dispatcher.connection import broker_errors, unavailable_kind
 from dispatcher.dialers import PRIORITIES
 from dispatcher.errors import all_reasons
 from dispatcher.jobs import iso
 from dispatcher.redaction import redact
+from dispatcher.redis_health import policy_warnings
 
 __all__ = ["FleetReading", "fleet_status", "read_fleet"]
 
@@ -51,6 +52,10 @@ class FleetReading:
     lanes: dict[tuple[str, str], tuple[int, float | None]]
     memory_used: int | None = None
     memory_max: int | None = None
+    #: Redis's maxmemory-policy (it must be noeviction), None if INFO did not say
+    memory_policy: str | None = None
+    #: why INFO memory failed (refused by a managed Redis), None if it answered
+    memory_error: str | None = None
     #: what the last look-up or check of each server's Non-Agent API found
     lookups: dict[str, dict[str, str]] = field(default_factory=dict)
 
@@ -83,7 +88,8 @@ def _lane_lists(backend: Backend) -> list[tuple[str, str, list[str]]]:
 def read_fleet(backend: Backend, *, memory: bool = False) -> FleetReading:
     """Everything `status` and `/metrics` show, in one pipelined round trip.
 
-    ``memory``: also Redis's memory use (INFO memory). Raises BrokerUnavailable.
+    ``memory``: also Redis's memory use and policy (INFO memory; a Redis that refuses
+    INFO is noted in ``memory_error``, not raised). Raises BrokerUnavailable.
     """
     keys = backend.keys
     reasons = all_reasons()
@@ -112,6 +118,12 @@ def read_fleet(backend: Backend, *, memory: bool = False) -> FleetReading:
             # A restarted or flushed Redis lost the scripts: load them, read again.
             backend.fleet.load()
             backend.execution.load()
+        info: Any = replies[-1] if memory else None
+        memory_error = None
+        if isinstance(info, redis.ResponseError) and unavailable_kind(info) is None:
+            # A managed Redis may refuse INFO (NOPERM, renamed command): say so, go on.
+            memory_error, info = f"{type(info).__name__}: {str(info)[:200]}", None
+            replies = replies[:-1]
         for reply in replies:
             if isinstance(reply, Exception):
                 raise reply
@@ -130,7 +142,9 @@ def read_fleet(backend: Backend, *, memory: bool = False) -> FleetReading:
     per_reason = rest[: len(reasons)]
     now, paused = backend.execution.parse_pauses(pauses)
     _, looked = backend.execution.parse_lookups(lookups)
-    info = rest[len(reasons)] if memory else None
+    if not isinstance(info, dict):
+        info = None
+    policy = str(info.get("maxmemory_policy") or "") if info else ""
     return FleetReading(
         queued=sum(depth for depth, _ in per_lane.values()),
         retrying=int(retrying),
@@ -143,13 +157,15 @@ def read_fleet(backend: Backend, *, memory: bool = False) -> FleetReading:
         lanes=per_lane,
         memory_used=int(info.get("used_memory", 0)) if info else None,
         memory_max=int(info.get("maxmemory", 0)) if info else None,
+        memory_policy=policy or None,
+        memory_error=memory_error,
         lookups=looked,
     )
 
 
 def fleet_status(backend: Backend, *, now: float | None = None) -> dict[str, Any]:
     """What `dispatcher status --json` prints."""
-    reading = read_fleet(backend)
+    reading = read_fleet(backend, memory=True)
     redis_now = reading.redis_now
     now = time.time() if now is None else now
     pauses: dict[str, Any] = {}
@@ -212,4 +228,9 @@ def fleet_status(backend: Backend, *, now: float | None = None) -> dict[str, Any
             "lookups": lookups,
         },
         "totals": {k: _number(v) for k, v in sorted(reading.stats.items())},
+        # What Redis must be for the guarantees to hold (dispatcher.redis_health).
+        "redis": {
+            "maxmemory_policy": reading.memory_policy,
+            "warnings": policy_warnings(reading.memory_policy, error=reading.memory_error),
+        },
     }

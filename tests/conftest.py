@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import redis
 
+from dispatcher import redis_health
 from dispatcher.localfleet import WorkerProcess
 from dispatcher.redis_server import RedisServer
 from dispatcher.settings import Settings
@@ -38,6 +39,14 @@ FAST = {
     "reconcile_after_s": 0.3,
     "log_format": "json",
 }
+
+
+@pytest.fixture(autouse=True)
+def fresh_redis_availability(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test starts outside any episode of Redis unavailable: the tracker is
+    process-wide (dispatcher/redis_health.py), and one test's fault must not end,
+    with a ``redis.available`` line, in the next test's logs."""
+    monkeypatch.setattr(redis_health, "_availability", redis_health.RedisAvailability())
 
 
 @pytest.fixture(scope="session")

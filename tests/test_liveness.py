@@ -1,11 +1,13 @@
-"""Which worker is alive is judged by Redis (keys with a TTL), not by each host's clock.
+"""Which worker is alive, and which message is overdue, is judged by Redis's clock
+(keys with a TTL, Redis TIME), not by each host's clock.
 
-Real worker processes; a second "host" is a scheduler run in this process, its
-clock shifted by a minute through ``time.time`` (the test seam).
+Real worker processes; a second "host" is a scheduler or a visibility sweep run in
+this process, its clock shifted through ``time.time`` (the test seam).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -13,11 +15,16 @@ from collections.abc import Callable
 
 import pytest
 import redis
+from kombu.transport import redis as kombu_redis
 
+from dispatcher.backend import get_backend
+from dispatcher.jobs import broker_envelope
 from dispatcher.localfleet import WorkerProcess
+from dispatcher.producer import prepare_job
 from dispatcher.settings import Settings
 from tests.conftest import wait_for
 from workers import transport
+from workers.celery_app import make_app
 from workers.scheduler import RetryScheduler
 
 pytestmark = pytest.mark.slow
@@ -109,3 +116,77 @@ def test_workers_gone_for_good_leave_no_heartbeat_behind(
 
     wait_for(lambda: not traces(), timeout=30, message="the dead worker's heartbeat pruned")
     client.close()
+
+
+# -- the visibility sweep --------------------------------------------------------------
+
+
+def _taken(settings: Settings, *, ago_s: float) -> str:
+    """A message taken by a consumer ``ago_s`` seconds ago by Redis's clock, recorded in
+    kombu's unacked hash and index by the fetch script (as a worker takes it)."""
+    backend = get_backend(settings)
+    keys = backend.keys
+    lane = keys.lane("default", "realtime")
+    job = prepare_job({"agent_user": "1000", "phone_number": "7275551212"}, settings=settings)
+    envelope = broker_envelope(job.to_message(), queue=lane)
+    tag = str(json.loads(envelope)["properties"]["delivery_tag"])
+    client = backend.redis
+    client.lpush(lane, envelope)
+    args = backend.fleet.fetch_args(
+        "someone-else",
+        ttl=30,
+        queue=keys.queue,
+        unacked="unacked",
+        unacked_index="unacked_index",
+        acks=[],
+        lanes=[("default", [lane])],
+    )
+    backend.fleet.call(*args)
+    taken_at = client.zscore("unacked_index", tag)
+    assert taken_at is not None
+    seconds, micros = client.time()
+    # The fetch wrote Redis's clock; move it back to when this message was "taken".
+    assert abs(taken_at - (seconds + micros / 1e6)) < 5
+    client.zadd("unacked_index", {tag: taken_at - ago_s})
+    return tag
+
+
+def _sweep(settings: Settings, monkeypatch: pytest.MonkeyPatch, *, skew_s: float) -> None:
+    """One visibility sweep by a worker (this process) whose clock is ``skew_s`` off."""
+    app = make_app(settings)
+    real_time = time.time
+    with app.connection_for_write() as connection:
+        qos = connection.default_channel.qos
+        # The sweeper's clock: every way kombu and this project read the wall clock.
+        monkeypatch.setattr(time, "time", lambda: real_time() + skew_s)
+        monkeypatch.setattr(kombu_redis, "time", lambda: real_time() + skew_s)
+        try:
+            qos.restore_visible(num=100, interval=1)
+        finally:
+            monkeypatch.undo()
+
+
+def _restored(settings: Settings, tag: str) -> bool:
+    client = get_backend(settings).redis
+    lane = get_backend(settings).keys.lane("default", "realtime")
+    back = any(tag in item for item in client.lrange(lane, 0, -1))
+    return back and not client.hexists("unacked", tag)
+
+
+def test_a_sweeper_whose_clock_runs_ahead_leaves_messages_in_flight_alone(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Taken 2 s ago by Redis's clock, with an 8 s visibility timeout: still in flight.
+    tag = _taken(settings, ago_s=2.0)
+    _sweep(settings, monkeypatch, skew_s=3600.0)
+    assert not _restored(settings, tag), "a live message was put back (a second copy runs)"
+    assert get_backend(settings).redis.hexists("unacked", tag)
+
+
+def test_a_sweeper_whose_clock_runs_behind_still_restores_an_expired_message(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Taken 20 s ago by Redis's clock: past the 8 s visibility timeout, its worker lost.
+    tag = _taken(settings, ago_s=20.0)
+    _sweep(settings, monkeypatch, skew_s=-3600.0)
+    assert _restored(settings, tag), "an expired message waits for the sweeper's clock"

@@ -220,3 +220,53 @@ def test_a_worker_refuses_the_gevent_and_eventlet_pools(
         _check_worker_settings(sender=SimpleNamespace(pool_cls=pool))
     assert exit_info.value.code == 2
     assert "is not supported: use --pool threads" in capsys.readouterr().err
+
+
+def test_kombu_still_has_every_method_the_transport_overrides_or_calls() -> None:
+    """workers/transport.py overrides and calls private parts of kombu's Redis transport
+    (pinned to kombu 5.7): a kombu that renamed one would silently bypass an override
+    (the reliable pop, the Redis-clock sweep, a guard that keeps Celery's loop alive)."""
+    import inspect
+
+    from kombu.transport import redis as kombu_redis
+
+    expected = {
+        kombu_redis.QoS: {
+            "append": ["message", "delivery_tag"],
+            "ack": ["delivery_tag"],
+            "reject": ["delivery_tag", "requeue"],
+            "restore_unacked": ["client"],
+            "restore_unacked_once": ["stderr"],
+            "restore_visible": ["start", "num", "interval"],
+            "restore_by_tag": ["tag", "client", "leftmost"],
+            "pipe_or_acquire": ["pipe", "client"],
+            "_remove_from_indices": ["delivery_tag", "pipe"],
+            "can_consume": [],
+        },
+        kombu_redis.Channel: {
+            "_brpop_start": ["timeout"],
+            "_brpop_read": ["options"],
+            "_receive": [],
+            "_size": ["queue"],
+            "_queue_bind": ["exchange", "routing_key", "pattern", "queue"],
+            "maybe_refresh_binding_expiry": [],
+            "basic_consume": ["queue", "args", "kwargs"],
+            "_create_client": ["asynchronous"],
+            "conn_or_acquire": ["client"],
+        },
+    }
+    for cls, methods in expected.items():
+        for name, params in methods.items():
+            method = getattr(cls, name, None)
+            assert method is not None, f"kombu {cls.__name__}.{name} is gone"
+            found = [p for p in inspect.signature(method).parameters if p != "self"]
+            assert found == params, (cls.__name__, name, found)
+    # The sweep's lock: kombu's own, reused.
+    assert callable(kombu_redis.Mutex) and issubclass(kombu_redis.MutexHeld, Exception)
+    # And ours are the ones the transport's classes resolve to.
+    for name in ("append", "reject", "restore_visible", "restore_unacked"):
+        assert getattr(transport.ReliableQoS, name) is not getattr(kombu_redis.QoS, name), name
+    for name in ("_brpop_start", "_brpop_read", "_receive", "maybe_refresh_binding_expiry"):
+        ours = getattr(transport.Channel, name)
+        assert ours is not getattr(kombu_redis.Channel, name), name
+        assert getattr(transport.SentinelChannel, name) is ours, name

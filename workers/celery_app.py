@@ -28,6 +28,11 @@ Why each setting (see README "Guarantees"):
   (every outcome, an unexpected error's ``internal`` dead letter included, is
   stored first); it raises ``Reject(requeue=True)`` when Redis itself fails, or
   when anything else escapes, which puts the message back.
+* ``socket_timeout`` / ``socket_connect_timeout``: DISPATCHER_REDIS_TIMEOUT_S (and at
+  most 5 s to connect), as every other Redis client of the dispatcher.
+* At start-up the worker refuses a Redis whose ``maxmemory-policy`` is not
+  ``noeviction`` (:func:`dispatcher.redis_health.require_noeviction`), waiting for
+  Redis first if it is not up yet.
 * ``worker_cancel_long_running_tasks_on_connection_loss`` is off: a job running
   when the broker connection drops finishes its call and stores its outcome
   (retrying the write until Redis is back); when the message is redelivered the
@@ -43,10 +48,11 @@ from typing import Any
 
 from celery import Celery, bootsteps, signals
 
-from dispatcher.connection import broker_transport_options
+from dispatcher.connection import broker_transport_options, client_timeouts
 from dispatcher.errors import ConfigError
 from dispatcher.jobs import TASK_NAME
 from dispatcher.logs import configure_logging
+from dispatcher.redis_health import require_noeviction
 from dispatcher.settings import Settings, get_settings
 from workers import tasks
 
@@ -92,9 +98,13 @@ def make_app(settings: Settings) -> Celery:
             "unacked_restore_interval": restore_every,
             "unacked_restore_throttle": 1,
             "unacked_mutex_expire": int(5 * restore_every),
-            "socket_timeout": 30,
-            "socket_connect_timeout": 5,
-            "health_check_interval": 25,
+            # No broker command waits longer than DISPATCHER_REDIS_TIMEOUT_S: one that
+            # times out is Redis unavailable, waited out (workers/transport.py).
+            **client_timeouts(settings),
+            # kombu drops a poll whose reply is overdue by this long (a stalled Redis
+            # never makes the socket readable): a fetch waits at most its own timeout
+            # (1 s) plus DISPATCHER_REDIS_TIMEOUT_S, then the consumer reconnects.
+            "health_check_interval": settings.redis_timeout_s,
             # One list per queue: our transport pops it with BRPOPLPUSH (one source).
             "priority_steps": [0],
             **broker_transport_options(settings),
@@ -230,9 +240,18 @@ def _check_worker_settings(sender: Any = None, **_: Any) -> None:
             file=sys.stderr,
         )
         raise SystemExit(2)
+    settings = _settings_or_exit()
     try:
-        _settings_or_exit().require_vicidial()
+        settings.require_vicidial()
     except ConfigError as exc:
+        print(f"dispatcher worker: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    # Before Celery's own start-up: what this check logs (waiting for Redis) in our format.
+    _setup_logging()
+    try:
+        require_noeviction(settings)
+    except ConfigError as exc:
+        # An evicting Redis would forget that a lead was added: refuse to serve it.
         print(f"dispatcher worker: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
 

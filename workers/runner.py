@@ -77,6 +77,7 @@ from dispatcher.execution import FENCE_MARGIN_S, Claim, Fence, claim_clock, new_
 from dispatcher.jobs import Job, broker_envelope
 from dispatcher.lead import Lead
 from dispatcher.reconcile import mark
+from dispatcher.redis_health import redis_availability
 from dispatcher.settings import Settings, get_settings
 from dispatcher.stats import latency_bucket_field
 from workers.outcomes import RetryPolicy
@@ -246,7 +247,9 @@ class JobRunner:
                     raise
                 return self._internal(d, exc)
         except (BrokerUnavailable, redis.RedisError) as exc:
-            _log.error("worker.redis_unavailable", error=str(exc))
+            # The episode itself is logged once (redis.unavailable); this job goes back.
+            redis_availability().failed(exc, during="job")
+            _log.warning("worker.job_returned", why="redis unavailable", error=str(exc))
             raise TransientInfrastructureError(str(exc)) from None
         finally:
             structlog.contextvars.clear_contextvars()
@@ -737,16 +740,22 @@ class JobRunner:
         """
         deadline = started + self.hold_s
         delay = 0.1
+        availability = redis_availability()
         while True:
             try:
                 with broker_errors(self.settings):
-                    return write()
+                    result = write()
             except BrokerUnavailable as exc:
+                # Logged once per episode (redis.unavailable), not once per try.
+                availability.failed(exc, during="job")
                 if time.monotonic() + delay > deadline:
                     raise
-                _log.warning("worker.redis_write_retry", delay_s=delay, error=str(exc))
+                _log.debug("worker.redis_write_retry", delay_s=delay, error=str(exc))
                 time.sleep(delay)
                 delay = min(delay * 2, 5.0)
+            else:
+                availability.ok()
+                return result
 
     def _has_replicas(self) -> bool:
         """Whether Redis has a replica to wait for (checked every 30 s)."""

@@ -17,6 +17,12 @@ Every worker runs one:
 * has the reconciliation look-up's permissions checked now and then
   (:class:`workers.reconciler.LookupChecker`, in a thread of its own), so that
   ``dispatcher status``/``health`` can say what VICIdial lacks before a job needs it.
+
+Redis full, read-only, slow or away never stops the thread: a tick that fails is
+tried again on the next one (the retries it did not move wait in Redis, a heartbeat
+missed for longer than its TTL is written again, and the consumer registers again on
+its next poll); the episode is logged once (``redis.unavailable``, see
+:mod:`dispatcher.redis_health`).
 """
 
 from __future__ import annotations
@@ -24,9 +30,13 @@ from __future__ import annotations
 import threading
 import time
 
+import redis
+
 from dispatcher import logs, retention
 from dispatcher.activity import record_minute
 from dispatcher.backend import Backend, get_backend
+from dispatcher.errors import BrokerUnavailable
+from dispatcher.redis_health import redis_availability
 from dispatcher.settings import Settings
 from workers.reconciler import LookupChecker
 from workers.transport import consumer_id, consumer_ttl_s
@@ -56,13 +66,15 @@ class RetryScheduler(threading.Thread):
 
     def tick(self) -> int:
         backend = get_backend(self.settings)
+        # The heartbeat first: it writes (a success says Redis takes writes again).
+        backend.fleet.beat(self.worker_name, consumer=self.consumer, ttl=self.ttl)
+        redis_availability().ok()
         moved = 0
         while True:
             n = backend.execution.move_due(limit=_BATCH)
             moved += n
             if n < _BATCH:
                 break
-        backend.fleet.beat(self.worker_name, consumer=self.consumer, ttl=self.ttl)
         wall = time.time()
         if int(wall // 60) != self._last_minute:
             # The console's per-minute chart: one sample of the counters a minute.
@@ -90,9 +102,15 @@ class RetryScheduler(threading.Thread):
         while not self._stop_event.is_set():
             try:
                 self.tick()
-            except Exception as exc:  # Redis down: keep trying, never die
-                now = time.monotonic()
-                if now - self._last_error_log >= 10.0:  # one line per 10 s, not per tick
-                    self._last_error_log = now
-                    _log.warning("scheduler.error", error=f"{type(exc).__name__}: {exc}")
+            except (redis.RedisError, BrokerUnavailable) as exc:
+                if not redis_availability().failed(exc, during="scheduler"):
+                    self._error(exc)
+            except Exception as exc:  # never die
+                self._error(exc)
             self._stop_event.wait(self.settings.scheduler_interval_s)
+
+    def _error(self, exc: Exception) -> None:
+        now = time.monotonic()
+        if now - self._last_error_log >= 10.0:  # one line per 10 s, not per tick
+            self._last_error_log = now
+            _log.warning("scheduler.error", error=f"{type(exc).__name__}: {exc}")

@@ -1,6 +1,7 @@
-"""kombu's Redis transport, made safe against lost pops and poison queue items.
+"""kombu's Redis transport, made safe against lost pops, poison queue items, a Redis
+that cannot serve, and hosts' clocks.
 
-Four gaps in stock kombu matter for "no lead is lost":
+Six gaps in stock kombu matter for "no lead is lost" and "none added twice":
 
 1. **The pop window.** kombu takes a message with ``BRPOP`` and only then, in a
    second round trip, records it as unacknowledged. A worker killed between the
@@ -26,13 +27,33 @@ Four gaps in stock kombu matter for "no lead is lost":
 3. **Acks on a dead connection.** After Redis restarts, kombu may ack, reject
    or restore through a detached connection and crash the worker;
    :class:`ReliableQoS` leaves those messages to the visibility sweep instead.
-4. **A full or read-only Redis** refuses the pop's writes (stock ``BRPOP`` is
-   allowed under OOM, ``BRPOPLPUSH`` is not): the consumer waits and polls again
-   instead of crashing, and resumes when Redis takes writes.
+4. **A Redis that cannot serve** (full under ``noeviction``, a read-only replica,
+   MISCONF, loading, stalled past DISPATCHER_REDIS_TIMEOUT_S, unreachable) refused
+   or failed a write that kombu sends from Celery's event loop, and the error ended
+   the worker ("Unrecoverable error"): the deferred acks' MULTI (Redis refuses to
+   queue commands in a MULTI under OOM), a hand-back (``reject`` with requeue), the
+   visibility sweep's lock, a PING on the control channel's pub/sub connection
+   (answered MISCONF). Each now waits: the acks and hand-backs stay pending for the
+   next poll, the sweep for the next sweep, the consumer backs off and polls again,
+   and the episode is logged once (``redis.unavailable``,
+   :mod:`dispatcher.redis_health`). Connection errors still go to Celery, which
+   reconnects. Every command has a socket timeout; a poll (whose reply is read by
+   the event loop) is dropped as stale by kombu once overdue by
+   DISPATCHER_REDIS_TIMEOUT_S, and sent again.
+5. **The sweep's clock.** kombu's visibility sweep compares the unacked index's
+   scores with ``time.time()`` of whichever host sweeps: a host whose clock runs
+   ahead put live in-flight messages back (a second copy ran), one behind delayed
+   recovery. Scores are Redis TIME (the fetch script, and ``record`` for a message
+   delivered outside it) and the sweep's ceiling is Redis TIME too
+   (:meth:`ReliableQoS.restore_visible`), as liveness is.
+6. **Acks deferred** off the consumer thread (:class:`ReliableQoS`): they ride
+   along with the next poll.
 
-This overrides private methods of kombu's Redis channel (``_brpop_start``,
-``_brpop_read``, ``QoS.append``...), tested with kombu 5.7 (the range the package
-pins; tests/test_workers_package.py proves the reliable pop is the one running).
+This overrides private methods of kombu's Redis channel and QoS (``_brpop_start``,
+``_brpop_read``, ``_receive``, ``_size``, ``_queue_bind``, ``QoS.append``,
+``QoS.restore_visible``, ``QoS.reject``, ``QoS.pipe_or_acquire``...), tested with
+kombu 5.7 (the range the package pins; tests/test_workers_package.py proves the
+reliable pop is the one running and that kombu still has each method overridden).
 It needs one queue and no ``global_keyprefix``: a worker configured otherwise
 refuses to start rather than fall back to stock ``BRPOP``.
 """
@@ -62,6 +83,7 @@ from dispatcher.backend import get_backend
 from dispatcher.connection import write_refusal
 from dispatcher.deadletter import DeadLetterStore
 from dispatcher.fleet import inflight_key, inflight_registry
+from dispatcher.redis_health import redis_availability
 from dispatcher.settings import get_settings
 
 __all__ = [
@@ -149,18 +171,42 @@ class ReliableQoS(kombu_redis.QoS):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._pending_acks: collections.deque[Any] = collections.deque()
+        #: messages handed back (a job whose Redis failed) while Redis refused the
+        #: write: put back on the queue by the next flush
+        self._pending_restores: collections.deque[Any] = collections.deque()
 
     def _add_pending_acks(self, pipe: Any) -> None:
         while self._pending_acks:
             self._remove_from_indices(self._pending_acks.popleft(), pipe)
 
-    def flush_acks(self) -> None:
-        """Write the deferred acks now (one round trip), if there are any."""
-        if not self._pending_acks or self._detached():
-            return
-        with self.pipe_or_acquire() as pipe:
-            self._add_pending_acks(pipe)
-            pipe.execute()
+    def flush_acks(self) -> bool:
+        """Write the deferred acks (one round trip) and hand-backs now, if there are any.
+
+        False when Redis refused or failed (full, read-only, away): everything stays
+        pending for the next poll, the consumer backs off, and the failure is logged
+        once per episode. Nothing here raises into Celery's loop: a refused MULTI
+        (``OutOfMemoryError``) used to end the worker with "Unrecoverable error".
+        """
+        if self._detached() or not (self._pending_acks or self._pending_restores):
+            return True
+        acks = list(self._pending_acks)
+        self._pending_acks.clear()
+        try:
+            if acks:
+                with self.pipe_or_acquire() as pipe:
+                    for tag in acks:
+                        self._remove_from_indices(tag, pipe)
+                    pipe.execute()
+                acks = []
+            while self._pending_restores:
+                self.restore_by_tag(self._pending_restores[0], leftmost=True)
+                self._pending_restores.popleft()
+        except redis.RedisError as exc:
+            self._pending_acks.extendleft(reversed(acks))
+            self.channel._redis_failed(exc, during="acks")
+            return False
+        redis_availability().ok()
+        return True
 
     # kombu's pipe_or_acquire builds a new redis.Redis for every pipeline, and
     # redis-py's constructor (its response-callback table) cost about 6% of a
@@ -216,14 +262,16 @@ class ReliableQoS(kombu_redis.QoS):
         delivery = message.delivery_info
         exchange, routing_key = delivery["exchange"], delivery["routing_key"]
         with self.pipe_or_acquire() as pipe:
-            pipe.zadd(self.unacked_index_key, {delivery_tag: time.time()})
-            pipe.hset(
-                self.unacked_key,
-                delivery_tag,
-                json.dumps([message._raw, exchange, routing_key]),
+            # Stamped with Redis's clock (kombu stamps this host's), as fetch stamps it.
+            self.channel.dispatcher_fleet().record(
+                unacked=self.unacked_key,
+                unacked_index=self.unacked_index_key,
+                tag=delivery_tag,
+                entry=json.dumps([message._raw, exchange, routing_key]),
+                inflight=inflight if raw is not None and inflight else "",
+                raw=raw if raw is not None else "",
+                client=pipe,
             )
-            if raw is not None:
-                pipe.lrem(inflight, 1, raw)
             self._add_pending_acks(pipe)
             pipe.execute()
         virtual.QoS.append(self, message, delivery_tag)
@@ -247,21 +295,76 @@ class ReliableQoS(kombu_redis.QoS):
         if self._detached():
             virtual.QoS.ack(self, delivery_tag)
             return
-        super().reject(delivery_tag, requeue=requeue)
+        if not requeue:
+            self.ack(delivery_tag)  # dropped: the same Redis write as an ack, deferred
+            return
+        try:
+            super().reject(delivery_tag, requeue=True)
+        except redis.RedisError as exc:
+            # A job handed back because Redis failed, and Redis refuses the hand-back
+            # too: it stays in kombu's unacked record and goes back with the next flush
+            # (or the visibility sweep), never raised into Celery's loop.
+            self._pending_restores.append(delivery_tag)
+            virtual.QoS.ack(self, delivery_tag)
+            self.channel._redis_failed(exc, during="hand-back")
 
     def restore_unacked(self, client: Any = None) -> Any:
         if client is None and self._detached():
             self._delivered.clear()
             return None
-        with contextlib.suppress(redis.RedisError):
-            self.flush_acks()
-        return super().restore_unacked(client)
+        self.flush_acks()
+        try:
+            return super().restore_unacked(client)
+        except redis.RedisError as exc:
+            # What could not go back now stays in the unacked record: the visibility
+            # sweep of any worker returns it.
+            self._delivered.clear()
+            redis_availability().failed(exc, during="hand-back")
+            return None
 
     def restore_unacked_once(self, stderr: Any = None) -> Any:
         # The channel is closing (a warm shutdown): write the deferred acks first.
-        with contextlib.suppress(redis.RedisError):
-            self.flush_acks()
+        self.flush_acks()
         return super().restore_unacked_once(stderr)
+
+    # kombu's sweep compares the index's scores (Redis TIME, written by the fetch
+    # script and by `record`) with this host's time.time(): a host whose clock ran
+    # ahead put live in-flight messages back (a second copy ran), one behind delayed
+    # recovery. Here the ceiling comes from Redis's clock, read under the sweep's
+    # lock, just before the index is read; and a sweep that Redis refuses (full,
+    # read-only, away) waits for the next one instead of raising into Celery's loop
+    # (on a reconnection kombu sweeps once outside its timer's guard).
+    _sweeps = 0
+
+    def restore_visible(self, start: int = 0, num: int = 10, interval: int = 10) -> None:
+        self._sweeps += 1
+        if (self._sweeps - 1) % (interval or 1):
+            return
+        try:
+            with (
+                self.channel.conn_or_acquire() as client,
+                kombu_redis.Mutex(client, self.unacked_mutex_key, self.unacked_mutex_expire),
+            ):
+                seconds, micros = client.time()
+                ceiling = int(seconds) + int(micros) / 1e6 - float(self.visibility_timeout)
+                visible = client.zrange(
+                    self.unacked_index_key,
+                    ceiling,
+                    0,
+                    desc=True,
+                    byscore=True,
+                    offset=num and start,
+                    num=num,
+                    withscores=True,
+                )
+                for tag, _score in visible or []:
+                    self.restore_by_tag(tag, client)
+        except kombu_redis.MutexHeld:
+            return
+        except redis.RedisError as exc:
+            self.channel._redis_failed(exc, during="visibility sweep", backoff=False)
+            return
+        redis_availability().ok()
 
 
 class _ReliableChannel:
@@ -280,6 +383,9 @@ class _ReliableChannel:
     _queue_cycle: Any
     _q_for_pri: Any
     conn_or_acquire: Any
+    #: monotonic time before which the consumer does not poll (Redis refused or failed)
+    _backoff_until = 0.0
+    _last_refusal_log = -1e9
 
     def _reliable_setup(self) -> None:
         if hasattr(self, "_phase"):
@@ -314,8 +420,6 @@ class _ReliableChannel:
         #: "fetch": the fetch script's reply is pending; "block": the wait for a wake token
         self._phase: str | None = None
         self._use_eval = False
-        self._backoff_until = 0.0
-        self._last_refusal_log = -1e9
         self._inflight_raw: Any = None
         self._inflight_list: str | None = None
         self._recorded = False
@@ -348,8 +452,51 @@ class _ReliableChannel:
         except redis.ResponseError as exc:
             if write_refusal(exc) is None:
                 raise
-            _log.error("consumer.redis_refused", error=str(exc)[:300], during="queue binding")
+            redis_availability().failed(exc, during="queue binding")
             return None
+
+    def maybe_refresh_binding_expiry(self) -> Any:
+        # Celery's control queues expire: kombu refreshes their bindings every second
+        # with a script, and logs a traceback each time Redis refuses it. Said once
+        # per episode instead; anything else as kombu does.
+        try:
+            return super().maybe_refresh_binding_expiry()  # type: ignore[misc]
+        except redis.RedisError as exc:
+            if not redis_availability().failed(exc, during="control bindings"):
+                raise
+            return None
+
+    def _receive(self) -> Any:
+        # Celery's remote control listens on a pub/sub connection, which redis-py
+        # pings now and then: Redis answers a PING with MISCONF while it cannot
+        # persist, and kombu raised that into Celery's loop ("Unrecoverable error").
+        # The subscription stays; the episode is said once.
+        try:
+            return super()._receive()  # type: ignore[misc]
+        except redis.ResponseError as exc:
+            if not redis_availability().failed(exc, during="control"):
+                raise
+            return False
+
+    def dispatcher_fleet(self) -> Any:
+        """The fleet commands (dispatcher/fleet.lua) this consumer runs."""
+        self._reliable_setup()
+        return self._fleet
+
+    def _redis_failed(self, exc: BaseException, *, during: str, backoff: bool = True) -> None:
+        """A command of this consumer failed. Redis unavailable (full, read-only, slow,
+        away): logged once per episode; anything else once per 10 s. Either way the
+        consumer waits a moment before it polls again (``backoff``)."""
+        if backoff:
+            self._backoff_until = time.monotonic() + _REFUSED_BACKOFF_S
+        if redis_availability().failed(exc, during=during):
+            return
+        now = time.monotonic()
+        if now - self._last_refusal_log >= 10.0:  # one line per 10 s, not per poll
+            self._last_refusal_log = now
+            _log.error(
+                "consumer.redis_error", during=during, error=f"{type(exc).__name__}: {exc}"[:300]
+            )
 
     def _take_inflight(self) -> tuple[Any, str | None, bool]:
         """(the raw item to clear from the in-flight list or None, that list, whether the
@@ -368,13 +515,21 @@ class _ReliableChannel:
             # (mingle) or of a control command, read by another channel of the same
             # connection. kombu's own pop serves it; the fetch script would hand it a lead.
             self._phase = "kombu"
-            return super()._brpop_start(timeout)  # type: ignore[misc]
+            try:
+                return super()._brpop_start(timeout)  # type: ignore[misc]
+            except redis.ResponseError as exc:
+                # Refused before anything was sent (see _send): poll again later.
+                self._phase = None
+                vars(self).update(_in_poll=None)
+                self._redis_failed(exc, during="fetch")
+                return None
         if not queues or time.monotonic() < self._backoff_until:
             return None  # nothing sent: the poller waits its timeout, then asks again
         if self._poll_idle:
             # The last poll found the queue empty: acks deferred since then go now.
             self._poll_idle = False
-            self.qos.flush_acks()
+            if not self.qos.flush_acks():
+                return None  # refused (logged): poll again after the back-off
         self._queue = queues[0]
         consumer = consumer_id()
         self._inflight_list = inflight_key(self._registry_queue, consumer)
@@ -382,7 +537,10 @@ class _ReliableChannel:
         self._turn = (self._turn + 1) % len(self._lanes)
         order = self._lanes[self._turn :] + self._lanes[: self._turn]
         # The acks deferred since the last poll ride along (kept until the reply says
-        # the script ran).
+        # the script ran). Those of a fetch whose reply never came (its connection was
+        # dropped as stale) go again: removing an ack twice is harmless.
+        if self._acks_sent:
+            self.qos.return_acks(self._acks_sent)
         self._acks_sent = self.qos.take_acks()
         args = self._fleet.fetch_args(
             consumer,
@@ -402,8 +560,27 @@ class _ReliableChannel:
         self._phase = "fetch"
         # The attributes kombu's own _brpop_start sets (its poller and health checks).
         vars(self).update(_in_poll=self.client.connection, _brpop_sent_at=time.monotonic())
-        self.client.connection.send_command(*command)
+        self._send(*command)
         return None
+
+    def _send(self, *command: Any) -> None:
+        """Send a poll. Unreachable or stalled (its connection's handshake timed out):
+        raised, kombu reconnects. Refused before it left (redis-py pings a connection
+        idle past its health-check interval, and Redis answers that PING with MISCONF
+        while it cannot persist): nothing is sent, the consumer polls again after its
+        back-off. Either way the episode is said once."""
+        try:
+            self.client.connection.send_command(*command)
+        except (*self.connection_errors, redis.ResponseError) as exc:
+            if self._phase == "fetch":
+                self.qos.return_acks(self._acks_sent)
+                self._acks_sent = []
+            self._phase = None
+            vars(self).update(_in_poll=None)
+            if not isinstance(exc, redis.ResponseError):
+                redis_availability().failed(exc, during="fetch")
+                raise
+            self._redis_failed(exc, during="fetch")
 
     def _free_slots(self) -> int:
         """How many messages this poll may take: the consumer's free prefetch slots (a
@@ -423,7 +600,7 @@ class _ReliableChannel:
         self.qos.flush_acks()
         self._phase = "block"
         vars(self).update(_brpop_sent_at=time.monotonic())
-        self.client.connection.send_command("BRPOP", self._wake, f"{timeout:.3f}")
+        self._send("BRPOP", self._wake, f"{timeout:.3f}")
 
     def _brpop_read(self, **options: Any) -> Any:
         self._reliable_setup()
@@ -435,11 +612,12 @@ class _ReliableChannel:
             try:
                 name = "EVALSHA" if phase == "fetch" else "BRPOP"
                 reply = self.client.parse_response(connection, name, **options)
-            except self.connection_errors:
+            except self.connection_errors as exc:
                 # Disconnect so the next iteration reconnects (as kombu does).
                 if phase == "fetch":
                     self.qos.return_acks(self._acks_sent)
                 self._acks_sent = []
+                redis_availability().failed(exc, during="fetch")
                 connection.disconnect()
                 raise
             except redis.ResponseError as exc:
@@ -449,6 +627,9 @@ class _ReliableChannel:
                 self._refused(exc)
                 raise Empty() from None
             self._acks_sent = []
+            if phase == "fetch":
+                # The fetch script always writes (this consumer's heartbeat).
+                redis_availability().ok()
             if phase != "fetch":
                 # Woken (or timed out): fetch at once.
                 self._poll_idle = reply is None
@@ -497,16 +678,7 @@ class _ReliableChannel:
             self._use_eval = True  # EVAL loads it (Redis restarted or flushed its scripts)
             return
         self._use_eval = False
-        self._backoff_until = time.monotonic() + _REFUSED_BACKOFF_S
-        now = time.monotonic()
-        if now - self._last_refusal_log >= 10.0:  # one line per 10 s, not per poll
-            self._last_refusal_log = now
-            kind = write_refusal(exc)
-            _log.error(
-                "consumer.redis_refused",
-                error=str(exc)[:300],
-                kind=kind.__name__ if kind else type(exc).__name__,
-            )
+        self._redis_failed(exc, during="fetch")
 
     def _poison(self, item: Any) -> None:
         raw = item.decode("utf-8", "replace") if isinstance(item, bytes) else str(item)
@@ -520,6 +692,8 @@ class _ReliableChannel:
             )
         except Exception as exc:  # the worker must survive; the item stays and is retried
             self._backoff_until = time.monotonic() + _REFUSED_BACKOFF_S
+            if redis_availability().failed(exc, during="dead letter"):
+                return
             now = time.monotonic()
             if now - self._last_refusal_log >= 10.0:
                 self._last_refusal_log = now

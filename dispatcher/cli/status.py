@@ -44,7 +44,8 @@ one's wait), retries waiting, dead letters by reason, the oldest dead letter's
 age, live workers, whether calls to a dialer are paused (wrong password,
 outage) and until when, and whether reconciliation's look-ups work there (as
 the workers or `dispatcher health` last found; if not, what to change in
-VICIdial). Reads Redis only."""
+VICIdial), and a warning when Redis's maxmemory-policy is not noeviction. Reads
+Redis only."""
 )
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON (stable keys).")
 @click.pass_obj
@@ -95,6 +96,11 @@ def status(obj: CliContext, as_json: bool) -> None:
         console.print("VICIdial calls: not paused")
     for ok, line in lookup_lines(obj.settings, data["reconcile"]["lookups"]):
         console.print(line if ok else f"[bold red]{line}[/]", highlight=False, soft_wrap=True)
+    redis_state = data["redis"]
+    for warning in redis_state["warnings"]:
+        console.print(f"[bold red]WARNING[/] {warning}", highlight=False, soft_wrap=True)
+    if not redis_state["warnings"]:
+        console.print(f"redis: maxmemory-policy {redis_state['maxmemory_policy']}")
 
 
 @click.command(
@@ -105,7 +111,9 @@ reason on stderr.
 
 With DISPATCHER_AMBIGUOUS=reconcile it also says whether reconciliation's look-ups
 (VICIdial's Non-Agent API) are permitted, and if not exactly what to change in
-VICIdial's admin screens. It asks VICIdial only when the fleet's last check is
+VICIdial's admin screens. It warns when Redis's maxmemory-policy is not
+noeviction (workers refuse to start then: an evicting Redis forgets that a lead
+was added). It asks VICIdial only when the fleet's last check is
 older than 10 minutes (never while a refused login is held: each refusal counts
 toward VICIdial's lock), or with --recheck. A look-up problem is a warning, not
 an unhealthy process (exit 0): ambiguous jobs then become dead letters, as with
@@ -137,6 +145,8 @@ def health(obj: CliContext, worker: str | None, timeout: float, recheck: bool) -
     with broker_errors(obj.settings):
         backend.redis.ping()
         _lookup_health(obj, recheck=recheck)
+        for warning in fleet_status(backend)["redis"]["warnings"]:
+            click.echo(f"warning: {warning}", err=True)
     if worker is None:
         click.echo("ok: redis")
         return
