@@ -241,7 +241,10 @@ def configure_logging(
 ) -> None:
     """Configure structlog and the stdlib root logger (Celery's) the same way.
 
-    Idempotent: the first call wins unless ``force`` is given (tests).
+    Idempotent: the first call wins unless ``force`` is given (tests). A forced
+    configuration does not cache loggers on first use: a cached logger keeps the
+    processors it was built with, so a later ``structlog.testing.capture_logs`` in the
+    same process would not see its events.
     """
     if _configured and not force:
         return
@@ -269,7 +272,7 @@ def configure_logging(
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
         logger_factory=_LineWriterFactory(out),
-        cache_logger_on_first_use=True,
+        cache_logger_on_first_use=not force,
     )
     # Foreign (stdlib) records: Celery, kombu, httpx. Same processors, same renderer.
     formatter = structlog.stdlib.ProcessorFormatter(

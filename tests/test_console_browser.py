@@ -340,15 +340,22 @@ def test_operator_forgets_a_phone_in_the_browser_after_seeing_what_goes(
     driver = browser_factory()
     _log_in(driver, base, OPERATOR)
     driver.find_element(By.LINK_TEXT, "Forget a phone").click()
-    assert driver.find_element(By.TAG_NAME, "h1").text == "Forget a phone number"
+    wait_for(
+        lambda: driver.find_element(By.TAG_NAME, "h1").text == "Forget a phone number",
+        message="the forget page",
+    )
     driver.find_element(By.ID, "forget-phone").send_keys("not a phone")
     driver.find_element(By.CSS_SELECTOR, "#forget-form button[type=submit]").click()
-    assert "phone:" in driver.find_element(By.ID, "forget-error").text
+    # A click that submits a form returns before the next page is there: wait for it.
+    error = wait_for(lambda: driver.find_elements(By.ID, "forget-error"), message="the error")
+    assert "phone:" in error[0].text
     driver.find_element(By.ID, "forget-phone").clear()
     driver.find_element(By.ID, "forget-phone").send_keys("(727) 555-0000")
     driver.find_element(By.CSS_SELECTOR, "#forget-form button[type=submit]").click()
     # The confirmation page: what would go, counts by kind; nothing gone yet.
-    preview = driver.find_element(By.ID, "forget-preview").text
+    preview = wait_for(
+        lambda: driver.find_elements(By.ID, "forget-preview"), message="the preview"
+    )[0].text
     assert "******0000" in preview and "7275550000" not in preview
     rows = {
         r.find_elements(By.TAG_NAME, "td")[0].text: r.find_elements(By.TAG_NAME, "td")[1].text
