@@ -88,14 +88,13 @@ def _new_client(settings: Settings) -> redis.Redis:
     if not settings.redis_url.startswith("sentinel://"):
         return redis.Redis.from_url(settings.redis_url, **_CLIENT_OPTIONS)
     nodes, credentials = parse_sentinel_url(settings.redis_url)
-    sentinel = Sentinel(  # type: ignore[no-untyped-call]
-        nodes, sentinel_kwargs=_SENTINEL_OPTIONS, **credentials, **_CLIENT_OPTIONS
-    )
+    # Typed as Any: redis-py annotates Sentinel in some releases (8.x) and not in
+    # others (5.x), and a type: ignore is an error wherever it is not needed.
+    factory: Any = Sentinel
+    sentinel = factory(nodes, sentinel_kwargs=_SENTINEL_OPTIONS, **credentials, **_CLIENT_OPTIONS)
     # A master_for client asks the Sentinels for the current primary on every
     # (re)connection, so it follows a failover.
-    client: redis.Redis = sentinel.master_for(  # type: ignore[no-untyped-call]
-        str(settings.redis_sentinel_master)
-    )
+    client: redis.Redis = sentinel.master_for(str(settings.redis_sentinel_master))
     return client
 
 

@@ -39,12 +39,14 @@ from __future__ import annotations
 
 import gc
 import sys
+import time
 from typing import Any
 
 from celery import Celery, bootsteps, signals
 
+from dispatcher import logs
 from dispatcher.connection import broker_transport_options
-from dispatcher.errors import ConfigError
+from dispatcher.errors import BrokerUnavailable, ConfigError, LayoutMismatch
 from dispatcher.jobs import TASK_NAME
 from dispatcher.logs import configure_logging
 from dispatcher.settings import Settings, get_settings
@@ -52,6 +54,7 @@ from workers import tasks
 
 __all__ = ["get_app", "make_app"]
 
+_log = logs.get_logger("workers.celery_app")
 #: Allocations between runs of the collector's youngest generation (Python's: 700).
 _GC_YOUNG_THRESHOLD = 10_000
 
@@ -230,11 +233,38 @@ def _check_worker_settings(sender: Any = None, **_: Any) -> None:
             file=sys.stderr,
         )
         raise SystemExit(2)
+    settings = _settings_or_exit()
     try:
-        _settings_or_exit().require_vicidial()
+        settings.require_vicidial()
     except ConfigError as exc:
         print(f"dispatcher worker: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
+    _check_layout(settings)
+
+
+def _check_layout(settings: Settings) -> None:
+    """Before the worker takes a job: migrate an older Redis layout, refuse a newer one
+    (exit 1, the error naming both versions; dispatcher/layout.py). While Redis cannot
+    be reached, wait for it, as Celery's own connection does at start."""
+    from dispatcher.backend import get_backend
+    from dispatcher.layout import check_layout
+
+    # Celery configures logging after this signal; what the check logs (a migration,
+    # a wait for Redis) must come out as every other line does (idempotent).
+    configure_logging(level=settings.log_level, fmt=settings.log_format, secrets=settings.secrets)
+    waiting = False
+    while True:
+        try:
+            check_layout(get_backend(settings), role="worker", migrate=True)
+            return
+        except LayoutMismatch as exc:
+            print(f"dispatcher worker: {exc}", file=sys.stderr)
+            raise SystemExit(1) from None
+        except BrokerUnavailable as exc:
+            if not waiting:
+                waiting = True
+                _log.warning("redis.unavailable", error=str(exc), during="layout check")
+            time.sleep(1.0)
 
 
 _app: Celery | None = None
