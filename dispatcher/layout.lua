@@ -24,18 +24,20 @@ local cmd = ARGV[1]
 local k_layout, k_lock = P .. ':layout', P .. ':layout:lock'
 
 if cmd == 'check' then
-  -- ARGV: the caller's layout version, then dialer names. Returns {'set', version},
-  -- {'absent'} (absent, and the Redis holds data: version 1), or {'fresh', version}
-  -- (absent and nothing there: the caller's version is written now, in the same step,
-  -- so two first processes cannot both believe they started a fresh Redis).
+  -- ARGV: the caller's layout version, write (1: a worker or a producer, 0: a reader),
+  -- then dialer names. Returns {'set', version}, {'absent'} (absent, and the Redis holds
+  -- data: version 1), {'fresh', version} (absent and nothing there: a writer's version is
+  -- written now, in the same step, so two first processes cannot both believe they
+  -- started a fresh Redis) or {'empty'} (the same, for a reader: nothing written).
   local found = redis.call('GET', k_layout)
   if found then return {'set', found} end
   local markers = {P .. ':stats', P .. ':users', P .. ':workers', P .. ':scheduled', Q}
-  for i = 3, #ARGV do
+  for i = 4, #ARGV do
     table.insert(markers, Q .. '.' .. ARGV[i] .. '.realtime')
     table.insert(markers, Q .. '.' .. ARGV[i] .. '.bulk')
   end
   if redis.call('EXISTS', unpack(markers)) > 0 then return {'absent'} end
+  if ARGV[3] ~= '1' then return {'empty'} end
   redis.call('SET', k_layout, ARGV[2])
   return {'fresh', ARGV[2]}
 

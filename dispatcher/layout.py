@@ -14,12 +14,16 @@ this file documents the keys), and each release knows one version,
   "Upgrading"). Their error is a :class:`~dispatcher.errors.LayoutMismatch`, a kind of
   ``BrokerUnavailable``: exit 1, HTTP 503, or a producer's retry later.
 
+Writers (workers, producers) record the version where it is missing; readers (the
+intake at start, the CLI) only look, so that a dry run or ``dispatcher status``
+changes nothing in Redis.
+
 What "holds an older layout" means without the key: release 1c0038d wrote none, so a
 Redis with no version but with dispatcher data is version 1. "Has data" is one
 ``EXISTS`` of a few keys that any use leaves behind (the stats hash that every
 enqueue counts in, the console users, the workers seen, the retry set, the queue's
 lists): never a ``SCAN``. With no version and none of them, the Redis is fresh, and
-the first process to check writes its own version in the same script step.
+the first writer to check writes its own version in the same script step.
 
 Migrations run under a lock (``{prefix}:layout:lock``, ``SET NX PX``): one process
 migrates, the others starting at the same moment wait until the version is the
@@ -103,8 +107,9 @@ class LayoutState:
     recorded: bool = False
 
 
-#: Backends whose layout this process found current already (producers check once).
-_checked: weakref.WeakValueDictionary[int, Backend] = weakref.WeakValueDictionary()
+#: Backends whose layout this process found current already, by (id, written): producers
+#: and the CLI check once per process.
+_checked: weakref.WeakValueDictionary[tuple[int, bool], Backend] = weakref.WeakValueDictionary()
 
 
 class _Script:
@@ -170,6 +175,7 @@ def check_layout(
     *,
     role: str,
     migrate: bool = False,
+    write: bool = False,
     current: int = LAYOUT_VERSION,
     migrations: Mapping[int, Migration] = MIGRATIONS,
     lock_ms: int = 600_000,
@@ -178,13 +184,16 @@ def check_layout(
     """Check (and with ``migrate``, bring up to ``current``) the layout of ``backend``.
 
     ``role`` names the process in errors and logs (worker, intake, CLI, producer).
-    Raises LayoutTooNew for a newer layout, LayoutNotMigrated for an older one when
-    not ``migrate``, BrokerUnavailable when Redis cannot be reached.
+    ``write`` (implied by ``migrate``): record the version where it is missing (a fresh
+    Redis, or the previous release's); a reader changes nothing. Raises LayoutTooNew
+    for a newer layout, LayoutNotMigrated for an older one when not ``migrate``,
+    BrokerUnavailable when Redis cannot be reached.
     ``current`` and ``migrations`` are this release's; tests give others.
     """
-    state = _check(backend, role, migrate, current, migrations, lock_ms, poll_s)
+    write = write or migrate
+    state = _check(backend, role, migrate, write, current, migrations, lock_ms, poll_s)
     if state.version == LAYOUT_VERSION:
-        _checked[id(backend)] = backend
+        _checked[(id(backend), write)] = backend
     return state
 
 
@@ -192,6 +201,7 @@ def _check(
     backend: Backend,
     role: str,
     migrate: bool,
+    write: bool,
     current: int,
     migrations: Mapping[int, Migration],
     lock_ms: int,
@@ -199,15 +209,17 @@ def _check(
 ) -> LayoutState:
     script = _Script(backend)
     dialers = backend.settings.dialers.names
-    reply = [_text(x) for x in script.call("check", current, *dialers)]
+    reply = [_text(x) for x in script.call("check", current, int(write), *dialers)]
+    if reply[0] == "empty":
+        return LayoutState(version=current, found=None)
     if reply[0] == "fresh":
         _log.info("layout.initialised", version=current, role=role)
-        return LayoutState(version=current, found=None)
+        return LayoutState(version=current, found=None, recorded=True)
     found = UNVERSIONED if reply[0] == "absent" else _version(reply[1], backend.keys.layout)
     if found > current:
         raise _too_new(backend, found, current, role)
     if found == current:
-        if reply[0] != "absent":
+        if reply[0] != "absent" or not write:
             return LayoutState(version=found, found=found)
         now = _version(script.call("record", current), backend.keys.layout)
         if now > current:  # a newer process wrote its version in between
@@ -293,9 +305,11 @@ def _migrate(
     return LayoutState(version=version, found=found, migrated=tuple(done))
 
 
-def ensure_layout(backend: Backend, *, role: str) -> None:
+def ensure_layout(backend: Backend, *, role: str, write: bool = False) -> None:
     """:func:`check_layout` without migrating, once per backend and process: what
-    producers, the intake and the CLI run before they first touch Redis (a backend
-    a worker checked at start is not checked again)."""
-    if _checked.get(id(backend)) is not backend:
-        check_layout(backend, role=role)
+    producers (``write``), the intake and the CLI run before they first touch Redis
+    (a backend a worker checked at start is not checked again)."""
+    if _checked.get((id(backend), True)) is backend:
+        return
+    if _checked.get((id(backend), write)) is not backend:
+        check_layout(backend, role=role, write=write)

@@ -163,7 +163,7 @@ def push_results(
     """As :func:`push_jobs`, with ("new" | "existing" | "conflict", job id) per job."""
     backend = get_backend(settings)
     # Once per process: a layout this release cannot write to is a LayoutMismatch.
-    ensure_layout(backend, role="producer")
+    ensure_layout(backend, role="producer", write=True)
     now = time.time()
     out: list[tuple[str, str]] = []
     for start in range(0, len(jobs), BATCH_SIZE):

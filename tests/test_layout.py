@@ -181,15 +181,25 @@ def test_the_cli_refuses_a_newer_layout(redis_url: str, args: tuple[str, ...]) -
     assert client.keys("*") == [b"dispatcher:layout"]
 
 
-def test_the_cli_on_a_fresh_redis_writes_the_version_and_status_shows_it(redis_url: str) -> None:
+def test_readers_change_nothing_and_status_shows_the_version(redis_url: str) -> None:
+    """The CLI and the intake only look (a dry run changes nothing in Redis); producers
+    and workers record the version where it is missing."""
     settings = make_settings(redis_url)
+    client = redis.Redis.from_url(redis_url)
     result = run_cli(settings, "status", "--json")
     check(result)
-    assert json.loads(result.stdout)["layout"] == {
-        "version": LAYOUT_VERSION,
-        "release": LAYOUT_VERSION,
-    }
-    assert redis.Redis.from_url(redis_url).get("dispatcher:layout") == b"%d" % LAYOUT_VERSION
+    assert json.loads(result.stdout)["layout"] == {"version": None, "release": LAYOUT_VERSION}
+    assert client.keys("*") == []
+    client.hset("dispatcher:stats", "enqueued", 1)  # the previous release's Redis
+    for role in ("CLI", "intake"):
+        state = check_layout(_backend(settings), role=role)
+        assert (state.found, state.recorded) == (1, False)
+    result = run_cli(settings, "status")
+    check(result)
+    assert f"Redis layout: version 1 (this release: {LAYOUT_VERSION})" in result.stdout
+    assert client.get("dispatcher:layout") is None
+    enqueue_lead(agent_user="1000", phone_number="7275551212", settings=settings)
+    assert client.get("dispatcher:layout") == b"%d" % LAYOUT_VERSION
 
 
 def test_a_worker_waits_for_redis_before_its_layout_check(
@@ -373,13 +383,17 @@ def test_a_producer_checks_once_per_process(
 
     real: Callable[..., object] = layout_module.check_layout
     monkeypatch.setattr(
-        layout_module, "check_layout", lambda *a, **k: seen.append("check") or real(*a, **k)
+        layout_module, "check_layout", lambda *a, **k: seen.append(k["role"]) or real(*a, **k)
     )
     backend = _backend(settings)
     client.set("dispatcher:layout", LAYOUT_VERSION)
-    ensure_layout(backend, role="producer")
-    ensure_layout(backend, role="producer")
-    assert seen == ["check"]
+    ensure_layout(backend, role="CLI")
+    ensure_layout(backend, role="CLI")
+    # A read check does not stand for a writer's (which records a missing version).
+    ensure_layout(backend, role="producer", write=True)
+    ensure_layout(backend, role="producer", write=True)
+    ensure_layout(backend, role="CLI")
+    assert seen == ["CLI", "producer"]
 
 
 def test_a_worker_on_a_redis_of_the_previous_release_records_version_1_and_serves(

@@ -96,7 +96,8 @@ def status(obj: CliContext, as_json: bool) -> None:
     if not data["paused"]:
         console.print("VICIdial calls: not paused")
     layout = data["layout"]
-    console.print(f"Redis layout: version {layout['version']} (this release: {layout['release']})")
+    found = "none yet (nothing written)" if layout["version"] is None else layout["version"]
+    console.print(f"Redis layout: version {found} (this release: {layout['release']})")
     for ok, line in lookup_lines(obj.settings, data["reconcile"]["lookups"]):
         console.print(line if ok else f"[bold red]{line}[/]", highlight=False, soft_wrap=True)
 
