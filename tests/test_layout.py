@@ -295,9 +295,7 @@ def test_an_older_layout_is_migrated_once_by_several_workers_starting_together(
         ["layout.migrated", 2, 3],
     ]
     waiters = [r for r in results if not r["migrated"]]
-    assert all(
-        not any(e[0] == "layout.migrated" for e in r["events"]) for r in waiters
-    ), results
+    assert all(not any(e[0] == "layout.migrated" for e in r["events"]) for r in waiters), results
 
 
 def test_a_migration_that_fails_half_way_is_run_again_by_the_next_start(redis_url: str) -> None:
