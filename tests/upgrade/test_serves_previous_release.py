@@ -126,11 +126,17 @@ def test_the_previous_release_s_redis_is_served(
 
         # 1. Everything under way is added, once.
         todo = [j for j in jobs if j["expect"] == "added"]
-        wait_for(
-            lambda: all(_state(client, j["job_id"]) == "added" for j in todo),
-            timeout=60,
-            message="every unfinished job of the previous release added",
-        )
+        letters_before = sum(1 for j in jobs if j["expect"].startswith("letter:"))
+
+        def all_added() -> bool:
+            if int(client.zcard("dispatcher:dlq")) > letters_before:
+                # A job of the old release dead-lettered: fail at once, saying why.
+                known = {j["job_id"] for j in jobs if j["expect"].startswith("letter:")}
+                new = [x for x in client.zrange("dispatcher:dlq", 0, -1) if x not in known]
+                pytest.fail(f"dead letters: {[client.get(f'dispatcher:dl:{x}') for x in new]}")
+            return all(_state(client, j["job_id"]) == "added" for j in todo)
+
+        wait_for(all_added, timeout=60, message="every unfinished job of the old release added")
         by_phone = sim.count_by_phone()
         for job in jobs:
             if job["expect"] in ("added", "added_before"):
