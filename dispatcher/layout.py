@@ -68,6 +68,7 @@ __all__ = [
     "check_layout",
     "ensure_layout",
     "read_layout",
+    "stored_version",
 ]
 
 #: The layout version this release reads and writes.
@@ -137,6 +138,14 @@ def _version(raw: Any, key: str) -> int:
             supported=LAYOUT_VERSION,
         )
     return int(text)
+
+
+def stored_version(backend: Backend) -> int | None:
+    """The version key's value alone (None when absent): one GET, for a running worker's
+    periodic look (workers/scheduler.py)."""
+    with broker_errors(backend.settings):
+        raw = backend.redis.get(backend.keys.layout)
+    return None if raw is None else _version(raw, backend.keys.layout)
 
 
 def read_layout(backend: Backend) -> int | None:

@@ -412,3 +412,22 @@ def test_a_worker_on_a_redis_of_the_previous_release_records_version_1_and_serve
     assert client.get("dispatcher:layout") == b"%d" % LAYOUT_VERSION
     recorded = [e for e in worker.logs() if e.get("event") == "layout.recorded"]
     assert recorded and recorded[0]["version"] == LAYOUT_VERSION and recorded[0]["role"] == "worker"
+
+
+def test_a_running_worker_stops_when_a_newer_release_migrates_the_layout(
+    redis_url: str, simulator: Simulator, start_worker: Callable[..., WorkerProcess]
+) -> None:
+    """Old workers should be stopped before a layout-changing release starts (README
+    "Upgrading"); one left running notices within seconds and leaves, finishing its
+    calls (warm shutdown), rather than misread what the newer release writes."""
+    settings = make_settings(redis_url, simulator)
+    worker = start_worker(settings)
+    client = redis.Redis.from_url(redis_url)
+    job_id = enqueue_lead(agent_user="1000", phone_number="7275551212", settings=settings)
+    wait_for(lambda: client.hget(f"dispatcher:job:{job_id}", "state") == b"added")
+    client.set("dispatcher:layout", NEWER)  # what a newer release's migration leaves
+    assert worker.process is not None
+    assert worker.process.wait(30) == 0, worker.tail()  # a warm shutdown
+    [event] = [e for e in worker.logs() if e.get("event") == "layout.newer"]
+    assert (event["found"], event["supported"]) == (NEWER, LAYOUT_VERSION)
+    assert "Traceback" not in worker.tail()

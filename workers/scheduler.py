@@ -14,17 +14,24 @@ Every worker runs one:
   queue, and forgets workers whose heartbeat is gone;
 * has the reconciliation look-up's permissions checked now and then
   (:class:`workers.reconciler.LookupChecker`, in a thread of its own), so that
-  ``dispatcher status``/``health`` can say what VICIdial lacks before a job needs it.
+  ``dispatcher status``/``health`` can say what VICIdial lacks before a job needs it;
+* looks at the Redis layout's version now and then (one GET): when a newer release
+  has migrated it (dispatcher/layout.py), this worker would misread what that
+  release writes, so it stops (``layout.newer``, then Celery's warm shutdown: its
+  calls in flight finish). Started again, it refuses the layout with exit 1.
 """
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
 import time
 
 from dispatcher import logs
 from dispatcher.activity import record_minute
-from dispatcher.backend import get_backend
+from dispatcher.backend import Backend, get_backend
+from dispatcher.layout import LAYOUT_VERSION, stored_version
 from dispatcher.settings import Settings
 from workers.reconciler import LookupChecker
 from workers.transport import consumer_id, consumer_ttl_s
@@ -46,6 +53,9 @@ class RetryScheduler(threading.Thread):
         self._last_reap = -1e9
         self._last_minute = -1
         self._last_error_log = -1e9
+        self._last_layout = time.monotonic()  # checked at start (workers/celery_app.py)
+        self._layout_every = max(1.0, 10 * settings.scheduler_interval_s)
+        self._leaving = False
         self.lookups = LookupChecker(settings, get_backend(settings))
 
     def stop(self) -> None:
@@ -74,7 +84,25 @@ class RetryScheduler(threading.Thread):
                     _log.warning("worker.inflight_returned", consumer=consumer, messages=n)
             backend.fleet.prune()
         self.lookups.maybe_start()
+        if now - self._last_layout >= self._layout_every:
+            self._last_layout = now
+            self.check_layout(backend)
         return moved
+
+    def check_layout(self, backend: Backend) -> None:
+        """Stop this worker (warm shutdown) once a newer release migrated the layout."""
+        found = stored_version(backend)
+        if found is None or found <= LAYOUT_VERSION or self._leaving:
+            return
+        self._leaving = True
+        _log.error(
+            "layout.newer",
+            found=found,
+            supported=LAYOUT_VERSION,
+            worker=self.worker_name,
+            action="warm shutdown: a newer release migrated Redis, this one would misread it",
+        )
+        os.kill(os.getpid(), signal.SIGTERM)
 
     def run(self) -> None:
         while not self._stop_event.is_set():
