@@ -217,8 +217,15 @@ def _check(
     poll_s: float,
 ) -> LayoutState:
     script = _Script(backend)
-    dialers = backend.settings.dialers.names
-    reply = [_text(x) for x in script.call("check", current, int(write), *dialers)]
+    # A plain GET first: once the version is set (every start but the first), the
+    # check is a read, which a read-only replica or a Redis out of memory still answers.
+    with broker_errors(backend.settings):
+        stored = backend.redis.get(backend.keys.layout)
+    if stored is not None:
+        reply = ["set", _text(stored)]
+    else:
+        dialers = backend.settings.dialers.names
+        reply = [_text(x) for x in script.call("check", current, int(write), *dialers)]
     if reply[0] == "empty":
         return LayoutState(version=current, found=None)
     if reply[0] == "fresh":

@@ -252,7 +252,7 @@ def _check_layout(settings: Settings) -> None:
     # Celery configures logging after this signal; what the check logs (a migration,
     # a wait for Redis) must come out as every other line does (idempotent).
     configure_logging(level=settings.log_level, fmt=settings.log_format, secrets=settings.secrets)
-    waiting = False
+    logged = -1e9
     while True:
         try:
             check_layout(get_backend(settings), role="worker", migrate=True)
@@ -261,8 +261,9 @@ def _check_layout(settings: Settings) -> None:
             print(f"dispatcher worker: {exc}", file=sys.stderr)
             raise SystemExit(1) from None
         except BrokerUnavailable as exc:
-            if not waiting:
-                waiting = True
+            # Down, or refusing writes (a replica, out of memory): say so now and then.
+            if time.monotonic() - logged >= 30.0:
+                logged = time.monotonic()
                 _log.warning("redis.unavailable", error=str(exc), during="layout check")
             time.sleep(1.0)
 
