@@ -543,6 +543,11 @@ class Recorder:
                 input=password + "\n",
             )
         self.serve(settings)
+        # The reconciliation look-up's check of each dialer (what `status` shows): east's
+        # permitted, west's login refused (its password).
+        self.log("the look-ups' check (dispatcher health --recheck)")
+        release.cli("health", "--recheck", settings=settings)
+        self.log("status, then the dump")
         status = release.cli("status", "--json", settings=settings)
         self.meta["release_status"] = json.loads(status.stdout)
         letters = release.cli("dlq", "list", "--json", settings=settings)
@@ -690,8 +695,12 @@ def record(
     started = time.monotonic()
     release = install_release(commit, work / "release", mode=mode)
     log(f"release {release.commit[:7]} installed ({release.mode}) in {release.install_s:.1f} s")
+
+    def stamped(message: str) -> None:
+        log(f"{time.monotonic() - started:5.1f} s  {message}")
+
     try:
-        fixture = Recorder(release, work, log).run()
+        fixture = Recorder(release, work, stamped).run()
     except BaseException:
         log(f"failed: the logs are in {work}")
         raise
