@@ -252,3 +252,27 @@ def test_the_previous_release_s_redis_is_served(
     assert recorded_events and recorded_events[0]["found"] == "absent"
     assert client.get("dispatcher:layout") == str(LAYOUT_VERSION)
     assert worker.alive()
+
+
+@pytest.mark.parametrize(("age_s", "valid"), [(AGE_S, True), (29 * 60, True), (31 * 60, False)])
+def test_the_previous_release_s_console_session_lives_out_its_idle_timeout(
+    redis_url: str, age_s: float, valid: bool
+) -> None:
+    """Sessions are kept as the previous release wrote them: one still inside its
+    30-minute idle timeout is used as it is; one past it is gone (its key expired),
+    and the cookie simply asks for a login again."""
+    from dispatcher.backend import Backend
+    from dispatcher.intake.console.sessions import SessionStore
+
+    fixture = read_fixture(FIXTURE)
+    client = redis.Redis.from_url(redis_url)
+    load_fixture(client, fixture, age_s=age_s)
+    settings = make_settings(redis_url)
+    store = SessionStore(
+        Backend(settings), idle_s=settings.console_idle_s, lifetime_s=settings.console_session_s
+    )
+    session = store.load(fixture["meta"]["console"]["sessions"]["alice"])
+    if valid:
+        assert session is not None and (session.user, session.role) == ("alice", "operator")
+    else:
+        assert session is None
