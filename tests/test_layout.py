@@ -210,17 +210,17 @@ def test_a_worker_waits_for_redis_before_its_layout_check(
     port = free_port()
     settings = make_settings(f"redis://127.0.0.1:{port}/0", simulator)
     worker = WorkerProcess(settings, tmp_path / "w.log")
-    worker.start(wait=False)
     (tmp_path / "redis").mkdir()
-    with RedisServer(tmp_path / "redis", port=port):
-        try:
-            time.sleep(2.0)
-            assert worker.alive(), worker.tail()
+    worker.start(wait=False)
+    try:
+        time.sleep(2.0)
+        assert worker.alive(), worker.tail()
+        with RedisServer(tmp_path / "redis", port=port):
             worker.wait_ready(30)
             client = redis.Redis(port=port)
             assert client.get("dispatcher:layout") == b"%d" % LAYOUT_VERSION
-        finally:
-            worker.kill()
+    finally:
+        worker.kill()
 
 
 # -- migrations (this release has none yet: the mechanism, with steps of the tests' own) ----
