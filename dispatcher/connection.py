@@ -97,7 +97,10 @@ def _new_client(settings: Settings) -> redis.Redis:
     if not settings.redis_url.startswith("sentinel://"):
         return redis.Redis.from_url(settings.redis_url, **options)
     nodes, credentials = parse_sentinel_url(settings.redis_url)
-    sentinel = Sentinel(nodes, sentinel_kwargs=_SENTINEL_OPTIONS, **credentials, **options)
+    # Typed as Any: redis-py annotates Sentinel in some releases (8.x) and not in
+    # others (5.x), and a type: ignore is an error wherever it is not needed.
+    factory: Any = Sentinel
+    sentinel = factory(nodes, sentinel_kwargs=_SENTINEL_OPTIONS, **credentials, **options)
     # A master_for client asks the Sentinels for the current primary on every
     # (re)connection, so it follows a failover.
     client: redis.Redis = sentinel.master_for(str(settings.redis_sentinel_master))

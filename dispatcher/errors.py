@@ -10,9 +10,13 @@ never by matching strings, so the tree is the retry policy's vocabulary::
      ├── BrokerUnavailable                Redis cannot be reached (enqueue, CLI)
      │    ├── EnqueueUnconfirmed          the enqueue was sent, its answer lost: it may have
      │    │                               happened (retry with the same idempotency key)
-     │    └── BrokerWriteRefused          Redis answers but refuses writes (MISCONF: disk)
-     │         ├── BrokerOutOfMemory      OOM: maxmemory reached (noeviction)
-     │         └── BrokerReadOnly         READONLY: a replica (after a failover)
+     │    ├── BrokerWriteRefused          Redis answers but refuses writes (MISCONF: disk)
+     │    │    ├── BrokerOutOfMemory      OOM: maxmemory reached (noeviction)
+     │    │    └── BrokerReadOnly         READONLY: a replica (after a failover)
+     │    └── LayoutMismatch              Redis holds a layout this release cannot use
+     │         ├── LayoutTooNew           written by a newer release (roll forward, or back
+     │         │                          by README "Upgrading")
+     │         └── LayoutNotMigrated      older, and only workers migrate it: upgrade them first
      ├── UserError (ValueError)           a console user's name, role or password is bad
      │    ├── UserExists                  `dispatcher users add` of a name taken
      │    └── UnknownUser                 no user of that name
@@ -84,6 +88,9 @@ __all__ = [
     "InvalidPayload",
     "InvalidRequest",
     "InvalidSource",
+    "LayoutMismatch",
+    "LayoutNotMigrated",
+    "LayoutTooNew",
     "LookupDenied",
     "LookupFailed",
     "LookupRefused",
@@ -167,6 +174,28 @@ class BrokerReadOnly(BrokerWriteRefused):
     """Redis is a read-only replica (e.g. the old master after a failover)."""
 
     kind = "read_only"
+
+
+class LayoutMismatch(BrokerUnavailable):
+    """The Redis layout's version (``{prefix}:layout``, dispatcher/layout.py) is not one
+    this release may use as it is. A kind of BrokerUnavailable: every caller already
+    turns that into exit 1 (CLI), 503 (intake) or a retry later (producers), which is
+    right while a rolling upgrade is under way."""
+
+    def __init__(self, message: str, *, found: int, supported: int) -> None:
+        super().__init__(message)
+        #: the version Redis holds, and the one this release writes
+        self.found = found
+        self.supported = supported
+
+
+class LayoutTooNew(LayoutMismatch):
+    """A newer release wrote this Redis: this one would misread what it holds."""
+
+
+class LayoutNotMigrated(LayoutMismatch):
+    """An older layout that this release's workers migrate when they start: a producer,
+    the intake or the CLI meets it when they were upgraded before the workers."""
 
 
 class IdempotencyConflict(DispatcherError, ValueError):

@@ -130,5 +130,15 @@ class Keys:
         return f"{self.prefix}:login_failures:{kind}:{who}"
 
     @property
+    def layout(self) -> str:
+        """String: the Redis layout's version (dispatcher/layout.py); absent before it existed."""
+        return f"{self.prefix}:layout"
+
+    @property
+    def layout_lock(self) -> str:
+        """String with a TTL: the token of the process migrating the layout."""
+        return f"{self.prefix}:layout:lock"
+
+    @property
     def pattern(self) -> str:
         return f"{self.prefix}:*"

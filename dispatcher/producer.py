@@ -35,6 +35,7 @@ from dispatcher.errors import (
 )
 from dispatcher.execution import IndexKeyChanged
 from dispatcher.jobs import Job, broker_envelope, new_job_id, state_to_status
+from dispatcher.layout import ensure_layout
 from dispatcher.lead import make_lead
 from dispatcher.logs import redact_vicidial_line
 from dispatcher.phone_index import index_key, phone_key
@@ -163,6 +164,8 @@ def push_results(
 ) -> list[tuple[str, str]]:
     """As :func:`push_jobs`, with ("new" | "existing" | "conflict", job id) per job."""
     backend = get_backend(settings)
+    # Once per process: a layout this release cannot write to is a LayoutMismatch.
+    ensure_layout(backend, role="producer", write=True)
     now = time.time()
     out: list[tuple[str, str]] = []
     for start in range(0, len(jobs), BATCH_SIZE):

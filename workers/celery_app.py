@@ -44,20 +44,25 @@ from __future__ import annotations
 
 import gc
 import sys
+import time
 from typing import Any
 
 from celery import Celery, bootsteps, signals
 
+from dispatcher import logs
+from dispatcher.backend import get_backend
 from dispatcher.connection import broker_transport_options, client_timeouts
-from dispatcher.errors import ConfigError
+from dispatcher.errors import BrokerUnavailable, ConfigError, LayoutMismatch
 from dispatcher.jobs import TASK_NAME
+from dispatcher.layout import check_layout
 from dispatcher.logs import configure_logging
-from dispatcher.redis_health import require_noeviction
+from dispatcher.redis_health import redis_availability, require_noeviction
 from dispatcher.settings import Settings, get_settings
 from workers import tasks
 
 __all__ = ["get_app", "make_app"]
 
+_log = logs.get_logger("workers.celery_app")
 #: Allocations between runs of the collector's youngest generation (Python's: 700).
 _GC_YOUNG_THRESHOLD = 10_000
 
@@ -254,6 +259,24 @@ def _check_worker_settings(sender: Any = None, **_: Any) -> None:
         # An evicting Redis would forget that a lead was added: refuse to serve it.
         print(f"dispatcher worker: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
+    _check_layout(settings)
+
+
+def _check_layout(settings: Settings) -> None:
+    """Before the worker takes a job: migrate an older Redis layout, refuse a newer one
+    (exit 1, the error naming both versions; dispatcher/layout.py). While Redis cannot
+    be reached, wait for it, as Celery's own connection does at start."""
+    while True:
+        try:
+            check_layout(get_backend(settings), role="worker", migrate=True)
+            return
+        except LayoutMismatch as exc:
+            print(f"dispatcher worker: {exc}", file=sys.stderr)
+            raise SystemExit(1) from None
+        except BrokerUnavailable as exc:
+            # Down, or refusing writes (a replica, out of memory): logged once an episode.
+            redis_availability().failed(exc, during="layout check")
+            time.sleep(1.0)
 
 
 _app: Celery | None = None

@@ -16,7 +16,11 @@ Every worker runs one:
   DISPATCHER_DEAD_LETTER_RETENTION_DAYS (:mod:`dispatcher.retention`; default: none);
 * has the reconciliation look-up's permissions checked now and then
   (:class:`workers.reconciler.LookupChecker`, in a thread of its own), so that
-  ``dispatcher status``/``health`` can say what VICIdial lacks before a job needs it.
+  ``dispatcher status``/``health`` can say what VICIdial lacks before a job needs it;
+* looks at the Redis layout's version now and then (one GET): when a newer release
+  has migrated it (dispatcher/layout.py), this worker would misread what that
+  release writes, so it stops (``layout.newer``, then Celery's warm shutdown: its
+  calls in flight finish). Started again, it refuses the layout with exit 1.
 
 Redis full, read-only, slow or away never stops the thread: a tick that fails is
 tried again on the next one (the retries it did not move wait in Redis, a heartbeat
@@ -27,6 +31,8 @@ its next poll); the episode is logged once (``redis.unavailable``, see
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
 import time
 
@@ -36,6 +42,7 @@ from dispatcher import logs, retention
 from dispatcher.activity import record_minute
 from dispatcher.backend import Backend, get_backend
 from dispatcher.errors import BrokerUnavailable
+from dispatcher.layout import LAYOUT_VERSION, stored_version
 from dispatcher.redis_health import redis_availability
 from dispatcher.settings import Settings
 from workers.reconciler import LookupChecker
@@ -59,6 +66,9 @@ class RetryScheduler(threading.Thread):
         self._last_minute = -1
         self._last_error_log = -1e9
         self._last_retention = -1e9
+        self._last_layout = time.monotonic()  # checked at start (workers/celery_app.py)
+        self._layout_every = max(1.0, 10 * settings.scheduler_interval_s)
+        self._leaving = False
         self.lookups = LookupChecker(settings, get_backend(settings))
 
     def stop(self) -> None:
@@ -90,6 +100,9 @@ class RetryScheduler(threading.Thread):
             backend.fleet.prune()
         self.lookups.maybe_start()
         self.expire_letters(backend, now)
+        if now - self._last_layout >= self._layout_every:
+            self._last_layout = now
+            self.check_layout(backend)
         return moved
 
     def expire_letters(self, backend: Backend, now: float) -> None:
@@ -97,6 +110,21 @@ class RetryScheduler(threading.Thread):
         if now - self._last_retention >= retention.EVERY_S:
             self._last_retention = now
             retention.expire_dead_letters(backend)
+
+    def check_layout(self, backend: Backend) -> None:
+        """Stop this worker (warm shutdown) once a newer release migrated the layout."""
+        found = stored_version(backend)
+        if found is None or found <= LAYOUT_VERSION or self._leaving:
+            return
+        self._leaving = True
+        _log.error(
+            "layout.newer",
+            found=found,
+            supported=LAYOUT_VERSION,
+            worker=self.worker_name,
+            action="warm shutdown: a newer release migrated Redis, this one would misread it",
+        )
+        os.kill(os.getpid(), signal.SIGTERM)
 
     def run(self) -> None:
         while not self._stop_event.is_set():

@@ -13,6 +13,7 @@ import click
 
 from dispatcher.backend import Backend, get_backend
 from dispatcher.errors import BrokerUnavailable, ConfigError
+from dispatcher.layout import ensure_layout
 from dispatcher.logs import configure_logging
 from dispatcher.settings import Settings, get_settings
 
@@ -57,8 +58,13 @@ class CliContext:
 
     @property
     def backend(self) -> Backend:
+        """The Redis backend, its layout checked on first use: a layout this release
+        cannot use is a LayoutMismatch (a BrokerUnavailable: exit 1, naming both
+        versions)."""
         if self._backend is None:
-            self._backend = get_backend(self.settings)
+            backend = get_backend(self.settings)
+            ensure_layout(backend, role="CLI")
+            self._backend = backend
         return self._backend
 
 

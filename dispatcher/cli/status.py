@@ -9,6 +9,7 @@ from rich.table import Table
 from dispatcher.cli.common import CliContext, echo_json, fail, guarded
 from dispatcher.cli.reconcile import live_check, lookup_lines
 from dispatcher.connection import broker_errors, broker_transport_options
+from dispatcher.layout import LAYOUT_VERSION, read_layout
 from dispatcher.producer import job_status
 from dispatcher.status import fleet_status
 
@@ -25,7 +26,7 @@ __all__ = ["health", "job", "status"]
 @click.pass_obj
 @guarded
 def job(obj: CliContext, job_id: str, as_json: bool) -> None:
-    data = job_status(job_id, settings=obj.settings)
+    data = job_status(job_id, settings=obj.backend.settings)  # obj.backend: layout checked
     if data is None:
         fail(f"no job {job_id!r} (unknown id, or its state expired)", code=1)
     if as_json:
@@ -52,6 +53,7 @@ Redis only."""
 @guarded
 def status(obj: CliContext, as_json: bool) -> None:
     data = fleet_status(obj.backend)
+    data["layout"] = {"version": read_layout(obj.backend), "release": LAYOUT_VERSION}
     if as_json:
         echo_json(data)
         return
@@ -94,6 +96,9 @@ def status(obj: CliContext, as_json: bool) -> None:
         )
     if not data["paused"]:
         console.print("VICIdial calls: not paused")
+    layout = data["layout"]
+    found = "none yet (nothing written)" if layout["version"] is None else layout["version"]
+    console.print(f"Redis layout: version {found} (this release: {layout['release']})")
     for ok, line in lookup_lines(obj.settings, data["reconcile"]["lookups"]):
         console.print(line if ok else f"[bold red]{line}[/]", highlight=False, soft_wrap=True)
     redis_state = data["redis"]

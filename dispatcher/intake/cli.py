@@ -10,9 +10,12 @@ imports this module again before ``serve_command`` exists (a circular import).
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
 from dispatcher import logs
+from dispatcher.settings import Settings
 
 __all__ = ["serve_command"]
 
@@ -67,6 +70,7 @@ def serve_command(ctx: click.Context, host: str, port: int, no_intake: bool) -> 
     except ImportError as exc:  # pragma: no cover - depends on the installation
         fail(f"dispatcher serve needs {exc.name or 'starlette/uvicorn'}: pip install it", code=2)
     log = logs.get_logger("dispatcher.intake")
+    _check_layout(settings, log)
     short = sum(1 for t in settings.intake_tokens if len(t) < 16)
     if short:
         log.warning("intake.weak_tokens", count=short, hint="use tokens of 32+ random characters")
@@ -95,3 +99,20 @@ def serve_command(ctx: click.Context, host: str, port: int, no_intake: bool) -> 
     server.run()
     if not server.started:
         fail(f"the HTTP intake could not listen on {host}:{port}", code=1)
+
+
+def _check_layout(settings: Settings, log: Any) -> None:
+    """Refuse to start on a Redis layout this release cannot use (exit 1, naming both
+    versions). Redis unreachable now: the intake starts anyway (``/healthz`` says 503),
+    and the first enqueue checks the layout before it writes."""
+    from dispatcher.backend import get_backend
+    from dispatcher.cli.common import fail
+    from dispatcher.errors import BrokerUnavailable, LayoutMismatch
+    from dispatcher.layout import ensure_layout
+
+    try:
+        ensure_layout(get_backend(settings), role="intake")
+    except LayoutMismatch as exc:
+        fail(str(exc), code=1)
+    except BrokerUnavailable as exc:
+        log.warning("layout.unchecked", error=str(exc), hint="checked before the first enqueue")
