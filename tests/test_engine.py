@@ -24,13 +24,14 @@ from structlog.testing import capture_logs as _capture_logs
 from dispatcher import DeadLetterStore, job_status
 from dispatcher import logs as logs_module
 from dispatcher.backend import get_backend
+from dispatcher.connection import async_redis_client
 from dispatcher.execution import Execution
 from dispatcher.producer import prepare_job, push_jobs
 from dispatcher.settings import Settings
 from dispatcher.simulator import Simulator
 from tests.conftest import make_settings, wait_for
 from tests.faultproxy import FaultProxy
-from workers.batching import LoopPipeline, ScriptBatcher
+from workers.batching import LoopPipeline
 from workers.engine import LeadEngine
 from workers.runner import JobRunner
 
@@ -280,23 +281,32 @@ def test_stop_lets_every_call_in_flight_finish_and_store_its_outcome(
     assert all(_state(settings, m) == "added" for m in messages)
 
 
-@pytest.mark.parametrize("sender", [ScriptBatcher, LoopPipeline])
+def _pipeline(settings: Settings, loop: asyncio.AbstractEventLoop, **kwargs: Any) -> LoopPipeline:
+    execution: Execution = get_backend(settings).execution
+    client = async_redis_client(settings, socket_timeout=1.0, retries=1, max_connections=4)
+    return LoopPipeline(client, execution, loop, deadline_s=10.0, **kwargs)
+
+
+def _close_pipeline(pipeline: LoopPipeline, loop: asyncio.AbstractEventLoop) -> None:
+    loop.run_until_complete(pipeline.aclose())
+    loop.close()
+
+
 def test_each_reply_comes_back_in_its_place_and_an_error_reply_stays_its_own(
-    redis_url: str, sender: type[ScriptBatcher] | type[LoopPipeline]
+    redis_url: str,
 ) -> None:
     settings = make_settings(redis_url)
     backend = get_backend(settings)
-    execution: Execution = backend.execution.direct()
     loop = asyncio.new_event_loop()
-    redis_sender = sender(execution, loop)
+    pipeline = _pipeline(settings, loop)
     try:
-        backend.redis.script_load(execution._script.script)
+        backend.redis.script_load(backend.execution.source)
 
         async def run() -> list[Any]:
             calls = [
-                redis_sender.call("resume", "a"),
-                redis_sender.call("no_such_command"),
-                redis_sender.call("resume", "b"),
+                pipeline.call("resume", "a"),
+                pipeline.call("no_such_command"),
+                pipeline.call("resume", "b"),
             ]
             return await asyncio.gather(*calls, return_exceptions=True)
 
@@ -304,38 +314,57 @@ def test_each_reply_comes_back_in_its_place_and_an_error_reply_stays_its_own(
         assert not isinstance(first, BaseException) and not isinstance(last, BaseException)
         assert isinstance(bad, redis.ResponseError) and "unknown command" in str(bad)
         backend.redis.script_flush()  # as after a Redis restart
-        (flushed,) = loop.run_until_complete(run())[:1]
-        # The batching thread loads the script again; the loop reports NOSCRIPT, and
-        # the engine finishes that job on a thread (whose EVAL loads it).
-        if sender is ScriptBatcher:
-            assert not isinstance(flushed, BaseException)
-        else:
-            assert isinstance(flushed, redis.exceptions.NoScriptError)
+        # NOSCRIPT: the pipeline loads the script and runs those commands again.
+        first, bad, last = loop.run_until_complete(run())
+        assert not isinstance(first, BaseException) and not isinstance(last, BaseException)
+        assert isinstance(bad, redis.ResponseError) and "unknown command" in str(bad)
     finally:
-        redis_sender.close()
-        loop.run_until_complete(asyncio.sleep(0))
-        loop.close()
+        _close_pipeline(pipeline, loop)
+
+
+def test_a_turn_of_the_loop_is_one_round_trip_with_no_script_check(redis_url: str) -> None:
+    """redis-py's Script objects would add a SCRIPT EXISTS to every pipeline."""
+    settings = make_settings(redis_url)
+    backend = get_backend(settings)
+    backend.redis.script_load(backend.execution.source)
+    loop = asyncio.new_event_loop()
+    pipeline = _pipeline(settings, loop)
+    try:
+        backend.redis.config_resetstat()
+
+        async def run() -> list[Any]:
+            return await asyncio.gather(*[pipeline.call("resume", f"s{i}") for i in range(20)])
+
+        for _ in range(5):
+            loop.run_until_complete(run())
+        stats = backend.redis.info("commandstats")
+        assert stats["cmdstat_evalsha"]["calls"] == 100
+        assert "cmdstat_script|exists" not in stats and "cmdstat_script" not in stats
+    finally:
+        _close_pipeline(pipeline, loop)
 
 
 def test_the_loop_connection_lost_fails_what_was_in_flight_and_the_next_turn_reconnects(
     settings: Settings, proxy: FaultProxy
 ) -> None:
     via_proxy = settings.replace(redis_url=proxy.url)
-    execution: Execution = get_backend(via_proxy).execution.direct()
-    get_backend(settings).redis.script_load(execution._script.script)
+    get_backend(settings).redis.script_load(get_backend(settings).execution.source)
     loop = asyncio.new_event_loop()
-    pipeline = LoopPipeline(execution, loop)
+    pipeline = _pipeline(via_proxy, loop)
     try:
         assert loop.run_until_complete(pipeline.call("resume", "a")) is not None
-        proxy.drop_replies(1)
+        # The reply is lost with the connection twice: the batch and its one retry.
+        proxy.drop_replies(2)
         with pytest.raises(redis.ConnectionError):
             loop.run_until_complete(pipeline.call("resume", "b"))
         assert loop.run_until_complete(pipeline.call("resume", "c")) is not None
-        assert proxy.dropped == 1
+        assert proxy.dropped == 2
+        # Once: the retry on a new connection gets the reply.
+        proxy.drop_replies(1)
+        assert loop.run_until_complete(pipeline.call("resume", "d")) is not None
+        assert proxy.dropped == 3
     finally:
-        pipeline.close()
-        loop.run_until_complete(asyncio.sleep(0))
-        loop.close()
+        _close_pipeline(pipeline, loop)
 
 
 def test_concurrent_submissions_from_many_threads_are_all_settled(
