@@ -9,6 +9,7 @@ real TCP proxy (:mod:`tests.faultproxy`).
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import logging
 import threading
@@ -31,6 +32,7 @@ from dispatcher.settings import Settings
 from dispatcher.simulator import Simulator
 from tests.conftest import make_settings, wait_for
 from tests.faultproxy import FaultProxy
+from workers import engine as engine_module
 from workers.batching import LoopPipeline
 from workers.engine import LeadEngine
 from workers.runner import JobRunner
@@ -383,3 +385,139 @@ def test_concurrent_submissions_from_many_threads_are_all_settled(
     h.wait(60)
     assert h.kinds() == ["ack"] * 60
     assert len(simulator.count_by_phone()) == 60
+
+
+# -- dropped and half-open connections (issue 23 item 5) ----------------------------------
+
+
+def _feed_until_added(
+    h: Harness, settings: Settings, messages: list[dict[str, Any]], *, timeout: float = 30.0
+) -> None:
+    """Hand the engine each retry or reconcile step the scheduler would move back,
+    until every job is added (a worker's scheduler does this; the harness has none)."""
+    fed: set[str] = set()
+    end = time.monotonic() + timeout
+    while not all(_state(settings, m) == "added" for m in messages):
+        assert time.monotonic() < end, [_state(settings, m) for m in messages]
+        client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
+        due = client.zrangebyscore(f"{settings.key_prefix}:scheduled", "-inf", "+inf")
+        for envelope in due:
+            if envelope in fed:
+                continue
+            client.zrem(f"{settings.key_prefix}:scheduled", envelope)
+            fed.add(envelope)
+            body = json.loads(base64.b64decode(json.loads(envelope)["body"]))
+            h.submit(body[0][0])
+        client.close()
+        time.sleep(0.2)
+
+
+def test_a_half_open_redis_connection_is_noticed_and_replaced_on_the_loop(
+    settings: Settings,
+    simulator: Simulator,
+    harness: Callable[..., Harness],
+    proxy: FaultProxy,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Redis (or a NAT between) gone silent without closing: the loop's claims and
+    success writes time out, the connection is dropped and the batch sent again on a
+    new one, on the loop; every lead added once."""
+    monkeypatch.setattr(engine_module, "REDIS_TIMEOUT_S", 1.0, raising=False)
+    h = harness(settings.replace(redis_url=proxy.url))
+    h.submit(_message(settings, "7275550100"))  # warm: the loop's connection made
+    h.wait(1)
+    assert proxy.blackhole() >= 1
+    messages = [_message(settings, f"72755{i:05d}") for i in range(1, 6)]
+    for message in messages:
+        h.submit(message)
+    h.wait(6, timeout=30)
+    assert h.kinds() == ["ack"] * 6
+    assert all(_state(settings, m) == "added" for m in messages)
+    assert all(simulator.count_by_phone()[f"72755{i:05d}"] == 1 for i in range(1, 6))
+    assert h.engine.handoffs == 0  # recovered on the loop, no job left it
+
+
+def test_a_dropped_redis_connection_is_replaced_on_the_loop(
+    settings: Settings, simulator: Simulator, harness: Callable[..., Harness], proxy: FaultProxy
+) -> None:
+    h = harness(settings.replace(redis_url=proxy.url))
+    h.submit(_message(settings, "7275550100"))
+    h.wait(1)
+    proxy.cut()  # Redis restarted, a proxy or a firewall reset the connection
+    messages = [_message(settings, f"72755{i:05d}") for i in range(1, 6)]
+    for message in messages:
+        h.submit(message)
+    h.wait(6, timeout=30)
+    assert h.kinds() == ["ack"] * 6
+    assert all(_state(settings, m) == "added" for m in messages)
+    assert all(simulator.count_by_phone()[f"72755{i:05d}"] == 1 for i in range(1, 6))
+    assert h.engine.handoffs == 0
+
+
+def test_a_stalled_redis_moves_the_jobs_to_threads_which_finish_them_once(
+    settings: Settings,
+    simulator: Simulator,
+    harness: Callable[..., Harness],
+    proxy: FaultProxy,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Replies held back longer than the loop's tries: the jobs go on on threads with
+    the same token (their claims ran: recognised as their own), once Redis answers."""
+    monkeypatch.setattr(engine_module, "REDIS_TIMEOUT_S", 0.5, raising=False)
+    h = harness(settings.replace(redis_url=proxy.url))
+    h.submit(_message(settings, "7275550100"))
+    h.wait(1)
+    messages = [_message(settings, f"72755{i:05d}") for i in range(1, 4)]
+    proxy.stall(4.0)
+    for message in messages:
+        h.submit(message)
+    h.wait(4, timeout=40)
+    assert h.kinds() == ["ack"] * 4
+    assert all(_state(settings, m) == "added" for m in messages)
+    assert all(simulator.count_by_phone()[f"72755{i:05d}"] == 1 for i in range(1, 4))
+    assert h.engine.handoffs >= 1
+
+
+@pytest.fixture
+def vicidial_proxy(simulator: Simulator) -> Iterator[FaultProxy]:
+    proxy = FaultProxy("127.0.0.1", simulator.port).start()
+    yield proxy
+    proxy.close()
+
+
+@pytest.mark.parametrize("fault", ["half_open", "dropped"])
+def test_a_vicidial_connection_lost_mid_call_ends_once_added(
+    fault: str,
+    settings: Settings,
+    simulator: Simulator,
+    harness: Callable[..., Harness],
+    vicidial_proxy: FaultProxy,
+) -> None:
+    """The call in flight when VICIdial's connection goes silent (half-open) or drops:
+    ambiguous within the call's deadline, looked up (reconciliation) and found: added
+    once. The calls after it go on new connections."""
+    url = f"http://127.0.0.1:{vicidial_proxy.port}/agc/api.php"
+    s = settings.replace(vicidial_url=url, vicidial_nonagent_url=None)
+    h = harness(s)
+    h.submit(_message(s, "7275550100"))  # warm: a kept-alive connection
+    h.wait(1)
+    simulator.set_latency(400)
+    lost = _message(s, "7275551212")
+    started = time.monotonic()
+    h.submit(lost)
+    wait_for(lambda: simulator.call_count >= 2, message="the call reached VICIdial")
+    if fault == "half_open":
+        vicidial_proxy.blackhole()
+    else:
+        vicidial_proxy.cut()
+    h.wait(2, timeout=20)
+    assert time.monotonic() - started < s.http_timeout_s + 5
+    assert _state(s, lost) in ("retrying", "added")  # reconcile step scheduled
+    simulator.set_latency(0)
+    later = [_message(s, f"72755{i:05d}") for i in range(1, 4)]
+    for message in later:
+        h.submit(message)
+    _feed_until_added(h, s, [lost, *later])
+    counts = simulator.count_by_phone()
+    assert counts["7275551212"] == 1
+    assert all(counts[f"72755{i:05d}"] == 1 for i in range(1, 4))

@@ -86,8 +86,10 @@ class LeadEngine:
     """Runs add-lead messages of one worker process on an event loop thread."""
 
     def __init__(
-        self, runner: JobRunner, *, capacity: int, redis_timeout_s: float = REDIS_TIMEOUT_S
+        self, runner: JobRunner, *, capacity: int, redis_timeout_s: float | None = None
     ) -> None:
+        if redis_timeout_s is None:
+            redis_timeout_s = REDIS_TIMEOUT_S
         self.runner = runner
         self.capacity = capacity
         self._loop = asyncio.new_event_loop()
