@@ -28,11 +28,22 @@ from pathlib import Path
 from types import FrameType, ModuleType
 from typing import Any
 
-from bench import console, cost, dialers, enqueue, latency, reconcile, replay, throughput
+from bench import (
+    clients,
+    console,
+    cost,
+    dialers,
+    enqueue,
+    latency,
+    reconcile,
+    replay,
+    throughput,
+)
 from bench.common import ROOT, Env, Section, machine_info
 
 BENCHMARKS: dict[str, ModuleType] = {
-    m.NAME: m for m in (throughput, latency, enqueue, replay, cost, console, dialers, reconcile)
+    m.NAME: m
+    for m in (throughput, latency, enqueue, replay, cost, console, dialers, reconcile, clients)
 }
 RESULTS = ROOT / "bench" / "results"
 
