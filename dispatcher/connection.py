@@ -109,6 +109,7 @@ def async_redis_client(
     socket_timeout: float,
     retries: int,
     max_connections: int,
+    client_name: str | None = None,
 ) -> AsyncRedis:
     """A new ``redis.asyncio`` client for ``settings.redis_url`` (for one event loop).
 
@@ -119,6 +120,7 @@ def async_redis_client(
     command whose connection dropped or timed out (``retries`` times, on a new
     connection, with backoff): only for callers whose commands are safe to run
     twice (the worker's claim and outcome writes, recognised by their token).
+    ``client_name``: what Redis's ``CLIENT LIST`` shows for its connections.
     """
     # Imported here: a producer or the CLI never loads the asyncio client.
     from redis.asyncio import Redis as AsyncRedis
@@ -130,6 +132,7 @@ def async_redis_client(
         "socket_timeout": socket_timeout,
         "retry": AsyncRetry(ExponentialBackoff(cap=1.0, base=0.05), retries),
         "max_connections": max_connections,
+        "client_name": client_name,
     }
     if not settings.redis_url.startswith("sentinel://"):
         return AsyncRedis.from_url(settings.redis_url, **options)

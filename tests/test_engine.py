@@ -15,6 +15,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -32,6 +33,7 @@ from dispatcher.settings import Settings
 from dispatcher.simulator import Simulator
 from tests.conftest import make_settings, wait_for
 from tests.faultproxy import FaultProxy
+from tests.tlsproxy import TlsProxy
 from workers import engine as engine_module
 from workers.batching import LoopPipeline
 from workers.engine import LeadEngine
@@ -424,8 +426,9 @@ def test_a_half_open_redis_connection_is_noticed_and_replaced_on_the_loop(
     new one, on the loop; every lead added once."""
     monkeypatch.setattr(engine_module, "REDIS_TIMEOUT_S", 1.0, raising=False)
     h = harness(settings.replace(redis_url=proxy.url))
-    h.submit(_message(settings, "7275550100"))  # warm: the loop's connection made
+    h.submit(_message(settings, "7275550100"))  # warm: the loop's connections made
     h.wait(1)
+    handoffs = h.engine.handoffs
     assert proxy.blackhole() >= 1
     messages = [_message(settings, f"72755{i:05d}") for i in range(1, 6)]
     for message in messages:
@@ -434,7 +437,7 @@ def test_a_half_open_redis_connection_is_noticed_and_replaced_on_the_loop(
     assert h.kinds() == ["ack"] * 6
     assert all(_state(settings, m) == "added" for m in messages)
     assert all(simulator.count_by_phone()[f"72755{i:05d}"] == 1 for i in range(1, 6))
-    assert h.engine.handoffs == 0  # recovered on the loop, no job left it
+    assert h.engine.handoffs == handoffs  # recovered on the loop, no job left it
 
 
 def test_a_dropped_redis_connection_is_replaced_on_the_loop(
@@ -443,6 +446,7 @@ def test_a_dropped_redis_connection_is_replaced_on_the_loop(
     h = harness(settings.replace(redis_url=proxy.url))
     h.submit(_message(settings, "7275550100"))
     h.wait(1)
+    handoffs = h.engine.handoffs
     proxy.cut()  # Redis restarted, a proxy or a firewall reset the connection
     messages = [_message(settings, f"72755{i:05d}") for i in range(1, 6)]
     for message in messages:
@@ -451,7 +455,7 @@ def test_a_dropped_redis_connection_is_replaced_on_the_loop(
     assert h.kinds() == ["ack"] * 6
     assert all(_state(settings, m) == "added" for m in messages)
     assert all(simulator.count_by_phone()[f"72755{i:05d}"] == 1 for i in range(1, 6))
-    assert h.engine.handoffs == 0
+    assert h.engine.handoffs == handoffs
 
 
 def test_a_stalled_redis_moves_the_jobs_to_threads_which_finish_them_once(
@@ -521,3 +525,41 @@ def test_a_vicidial_connection_lost_mid_call_ends_once_added(
     counts = simulator.count_by_phone()
     assert counts["7275551212"] == 1
     assert all(counts[f"72755{i:05d}"] == 1 for i in range(1, 4))
+
+
+def _engine_connections(redis_url: str) -> list[str]:
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        return [c["name"] for c in client.client_list() if c["name"] == engine_module.CLIENT_NAME]
+    finally:
+        client.close()
+
+
+def test_the_engine_speaks_tls_to_redis_on_its_loop(
+    settings: Settings,
+    simulator: Simulator,
+    harness: Callable[..., Harness],
+    redis_url: str,
+    tmp_path: Path,
+) -> None:
+    """rediss:// on the loop's own redis.asyncio connections (no thread in between),
+    the certificate verified."""
+    tls = TlsProxy("127.0.0.1", int(redis_url.rsplit(":", 1)[1].split("/")[0]), tmp_path)
+    if tls.start() is None:
+        pytest.skip("no openssl command to make a certificate")
+    try:
+        s = settings.replace(redis_url=tls.url)
+        h = harness(s)
+        h.submit(_message(s, "7275550100"))
+        h.wait(1)
+        handoffs = h.engine.handoffs
+        messages = [_message(s, f"72755{i:05d}") for i in range(1, 4)]
+        for message in messages:
+            h.submit(message)
+        h.wait(4)
+        assert h.kinds() == ["ack"] * 4
+        assert all(_state(s, m) == "added" for m in messages)
+        assert h.engine.handoffs == handoffs
+        assert _engine_connections(redis_url)  # the loop's own, through TLS
+    finally:
+        tls.close()

@@ -78,8 +78,13 @@ _ACK_BATCH_S = 0.005
 #: the batch tried once more on a new one): a Lua claim or success takes well under a
 #: millisecond; a stalled Redis or a half-open connection must not hold the calls.
 REDIS_TIMEOUT_S = 5.0
+#: The name of the loop's Redis connections (``CLIENT LIST``).
+CLIENT_NAME = "dispatcher-engine"
 #: Tries of a batch of Redis commands on the loop (the first included).
 _REDIS_TRIES = 2
+#: How often the loop asks Redis whether it has replicas: then a success is stored
+#: by a thread that waits for one to confirm it (JobRunner.store_added).
+_REPLICA_CHECK_S = 30.0
 
 
 class LeadEngine:
@@ -103,16 +108,21 @@ class LeadEngine:
             runner.settings,
             socket_timeout=redis_timeout_s,
             retries=_REDIS_TRIES - 1,
-            max_connections=MAX_BATCHES + 1,  # the batches, and a script load
+            max_connections=MAX_BATCHES + 2,  # the batches, a script load, a replica check
+            client_name=CLIENT_NAME,
         )
+        # Every try waits for its reply, and may first connect (5 s at most).
+        self._redis_deadline_s = _REDIS_TRIES * (redis_timeout_s + 5.0) + 1.0
+        self._redis_client = client
         self._redis = LoopPipeline(
             client,
             runner.execution,
             self._loop,
-            # Every try waits for its reply, and may first connect (5 s at most).
-            deadline_s=_REDIS_TRIES * (redis_timeout_s + 5.0) + 1.0,
+            deadline_s=self._redis_deadline_s,
             on_staged=self._turn_ends,
         )
+        #: replicas Redis reported (None: not known yet), asked on the loop
+        self._replicas: int | None = None
         #: a turn of the loop ends with _commit (log lines written, Redis commands sent)
         self._committing = False
         #: requests to send once this turn's log lines are written
@@ -177,14 +187,36 @@ class LeadEngine:
     def _serve(self) -> None:
         asyncio.set_event_loop(self._loop)
         logs.hold_lines(self._turn_ends)
+        watcher = self._loop.create_task(self._watch_replicas())
         try:
             self._loop.run_forever()
         finally:
             logs.release_lines()
+            watcher.cancel()
+            with contextlib.suppress(BaseException):
+                self._loop.run_until_complete(watcher)
             with contextlib.suppress(Exception):
                 self._loop.run_until_complete(asyncio.wait_for(self._aclose(), 5.0))
             with contextlib.suppress(Exception):
                 self._loop.close()
+
+    async def _watch_replicas(self) -> None:
+        """Keep the replica count current, asked on the loop (a blocking INFO there
+        would stop every call in flight while Redis is slow)."""
+        while True:
+            try:
+                async with asyncio.timeout(self._redis_deadline_s):
+                    info = await self._redis_client.info("replication")
+                self._replicas = int(info.get("connected_slaves", 0) or 0)
+            except Exception:  # Redis away: keep the last answer; the jobs go to threads
+                pass
+            await asyncio.sleep(_REPLICA_CHECK_S)
+
+    def _stores_added_at_once(self, d: _Delivery) -> bool:
+        """JobRunner.stores_added_at_once with the replica count the loop asked for: a
+        success with a reconcile step, or with a replica to wait for (or none known
+        yet), is stored by a thread."""
+        return d.job.reconcile is None and self._replicas == 0
 
     async def _aclose(self) -> None:
         """Close the loop's connections (Redis, VICIdial) on the way out."""
@@ -288,7 +320,7 @@ class LeadEngine:
             holding = False
             self._slots.release()
             runner.log_added(d, result, latency_ms)
-            if not runner.stores_added_at_once(d):
+            if not self._stores_added_at_once(d):
                 self._thread_step(message, d, lambda: runner.store_added(d, result, latency_ms))
                 return
             try:
