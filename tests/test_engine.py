@@ -425,11 +425,13 @@ def test_a_half_open_redis_connection_is_noticed_and_replaced_on_the_loop(
     success writes time out, the connection is dropped and the batch sent again on a
     new one, on the loop; every lead added once."""
     monkeypatch.setattr(engine_module, "REDIS_TIMEOUT_S", 1.0, raising=False)
+    monkeypatch.setattr(engine_module, "REPLICA_CHECK_S", 0.2, raising=False)
     h = harness(settings.replace(redis_url=proxy.url))
     h.submit(_message(settings, "7275550100"))  # warm: the loop's connections made
     h.wait(1)
     handoffs = h.engine.handoffs
     assert proxy.blackhole() >= 1
+    silent_at = time.monotonic()
     messages = [_message(settings, f"72755{i:05d}") for i in range(1, 6)]
     for message in messages:
         h.submit(message)
@@ -438,16 +440,24 @@ def test_a_half_open_redis_connection_is_noticed_and_replaced_on_the_loop(
     assert all(_state(settings, m) == "added" for m in messages)
     assert all(simulator.count_by_phone()[f"72755{i:05d}"] == 1 for i in range(1, 6))
     assert h.engine.handoffs == handoffs  # recovered on the loop, no job left it
+    # The loop's replica check, too, gets its answer again.
+    wait_for(lambda: h.engine.replicas_checked_at > silent_at + 0.5, message="replica check")
 
 
 def test_a_dropped_redis_connection_is_replaced_on_the_loop(
-    settings: Settings, simulator: Simulator, harness: Callable[..., Harness], proxy: FaultProxy
+    settings: Settings,
+    simulator: Simulator,
+    harness: Callable[..., Harness],
+    proxy: FaultProxy,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    monkeypatch.setattr(engine_module, "REPLICA_CHECK_S", 0.2, raising=False)
     h = harness(settings.replace(redis_url=proxy.url))
     h.submit(_message(settings, "7275550100"))
     h.wait(1)
     handoffs = h.engine.handoffs
     proxy.cut()  # Redis restarted, a proxy or a firewall reset the connection
+    cut_at = time.monotonic()
     messages = [_message(settings, f"72755{i:05d}") for i in range(1, 6)]
     for message in messages:
         h.submit(message)
@@ -456,6 +466,7 @@ def test_a_dropped_redis_connection_is_replaced_on_the_loop(
     assert all(_state(settings, m) == "added" for m in messages)
     assert all(simulator.count_by_phone()[f"72755{i:05d}"] == 1 for i in range(1, 6))
     assert h.engine.handoffs == handoffs
+    wait_for(lambda: h.engine.replicas_checked_at > cut_at, message="replica check")
 
 
 def test_a_stalled_redis_moves_the_jobs_to_threads_which_finish_them_once(

@@ -84,7 +84,7 @@ CLIENT_NAME = "dispatcher-engine"
 _REDIS_TRIES = 2
 #: How often the loop asks Redis whether it has replicas: then a success is stored
 #: by a thread that waits for one to confirm it (JobRunner.store_added).
-_REPLICA_CHECK_S = 30.0
+REPLICA_CHECK_S = 30.0
 
 
 class LeadEngine:
@@ -123,6 +123,8 @@ class LeadEngine:
         )
         #: replicas Redis reported (None: not known yet), asked on the loop
         self._replicas: int | None = None
+        #: when Redis last answered the loop's replica check (monotonic; for tests)
+        self.replicas_checked_at = 0.0
         #: a turn of the loop ends with _commit (log lines written, Redis commands sent)
         self._committing = False
         #: requests to send once this turn's log lines are written
@@ -208,9 +210,10 @@ class LeadEngine:
                 async with asyncio.timeout(self._redis_deadline_s):
                     info = await self._redis_client.info("replication")
                 self._replicas = int(info.get("connected_slaves", 0) or 0)
+                self.replicas_checked_at = time.monotonic()
             except Exception:  # Redis away: keep the last answer; the jobs go to threads
                 pass
-            await asyncio.sleep(_REPLICA_CHECK_S)
+            await asyncio.sleep(REPLICA_CHECK_S)
 
     def _stores_added_at_once(self, d: _Delivery) -> bool:
         """JobRunner.stores_added_at_once with the replica count the loop asked for: a
