@@ -49,9 +49,9 @@ from bench.common import (
     process_tree,
     rotations,
 )
+from bench.compare_trees import changed_settings_env
 from bench.throughput import celery_enqueuer, product_enqueuer
 from dispatcher.localfleet import WorkerProcess
-from dispatcher.settings import Settings
 
 NAME = "clients"
 LATENCY_MS = 100.0
@@ -88,18 +88,6 @@ class TreeWorker(WorkerProcess):
         if wait:
             self.wait_ready(timeout)
         return self
-
-
-def tree_env(settings: Settings) -> dict[str, str]:
-    return {
-        "DISPATCHER_REDIS_URL": settings.redis_url,
-        "DISPATCHER_VICIDIAL_URL": str(settings.vicidial_url),
-        "DISPATCHER_VICIDIAL_USER": str(settings.vicidial_user),
-        "DISPATCHER_VICIDIAL_PASS": str(settings.vicidial_pass),
-        "DISPATCHER_LOG_FORMAT": "json",
-        "DISPATCHER_KEY_PREFIX": settings.key_prefix,
-        "DISPATCHER_QUEUE": settings.queue,
-    }
 
 
 def before_tree(dest: Path, commit: str = BEFORE_COMMIT) -> Path | None:
@@ -226,7 +214,7 @@ def run(env: Env, *, quick: bool) -> Section:
                 name=tag,
                 mingle=True,
                 root=root,
-                env_vars=tree_env(settings),
+                env_vars=changed_settings_env(settings),
             )
             env.workers.append(worker)
             flags = f" --pool {pool} --concurrency {conc}" if pool else ""

@@ -35,6 +35,13 @@ from dispatcher.settings import Settings
 CAREFUL_DB = 2
 
 
+def changed_settings_env(settings: Settings) -> dict[str, str]:
+    """The DISPATCHER_* variables of the settings that differ from the defaults: what a
+    tree of another release understands (it refuses variables it does not know)."""
+    defaults = settings_env(Settings())
+    return {k: v for k, v in settings_env(settings).items() if defaults.get(k) != v}
+
+
 @dataclass
 class TreeWorker(WorkerProcess):
     """`celery -A workers worker` importing ``workers``/``dispatcher`` from ``root``."""
@@ -44,7 +51,7 @@ class TreeWorker(WorkerProcess):
     def start(self, *, wait: bool = True, timeout: float = 30.0) -> TreeWorker:
         root = str(Path(self.root).resolve())
         env = {k: v for k, v in os.environ.items() if not k.startswith("DISPATCHER_")}
-        env.update(settings_env(self.settings))
+        env.update(changed_settings_env(self.settings))
         env["DISPATCHER_ENV_FILE"] = "/nonexistent"
         env["PYTHONPATH"] = root
         with self.log_path.open("ab") as log:

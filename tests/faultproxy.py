@@ -41,6 +41,8 @@ class FaultProxy:
         #: client sockets whose connection went silent (see blackhole)
         self._silent: set[socket.socket] = set()
         self.dropped = 0
+        #: client -> server chunks forwarded (one per write of a pipelined batch)
+        self.requests = 0
 
     @property
     def url(self) -> str:
@@ -142,6 +144,8 @@ class FaultProxy:
                     if sock is client:
                         self._wait("_hold_until")
                         server.sendall(data)
+                        with self._lock:
+                            self.requests += 1
                         continue
                     self._wait("_stall_until")
                     with self._lock:

@@ -326,21 +326,26 @@ def test_each_reply_comes_back_in_its_place_and_an_error_reply_stays_its_own(
         _close_pipeline(pipeline, loop)
 
 
-def test_a_turn_of_the_loop_is_one_round_trip_with_no_script_check(redis_url: str) -> None:
-    """redis-py's Script objects would add a SCRIPT EXISTS to every pipeline."""
-    settings = make_settings(redis_url)
+def test_a_batch_is_one_round_trip_with_no_script_check(
+    settings: Settings, proxy: FaultProxy
+) -> None:
+    """The commands staged in a turn leave as one write and come back as one read:
+    no SCRIPT EXISTS (redis-py's Script objects add one to every pipeline)."""
     backend = get_backend(settings)
     backend.redis.script_load(backend.execution.source)
     loop = asyncio.new_event_loop()
-    pipeline = _pipeline(settings, loop)
+    pipeline = _pipeline(settings.replace(redis_url=proxy.url), loop)
     try:
+        loop.run_until_complete(pipeline.call("resume", "warm"))  # connect, name, select
         backend.redis.config_resetstat()
+        before = proxy.requests
 
         async def run() -> list[Any]:
             return await asyncio.gather(*[pipeline.call("resume", f"s{i}") for i in range(20)])
 
         for _ in range(5):
             loop.run_until_complete(run())
+        assert proxy.requests - before == 5
         stats = backend.redis.info("commandstats")
         assert stats["cmdstat_evalsha"]["calls"] == 100
         assert "cmdstat_script|exists" not in stats and "cmdstat_script" not in stats
