@@ -11,11 +11,12 @@ asked for, and measured): at 100 calls in flight, the load of a 2-core host,
 the engine with httpcore as its HTTP client (bench/variants/httpcore_client.py:
 the same request, parser, cap, deadline and errors; httpcore's
 ``AsyncConnectionPool`` replaced by a list, as the pool walks every connection
-on each request, encode/httpcore#1035) spent 0.95 ms of worker CPU per lead
-against 0.50 here, and added 626 leads/s against 766 in the same run: 22 %
-short of the 800 leads/s a host must reach, where a hand-written piece may
-stay past 15 % (``python -m bench --only clients``, docs/BENCHMARKS.md). With
-64 in flight both sit within 7 % of a raw client. The hot path is one POST of
+on each request, encode/httpcore#1035) spent 0.80 ms of worker CPU per lead
+against 0.41 here, and added 559 leads/s against 725 in the same run (626
+against 766 in another): 30 % (22 %) short of the 800 leads/s a host must
+reach, where a hand-written piece may stay past 15 % (``python -m bench --only
+clients``, docs/BENCHMARKS.md). With 64 in flight it reached 0.84 of a raw
+client's rate, this client 0.92-0.97 (the goal: 0.9). The hot path is one POST of
 a handful of form fields to one server, answered by one or two lines; h11's
 state machine, httpcore's locks and traces and anyio's cancel scopes cost about
 as much again as everything else the worker does for a lead.
