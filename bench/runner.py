@@ -1,7 +1,7 @@
 """``python -m bench``: run the benchmarks, print a table, write bench/results/latest.json.
 
     python -m bench                  # full run (a few minutes)
-    python -m bench --quick          # small sizes, about 2.5 minutes
+    python -m bench --quick          # small sizes, about 3 minutes
     python -m bench --only enqueue   # one benchmark (repeat --only for several)
 
 Everything runs on this machine: a private redis-server, the VICIdial simulator
@@ -29,6 +29,7 @@ from types import FrameType, ModuleType
 from typing import Any
 
 from bench import (
+    clients,
     console,
     cost,
     dialers,
@@ -53,6 +54,7 @@ BENCHMARKS: dict[str, ModuleType] = {
         dialers,
         reconcile,
         login_flood,
+        clients,
     )
 }
 RESULTS = ROOT / "bench" / "results"
@@ -81,7 +83,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m bench", description=__doc__.split("\n\n")[0] if __doc__ else None
     )
-    parser.add_argument("--quick", action="store_true", help="small sizes, about 2.5 minutes")
+    parser.add_argument("--quick", action="store_true", help="small sizes, about 3 minutes")
     parser.add_argument(
         "--only",
         action="append",

@@ -17,11 +17,11 @@ import socket
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
 import redis
-from redis.backoff import NoBackoff
+from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.retry import Retry
 from redis.sentinel import Sentinel
 
@@ -33,7 +33,11 @@ from dispatcher.errors import (
 )
 from dispatcher.settings import Settings, redact_url
 
+if TYPE_CHECKING:
+    from redis.asyncio import Redis as AsyncRedis
+
 __all__ = [
+    "async_redis_client",
     "broker_error",
     "broker_errors",
     "broker_transport_options",
@@ -104,6 +108,46 @@ def _new_client(settings: Settings) -> redis.Redis:
     # A master_for client asks the Sentinels for the current primary on every
     # (re)connection, so it follows a failover.
     client: redis.Redis = sentinel.master_for(str(settings.redis_sentinel_master))
+    return client
+
+
+def async_redis_client(
+    settings: Settings,
+    *,
+    socket_timeout: float,
+    retries: int,
+    max_connections: int,
+    client_name: str | None = None,
+) -> AsyncRedis:
+    """A new ``redis.asyncio`` client for ``settings.redis_url`` (for one event loop).
+
+    The same URL forms (``redis://``, ``rediss://`` with its TLS options,
+    ``sentinel://`` with the master's name), credentials, connect timeout and
+    health checks as :func:`redis_client`; ``socket_timeout`` bounds every
+    command's wait for its reply. Unlike :func:`redis_client` it retries a
+    command whose connection dropped or timed out (``retries`` times, on a new
+    connection, with backoff): only for callers whose commands are safe to run
+    twice (the worker's claim and outcome writes, recognised by their token).
+    ``client_name``: what Redis's ``CLIENT LIST`` shows for its connections.
+    """
+    # Imported here: a producer or the CLI never loads the asyncio client.
+    from redis.asyncio import Redis as AsyncRedis
+    from redis.asyncio.retry import Retry as AsyncRetry
+    from redis.asyncio.sentinel import Sentinel as AsyncSentinel
+
+    options: dict[str, Any] = {
+        **_CLIENT_OPTIONS,
+        "socket_timeout": socket_timeout,
+        "retry": AsyncRetry(ExponentialBackoff(cap=1.0, base=0.05), retries),
+        "max_connections": max_connections,
+        "client_name": client_name,
+    }
+    if not settings.redis_url.startswith("sentinel://"):
+        return AsyncRedis.from_url(settings.redis_url, **options)
+    nodes, credentials = parse_sentinel_url(settings.redis_url)
+    sentinel = AsyncSentinel(nodes, sentinel_kwargs=_SENTINEL_OPTIONS, **credentials, **options)
+    # As the sync client: the current primary is asked for on every (re)connection.
+    client: AsyncRedis = sentinel.master_for(str(settings.redis_sentinel_master))
     return client
 
 

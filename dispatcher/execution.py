@@ -313,17 +313,10 @@ class Execution:
         """The EVALSHA command of one call (``(command, *args)``), as sent on the wire."""
         return ("EVALSHA", self._script.sha, len(self._keys), *self._keys, *call)
 
-    def new_connection(self) -> Any:
-        """A new, unconnected redis-py connection speaking RESP2 to this Redis (a plain
-        TCP one), for a caller that takes its socket over; None where there is none
-        (TLS, a Unix socket, Sentinel)."""
-        direct = self._direct
-        if direct is None or direct._class is not redis.Connection:
-            return None
-        factory: Any = direct._class
-        kwargs = {k: v for k, v in direct._kwargs.items() if not k.startswith("maint_")}
-        # RESP2 (redis-py 8's maintenance notifications need RESP3: none here).
-        return factory(**{**kwargs, "protocol": 2})
+    @property
+    def source(self) -> str:
+        """The script's Lua text (to load it again after a NOSCRIPT: a restarted Redis)."""
+        return _SOURCE
 
     def call_many(self, calls: list[tuple[Any, ...]]) -> list[Any]:
         """Run several commands (each ``(command, *args)``) in one round trip, in order.

@@ -72,8 +72,10 @@ class WorkerProcess:
 
     settings: Settings
     log_path: Path
-    concurrency: int = 4
-    pool: str = "threads"
+    #: ``--concurrency``; None: none given (Celery's worker_concurrency decides)
+    concurrency: int | None = 4
+    #: ``--pool``; None: none given (the app's default pool, threads)
+    pool: str | None = "threads"
     name: str = "w1"
     extra_env: Mapping[str, str] = field(default_factory=dict)
     extra_args: tuple[str, ...] = ()
@@ -94,10 +96,8 @@ class WorkerProcess:
             "worker",
             "--loglevel",
             "INFO",
-            "--pool",
-            self.pool,
-            "--concurrency",
-            str(self.concurrency),
+            *(("--pool", self.pool) if self.pool is not None else ()),
+            *(("--concurrency", str(self.concurrency)) if self.concurrency is not None else ()),
             "--hostname",
             f"{self.name}@%h",
             *(() if self.mingle else ("--without-gossip", "--without-mingle")),

@@ -131,6 +131,9 @@ class Settings:
     # event loop holds every call in flight) or "threads" (one Celery pool thread
     # per job, as before).
     engine: str = "asyncio"
+    # Calls in flight per worker process when `celery -A workers worker` is started
+    # without -c (Celery's worker_concurrency; the threads pool is its default pool).
+    worker_concurrency: int = 64
 
     def __post_init__(self) -> None:
         problems: list[str] = []
@@ -206,6 +209,11 @@ class Settings:
             "must be >= 0 (0 keeps dead letters forever)",
         )
         check(self.engine in ("asyncio", "threads"), "engine", "asyncio or threads")
+        check(
+            1 <= self.worker_concurrency <= 1000,
+            "worker_concurrency",
+            "must be between 1 and 1000",
+        )
         check(
             self.ambiguous in ("reconcile", "dead_letter", "retry"),
             "ambiguous",

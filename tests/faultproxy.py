@@ -11,6 +11,8 @@ proxy only decides when (or whether) the server's replies are forwarded.
     proxy.hold_requests(3)  # requests are held back for 3 s (nothing reaches the server)
     proxy.refuse(5)         # connections cut and refused for 5 s (the server is away)
     proxy.delay_replies(1)  # every reply reaches the client 1 s after the server sent it
+    proxy.blackhole()       # open connections go silent, never closed (half-open);
+                            # new connections work
 """
 
 from __future__ import annotations
@@ -38,7 +40,11 @@ class FaultProxy:
         self._reply_delay = 0.0
         self._closing = False
         self._pairs: list[tuple[socket.socket, socket.socket]] = []
+        #: client sockets whose connection went silent (see blackhole)
+        self._silent: set[socket.socket] = set()
         self.dropped = 0
+        #: client -> server chunks forwarded (one per write of a pipelined batch)
+        self.requests = 0
 
     @property
     def url(self) -> str:
@@ -85,6 +91,14 @@ class FaultProxy:
         with self._lock:
             self._hold_until = time.monotonic() + seconds
 
+    def blackhole(self) -> int:
+        """Every connection open now goes silent both ways and stays open: a half-open
+        connection (a peer or a NAT gone without a word). New connections work.
+        Returns how many connections went silent."""
+        with self._lock:
+            self._silent.update(client for client, _ in self._pairs)
+            return len(self._pairs)
+
     def _wait(self, attr: str) -> None:
         while True:
             with self._lock:
@@ -126,6 +140,10 @@ class FaultProxy:
         try:
             while True:
                 readable, _, _ = select.select([client, server], [], [], 0.05)
+                if client in self._silent:
+                    # Half-open: nothing is read or forwarded any more, nothing closed.
+                    time.sleep(0.05)
+                    continue
                 for sock in readable:
                     data = sock.recv(65536)
                     arrived = time.monotonic()
@@ -134,6 +152,8 @@ class FaultProxy:
                     if sock is client:
                         self._wait("_hold_until")
                         server.sendall(data)
+                        with self._lock:
+                            self.requests += 1
                         continue
                     self._wait("_stall_until")
                     with self._lock:

@@ -9,11 +9,13 @@ real TCP proxy (:mod:`tests.faultproxy`).
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,13 +26,16 @@ from structlog.testing import capture_logs as _capture_logs
 from dispatcher import DeadLetterStore, job_status
 from dispatcher import logs as logs_module
 from dispatcher.backend import get_backend
+from dispatcher.connection import async_redis_client
 from dispatcher.execution import Execution
 from dispatcher.producer import prepare_job, push_jobs
 from dispatcher.settings import Settings
 from dispatcher.simulator import Simulator
 from tests.conftest import make_settings, wait_for
 from tests.faultproxy import FaultProxy
-from workers.batching import LoopPipeline, ScriptBatcher
+from tests.tlsproxy import TlsProxy
+from workers import engine as engine_module
+from workers.batching import LoopPipeline
 from workers.engine import LeadEngine
 from workers.runner import JobRunner
 
@@ -280,23 +285,32 @@ def test_stop_lets_every_call_in_flight_finish_and_store_its_outcome(
     assert all(_state(settings, m) == "added" for m in messages)
 
 
-@pytest.mark.parametrize("sender", [ScriptBatcher, LoopPipeline])
+def _pipeline(settings: Settings, loop: asyncio.AbstractEventLoop, **kwargs: Any) -> LoopPipeline:
+    execution: Execution = get_backend(settings).execution
+    client = async_redis_client(settings, socket_timeout=1.0, retries=1, max_connections=4)
+    return LoopPipeline(client, execution, loop, deadline_s=10.0, **kwargs)
+
+
+def _close_pipeline(pipeline: LoopPipeline, loop: asyncio.AbstractEventLoop) -> None:
+    loop.run_until_complete(pipeline.aclose())
+    loop.close()
+
+
 def test_each_reply_comes_back_in_its_place_and_an_error_reply_stays_its_own(
-    redis_url: str, sender: type[ScriptBatcher] | type[LoopPipeline]
+    redis_url: str,
 ) -> None:
     settings = make_settings(redis_url)
     backend = get_backend(settings)
-    execution: Execution = backend.execution.direct()
     loop = asyncio.new_event_loop()
-    redis_sender = sender(execution, loop)
+    pipeline = _pipeline(settings, loop)
     try:
-        backend.redis.script_load(execution._script.script)
+        backend.redis.script_load(backend.execution.source)
 
         async def run() -> list[Any]:
             calls = [
-                redis_sender.call("resume", "a"),
-                redis_sender.call("no_such_command"),
-                redis_sender.call("resume", "b"),
+                pipeline.call("resume", "a"),
+                pipeline.call("no_such_command"),
+                pipeline.call("resume", "b"),
             ]
             return await asyncio.gather(*calls, return_exceptions=True)
 
@@ -304,38 +318,62 @@ def test_each_reply_comes_back_in_its_place_and_an_error_reply_stays_its_own(
         assert not isinstance(first, BaseException) and not isinstance(last, BaseException)
         assert isinstance(bad, redis.ResponseError) and "unknown command" in str(bad)
         backend.redis.script_flush()  # as after a Redis restart
-        (flushed,) = loop.run_until_complete(run())[:1]
-        # The batching thread loads the script again; the loop reports NOSCRIPT, and
-        # the engine finishes that job on a thread (whose EVAL loads it).
-        if sender is ScriptBatcher:
-            assert not isinstance(flushed, BaseException)
-        else:
-            assert isinstance(flushed, redis.exceptions.NoScriptError)
+        # NOSCRIPT: the pipeline loads the script and runs those commands again.
+        first, bad, last = loop.run_until_complete(run())
+        assert not isinstance(first, BaseException) and not isinstance(last, BaseException)
+        assert isinstance(bad, redis.ResponseError) and "unknown command" in str(bad)
     finally:
-        redis_sender.close()
-        loop.run_until_complete(asyncio.sleep(0))
-        loop.close()
+        _close_pipeline(pipeline, loop)
+
+
+def test_a_batch_is_one_round_trip_with_no_script_check(
+    settings: Settings, proxy: FaultProxy
+) -> None:
+    """The commands staged in a turn leave as one write and come back as one read:
+    no SCRIPT EXISTS (redis-py's Script objects add one to every pipeline)."""
+    backend = get_backend(settings)
+    backend.redis.script_load(backend.execution.source)
+    loop = asyncio.new_event_loop()
+    pipeline = _pipeline(settings.replace(redis_url=proxy.url), loop)
+    try:
+        loop.run_until_complete(pipeline.call("resume", "warm"))  # connect, name, select
+        backend.redis.config_resetstat()
+        before = proxy.requests
+
+        async def run() -> list[Any]:
+            return await asyncio.gather(*[pipeline.call("resume", f"s{i}") for i in range(20)])
+
+        for _ in range(5):
+            loop.run_until_complete(run())
+        assert proxy.requests - before == 5
+        stats = backend.redis.info("commandstats")
+        assert stats["cmdstat_evalsha"]["calls"] == 100
+        assert "cmdstat_script|exists" not in stats and "cmdstat_script" not in stats
+    finally:
+        _close_pipeline(pipeline, loop)
 
 
 def test_the_loop_connection_lost_fails_what_was_in_flight_and_the_next_turn_reconnects(
     settings: Settings, proxy: FaultProxy
 ) -> None:
     via_proxy = settings.replace(redis_url=proxy.url)
-    execution: Execution = get_backend(via_proxy).execution.direct()
-    get_backend(settings).redis.script_load(execution._script.script)
+    get_backend(settings).redis.script_load(get_backend(settings).execution.source)
     loop = asyncio.new_event_loop()
-    pipeline = LoopPipeline(execution, loop)
+    pipeline = _pipeline(via_proxy, loop)
     try:
         assert loop.run_until_complete(pipeline.call("resume", "a")) is not None
-        proxy.drop_replies(1)
+        # The reply is lost with the connection twice: the batch and its one retry.
+        proxy.drop_replies(2)
         with pytest.raises(redis.ConnectionError):
             loop.run_until_complete(pipeline.call("resume", "b"))
         assert loop.run_until_complete(pipeline.call("resume", "c")) is not None
-        assert proxy.dropped == 1
+        assert proxy.dropped == 2
+        # Once: the retry on a new connection gets the reply.
+        proxy.drop_replies(1)
+        assert loop.run_until_complete(pipeline.call("resume", "d")) is not None
+        assert proxy.dropped == 3
     finally:
-        pipeline.close()
-        loop.run_until_complete(asyncio.sleep(0))
-        loop.close()
+        _close_pipeline(pipeline, loop)
 
 
 def test_concurrent_submissions_from_many_threads_are_all_settled(
@@ -354,3 +392,190 @@ def test_concurrent_submissions_from_many_threads_are_all_settled(
     h.wait(60)
     assert h.kinds() == ["ack"] * 60
     assert len(simulator.count_by_phone()) == 60
+
+
+# -- dropped and half-open connections (issue 23 item 5) ----------------------------------
+
+
+def _feed_until_added(
+    h: Harness, settings: Settings, messages: list[dict[str, Any]], *, timeout: float = 30.0
+) -> None:
+    """Hand the engine each retry or reconcile step the scheduler would move back,
+    until every job is added (a worker's scheduler does this; the harness has none)."""
+    fed: set[str] = set()
+    end = time.monotonic() + timeout
+    while not all(_state(settings, m) == "added" for m in messages):
+        assert time.monotonic() < end, [_state(settings, m) for m in messages]
+        client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
+        due = client.zrangebyscore(f"{settings.key_prefix}:scheduled", "-inf", "+inf")
+        for envelope in due:
+            if envelope in fed:
+                continue
+            client.zrem(f"{settings.key_prefix}:scheduled", envelope)
+            fed.add(envelope)
+            body = json.loads(base64.b64decode(json.loads(envelope)["body"]))
+            h.submit(body[0][0])
+        client.close()
+        time.sleep(0.2)
+
+
+def test_a_half_open_redis_connection_is_noticed_and_replaced_on_the_loop(
+    settings: Settings,
+    simulator: Simulator,
+    harness: Callable[..., Harness],
+    proxy: FaultProxy,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Redis (or a NAT between) gone silent without closing: the loop's claims and
+    success writes time out, the connection is dropped and the batch sent again on a
+    new one, on the loop; every lead added once."""
+    monkeypatch.setattr(engine_module, "REDIS_TIMEOUT_S", 1.0, raising=False)
+    monkeypatch.setattr(engine_module, "REPLICA_CHECK_S", 0.2, raising=False)
+    h = harness(settings.replace(redis_url=proxy.url))
+    h.submit(_message(settings, "7275550100"))  # warm: the loop's connections made
+    h.wait(1)
+    handoffs = h.engine.handoffs
+    assert proxy.blackhole() >= 1
+    silent_at = time.monotonic()
+    messages = [_message(settings, f"72755{i:05d}") for i in range(1, 6)]
+    for message in messages:
+        h.submit(message)
+    h.wait(6, timeout=30)
+    assert h.kinds() == ["ack"] * 6
+    assert all(_state(settings, m) == "added" for m in messages)
+    assert all(simulator.count_by_phone()[f"72755{i:05d}"] == 1 for i in range(1, 6))
+    assert h.engine.handoffs == handoffs  # recovered on the loop, no job left it
+    # The loop's replica check, too, gets its answer again.
+    wait_for(lambda: h.engine.replicas_checked_at > silent_at + 0.5, message="replica check")
+
+
+def test_a_dropped_redis_connection_is_replaced_on_the_loop(
+    settings: Settings,
+    simulator: Simulator,
+    harness: Callable[..., Harness],
+    proxy: FaultProxy,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(engine_module, "REPLICA_CHECK_S", 0.2, raising=False)
+    h = harness(settings.replace(redis_url=proxy.url))
+    h.submit(_message(settings, "7275550100"))
+    h.wait(1)
+    handoffs = h.engine.handoffs
+    proxy.cut()  # Redis restarted, a proxy or a firewall reset the connection
+    cut_at = time.monotonic()
+    messages = [_message(settings, f"72755{i:05d}") for i in range(1, 6)]
+    for message in messages:
+        h.submit(message)
+    h.wait(6, timeout=30)
+    assert h.kinds() == ["ack"] * 6
+    assert all(_state(settings, m) == "added" for m in messages)
+    assert all(simulator.count_by_phone()[f"72755{i:05d}"] == 1 for i in range(1, 6))
+    assert h.engine.handoffs == handoffs
+    wait_for(lambda: h.engine.replicas_checked_at > cut_at, message="replica check")
+
+
+def test_a_stalled_redis_moves_the_jobs_to_threads_which_finish_them_once(
+    settings: Settings,
+    simulator: Simulator,
+    harness: Callable[..., Harness],
+    proxy: FaultProxy,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Replies held back longer than the loop's tries: the jobs go on on threads with
+    the same token (their claims ran: recognised as their own), once Redis answers."""
+    monkeypatch.setattr(engine_module, "REDIS_TIMEOUT_S", 0.5, raising=False)
+    h = harness(settings.replace(redis_url=proxy.url))
+    h.submit(_message(settings, "7275550100"))
+    h.wait(1)
+    messages = [_message(settings, f"72755{i:05d}") for i in range(1, 4)]
+    proxy.stall(4.0)
+    for message in messages:
+        h.submit(message)
+    h.wait(4, timeout=40)
+    assert h.kinds() == ["ack"] * 4
+    assert all(_state(settings, m) == "added" for m in messages)
+    assert all(simulator.count_by_phone()[f"72755{i:05d}"] == 1 for i in range(1, 4))
+    assert h.engine.handoffs >= 1
+
+
+@pytest.fixture
+def vicidial_proxy(simulator: Simulator) -> Iterator[FaultProxy]:
+    proxy = FaultProxy("127.0.0.1", simulator.port).start()
+    yield proxy
+    proxy.close()
+
+
+@pytest.mark.parametrize("fault", ["half_open", "dropped"])
+def test_a_vicidial_connection_lost_mid_call_ends_once_added(
+    fault: str,
+    settings: Settings,
+    simulator: Simulator,
+    harness: Callable[..., Harness],
+    vicidial_proxy: FaultProxy,
+) -> None:
+    """The call in flight when VICIdial's connection goes silent (half-open) or drops:
+    ambiguous within the call's deadline, looked up (reconciliation) and found: added
+    once. The calls after it go on new connections."""
+    url = f"http://127.0.0.1:{vicidial_proxy.port}/agc/api.php"
+    s = settings.replace(vicidial_url=url, vicidial_nonagent_url=None)
+    h = harness(s)
+    h.submit(_message(s, "7275550100"))  # warm: a kept-alive connection
+    h.wait(1)
+    simulator.set_latency(400)
+    lost = _message(s, "7275551212")
+    started = time.monotonic()
+    h.submit(lost)
+    wait_for(lambda: simulator.call_count >= 2, message="the call reached VICIdial")
+    if fault == "half_open":
+        vicidial_proxy.blackhole()
+    else:
+        vicidial_proxy.cut()
+    h.wait(2, timeout=20)
+    assert time.monotonic() - started < s.http_timeout_s + 5
+    assert _state(s, lost) in ("retrying", "added")  # reconcile step scheduled
+    simulator.set_latency(0)
+    later = [_message(s, f"72755{i:05d}") for i in range(1, 4)]
+    for message in later:
+        h.submit(message)
+    _feed_until_added(h, s, [lost, *later])
+    counts = simulator.count_by_phone()
+    assert counts["7275551212"] == 1
+    assert all(counts[f"72755{i:05d}"] == 1 for i in range(1, 4))
+
+
+def _engine_connections(redis_url: str) -> list[str]:
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        return [c["name"] for c in client.client_list() if c["name"] == engine_module.CLIENT_NAME]
+    finally:
+        client.close()
+
+
+def test_the_engine_speaks_tls_to_redis_on_its_loop(
+    settings: Settings,
+    simulator: Simulator,
+    harness: Callable[..., Harness],
+    redis_url: str,
+    tmp_path: Path,
+) -> None:
+    """rediss:// on the loop's own redis.asyncio connections (no thread in between),
+    the certificate verified."""
+    tls = TlsProxy("127.0.0.1", int(redis_url.rsplit(":", 1)[1].split("/")[0]), tmp_path)
+    if tls.start() is None:
+        pytest.skip("no openssl command to make a certificate")
+    try:
+        s = settings.replace(redis_url=tls.url)
+        h = harness(s)
+        h.submit(_message(s, "7275550100"))
+        h.wait(1)
+        handoffs = h.engine.handoffs
+        messages = [_message(s, f"72755{i:05d}") for i in range(1, 4)]
+        for message in messages:
+            h.submit(message)
+        h.wait(4)
+        assert h.kinds() == ["ack"] * 4
+        assert all(_state(s, m) == "added" for m in messages)
+        assert h.engine.handoffs == handoffs
+        assert _engine_connections(redis_url)  # the loop's own, through TLS
+    finally:
+        tls.close()

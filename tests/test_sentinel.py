@@ -123,3 +123,30 @@ def test_a_done_record_waits_for_a_replica_before_the_message_is_acknowledged(
     finally:
         replica.close()
         primary.close()
+
+
+def test_the_lead_engine_finds_the_primary_through_sentinel_on_its_loop(
+    sentinel_url: str, simulator: Simulator
+) -> None:
+    """The engine's claims and success writes go through Sentinel on the loop's own
+    redis.asyncio connections (no thread in between)."""
+    from tests.test_engine import Harness, _engine_connections, _message, _state
+
+    settings = make_settings(sentinel_url, simulator, redis_sentinel_master="leads")
+    h = Harness(settings, capacity=8)
+    try:
+        h.submit(_message(settings, "7275550100"))
+        h.wait(1)
+        handoffs = h.engine.handoffs
+        messages = [_message(settings, f"72755{i:05d}") for i in range(1, 4)]
+        for message in messages:
+            h.submit(message)
+        h.wait(4)
+        assert h.kinds() == ["ack"] * 4
+        assert all(_state(settings, m) == "added" for m in messages)
+        assert h.engine.handoffs == handoffs
+        sentinel = redis.Redis(port=int(sentinel_url.rsplit(":", 1)[1].split("/")[0]))
+        host, port = sentinel.execute_command("SENTINEL", "get-master-addr-by-name", "leads")
+        assert _engine_connections(f"redis://{host.decode()}:{int(port)}/0")
+    finally:
+        h.close()

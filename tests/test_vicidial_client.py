@@ -28,6 +28,7 @@ import pytest
 from dispatcher.errors import AmbiguousFailure, NetworkError, UnknownResponse
 from dispatcher.lead import Lead
 from dispatcher.settings import Settings
+from tests.faultproxy import FaultProxy
 from workers.async_vicidial import AsyncVicidialClient
 from workers.vicidial import (
     MAX_ANSWER_BYTES,
@@ -354,3 +355,86 @@ def test_the_form_is_encoded_byte_for_byte_as_urlencode_would() -> None:
 
 def _form_of(data: dict[Any, Any]) -> str:
     return "&".join([_quote(k) + "=" + _quote(v) for k, v in data.items()])
+
+
+def test_a_dripping_answer_is_cut_at_the_calls_deadline(
+    serve: Callable[[Reply], CannedServer], make_client: MakeClient
+) -> None:
+    """One byte every 0.2 s never trips a per-read timeout: the call's overall
+    deadline ends it (it must never outlive the worker's claim)."""
+    stop = threading.Event()
+    server = serve(lambda request: _response(SUCCESS))
+
+    def drip(conn: socket.socket) -> None:
+        with conn:
+            buffer = b""
+            while b"\r\n\r\n" not in buffer:
+                buffer += conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 200\r\n\r\n")
+            while not stop.wait(0.2):
+                conn.sendall(b"x")
+
+    server._exchange = drip  # type: ignore[method-assign]
+    client = make_client(server.port, timeout=1.0)
+    started = time.monotonic()
+    try:
+        with pytest.raises(AmbiguousFailure, match="ReadTimeout: no answer in time"):
+            client.add_lead(LEAD, dnc_check=False, campaign_dnc_check=False)
+    finally:
+        stop.set()
+    assert time.monotonic() - started < 3.0
+
+
+def test_an_endless_chunked_answer_is_read_only_up_to_the_cap(
+    serve: Callable[[Reply], CannedServer], make_client: MakeClient
+) -> None:
+    stop = threading.Event()
+    server = serve(lambda request: _response(SUCCESS))
+    sent: list[int] = []
+
+    def flood(conn: socket.socket) -> None:
+        with conn:
+            buffer = b""
+            while b"\r\n\r\n" not in buffer:
+                buffer += conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+            chunk = b"PHP Warning: x\n" * 1000
+            while not stop.is_set():
+                conn.sendall(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
+                sent.append(len(chunk))
+
+    server._exchange = flood  # type: ignore[method-assign]
+    try:
+        with pytest.raises(AmbiguousFailure, match="larger than 65536 bytes"):
+            make_client(server.port, timeout=5.0).add_lead(
+                LEAD, dnc_check=False, campaign_dnc_check=False
+            )
+    finally:
+        stop.set()
+
+
+@pytest.mark.parametrize("fault", ["half_open", "dropped"])
+def test_a_kept_alive_connection_lost_is_replaced(
+    fault: str, serve: Callable[[Reply], CannedServer], make_client: MakeClient
+) -> None:
+    """Through the fault proxy: a kept-alive connection that went silent (half-open)
+    costs the call that used it its answer (ambiguous, at the deadline); one the
+    network dropped is seen closed and not used. The next calls connect again."""
+    server = serve(lambda request: _response(SUCCESS))
+    proxy = FaultProxy("127.0.0.1", server.port).start()
+    try:
+        client = make_client(proxy.port, timeout=1.0)
+        client.add_lead(LEAD, dnc_check=False, campaign_dnc_check=False)
+        if fault == "half_open":
+            assert proxy.blackhole() == 1
+            with pytest.raises(AmbiguousFailure, match="ReadTimeout"):
+                client.add_lead(LEAD, dnc_check=False, campaign_dnc_check=False)
+        else:
+            proxy.cut()
+            time.sleep(0.1)  # the close reaches the client before its next call
+        for _ in range(2):
+            result, _ = client.add_lead(LEAD, dnc_check=False, campaign_dnc_check=False)
+            assert result.lead_id == "42"
+        assert server.connections == 2
+    finally:
+        proxy.close()

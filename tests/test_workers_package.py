@@ -219,7 +219,7 @@ def test_a_worker_refuses_the_gevent_and_eventlet_pools(
     with pytest.raises(SystemExit) as exit_info:
         _check_worker_settings(sender=SimpleNamespace(pool_cls=pool))
     assert exit_info.value.code == 2
-    assert "is not supported: use --pool threads" in capsys.readouterr().err
+    assert "is not supported: use the default (threads" in capsys.readouterr().err
 
 
 def test_kombu_still_has_every_method_the_transport_overrides_or_calls() -> None:
@@ -270,3 +270,66 @@ def test_kombu_still_has_every_method_the_transport_overrides_or_calls() -> None
         ours = getattr(transport.Channel, name)
         assert ours is not getattr(kombu_redis.Channel, name), name
         assert getattr(transport.SentinelChannel, name) is ours, name
+
+
+# -- what the plain command runs (issue 24 item 3) ----------------------------------------
+
+
+def test_the_command_line_pool_is_read_as_celery_reads_it() -> None:
+    from workers.celery_app import pool_on_command_line, worker_defaults
+
+    base = ["/venv/bin/celery", "-A", "workers", "worker", "--loglevel", "INFO"]
+    assert pool_on_command_line(base) is None
+    assert pool_on_command_line([*base, "-P", "prefork", "-c", "2"]) == "prefork"
+    assert pool_on_command_line([*base, "--pool=solo"]) == "solo"
+    assert pool_on_command_line([*base, "--pool", "threads"]) == "threads"
+    assert pool_on_command_line([*base, "-Pprefork"]) == "prefork"
+    assert pool_on_command_line(["celery", "-A", "workers", "inspect", "ping"]) is None
+    settings = Settings(worker_concurrency=80)
+    assert worker_defaults(settings, base) == {"worker_pool": "threads", "worker_concurrency": 80}
+    assert worker_defaults(settings, [*base, "-P", "threads"]) == {"worker_concurrency": 80}
+    # -P prefork alone: Celery's own default (a child per CPU), never 80 processes.
+    assert worker_defaults(settings, [*base, "-P", "prefork"]) == {}
+
+
+def _banner_concurrency(worker: WorkerProcess) -> str:
+    for line in worker.log_path.read_text(errors="replace").splitlines():
+        if ".> concurrency:" in line:
+            return line.split(".> concurrency:", 1)[1].strip()
+    raise AssertionError(f"no banner in the worker's log:\n{worker.tail()}")
+
+
+def test_the_plain_worker_command_runs_the_lead_engine_with_64_calls_in_flight(
+    settings: Settings, simulator: Simulator, start_worker: Callable[..., WorkerProcess]
+) -> None:
+    """`celery -A workers worker --loglevel INFO`, no -P, no -c: threads, 64 slots."""
+    plain = settings.replace(worker_concurrency=64)
+    worker = start_worker(plain, pool=None, concurrency=None, mingle=True)
+    job_id = enqueue_lead(agent_user="1000", phone_number="7275551212", settings=plain)
+    wait_for(lambda: (job_status(job_id, settings=plain) or {}).get("state") == "added")
+    command = worker.command()
+    assert not {"-P", "--pool", "-c", "--concurrency"} & set(command)
+    assert _banner_concurrency(worker) == "64 (thread)"
+    started = [e for e in worker.logs() if e.get("event") == "worker.engine_started"]
+    assert [e["capacity"] for e in started] == [64]
+    added = [e for e in worker.logs() if e.get("event") == "lead.added"]
+    assert [e["job_id"] for e in added] == [job_id]
+
+
+def test_prefork_asked_for_on_the_command_line_still_adds_leads(
+    settings: Settings, simulator: Simulator, start_worker: Callable[..., WorkerProcess]
+) -> None:
+    worker = start_worker(settings, pool="prefork", concurrency=2)
+    ids = enqueue_leads(
+        [{"agent_user": "1000", "phone_number": f"72755{i:05d}"} for i in range(6)],
+        settings=settings,
+    )
+    wait_for(
+        lambda: all(
+            (job_status(job_id, settings=settings) or {}).get("state") == "added" for job_id in ids
+        ),
+        timeout=60,
+    )
+    assert _banner_concurrency(worker) == "2 (prefork)"
+    assert not any(e.get("event") == "worker.engine_started" for e in worker.logs())
+    assert sorted(simulator.count_by_phone().values()) == [1] * 6

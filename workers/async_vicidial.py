@@ -6,12 +6,32 @@ each way a call can fail, texts included), spoken as HTTP/1.1 straight over
 asyncio streams: a worker waiting on 64 calls then holds 64 sockets in one
 event loop instead of 64 threads taking turns at the GIL.
 
-Why not httpx's ``AsyncClient``: its per-request machinery is the cost the
-threaded client already left behind (workers/vicidial.py), and the hot path is
-one POST of a handful of form fields to one server, answered by one or two
-lines. The reading side takes what Apache and PHP send: ``Content-Length``,
-chunked, or read-until-close bodies, interim ``1xx`` answers, ``Connection:
-close``, and any charset.
+Why not httpx's ``AsyncClient`` or httpcore's asyncio connections (what issue 24
+asked for, and measured): at 100 calls in flight, the load of a 2-core host,
+the engine with httpcore as its HTTP client (bench/variants/httpcore_client.py:
+the same request, parser, cap, deadline and errors; httpcore's
+``AsyncConnectionPool`` replaced by a list, as the pool walks every connection
+on each request, encode/httpcore#1035) spent 0.80 ms of worker CPU per lead
+against 0.41 here, and added 559 leads/s against 725 in the same run (626
+against 766 in another): 30 % (22 %) short of the 800 leads/s a host must
+reach, where a hand-written piece may stay past 15 % (``python -m bench --only
+clients``, docs/BENCHMARKS.md). With 64 in flight it reached 0.84 of a raw
+client's rate, this client 0.92-0.97 (the goal: 0.9). The hot path is one POST of
+a handful of form fields to one server, answered by one or two lines; h11's
+state machine, httpcore's locks and traces and anyio's cancel scopes cost about
+as much again as everything else the worker does for a lead.
+
+What this client keeps of the library's behaviour, each tested against both
+clients over real sockets (tests/test_vicidial_client.py, with the fault
+proxy's dropped and half-open connections): an overall deadline per call
+(``DISPATCHER_HTTP_TIMEOUT_S``; a dripping answer is cut there), a connect
+timeout, a kept-alive connection reused only while fresh and not closed by the
+server, a new connection after any failure, the 64 KiB cap, TLS with httpx's
+default SSL context (certificates verified), and httpcore's exception names in
+every error text, split the same way: nothing sent is a NetworkError (retried),
+sent and unanswered is an AmbiguousFailure. The reading side takes what Apache
+and PHP send: ``Content-Length``, chunked, or read-until-close bodies, interim
+``1xx`` answers, ``Connection: close``, and any charset.
 
 Keep-alive: an idle connection is reused for at most :data:`KEEPALIVE_S`
 (below Apache's default ``KeepAliveTimeout`` of 5 s) and only if the server

@@ -38,6 +38,11 @@ Why each setting (see README "Guarantees"):
   (retrying the write until Redis is back); when the message is redelivered the
   execution record says ``done`` and nothing is called twice. Cancelling it
   instead would turn a finished call into an ambiguous one.
+* ``worker_pool = "threads"`` and ``worker_concurrency`` (``DISPATCHER_WORKER_CONCURRENCY``,
+  64): the plain ``celery -A workers worker`` runs the lead engine with 64 calls in
+  flight, as the README's command does (Celery's own default is prefork with one
+  child per CPU, a few leads a second against a 100 ms VICIdial). ``-P`` and ``-c``
+  still win: see :func:`pool_on_command_line` for why ``-P prefork`` needs help.
 """
 
 from __future__ import annotations
@@ -60,7 +65,7 @@ from dispatcher.redis_health import redis_availability, require_noeviction
 from dispatcher.settings import Settings, get_settings
 from workers import tasks
 
-__all__ = ["get_app", "make_app"]
+__all__ = ["get_app", "make_app", "pool_on_command_line"]
 
 _log = logs.get_logger("workers.celery_app")
 #: Allocations between runs of the collector's youngest generation (Python's: 700).
@@ -76,7 +81,43 @@ def _settings_or_exit() -> Settings:
         raise SystemExit(2) from None
 
 
-def make_app(settings: Settings) -> Celery:
+def pool_on_command_line(argv: list[str]) -> str | None:
+    """The pool named by ``-P``/``--pool`` of a ``celery ... worker`` command line, if any.
+
+    Celery lets a ``worker_pool`` setting win over ``-P prefork``: its option's
+    default is ``prefork``, and it cannot tell that default from the same value
+    typed (celery/bin/worker.py, ``WorkersPool.convert``, since celery#6711). So
+    the app sets ``worker_pool`` only when the command line names no pool.
+    """
+    try:
+        args = argv[argv.index("worker") + 1 :]
+    except ValueError:
+        return None
+    for i, arg in enumerate(args):
+        if arg in ("-P", "--pool"):
+            return args[i + 1] if i + 1 < len(args) else None
+        if arg.startswith("--pool="):
+            return arg.partition("=")[2]
+        if arg.startswith("-P") and len(arg) > 2:
+            return arg[2:]
+    return None
+
+
+def worker_defaults(settings: Settings, argv: list[str]) -> dict[str, Any]:
+    """``worker_pool``/``worker_concurrency`` for this command line: the lead engine
+    on the threads pool, ``DISPATCHER_WORKER_CONCURRENCY`` calls in flight, unless
+    the command line names another pool (then Celery's defaults, and ``-c``)."""
+    pool = pool_on_command_line(argv)
+    defaults: dict[str, Any] = {}
+    if pool is None:
+        defaults["worker_pool"] = "threads"
+    if pool in (None, "threads"):
+        defaults["worker_concurrency"] = settings.worker_concurrency
+    return defaults
+
+
+def make_app(settings: Settings, *, argv: list[str] | None = None) -> Celery:
+    """The worker's Celery app; ``argv``: the command line (default ``sys.argv``)."""
     celery = Celery("dispatcher", broker=settings.redis_url)
     celery.task(
         name=TASK_NAME,
@@ -129,6 +170,7 @@ def make_app(settings: Settings) -> Celery:
         worker_consumer="workers.consumer:DeadLetteringConsumer",
         # Each job logs its own outcome; Celery's per-task INFO lines add nothing.
         worker_log_color=False,
+        **worker_defaults(settings, sys.argv if argv is None else argv),
     )
     celery.steps["worker"].add(SchedulerStep)
     celery.steps["worker"].add(EngineStep)
@@ -241,7 +283,7 @@ def _check_worker_settings(sender: Any = None, **_: Any) -> None:
     if any(bad in str(name) for bad in _UNSUPPORTED_POOLS):
         print(
             f"dispatcher worker: --pool {str(name).rsplit('.', 1)[-1]} is not supported: "
-            "use --pool threads (the Dockerfile's) or prefork; see docs/DEPLOYING.md",
+            "use the default (threads: the lead engine) or -P prefork; see docs/DEPLOYING.md",
             file=sys.stderr,
         )
         raise SystemExit(2)

@@ -8,8 +8,9 @@ threads taking turns at the GIL (docs/BENCHMARKS.md). Here the Celery consumer
 hands each add-lead message straight to one event loop thread
 (:func:`strategy`), which claims it, calls VICIdial over asyncio
 (:class:`workers.async_vicidial.AsyncVicidialClient`), stores the success and
-acknowledges the message: the same steps, the same Redis scripts and the same
-log events as :class:`workers.runner.JobRunner`, whose methods it calls.
+acknowledges the message: the same steps, the same Redis scripts and
+the same log events as :class:`workers.runner.JobRunner`, whose methods it calls.
+The request leaves from one place, :meth:`LeadEngine._call_vicidial`.
 
 Only the common path runs on the loop: a claim that goes straight to the call,
 and a success stored in one write. Everything else (a bad message, a paused
@@ -31,8 +32,9 @@ messages again, so that a call slot that frees finds its next job already fetche
 (with a quarter, slots stood empty: a message is held until its success is stored
 and its ack reaches the consumer, and a poll waits for several free places).
 
-Used with ``--pool threads`` (the shipped one); with ``prefork`` the children
-run the task as before (one event loop in the parent could use one core only).
+Used with the threads pool (what ``celery -A workers worker`` runs by default,
+workers/celery_app.py); with ``-P prefork`` the children run the task as before
+(one event loop in the parent could use one core only).
 ``DISPATCHER_ENGINE=threads`` turns it off.
 """
 
@@ -53,12 +55,14 @@ import structlog
 from celery.worker import strategy as celery_strategy
 
 from dispatcher import logs
+from dispatcher.connection import async_redis_client
 from dispatcher.errors import AmbiguousFailure, CallFailed, ClaimLapsed
 from dispatcher.execution import Claim
 from dispatcher.jobs import Job
 from workers.async_vicidial import AsyncVicidialClient
-from workers.batching import LoopPipeline, ScriptBatcher
+from workers.batching import MAX_BATCHES, LoopPipeline
 from workers.runner import JobRunner, TransientInfrastructureError, _Delivery
+from workers.vicidial import AddLeadResult
 
 __all__ = ["LeadEngine", "current_engine", "strategy"]
 
@@ -70,12 +74,27 @@ _REQUEUE_PAUSE_S = 1.0
 #: its loop and a system call on each side). The call slot is free already: only
 #: the spare prefetched messages wait for these acks.
 _ACK_BATCH_S = 0.005
+#: How long the loop waits for a reply from Redis (then the connection is dropped and
+#: the batch tried once more on a new one): a Lua claim or success takes well under a
+#: millisecond; a stalled Redis or a half-open connection must not hold the calls.
+REDIS_TIMEOUT_S = 5.0
+#: The name of the loop's Redis connections (``CLIENT LIST``).
+CLIENT_NAME = "dispatcher-engine"
+#: Tries of a batch of Redis commands on the loop (the first included).
+_REDIS_TRIES = 2
+#: How often the loop asks Redis whether it has replicas: then a success is stored
+#: by a thread that waits for one to confirm it (JobRunner.store_added).
+REPLICA_CHECK_S = 30.0
 
 
 class LeadEngine:
     """Runs add-lead messages of one worker process on an event loop thread."""
 
-    def __init__(self, runner: JobRunner, *, capacity: int) -> None:
+    def __init__(
+        self, runner: JobRunner, *, capacity: int, redis_timeout_s: float | None = None
+    ) -> None:
+        if redis_timeout_s is None:
+            redis_timeout_s = REDIS_TIMEOUT_S
         self.runner = runner
         self.capacity = capacity
         self._loop = asyncio.new_event_loop()
@@ -83,16 +102,35 @@ class LeadEngine:
         # Threads are made when first needed: a healthy flow never starts one.
         self._slow = ThreadPoolExecutor(max_workers=capacity, thread_name_prefix="lead-job")
         self._clients: dict[str, AsyncVicidialClient] = {}
-        # The loop speaks to Redis itself over plain TCP; a thread does it over TLS, a
-        # Unix socket or Sentinel (workers/batching.py).
-        sender = LoopPipeline if LoopPipeline.supported(runner.execution) else ScriptBatcher
-        self._redis: LoopPipeline | ScriptBatcher = sender(
-            runner.execution, self._loop, on_staged=self._turn_ends
+        # The loop's own Redis client (TCP, TLS or Sentinel alike), made from the same
+        # settings as the runner's; its connections live on the loop.
+        client = async_redis_client(
+            runner.settings,
+            socket_timeout=redis_timeout_s,
+            retries=_REDIS_TRIES - 1,
+            max_connections=MAX_BATCHES + 2,  # the batches, a script load, a replica check
+            client_name=CLIENT_NAME,
         )
+        # Every try waits for its reply, and may first connect (5 s at most).
+        self._redis_deadline_s = _REDIS_TRIES * (redis_timeout_s + 5.0) + 1.0
+        self._redis_client = client
+        self._redis = LoopPipeline(
+            client,
+            runner.execution,
+            self._loop,
+            deadline_s=self._redis_deadline_s,
+            on_staged=self._turn_ends,
+        )
+        #: replicas Redis reported (None: not known yet), asked on the loop
+        self._replicas: int | None = None
+        #: when Redis last answered the loop's replica check (monotonic; for tests)
+        self.replicas_checked_at = 0.0
         #: a turn of the loop ends with _commit (log lines written, Redis commands sent)
         self._committing = False
         #: requests to send once this turn's log lines are written
         self._sends: list[Callable[[], None]] = []
+        #: jobs handed to a thread (a failure, a pause, Redis away, ...), for tests
+        self.handoffs = 0
         self._held = 0
         self._held_lock = threading.Condition()
         #: messages taken by the consumer, not yet on the loop
@@ -108,6 +146,7 @@ class LeadEngine:
 
     def start(self) -> None:
         self._thread.start()
+        _log.info("worker.engine_started", capacity=self.capacity)
 
     def submit(self, message: Settle, payload: object) -> None:
         """Take a message (from the consumer's thread); it is settled when its job is."""
@@ -142,8 +181,7 @@ class LeadEngine:
         if self._thread.is_alive():
             self._loop.call_soon_threadsafe(self._flush_acks)  # what the timer still holds
             self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(timeout=5.0)
-        self._redis.close()
+            self._thread.join(timeout=10.0)
         return settled
 
     # -- the loop's thread ---------------------------------------------------------------
@@ -151,16 +189,44 @@ class LeadEngine:
     def _serve(self) -> None:
         asyncio.set_event_loop(self._loop)
         logs.hold_lines(self._turn_ends)
+        watcher = self._loop.create_task(self._watch_replicas())
         try:
             self._loop.run_forever()
         finally:
             logs.release_lines()
-            if isinstance(self._redis, LoopPipeline):
-                self._redis.close()
-            for client in self._clients.values():
-                client.close()
+            watcher.cancel()
+            with contextlib.suppress(BaseException):
+                self._loop.run_until_complete(watcher)
+            with contextlib.suppress(Exception):
+                self._loop.run_until_complete(asyncio.wait_for(self._aclose(), 5.0))
             with contextlib.suppress(Exception):
                 self._loop.close()
+
+    async def _watch_replicas(self) -> None:
+        """Keep the replica count current, asked on the loop (a blocking INFO there
+        would stop every call in flight while Redis is slow)."""
+        while True:
+            try:
+                async with asyncio.timeout(self._redis_deadline_s):
+                    info = await self._redis_client.info("replication")
+                self._replicas = int(info.get("connected_slaves", 0) or 0)
+                self.replicas_checked_at = time.monotonic()
+            except Exception:  # Redis away: keep the last answer; the jobs go to threads
+                pass
+            await asyncio.sleep(REPLICA_CHECK_S)
+
+    def _stores_added_at_once(self, d: _Delivery) -> bool:
+        """JobRunner.stores_added_at_once with the replica count the loop asked for: a
+        success with a reconcile step, or with a replica to wait for (or none known
+        yet), is stored by a thread."""
+        return d.job.reconcile is None and self._replicas == 0
+
+    async def _aclose(self) -> None:
+        """Close the loop's connections (Redis, VICIdial) on the way out."""
+        for client in self._clients.values():
+            client.close()
+        with contextlib.suppress(Exception):
+            await self._redis.aclose()
 
     # -- one turn of the loop -------------------------------------------------------------
     #
@@ -188,11 +254,26 @@ class LeadEngine:
         self._turn_ends()
 
     def _client(self, d: _Delivery) -> AsyncVicidialClient:
+        """The dialer's client: one per dialer per worker process, made on first use."""
         client = self._clients.get(d.dialer.name)
         if client is None:
             client = AsyncVicidialClient(self.runner.settings, dialer=d.dialer)
             self._clients[d.dialer.name] = client
         return client
+
+    async def _call_vicidial(self, d: _Delivery, claim: Claim) -> tuple[AddLeadResult, float]:
+        """The one place a request to VICIdial leaves: the claimed job's lead (with its
+        marker), once its lead.attempt line is written, within the call's deadline, and
+        only while the claim cannot lapse before the call ends (ClaimLapsed, nothing sent)."""
+        job = d.job
+        lead = self.runner.attempt(d)
+        return await self._client(d).add_lead(
+            lead,
+            dnc_check=job.dnc_check,
+            campaign_dnc_check=job.campaign_dnc_check,
+            gate=self._after_lines,
+            fence=d.fence,  # checked right before the bytes leave (the claim fence)
+        )
 
     def _drain(self) -> None:
         with self._held_lock:
@@ -231,15 +312,8 @@ class LeadEngine:
             runner.granted(d, claim)  # the claim fence (checked right before the send)
             if claim.seconds > 0:
                 await asyncio.sleep(claim.seconds)  # the rate-limit slot the claim reserved
-            lead = runner.attempt(d)
             try:
-                result, latency_ms = await self._client(d).add_lead(
-                    lead,
-                    dnc_check=job.dnc_check,
-                    campaign_dnc_check=job.campaign_dnc_check,
-                    gate=self._after_lines,
-                    fence=d.fence,
-                )
+                result, latency_ms = await self._call_vicidial(d, claim)
             except ClaimLapsed:
                 # Frozen past the claim's lease before the send: nothing was sent; the
                 # job goes on as a copy would, on a thread (issue 23, item 2).
@@ -257,7 +331,7 @@ class LeadEngine:
             holding = False
             self._slots.release()
             runner.log_added(d, result, latency_ms)
-            if not runner.stores_added_at_once(d):
+            if not self._stores_added_at_once(d):
                 self._thread_step(message, d, lambda: runner.store_added(d, result, latency_ms))
                 return
             try:
@@ -292,6 +366,8 @@ class LeadEngine:
         ``slot``: the job holds a call slot, given back when the thread is done.
         Returns whether the caller still holds the slot (the hand-off failed).
         """
+
+        self.handoffs += 1
 
         def run() -> None:
             try:

@@ -56,14 +56,18 @@ from workers.http_deadline import deadline, deadline_pool
 from workers.outcomes import STATUS_RULES, classify_line
 
 __all__ = [
+    "HTTPCORE_ERRORS",
     "MAX_ANSWER_BYTES",
     "USER_AGENT",
     "AddLeadResult",
     "VicidialClient",
     "add_lead_form",
+    "call_failed",
+    "call_timeouts",
     "decode_answer",
     "host_header",
     "parse_add_lead",
+    "post_request",
 ]
 
 _RESULT_LINE = re.compile(r"^(SUCCESS|ERROR|NOTICE): ")
@@ -212,6 +216,62 @@ def _quote(value: Any) -> str:
     return quote_plus(value if isinstance(value, bytes) else str(value))
 
 
+#: What httpcore raises for a call that failed on the network (mapped by :func:`call_failed`).
+HTTPCORE_ERRORS = (
+    httpcore.TimeoutException,
+    httpcore.NetworkError,
+    httpcore.ProtocolError,
+    httpcore.UnsupportedProtocol,
+)
+
+
+def call_failed(exc: Exception) -> CallFailed:
+    """The CallFailed for one of httpcore's :data:`HTTPCORE_ERRORS`, as httpx maps them.
+
+    Nothing sent (no connection) is a NetworkError, to retry; once the request may
+    have reached VICIdial, an AmbiguousFailure. httpcore's exceptions bear httpx's
+    names (ReadTimeout, ...): the texts in dead letters stay as they were.
+    """
+    name = type(exc).__name__
+    if isinstance(exc, httpcore.ConnectError | httpcore.ConnectTimeout | httpcore.PoolTimeout):
+        return NetworkError(f"{name}: could not connect")
+    if isinstance(exc, httpcore.TimeoutException):
+        # The request was (at least partly) sent: VICIdial may have added the lead.
+        return AmbiguousFailure(f"{name}: no answer in time")
+    if isinstance(exc, httpcore.RemoteProtocolError | httpcore.ReadError | httpcore.WriteError):
+        return AmbiguousFailure(f"{name}: connection dropped after the request was sent")
+    return NetworkError(name)
+
+
+def post_request(
+    target: httpcore.URL, host: bytes, body: bytes, timeouts: dict[str, float]
+) -> httpcore.Request:
+    """The POST of one form to ``target``: the headers every call sends."""
+    return httpcore.Request(
+        b"POST",
+        target,
+        headers=[
+            (b"Host", host),
+            (b"User-Agent", USER_AGENT),
+            (b"Accept", b"*/*"),
+            (b"Content-Type", b"application/x-www-form-urlencoded"),
+            (b"Content-Length", str(len(body)).encode("ascii")),
+        ],
+        content=body,
+        extensions={"timeout": timeouts},
+    )
+
+
+def call_timeouts(timeout: float) -> dict[str, float]:
+    """httpcore's per-phase timeouts of a call whose overall deadline is ``timeout``."""
+    return {
+        "connect": min(timeout, 5.0),
+        "read": timeout,
+        "write": timeout,
+        "pool": min(timeout, 5.0),
+    }
+
+
 class VicidialClient:
     """Calls external_add_lead on one dialer over one keep-alive connection pool."""
 
@@ -248,12 +308,7 @@ class VicidialClient:
         # The URL's scheme was checked with the settings (dialers.py, settings.py).
         self._target = httpcore.URL(self.url)
         self._host = host_header(self._target)
-        self._timeouts = {
-            "connect": min(timeout, 5.0),
-            "read": timeout,
-            "write": timeout,
-            "pool": min(timeout, 5.0),
-        }
+        self._timeouts = call_timeouts(timeout)
 
     def close(self) -> None:
         self._pool.close()
@@ -273,49 +328,24 @@ class VicidialClient:
 
         ``before_send``: run right before the request's bytes leave (the claim fence);
         what it raises propagates, and nothing was sent."""
-        request = httpcore.Request(
-            b"POST",
-            self._target,
-            headers=[
-                (b"Host", self._host),
-                (b"User-Agent", USER_AGENT),
-                (b"Accept", b"*/*"),
-                (b"Content-Type", b"application/x-www-form-urlencoded"),
-                (b"Content-Length", str(len(body)).encode("ascii")),
-            ],
-            content=body,
-            extensions={"timeout": self._timeouts},
-        )
-        # httpcore's exceptions bear httpx's names (ReadTimeout, ...): the texts in dead
-        # letters stay as they were.
+        request = post_request(self._target, self._host, body, self._timeouts)
         try:
             with deadline(self.deadline_s, before_send=before_send):
                 reply = self._pool.handle_request(request)
                 try:
                     chunks: list[bytes] = []
                     size = 0
-                    truncated = False
                     for chunk in reply.stream:  # type: ignore[union-attr]
                         chunks.append(chunk)
                         size += len(chunk)
                         if size > MAX_ANSWER_BYTES:
-                            truncated = True
                             break  # closing the reply unread drops the connection
                 finally:
                     reply.close()
-            text = _decode(b"".join(chunks)[:MAX_ANSWER_BYTES], _charset(reply.headers))
-            return reply.status, text, truncated
-        except (httpcore.ConnectError, httpcore.ConnectTimeout, httpcore.PoolTimeout) as exc:
-            raise NetworkError(f"{type(exc).__name__}: could not connect") from None
-        except httpcore.TimeoutException as exc:
-            # The request was (at least partly) sent: VICIdial may have added the lead.
-            raise AmbiguousFailure(f"{type(exc).__name__}: no answer in time") from None
-        except (httpcore.RemoteProtocolError, httpcore.ReadError, httpcore.WriteError) as exc:
-            raise AmbiguousFailure(
-                f"{type(exc).__name__}: connection dropped after the request was sent"
-            ) from None
-        except (httpcore.NetworkError, httpcore.ProtocolError, httpcore.UnsupportedProtocol) as exc:
-            raise NetworkError(type(exc).__name__) from None
+        except HTTPCORE_ERRORS as exc:
+            raise call_failed(exc) from None
+        text = decode_answer(b"".join(chunks)[:MAX_ANSWER_BYTES], reply.headers)
+        return reply.status, text, size > MAX_ANSWER_BYTES
 
     def add_lead(
         self,
