@@ -181,6 +181,10 @@ def test_a_worker_stopped_between_claim_and_call_never_adds_the_lead_again(
     settings = make_settings(
         redis_url, simulator, http_timeout_s=0.5, visibility_timeout_s=6.5, reconcile_after_s=0.3
     )
+    # A wait for Redis's reply longer than the stop: continued, the stopped worker reads
+    # the grant that waited in its socket (a shorter one would drop the connection and
+    # claim again, finding the job done: safe too, but the fence would not be reached).
+    settings = settings.replace(redis_timeout_s=120.0)
     env = {"DISPATCHER_ENGINE": engine}
     stalled = start_worker(settings.replace(redis_url=proxy.url), name="stalled", extra_env=env)
     assert stalled.process is not None

@@ -429,9 +429,8 @@ def test_a_half_open_redis_connection_is_noticed_and_replaced_on_the_loop(
     """Redis (or a NAT between) gone silent without closing: the loop's claims and
     success writes time out, the connection is dropped and the batch sent again on a
     new one, on the loop; every lead added once."""
-    monkeypatch.setattr(engine_module, "REDIS_TIMEOUT_S", 1.0, raising=False)
-    monkeypatch.setattr(engine_module, "REPLICA_CHECK_S", 0.2, raising=False)
-    h = harness(settings.replace(redis_url=proxy.url))
+    monkeypatch.setattr(engine_module, "REPLICA_CHECK_S", 0.2)
+    h = harness(settings.replace(redis_url=proxy.url, redis_timeout_s=1.0))
     h.submit(_message(settings, "7275550100"))  # warm: the loop's connections made
     h.wait(1)
     handoffs = h.engine.handoffs
@@ -456,7 +455,7 @@ def test_a_dropped_redis_connection_is_replaced_on_the_loop(
     proxy: FaultProxy,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(engine_module, "REPLICA_CHECK_S", 0.2, raising=False)
+    monkeypatch.setattr(engine_module, "REPLICA_CHECK_S", 0.2)
     h = harness(settings.replace(redis_url=proxy.url))
     h.submit(_message(settings, "7275550100"))
     h.wait(1)
@@ -483,8 +482,7 @@ def test_a_stalled_redis_moves_the_jobs_to_threads_which_finish_them_once(
 ) -> None:
     """Replies held back longer than the loop's tries: the jobs go on on threads with
     the same token (their claims ran: recognised as their own), once Redis answers."""
-    monkeypatch.setattr(engine_module, "REDIS_TIMEOUT_S", 0.5, raising=False)
-    h = harness(settings.replace(redis_url=proxy.url))
+    h = harness(settings.replace(redis_url=proxy.url, redis_timeout_s=0.5))
     h.submit(_message(settings, "7275550100"))
     h.wait(1)
     messages = [_message(settings, f"72755{i:05d}") for i in range(1, 4)]

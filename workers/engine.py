@@ -74,10 +74,6 @@ _REQUEUE_PAUSE_S = 1.0
 #: its loop and a system call on each side). The call slot is free already: only
 #: the spare prefetched messages wait for these acks.
 _ACK_BATCH_S = 0.005
-#: How long the loop waits for a reply from Redis (then the connection is dropped and
-#: the batch tried once more on a new one): a Lua claim or success takes well under a
-#: millisecond; a stalled Redis or a half-open connection must not hold the calls.
-REDIS_TIMEOUT_S = 5.0
 #: The name of the loop's Redis connections (``CLIENT LIST``).
 CLIENT_NAME = "dispatcher-engine"
 #: Tries of a batch of Redis commands on the loop (the first included).
@@ -90,11 +86,13 @@ REPLICA_CHECK_S = 30.0
 class LeadEngine:
     """Runs add-lead messages of one worker process on an event loop thread."""
 
-    def __init__(
-        self, runner: JobRunner, *, capacity: int, redis_timeout_s: float | None = None
-    ) -> None:
-        if redis_timeout_s is None:
-            redis_timeout_s = REDIS_TIMEOUT_S
+    def __init__(self, runner: JobRunner, *, capacity: int) -> None:
+        # How long the loop waits for a reply from Redis (then the connection is dropped
+        # and the batch tried once more on a new one): DISPATCHER_REDIS_TIMEOUT_S, as
+        # every other Redis client of the worker. A Lua claim or success takes well
+        # under a millisecond; a stalled Redis or a half-open connection must not hold
+        # the calls past it.
+        redis_timeout_s = runner.settings.redis_timeout_s
         self.runner = runner
         self.capacity = capacity
         self._loop = asyncio.new_event_loop()
