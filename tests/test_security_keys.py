@@ -108,6 +108,7 @@ PERSISTENT = (
     "{p}:pauses",
     "{p}:phone:*",
     "{p}:index_key",
+    "{p}:layout",
 )
 #: What the walk must have seen, with a TTL (else it proves nothing).
 TRANSIENT = (
