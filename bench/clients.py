@@ -51,7 +51,7 @@ from bench.common import (
     tree_env,
 )
 from bench.throughput import celery_enqueuer, product_enqueuer
-from dispatcher.localfleet import WorkerProcess
+from dispatcher.devtools.localfleet import WorkerProcess
 
 NAME = "clients"
 LATENCY_MS = 100.0

@@ -26,9 +26,9 @@ from typing import Any
 
 import redis
 
-from dispatcher.localfleet import WorkerProcess, process_tree, settings_env
-from dispatcher.redis_server import RedisServer
-from dispatcher.settings import Settings
+from dispatcher.config.settings import Settings
+from dispatcher.devtools.localfleet import WorkerProcess, process_tree, settings_env
+from dispatcher.devtools.redis_server import RedisServer
 from dispatcher.simulator import RequestRecord, Simulator, SimulatorState
 
 __all__ = [

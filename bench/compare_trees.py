@@ -28,9 +28,9 @@ from pathlib import Path
 
 from bench.common import Env, cpu_seconds, median, process_tree, rotations, tree_env
 from bench.throughput import celery_enqueuer, lead_fields
-from dispatcher.localfleet import WorkerProcess
-from dispatcher.producer import enqueue_leads
-from dispatcher.settings import Settings
+from dispatcher.config.settings import Settings
+from dispatcher.devtools.localfleet import WorkerProcess
+from dispatcher.ops.producer import enqueue_leads
 
 CAREFUL_DB = 2
 

@@ -25,12 +25,12 @@ from typing import Any
 
 from bench.common import Env, Goal, Section, rotations
 from bench.replay import REASON, make_letters
-from dispatcher.backend import get_backend
 from dispatcher.intake import create_app
 from dispatcher.intake.console.app import SCAN_BUDGET
 from dispatcher.intake.console.sessions import SessionStore
-from dispatcher.selection import Cursor
-from dispatcher.users import UserStore
+from dispatcher.ops.selection import Cursor
+from dispatcher.store.backend import get_backend
+from dispatcher.store.users import UserStore
 
 NAME = "console"
 DB = 6

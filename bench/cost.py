@@ -28,10 +28,10 @@ import redis
 from bench.common import AGENT, Env, Goal, Section, rss_kb
 from bench.latency import compose_worker_settings
 from bench.throughput import celery_enqueuer
-from dispatcher.execution import _SOURCE as execution_source
-from dispatcher.fleet import _SOURCE as fleet_source
-from dispatcher.producer import enqueue_leads
-from dispatcher.settings import Settings
+from dispatcher.config.settings import Settings
+from dispatcher.ops.producer import enqueue_leads
+from dispatcher.store.execution import _SOURCE as execution_source
+from dispatcher.store.fleet import _SOURCE as fleet_source
 
 NAME = "cost"
 IDLE_S = 3.0

@@ -23,9 +23,9 @@ from typing import Any
 from bench.common import AGENT, Env, Goal, Section, median, rotations
 from bench.latency import compose_worker_settings
 from bench.throughput import celery_enqueuer, lead_fields
-from dispatcher.producer import enqueue_lead, enqueue_leads
-from dispatcher.redis_server import free_port
-from dispatcher.settings import Settings
+from dispatcher.config.settings import Settings
+from dispatcher.devtools.redis_server import free_port
+from dispatcher.ops.producer import enqueue_lead, enqueue_leads
 
 NAME = "dialers"
 LATENCY_MS = 100.0

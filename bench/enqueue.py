@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 
 from bench.common import AGENT, Env, Goal, Section, cpu_seconds, median, rotations
-from dispatcher.producer import enqueue_lead, enqueue_leads
+from dispatcher.ops.producer import enqueue_lead, enqueue_leads
 
 NAME = "enqueue"
 PRODUCT_DB = 3

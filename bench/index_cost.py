@@ -1,7 +1,7 @@
 """What the phone index costs a job: ``python -m bench.index_cost [--leads N] [--rounds R]``.
 
 Issue 25's erasure (``dispatcher forget``) needs every job listed under a keyed hash
-of its phone (dispatcher/phone_index.py). Measured side by side against the release
+of its phone (dispatcher/store/phone_index.py). Measured side by side against the release
 before it (commit 1c0038d, extracted with ``git archive`` and imported from a scratch
 directory), in rotated rounds on one Redis, each tree in a subprocess of its own:
 
@@ -32,8 +32,8 @@ from bench.login_flood import BEFORE, _extract
 
 _CHILD = r"""
 import json, sys, time
-from dispatcher.settings import Settings
-from dispatcher.producer import enqueue_lead, enqueue_leads
+from dispatcher.config.settings import Settings
+from dispatcher.ops.producer import enqueue_lead, enqueue_leads
 settings = Settings(redis_url=sys.argv[1], key_prefix="idx", queue="idx")
 n, mode = int(sys.argv[2]), sys.argv[3]
 def lead(i):

@@ -16,7 +16,7 @@ from typing import Any
 
 from bench.common import ROOT, Env, Goal, Section, SimulatorProcess, median, rotations
 from bench.throughput import Round, celery_enqueuer, measure_round, product_enqueuer
-from dispatcher.localfleet import WorkerProcess
+from dispatcher.devtools.localfleet import WorkerProcess
 
 NAME = "latency"
 LATENCY_MS = 100.0

@@ -38,10 +38,10 @@ from typing import Any
 import httpx
 
 from bench.common import ROOT, Env, Goal, Section, median, rotations, tree_env
-from dispatcher.backend import get_backend
-from dispatcher.redis_server import free_port
-from dispatcher.settings import Settings
-from dispatcher.users import UserStore
+from dispatcher.config.settings import Settings
+from dispatcher.devtools.redis_server import free_port
+from dispatcher.store.backend import get_backend
+from dispatcher.store.users import UserStore
 
 NAME = "login_flood"
 #: The release before issue 25.

@@ -25,8 +25,8 @@ import time
 import httpcore
 
 from bench.common import AGENT, API_PASS, API_USER
-from dispatcher.lead import Lead
-from dispatcher.settings import Settings
+from dispatcher.config.settings import Settings
+from dispatcher.model.lead import Lead
 from workers.vicidial import add_lead_form, host_header
 
 

@@ -16,10 +16,10 @@ from __future__ import annotations
 import time
 
 from bench.common import AGENT, Env, Goal, Section
-from dispatcher.backend import get_backend
-from dispatcher.deadletter import DeadLetterStore
-from dispatcher.producer import enqueue_leads
-from dispatcher.settings import Settings
+from dispatcher.config.settings import Settings
+from dispatcher.ops.producer import enqueue_leads
+from dispatcher.store.backend import get_backend
+from dispatcher.store.deadletter import DeadLetterStore
 
 NAME = "reconcile"
 FAULTS = ("reset_after", "http_504_after", "reset", "stall")

@@ -22,11 +22,11 @@ import time
 from pathlib import Path
 
 from bench.common import AGENT, Env, Goal, Section, child_env, median, rotations, run_measured
-from dispatcher.backend import get_backend
-from dispatcher.deadletter import DeadLetterStore
-from dispatcher.jobs import new_job_id
-from dispatcher.producer import prepare_job
-from dispatcher.settings import Settings
+from dispatcher.config.settings import Settings
+from dispatcher.model.jobs import new_job_id
+from dispatcher.ops.producer import prepare_job
+from dispatcher.store.backend import get_backend
+from dispatcher.store.deadletter import DeadLetterStore
 
 NAME = "replay"
 DB = 5

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from bench.common import AGENT, Env, Goal, Section, cpu_seconds, median, process_tree, rotations
-from dispatcher.localfleet import WorkerProcess
-from dispatcher.producer import enqueue_leads
+from dispatcher.devtools.localfleet import WorkerProcess
+from dispatcher.ops.producer import enqueue_leads
 
 NAME = "throughput"
 SYSTEMS = ("product", "naive", "careful")

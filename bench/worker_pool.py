@@ -5,7 +5,7 @@ Run: ``python bench/worker_pool.py [--leads 2000] [--latency-ms 100] [--repeat 3
 
 The workload is I/O-bound: a worker spends almost all of a job waiting for
 VICIdial's answer. For each pool/concurrency pair this starts a real
-``celery -A workers worker`` (:class:`dispatcher.localfleet.WorkerProcess`, the
+``celery -A workers worker`` (:class:`dispatcher.devtools.localfleet.WorkerProcess`, the
 command docker-compose runs; ``xP`` starts P of them side by side) against a
 real redis-server with the AOF on and fsync on every write (as docker-compose.yml
 runs Redis) and the VICIdial simulator answering every call after
@@ -36,10 +36,10 @@ from pathlib import Path
 
 import redis
 
-from dispatcher.localfleet import WorkerProcess, process_tree
-from dispatcher.producer import enqueue_leads
-from dispatcher.redis_server import RedisServer
-from dispatcher.settings import Settings
+from dispatcher.config.settings import Settings
+from dispatcher.devtools.localfleet import WorkerProcess, process_tree
+from dispatcher.devtools.redis_server import RedisServer
+from dispatcher.ops.producer import enqueue_leads
 from dispatcher.simulator import Simulator, SimulatorState
 
 DEFAULT_CONFIGS = (

@@ -8,8 +8,8 @@ Producer apps::
 Workers live in the separate ``workers`` package (``celery -A workers worker``).
 """
 
-from dispatcher.deadletter import DeadLetter, DeadLetterStore
-from dispatcher.errors import (
+from dispatcher.config.settings import Settings, get_settings
+from dispatcher.model.errors import (
     AgentNotLoggedIn,
     AmbiguousFailure,
     ApiDisabled,
@@ -35,9 +35,9 @@ from dispatcher.errors import (
     TemporaryFailure,
     UnknownResponse,
 )
-from dispatcher.lead import Lead, make_lead
-from dispatcher.producer import enqueue_lead, enqueue_leads, job_status
-from dispatcher.settings import Settings, get_settings
+from dispatcher.model.lead import Lead, make_lead
+from dispatcher.ops.producer import enqueue_lead, enqueue_leads, job_status
+from dispatcher.store.deadletter import DeadLetter, DeadLetterStore
 
 __all__ = [
     "AgentNotLoggedIn",

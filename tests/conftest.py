@@ -15,10 +15,10 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import redis
 
-from dispatcher import redis_health
-from dispatcher.localfleet import WorkerProcess
-from dispatcher.redis_server import RedisServer
-from dispatcher.settings import Settings
+from dispatcher.config.settings import Settings
+from dispatcher.devtools.localfleet import WorkerProcess
+from dispatcher.devtools.redis_server import RedisServer
+from dispatcher.store import redis_health
 from tests.faultproxy import FaultProxy
 
 if TYPE_CHECKING:
@@ -44,7 +44,7 @@ FAST = {
 @pytest.fixture(autouse=True)
 def fresh_redis_availability(monkeypatch: pytest.MonkeyPatch) -> None:
     """Each test starts outside any episode of Redis unavailable: the tracker is
-    process-wide (dispatcher/redis_health.py), and one test's fault must not end,
+    process-wide (dispatcher/store/redis_health.py), and one test's fault must not end,
     with a ``redis.available`` line, in the next test's logs."""
     monkeypatch.setattr(redis_health, "_availability", redis_health.RedisAvailability())
 

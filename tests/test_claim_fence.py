@@ -22,12 +22,12 @@ import pytest
 import redis
 
 from dispatcher import job_status
-from dispatcher.backend import get_backend
-from dispatcher.execution import FENCE_MARGIN_S, Claim, Fence
-from dispatcher.localfleet import WorkerProcess
-from dispatcher.producer import prepare_job, push_jobs
-from dispatcher.settings import Settings
+from dispatcher.config.settings import Settings
+from dispatcher.devtools.localfleet import WorkerProcess
+from dispatcher.ops.producer import prepare_job, push_jobs
 from dispatcher.simulator import Simulator
+from dispatcher.store.backend import get_backend
+from dispatcher.store.execution import FENCE_MARGIN_S, Claim, Fence
 from tests.conftest import make_settings, wait_for
 from tests.faultproxy import FaultProxy
 from workers.runner import JobRunner
@@ -86,7 +86,7 @@ def test_the_fence_counts_from_before_the_claim_was_sent(settings: Settings) -> 
 
 
 def _job(settings: Settings) -> Any:
-    from dispatcher.jobs import Job
+    from dispatcher.model.jobs import Job
 
     return Job.from_message(_enqueue(settings), dialers=settings.dialers)
 

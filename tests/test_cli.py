@@ -26,15 +26,15 @@ import redis
 from click.testing import CliRunner
 from structlog.testing import capture_logs
 
-from dispatcher import selection
 from dispatcher.cli import cli
 from dispatcher.cli.common import CliContext
-from dispatcher.deadletter import DeadLetter, DeadLetterStore
-from dispatcher.localfleet import settings_env
-from dispatcher.producer import prepare_job
-from dispatcher.redis_server import free_port
-from dispatcher.selection import replay_letters
-from dispatcher.settings import Settings
+from dispatcher.config.settings import Settings
+from dispatcher.devtools.localfleet import settings_env
+from dispatcher.devtools.redis_server import free_port
+from dispatcher.ops import selection
+from dispatcher.ops.producer import prepare_job
+from dispatcher.ops.selection import replay_letters
+from dispatcher.store.deadletter import DeadLetter, DeadLetterStore
 from tests.conftest import make_settings, queue_length, queued_envelopes
 
 #: The console script installed with the package, next to this interpreter.

@@ -23,11 +23,11 @@ from typing import Any
 import pytest
 
 from dispatcher import job_status
-from dispatcher.deadletter import DeadLetterStore
-from dispatcher.localfleet import WorkerProcess
-from dispatcher.producer import prepare_job
-from dispatcher.settings import Settings
+from dispatcher.config.settings import Settings
+from dispatcher.devtools.localfleet import WorkerProcess
+from dispatcher.ops.producer import prepare_job
 from dispatcher.simulator import Simulator
+from dispatcher.store.deadletter import DeadLetterStore
 from tests.conftest import make_settings, wait_for
 from tests.test_cli import (
     LETTER_KEYS,

@@ -24,15 +24,15 @@ import structlog
 from starlette.testclient import TestClient
 from structlog.testing import capture_logs as _capture_logs
 
-from dispatcher.activity import read_activity, record_minute
-from dispatcher.backend import get_backend
-from dispatcher.deadletter import DeadLetter, DeadLetterStore
+from dispatcher.config.settings import Settings
 from dispatcher.intake import create_app
 from dispatcher.intake.console.sessions import CLIENT_LIMIT, PAIR_LIMIT, LoginThrottle, SessionStore
-from dispatcher.producer import job_status, prepare_job
-from dispatcher.selection import Cursor, Selection
-from dispatcher.settings import Settings
-from dispatcher.users import UserStore
+from dispatcher.ops.producer import job_status, prepare_job
+from dispatcher.ops.selection import Cursor, Selection
+from dispatcher.store.activity import read_activity, record_minute
+from dispatcher.store.backend import get_backend
+from dispatcher.store.deadletter import DeadLetter, DeadLetterStore
+from dispatcher.store.users import UserStore
 from tests.conftest import make_settings, queue_length
 
 TOKEN = "tok-console-3f9c2d8e61b04a7f9e2c"
@@ -582,7 +582,7 @@ def test_overview_shows_queue_retries_workers_pauses_and_dead_letters(
     job = prepare_job(
         {"agent_user": "1000", "phone_number": "7275551212"}, settings=cs, now=now - 125
     )
-    from dispatcher.producer import push_jobs
+    from dispatcher.ops.producer import push_jobs
 
     push_jobs([job], settings=cs)
     r.zadd(backend.keys.scheduled, {"retry-1": now + 30, "retry-2": now + 60})
@@ -991,7 +991,7 @@ def _cells(row: str) -> list[str]:
 def test_overview_shows_each_dialers_lanes_pause_and_rate_limit(
     two_operator: TestClient, two: Settings
 ) -> None:
-    from dispatcher.producer import push_jobs
+    from dispatcher.ops.producer import push_jobs
 
     now = time.time()
     jobs = [
@@ -1281,7 +1281,7 @@ def test_console_only_app_needs_no_token_and_has_no_v1_routes(cs: Settings) -> N
         assert client.get("/ui/").status_code == 200
         assert client.get("/healthz").status_code == 200
         assert client.post("/v1/leads", json={}).status_code == 401
-    from dispatcher.errors import ConfigError
+    from dispatcher.model.errors import ConfigError
 
     with pytest.raises(ConfigError):
         create_app(settings)
@@ -1298,8 +1298,8 @@ def test_serve_no_intake_runs_the_console_alone_without_a_token(
 
     import httpx
 
-    from dispatcher.localfleet import settings_env
-    from dispatcher.redis_server import free_port
+    from dispatcher.devtools.localfleet import settings_env
+    from dispatcher.devtools.redis_server import free_port
     from tests.conftest import ROOT, wait_for
 
     settings = make_settings(redis_url)

@@ -31,14 +31,14 @@ from typing import Any
 import httpx
 import pytest
 
-from dispatcher.backend import get_backend
-from dispatcher.deadletter import DeadLetterStore
-from dispatcher.localfleet import WorkerProcess, settings_env
-from dispatcher.producer import enqueue_lead, job_status
-from dispatcher.redis_server import free_port
-from dispatcher.settings import Settings
+from dispatcher.config.settings import Settings
+from dispatcher.devtools.localfleet import WorkerProcess, settings_env
+from dispatcher.devtools.redis_server import free_port
+from dispatcher.ops.producer import enqueue_lead, job_status
 from dispatcher.simulator import Simulator
-from dispatcher.users import UserStore
+from dispatcher.store.backend import get_backend
+from dispatcher.store.deadletter import DeadLetterStore
+from dispatcher.store.users import UserStore
 from tests.conftest import ROOT, make_settings, wait_for
 
 pytestmark = pytest.mark.slow
@@ -140,6 +140,21 @@ def _events(log_path: Path) -> list[dict[str, Any]]:
     return [json.loads(x) for x in log_path.read_text().splitlines() if x.startswith("{")]
 
 
+def _navigate(driver: Any, element: Any) -> None:
+    """Click what loads another page, and wait for it: a click returns before the next
+    page is there, and a look-up at once would read the old one."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions
+    from selenium.webdriver.support.wait import WebDriverWait
+
+    old = driver.find_element(By.TAG_NAME, "html")
+    element.click()
+    WebDriverWait(driver, 20).until(expected_conditions.staleness_of(old))
+    WebDriverWait(driver, 20).until(
+        lambda d: d.execute_script("return document.readyState") == "complete"
+    )
+
+
 def _log_in(driver: Any, base: str, who: tuple[str, str]) -> None:
     from selenium.webdriver.common.by import By
 
@@ -147,7 +162,7 @@ def _log_in(driver: Any, base: str, who: tuple[str, str]) -> None:
     assert driver.current_url.startswith(f"{base}/ui/login")
     driver.find_element(By.ID, "username").send_keys(who[0])
     driver.find_element(By.ID, "password").send_keys(who[1])
-    driver.find_element(By.CSS_SELECTOR, "form button[type=submit]").click()
+    _navigate(driver, driver.find_element(By.CSS_SELECTOR, "form button[type=submit]"))
     wait_for(lambda: driver.find_elements(By.CSS_SELECTOR, "header.top"), message="logged in")
 
 
@@ -196,7 +211,7 @@ def test_operator_replays_a_dead_letter_in_the_browser_and_a_viewer_cannot(
     driver.save_screenshot(str(DOCS / "console-overview.png"))
 
     # The dead-letter list: every letter, phones masked.
-    driver.find_element(By.LINK_TEXT, "Dead letters").click()
+    _navigate(driver, driver.find_element(By.LINK_TEXT, "Dead letters"))
     rows = driver.find_elements(By.CSS_SELECTOR, "#letters tbody tr")
     assert len(rows) == 5
     text = driver.find_element(By.ID, "letters").text
@@ -211,16 +226,16 @@ def test_operator_replays_a_dead_letter_in_the_browser_and_a_viewer_cannot(
     Select(driver.find_element(By.ID, "f-reason")).select_by_value("manual_list_undefined")
     Select(driver.find_element(By.ID, "f-dialer")).select_by_value("default")
     driver.find_element(By.ID, "f-phone4").send_keys("2222")
-    driver.find_element(By.CSS_SELECTOR, "form.filters button[type=submit]").click()
+    _navigate(driver, driver.find_element(By.CSS_SELECTOR, "form.filters button[type=submit]"))
     rows = driver.find_elements(By.CSS_SELECTOR, "#letters tbody tr")
     assert len(rows) == 1 and "******2222" in rows[0].text and "default" in rows[0].text
     assert "dialer=default" in driver.current_url
 
     # Open it: the whole job, then replay it.
-    rows[0].find_element(By.TAG_NAME, "a").click()
+    _navigate(driver, rows[0].find_element(By.TAG_NAME, "a"))
     assert jobs["7275552222"] in driver.find_element(By.TAG_NAME, "h1").text
     assert "7275552222" in driver.find_element(By.TAG_NAME, "pre").text
-    driver.find_element(By.XPATH, "//button[normalize-space()='Replay']").click()
+    _navigate(driver, driver.find_element(By.XPATH, "//button[normalize-space()='Replay']"))
     flash = wait_for(lambda: driver.find_elements(By.CSS_SELECTOR, ".flash"), message="a message")
     assert "Replayed 1" in flash[0].text, driver.page_source
 
@@ -240,7 +255,7 @@ def test_operator_replays_a_dead_letter_in_the_browser_and_a_viewer_cannot(
     calls = simulator.call_count
     driver.get(f"{base}/ui/dead-letters/{amb_job}")
     assert "NOT permitted" in driver.find_element(By.ID, "reconcile-help").text
-    driver.find_element(By.XPATH, "//button[normalize-space()='Reconcile']").click()
+    _navigate(driver, driver.find_element(By.XPATH, "//button[normalize-space()='Reconcile']"))
     flash = wait_for(lambda: driver.find_elements(By.CSS_SELECTOR, ".flash"), message="a message")
     assert "Handed 1 letter(s) to the workers" in flash[0].text, driver.page_source
     wait_for(added, timeout=30, interval=0.3, message="the reconciled job to be added")
@@ -280,7 +295,7 @@ def test_operator_replays_a_dead_letter_in_the_browser_and_a_viewer_cannot(
     # Logging out ends the session: the old cookie opens nothing any more.
     cookie = driver.get_cookie("dispatcher_console")
     assert cookie and cookie["httpOnly"] and cookie["path"] == "/ui"
-    driver.find_element(By.XPATH, "//button[normalize-space()='Log out']").click()
+    _navigate(driver, driver.find_element(By.XPATH, "//button[normalize-space()='Log out']"))
     wait_for(lambda: "/ui/login" in driver.current_url, message="the login page")
     driver.get(f"{base}/ui/dead-letters")
     assert driver.current_url.startswith(f"{base}/ui/login")
@@ -339,19 +354,19 @@ def test_operator_forgets_a_phone_in_the_browser_after_seeing_what_goes(
 
     driver = browser_factory()
     _log_in(driver, base, OPERATOR)
-    driver.find_element(By.LINK_TEXT, "Forget a phone").click()
+    _navigate(driver, driver.find_element(By.LINK_TEXT, "Forget a phone"))
     wait_for(
         lambda: driver.find_element(By.TAG_NAME, "h1").text == "Forget a phone number",
         message="the forget page",
     )
     driver.find_element(By.ID, "forget-phone").send_keys("not a phone")
-    driver.find_element(By.CSS_SELECTOR, "#forget-form button[type=submit]").click()
+    _navigate(driver, driver.find_element(By.CSS_SELECTOR, "#forget-form button[type=submit]"))
     # A click that submits a form returns before the next page is there: wait for it.
     error = wait_for(lambda: driver.find_elements(By.ID, "forget-error"), message="the error")
     assert "phone:" in error[0].text
     driver.find_element(By.ID, "forget-phone").clear()
     driver.find_element(By.ID, "forget-phone").send_keys("(727) 555-0000")
-    driver.find_element(By.CSS_SELECTOR, "#forget-form button[type=submit]").click()
+    _navigate(driver, driver.find_element(By.CSS_SELECTOR, "#forget-form button[type=submit]"))
     # The confirmation page: what would go, counts by kind; nothing gone yet.
     preview = wait_for(
         lambda: driver.find_elements(By.ID, "forget-preview"), message="the preview"
@@ -364,7 +379,10 @@ def test_operator_forgets_a_phone_in_the_browser_after_seeing_what_goes(
     assert rows["dead letters"] == "1" and rows["job states"] == "1", rows
     assert rows["idempotency records"] == "1", rows
     assert store.get(dnc_job) is not None
-    driver.find_element(By.XPATH, "//button[normalize-space()='Erase all of it for good']").click()
+    _navigate(
+        driver,
+        driver.find_element(By.XPATH, "//button[normalize-space()='Erase all of it for good']"),
+    )
     flash = wait_for(lambda: driver.find_elements(By.CSS_SELECTOR, ".flash"), message="a message")
     assert "Forgot ******0000" in flash[0].text and "VICIdial's to erase" in flash[0].text
     assert store.get(dnc_job) is None and job_status(dnc_job, settings=settings) is None

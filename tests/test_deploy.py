@@ -35,10 +35,10 @@ import pytest
 import redis
 import yaml
 
-from dispatcher.localfleet import WorkerProcess
-from dispatcher.producer import enqueue_lead, job_status
-from dispatcher.redis_server import find_redis_server, free_port
-from dispatcher.settings import SETTINGS_VARIABLES, Settings
+from dispatcher.config.settings import SETTINGS_VARIABLES, Settings
+from dispatcher.devtools.localfleet import WorkerProcess
+from dispatcher.devtools.redis_server import find_redis_server, free_port
+from dispatcher.ops.producer import enqueue_lead, job_status
 from tests.conftest import wait_for
 from workers.runner import MAX_RATE_WAIT_S
 
@@ -528,7 +528,7 @@ def test_healthcheck_fails_when_redis_is_unreachable(tmp_path: Path) -> None:
         [executable("dispatcher"), *dockerfile_exec("HEALTHCHECK")[1:]], clean_env(env), tmp_path
     )
     # Unhealthy (exit 1). The message is a redis-py traceback today: `dispatcher
-    # health` pings outside dispatcher.connection.broker_errors.
+    # health` pings outside dispatcher.store.connection.broker_errors.
     assert result.returncode == 1, result.stdout + result.stderr
 
 

@@ -42,9 +42,9 @@ import pytest
 import redis
 import yaml
 
-from dispatcher.errors import BrokerUnavailable
-from dispatcher.producer import enqueue_leads, job_status
-from dispatcher.settings import Settings
+from dispatcher.config.settings import Settings
+from dispatcher.model.errors import BrokerUnavailable
+from dispatcher.ops.producer import enqueue_leads, job_status
 from tests.conftest import wait_for
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -21,10 +21,10 @@ import pytest
 import redis
 
 from dispatcher import InvalidLead, enqueue_lead, enqueue_leads, job_status
-from dispatcher.dialers import read_dialers_file
-from dispatcher.errors import ConfigError
-from dispatcher.localfleet import WorkerProcess, settings_env
-from dispatcher.settings import Settings
+from dispatcher.config.settings import Settings
+from dispatcher.devtools.localfleet import WorkerProcess, settings_env
+from dispatcher.model.dialers import read_dialers_file
+from dispatcher.model.errors import ConfigError
 from dispatcher.simulator import Simulator, SimulatorState
 from tests.conftest import FAST, steady_rate, wait_for
 
@@ -338,7 +338,7 @@ def test_redis_restart_during_a_mixed_run_loses_nothing(
     two_sims: tuple[Simulator, Simulator],
     start_worker: Callable[..., WorkerProcess],
 ) -> None:
-    from dispatcher.redis_server import RedisServer
+    from dispatcher.devtools.redis_server import RedisServer
 
     east, west = two_sims
     (tmp_path / "aof").mkdir()

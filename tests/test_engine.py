@@ -24,13 +24,13 @@ import structlog
 from structlog.testing import capture_logs as _capture_logs
 
 from dispatcher import DeadLetterStore, job_status
-from dispatcher import logs as logs_module
-from dispatcher.backend import get_backend
-from dispatcher.connection import async_redis_client
-from dispatcher.execution import Execution
-from dispatcher.producer import prepare_job, push_jobs
-from dispatcher.settings import Settings
+from dispatcher.config import logs as logs_module
+from dispatcher.config.settings import Settings
+from dispatcher.ops.producer import prepare_job, push_jobs
 from dispatcher.simulator import Simulator
+from dispatcher.store.backend import get_backend
+from dispatcher.store.connection import async_redis_client
+from dispatcher.store.execution import Execution
 from tests.conftest import make_settings, wait_for
 from tests.faultproxy import FaultProxy
 from tests.tlsproxy import TlsProxy

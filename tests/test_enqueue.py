@@ -18,10 +18,10 @@ from dispatcher import (
     enqueue_leads,
     job_status,
 )
-from dispatcher.errors import InvalidPayload, UnknownDialer
-from dispatcher.jobs import TASK_NAME, Job, broker_envelope, new_job_id
-from dispatcher.redis_server import free_port
-from dispatcher.settings import Settings
+from dispatcher.config.settings import Settings
+from dispatcher.devtools.redis_server import free_port
+from dispatcher.model.errors import InvalidPayload, UnknownDialer
+from dispatcher.model.jobs import TASK_NAME, Job, broker_envelope, new_job_id
 from tests.conftest import make_settings, queued_envelopes
 
 
@@ -261,7 +261,7 @@ def test_every_invalid_lead_of_the_validation_table_enqueues_nothing(
 
 
 def test_job_ids_and_delivery_tags_are_random_version_4_uuids() -> None:
-    """Made without uuid.uuid4() (dispatcher.jobs._uuid4_hex), written as it writes them."""
+    """Made without uuid.uuid4() (dispatcher.model.jobs._uuid4_hex), written as it writes them."""
     ids = {new_job_id() for _ in range(2000)}
     assert len(ids) == 2000
     for job_id in ids:

@@ -12,8 +12,8 @@ import pytest
 import redis
 
 from dispatcher import BrokerUnavailable, enqueue_lead, enqueue_leads
-from dispatcher.errors import EnqueueUnconfirmed, IdempotencyConflict
-from dispatcher.settings import Settings
+from dispatcher.config.settings import Settings
+from dispatcher.model.errors import EnqueueUnconfirmed, IdempotencyConflict
 from tests.conftest import make_settings, wait_for
 from tests.faultproxy import FaultProxy
 from tests.test_cli import check, queue_length, run_cli, start_cli

@@ -9,7 +9,7 @@ import threading
 
 import redis
 
-from dispatcher.execution import Execution, new_token
+from dispatcher.store.execution import Execution, new_token
 
 
 def _claim(execution: Execution, job_id: str) -> str:

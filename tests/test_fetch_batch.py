@@ -1,4 +1,4 @@
-"""The consumer's fetch takes several messages in one round trip (dispatcher/fleet.lua).
+"""The consumer's fetch takes several messages in one round trip (dispatcher/store/fleet.lua).
 
 Run against a real Redis, the script exactly as the transport calls it: every
 message taken is recorded in kombu's unacked hash and index in the same step,
@@ -14,11 +14,11 @@ from typing import Any
 
 import redis
 
-from dispatcher.backend import get_backend
-from dispatcher.fleet import inflight_key
-from dispatcher.jobs import broker_envelope
-from dispatcher.producer import prepare_job
-from dispatcher.settings import Settings
+from dispatcher.config.settings import Settings
+from dispatcher.model.jobs import broker_envelope
+from dispatcher.ops.producer import prepare_job
+from dispatcher.store.backend import get_backend
+from dispatcher.store.fleet import inflight_key
 from tests.conftest import make_settings
 
 UNACKED, INDEX = "unacked", "unacked_index"

@@ -16,12 +16,12 @@ import pytest
 import redis
 
 from dispatcher import enqueue_lead, job_status
-from dispatcher.backend import get_backend
-from dispatcher.deadletter import DeadLetterStore
-from dispatcher.erasure import forget_phone
-from dispatcher.localfleet import WorkerProcess
-from dispatcher.settings import Settings
+from dispatcher.config.settings import Settings
+from dispatcher.devtools.localfleet import WorkerProcess
+from dispatcher.ops.erasure import forget_phone
 from dispatcher.simulator import Simulator
+from dispatcher.store.backend import get_backend
+from dispatcher.store.deadletter import DeadLetterStore
 from tests.conftest import make_settings, wait_for
 from tests.test_cli import run_cli
 
@@ -243,7 +243,7 @@ def test_forgetting_a_job_in_flight_never_crashes_its_worker(
     written (no dead letter, no state), a success is recorded without the phone."""
     import threading
 
-    from dispatcher.producer import prepare_job, push_jobs
+    from dispatcher.ops.producer import prepare_job, push_jobs
     from workers.runner import JobRunner
 
     settings = make_settings(redis_url, simulator)

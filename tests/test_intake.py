@@ -31,15 +31,15 @@ from prometheus_client.parser import text_string_to_metric_families
 from schemathesis import GenerationMode
 from schemathesis.specs.openapi.checks import negative_data_rejection, positive_data_acceptance
 
-from dispatcher.dialers import Dialer
-from dispatcher.errors import ConfigError, all_reasons
+from dispatcher.config.settings import Settings
+from dispatcher.devtools.localfleet import WorkerProcess, settings_env
+from dispatcher.devtools.redis_server import RedisServer, free_port
 from dispatcher.intake import create_app
 from dispatcher.intake.metrics import FleetSnapshot, render_metrics, server_id
 from dispatcher.intake.openapi import openapi_document
-from dispatcher.localfleet import WorkerProcess, settings_env
-from dispatcher.producer import job_status
-from dispatcher.redis_server import RedisServer, free_port
-from dispatcher.settings import Settings
+from dispatcher.model.dialers import Dialer
+from dispatcher.model.errors import ConfigError, all_reasons
+from dispatcher.ops.producer import job_status
 from dispatcher.simulator import Simulator
 from tests.conftest import ROOT, make_settings, queue_length, wait_for
 

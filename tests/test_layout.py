@@ -1,4 +1,4 @@
-"""The Redis layout's version (dispatcher/layout.py): fresh installs, the previous
+"""The Redis layout's version (dispatcher/store/layout.py): fresh installs, the previous
 release's unversioned Redis, newer layouts refused by every process, and migrations
 run once however many workers start together.
 
@@ -22,9 +22,18 @@ import redis
 from structlog.testing import capture_logs
 
 from dispatcher import enqueue_lead
-from dispatcher.backend import Backend
-from dispatcher.errors import BrokerUnavailable, LayoutMismatch, LayoutNotMigrated, LayoutTooNew
-from dispatcher.layout import (
+from dispatcher.config.settings import Settings
+from dispatcher.devtools.localfleet import WorkerProcess
+from dispatcher.devtools.redis_server import RedisServer, free_port
+from dispatcher.model.errors import (
+    BrokerUnavailable,
+    LayoutMismatch,
+    LayoutNotMigrated,
+    LayoutTooNew,
+)
+from dispatcher.simulator import Simulator
+from dispatcher.store.backend import Backend
+from dispatcher.store.layout import (
     LAYOUT_VERSION,
     MIGRATIONS,
     Migration,
@@ -32,10 +41,6 @@ from dispatcher.layout import (
     ensure_layout,
     read_layout,
 )
-from dispatcher.localfleet import WorkerProcess
-from dispatcher.redis_server import RedisServer, free_port
-from dispatcher.settings import Settings
-from dispatcher.simulator import Simulator
 from tests.conftest import ROOT, make_settings, wait_for
 from tests.test_cli import check, cli_env, run_cli
 
@@ -384,7 +389,7 @@ def test_a_producer_checks_once_per_process(
     with pytest.raises(LayoutTooNew):
         enqueue_lead(agent_user="1000", phone_number="7275551214", settings=settings.replace())
     seen: list[str] = []
-    import dispatcher.layout as layout_module
+    import dispatcher.store.layout as layout_module
 
     real: Callable[..., object] = layout_module.check_layout
     monkeypatch.setattr(

@@ -1,4 +1,4 @@
-"""Tests for dispatcher.lead: VICIdial column rules, normalisation and validation.
+"""Tests for dispatcher.model.lead: VICIdial column rules, normalisation and validation.
 
 Examples, in both modes (``non_latin`` false and true). The property "whatever validates,
 VICIdial stores exactly the normalised value" is tests/test_lead_property.py, against the
@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from dispatcher import lead as lead_module
-from dispatcher.errors import FieldError, InvalidLead
-from dispatcher.lead import LEAD_FIELDS, OPTIONAL_FIELDS, Lead, make_lead, make_leads
+from dispatcher.model import lead as lead_module
+from dispatcher.model.errors import FieldError, InvalidLead
+from dispatcher.model.lead import LEAD_FIELDS, OPTIONAL_FIELDS, Lead, make_lead, make_leads
 from dispatcher.simulator import mangling
 
 BASE: dict[str, object] = {"agent_user": "1000", "phone_number": "7275551212"}

@@ -24,9 +24,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dispatcher.errors import InvalidLead
-from dispatcher.lead import LEAD_FIELDS, Lead, make_lead
-from dispatcher.settings import Settings
+from dispatcher.config.settings import Settings
+from dispatcher.model.errors import InvalidLead
+from dispatcher.model.lead import LEAD_FIELDS, Lead, make_lead
 from dispatcher.simulator import Simulator, SimulatorState
 from dispatcher.simulator.agc import StoredLead, Tables, answer, merge_fields
 from dispatcher.simulator.mangling import (

@@ -17,11 +17,11 @@ import pytest
 import redis
 from kombu.transport import redis as kombu_redis
 
-from dispatcher.backend import get_backend
-from dispatcher.jobs import broker_envelope
-from dispatcher.localfleet import WorkerProcess
-from dispatcher.producer import prepare_job
-from dispatcher.settings import Settings
+from dispatcher.config.settings import Settings
+from dispatcher.devtools.localfleet import WorkerProcess
+from dispatcher.model.jobs import broker_envelope
+from dispatcher.ops.producer import prepare_job
+from dispatcher.store.backend import get_backend
 from tests.conftest import wait_for
 from workers import transport
 from workers.celery_app import make_app

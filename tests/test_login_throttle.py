@@ -28,11 +28,11 @@ import pytest
 import redis
 from starlette.testclient import TestClient
 
-from dispatcher.backend import get_backend
+from dispatcher.config.settings import Settings
+from dispatcher.devtools.localfleet import settings_env
+from dispatcher.devtools.redis_server import free_port
 from dispatcher.intake.app import create_app
-from dispatcher.localfleet import settings_env
-from dispatcher.redis_server import free_port
-from dispatcher.settings import Settings
+from dispatcher.store.backend import get_backend
 from tests.conftest import ROOT, make_settings, wait_for
 from tests.test_console import OPERATOR, csrf_of, seed_users
 

@@ -6,15 +6,15 @@ import random
 
 import pytest
 
-from dispatcher.errors import (
+from dispatcher.model.errors import (
     AmbiguousFailure,
     CallFailed,
     PermanentFailure,
     ServerRefused,
     TemporaryFailure,
 )
-from dispatcher.jobs import Job
-from dispatcher.lead import make_lead
+from dispatcher.model.jobs import Job
+from dispatcher.model.lead import make_lead
 from workers.outcomes import RetryPolicy
 from workers.vicidial import parse_add_lead
 

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from dispatcher import DeadLetterStore, enqueue_lead, enqueue_leads, job_status
-from dispatcher.settings import Settings
+from dispatcher.config.settings import Settings
 from dispatcher.simulator import Simulator
 from tests.conftest import WorkerProcess, make_settings, wait_for
 
@@ -223,7 +223,7 @@ def test_outage_longer_than_the_attempts_dead_letters_the_whole_job(
 def test_connection_refused_is_a_network_dead_letter(
     redis_url: str, start_worker: Callable[..., WorkerProcess]
 ) -> None:
-    from dispatcher.redis_server import free_port
+    from dispatcher.devtools.redis_server import free_port
 
     settings = make_settings(
         redis_url,

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from dispatcher.deadletter import DeadLetterStore
-from dispatcher.errors import ConfigError, InvalidPayload
-from dispatcher.jobs import Job, Reconcile
-from dispatcher.lead import make_lead
-from dispatcher.settings import Settings
+from dispatcher.config.settings import Settings
+from dispatcher.model.errors import ConfigError, InvalidPayload
+from dispatcher.model.jobs import Job, Reconcile
+from dispatcher.model.lead import make_lead
+from dispatcher.store.deadletter import DeadLetterStore
 from tests.test_cli import check, record_letter, run_cli
 
 

@@ -12,8 +12,8 @@ import httpx
 import pytest
 
 from dispatcher import DeadLetterStore, enqueue_lead, enqueue_leads, job_status
-from dispatcher.localfleet import WorkerProcess
-from dispatcher.settings import Settings
+from dispatcher.config.settings import Settings
+from dispatcher.devtools.localfleet import WorkerProcess
 from dispatcher.simulator import Simulator
 from tests.conftest import make_settings, wait_for
 from tests.test_cli import check, run_cli

@@ -10,16 +10,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dispatcher.errors import LookupDenied, LookupRefused, LookupUnavailable
-from dispatcher.lead import make_lead
-from dispatcher.nonagent import (
+from dispatcher.model.errors import LookupDenied, LookupRefused, LookupUnavailable
+from dispatcher.model.lead import make_lead
+from dispatcher.vicidial.nonagent import (
     LookupAnswer,
     SearchAnswer,
     diagnose_denied,
     parse_lead_all_info,
     parse_lead_search,
 )
-from dispatcher.reconcile import Finding, decide, deletable, mark, marker
+from dispatcher.vicidial.reconcile import Finding, decide, deletable, mark, marker
 
 STAMP = "2026-11-29 22:22:59"
 HEADER = (

@@ -20,10 +20,10 @@ import structlog
 from structlog.testing import capture_logs as _capture_logs
 
 from dispatcher import DeadLetterStore, job_status
-from dispatcher.backend import get_backend
-from dispatcher.producer import prepare_job, push_jobs
-from dispatcher.settings import Settings
+from dispatcher.config.settings import Settings
+from dispatcher.ops.producer import prepare_job, push_jobs
 from dispatcher.simulator import Simulator
+from dispatcher.store.backend import get_backend
 from tests.conftest import make_settings
 from workers.runner import JobRunner
 
@@ -511,8 +511,8 @@ def test_dead_letter_mode_is_unchanged(
 def test_permission_checks_ask_vicidial_once_and_respect_holds(
     settings: Settings, simulator: Simulator
 ) -> None:
-    from dispatcher.nonagent import NonAgentClient
-    from dispatcher.reconcile import check_lookups
+    from dispatcher.vicidial.nonagent import NonAgentClient
+    from dispatcher.vicidial.reconcile import check_lookups
     from workers.reconciler import LookupChecker
 
     backend = get_backend(settings)
@@ -546,9 +546,9 @@ def test_without_lead_search_a_lead_is_found_but_never_proven_absent(
 ) -> None:
     """User level 7: lead_all_info answers, lead_search does not (it needs 8)."""
     from dispatcher.cli.reconcile import lookup_lines
-    from dispatcher.nonagent import NonAgentClient
-    from dispatcher.reconcile import check_lookups
-    from dispatcher.status import fleet_status
+    from dispatcher.ops.status import fleet_status
+    from dispatcher.vicidial.nonagent import NonAgentClient
+    from dispatcher.vicidial.reconcile import check_lookups
 
     simulator.update_user("6666", user_level=7)
     backend = get_backend(settings)

@@ -1,5 +1,5 @@
 """What a worker asks of its Redis (noeviction: issue 23, item 3) and how it counts
-episodes of Redis unavailable (dispatcher/redis_health.py): the logic with an injected
+episodes of Redis unavailable (dispatcher/store/redis_health.py): the logic with an injected
 clock; the start-up check, ``status`` and ``health`` against real redis-servers; and
 the Redis-clock stamp of a message recorded outside the fetch (item 6)."""
 
@@ -20,20 +20,20 @@ import redis
 from kombu.transport import redis as kombu_redis
 from structlog.testing import capture_logs
 
-from dispatcher.backend import get_backend
-from dispatcher.connection import unavailable_kind
-from dispatcher.errors import BrokerOutOfMemory, BrokerUnavailable, ConfigError
-from dispatcher.jobs import broker_envelope
-from dispatcher.localfleet import WorkerProcess, settings_env
-from dispatcher.producer import prepare_job
-from dispatcher.redis_health import (
+from dispatcher.config.settings import Settings
+from dispatcher.devtools.localfleet import WorkerProcess, settings_env
+from dispatcher.devtools.redis_server import RedisServer
+from dispatcher.model.errors import BrokerOutOfMemory, BrokerUnavailable, ConfigError
+from dispatcher.model.jobs import broker_envelope
+from dispatcher.ops.producer import prepare_job
+from dispatcher.simulator import Simulator
+from dispatcher.store.backend import get_backend
+from dispatcher.store.connection import unavailable_kind
+from dispatcher.store.redis_health import (
     RedisAvailability,
     policy_warnings,
     require_noeviction,
 )
-from dispatcher.redis_server import RedisServer
-from dispatcher.settings import Settings
-from dispatcher.simulator import Simulator
 from tests.conftest import make_settings
 from workers import transport
 from workers.celery_app import make_app
@@ -203,7 +203,7 @@ def test_a_redis_that_refuses_info_is_a_warning_not_a_refusal(own_redis: RedisSe
         assert require_noeviction(settings, client=client, sleep=lambda _: None) is None
     (warning,) = _events(logs, "redis.policy_unchecked")
     assert "noeviction" in warning["why"]
-    from dispatcher.status import fleet_status
+    from dispatcher.ops.status import fleet_status
 
     status = fleet_status(get_backend(settings))
     assert status["redis"]["maxmemory_policy"] is None

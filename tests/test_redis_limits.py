@@ -17,17 +17,17 @@ import pytest
 import redis
 
 from dispatcher import BrokerUnavailable, enqueue_lead, job_status
-from dispatcher.backend import get_backend
-from dispatcher.connection import broker_errors
-from dispatcher.deadletter import DeadLetterStore
-from dispatcher.errors import BrokerOutOfMemory, BrokerReadOnly, BrokerWriteRefused
+from dispatcher.config.settings import Settings
+from dispatcher.devtools.localfleet import WorkerProcess, settings_env
+from dispatcher.devtools.redis_server import RedisServer
 from dispatcher.intake.metrics import read_snapshot, render_metrics
-from dispatcher.localfleet import WorkerProcess, settings_env
-from dispatcher.redis_server import RedisServer
-from dispatcher.selection import replay_letters
-from dispatcher.settings import Settings
+from dispatcher.model.errors import BrokerOutOfMemory, BrokerReadOnly, BrokerWriteRefused
+from dispatcher.ops.selection import replay_letters
+from dispatcher.ops.status import fleet_status
 from dispatcher.simulator import Simulator
-from dispatcher.status import fleet_status
+from dispatcher.store.backend import get_backend
+from dispatcher.store.connection import broker_errors
+from dispatcher.store.deadletter import DeadLetterStore
 from tests.conftest import make_settings, wait_for
 
 

@@ -31,15 +31,16 @@ import pytest
 import redis
 from structlog.testing import capture_logs
 
-from dispatcher import enqueue_leads, redis_health
-from dispatcher.backend import get_backend
-from dispatcher.jobs import broker_envelope
-from dispatcher.localfleet import WorkerProcess
-from dispatcher.producer import prepare_job
-from dispatcher.redis_health import RedisAvailability
-from dispatcher.redis_server import RedisServer
-from dispatcher.settings import Settings, get_settings
+from dispatcher import enqueue_leads
+from dispatcher.config.settings import Settings, get_settings
+from dispatcher.devtools.localfleet import WorkerProcess
+from dispatcher.devtools.redis_server import RedisServer
+from dispatcher.model.jobs import broker_envelope
+from dispatcher.ops.producer import prepare_job
 from dispatcher.simulator import Simulator
+from dispatcher.store import redis_health
+from dispatcher.store.backend import get_backend
+from dispatcher.store.redis_health import RedisAvailability
 from tests.conftest import make_settings, wait_for
 from tests.faultproxy import FaultProxy
 from workers.celery_app import make_app

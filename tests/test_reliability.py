@@ -23,10 +23,10 @@ import pytest
 import redis
 
 from dispatcher import DeadLetterStore, enqueue_lead, enqueue_leads, job_status
-from dispatcher.jobs import TASK_NAME, broker_envelope
-from dispatcher.localfleet import WorkerProcess, settings_env
-from dispatcher.redis_server import RedisServer
-from dispatcher.settings import Settings
+from dispatcher.config.settings import Settings
+from dispatcher.devtools.localfleet import WorkerProcess, settings_env
+from dispatcher.devtools.redis_server import RedisServer
+from dispatcher.model.jobs import TASK_NAME, broker_envelope
 from dispatcher.simulator import Simulator
 from tests.conftest import make_settings, steady_rate, wait_for
 

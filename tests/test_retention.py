@@ -13,11 +13,11 @@ from collections.abc import Callable
 import pytest
 
 from dispatcher import enqueue_lead
-from dispatcher.backend import get_backend
-from dispatcher.deadletter import DeadLetterStore
-from dispatcher.localfleet import WorkerProcess
-from dispatcher.retention import expire_dead_letters
-from dispatcher.settings import Settings
+from dispatcher.config.settings import Settings
+from dispatcher.devtools.localfleet import WorkerProcess
+from dispatcher.ops.retention import expire_dead_letters
+from dispatcher.store.backend import get_backend
+from dispatcher.store.deadletter import DeadLetterStore
 from tests.conftest import make_settings, wait_for
 
 DAY = 86400.0
@@ -43,7 +43,7 @@ def test_the_setting_defaults_to_keeping_letters_forever() -> None:
         ).dead_letter_retention_days
         == 30
     )
-    from dispatcher.errors import ConfigError
+    from dispatcher.model.errors import ConfigError
 
     with pytest.raises(ConfigError, match="DEAD_LETTER_RETENTION_DAYS"):
         Settings(dead_letter_retention_days=-1)

@@ -17,10 +17,10 @@ import structlog
 from structlog.testing import capture_logs as _capture_logs
 
 from dispatcher import DeadLetterStore, job_status
-from dispatcher.backend import get_backend
-from dispatcher.producer import prepare_job, push_jobs
-from dispatcher.settings import Settings
+from dispatcher.config.settings import Settings
+from dispatcher.ops.producer import prepare_job, push_jobs
 from dispatcher.simulator import Simulator
+from dispatcher.store.backend import get_backend
 from workers.runner import JobRunner
 
 

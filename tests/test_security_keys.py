@@ -19,14 +19,14 @@ import redis
 from starlette.testclient import TestClient
 
 from dispatcher import enqueue_lead, job_status
-from dispatcher.backend import get_backend
-from dispatcher.deadletter import DeadLetterStore
+from dispatcher.config.settings import Settings
+from dispatcher.devtools.localfleet import WorkerProcess
 from dispatcher.intake.app import create_app
 from dispatcher.intake.console.sessions import SessionStore
-from dispatcher.localfleet import WorkerProcess
-from dispatcher.settings import Settings
 from dispatcher.simulator import Simulator
-from dispatcher.users import UserStore
+from dispatcher.store.backend import get_backend
+from dispatcher.store.deadletter import DeadLetterStore
+from dispatcher.store.users import UserStore
 from tests.conftest import make_settings, wait_for
 from tests.test_console import OPERATOR, csrf_of, login, seed_users
 

@@ -27,16 +27,16 @@ from hypothesis import HealthCheck, assume, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
-from dispatcher import logs as logs_module
-from dispatcher.backend import get_backend
-from dispatcher.deadletter import DeadLetterStore
-from dispatcher.logs import REDACTED, Redactor, configure_logging, redact_vicidial_line
-from dispatcher.nonagent import NonAgentClient
-from dispatcher.producer import job_status, prepare_job, push_jobs
-from dispatcher.reconcile import check_lookups
-from dispatcher.settings import Settings
+from dispatcher.config import logs as logs_module
+from dispatcher.config.logs import REDACTED, Redactor, configure_logging, redact_vicidial_line
+from dispatcher.config.settings import Settings
+from dispatcher.ops.producer import job_status, prepare_job, push_jobs
+from dispatcher.ops.status import fleet_status
 from dispatcher.simulator import Simulator
-from dispatcher.status import fleet_status
+from dispatcher.store.backend import get_backend
+from dispatcher.store.deadletter import DeadLetterStore
+from dispatcher.vicidial.nonagent import NonAgentClient
+from dispatcher.vicidial.reconcile import check_lookups
 from tests.conftest import make_settings
 
 #: Examples per property (hypothesis); the note of issue 25 quotes it.

@@ -12,9 +12,9 @@ import pytest
 import redis
 
 from dispatcher import enqueue_lead, job_status
-from dispatcher.localfleet import WorkerProcess, settings_env
-from dispatcher.redis_server import RedisServer, find_redis_server, free_port
-from dispatcher.settings import Settings
+from dispatcher.config.settings import Settings
+from dispatcher.devtools.localfleet import WorkerProcess, settings_env
+from dispatcher.devtools.redis_server import RedisServer, find_redis_server, free_port
 from dispatcher.simulator import Simulator
 from tests.conftest import make_settings, wait_for
 
@@ -80,7 +80,7 @@ def test_a_worker_adds_a_lead_through_sentinel(
 
 
 def test_sentinel_url_needs_the_master_name() -> None:
-    from dispatcher.errors import ConfigError
+    from dispatcher.model.errors import ConfigError
 
     with pytest.raises(ConfigError) as info:
         Settings(redis_url="sentinel://127.0.0.1:26379/0")

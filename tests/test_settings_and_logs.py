@@ -12,16 +12,16 @@ import pytest
 import structlog
 from structlog.testing import capture_logs
 
-from dispatcher import logs as logs_module
-from dispatcher.errors import ConfigError
-from dispatcher.logs import (
+from dispatcher.config import logs as logs_module
+from dispatcher.config.logs import (
     Redactor,
     UtcStamper,
     configure_logging,
     mask_phone,
     redact_vicidial_line,
 )
-from dispatcher.settings import SETTINGS_VARIABLES, Settings
+from dispatcher.config.settings import SETTINGS_VARIABLES, Settings
+from dispatcher.model.errors import ConfigError
 
 
 def test_defaults_match_the_design() -> None:

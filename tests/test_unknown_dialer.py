@@ -29,12 +29,12 @@ import structlog
 from structlog.testing import capture_logs as _capture_logs
 
 from dispatcher import DeadLetterStore, job_status
-from dispatcher.backend import get_backend
-from dispatcher.jobs import broker_envelope
-from dispatcher.localfleet import WorkerProcess, settings_env
-from dispatcher.producer import prepare_job, push_jobs
-from dispatcher.settings import Settings
+from dispatcher.config.settings import Settings
+from dispatcher.devtools.localfleet import WorkerProcess, settings_env
+from dispatcher.model.jobs import broker_envelope
+from dispatcher.ops.producer import prepare_job, push_jobs
 from dispatcher.simulator import Simulator, SimulatorState
+from dispatcher.store.backend import get_backend
 from tests.conftest import FAST, make_settings, queued_envelopes, wait_for
 from workers.runner import JobRunner
 

@@ -15,12 +15,12 @@ import redis
 import structlog
 from click.testing import CliRunner, Result
 
-from dispatcher import logs
-from dispatcher.backend import get_backend
 from dispatcher.cli import cli
-from dispatcher.localfleet import settings_env
-from dispatcher.settings import Settings, get_settings
-from dispatcher.users import UserStore
+from dispatcher.config import logs
+from dispatcher.config.settings import Settings, get_settings
+from dispatcher.devtools.localfleet import settings_env
+from dispatcher.store.backend import get_backend
+from dispatcher.store.users import UserStore
 from tests.conftest import make_settings
 from tests.test_cli import check, run_cli
 

@@ -25,9 +25,9 @@ from urllib.parse import parse_qs, urlencode
 
 import pytest
 
-from dispatcher.errors import AmbiguousFailure, NetworkError, UnknownResponse
-from dispatcher.lead import Lead
-from dispatcher.settings import Settings
+from dispatcher.config.settings import Settings
+from dispatcher.model.errors import AmbiguousFailure, NetworkError, UnknownResponse
+from dispatcher.model.lead import Lead
 from tests.faultproxy import FaultProxy
 from workers.async_vicidial import AsyncVicidialClient
 from workers.vicidial import (

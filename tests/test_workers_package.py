@@ -16,8 +16,8 @@ import pytest
 import redis
 
 from dispatcher import DeadLetterStore, enqueue_lead, enqueue_leads, job_status
-from dispatcher.localfleet import WorkerProcess
-from dispatcher.settings import Settings
+from dispatcher.config.settings import Settings
+from dispatcher.devtools.localfleet import WorkerProcess
 from dispatcher.simulator import Simulator
 from tests.conftest import ROOT, make_settings, wait_for
 from workers import transport

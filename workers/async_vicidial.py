@@ -52,11 +52,11 @@ from collections.abc import Callable
 
 import httpx
 
-from dispatcher.dialers import Dialer
-from dispatcher.errors import AmbiguousFailure, ClaimLapsed, ConfigError, NetworkError
-from dispatcher.execution import Fence
-from dispatcher.lead import Lead
-from dispatcher.settings import Settings
+from dispatcher.config.settings import Settings
+from dispatcher.model.dialers import Dialer
+from dispatcher.model.errors import AmbiguousFailure, ClaimLapsed, ConfigError, NetworkError
+from dispatcher.model.lead import Lead
+from dispatcher.store.execution import Fence
 from workers.vicidial import (
     MAX_ANSWER_BYTES,
     USER_AGENT,

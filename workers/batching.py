@@ -11,7 +11,7 @@ the wire go in the next one, so the batches grow with the load.
 
 Everything below the pipeline is redis-py's: connections from ``redis.asyncio``
 (plain TCP, TLS, a Unix socket or Sentinel, as the URL says:
-:func:`dispatcher.connection.async_redis_client`), hiredis as the parser,
+:func:`dispatcher.store.connection.async_redis_client`), hiredis as the parser,
 a socket timeout on every command, health checks of idle connections, and one
 retry on a new connection when a connection drops or times out (claims and
 outcome writes are recognised by their token when they run twice). What still
@@ -32,7 +32,7 @@ from typing import Any
 import redis
 import redis.asyncio
 
-from dispatcher.execution import Execution
+from dispatcher.store.execution import Execution
 
 __all__ = ["MAX_BATCH", "LoopPipeline"]
 

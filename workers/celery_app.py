@@ -31,7 +31,7 @@ Why each setting (see README "Guarantees"):
 * ``socket_timeout`` / ``socket_connect_timeout``: DISPATCHER_REDIS_TIMEOUT_S (and at
   most 5 s to connect), as every other Redis client of the dispatcher.
 * At start-up the worker refuses a Redis whose ``maxmemory-policy`` is not
-  ``noeviction`` (:func:`dispatcher.redis_health.require_noeviction`), waiting for
+  ``noeviction`` (:func:`dispatcher.store.redis_health.require_noeviction`), waiting for
   Redis first if it is not up yet.
 * ``worker_cancel_long_running_tasks_on_connection_loss`` is off: a job running
   when the broker connection drops finishes its call and stores its outcome
@@ -54,15 +54,15 @@ from typing import Any
 
 from celery import Celery, bootsteps, signals
 
-from dispatcher import logs
-from dispatcher.backend import get_backend
-from dispatcher.connection import broker_transport_options, client_timeouts
-from dispatcher.errors import BrokerUnavailable, ConfigError, LayoutMismatch
-from dispatcher.jobs import TASK_NAME
-from dispatcher.layout import check_layout
-from dispatcher.logs import configure_logging
-from dispatcher.redis_health import redis_availability, require_noeviction
-from dispatcher.settings import Settings, get_settings
+from dispatcher.config import logs
+from dispatcher.config.logs import configure_logging
+from dispatcher.config.settings import Settings, get_settings
+from dispatcher.model.errors import BrokerUnavailable, ConfigError, LayoutMismatch
+from dispatcher.model.jobs import TASK_NAME
+from dispatcher.store.backend import get_backend
+from dispatcher.store.connection import broker_transport_options, client_timeouts
+from dispatcher.store.layout import check_layout
+from dispatcher.store.redis_health import redis_availability, require_noeviction
 from workers import tasks
 
 __all__ = ["get_app", "make_app", "pool_on_command_line"]
@@ -306,7 +306,7 @@ def _check_worker_settings(sender: Any = None, **_: Any) -> None:
 
 def _check_layout(settings: Settings) -> None:
     """Before the worker takes a job: migrate an older Redis layout, refuse a newer one
-    (exit 1, the error naming both versions; dispatcher/layout.py). While Redis cannot
+    (exit 1, the error naming both versions; dispatcher/store/layout.py). While Redis cannot
     be reached, wait for it, as Celery's own connection does at start."""
     while True:
         try:

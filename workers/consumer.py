@@ -13,8 +13,8 @@ from typing import Any
 
 from celery.worker.consumer.consumer import Consumer
 
-from dispatcher import logs
-from dispatcher.deadletter import DeadLetterStore
+from dispatcher.config import logs
+from dispatcher.store.deadletter import DeadLetterStore
 
 __all__ = ["DeadLetteringConsumer"]
 

@@ -54,11 +54,11 @@ import orjson
 import structlog
 from celery.worker import strategy as celery_strategy
 
-from dispatcher import logs
-from dispatcher.connection import async_redis_client
-from dispatcher.errors import AmbiguousFailure, CallFailed, ClaimLapsed
-from dispatcher.execution import Claim
-from dispatcher.jobs import Job
+from dispatcher.config import logs
+from dispatcher.model.errors import AmbiguousFailure, CallFailed, ClaimLapsed
+from dispatcher.model.jobs import Job
+from dispatcher.store.connection import async_redis_client
+from dispatcher.store.execution import Claim
 from workers.async_vicidial import AsyncVicidialClient
 from workers.batching import MAX_BATCHES, LoopPipeline
 from workers.runner import JobRunner, TransientInfrastructureError, _Delivery

@@ -3,7 +3,7 @@
 Two tables drive everything:
 
 * :data:`ANSWER_RULES`: the first words of a VICIdial ``ERROR:`` line -> the
-  error type of :mod:`dispatcher.errors` (which carries the dead-letter reason);
+  error type of :mod:`dispatcher.model.errors` (which carries the dead-letter reason);
 * :data:`STATUS_RULES`: a non-200 HTTP status -> the error type.
 
 and one policy object, :class:`RetryPolicy`, turns an error into a
@@ -16,7 +16,8 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from dispatcher.errors import (
+from dispatcher.config.settings import Settings
+from dispatcher.model.errors import (
     AgentNotLoggedIn,
     AmbiguousFailure,
     ApiDisabled,
@@ -34,8 +35,7 @@ from dispatcher.errors import (
     TemporaryFailure,
     UnknownResponse,
 )
-from dispatcher.jobs import Job
-from dispatcher.settings import Settings
+from dispatcher.model.jobs import Job
 
 __all__ = ["ANSWER_RULES", "STATUS_RULES", "Decision", "RetryPolicy", "classify_line"]
 

@@ -1,8 +1,8 @@
 """Asks VICIdial whether a lead whose call got no answer was added, and decides.
 
-The worker side of reconciliation (what the answers mean: dispatcher/reconcile.py;
-the Non-Agent API: dispatcher/nonagent.py). Every decision is one command of the
-job's state machine (dispatcher/execution.lua), made by the delivery that holds the
+The worker side of reconciliation (what the answers mean: dispatcher/vicidial/reconcile.py;
+the Non-Agent API: dispatcher/vicidial/nonagent.py). Every decision is one command of the
+job's state machine (dispatcher/store/execution.lua), made by the delivery that holds the
 job's claim, so reconciliation is exactly as safe against races, lost replies and
 killed workers as a call:
 
@@ -39,10 +39,10 @@ from typing import Any, Protocol, TypeVar
 import httpx
 import redis
 
-from dispatcher import logs
-from dispatcher.backend import Backend
-from dispatcher.dialers import Dialer
-from dispatcher.errors import (
+from dispatcher.config import logs
+from dispatcher.config.settings import Settings
+from dispatcher.model.dialers import Dialer
+from dispatcher.model.errors import (
     AmbiguousFailure,
     BrokerUnavailable,
     CallFailed,
@@ -50,11 +50,12 @@ from dispatcher.errors import (
     LookupFailed,
     LookupRefused,
 )
-from dispatcher.execution import Execution
-from dispatcher.jobs import Job, Reconcile, broker_envelope
-from dispatcher.keys import Keys
-from dispatcher.nonagent import NonAgentClient
-from dispatcher.reconcile import (
+from dispatcher.model.jobs import Job, Reconcile, broker_envelope
+from dispatcher.store.backend import Backend
+from dispatcher.store.execution import Execution
+from dispatcher.store.keys import Keys
+from dispatcher.vicidial.nonagent import NonAgentClient
+from dispatcher.vicidial.reconcile import (
     CHECK_EVERY_S,
     Finding,
     LookupCheck,
@@ -64,7 +65,6 @@ from dispatcher.reconcile import (
     record_lookup,
     why_not,
 )
-from dispatcher.settings import Settings
 from workers.http_deadline import DeadlineTransport, deadline
 from workers.outcomes import RetryPolicy
 
@@ -569,7 +569,7 @@ class LookupChecker:
     Run from each worker's scheduler thread (:meth:`maybe_start`): a few seconds
     after start and then every minute it asks Redis, and one worker of the fleet at
     a time asks VICIdial when the last result is older than
-    :data:`~dispatcher.reconcile.CHECK_EVERY_S` (a refusal is held longer), so
+    :data:`~dispatcher.vicidial.reconcile.CHECK_EVERY_S` (a refusal is held longer), so
     ``dispatcher status``/``health`` show a missing permission before any job needs
     a look-up. Never while the server's calls are paused for refused credentials:
     the check's login would count toward VICIdial's lock too.

@@ -8,7 +8,7 @@ Redis round trips per added lead: one ``claim`` (execution record, pause, rate
 limit) and one ``succeed``. Failures cost one or two more.
 
 Exactly-once effect. Each delivery of a message gets a fresh token; the job's
-execution record (``dispatcher/execution.lua``) is claimed with it, and every
+execution record (``dispatcher/store/execution.lua``) is claimed with it, and every
 outcome is a compare-and-set on it:
 
 * ``done`` is final: every later copy of the job (a redelivery, a stale copy, a
@@ -25,7 +25,7 @@ outcome is a compare-and-set on it:
 
 The claim fence: right before the request leaves, the delivery checks that its
 call would still end inside its claim's lease, counted from before the claim was
-sent (:class:`dispatcher.execution.Fence`). A worker frozen between claim and
+sent (:class:`dispatcher.store.execution.Fence`). A worker frozen between claim and
 request past its lease, while another copy took the job over, does not send:
 ``lead.claim_lapsed``, and the job goes on as a copy would (:meth:`JobRunner.claim_lapsed`).
 
@@ -33,7 +33,7 @@ A copy whose predecessor claimed the job and vanished mid-call is *ambiguous*
 (the lead may have been added) and is handled like a lost answer: with
 ``DISPATCHER_AMBIGUOUS=reconcile`` (the default) :mod:`workers.reconciler` looks
 the lead up in VICIdial later and decides; every call carries the job's marker
-(:func:`dispatcher.reconcile.mark`) so that the look-up can recognise it.
+(:func:`dispatcher.vicidial.reconcile.mark`) so that the look-up can recognise it.
 
 Nothing is acknowledged without an outcome: an unexpected error becomes an
 ``internal`` dead letter holding the whole job (``ambiguous`` if the call had been
@@ -56,12 +56,10 @@ from typing import Any, TypeVar
 import redis
 import structlog
 
-from dispatcher import logs
-from dispatcher.backend import Backend, get_backend
-from dispatcher.connection import broker_errors
-from dispatcher.deadletter import DeadLetterStore
-from dispatcher.dialers import Dialer
-from dispatcher.errors import (
+from dispatcher.config import logs
+from dispatcher.config.settings import Settings, get_settings
+from dispatcher.model.dialers import Dialer
+from dispatcher.model.errors import (
     AmbiguousFailure,
     BrokerUnavailable,
     CallFailed,
@@ -73,13 +71,15 @@ from dispatcher.errors import (
     ServerRefused,
     UnknownDialer,
 )
-from dispatcher.execution import FENCE_MARGIN_S, Claim, Fence, claim_clock, new_token
-from dispatcher.jobs import Job, broker_envelope
-from dispatcher.lead import Lead
-from dispatcher.reconcile import mark
-from dispatcher.redis_health import redis_availability
-from dispatcher.settings import Settings, get_settings
-from dispatcher.stats import latency_bucket_field
+from dispatcher.model.jobs import Job, broker_envelope
+from dispatcher.model.lead import Lead
+from dispatcher.store.backend import Backend, get_backend
+from dispatcher.store.connection import broker_errors
+from dispatcher.store.deadletter import DeadLetterStore
+from dispatcher.store.execution import FENCE_MARGIN_S, Claim, Fence, claim_clock, new_token
+from dispatcher.store.redis_health import redis_availability
+from dispatcher.store.stats import latency_bucket_field
+from dispatcher.vicidial.reconcile import mark
 from workers.outcomes import RetryPolicy
 from workers.reconciler import Reconciler
 from workers.vicidial import AddLeadResult, VicidialClient
@@ -271,11 +271,11 @@ class JobRunner:
             self._persist(d.started, lambda: self.execution.call(*self.claim_args(d)))
         )
 
-    #: the clock of the claim fence (dispatcher.execution.claim_clock)
+    #: the clock of the claim fence (dispatcher.store.execution.claim_clock)
     fence_clock = staticmethod(claim_clock)
 
     def claim_args(self, d: _Delivery) -> tuple[Any, ...]:
-        """The delivery's ``claim`` command (dispatcher.execution), to be sent now.
+        """The delivery's ``claim`` command (dispatcher.store.execution), to be sent now.
 
         Stamps the delivery's fence clock: Redis grants the claim after this moment, so
         the claim's age is at most the time since (build the command right before
@@ -450,7 +450,7 @@ class JobRunner:
     def succeed_args(
         self, d: _Delivery, result: AddLeadResult, latency_ms: float
     ) -> tuple[Any, ...]:
-        """The delivery's ``succeed`` command (dispatcher.execution)."""
+        """The delivery's ``succeed`` command (dispatcher.store.execution)."""
         return self.execution.succeed_args(
             d.job.job_id,
             token=d.token,

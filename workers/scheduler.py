@@ -9,16 +9,16 @@ Every worker runs one:
 * writes this worker's and this process's heartbeat keys (with a TTL: liveness
   is judged by Redis, never by comparing hosts' clocks);
 * once a minute, a sample of the fleet's counters for the console's chart
-  (:mod:`dispatcher.activity`);
+  (:mod:`dispatcher.store.activity`);
 * returns the in-flight pops of consumers whose heartbeat key expired to the
   queue, and forgets workers whose heartbeat is gone;
 * once a minute, removes the dead letters older than
-  DISPATCHER_DEAD_LETTER_RETENTION_DAYS (:mod:`dispatcher.retention`; default: none);
+  DISPATCHER_DEAD_LETTER_RETENTION_DAYS (:mod:`dispatcher.ops.retention`; default: none);
 * has the reconciliation look-up's permissions checked now and then
   (:class:`workers.reconciler.LookupChecker`, in a thread of its own), so that
   ``dispatcher status``/``health`` can say what VICIdial lacks before a job needs it;
 * looks at the Redis layout's version now and then (one GET): when a newer release
-  has migrated it (dispatcher/layout.py), this worker would misread what that
+  has migrated it (dispatcher/store/layout.py), this worker would misread what that
   release writes, so it stops (``layout.newer``, then Celery's warm shutdown: its
   calls in flight finish). Started again, it refuses the layout with exit 1.
 
@@ -26,7 +26,7 @@ Redis full, read-only, slow or away never stops the thread: a tick that fails is
 tried again on the next one (the retries it did not move wait in Redis, a heartbeat
 missed for longer than its TTL is written again, and the consumer registers again on
 its next poll); the episode is logged once (``redis.unavailable``, see
-:mod:`dispatcher.redis_health`).
+:mod:`dispatcher.store.redis_health`).
 """
 
 from __future__ import annotations
@@ -38,13 +38,14 @@ import time
 
 import redis
 
-from dispatcher import logs, retention
-from dispatcher.activity import record_minute
-from dispatcher.backend import Backend, get_backend
-from dispatcher.errors import BrokerUnavailable
-from dispatcher.layout import LAYOUT_VERSION, stored_version
-from dispatcher.redis_health import redis_availability
-from dispatcher.settings import Settings
+from dispatcher.config import logs
+from dispatcher.config.settings import Settings
+from dispatcher.model.errors import BrokerUnavailable
+from dispatcher.ops import retention
+from dispatcher.store.activity import record_minute
+from dispatcher.store.backend import Backend, get_backend
+from dispatcher.store.layout import LAYOUT_VERSION, stored_version
+from dispatcher.store.redis_health import redis_availability
 from workers.reconciler import LookupChecker
 from workers.transport import consumer_id, consumer_ttl_s
 

@@ -11,7 +11,7 @@ from typing import Any
 
 from celery.exceptions import Reject
 
-from dispatcher import logs
+from dispatcher.config import logs
 from workers.runner import TransientInfrastructureError, get_runner
 
 __all__ = ["add_lead"]
@@ -20,7 +20,7 @@ _log = logs.get_logger("workers.tasks")
 
 
 def add_lead(self: Any, message: Any = None, *args: Any, **kwargs: Any) -> None:
-    """Add one lead to VICIdial (the message is a job, see dispatcher.jobs).
+    """Add one lead to VICIdial (the message is a job, see dispatcher.model.jobs).
 
     Never returns without an outcome stored: anything that goes wrong here and
     is not stored hands the message back to the queue (Celery would otherwise

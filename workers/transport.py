@@ -7,14 +7,14 @@ Six gaps in stock kombu matter for "no lead is lost" and "none added twice":
    second round trip, records it as unacknowledged. A worker killed between the
    two loses the message for good (seen here: about one message per six
    SIGKILLs under load). Here a poll is one script (``fetch`` in
-   ``dispatcher/fleet.lua``) that refreshes this consumer's heartbeat, registers
+   ``dispatcher/store/fleet.lua``) that refreshes this consumer's heartbeat, registers
    its *in-flight list*, and atomically moves the next message into that list;
    only when the queue is empty does it block, with ``BRPOPLPUSH`` into the same
    list. The unacknowledged record and the removal from the in-flight list are
    then written in one MULTI/EXEC. A message is therefore always in the queue,
    in an in-flight list, or in kombu's unacked hash. In-flight lists of
    consumers whose heartbeat key expired go back to the queue
-   (:meth:`dispatcher.fleet.Fleet.reap`, run by every worker's scheduler).
+   (:meth:`dispatcher.store.fleet.Fleet.reap`, run by every worker's scheduler).
    Liveness is a key with a TTL in Redis: no host's clock is compared with
    another's, and a consumer that stalled past the TTL registers again on its
    next poll.
@@ -36,7 +36,7 @@ Six gaps in stock kombu matter for "no lead is lost" and "none added twice":
    (answered MISCONF). Each now waits: the acks and hand-backs stay pending for the
    next poll, the sweep for the next sweep, the consumer backs off and polls again,
    and the episode is logged once (``redis.unavailable``,
-   :mod:`dispatcher.redis_health`). Connection errors still go to Celery, which
+   :mod:`dispatcher.store.redis_health`). Connection errors still go to Celery, which
    reconnects. Every command has a socket timeout; a poll (whose reply is read by
    the event loop) is dropped as stale by kombu once overdue by
    DISPATCHER_REDIS_TIMEOUT_S, and sent again.
@@ -78,13 +78,13 @@ from kombu.transport import virtual
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import loads
 
-from dispatcher import logs
-from dispatcher.backend import get_backend
-from dispatcher.connection import write_refusal
-from dispatcher.deadletter import DeadLetterStore
-from dispatcher.fleet import inflight_key, inflight_registry
-from dispatcher.redis_health import redis_availability
-from dispatcher.settings import get_settings
+from dispatcher.config import logs
+from dispatcher.config.settings import get_settings
+from dispatcher.store.backend import get_backend
+from dispatcher.store.connection import write_refusal
+from dispatcher.store.deadletter import DeadLetterStore
+from dispatcher.store.fleet import inflight_key, inflight_registry
+from dispatcher.store.redis_health import redis_availability
 
 __all__ = [
     "SentinelTransport",
@@ -479,7 +479,7 @@ class _ReliableChannel:
             return False
 
     def dispatcher_fleet(self) -> Any:
-        """The fleet commands (dispatcher/fleet.lua) this consumer runs."""
+        """The fleet commands (dispatcher/store/fleet.lua) this consumer runs."""
         self._reliable_setup()
         return self._fleet
 

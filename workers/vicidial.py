@@ -40,18 +40,18 @@ from urllib.parse import quote_plus, urlencode
 import httpcore
 import httpx
 
-from dispatcher.dialers import Dialer
-from dispatcher.errors import (
+from dispatcher.config.logs import redact_vicidial_line
+from dispatcher.config.settings import Settings
+from dispatcher.model.dialers import Dialer
+from dispatcher.model.errors import (
     AmbiguousFailure,
     CallFailed,
     ConfigError,
     NetworkError,
     UnknownResponse,
 )
-from dispatcher.execution import Fence
-from dispatcher.lead import Lead
-from dispatcher.logs import redact_vicidial_line
-from dispatcher.settings import Settings
+from dispatcher.model.lead import Lead
+from dispatcher.store.execution import Fence
 from workers.http_deadline import deadline, deadline_pool
 from workers.outcomes import STATUS_RULES, classify_line
 

@@ -30,11 +30,11 @@ from collections.abc import Callable, Iterable, Iterator
 import httpcore
 import httpx
 
-from dispatcher import logs
-from dispatcher.dialers import Dialer
-from dispatcher.errors import AmbiguousFailure, ConfigError, NetworkError
-from dispatcher.lead import Lead
-from dispatcher.settings import Settings
+from dispatcher.config import logs
+from dispatcher.config.settings import Settings
+from dispatcher.model.dialers import Dialer
+from dispatcher.model.errors import AmbiguousFailure, ConfigError, NetworkError
+from dispatcher.model.lead import Lead
 from workers.vicidial import (
     HTTPCORE_ERRORS,
     MAX_ANSWER_BYTES,

@@ -13,7 +13,7 @@ from typing import Any
 import click
 
 from dispatcher.cli.common import CliContext, fail
-from dispatcher.errors import BrokerUnavailable, ConfigError
+from dispatcher.model.errors import BrokerUnavailable, ConfigError
 
 __all__ = ["cli", "main"]
 

@@ -11,11 +11,11 @@ from typing import Any, NoReturn
 
 import click
 
-from dispatcher.backend import Backend, get_backend
-from dispatcher.errors import BrokerUnavailable, ConfigError
-from dispatcher.layout import ensure_layout
-from dispatcher.logs import configure_logging
-from dispatcher.settings import Settings, get_settings
+from dispatcher.config.logs import configure_logging
+from dispatcher.config.settings import Settings, get_settings
+from dispatcher.model.errors import BrokerUnavailable, ConfigError
+from dispatcher.store.backend import Backend, get_backend
+from dispatcher.store.layout import ensure_layout
 
 __all__ = [
     "CliContext",

@@ -22,12 +22,12 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from dispatcher.deadletter import DeadLetterStore
-from dispatcher.localfleet import WorkerProcess
-from dispatcher.logs import mask_phone
-from dispatcher.producer import enqueue_lead, job_status
-from dispatcher.redis_server import RedisServer
-from dispatcher.settings import Settings
+from dispatcher.config.logs import mask_phone
+from dispatcher.config.settings import Settings
+from dispatcher.devtools.localfleet import WorkerProcess
+from dispatcher.devtools.redis_server import RedisServer
+from dispatcher.ops.producer import enqueue_lead, job_status
+from dispatcher.store.deadletter import DeadLetterStore
 
 __all__ = ["demo"]
 
@@ -217,10 +217,10 @@ def _two_dialers(
     console: Console, err: Console, base: Settings, east: Any, workdir: Path
 ) -> tuple[WorkerProcess, int]:
     """Part two: two dialers (west is down), and a realtime lead overtaking a bulk backlog."""
-    from dispatcher.backend import get_backend
-    from dispatcher.producer import enqueue_leads
+    from dispatcher.ops.producer import enqueue_leads
+    from dispatcher.ops.status import fleet_status
     from dispatcher.simulator import Simulator, SimulatorState
-    from dispatcher.status import fleet_status
+    from dispatcher.store.backend import get_backend
 
     console.print(
         "\n[bold]Two dialers.[/] A dialers file names two VICIdial servers, east and west; "

@@ -13,11 +13,11 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from dispatcher import logs
 from dispatcher.cli.common import CliContext, Duration, SinceType, echo_json, fail, guarded
-from dispatcher.deadletter import DeadLetter, DeadLetterStore
-from dispatcher.errors import all_reasons
-from dispatcher.selection import DNC_REASONS, Selection, held_reasons, replay_letters
+from dispatcher.config import logs
+from dispatcher.model.errors import all_reasons
+from dispatcher.ops.selection import DNC_REASONS, Selection, held_reasons, replay_letters
+from dispatcher.store.deadletter import DeadLetter, DeadLetterStore
 
 __all__ = ["dlq"]
 

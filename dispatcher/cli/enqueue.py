@@ -13,11 +13,11 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from dispatcher.cli.common import CliContext, fail, guarded
-from dispatcher.errors import FieldError, IdempotencyConflict, InvalidLead
-from dispatcher.jobs import Job
-from dispatcher.lead import LEAD_FIELDS
-from dispatcher.leadfile import LeadFileError, detect_format, read_rows
-from dispatcher.producer import BATCH_SIZE, enqueue_lead, prepare_job, push_jobs
+from dispatcher.model.errors import FieldError, IdempotencyConflict, InvalidLead
+from dispatcher.model.jobs import Job
+from dispatcher.model.lead import LEAD_FIELDS
+from dispatcher.model.leadfile import LeadFileError, detect_format, read_rows
+from dispatcher.ops.producer import BATCH_SIZE, enqueue_lead, prepare_job, push_jobs
 
 __all__ = ["enqueue"]
 

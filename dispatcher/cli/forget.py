@@ -7,8 +7,8 @@ import sys
 import click
 
 from dispatcher.cli.common import CliContext, echo_json, fail, guarded
-from dispatcher.erasure import KINDS, VICIDIAL_NOTE, Erasure, forget_phone, normalise_phone
-from dispatcher.errors import InvalidLead
+from dispatcher.model.errors import InvalidLead
+from dispatcher.ops.erasure import KINDS, VICIDIAL_NOTE, Erasure, forget_phone, normalise_phone
 
 __all__ = ["forget"]
 

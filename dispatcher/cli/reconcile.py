@@ -20,14 +20,14 @@ from typing import Any
 
 import click
 
-from dispatcher import logs
 from dispatcher.cli.common import CliContext, echo_json, fail, guarded
-from dispatcher.deadletter import DeadLetter, DeadLetterStore
-from dispatcher.errors import ConfigError, InvalidPayload, LookupFailed
-from dispatcher.jobs import Job, iso
-from dispatcher.nonagent import NonAgentClient
-from dispatcher.reconcile import LookupCheck, check_lookups, preview
-from dispatcher.settings import Settings
+from dispatcher.config import logs
+from dispatcher.config.settings import Settings
+from dispatcher.model.errors import ConfigError, InvalidPayload, LookupFailed
+from dispatcher.model.jobs import Job, iso
+from dispatcher.store.deadletter import DeadLetter, DeadLetterStore
+from dispatcher.vicidial.nonagent import NonAgentClient
+from dispatcher.vicidial.reconcile import LookupCheck, check_lookups, preview
 
 __all__ = ["lookup_lines", "reconcile"]
 

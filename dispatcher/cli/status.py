@@ -8,10 +8,10 @@ from rich.table import Table
 
 from dispatcher.cli.common import CliContext, echo_json, fail, guarded
 from dispatcher.cli.reconcile import live_check, lookup_lines
-from dispatcher.connection import broker_errors, broker_transport_options
-from dispatcher.layout import LAYOUT_VERSION, read_layout
-from dispatcher.producer import job_status
-from dispatcher.status import fleet_status
+from dispatcher.ops.producer import job_status
+from dispatcher.ops.status import fleet_status
+from dispatcher.store.connection import broker_errors, broker_transport_options
+from dispatcher.store.layout import LAYOUT_VERSION, read_layout
 
 __all__ = ["health", "job", "status"]
 

@@ -8,14 +8,14 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from dispatcher import logs
 from dispatcher.cli.common import CliContext, echo_json, fail, guarded
-from dispatcher.errors import UnknownUser, UserError, UserExists
-from dispatcher.users import MIN_PASSWORD_LENGTH, ROLES, UserStore
+from dispatcher.config import logs
+from dispatcher.model.errors import UnknownUser, UserError, UserExists
+from dispatcher.store.users import MIN_PASSWORD_LENGTH, ROLES, UserStore
 
 __all__ = ["users"]
 
-_log = logs.get_logger("dispatcher.users")
+_log = logs.get_logger("dispatcher.store.users")
 
 
 @click.group(

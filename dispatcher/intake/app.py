@@ -2,14 +2,14 @@
 
 For producer apps that are not Python (a PHP web form, a Node.js CRM hook): the
 routes of DESIGN.md's "HTTP intake" section on top of the same producer functions
-the Python API uses (:func:`~dispatcher.producer.prepare_job`,
-:func:`~dispatcher.producer.push_jobs`, :func:`~dispatcher.producer.job_status`), so
+the Python API uses (:func:`~dispatcher.ops.producer.prepare_job`,
+:func:`~dispatcher.ops.producer.push_jobs`, :func:`~dispatcher.ops.producer.job_status`), so
 a lead is validated and stored exactly as ``enqueue_lead`` would. The app never
 talks to VICIdial; it answers as soon as Redis has the job.
 
 Plain Starlette with a hand-written OpenAPI document (:mod:`.openapi`): the error
 bodies are the dispatcher's own, and there is no model layer to keep in step with
-:mod:`dispatcher.lead`.
+:mod:`dispatcher.model.lead`.
 
 What protects it, in :class:`_Guard` (pure ASGI, in front of routing):
 
@@ -51,10 +51,11 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from dispatcher import logs
-from dispatcher.backend import Backend, get_backend
-from dispatcher.connection import broker_errors
-from dispatcher.errors import (
+from dispatcher.config import logs
+from dispatcher.config.settings import Settings
+from dispatcher.intake.metrics import CONTENT_TYPE, read_snapshot, render_metrics
+from dispatcher.intake.openapi import MAX_BATCH, MAX_BODY_BYTES, openapi_document
+from dispatcher.model.errors import (
     BrokerOutOfMemory,
     BrokerReadOnly,
     BrokerUnavailable,
@@ -65,11 +66,10 @@ from dispatcher.errors import (
     IdempotencyConflict,
     InvalidLead,
 )
-from dispatcher.intake.metrics import CONTENT_TYPE, read_snapshot, render_metrics
-from dispatcher.intake.openapi import MAX_BATCH, MAX_BODY_BYTES, openapi_document
-from dispatcher.jobs import Job
-from dispatcher.producer import MAX_FIELDS, job_status, prepare_job, push_jobs, push_results
-from dispatcher.settings import Settings
+from dispatcher.model.jobs import Job
+from dispatcher.ops.producer import MAX_FIELDS, job_status, prepare_job, push_jobs, push_results
+from dispatcher.store.backend import Backend, get_backend
+from dispatcher.store.connection import broker_errors
 
 __all__ = ["HEALTH_TIMEOUT_S", "create_app"]
 

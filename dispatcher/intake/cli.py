@@ -14,8 +14,8 @@ from typing import Any
 
 import click
 
-from dispatcher import logs
-from dispatcher.settings import Settings
+from dispatcher.config import logs
+from dispatcher.config.settings import Settings
 
 __all__ = ["serve_command"]
 
@@ -105,10 +105,10 @@ def _check_layout(settings: Settings, log: Any) -> None:
     """Refuse to start on a Redis layout this release cannot use (exit 1, naming both
     versions). Redis unreachable now: the intake starts anyway (``/healthz`` says 503),
     and the first enqueue checks the layout before it writes."""
-    from dispatcher.backend import get_backend
     from dispatcher.cli.common import fail
-    from dispatcher.errors import BrokerUnavailable, LayoutMismatch
-    from dispatcher.layout import ensure_layout
+    from dispatcher.model.errors import BrokerUnavailable, LayoutMismatch
+    from dispatcher.store.backend import get_backend
+    from dispatcher.store.layout import ensure_layout
 
     try:
         ensure_layout(get_backend(settings), role="intake")

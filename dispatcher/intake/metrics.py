@@ -1,7 +1,7 @@
 """``GET /metrics``: the whole fleet in Prometheus' text format, from Redis.
 
 Workers and producers already count what happens in the ``{prefix}:stats`` hash
-(see :mod:`dispatcher.stats`) and the queue, the retry set and the dead-letter
+(see :mod:`dispatcher.store.stats`) and the queue, the retry set and the dead-letter
 store live in Redis too. So a scrape of *one* intake process reads everything in
 one pipelined round trip and shows the whole fleet: there is nothing to scrape on
 the workers, and a worker that restarts loses no count. Counters only go back to
@@ -34,11 +34,11 @@ from prometheus_client.core import (
 from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import CollectorRegistry
 
-from dispatcher.backend import Backend
-from dispatcher.dialers import Dialer
-from dispatcher.errors import all_reasons
-from dispatcher.stats import LATENCY_BUCKETS_S
-from dispatcher.status import read_fleet
+from dispatcher.model.dialers import Dialer
+from dispatcher.model.errors import all_reasons
+from dispatcher.ops.status import read_fleet
+from dispatcher.store.backend import Backend
+from dispatcher.store.stats import LATENCY_BUCKETS_S
 
 __all__ = [
     "CONTENT_TYPE",

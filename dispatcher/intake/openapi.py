@@ -4,7 +4,7 @@ Written by hand (the app is plain Starlette) so that it describes exactly what
 the handlers answer: the 422 body is the dispatcher's own ``{"errors": [...]}``,
 not a framework's. The lead schema is deliberately loose (types, required keys,
 no unknown keys): the real rules (VICIdial's column sizes and character sets)
-live in :mod:`dispatcher.lead` and a 422 names every field that breaks them, so
+live in :mod:`dispatcher.model.lead` and a 422 names every field that breaks them, so
 repeating them here would only let the two drift apart. The test suite fuzzes
 the running server from this document (schemathesis) to keep it honest.
 """
@@ -14,7 +14,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from dispatcher.lead import LEAD_FIELDS
+from dispatcher.model.lead import LEAD_FIELDS
 
 __all__ = ["MAX_BATCH", "MAX_BODY_BYTES", "openapi_document"]
 
@@ -23,7 +23,7 @@ MAX_BODY_BYTES = 1024 * 1024
 #: Most leads in one ``POST /v1/leads:batch``.
 MAX_BATCH = 1000
 
-# The lead fields that may also be sent as JSON integers (see dispatcher.lead).
+# The lead fields that may also be sent as JSON integers (see dispatcher.model.lead).
 _INT_OK = frozenset(
     {
         "agent_user",

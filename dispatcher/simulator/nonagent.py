@@ -54,7 +54,7 @@ NONAGENT_BUILD = "250720-1841"
 
 #: The fields of a lead_all_info record, in order. Written out from
 #: shared/vicidial/non_agent_api_lookup.md, not imported from the client
-#: (dispatcher/nonagent.py): a stand-in that shares the client's list could not catch
+#: (dispatcher/vicidial/nonagent.py): a stand-in that shares the client's list could not catch
 #: a mistake in it.
 RECORD_FIELDS: tuple[str, ...] = (
     "status",

@@ -56,7 +56,7 @@ FORMAT = 1
 #: look-up hold lasts 30 days; the fixtures' phone numbers, 727xxxxxxx, are in 2200).
 _WINDOW_S = 60 * 86400
 _NUMBER = re.compile(r"^-?\d{9,10}(\.\d+)?$")
-#: An ISO 8601 time in UTC, as dead letters hold them (dispatcher.jobs.iso).
+#: An ISO 8601 time in UTC, as dead letters hold them (dispatcher.model.jobs.iso).
 _ISO = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?(\+00:00|Z)$")
 
 

@@ -58,7 +58,7 @@ from typing import Any
 import httpx
 import redis
 
-from dispatcher.redis_server import RedisServer, free_port
+from dispatcher.devtools.redis_server import RedisServer, free_port
 from dispatcher.simulator import Simulator, SimulatorState
 from dispatcher.simulator.state import UserConfig
 from tests.upgrade.fixture import FORMAT, dump_redis, stored_leads

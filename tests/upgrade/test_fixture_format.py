@@ -9,7 +9,7 @@ from pathlib import Path
 
 import redis
 
-from dispatcher.jobs import iso
+from dispatcher.model.jobs import iso
 from tests.upgrade.fixture import (
     FORMAT,
     describe_key,

@@ -31,10 +31,10 @@ import pytest
 import redis
 
 from dispatcher import enqueue_lead, enqueue_leads
-from dispatcher.layout import LAYOUT_VERSION
-from dispatcher.localfleet import WorkerProcess
-from dispatcher.settings import Settings
+from dispatcher.config.settings import Settings
+from dispatcher.devtools.localfleet import WorkerProcess
 from dispatcher.simulator import Simulator, SimulatorState
+from dispatcher.store.layout import LAYOUT_VERSION
 from tests.conftest import FAST, queue_length, wait_for
 from tests.upgrade.release import Release, ReleaseUnavailable, ReleaseWorker, install_release
 

@@ -36,12 +36,12 @@ import pytest
 import redis
 
 from dispatcher import enqueue_lead
-from dispatcher.layout import LAYOUT_VERSION
-from dispatcher.localfleet import WorkerProcess
-from dispatcher.redis_server import free_port
-from dispatcher.settings import Settings
+from dispatcher.config.settings import Settings
+from dispatcher.devtools.localfleet import WorkerProcess
+from dispatcher.devtools.redis_server import free_port
 from dispatcher.simulator import Simulator, SimulatorState
 from dispatcher.simulator.state import CampaignConfig
+from dispatcher.store.layout import LAYOUT_VERSION
 from tests.conftest import ROOT, make_settings, queue_length, wait_for
 from tests.test_cli import LETTER_KEYS, check, cli_env, run_cli
 from tests.upgrade.fixture import load_fixture, read_fixture, seed_simulator
@@ -261,8 +261,8 @@ def test_the_previous_release_s_console_session_lives_out_its_idle_timeout(
     """Sessions are kept as the previous release wrote them: one still inside its
     30-minute idle timeout is used as it is; one past it is gone (its key expired),
     and the cookie simply asks for a login again."""
-    from dispatcher.backend import Backend
     from dispatcher.intake.console.sessions import SessionStore
+    from dispatcher.store.backend import Backend
 
     fixture = read_fixture(FIXTURE)
     client = redis.Redis.from_url(redis_url)

@@ -9,7 +9,7 @@ anywhere (it must work on a call center's closed network), no build step.
 * :mod:`.sessions`: server-side sessions and login throttling in Redis;
 * :mod:`.chart`: the overview's last-hour chart, as inline SVG.
 
-Users and roles live in :mod:`dispatcher.users` (``dispatcher users ...``).
+Users and roles live in :mod:`dispatcher.store.users` (``dispatcher users ...``).
 """
 
 from dispatcher.intake.console.app import SESSION_COOKIE, console_app

@@ -46,20 +46,18 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response, Stream
 from starlette.routing import Route, Router
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from dispatcher import logs
-from dispatcher.activity import read_activity
-from dispatcher.backend import Backend
-from dispatcher.deadletter import DeadLetter, DeadLetterStore
-from dispatcher.dialers import Dialer
-from dispatcher.erasure import KINDS as ERASED_KINDS
-from dispatcher.erasure import VICIDIAL_NOTE, Erasure, forget_phone, normalise_phone
-from dispatcher.errors import BrokerUnavailable, InvalidLead, all_reasons
+from dispatcher.config import logs
+from dispatcher.config.redaction import redactor_for
+from dispatcher.config.settings import Settings
 from dispatcher.intake.console.chart import activity_svg
 from dispatcher.intake.console.hashing import HashingBusy, HashingPool
 from dispatcher.intake.console.sessions import LoginThrottle, Session, SessionStore
-from dispatcher.producer import job_status
-from dispatcher.redaction import redactor_for
-from dispatcher.selection import (
+from dispatcher.model.dialers import Dialer
+from dispatcher.model.errors import BrokerUnavailable, InvalidLead, all_reasons
+from dispatcher.ops.erasure import KINDS as ERASED_KINDS
+from dispatcher.ops.erasure import VICIDIAL_NOTE, Erasure, forget_phone, normalise_phone
+from dispatcher.ops.producer import job_status
+from dispatcher.ops.selection import (
     AMBIGUOUS_REASONS,
     DNC_REASONS,
     Cursor,
@@ -69,9 +67,11 @@ from dispatcher.selection import (
     parse_duration,
     replay_letters,
 )
-from dispatcher.settings import Settings
-from dispatcher.status import fleet_status
-from dispatcher.users import MAX_PASSWORD_LENGTH, UserStore
+from dispatcher.ops.status import fleet_status
+from dispatcher.store.activity import read_activity
+from dispatcher.store.backend import Backend
+from dispatcher.store.deadletter import DeadLetter, DeadLetterStore
+from dispatcher.store.users import MAX_PASSWORD_LENGTH, UserStore
 
 __all__ = ["SESSION_COOKIE", "console_app"]
 
@@ -261,7 +261,7 @@ class Console:
 
     def redact(self, text: object) -> str:
         """VICIdial's echo of the password, and every form of any configured secret,
-        removed (the one redactor, :mod:`dispatcher.redaction`)."""
+        removed (the one redactor, :mod:`dispatcher.config.redaction`)."""
         return self.redactor(str(text or ""))
 
     def render(

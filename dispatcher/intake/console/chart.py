@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 
 from markupsafe import Markup, escape
 
-from dispatcher.activity import Minute
+from dispatcher.store.activity import Minute
 
 __all__ = ["activity_svg"]
 

@@ -4,7 +4,7 @@
 --
 -- Called as  EVALSHA <sha> <n> <keys...> <command> <args...>
 -- (dispatcher/intake/console/sessions.py wraps each command; it builds the key names
--- with dispatcher.keys.Keys).
+-- with dispatcher.store.keys.Keys).
 --
 -- Keys (P = the key prefix):
 --   P:session:{digest}          hash    one console session, by the SHA-256 of its cookie:

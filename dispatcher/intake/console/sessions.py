@@ -35,9 +35,9 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
-from dispatcher.backend import Backend
-from dispatcher.connection import broker_errors
-from dispatcher.users import Role, User
+from dispatcher.store.backend import Backend
+from dispatcher.store.connection import broker_errors
+from dispatcher.store.users import Role, User
 
 __all__ = [
     "CLIENT_LIMIT",

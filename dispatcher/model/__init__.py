@@ -1,0 +1,9 @@
+"""The model: what a lead and a job are, and every error, as plain Python.
+
+No module here talks to Redis or to VICIdial: the lead's column rules and
+normalisations (:mod:`lead`), the job, its message and its states (:mod:`jobs`), the
+dialers file (:mod:`dialers`), lead files (:mod:`leadfile`) and the errors tree
+(:mod:`errors`). The store, the workers and the command line build on it.
+"""
+
+__all__: list[str] = []
