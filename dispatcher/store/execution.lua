@@ -770,7 +770,7 @@ elseif cmd == 'pauses' then
   end
   return out
 
--- Reconciliation (dispatcher/vicidial/reconcile.py, workers/reconciler.py) -----------------------
+-- Reconciliation (dispatcher/vicidial/findings.py, workers/reconciler.py) ------------------------
 
 elseif cmd == 'await_lookup' then
   -- ARGV: job_id, token, seq, envelope (seq + 1, a look-up), delay_s, ttl, attempts,
