@@ -1,4 +1,4 @@
-"""The consumer's fetch takes several messages in one round trip (dispatcher/store/fleet.lua).
+"""The consumer's fetch takes several messages in one round trip (dispatcher/store/broker.lua).
 
 Run against a real Redis, the script exactly as the transport calls it: every
 message taken is recorded in kombu's unacked hash and index in the same step,
@@ -28,7 +28,8 @@ def _fetch(settings: Settings, most: int) -> list[Any]:
     backend = get_backend(settings)
     keys = backend.keys
     lanes = [("default", [keys.lane("default", "realtime"), keys.lane("default", "bulk")])]
-    args = backend.fleet.fetch_args(
+    # The command exactly as the transport sends it (EVAL: loads the script as it runs).
+    command = backend.broker.fetch_command(
         "c1",
         ttl=30,
         queue=keys.queue,
@@ -37,8 +38,9 @@ def _fetch(settings: Settings, most: int) -> list[Any]:
         acks=[],
         lanes=lanes,
         most=most,
+        load=True,
     )
-    reply: list[Any] = backend.fleet.call(*args)
+    reply: list[Any] = backend.redis.execute_command(*command)
     return reply
 
 

@@ -84,8 +84,9 @@ def test_a_consumer_stalled_past_its_ttl_registers_again_when_it_resumes(
 def test_each_boot_gets_its_own_consumer_id() -> None:
     """Containers with `init: true` all run as pid 1, and may share a hostname."""
     first = transport.consumer_id()
-    transport._consumer_id = None  # what a new process with the same pid would see
-    second = transport.consumer_id()
+    assert transport.consumer_id() == first  # one name per process
+    # What a new process with the same pid (and hostname) would be named: another name.
+    second = transport.make_consumer_id()
     assert first != second
     assert str(os.getpid()) in second
 

@@ -20,7 +20,7 @@ from dispatcher.config.settings import Settings
 from dispatcher.devtools.localfleet import WorkerProcess
 from dispatcher.simulator import Simulator
 from tests.conftest import ROOT, make_settings, wait_for
-from workers import transport
+from workers import acks, transport
 
 
 def _python(code: str, **env: str) -> subprocess.CompletedProcess[str]:
@@ -34,8 +34,9 @@ def _python(code: str, **env: str) -> subprocess.CompletedProcess[str]:
 def test_importing_worker_modules_builds_no_app_and_needs_no_settings() -> None:
     result = _python(
         "import sys\n"
-        "import workers.outcomes, workers.vicidial, workers.transport, workers.scheduler\n"
-        "import workers.runner, workers.consumer\n"
+        "import workers.classify, workers.retry, workers.vicidial, workers.transport\n"
+        "import workers.acks, workers.scheduler, workers.lookup_check, workers.consumer\n"
+        "import workers.delivery, workers.reconciler, workers.runner, workers.engine\n"
         "assert 'workers.tasks' not in sys.modules, 'transport/consumer import the tasks'\n"
         "print('ok')\n",
         DISPATCHER_MAX_ATTEMPTS="many",  # a bad setting: only building the app reads it
@@ -223,9 +224,10 @@ def test_a_worker_refuses_the_gevent_and_eventlet_pools(
 
 
 def test_kombu_still_has_every_method_the_transport_overrides_or_calls() -> None:
-    """workers/transport.py overrides and calls private parts of kombu's Redis transport
-    (pinned to kombu 5.7): a kombu that renamed one would silently bypass an override
-    (the reliable pop, the Redis-clock sweep, a guard that keeps Celery's loop alive)."""
+    """workers/transport.py and workers/acks.py override and call private parts of kombu's
+    Redis transport (pinned to kombu 5.7): a kombu that renamed one would silently bypass
+    an override (the reliable pop, the Redis-clock sweep, a guard that keeps Celery's
+    loop alive)."""
     import inspect
 
     from kombu.transport import redis as kombu_redis
@@ -265,7 +267,8 @@ def test_kombu_still_has_every_method_the_transport_overrides_or_calls() -> None
     assert callable(kombu_redis.Mutex) and issubclass(kombu_redis.MutexHeld, Exception)
     # And ours are the ones the transport's classes resolve to.
     for name in ("append", "reject", "restore_visible", "restore_unacked"):
-        assert getattr(transport.ReliableQoS, name) is not getattr(kombu_redis.QoS, name), name
+        assert getattr(acks.ReliableQoS, name) is not getattr(kombu_redis.QoS, name), name
+    assert transport.Channel.QoS is acks.ReliableQoS
     for name in ("_brpop_start", "_brpop_read", "_receive", "maybe_refresh_binding_expiry"):
         ours = getattr(transport.Channel, name)
         assert ours is not getattr(kombu_redis.Channel, name), name

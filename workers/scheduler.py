@@ -46,7 +46,7 @@ from dispatcher.store.activity import record_minute
 from dispatcher.store.backend import Backend, get_backend
 from dispatcher.store.layout import LAYOUT_VERSION, stored_version
 from dispatcher.store.redis_health import redis_availability
-from workers.reconciler import LookupChecker
+from workers.lookup_check import LookupChecker
 from workers.transport import consumer_id, consumer_ttl_s
 
 __all__ = ["RetryScheduler"]

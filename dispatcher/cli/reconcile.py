@@ -26,8 +26,8 @@ from dispatcher.config.settings import Settings
 from dispatcher.model.errors import ConfigError, InvalidPayload, LookupFailed
 from dispatcher.model.jobs import Job, iso
 from dispatcher.store.deadletter import DeadLetter, DeadLetterStore
-from dispatcher.vicidial.nonagent import NonAgentClient
 from dispatcher.vicidial.lookup import LookupCheck, check_lookups, preview
+from dispatcher.vicidial.nonagent import NonAgentClient
 
 __all__ = ["lookup_lines", "reconcile"]
 
