@@ -133,7 +133,7 @@ def _taken(settings: Settings, *, ago_s: float) -> str:
     tag = str(json.loads(envelope)["properties"]["delivery_tag"])
     client = backend.redis
     client.lpush(lane, envelope)
-    args = backend.fleet.fetch_args(
+    command = backend.broker.fetch_command(
         "someone-else",
         ttl=30,
         queue=keys.queue,
@@ -141,8 +141,9 @@ def _taken(settings: Settings, *, ago_s: float) -> str:
         unacked_index="unacked_index",
         acks=[],
         lanes=[("default", [lane])],
+        load=True,
     )
-    backend.fleet.call(*args)
+    backend.redis.execute_command(*command)
     taken_at = client.zscore("unacked_index", tag)
     assert taken_at is not None
     seconds, micros = client.time()

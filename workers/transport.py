@@ -422,6 +422,8 @@ class _ReliableChannel:
             if phase == "fetch":
                 # The fetch script always writes (this consumer's heartbeat).
                 redis_availability().ok()
+                # It ran, so Redis holds it (an EVAL loads it): by its SHA from now on.
+                self._use_eval = False
             if phase != "fetch":
                 # Woken (or timed out): fetch at once.
                 self._poll_idle = reply is None
