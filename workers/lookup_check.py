@@ -16,7 +16,7 @@ from dispatcher.model.dialers import Dialer
 from dispatcher.model.errors import LookupFailed
 from dispatcher.store.backend import Backend
 from dispatcher.vicidial.lookup import LookupCheck, check_lookups
-from workers.nonagent_clients import nonagent_client
+from workers.dialer_clients import nonagent_client
 
 __all__ = ["LookupChecker"]
 

@@ -49,12 +49,12 @@ from dispatcher.model.errors import (
     LookupRefused,
 )
 from dispatcher.model.jobs import Job, Reconcile, broker_envelope
-from dispatcher.store.replies import Stored
+from dispatcher.store.replies import Claim, LookupGate, Stored
 from dispatcher.vicidial.findings import Finding, deletable
 from dispatcher.vicidial.lookup import CHECK_EVERY_S, look_up, record_lookup, why_not
 from dispatcher.vicidial.nonagent import NonAgentClient
 from workers.delivery import MAX_RATE_WAIT_S, Delivery, Writes
-from workers.nonagent_clients import NonAgentClients
+from workers.dialer_clients import PerDialer, nonagent_client
 from workers.retry import RetryPolicy
 
 __all__ = ["Reconciler"]
@@ -74,17 +74,41 @@ class Reconciler:
         self.policy = policy
         self.rng = rng
         # Made on first use: a worker that never meets an ambiguous call opens nothing.
-        self.clients = NonAgentClients(settings)
+        self.clients = PerDialer(lambda dialer: nonagent_client(settings, dialer))
 
     def client(self, dialer: Dialer) -> NonAgentClient:
+        """The dialer's Non-Agent API client."""
         return self.clients.get(dialer)
 
     def close(self) -> None:
         self.clients.close()
 
-    @staticmethod
-    def _rate_interval(d: Delivery) -> float:
-        return 1.0 / d.dialer.rate_limit if d.dialer.rate_limit > 0 else 0.0
+    def _gate(self, d: Delivery) -> Claim:
+        """The dialer's pause and rate limit, for a request that is not the job's call
+        (a verification, a deletion): ok once the rate-limit slot is here."""
+        w = self.writes
+        rate = d.dialer.rate_limit
+        gate = w.persist(
+            d.started,
+            lambda: w.execution.gate(
+                d.dialer.name,
+                rate_interval_s=1.0 / rate if rate > 0 else 0.0,
+                max_rate_wait_s=MAX_RATE_WAIT_S,
+            ),
+        )
+        if gate.verdict == "ok" and gate.delay_s > 0:
+            time.sleep(gate.delay_s)
+        return gate
+
+    def _lookup_gate(self, d: Delivery) -> LookupGate:
+        """Whether the dialer's look-ups are held (a refused login, a denied permission)."""
+        w = self.writes
+        return w.persist(
+            d.started,
+            lambda: w.execution.lookup_gate(
+                d.dialer.name, mode="lookup", lease_s=w.lease_s, fresh_s=CHECK_EVERY_S
+            ),
+        )
 
     # -- 1. an ambiguous outcome ------------------------------------------------------------
 
@@ -120,12 +144,7 @@ class Reconciler:
 
     def _lookup(self, d: Delivery, job: Job, rec: Reconcile) -> str:
         w = self.writes
-        gate = w.persist(
-            d.started,
-            lambda: w.execution.lookup_gate(
-                d.dialer.name, mode="lookup", lease_s=w.lease_s, fresh_s=CHECK_EVERY_S
-            ),
-        )
+        gate = self._lookup_gate(d)
         if gate.verdict == "held":
             return self._give_up(
                 d, job, rec, why=why_not(gate.state, gate.missing, gate.error, gate.fix)
@@ -305,26 +324,12 @@ class Reconciler:
         rec = job.reconcile
         assert rec is not None
         w = self.writes
-        gate = w.persist(
-            d.started,
-            lambda: w.execution.gate(
-                d.dialer.name,
-                rate_interval_s=self._rate_interval(d),
-                max_rate_wait_s=MAX_RATE_WAIT_S,
-            ),
-        )
+        gate = self._gate(d)
         if gate.verdict != "ok":
             delay = gate.delay_s + self.rng.uniform(0, 1.0)
             self._verify_later(d, job, rec, lead_id=lead_id, delay=delay)
             return "deferred"
-        if gate.delay_s > 0:
-            time.sleep(gate.delay_s)
-        held = w.persist(
-            d.started,
-            lambda: w.execution.lookup_gate(
-                d.dialer.name, mode="lookup", lease_s=w.lease_s, fresh_s=CHECK_EVERY_S
-            ),
-        )
+        held = self._lookup_gate(d)
         if held.verdict == "held":
             _log.warning("reconcile.verify_skipped", lead_id=lead_id, state=held.state)
             return "verify_skipped"
@@ -426,19 +431,10 @@ class Reconciler:
                     called_count=match.record.called_count,
                 )
                 continue
-            gate = w.persist(
-                d.started,
-                lambda: w.execution.gate(
-                    d.dialer.name,
-                    rate_interval_s=self._rate_interval(d),
-                    max_rate_wait_s=MAX_RATE_WAIT_S,
-                ),
-            )
+            gate = self._gate(d)
             if gate.verdict != "ok":
                 _log.warning("lead.duplicate_kept", lead_id=match.lead_id, why=gate.verdict)
                 continue
-            if gate.delay_s > 0:
-                time.sleep(gate.delay_s)
             try:
                 gone = self.client(d.dialer).delete_lead(match.lead_id)
             except LookupFailed as exc:

@@ -73,6 +73,7 @@ from dispatcher.store.backend import Backend, get_backend
 from dispatcher.store.redis_health import redis_availability
 from dispatcher.store.replies import Claim, Stored
 from workers.delivery import Delivery, Writes
+from workers.dialer_clients import PerDialer
 from workers.reconciler import Reconciler
 from workers.retry import RetryPolicy
 from workers.vicidial import AddLeadResult, VicidialClient
@@ -109,10 +110,9 @@ class JobRunner:
         self.dialers = settings.dialers
         default = self.dialers.resolve(None)
         #: one client (one connection pool) per dialer, made on first use
-        self._clients: dict[str, VicidialClient] = {}
-        self._clients_lock = threading.Lock()
+        self.clients = PerDialer(lambda dialer: VicidialClient(settings, dialer=dialer))
         if client is not None:
-            self._clients[client.server] = client
+            self.clients.put(client.server, client)
         #: the default dialer's name (its pause, breaker and rate-limit keys)
         self.server = client.server if client is not None else default.name if default else ""
         self.policy = RetryPolicy.from_settings(settings)
@@ -122,8 +122,7 @@ class JobRunner:
         self.reconciler = Reconciler(settings, self.writes, policy=self.policy, rng=self.rng)
 
     def close(self) -> None:
-        for client in list(self._clients.values()):
-            client.close()
+        self.clients.close()
         self.reconciler.close()
 
     @property
@@ -133,17 +132,11 @@ class JobRunner:
 
     @client.setter
     def client(self, value: VicidialClient) -> None:
-        self._clients[value.server] = value
+        self.clients.put(value.server, value)
 
     def client_for(self, dialer: Dialer) -> VicidialClient:
-        client = self._clients.get(dialer.name)
-        if client is None:
-            with self._clients_lock:
-                client = self._clients.get(dialer.name)
-                if client is None:
-                    client = VicidialClient(self.settings, dialer=dialer)
-                    self._clients[dialer.name] = client
-        return client
+        """The dialer's client."""
+        return self.clients.get(dialer)
 
     # -- entry point ---------------------------------------------------------------------
 
