@@ -102,6 +102,12 @@ class Delivery:
         rec = self.job.reconcile
         return rec is not None and rec.step == "lookup"
 
+    def calls_after(self, claim: Claim) -> bool:
+        """Whether ``claim`` leads this delivery straight to the call (after
+        ``claim.delay_s``): the common case, which :mod:`workers.engine` runs on its event
+        loop (every other verdict: :meth:`workers.runner.JobRunner.follow_claim`)."""
+        return claim.verdict in ("ok", "probe_outage") and not self.looks_up
+
     def bind(self) -> None:
         """Every log line of the job names it (structlog's context variables)."""
         structlog.contextvars.bind_contextvars(

@@ -309,7 +309,7 @@ class LeadEngine:
                 # same token (a claim that did run is recognised as our own).
                 holding = self._thread_step(message, d, lambda: runner.claimed(d), slot=True)
                 return
-            if not runner.calls_now(d, claim):
+            if not d.calls_after(claim):
                 follow = functools.partial(runner.follow_claim, d, claim)
                 holding = self._thread_step(message, d, follow, slot=True)
                 return

@@ -196,12 +196,6 @@ class JobRunner:
         what the claim says."""
         return self.follow_claim(d, self.writes.claim(d))
 
-    @staticmethod
-    def calls_now(d: Delivery, claim: Claim) -> bool:
-        """Whether the claim leads straight to the call (after ``claim.delay_s``), the
-        common case :mod:`workers.engine` runs on its event loop."""
-        return claim.verdict in ("ok", "probe_outage") and not d.looks_up
-
     def follow_claim(self, d: Delivery, claim: Claim) -> str:
         """Everything after the claim: the call, or what the verdict says instead."""
         writes = self.writes

@@ -80,10 +80,9 @@ from kombu.utils.json import loads
 from dispatcher.config import logs
 from dispatcher.config.settings import get_settings
 from dispatcher.store.backend import get_backend
-from dispatcher.store.broker import Broker
+from dispatcher.store.broker import Broker, inflight_key, inflight_registry
 from dispatcher.store.connection import write_refusal
 from dispatcher.store.deadletter import DeadLetterStore
-from dispatcher.store.fleet import inflight_key, inflight_registry
 from dispatcher.store.redis_health import redis_availability
 from workers.acks import ReliableQoS
 

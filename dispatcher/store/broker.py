@@ -15,11 +15,18 @@ from typing import Any
 
 import redis
 
-from dispatcher.store.fleet import inflight_key, inflight_registry
-
-__all__ = ["Broker"]
+__all__ = ["Broker", "inflight_key", "inflight_registry"]
 
 _SOURCE = resources.files("dispatcher.store").joinpath("broker.lua").read_text(encoding="utf-8")
+
+
+def inflight_registry(queue: str) -> str:
+    """Set of the in-flight list keys of every consumer of ``queue``."""
+    return f"_dispatcher.inflight.{queue}"
+
+
+def inflight_key(queue: str, consumer: str) -> str:
+    return f"_dispatcher.inflight.{queue}.{consumer}"
 
 
 class Broker:

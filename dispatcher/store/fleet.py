@@ -14,20 +14,12 @@ from typing import Any
 
 import redis
 
+from dispatcher.store.broker import inflight_key, inflight_registry
 from dispatcher.store.replies import text
 
-__all__ = ["Fleet", "inflight_key", "inflight_registry"]
+__all__ = ["Fleet"]
 
 _SOURCE = resources.files("dispatcher.store").joinpath("fleet.lua").read_text(encoding="utf-8")
-
-
-def inflight_registry(queue: str) -> str:
-    """Set of the in-flight list keys of every consumer of ``queue``."""
-    return f"_dispatcher.inflight.{queue}"
-
-
-def inflight_key(queue: str, consumer: str) -> str:
-    return f"_dispatcher.inflight.{queue}.{consumer}"
 
 
 class Fleet:
