@@ -51,9 +51,9 @@ def test_a_host_whose_clock_runs_a_minute_ahead_never_reaps_a_live_consumer(
     real_time = time.time
     monkeypatch.setattr(time, "time", lambda: real_time() + 60.0)
     skewed = RetryScheduler(settings, name="skewed@other-host")
+    skewed.reap_every_s = 0.0  # reap on every tick
     for _ in range(3):
         skewed.tick()
-        skewed._last_reap = 0.0  # reap on every tick
     monkeypatch.undo()
     assert _registered(settings, pid), "a live consumer's in-flight list was reaped"
 

@@ -62,6 +62,8 @@ class RetryScheduler(threading.Thread):
         self.worker_name = name
         self.consumer = consumer_id()
         self.ttl = consumer_ttl_s(settings.scheduler_interval_s)
+        #: How often the in-flight lists of consumers gone silent go back to the queue.
+        self.reap_every_s = self.ttl / 4
         self._stop_event = threading.Event()
         self._last_reap = -1e9
         self._last_minute = -1
@@ -92,7 +94,7 @@ class RetryScheduler(threading.Thread):
             self._last_minute = int(wall // 60)
             record_minute(backend, now=wall)
         now = time.monotonic()
-        if now - self._last_reap >= self.ttl / 4:
+        if now - self._last_reap >= self.reap_every_s:
             self._last_reap = now
             returned = backend.fleet.reap(backend.redis, queue=backend.keys.queue)
             for consumer, n in returned.items():
