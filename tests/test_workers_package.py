@@ -215,10 +215,10 @@ def test_a_worker_refuses_the_gevent_and_eventlet_pools(
 ) -> None:
     from types import SimpleNamespace
 
-    from workers.celery_app import _check_worker_settings
+    from workers.celery_app import check_worker_settings
 
     with pytest.raises(SystemExit) as exit_info:
-        _check_worker_settings(sender=SimpleNamespace(pool_cls=pool))
+        check_worker_settings(sender=SimpleNamespace(pool_cls=pool))
     assert exit_info.value.code == 2
     assert "is not supported: use the default (threads" in capsys.readouterr().err
 

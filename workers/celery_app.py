@@ -69,7 +69,7 @@ from workers.engine import LeadEngine, current_engine, set_engine
 from workers.runner import get_runner
 from workers.scheduler import RetryScheduler
 
-__all__ = ["get_app", "make_app", "pool_on_command_line"]
+__all__ = ["check_worker_settings", "get_app", "make_app", "pool_on_command_line"]
 
 _log = logs.get_logger("workers.celery_app")
 #: Allocations between runs of the collector's youngest generation (Python's: 700).
@@ -270,7 +270,9 @@ _UNSUPPORTED_POOLS = ("gevent", "eventlet")
 
 
 @signals.worker_init.connect
-def _check_worker_settings(sender: Any = None, **_: Any) -> None:
+def check_worker_settings(sender: Any = None, **_: Any) -> None:
+    """Before the worker takes a job (Celery's ``worker_init``): refuse an unsupported
+    pool, missing VICIdial settings, an evicting Redis or a newer layout (exit 2 or 1)."""
     pool = getattr(sender, "pool_cls", None)
     name = pool if isinstance(pool, str) else getattr(pool, "__module__", "")
     if any(bad in str(name) for bad in _UNSUPPORTED_POOLS):

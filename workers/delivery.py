@@ -7,14 +7,10 @@ claim cannot overwrite what the claim's new holder decided, and a write repeated
 a lost reply is recognised ("again", "own"). :class:`Writes` holds those writes (the
 claim, a success, a retry, a look-up scheduled, a deferral, a dead letter, a pause),
 each retried while Redis is away for as long as this worker holds the message
-(:meth:`Writes.persist`), each answer typed (:mod:`dispatcher.store.replies`) and
-logged here, once. One :class:`Writes` per worker process serves the three that decide
-what to write: the runner (``workers/runner.py``: the whole path of a job on a thread),
-the lead engine (``workers/engine.py``: the common path on its event loop) and the
-reconciler (``workers/reconciler.py``: the look-ups).
-
-What is logged before it is stored: a success (``lead.added``, with the lead_id), so
-that even an outcome Redis never took is on record.
+(:meth:`Writes.persist`), its answer typed (:mod:`dispatcher.store.replies`) and logged
+here, once (a success before it is stored). One :class:`Writes` per worker process
+serves the three that decide what to write: the runner (``workers/runner.py``), the
+lead engine (``workers/engine.py``) and the reconciler (``workers/reconciler.py``).
 """
 
 from __future__ import annotations
