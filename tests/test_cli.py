@@ -31,9 +31,9 @@ from dispatcher.cli.common import CliContext
 from dispatcher.config.settings import Settings
 from dispatcher.devtools.localfleet import settings_env
 from dispatcher.devtools.redis_server import free_port
-from dispatcher.ops import selection
+from dispatcher.ops import dlq as dlq_ops
+from dispatcher.ops.dlq import replay_letters
 from dispatcher.ops.producer import prepare_job
-from dispatcher.ops.selection import replay_letters
 from dispatcher.store.deadletter import DeadLetter, DeadLetterStore
 from tests.conftest import make_settings, queue_length, queued_envelopes
 
@@ -815,7 +815,7 @@ def test_replay_many_answers_each_letter_in_its_place(
 def test_replay_all_goes_in_batches_and_counts_and_logs_every_letter(
     store: DeadLetterStore, rsettings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(selection, "REPLAY_BATCH", 4)
+    monkeypatch.setattr(dlq_ops, "REPLAY_BATCH", 4)
     made = [record_letter(store, rsettings, phone=f"72755520{i:02d}") for i in range(10)]
     trips: list[int] = []
     replay_many = store.replay_many

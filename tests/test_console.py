@@ -802,6 +802,44 @@ def test_replay_one_from_its_page_puts_the_job_back(operator: TestClient, cs: Se
     assert queue_length(cs) == 1
 
 
+def test_a_replay_that_meets_a_live_claim_says_busy_and_keeps_the_letter(
+    operator: TestClient, cs: Settings
+) -> None:
+    from dispatcher.store.execution import new_token
+
+    [letter] = add_letters(cs, 1)
+    backend = get_backend(cs)
+    # The job's execution record expired (DISPATCHER_JOB_TTL_S) while its letter lives
+    # on, and a late copy of the job is being called right now: a worker holds its claim.
+    backend.redis.delete(backend.keys.execution(letter.job_id))
+    dialer = cs.dialers.resolve(None)
+    assert dialer is not None
+    claim = backend.execution.claim(
+        letter.job_id,
+        seq=1,
+        token=new_token(),
+        lease_s=60,
+        ttl=600,
+        rate_interval_s=0.0,
+        worker="w1@host",
+        max_rate_wait_s=1.0,
+        server=dialer.name,
+    )
+    assert claim.verdict == "ok"
+    page = operator.get(f"/ui/dead-letters/{letter.id}")
+    form = {"scope": "selected", "id": letter.id, "confirm": "yes", "csrf": csrf_of(page.text)}
+    with capture_logs() as events:
+        reply = operator.post("/ui/dead-letters/replay", data=form, follow_redirects=False)
+    assert reply.status_code == 303 and reply.headers["location"] == f"/ui/jobs/{letter.job_id}"
+    landing = operator.get(reply.headers["location"]).text
+    assert "Replayed 0" in landing
+    assert "1 held by a worker right now (try again)" in landing
+    [event] = [e for e in events if e["event"] == "console.replay"]
+    assert event["busy"] == 1 and event["replayed"] == 0 and event["user"] == OPERATOR[0]
+    assert store_of(cs).get(letter.id) is not None  # nothing lost: replay it later
+    assert queue_length(cs) == 0
+
+
 def test_replay_several_previews_then_replays_only_those(
     operator: TestClient, cs: Settings
 ) -> None:
