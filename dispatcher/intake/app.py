@@ -14,7 +14,7 @@ bodies are the dispatcher's own, and there is no model layer to keep in step wit
 What protects it, in :class:`_Guard` (pure ASGI, in front of routing):
 
 * every path but ``/healthz``, ``/metrics``, ``/openapi.json`` and the operator
-  console under ``/ui`` (whose own gate, :mod:`dispatcher.intake.console`, lets
+  console under ``/ui`` (whose own gate, :mod:`dispatcher.intake.console.gate`, lets
   nothing through without a login session) -- so every ``/v1`` route, and any route
   added later -- needs ``Authorization: Bearer TOKEN`` with one of
   ``DISPATCHER_INTAKE_TOKENS`` (several, for rotation). The token is compared
