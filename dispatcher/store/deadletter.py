@@ -26,6 +26,7 @@ import json
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
+from importlib import resources
 from typing import Any, Literal
 
 from dispatcher.config.logs import redact_vicidial_line
@@ -37,7 +38,14 @@ from dispatcher.store.backend import Backend, get_backend
 from dispatcher.store.connection import broker_error, broker_errors
 from dispatcher.store.execution import Execution
 
-__all__ = ["DeadLetter", "DeadLetterStore", "ReconcileResult", "ReplayResult", "WriteResult"]
+__all__ = [
+    "DeadLetter",
+    "DeadLetterStore",
+    "IndexWalk",
+    "ReconcileResult",
+    "ReplayResult",
+    "WriteResult",
+]
 
 ReplayResult = Literal["replayed", "missing", "done", "busy", "unreplayable"]
 #: What handing a letter to the workers to be looked up did (see execution.lua reconcile).
@@ -47,6 +55,9 @@ ReconcileResult = Literal["reconciling", "missing", "done", "busy", "unreplayabl
 #: "busy"), or a newer publication exists ("stale").
 WriteResult = str
 _PAGE = 500
+_WALK = (
+    resources.files("dispatcher.store").joinpath("deadletter_page.lua").read_text(encoding="utf-8")
+)
 
 
 @dataclass(frozen=True)
@@ -108,6 +119,21 @@ class DeadLetter:
             job=data.get("job") or {},
             score=score,
         )
+
+
+@dataclass(frozen=True)
+class IndexWalk:
+    """What one bounded walk of a dead-letter index read (:meth:`DeadLetterStore.walk`)."""
+
+    #: the letters whose record holds every needle, newest first
+    letters: builtins.list[DeadLetter]
+    #: index rows read
+    scanned: int
+    #: the walk reached the end of the range (nothing follows)
+    exhausted: bool
+    #: the last row read: its id ("" for none: the cursor given, if any) and score
+    last_id: str
+    last_score: float
 
 
 class DeadLetterStore:
@@ -323,6 +349,47 @@ class DeadLetterStore:
                 if agent_user is not None and letter.agent_user != agent_user:
                     continue
                 yield letter
+
+    def walk(
+        self,
+        *,
+        reason: str | None,
+        after: tuple[float, str] | None,
+        low: str,
+        high: str,
+        want: int,
+        budget: int,
+        needles: Sequence[str] = (),
+    ) -> IndexWalk:
+        """Up to ``want`` letters whose record holds every needle, newest first, after
+        ``after`` (the (score, id) of the last letter shown) within the score bounds
+        ``low``, ``high`` (as ZRANGEBYSCORE takes them), reading at most ``budget`` index
+        rows: one read-only step in Redis (``deadletter_page.lua``), whatever the store
+        holds."""
+        with broker_errors(self.backend.settings):
+            reply = self.redis.register_script(_WALK)(
+                keys=[self.keys.prefix],
+                args=[
+                    reason or "",
+                    after[1] if after else "",
+                    repr(after[0]) if after else "0",
+                    low,
+                    high,
+                    want,
+                    budget,
+                    *needles,
+                ],
+            )
+        exhausted, scanned, last_id, last_score = reply[:4]
+        hits = reply[4:]
+        letters = [self._read(str(hits[i + 2]), float(hits[i + 1])) for i in range(0, len(hits), 3)]
+        return IndexWalk(
+            letters=letters,
+            scanned=int(scanned),
+            exhausted=bool(int(exhausted)),
+            last_id=str(last_id or ""),
+            last_score=float(last_score),
+        )
 
     def list(self, *, limit: int | None = 100, **filters: Any) -> list[DeadLetter]:
         out: list[DeadLetter] = []

@@ -56,6 +56,9 @@
 --                                 TTL: LOOKUP_TTL_S, or its hold + a day if longer, set by
 --                                 each command that writes it (never shortened)
 --   P:lookups             set     the servers that have a lookup hash (TTL as theirs)
+--   _dispatcher.inflight.Q.{id}   list   a consumer's in-flight list (fleet.lua), named by
+--                                 the caller of `poison`: the raw item leaves it together
+--                                 with its letter's write
 --
 -- The execution record (P:exec:{id}) is a state machine; `seq` counts publications
 -- of the job (a retry or a replay publishes it again with seq + 1), `token` names
