@@ -31,9 +31,16 @@ from typing import Any, Literal
 
 from dispatcher.config.logs import redact_vicidial_line
 from dispatcher.config.settings import Settings
-from dispatcher.model.dialers import PRIORITIES
-from dispatcher.model.errors import all_reasons
-from dispatcher.model.jobs import broker_envelope, iso, new_job_id
+from dispatcher.model.errors import InvalidPayload, all_reasons
+from dispatcher.model.jobs import (
+    EARLIEST,
+    LATEST,
+    Job,
+    Reconcile,
+    broker_envelope,
+    iso,
+    new_job_id,
+)
 from dispatcher.store.backend import Backend, get_backend
 from dispatcher.store.connection import broker_error, broker_errors
 from dispatcher.store.execution import Execution
@@ -470,35 +477,23 @@ class DeadLetterStore:
 
     def _replay_call(self, letter: DeadLetter) -> tuple[Any, ...] | None:
         """The ``replay`` step of a letter (None: not replayable)."""
-        if not letter.replayable:
+        job = _job_of(letter)
+        if job is None:
             return None
-        job = dict(letter.job)
-        job.pop("reconcile", None)  # a replay calls: it is not a look-up
-        seq = int(job.get("seq", 0) or 0) + 1
-        job.update(
-            attempts=0,
-            seq=seq,
-            replays=int(job.get("replays", 0) or 0) + 1,
-            first_failed_at=None,
-            agent_wait_since=None,
-        )
+        job = job.replayed()
         lane = self.lane_of(job)
-        envelope = broker_envelope(job, queue=lane, task_id=letter.job_id)
+        envelope = broker_envelope(job.to_message(), queue=lane, task_id=letter.job_id)
         ttl = int(self.backend.settings.job_ttl_s)
-        return Execution.replay_args(letter.id, envelope=envelope, seq=seq, ttl=ttl, lane=lane)
+        return Execution.replay_args(letter.id, envelope=envelope, seq=job.seq, ttl=ttl, lane=lane)
 
-    def lane_of(self, job: Mapping[str, Any]) -> str:
+    def lane_of(self, job: Job) -> str:
         """The list a job goes back to: its dialer's lane (the default dialer's for a job
         of an older version, or one naming a dialer the fleet no longer has)."""
-        dialer = self.backend.settings.dialers.resolve(job.get("dialer"))
-        if dialer is None:
-            dialer = self.backend.settings.dialers.resolve(None)
-        priority = job.get("priority")
-        if priority not in PRIORITIES:
-            priority = "realtime"
+        dialers = self.backend.settings.dialers
+        dialer = dialers.resolve(job.dialer) or dialers.resolve(None)
         if dialer is None:
             return self.keys.queue
-        return self.keys.lane(dialer.name, str(priority))
+        return self.keys.lane(dialer.name, job.priority)
 
     def reconcile(self, letter: DeadLetter, *, now: float | None = None) -> ReconcileResult:
         """Hand the letter to the workers to be looked up in VICIdial (`dlq reconcile`).
@@ -508,32 +503,30 @@ class DeadLetterStore:
         letter). The attempts already made still count. A worker then marks the job
         added (found), calls it again (not found) or writes the letter again with why.
         """
-        if not letter.replayable:
+        job = _job_of(letter)
+        if job is None:
             return "unreplayable"
         settings = self.backend.settings
         now = time.time() if now is None else now
-        job = dict(letter.job)
-        job.pop("reconcile", None)
-        seq = int(job.get("seq", 0) or 0) + 1
-        since = letter.score if 946_684_800.0 <= letter.score <= 4_102_444_800.0 else now
-        job.update(
-            seq=seq,
-            reconcile={
-                "step": "lookup",
-                "since": since,
+        since = letter.score if EARLIEST <= letter.score <= LATEST else now
+        job = job.looking_up(
+            Reconcile(
+                step="lookup",
+                since=since,
                 # An earlier reconciliation's explanation is not part of the failure.
-                "error": letter.error.split("; reconciliation: ")[0][:1000],
-                "http_status": letter.http_status,
-                "tries": 0,
-                "absent": 0,
-                "lead_id": "",
-            },
+                error=letter.error.split("; reconciliation: ")[0][:1000],
+                http_status=letter.http_status,
+            )
         )
-        envelope = broker_envelope(job, queue=self.lane_of(job), task_id=letter.job_id)
+        envelope = broker_envelope(job.to_message(), queue=self.lane_of(job), task_id=letter.job_id)
         delay = max(0.0, since + settings.reconcile_after_s - now)
         with broker_errors(settings):
             result = self.backend.execution.reconcile(
-                letter.id, envelope=envelope, seq=seq, ttl=int(settings.job_ttl_s), delay_s=delay
+                letter.id,
+                envelope=envelope,
+                seq=job.seq,
+                ttl=int(settings.job_ttl_s),
+                delay_s=delay,
             )
         if result[0] == "conflict":
             return "missing"
@@ -543,6 +536,18 @@ class DeadLetterStore:
         """Delete one dead letter for good; False if it was already gone."""
         with broker_errors(self.backend.settings):
             return self.backend.execution.purge(letter.id)
+
+
+def _job_of(letter: DeadLetter) -> Job | None:
+    """The letter's job, as a worker would read it; None when it is not one (an
+    ``invalid_payload`` letter, or a job no worker would take: replaying it would only
+    make another letter)."""
+    if not letter.replayable:
+        return None
+    try:
+        return Job.from_message(letter.job)
+    except InvalidPayload:
+        return None
 
 
 def _replay_result(reply: Any) -> ReplayResult:
