@@ -13,7 +13,10 @@ execution record (``execution.lua``): a letter is never written over a job that
 was added, and a later SUCCESS of the job retires it. Listing, exporting and
 replaying stream in pages, never loading the whole store. Replay is one script
 call per letter: the record is removed and the job published in the same atomic
-step, so a crash mid-replay loses nothing and adds nothing twice.
+step, so a crash mid-replay loses nothing and adds nothing twice. What a replay
+(and ``dlq reconcile``) does to the job is :class:`~dispatcher.model.jobs.Job`'s
+(``replayed``, ``looking_up``): a letter whose job no worker could read is not
+replayable.
 
 Errors are redacted again whenever a letter is read (secrets of these settings),
 so a letter stored by an older version is never shown or exported with one.
