@@ -80,17 +80,6 @@ class Keys:
         letter is written (``fleet.lua``)."""
         return f"_dispatcher.inflight.{self.queue}.{consumer}"
 
-    @property
-    def unacked(self) -> str:
-        """Hash (kombu's): delivery tag -> a delivered message not yet acknowledged."""
-        return KOMBU_KEYS[0]
-
-    @property
-    def unacked_index(self) -> str:
-        """Sorted set (kombu's): delivery tags of ``unacked``, scored by delivery time
-        (Redis TIME: ``fleet.lua`` writes it; the visibility sweep reads it)."""
-        return KOMBU_KEYS[1]
-
     # -- a job: its state, its execution record, its idempotency key -------------------
 
     def job(self, job_id: str) -> str:
