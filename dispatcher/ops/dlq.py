@@ -49,7 +49,7 @@ class ReplaySummary:
     already_added: int = 0
     #: replayed or purged meanwhile by someone else ("missing")
     gone: int = 0
-    #: no lead in the job (invalid_payload): nothing to send
+    #: no job a worker can read (invalid_payload, say): nothing to send
     unreplayable: int = 0
     skipped_dnc: int = 0
     skipped_ambiguous: int = 0
@@ -79,7 +79,8 @@ class ReplaySummary:
         return (
             f"replayed {self.replayed}; {self.already_added} were added after all "
             f"(removed, not sent); {self.gone} already gone; {self.unreplayable} not "
-            f"replayable (invalid_payload); {self.busy} held by a worker right now "
+            f"replayable (invalid_payload, or no job a worker can read); {self.busy} held by "
+            "a worker right now "
             f"(try again); {self.skipped_dnc} DNC and {self.skipped_ambiguous} ambiguous "
             "left alone"
         )
@@ -96,7 +97,7 @@ class ReconcileSummary:
     gone: int = 0
     #: a worker holds a live claim on the job right now: the letter stays, try again
     busy: int = 0
-    #: no lead in the job: nothing to look up
+    #: no job a worker can read: nothing to look up
     unreplayable: int = 0
     #: not ambiguous: VICIdial answered these, nothing to look up
     left_alone: int = 0
@@ -125,7 +126,7 @@ class ReconcileSummary:
             f"in VICIdial{since}, then marked added, called again, or written back as a "
             f"dead letter saying why; {self.already_added} were added after all (removed, "
             f"nothing sent); {self.gone} already gone; {self.busy} held by a worker right "
-            f"now (try again); {self.unreplayable} not replayable (invalid_payload); "
+            f"now (try again); {self.unreplayable} not replayable (no job a worker can read); "
             f"{self.left_alone} not ambiguous, left alone"
         )
 
