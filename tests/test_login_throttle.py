@@ -34,7 +34,7 @@ from dispatcher.devtools.redis_server import free_port
 from dispatcher.intake.app import create_app
 from dispatcher.store.backend import get_backend
 from tests.conftest import ROOT, make_settings, wait_for
-from tests.test_console import OPERATOR, csrf_of, seed_users
+from tests.consoletools import OPERATOR, csrf_of, seed_users
 
 TOKEN = "intake-token-0123456789abcdef"
 #: DESIGN.md's limits (dispatcher.intake.console.sessions holds them).

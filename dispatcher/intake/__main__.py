@@ -1,5 +1,5 @@
-"""``python -m dispatcher.intake [--host H] [--port P]``: the same as ``dispatcher serve``."""
+"""``python -m dispatcher.intake [--host H] [--port P] [--no-intake]``: ``dispatcher serve``."""
 
-from dispatcher.intake.cli import serve_command
+from dispatcher.cli.serve import serve_command
 
 serve_command(prog_name="dispatcher serve")
