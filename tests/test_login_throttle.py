@@ -158,7 +158,7 @@ def serve(ts: Settings, tmp_path: Path) -> Iterator[tuple[str, Path]]:
     log_path = tmp_path / "serve.log"
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "dispatcher.intake", "--port", str(port)],
+            [sys.executable, "-m", "dispatcher.cli", "serve", "--port", str(port)],
             env=env,
             cwd=ROOT,
             stdout=log,

@@ -1,7 +1,6 @@
 """``dispatcher serve``: run the HTTP intake and the operator console on uvicorn.
 
-Also runs on its own as ``python -m dispatcher.intake`` (that package's
-``__main__``). Starlette and uvicorn are imported only when the command runs, so
+Starlette and uvicorn are imported only when the command runs, so
 the rest of the CLI starts as fast as without them.
 """
 

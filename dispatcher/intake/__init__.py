@@ -2,7 +2,7 @@
 
 :func:`create_app` builds the ASGI app (Starlette) for a :class:`~dispatcher.Settings`,
 with the console (:mod:`.console`) mounted at ``/ui/``. ``dispatcher serve``
-(:mod:`dispatcher.cli.serve`) runs it on uvicorn; so does ``python -m dispatcher.intake``.
+(:mod:`dispatcher.cli.serve`) runs it on uvicorn.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The console without the intake: ``create_app(intake=False)`` and
 ``dispatcher serve --no-intake`` (dispatcher/cli/serve.py, run as
-``python -m dispatcher.intake``) need no token and serve no /v1 route.
+``dispatcher serve``) need no token and serve no /v1 route.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ def test_serve_no_intake_runs_the_console_alone_without_a_token(
     env = {**os.environ, **settings_env(settings)}
     env.pop("DISPATCHER_INTAKE_TOKENS", None)
     refused = subprocess.run(
-        [sys.executable, "-m", "dispatcher.intake", "--port", str(free_port())],
+        [sys.executable, "-m", "dispatcher.cli", "serve", "--port", str(free_port())],
         env=env,
         cwd=ROOT,
         capture_output=True,
@@ -54,7 +54,7 @@ def test_serve_no_intake_runs_the_console_alone_without_a_token(
     port = free_port()
     log = (tmp_path / "serve.log").open("wb")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "dispatcher.intake", "--no-intake", "--port", str(port)],
+        [sys.executable, "-m", "dispatcher.cli", "serve", "--no-intake", "--port", str(port)],
         env=env,
         cwd=ROOT,
         stdout=log,
