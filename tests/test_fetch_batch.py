@@ -18,7 +18,6 @@ from dispatcher.config.settings import Settings
 from dispatcher.model.jobs import broker_envelope
 from dispatcher.ops.producer import prepare_job
 from dispatcher.store.backend import get_backend
-from dispatcher.store.broker import inflight_key
 from tests.conftest import make_settings
 
 UNACKED, INDEX = "unacked", "unacked_index"
@@ -82,9 +81,9 @@ def test_a_poison_item_ends_the_batch_and_is_handed_out_alone_next(redis_url: st
     _push(settings, 1)
     reply = _fetch(settings, most=10)
     assert len(reply) == 6  # the two envelopes before it
-    assert client.lrange(inflight_key(keys.queue, "c1"), 0, -1) == [b"not json"]
+    assert client.lrange(keys.inflight("c1"), 0, -1) == [b"not json"]
     assert _fetch(settings, most=10) == ["not json", "held"]
-    client.delete(inflight_key(keys.queue, "c1"))  # as its dead letter would
+    client.delete(keys.inflight("c1"))  # as its dead letter would
     assert len(_fetch(settings, most=10)) == 3
 
 

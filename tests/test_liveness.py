@@ -22,6 +22,7 @@ from dispatcher.devtools.localfleet import WorkerProcess
 from dispatcher.model.jobs import broker_envelope
 from dispatcher.ops.producer import prepare_job
 from dispatcher.store.backend import get_backend
+from dispatcher.store.keys import Keys
 from tests.conftest import wait_for
 from workers import transport
 from workers.celery_app import make_app
@@ -33,7 +34,7 @@ pytestmark = pytest.mark.slow
 def _registered(settings: Settings, pid: int) -> bool:
     client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
     try:
-        members = client.smembers(transport.inflight_registry(settings.queue))
+        members = client.smembers(Keys.of(settings).inflight_registry)
     finally:
         client.close()
     return any(f".{pid}." in m or m.endswith(f".{pid}") for m in members)

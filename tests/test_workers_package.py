@@ -19,6 +19,7 @@ from dispatcher import DeadLetterStore, enqueue_lead, enqueue_leads, job_status
 from dispatcher.config.settings import Settings
 from dispatcher.devtools.localfleet import WorkerProcess
 from dispatcher.simulator import Simulator
+from dispatcher.store.keys import Keys
 from tests.conftest import ROOT, make_settings, wait_for
 from workers import acks, transport
 
@@ -163,7 +164,7 @@ def test_a_poison_item_whose_letter_cannot_be_written_is_kept(
     queued = admin.lrange(limited.queue, 0, -1)
     held = [
         item
-        for key in admin.smembers(transport.inflight_registry(limited.queue))
+        for key in admin.smembers(Keys.of(limited).inflight_registry)
         for item in admin.lrange(key, 0, -1)
     ]
     assert b"definitely not a celery message" in queued + held, "the poison item was lost"

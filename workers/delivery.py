@@ -330,7 +330,7 @@ class Writes:
         """Publish the failed ``job`` again after ``delay`` (a new publication, seq + 1)."""
         written = self._publish_next(
             d,
-            job,
+            job.evolve(seq=job.seq + 1),
             lambda envelope: self.execution.retry(
                 job.job_id,
                 token=d.token,
@@ -362,7 +362,7 @@ class Writes:
         never came (workers/reconciler.py)."""
         written = self._publish_next(
             d,
-            job.evolve(reconcile=rec),
+            job.looking_up(rec),
             lambda envelope: self.execution.await_lookup(
                 job.job_id,
                 token=d.token,
@@ -390,9 +390,9 @@ class Writes:
         return "reconciling"
 
     def _publish_next(self, d: Delivery, nxt: Job, write: Callable[[str], list[str]]) -> Written:
-        """The compare-and-set that ends this publication and schedules the next one
-        (``nxt`` as seq + 1): ``write`` gets its broker envelope."""
-        envelope = broker_envelope(nxt.evolve(seq=nxt.seq + 1).to_message(), queue=self.lane(d))
+        """The compare-and-set that ends this publication and schedules the next one,
+        ``nxt`` (seq + 1; execution.lua's ``reschedule``): ``write`` gets its envelope."""
+        envelope = broker_envelope(nxt.to_message(), queue=self.lane(d))
         return Written.from_reply(self.persist(d.started, lambda: write(envelope)))
 
     # -- the same publication, later -----------------------------------------------------

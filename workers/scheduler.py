@@ -15,7 +15,7 @@ Every worker runs one:
 * once a minute, removes the dead letters older than
   DISPATCHER_DEAD_LETTER_RETENTION_DAYS (:mod:`dispatcher.ops.retention`; default: none);
 * has the reconciliation look-up's permissions checked now and then
-  (:class:`workers.reconciler.LookupChecker`, in a thread of its own), so that
+  (:class:`workers.lookup_check.LookupChecker`, in a thread of its own), so that
   ``dispatcher status``/``health`` can say what VICIdial lacks before a job needs it;
 * looks at the Redis layout's version now and then (one GET): when a newer release
   has migrated it (dispatcher/store/layout.py), this worker would misread what that

@@ -80,7 +80,7 @@ from kombu.utils.json import loads
 from dispatcher.config import logs
 from dispatcher.config.settings import get_settings
 from dispatcher.store.backend import get_backend
-from dispatcher.store.broker import Broker, inflight_key, inflight_registry
+from dispatcher.store.broker import Broker
 from dispatcher.store.connection import write_refusal
 from dispatcher.store.deadletter import DeadLetterStore
 from dispatcher.store.redis_health import redis_availability
@@ -92,8 +92,6 @@ __all__ = [
     "UnsupportedLayout",
     "consumer_id",
     "consumer_ttl_s",
-    "inflight_key",
-    "inflight_registry",
     "is_envelope",
     "make_consumer_id",
 ]
@@ -192,8 +190,8 @@ class _ReliableChannel:
                 "the dispatcher's worker needs no global_keyprefix in the broker "
                 "transport options (its reliable pop names the queue's keys itself)"
             )
-        self._prefix = backend.keys.prefix
         self._broker = backend.broker
+        self._keys = backend.keys
         self._letters = DeadLetterStore(backend)
         self._ttl = consumer_ttl_s(settings.scheduler_interval_s)
         keys = backend.keys
@@ -327,7 +325,7 @@ class _ReliableChannel:
                 return None  # refused (logged): poll again after the back-off
         self._queue = queues[0]
         consumer = consumer_id()
-        self._inflight_list = inflight_key(self._registry_queue, consumer)
+        self._inflight_list = self._keys.inflight(consumer)
         # Each poll starts with the next dialer: none starves another.
         self._turn = (self._turn + 1) % len(self._lanes)
         order = self._lanes[self._turn :] + self._lanes[: self._turn]

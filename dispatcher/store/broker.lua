@@ -8,22 +8,23 @@
 -- unacked record, or in a consumer's in-flight list. Liveness (whose in-flight list goes
 -- back to the queue when its consumer stops) is fleet.lua's.
 --
--- Keys (P = the key prefix; the in-flight keys live beside kombu's, outside P):
---   P:consumer:{id}                    string  a consumer process's heartbeat (TTL), refreshed on
---                                              every poll (fleet.lua reads it)
---   _dispatcher.inflight.{queue}       set     the in-flight list of every consumer of the queue
---   _dispatcher.inflight.{queue}.{id}  list    what consumer {id} popped that is not a kombu
---                                              message, until its dead letter is written
---   unacked, unacked_index             hash, zset  kombu's own record of delivered messages
---                                              (written here on the pop, the index scored
---                                              with Redis TIME; the visibility sweep of
---                                              workers/acks.py redelivers what stays
---                                              in it longer than the timeout, by Redis TIME)
---   {queue}.{dialer}.{lane}, {queue}   lists   the lanes messages are popped from (execution.lua)
---   P:pause:{dialer}, P:rate:{dialer}  read    a paused dialer's lanes, and those of a dialer
---                                              whose rate-limit slots are taken for the next
---                                              quarter second, are skipped: their jobs wait
---                                              in Redis, not in a sleeping worker thread
+-- Keys (P = the key prefix; Q = the Celery queue's name, which the caller passes in
+-- the names it gives: the in-flight keys live beside kombu's, outside P):
+--   P:consumer:{id}              string  a consumer process's heartbeat (TTL), refreshed on
+--                                        every poll (fleet.lua reads it)
+--   _dispatcher.inflight.Q       set     the in-flight list of every consumer of the queue
+--   _dispatcher.inflight.Q.{id}  list    what consumer {id} popped that is not a kombu
+--                                        message, until its dead letter is written
+--   unacked, unacked_index       hash, zset  kombu's own record of delivered messages
+--                                        (written here on the pop, the index scored
+--                                        with Redis TIME; the visibility sweep of
+--                                        workers/acks.py redelivers what stays
+--                                        in it longer than the timeout, by Redis TIME)
+--   Q.{dialer}.{lane}, Q         lists   the lanes messages are popped from (execution.lua)
+--   P:pause:{dialer}, P:rate:{dialer}  read  a paused dialer's lanes, and those of a dialer
+--                                        whose rate-limit slots are taken for the next
+--                                        quarter second, are skipped: their jobs wait
+--                                        in Redis, not in a sleeping worker thread
 
 local P = KEYS[1]
 local cmd = ARGV[1]

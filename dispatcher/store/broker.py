@@ -15,18 +15,11 @@ from typing import Any
 
 import redis
 
-__all__ = ["Broker", "inflight_key", "inflight_registry"]
+from dispatcher.store.keys import Keys
+
+__all__ = ["Broker"]
 
 _SOURCE = resources.files("dispatcher.store").joinpath("broker.lua").read_text(encoding="utf-8")
-
-
-def inflight_registry(queue: str) -> str:
-    """Set of the in-flight list keys of every consumer of ``queue``."""
-    return f"_dispatcher.inflight.{queue}"
-
-
-def inflight_key(queue: str, consumer: str) -> str:
-    return f"_dispatcher.inflight.{queue}.{consumer}"
 
 
 class Broker:
@@ -55,12 +48,13 @@ class Broker:
         kombu's unacked hash and index, the delivery tags of the acks deferred since
         the last poll, ``lanes``: (dialer, its lane lists) each, in the order to serve
         them, and the most messages to take."""
+        keys = Keys(queue=queue)
         args: list[Any] = [
             "fetch",
             consumer,
             ttl,
-            inflight_registry(queue),
-            inflight_key(queue, consumer),
+            keys.inflight_registry,
+            keys.inflight(consumer),
             unacked,
             unacked_index,
             max(1, most),

@@ -7,18 +7,19 @@
 -- consumer that stopped still held in its in-flight list goes back to the queue
 -- (`reap`); the pop that fills those lists is broker.lua's.
 --
--- Keys (P = the key prefix; the in-flight keys live beside kombu's, outside P):
---   P:workers                          set     names of workers seen (pruned once their key is gone)
---   P:worker:{name}                    string  a worker's heartbeat (TTL), holding its consumer id:
---                                              `dispatcher status`, health checks
---   P:consumer:{id}                    string  a consumer process's heartbeat (TTL), refreshed by
---                                              the worker's scheduler thread (and on every poll:
---                                              broker.lua)
---   _dispatcher.inflight.{queue}       set     the in-flight list of every consumer of the queue
---   _dispatcher.inflight.{queue}.{id}  list    what consumer {id} popped that is not a kombu
---                                              message, until its dead letter is written
---   {queue}.{dialer}.{lane}, {queue}   lists   the lanes a stopped consumer's in-flight messages
---                                              go back to (execution.lua)
+-- Keys (P = the key prefix; Q = the Celery queue's name, which the caller passes in
+-- the names it gives: the in-flight keys live beside kombu's, outside P):
+--   P:workers                    set     names of workers seen (pruned once their key is gone)
+--   P:worker:{name}              string  a worker's heartbeat (TTL), holding its consumer id:
+--                                        `dispatcher status`, health checks
+--   P:consumer:{id}              string  a consumer process's heartbeat (TTL), refreshed by
+--                                        the worker's scheduler thread (and on every poll:
+--                                        broker.lua)
+--   _dispatcher.inflight.Q       set     the in-flight list of every consumer of the queue
+--   _dispatcher.inflight.Q.{id}  list    what consumer {id} popped that is not a kombu
+--                                        message, until its dead letter is written
+--   Q.{dialer}.{lane}, Q         lists   the lanes a stopped consumer's in-flight messages
+--                                        go back to (execution.lua)
 
 local P = KEYS[1]
 local cmd = ARGV[1]

@@ -14,7 +14,7 @@ from typing import Any
 
 import redis
 
-from dispatcher.store.broker import inflight_key, inflight_registry
+from dispatcher.store.keys import Keys
 from dispatcher.store.replies import text
 
 __all__ = ["Fleet"]
@@ -37,8 +37,9 @@ class Fleet:
 
     def reap(self, client: redis.Redis, *, queue: str) -> dict[str, int]:
         """Return the in-flight messages of consumers whose heartbeat is gone; per consumer."""
-        registry = inflight_registry(queue)
-        prefix = inflight_key(queue, "")
+        keys = Keys(queue=queue)
+        registry = keys.inflight_registry
+        prefix = keys.inflight("")
         returned: dict[str, int] = {}
         for member in client.smembers(registry):
             name = text(member)
