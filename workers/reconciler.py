@@ -100,6 +100,18 @@ class Reconciler:
             time.sleep(gate.delay_s)
         return gate
 
+    def _look_up(self, d: Delivery, *, known: tuple[str, ...] = ()) -> Finding:
+        """Ask VICIdial about the delivery's lead (dispatcher.vicidial.lookup.look_up);
+        ``known``: lead ids already known to be the job's."""
+        job = d.job
+        return look_up(
+            self.client(d.dialer),
+            job_id=job.job_id,
+            lead=job.lead,
+            marker_field=self.settings.marker_field,
+            known=known,
+        )
+
     def _lookup_gate(self, d: Delivery) -> LookupGate:
         """Whether the dialer's look-ups are held (a refused login, a denied permission)."""
         w = self.writes
@@ -150,12 +162,7 @@ class Reconciler:
                 d, job, rec, why=why_not(gate.state, gate.missing, gate.error, gate.fix)
             )
         try:
-            finding = look_up(
-                self.client(d.dialer),
-                job_id=job.job_id,
-                lead=job.lead,
-                marker_field=self.settings.marker_field,
-            )
+            finding = self._look_up(d)
         except LookupFailed as exc:
             return self._lookup_failed(d, job, rec, exc)
         if gate.state != "ok":
@@ -334,13 +341,7 @@ class Reconciler:
             _log.warning("reconcile.verify_skipped", lead_id=lead_id, state=held.state)
             return "verify_skipped"
         try:
-            finding = look_up(
-                self.client(d.dialer),
-                job_id=job.job_id,
-                lead=job.lead,
-                marker_field=self.settings.marker_field,
-                known=(lead_id,),
-            )
+            finding = self._look_up(d, known=(lead_id,))
         except LookupFailed as exc:
             refusal = exc
             if isinstance(refusal, LookupRefused | LookupDenied):
