@@ -91,7 +91,8 @@ class TransientInfrastructureError(Exception):
 
 
 class JobRunner:
-    """The threaded path of a job: every step from the message to its stored outcome.
+    """Every step of a job from the message to its stored outcome, on a thread: the
+    Celery task's body, and what the lead engine hands over past its common path.
 
     ``client``: the default dialer's VICIdial client (default: one made on first use,
     as for every other dialer); ``rng``: the jitter of every delay.
