@@ -90,6 +90,40 @@ def test_the_reliable_pop_is_the_one_running(
     assert any(c.startswith("HSET") and "unacked" in c for c in in_scripts)
 
 
+def test_after_redis_lost_its_scripts_the_poll_goes_by_sha_again(
+    settings: Settings, start_worker: Callable[..., WorkerProcess]
+) -> None:
+    """A Redis that restarted (or flushed its scripts) answers the poll's EVALSHA with
+    NOSCRIPT: the next poll sends the script itself (EVAL, which loads it), and the polls
+    after it go by its SHA again, not with the whole script every time."""
+    start_worker(settings)
+    client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
+    first = enqueue_lead(agent_user="1000", phone_number="7275551212", settings=settings)
+    wait_for(lambda: (job_status(first, settings=settings) or {}).get("state") == "added")
+    client.script_flush()
+    second = enqueue_lead(agent_user="1000", phone_number="7275551213", settings=settings)
+    wait_for(lambda: (job_status(second, settings=settings) or {}).get("state") == "added")
+    polls: list[str] = []
+    done = threading.Event()
+
+    def watch() -> None:
+        with client.monitor() as monitor:
+            for entry in monitor.listen():
+                command = str(entry["command"])
+                if entry.get("client_type") != "lua" and " fetch " in command:
+                    polls.append(command.split()[0])
+                if done.is_set():
+                    return
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    time.sleep(2.5)  # idle: a poll a second
+    done.set()
+    redis.Redis.from_url(settings.redis_url).ping()
+    watcher.join(10)
+    assert polls and set(polls) == {"EVALSHA"}, polls
+
+
 def test_a_worker_with_free_slots_takes_several_messages_a_poll(
     settings: Settings, simulator: Simulator, start_worker: Callable[..., WorkerProcess]
 ) -> None:
