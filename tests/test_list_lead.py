@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import string
 from collections.abc import Mapping
 from typing import Any
 
@@ -528,3 +529,46 @@ def test_lead_equality_and_hash_include_the_list() -> None:
     b = make_list_lead({**BASE, "list_id": "102"})
     assert a != b and len({a, b}) == 2
     assert Lead("", "7275551212", "1", {}, list_id="101") == a
+
+
+# ---------------------------------------------------------------------------------------------
+# README "Leads" states the list's differences as the code has them
+# ---------------------------------------------------------------------------------------------
+
+
+def test_readme_list_table_is_the_list_rules() -> None:
+    from pathlib import Path
+
+    from dispatcher.model.lead import AGENT_RULES
+    from dispatcher.model.list_lead import LIST_RULES
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("**A lead for a list**") : readme.index("## Two ways")]
+    rows = re.findall(
+        r"^\| `([a-z_0-9]+)`[^|]* \| ([^|]+) \| ([^|]+) \| ([^|]+) \|$", section, re.M
+    )
+    documented = {name: (size, chars) for name, size, chars, _ in rows}
+    rules = LIST_RULES.rules
+    # Every field whose rule differs from the agent's is in the table, and only those.
+    differs = {
+        name
+        for name, rule in rules.items()
+        if name not in AGENT_RULES.rules or AGENT_RULES.rules[name] != rule
+    }
+    assert set(documented) == differs
+    ascii_chars = "".join(map(chr, range(0x20, 0x7F)))
+    for name, (size, chars) in documented.items():
+        rule = rules[name]
+        numbers = [int(n) for n in re.findall(r"\d+", size)]
+        assert numbers[0] == rule.max_len, name
+        assert (numbers[1] if len(numbers) > 1 else 1) == rule.min_len, name
+        kept = {c for c in ascii_chars if rule.ok.fullmatch(c)}
+        expected = set(re.findall(r"`(.)`", chars)) | ({" "} if "space" in chars else set())
+        if "digit" in chars:
+            expected |= set(string.digits)
+        if "letter" in chars or "`A-Z`" in chars:
+            expected |= set(string.ascii_uppercase)
+        if "letter" in chars:
+            expected |= set(string.ascii_lowercase)
+        assert kept == expected, (name, sorted(kept ^ expected))
+        assert ("any script" in chars or "letter" in chars) == rule.letters, name
