@@ -183,7 +183,8 @@ def test_success_line() -> None:
         (b"SUCCESS: add_lead LEAD HAS BEEN ADDED - 491701234567|999|8||6666\n", "8", "999", ""),
         (b"SUCCESS: add_lead LEAD HAS BEEN ADDED - 61299991234|998|9|11|6666\n", "9", "998", "11"),
         (
-            b"SUCCESS: add_lead LEAD HAS BEEN ADDED - 727,555,9109|99999999999999999999|3|-5.00|6666\n",
+            b"SUCCESS: add_lead LEAD HAS BEEN ADDED - "
+            b"727,555,9109|99999999999999999999|3|-5.00|6666\n",
             "3",
             "99999999999999999999",
             "-5.00",
@@ -208,7 +209,8 @@ ALL_AT_ONCE = (
     b"7275551212|1|work7275551213||NOTICE: add_lead MULTI-ALT-PHONE NUMBERS LOADED - 2|72|6666\n"
     b"NOTICE: add_lead CUSTOM FIELDS VALUES ADDED - 7275558801|72|102|1\n"
     b"NOTICE: add_lead ADDED TO HOPPER - 7275558801|72|3|6666\n"
-    b"NOTICE: add_lead SCHEDULED CALLBACK ADDED - 72|TESTCAMP|2027-01-02 10:00:00|USERONLY|6666|CBX\n"
+    b"NOTICE: add_lead SCHEDULED CALLBACK ADDED - "
+    b"72|TESTCAMP|2027-01-02 10:00:00|USERONLY|6666|CBX\n"
 )
 
 
@@ -240,7 +242,8 @@ def test_all_at_once() -> None:
             "no_fields",
         ),
         (
-            "NOTICE: add_lead CUSTOM FIELDS NOT ADDED, NO FIELDS TO UPDATE DEFINED - 7275559101|5|102",
+            "NOTICE: add_lead CUSTOM FIELDS NOT ADDED, NO FIELDS TO UPDATE DEFINED - "
+            "7275559101|5|102",
             "custom_fields",
             "not_inserted",
         ),
@@ -255,7 +258,8 @@ def test_all_at_once() -> None:
             "added",
         ),
         (
-            "NOTICE: add_lead NOT ADDED TO HOPPER, OUTSIDE OF LOCAL TIME - 8085559101|5|-10.00|0|6666",
+            "NOTICE: add_lead NOT ADDED TO HOPPER, OUTSIDE OF LOCAL TIME - "
+            "8085559101|5|-10.00|0|6666",
             "hopper",
             "outside_local_time",
         ),
@@ -387,7 +391,8 @@ DUPLICATES = [
         "",
     ),
     (
-        b"ERROR: add_lead DUPLICATE NAME PHONE IN SYSTEM - Jos\xc3\xa9|Zo\xc3\xab|7275558604|101|68|101\n",
+        b"ERROR: add_lead DUPLICATE NAME PHONE IN SYSTEM - "
+        b"Jos\xc3\xa9|Zo\xc3\xab|7275558604|101|68|101\n",
         "68",
         "101",
         "DUPNAMEPHONESYS",
@@ -456,7 +461,10 @@ def test_an_answer_cut_before_any_result_line_is_ambiguous() -> None:
 
 
 def test_php_warnings_before_the_result_line_are_skipped() -> None:
-    body = "<br />\n<b>Warning</b>: Undefined variable $DL in x.php\nSUCCESS: add_lead LEAD HAS BEEN ADDED - 7275559101|101|9|-5.00|6666\n"
+    body = (
+        "<br />\n<b>Warning</b>: Undefined variable $DL in x.php\n"
+        "SUCCESS: add_lead LEAD HAS BEEN ADDED - 7275559101|101|9|-5.00|6666\n"
+    )
     added = parse_list_answer(body)
     assert isinstance(added, ListLeadAdded) and added.lead_id == "9"
 
@@ -465,7 +473,10 @@ def test_php_warnings_before_the_result_line_are_skipped() -> None:
 # A duplicate after a lost answer: the job's own lead, or another one
 # ---------------------------------------------------------------------------------------------
 
-RECORD = "NEW|6666||{source}|101|-5.00|1|7275551000||Ann||||||||||||0000-00-00|||||0|2026-12-07 17:57:00|0||0|{id}\n"
+RECORD = (
+    "NEW|6666||{source}|101|-5.00|1|7275551000||Ann||||||||||||0000-00-00|||||0|"
+    "2026-12-07 17:57:00|0||0|{id}\n"
+)
 
 
 def _record(source: str, lead_id: str = "1") -> object:
