@@ -490,13 +490,13 @@ def test_duplicate_verdict() -> None:
     mine, other = _record("job-1"), _record("job-0")
     kwargs = {"job_id": "job-1", "lead": lead, "marker_field": "source_id"}
     # A first call: a duplicate, whoever the lead is.
-    assert duplicate_verdict(found, mine, after_lost_answer=False, **kwargs) == "duplicate"  # type: ignore[arg-type]
+    assert duplicate_verdict(found, mine, after_lost_answer=False, **kwargs) == "duplicate"
     # After a lost answer: the lead the lost call added, or an older one.
-    assert duplicate_verdict(found, mine, after_lost_answer=True, **kwargs) == "added"  # type: ignore[arg-type]
-    assert duplicate_verdict(found, other, after_lost_answer=True, **kwargs) == "duplicate"  # type: ignore[arg-type]
-    assert duplicate_verdict(found, None, after_lost_answer=True, **kwargs) == "unknown"  # type: ignore[arg-type]
+    assert duplicate_verdict(found, mine, after_lost_answer=True, **kwargs) == "added"
+    assert duplicate_verdict(found, other, after_lost_answer=True, **kwargs) == "duplicate"
+    assert duplicate_verdict(found, None, after_lost_answer=True, **kwargs) == "unknown"
     elsewhere = _record("job-1", lead_id="2")
-    assert duplicate_verdict(found, elsewhere, after_lost_answer=True, **kwargs) == "unknown"  # type: ignore[arg-type]
+    assert duplicate_verdict(found, elsewhere, after_lost_answer=True, **kwargs) == "unknown"
     filled = make_list_lead({**lead.to_dict(), "source_id": "crm-9"})
     no_marker = {**kwargs, "lead": filled}
-    assert duplicate_verdict(found, mine, after_lost_answer=True, **no_marker) == "unknown"  # type: ignore[arg-type]
+    assert duplicate_verdict(found, mine, after_lost_answer=True, **no_marker) == "unknown"
