@@ -33,6 +33,7 @@ from dispatcher.model.errors import ConfigError, IdempotencyConflict
 from dispatcher.model.jobs import Job
 from dispatcher.ops.producer import fingerprint, prepare_job
 from dispatcher.simulator import Simulator
+from dispatcher.store.deadletter import DeadLetterStore
 from tests.conftest import make_settings, queued_envelopes, wait_for
 from tests.test_cli import cli_env
 
@@ -214,6 +215,28 @@ def test_enqueue_leads_mixes_targets_and_names_bad_items(psettings: Settings) ->
         (2, "campaign_id"),
     }
     assert len(messages(psettings)) == 2
+
+
+def test_a_list_job_s_dead_letter_replays_as_the_same_list_job(psettings: Settings) -> None:
+    """Replay publishes the job through Job (Job.replayed): its list, options and version
+    travel unchanged."""
+    job = prepare_job(
+        {**LIST, "phone_number": "7275551212", "custom_fields": {"favorite_color": "red"}},
+        settings=psettings,
+    ).evolve(attempts=3, seq=2)
+    store = DeadLetterStore(settings=psettings)
+    letter = store.record(
+        job=job.to_message(),
+        reason="unknown_dialer",
+        error="waited",
+        http_status=None,
+        attempts=3,
+        first_failed_at=None,
+    )
+    assert letter.replayable and store.replay(letter) == "replayed"
+    [message] = messages(psettings)
+    assert message["v"] == 2 and message["seq"] == 3 and message["attempts"] == 0
+    assert Job.from_message(message) == job.replayed()
 
 
 # ---------------------------------------------------------------------------------------------

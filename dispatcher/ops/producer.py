@@ -442,8 +442,13 @@ def _resolve(
 def enqueue_lead(*, settings: Settings | None = None, **fields: Any) -> str:
     """Validate one lead and put it on the queue; return its job id.
 
-    Keyword arguments: ``agent_user``, ``phone_number``, ``phone_code`` and any
-    lead field of VICIdial's external_add_lead, plus ``dnc_check`` and
+    Keyword arguments: ``agent_user`` (a lead for that logged-in agent: VICIdial's
+    external_add_lead) or ``list_id`` (a lead for a list: add_lead, with its options
+    ``campaign_id``, ``duplicate_check``, ``add_to_hopper``, ``hopper_priority``,
+    ``callback``, ``custom_fields``, ``lookup_state``, ``tz_method``,
+    ``usacan_prefix_check``, ``usacan_areacode_check``, ``list_exists_check``; see
+    :mod:`dispatcher.model.list_options`), ``phone_number``, ``phone_code`` and any
+    lead field of that call, plus ``dnc_check`` and
     ``campaign_dnc_check`` (default from settings: on), ``idempotency_key`` (a
     second enqueue with the same key returns the first job's id and enqueues
     nothing), ``dialer`` (default: the fleet's default dialer) and ``priority``
