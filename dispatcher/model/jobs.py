@@ -234,8 +234,13 @@ class Job:
     v: int = field(default=JOB_VERSION)
 
     def __post_init__(self) -> None:
-        if self.lead.list_id and self.v < LIST_JOB_VERSION:
-            object.__setattr__(self, "v", LIST_JOB_VERSION)  # the version a list job needs
+        if self.lead.list_id:
+            if self.list_options is None:
+                raise ValueError("a job of a lead for a list needs its list_options")
+            if self.v < LIST_JOB_VERSION:
+                object.__setattr__(self, "v", LIST_JOB_VERSION)  # the version it needs
+        elif self.list_options is not None:
+            raise ValueError("list_options belong to a job of a lead for a list")
 
     @property
     def agent_user(self) -> str:

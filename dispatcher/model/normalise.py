@@ -590,14 +590,11 @@ def validate(
         elif value is not None:
             values[key] = value
 
-    def has_error(name: str) -> bool:
-        return any(e.field == name for e in errors)
-
     for name in required:
-        if name not in values and not has_error(name):
+        if name not in values and not any(e.field == name for e in errors):
             errors.append(FieldError(name, "is required"))
     phone_code = values.get("phone_code")
-    if phone_code is None and not has_error("phone_code"):
+    if phone_code is None and not any(e.field == "phone_code" for e in errors):
         phone_code, problem = clean(rules["phone_code"], default_phone_code, non_latin)
         if problem is not None or phone_code is None:
             errors.append(
@@ -624,5 +621,6 @@ def validate(
                 del values[name]
             else:
                 values[name] = national
-    table.sort(errors)
+    if errors:
+        table.sort(errors)
     return values, errors

@@ -152,7 +152,8 @@ def prepare_job(
         non_latin=non_latin,
         campaign_dnc_check=flags["campaign_dnc_check"],
     )
-    errors.extend(FieldError(e.field, e.message, index) for e in problems)
+    if problems:
+        errors.extend(FieldError(e.field, e.message, index) for e in problems)
     if errors:
         raise InvalidLead(errors)
     assert dialer is not None and lead is not None
@@ -168,6 +169,11 @@ def prepare_job(
         priority=str(lane),
         list_options=options,
     )
+
+
+#: The keys of a job that are not lead fields (checked per lead: a set).
+_LIST_OPTIONS = frozenset(LIST_OPTION_KEYS)
+_NOT_LEAD = frozenset(_CONTROL_KEYS) | _LIST_OPTIONS
 
 
 def _given(value: object) -> bool:
@@ -198,10 +204,19 @@ def _lead_and_target(
     A job names ``agent_user`` (external_add_lead) or ``list_id`` (add_lead); naming
     neither takes the dialer's default list, if it has one.
     """
-    lead_data = {
-        k: v for k, v in item.items() if k not in _CONTROL_KEYS and k not in LIST_OPTION_KEYS
-    }
-    agent, listed = _given(item.get("agent_user")), _given(item.get("list_id"))
+    lead_data = {k: v for k, v in item.items() if k not in _NOT_LEAD}
+    agent = _given(item.get("agent_user"))
+    if agent and "list_id" not in item and _LIST_OPTIONS.isdisjoint(item):
+        # The common case, an agent's lead: as fast as before lists existed.
+        try:
+            return (
+                make_lead(lead_data, default_phone_code=phone_code, non_latin=non_latin),
+                None,
+                [],
+            )
+        except InvalidLead as exc:
+            return None, None, exc.errors
+    listed = _given(item.get("list_id"))
     default_list = dialer.list_id if dialer is not None else None
     if not agent and not listed and default_list:
         lead_data["list_id"] = default_list
@@ -229,11 +244,12 @@ def _lead_and_target(
         if not agent:
             errors = [e for e in errors if e.field != "agent_user"]
             errors[:0] = [FieldError("agent_user", _NEITHER), FieldError("list_id", _NEITHER)]
-        errors += [
-            FieldError(key, "an option of add_lead: only for a lead for a list (list_id)")
-            for key in LIST_OPTION_KEYS
-            if _given(item.get(key))
-        ]
+        if not _LIST_OPTIONS.isdisjoint(item):
+            errors += [
+                FieldError(key, "an option of add_lead: only for a lead for a list (list_id)")
+                for key in LIST_OPTION_KEYS
+                if _given(item.get(key))
+            ]
         return (None, None, errors) if errors else (lead, None, [])
     list_lead: Lead | None = None
     try:
