@@ -159,6 +159,9 @@ def test_an_agent_job_is_as_before(psettings: Settings) -> None:
             {"first_name"},
         ),
         ({**LIST, "phone_number": "7275551212", "entry_list_id": "1"}, set()),
+        ({**LIST, "phone_number": "7275551212", "agent_user": None}, set()),
+        ({"agent_user": "1000", "list_id": "  ", "phone_number": "7275551212"}, set()),
+        ({"agent_user": "1000", "list_id": None, "phone_number": "7275551212"}, set()),
     ],
 )
 def test_targets_and_options_are_checked_at_enqueue(

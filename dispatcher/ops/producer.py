@@ -217,6 +217,11 @@ def _lead_and_target(
         except InvalidLead as exc:
             return None, None, exc.errors
     listed = _given(item.get("list_id"))
+    # A blank target counts as not given (None from JSON, "" from a form): not a field.
+    if not agent:
+        lead_data.pop("agent_user", None)
+    if not listed:
+        lead_data.pop("list_id", None)
     default_list = dialer.list_id if dialer is not None else None
     if not agent and not listed and default_list:
         lead_data["list_id"] = default_list
