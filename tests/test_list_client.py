@@ -517,9 +517,11 @@ def list_keeps(field: str, non_latin: bool) -> str:
 
 
 @st.composite
-def near_valid(draw: st.DrawFn, field: str, non_latin: bool) -> object:
+def near_valid(draw: st.DrawFn, field: str, non_latin: bool, *, edgy: bool = True) -> object:
     """A value add_lead keeps (often at its column's edge), now and then with a character
-    that is special to some rule; or, one time in four, anything at all."""
+    that is special to some rule; or, one time in six, anything at all. ``edgy``: special
+    characters often (the per-field property); else seldom, so that a lead of several
+    fields is often valid (the end-to-end property)."""
     if draw(st.integers(0, 5)) == 0:
         return draw(st.one_of(ANY_VALUE, st.integers(0, 10**6)))
     keeps = list_keeps(field, non_latin) or string.digits
@@ -530,7 +532,7 @@ def near_valid(draw: st.DrawFn, field: str, non_latin: bool) -> object:
     # The characters a rule is about: the ASCII ones add_lead drops from this field (and
     # '+', which it turns into a space), and the tricky ones of the agent's property.
     dropped = [c for c in _CANDIDATES[:97] if c not in keeps] or [" "]
-    for _ in range(draw(st.sampled_from([0, 0, 1, 1, 2]))):
+    for _ in range(draw(st.sampled_from([0, 0, 1, 1, 2] if edgy else [0, 0, 0, 0, 1]))):
         at = draw(st.integers(0, len(value)))
         pool = draw(st.sampled_from([dropped, dropped, _SPECIAL]))
         value = value[:at] + draw(st.sampled_from(pool)) + value[at:]
@@ -565,7 +567,9 @@ def list_leads(draw: st.DrawFn, non_latin: bool) -> dict[str, object]:
         ),
     }
     for name in draw(st.lists(st.sampled_from(_RANDOM_FIELDS), max_size=3, unique=True)):
-        data[name] = draw(_TYPED[name] if name in _TYPED else near_valid(name, non_latin))
+        data[name] = draw(
+            _TYPED[name] if name in _TYPED else near_valid(name, non_latin, edgy=False)
+        )
     return data
 
 
@@ -577,7 +581,7 @@ def test_property_list_leads_are_stored_exactly_or_refused_by_field(
     seen = {"stored": 0, "refused": 0}
 
     @settings(
-        max_examples=80,
+        max_examples=100,
         deadline=None,
         database=None,
         suppress_health_check=list(HealthCheck),
@@ -619,7 +623,7 @@ def test_property_list_leads_are_stored_exactly_or_refused_by_field(
     finally:
         sim.set_non_latin(False)
     # Both ways were taken (a property that only ever refused would prove nothing).
-    assert seen["stored"] >= 20 and seen["refused"] >= 10, seen
+    assert seen["stored"] >= 15 and seen["refused"] >= 10, seen
 
 
 @settings(max_examples=40, deadline=None, database=None, suppress_health_check=list(HealthCheck))
