@@ -42,6 +42,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -266,12 +267,21 @@ def make_schedule(
 
 @dataclass(frozen=True)
 class AppliedFault:
-    """A step of the schedule as it was applied: when (seconds into the window), what,
-    and the error if it could not be."""
+    """A step of the schedule as it was applied: when (seconds into the window, and the
+    UTC time, as the workers' log lines carry it), what, and the error if it failed."""
 
     at: float
     what: str
     error: str = ""
+    utc: str = field(default_factory=lambda: _utc_now())
+
+    def line(self) -> str:
+        failed = f" FAILED: {self.error}" if self.error else ""
+        return f"t={self.at:5.1f}s ({self.utc}) {self.what}{failed}"
+
+
+def _utc_now() -> str:
+    return datetime.now(UTC).strftime("%H:%M:%S.%f")[:-3] + "Z"
 
 
 def phone_of(index: int) -> str:
@@ -559,10 +569,7 @@ class FaultRun:
             jobs=jobs,
             letters=letters,
             stored=stored,
-            applied=[
-                f"t={a.at:5.1f}s {a.what}" + (f" FAILED: {a.error}" if a.error else "")
-                for a in self.applied
-            ],
+            applied=[a.line() for a in self.applied],
             schedule=self.schedule.describe(),
             logs=logs,
             worker_exits=exits,
