@@ -221,3 +221,17 @@ def test_the_checker_reports_a_lead_enqueued_as_two_jobs() -> None:
         [StoredRecord("1", "7278000000", "a"), StoredRecord("2", "7278000000", "b")],
     )
     assert _kinds(history) == ["enqueued_twice", "duplicated"]
+
+
+def test_the_checker_reports_a_worker_that_ended_on_its_own() -> None:
+    history = History(
+        seed=7,
+        faults={},
+        jobs=[_job(0, "added", lead_id="1")],
+        letters=[],
+        stored=[_stored(0, "1")],
+        worker_exits=["w2 (exit code 1, by the end)"],
+    )
+    verdict = check(history)
+    assert [p.kind for p in verdict.problems] == ["worker_exited"]
+    assert verdict.lost == 0 and verdict.duplicated == 0 and not verdict.ok

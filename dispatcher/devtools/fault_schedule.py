@@ -307,6 +307,7 @@ class FaultRun:
     progress: Callable[[str], None] = lambda line: None
     workers: dict[str, WorkerProcess] = field(default_factory=dict, init=False)
     applied: list[AppliedFault] = field(default_factory=list, init=False)
+    exited: list[str] = field(default_factory=list, init=False)
 
     def settings(self, redis_url: str, sim: Simulator) -> Settings:
         values: dict[str, Any] = {
@@ -501,6 +502,7 @@ class FaultRun:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(worker.process.pid, signal.SIGCONT)
             if not worker.alive():
+                self.exited.append(f"{name} (exit code {_exit_code(worker)}, by the window's end)")
                 worker.start(wait=False)
                 mended.append(f"{name} had exited: started again")
         if mended:
@@ -525,13 +527,13 @@ class FaultRun:
             time.sleep(0.5)
 
     def _stop_workers(self) -> list[str]:
-        """Warm shutdown (finish calls in flight); lists workers that had exited early."""
-        exits = []
+        """Warm shutdown (finish calls in flight); lists the workers that exited on
+        their own (none should: a worker waits for Redis, whatever its fault)."""
         for name, worker in self.workers.items():
             if not worker.alive():
-                exits.append(name)
+                self.exited.append(f"{name} (exit code {_exit_code(worker)}, by the end)")
             worker.stop(timeout=15)
-        return exits
+        return list(self.exited)
 
     def _read(
         self, producer: _Producer, settings: Settings, sim: Simulator, exits: list[str]
@@ -576,6 +578,10 @@ class FaultRun:
             wall_s=0.0,
             events=count_events(logs),
         )
+
+
+def _exit_code(worker: WorkerProcess) -> int | None:
+    return worker.process.poll() if worker.process is not None else None
 
 
 def _fill(url: str) -> int:

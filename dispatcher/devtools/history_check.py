@@ -17,7 +17,9 @@ What must hold (the README's "Guarantees"):
   it twice); an ``ambiguous`` one has 0 or 1 (*ambiguous left*: counted, reported);
 * no lead in VICIdial that no job accounts for, none with another job's marker;
 * a lead handed over once (one idempotency key) is one job, whatever the producer's
-  retries; a job reports duplicates only if VICIdial holds them.
+  retries; a job reports duplicates only if VICIdial holds them;
+* no worker ended on its own (the schedule's kills aside): a worker waits out every
+  fault of Redis and VICIdial.
 
 *Duplicated* counts the leads VICIdial holds beyond one per lead handed over.
 """
@@ -280,6 +282,10 @@ def check(history: History) -> Verdict:
                         f"lead {lead.lead_id} (marker {lead.marker or 'none'}) of no job",
                     )
                 )
+    for exited in history.worker_exits:
+        # A worker waits out Redis and VICIdial faults; one that ends on its own
+        # (not killed by the schedule) broke "nothing of a worker dies".
+        problems.append(Problem("worker_exited", -1, "", "", f"{exited}: see its log"))
     for letter in history.letters:
         if letter.job_id not in known_ids:
             problems.append(
