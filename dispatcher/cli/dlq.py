@@ -331,7 +331,8 @@ def replay(
         click.echo(
             f"replayed {summary['replayed']}; {summary['already_added']} were added after all "
             f"(removed, not sent); {summary['gone']} already gone; "
-            f"{summary['unreplayable']} not replayable (invalid_payload); "
+            f"{summary['unreplayable']} not replayable (invalid_payload, or no job a worker "
+            "can read); "
             f"{summary['skipped_dnc']} DNC skipped; "
             f"{summary['skipped_ambiguous']} ambiguous skipped; "
             f"{summary['busy']} held by a worker right now (try again)",

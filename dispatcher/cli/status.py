@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+
 import click
 from rich.console import Console
 from rich.table import Table
@@ -144,8 +146,6 @@ DISPATCHER_AMBIGUOUS=dead_letter.
 @click.pass_obj
 @guarded
 def health(obj: CliContext, worker: str | None, timeout: float, recheck: bool) -> None:
-    import socket
-
     backend = obj.backend
     with broker_errors(obj.settings):
         backend.redis.ping()
@@ -170,6 +170,8 @@ def health(obj: CliContext, worker: str | None, timeout: float, recheck: bool) -
     missing = [n for n in names if n not in data["workers"]]
     if missing:
         fail(f"no recent heartbeat from {', '.join(missing)}", code=1)
+    # Imported here: Celery is the workers' dependency, heavy to load, and only this
+    # check of a live worker needs it (the rest of the command line never does).
     from celery import Celery
 
     probe = Celery("dispatcher-health", broker=obj.settings.redis_url)

@@ -213,6 +213,26 @@ class Job:
     def evolve(self, **changes: Any) -> Job:
         return replace(self, **changes)
 
+    def replayed(self) -> Job:
+        """The publication a replay of the job's dead letter sends: the next one (seq + 1),
+        with a fresh attempt count and agent wait, one replay more, and no reconciliation
+        (a replay calls VICIdial; it does not look the lead up). Everything else, the
+        DNC checks and the idempotency key first, travels unchanged."""
+        return replace(
+            self,
+            attempts=0,
+            seq=self.seq + 1,
+            replays=self.replays + 1,
+            first_failed_at=None,
+            agent_wait_since=None,
+            reconcile=None,
+        )
+
+    def looking_up(self, reconcile: Reconcile) -> Job:
+        """The next publication (seq + 1): a look-up of the job's lead in VICIdial, where
+        ``reconcile`` says how the reconciliation stands (the attempts made still count)."""
+        return replace(self, seq=self.seq + 1, reconcile=reconcile)
+
     @classmethod
     def from_message(cls, data: object, *, dialers: Dialers | None = None) -> Job:
         """Parse a queue message; anything that is not a valid v1 job is InvalidPayload.

@@ -32,7 +32,7 @@ class Backend:
 
     def __post_init__(self) -> None:
         self.redis = redis_client(self.settings)
-        self.keys = Keys(prefix=self.settings.key_prefix, queue=self.settings.queue)
+        self.keys = Keys.of(self.settings)
         self.execution = Execution(self.redis, prefix=self.keys.prefix, queue=self.keys.queue)
         self.fleet = Fleet(self.redis, prefix=self.keys.prefix)
 

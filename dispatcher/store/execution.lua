@@ -56,6 +56,9 @@
 --                                 TTL: LOOKUP_TTL_S, or its hold + a day if longer, set by
 --                                 each command that writes it (never shortened)
 --   P:lookups             set     the servers that have a lookup hash (TTL as theirs)
+--   _dispatcher.inflight.Q.{id}   list   a consumer's in-flight list (fleet.lua), named by
+--                                 the caller of `poison`: the raw item leaves it together
+--                                 with its letter's write
 --
 -- The execution record (P:exec:{id}) is a state machine; `seq` counts publications
 -- of the job (a retry or a replay publishes it again with seq + 1), `token` names
@@ -178,8 +181,42 @@ local function retire_letter(id)
   return reason
 end
 
--- VICIdial answered (HTTP 200, whatever it said): the network failures are not
--- consecutive any more, and an outage pause is over. 1 if a pause was ended.
+-- The compare-and-set of retry and await_lookup: the delivery holding the claim with
+-- `token` ends it, and publication seq + 1 (`envelope`) waits in `scheduled` for
+-- delay_s. Returns nil and the due time when it applied, else the answer: {'done'}
+-- (added meanwhile), {'again'} (this very call, repeated after a lost reply) or
+-- {'superseded'} (the claim is not this delivery's any more).
+local function reschedule(id, token, seq, envelope, delay_s, ttl)
+  local ek = k_exec(id)
+  local ex = redis.call('HMGET', ek, 'state', 'token', 'seq')
+  if ex[1] == 'done' then return {'done'} end
+  if ex[2] ~= token then return {'superseded'} end
+  if ex[1] == 'scheduled' and tonumber(ex[3] or '0') == seq + 1 then return {'again'} end
+  if ex[1] ~= 'claimed' then return {'superseded'} end
+  local due = now + tonumber(delay_s)
+  redis.call('HSET', ek, 'state', 'scheduled', 'seq', seq + 1)
+  redis.call('HDEL', ek, 'lease_until', 'orphaned_from')
+  redis.call('EXPIRE', ek, ttl)
+  redis.call('ZADD', k_scheduled, fmt(due), envelope)
+  return nil, due
+end
+
+-- A slot of the server's fleet-wide rate limit (GCRA: P:rate:{server} holds the
+-- theoretical arrival time), for a claim or a gated request. Returns the delay until
+-- the slot reserved, or nil when none comes within maxwait (nothing reserved) and the
+-- delay the next one is away.
+local function rate_slot(server, interval, maxwait)
+  if interval <= 0 then return 0 end
+  local rk = P .. ':rate:' .. server
+  local tat = tonumber(redis.call('GET', rk) or '0')
+  if tat < now then tat = now end
+  local delay = tat - now
+  if delay > maxwait then return nil, delay end
+  local nxt = tat + interval
+  redis.call('SET', rk, fmt(nxt), 'PX', math.ceil((nxt - now) * 1000) + 1000)
+  return delay
+end
+
 -- Replay and reconcile of a dead letter: hand the job back to the workers as
 -- publication `seq` in `state` (queued or scheduled), removing the letter. Returns
 -- nil when done, else the answer: {'missing'}, {'done', lead_id} (added after all:
@@ -201,6 +238,8 @@ local function take_letter(id, seq, ttl, state)
   return nil
 end
 
+-- VICIdial answered (HTTP 200, whatever it said): the network failures are not
+-- consecutive any more, and an outage pause is over. 1 if a pause was ended.
 local function answered(server)
   redis.call('DEL', P .. ':breaker:' .. server)
   if redis.call('HGET', k_pause(server), 'kind') == 'outage' then
@@ -400,16 +439,8 @@ elseif cmd == 'claim' then
       verdict = 'probe_' .. pause[3]
     end
   end
-  local delay = 0
-  if interval > 0 then
-    local rk = P .. ':rate:' .. server
-    local tat = tonumber(redis.call('GET', rk) or '0')
-    if tat < now then tat = now end
-    delay = tat - now
-    if delay > maxwait then return {'throttled', fmt(delay)} end
-    local nxt = tat + interval
-    redis.call('SET', rk, fmt(nxt), 'PX', math.ceil((nxt - now) * 1000) + 1000)
-  end
+  local delay, away = rate_slot(server, interval, maxwait)
+  if not delay then return {'throttled', fmt(away)} end
   redis.call('HSET', ek, 'state', 'claimed', 'seq', seq, 'token', token,
              'lease_until', fmt(now + delay + lease), 'worker', worker)
   redis.call('HDEL', ek, 'orphaned_from')
@@ -461,19 +492,9 @@ elseif cmd == 'succeed' then
 elseif cmd == 'retry' then
   -- ARGV: job_id, token, seq, envelope (seq + 1), delay_s, ttl, attempts, reason, error,
   --       http_status ('' for none), server.
-  local id, token, seq = ARGV[2], ARGV[3], tonumber(ARGV[4])
-  local ttl, server = tonumber(ARGV[7]), ARGV[12]
-  local ek = k_exec(id)
-  local ex = redis.call('HMGET', ek, 'state', 'token', 'seq')
-  if ex[1] == 'done' then return {'done'} end
-  if ex[2] ~= token then return {'superseded'} end
-  if ex[1] == 'scheduled' and tonumber(ex[3] or '0') == seq + 1 then return {'again'} end
-  if ex[1] ~= 'claimed' then return {'superseded'} end
-  local due = now + tonumber(ARGV[6])
-  redis.call('HSET', ek, 'state', 'scheduled', 'seq', seq + 1)
-  redis.call('HDEL', ek, 'lease_until', 'orphaned_from')
-  redis.call('EXPIRE', ek, ttl)
-  redis.call('ZADD', k_scheduled, fmt(due), ARGV[5])
+  local id, ttl, server = ARGV[2], tonumber(ARGV[7]), ARGV[12]
+  local refused, due = reschedule(id, ARGV[3], tonumber(ARGV[4]), ARGV[5], ARGV[6], ttl)
+  if refused then return refused end
   show(id, ttl, 'state', 'retrying', 'attempts', ARGV[8], 'reason', ARGV[9], 'error', ARGV[10],
        'http_status', ARGV[11], 'next_attempt_at', fmt(due), 'updated_at', fmt(now))
   redis.call('HINCRBY', k_stats, 'retries', 1)
@@ -779,19 +800,9 @@ elseif cmd == 'await_lookup' then
   -- vanished): this publication ends, and the look-up of the job in VICIdial waits in
   -- `scheduled` for delay_s. The job shows `retrying`, reason ambiguous, reconcile
   -- pending. Compare-and-set as retry: {'ok', due}, {'again'}, {'done'}, {'superseded'}.
-  local id, token, seq = ARGV[2], ARGV[3], tonumber(ARGV[4])
-  local ttl, server = tonumber(ARGV[7]), ARGV[11]
-  local ek = k_exec(id)
-  local ex = redis.call('HMGET', ek, 'state', 'token', 'seq')
-  if ex[1] == 'done' then return {'done'} end
-  if ex[2] ~= token then return {'superseded'} end
-  if ex[1] == 'scheduled' and tonumber(ex[3] or '0') == seq + 1 then return {'again'} end
-  if ex[1] ~= 'claimed' then return {'superseded'} end
-  local due = now + tonumber(ARGV[6])
-  redis.call('HSET', ek, 'state', 'scheduled', 'seq', seq + 1)
-  redis.call('HDEL', ek, 'lease_until', 'orphaned_from')
-  redis.call('EXPIRE', ek, ttl)
-  redis.call('ZADD', k_scheduled, fmt(due), ARGV[5])
+  local id, ttl, server = ARGV[2], tonumber(ARGV[7]), ARGV[11]
+  local refused, due = reschedule(id, ARGV[3], tonumber(ARGV[4]), ARGV[5], ARGV[6], ttl)
+  if refused then return refused end
   show(id, ttl, 'state', 'retrying', 'attempts', ARGV[8], 'reason', 'ambiguous',
        'error', ARGV[9], 'http_status', ARGV[10], 'next_attempt_at', fmt(due),
        'updated_at', fmt(now), 'reconcile', 'pending')
@@ -904,16 +915,8 @@ elseif cmd == 'gate' then
     if left > 0 then return {'paused', fmt(left), pause[2] or ''} end
     if pause[3] == 'refused' then return {'paused', fmt(5), pause[2] or ''} end
   end
-  local delay = 0
-  if interval > 0 then
-    local rk = P .. ':rate:' .. server
-    local tat = tonumber(redis.call('GET', rk) or '0')
-    if tat < now then tat = now end
-    delay = tat - now
-    if delay > maxwait then return {'throttled', fmt(delay)} end
-    local nxt = tat + interval
-    redis.call('SET', rk, fmt(nxt), 'PX', math.ceil((nxt - now) * 1000) + 1000)
-  end
+  local delay, away = rate_slot(server, interval, maxwait)
+  if not delay then return {'throttled', fmt(away)} end
   return {'ok', fmt(delay)}
 
 elseif cmd == 'lookup_gate' then
