@@ -124,6 +124,10 @@ class Sizes:
     outages: tuple[int, int] = (0, 1)
     #: share of leads whose first request loses its answer
     answer_lost_share: float = 0.05
+    #: how long a frozen worker stays frozen: longer than the run's visibility timeout
+    #: (8 s), itself longer than the claims' lease (7 s; the settings require it), so
+    #: that another worker takes its messages over meanwhile
+    stop_s: tuple[float, float] = (8.5, 10.5)
     #: calls in flight per worker
     concurrency: int = 8
     #: VICIdial's answer time, drawn per call: long enough that kills and stops find
@@ -218,10 +222,8 @@ def make_schedule(
     sizes: Sizes = SUITE,
     *,
     workers: Sequence[str] = ("w1", "w2"),
-    stop_s: tuple[float, float] = (8.5, 10.5),
 ) -> Schedule:
-    """Draw the faults of ``seed``. ``stop_s``: how long a stopped worker stays stopped
-    (the caller passes more than its visibility timeout, hence more than the lease)."""
+    """Draw the faults of ``seed`` for ``workers`` (their names)."""
     rng = random.Random(seed)
     window = sizes.window_s
     busy: dict[str, list[tuple[float, float]]] = {}
@@ -247,7 +249,7 @@ def make_schedule(
 
     for _ in range(count(sizes.stops)):
         name = rng.choice(list(workers))
-        place("stop", name, rng.uniform(*stop_s), 0.0, name)
+        place("stop", name, rng.uniform(*sizes.stop_s), 0.0, name)
     for _ in range(count(sizes.kills)):
         name = rng.choice(list(workers))
         place("kill", name, 0.0, _BOOT_S, name)
@@ -347,6 +349,12 @@ class FaultRun:
             for index, kind in schedule.answers_lost.items():
                 sim.script_phone(phone_of(index), [kind])
             settings = self.settings(server.url, sim)
+            for event in schedule.events:
+                if event.kind == "stop" and event.seconds <= settings.visibility_timeout_s:
+                    raise ValueError(
+                        f"a stop of {event.seconds} s does not outlast the visibility timeout "
+                        f"({settings.visibility_timeout_s} s): raise Sizes.stop_s"
+                    )
             engines = {"w1": {}, "w2": {"DISPATCHER_ENGINE": "threads"}}
             for name in schedule.workers:
                 self.workers[name] = WorkerProcess(
