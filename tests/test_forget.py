@@ -204,7 +204,7 @@ def test_the_consoles_forget_needs_an_operator_a_csrf_token_and_a_confirmation(
     from starlette.testclient import TestClient
 
     from dispatcher.intake.app import create_app
-    from tests.test_console import OPERATOR, VIEWER, csrf_of, login, seed_users
+    from tests.consoletools import OPERATOR, VIEWER, csrf_of, login, seed_users
 
     settings = make_settings(redis_url, intake_tokens=("intake-token-0123456789abcdef",))
     seed_users(settings)

@@ -156,6 +156,11 @@ def _document() -> dict[str, Any]:
                         "200": _json("JobId", "The idempotency key was seen before: its job."),
                         "400": _json("Errors", "The body is not JSON."),
                         **_COMMON_V1,
+                        "409": _json(
+                            "Conflict",
+                            "The idempotency key (header or body) belongs to another lead: "
+                            "nothing enqueued.",
+                        ),
                         "422": _json("Errors", "Invalid lead: every bad field is named."),
                         **_UNAVAILABLE,
                     },
@@ -284,6 +289,14 @@ def _document() -> dict[str, Any]:
                     "type": "object",
                     "required": ["error"],
                     "properties": {"error": {"type": "string"}},
+                },
+                "Conflict": {
+                    "type": "object",
+                    "required": ["error", "job_id"],
+                    "properties": {
+                        "error": {"type": "string"},
+                        "job_id": {"type": "string", "description": "The key's first job."},
+                    },
                 },
                 "BatchResults": {
                     "type": "object",

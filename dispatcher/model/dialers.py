@@ -131,6 +131,11 @@ class Dialers:
             return self.by_name.get(name)
         return None
 
+    def resolve_or_default(self, name: object) -> Dialer | None:
+        """Where a replayed or reconciled job goes: the dialer it names, or the default
+        one for a job of an older version or one naming a dialer the fleet no longer has."""
+        return self.resolve(name) or self.resolve(None)
+
     @property
     def secrets(self) -> tuple[str, ...]:
         return tuple(d.password for d in self if d.password)

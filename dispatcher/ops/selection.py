@@ -1,5 +1,5 @@
-"""Which dead letters an operator means, and replaying them: shared by ``dispatcher dlq``
-and the web console.
+"""Which dead letters an operator means: shared by ``dispatcher dlq`` and the web console
+(what is done to them: :mod:`dispatcher.ops.dlq`).
 
 A :class:`Selection` is the filters both offer: IDs, a reason, an agent, a time
 window on the last failure (``since``/``until``) and, for the console, the last
@@ -23,12 +23,10 @@ VICIdial already) are named here once: :func:`held_reasons`.
 from __future__ import annotations
 
 import re
-import time
 from collections import Counter
-from collections.abc import Callable, Collection, Iterable, Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 
-from dispatcher.config import logs
 from dispatcher.model.errors import all_reasons
 from dispatcher.store.connection import broker_errors
 from dispatcher.store.deadletter import DeadLetter, DeadLetterStore
@@ -41,17 +39,12 @@ __all__ = [
     "Selection",
     "held_reasons",
     "parse_duration",
-    "replay_letters",
 ]
 
 DNC_REASONS: tuple[str, ...] = ("dnc", "campaign_dnc")
 AMBIGUOUS_REASONS: tuple[str, ...] = ("ambiguous",)
-#: Letters replayed in one round trip when no rate is set (`dlq replay --all` of a
-#: large store: one round trip a letter was most of its time).
-REPLAY_BATCH = 200
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
-_log = logs.get_logger("dispatcher.dlq")
 
 
 def held_reasons(*, include_dnc: bool, include_ambiguous: bool) -> tuple[str, ...]:
@@ -135,7 +128,7 @@ class Selection:
             return False
         if self.dialer is not None and letter.dialer != self.dialer:
             return False
-        if self.phone_last4 is not None and not _phone(letter).endswith(self.phone_last4):
+        if self.phone_last4 is not None and not letter.phone.endswith(self.phone_last4):
             return False
         if self.since is not None and letter.score < self.since:
             return False
@@ -157,7 +150,7 @@ class Selection:
         for letter in store.iter(
             reason=self.reason, agent_user=self.agent_user, since=self.since, until=self.until
         ):
-            if self.phone_last4 is not None and not _phone(letter).endswith(self.phone_last4):
+            if self.phone_last4 is not None and not letter.phone.endswith(self.phone_last4):
                 continue
             if self.dialer is None or letter.dialer == self.dialer:
                 yield letter
@@ -243,78 +236,3 @@ class Selection:
         low = "-inf" if self.since is None else repr(self.since)
         high = "+inf" if self.until is None else repr(self.until)
         return low, high
-
-
-def _phone(letter: DeadLetter) -> str:
-    lead = letter.job.get("lead")
-    return str(lead.get("phone_number", "")) if isinstance(lead, dict) else ""
-
-
-def replay_letters(
-    store: DeadLetterStore,
-    letters: Iterable[DeadLetter],
-    *,
-    held: Collection[str] = (),
-    rate: float | None = None,
-    on_each: Callable[[DeadLetter, str], None] | None = None,
-    **log_fields: object,
-) -> Counter[str]:
-    """Replay each letter (leaving ``held`` reasons alone), at most ``rate`` a second.
-
-    Returns counts of :data:`~dispatcher.store.deadletter.ReplayResult` values plus
-    ``skipped_dnc`` and ``skipped_ambiguous``. Logs ``dlq.replayed`` per letter,
-    with ``log_fields`` (the console adds the operator's name). Without a rate,
-    :data:`REPLAY_BATCH` letters go to Redis in one round trip, each replayed in a
-    step of its own; an error Redis gives for one is raised once the batch's
-    replays are counted and logged.
-    """
-    outcomes: Counter[str] = Counter()
-    interval = 1.0 / rate if rate else 0.0
-    next_at = time.monotonic()
-    batch: list[DeadLetter] = []
-
-    def settle(letter: DeadLetter, result: str) -> None:
-        outcomes[result] += 1
-        if result == "replayed":
-            _log.info(
-                "dlq.replayed",
-                job_id=letter.job_id,
-                reason=letter.reason,
-                replays=letter.replays + 1,
-                **log_fields,
-            )
-        if on_each is not None:
-            on_each(letter, result)
-
-    def flush() -> None:
-        results = store.replay_many(batch)
-        error: Exception | None = None
-        for letter, result in zip(batch, results, strict=True):
-            if isinstance(result, Exception):
-                error = error or result
-            else:
-                settle(letter, result)
-        batch.clear()
-        if error is not None:
-            raise error
-
-    for letter in letters:
-        if letter.reason in held:
-            kind = "skipped_dnc" if letter.reason in DNC_REASONS else "skipped_ambiguous"
-            outcomes[kind] += 1
-            if on_each is not None:
-                on_each(letter, kind)
-            continue
-        if not interval:
-            batch.append(letter)
-            if len(batch) >= REPLAY_BATCH:
-                flush()
-            continue
-        delay = next_at - time.monotonic()
-        if delay > 0:
-            time.sleep(delay)
-        next_at = max(next_at, time.monotonic()) + interval
-        settle(letter, store.replay(letter))
-    if batch:
-        flush()
-    return outcomes

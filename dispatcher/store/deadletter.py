@@ -103,6 +103,14 @@ class DeadLetter:
         return None
 
     @property
+    def phone(self) -> str:
+        """The lead's phone number as the job holds it ("" for a job without one)."""
+        lead = self.job.get("lead")
+        if isinstance(lead, Mapping):
+            return str(lead.get("phone_number", ""))
+        return ""
+
+    @property
     def dialer(self) -> str:
         """The dialer the job names ("" for a job of an older version: the default)."""
         value = self.job.get("dialer")
