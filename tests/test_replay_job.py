@@ -128,7 +128,7 @@ def test_reconcile_publishes_a_look_up_of_the_job(
 @pytest.mark.parametrize(
     "breakage",
     [
-        pytest.param({"v": 2}, id="unknown version"),
+        pytest.param({"v": 3}, id="unknown version"),  # 2: a list job (issue 27)
         pytest.param({"seq": "one"}, id="seq not a number"),
         pytest.param({"lead": {"agent_user": "1000", "phone_number": "12ab"}}, id="bad phone"),
     ],

@@ -19,9 +19,11 @@ __all__ = ["health", "job", "status"]
 
 
 @click.command(
-    help="""Show one job: queued, running, retrying (next attempt time), added
-(lead_id, list_id, campaign) or dead (reason). Exit 1 if the id is unknown
-(or its state expired, after DISPATCHER_JOB_TTL_S)."""
+    help="""Show one job: where its lead goes (target: an agent, or a list), and its
+state: queued, running, retrying (next attempt time), added (lead_id, list_id,
+campaign), duplicate (a list's lead VICIdial's duplicate check found:
+existing_lead_id) or dead (reason). Exit 1 if the id is unknown (or its state
+expired, after DISPATCHER_JOB_TTL_S)."""
 )
 @click.argument("job_id")
 @click.option("--json", "as_json", is_flag=True, help="Print the state as JSON (stable keys).")

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from dataclasses import replace
 
 from dispatcher.model.lead import Lead
 
@@ -44,9 +45,5 @@ def mark(lead: Lead, job_id: str, field: str) -> Lead:
     """
     if field == "none" or field in lead.fields:
         return lead
-    return Lead(
-        lead.agent_user,
-        lead.phone_number,
-        lead.phone_code,
-        {**lead.fields, field: marker(job_id, field)},
-    )
+    # replace() keeps who gets the lead (agent_user, or a list's list_id) as it is.
+    return replace(lead, fields={**lead.fields, field: marker(job_id, field)})

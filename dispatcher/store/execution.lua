@@ -24,7 +24,10 @@
 --                                 duplicates, unverified, verifying, verified),
 --                                 waiting_for_dialer, dialer_wait_until (a job whose dialer
 --                                 the worker that took it did not know),
---                                 phone_key (the job's P:phone:{h}, never the phone)
+--                                 phone_key (the job's P:phone:{h}, never the phone);
+--                                 a list job's target (add_lead): target ("list"; none:
+--                                 an agent job), target_list_id, campaign_id; a duplicate
+--                                 (state duplicate): existing_lead_id
 --   P:exec:{id}           hash    the execution record: state, seq, token, lease_until, worker,
 --                                 orphaned_from, reason, lead_id, list_id, campaign, done_at,
 --                                 dialer_wait_since (when a worker that did not know the
@@ -317,7 +320,8 @@ end
 if cmd == 'enqueue' then
   -- ARGV: ttl, strict, the phone index's key (hex; '' for none), then per job: job_id,
   -- envelope, agent_user, idempotency key ('' for none), fingerprint of the lead,
-  -- enqueued_at, the lane list it goes to, its phone key ('' for none).
+  -- enqueued_at, the lane list it goes to, its phone key ('' for none), more fields of
+  -- its state (a JSON object of strings, '' for none: a list job's target).
   -- Per job: "n:{id}" new, "e:{id}" the key's first job (the same lead), "c:{id}" the key
   -- belongs to another lead. strict = 1: any conflict and nothing is written.
   -- {'rekey'} and nothing written: the index key given is not the one Redis holds.
@@ -330,7 +334,7 @@ if cmd == 'enqueue' then
       return {'rekey'}
     end
   end
-  local n = (#ARGV - 4) / 8
+  local n = (#ARGV - 4) / 9
   -- The key's first job, as "e:{id}" (the same lead) or "c:{id}" (another lead).
   local function bound(b)
     local key = ARGV[b + 4]
@@ -347,7 +351,7 @@ if cmd == 'enqueue' then
   if strict == '1' then
     local conflicts = 0
     for i = 1, n do
-      local seen = bound(4 + (i - 1) * 8)
+      local seen = bound(4 + (i - 1) * 9)
       if seen and string.sub(seen, 1, 1) == 'c' then
         out[i] = seen
         conflicts = conflicts + 1
@@ -360,7 +364,7 @@ if cmd == 'enqueue' then
   end
   local added = 0
   for i = 1, n do
-    local b = 4 + (i - 1) * 8
+    local b = 4 + (i - 1) * 9
     local seen = bound(b)
     if seen then
       out[i] = seen
@@ -378,6 +382,17 @@ if cmd == 'enqueue' then
       if h ~= '' then
         table.insert(fields, 'phone_key')
         table.insert(fields, h)
+      end
+      if ARGV[b + 9] ~= '' then
+        local ok, more = pcall(cjson.decode, ARGV[b + 9])
+        if ok and type(more) == 'table' then
+          for k, v in pairs(more) do
+            if type(k) == 'string' and type(v) == 'string' then
+              table.insert(fields, k)
+              table.insert(fields, v)
+            end
+          end
+        end
       end
       redis.call('HSET', k_job(id), unpack(fields))
       redis.call('EXPIRE', k_job(id), ttl)

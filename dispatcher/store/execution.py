@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
-from typing import Any
+from typing import Any, NamedTuple
 
 import redis
 
@@ -40,6 +40,7 @@ from dispatcher.store.replies import Claim, LookupGate, text
 
 __all__ = [
     "FENCE_MARGIN_S",
+    "EnqueueItem",
     "Execution",
     "Fence",
     "IndexKeyChanged",
@@ -48,6 +49,24 @@ __all__ = [
 ]
 
 _SOURCE = resources.files("dispatcher.store").joinpath("execution.lua").read_text(encoding="utf-8")
+
+
+class EnqueueItem(NamedTuple):
+    """One job of an ``enqueue`` command."""
+
+    job_id: str
+    envelope: str
+    agent_user: str
+    #: '' for none
+    idempotency_key: str
+    #: what the key is bound to (dispatcher.ops.producer.fingerprint)
+    fingerprint: str
+    lane: str
+    #: the job's phone index key ('' for none)
+    phone_key: str
+    #: more fields of the job state, a JSON object of strings ('' for none): a list
+    #: job's target (target, target_list_id, campaign_id)
+    state_fields: str = ""
 
 
 class IndexKeyChanged(Exception):
@@ -208,15 +227,15 @@ class Execution:
 
     def enqueue(
         self,
-        items: list[tuple[str, str, str, str, str, str, str]],
+        items: list[EnqueueItem],
         *,
         now: float,
         ttl: int,
         strict: bool,
         index_key: str = "",
     ) -> list[tuple[str, str]]:
-        """Enqueue jobs: (job_id, envelope, agent_user, idempotency key, fingerprint, lane,
-        phone key ('' for none)); ``index_key``: the phone index's key, hex.
+        """Enqueue jobs (:class:`EnqueueItem`; a plain 7-tuple has no state fields);
+        ``index_key``: the phone index's key, hex.
 
         Returns per job ("new" | "existing" | "conflict", job id). With ``strict``
         a single conflict writes nothing (the others come back as ("", "")). Raises
@@ -225,16 +244,18 @@ class Execution:
         """
         args: list[Any] = [ttl, "1" if strict else "0", index_key]
         stamp = f"{now:.6f}"
-        for job_id, envelope, agent, key, fingerprint, lane, phone in items:
-            args += [job_id, envelope, agent, key, fingerprint, stamp, lane, phone]
+        for item in items:
+            job_id, envelope, agent, key, fingerprint, lane, phone, *more = item
+            extra = more[0] if more else ""
+            args += [job_id, envelope, agent, key, fingerprint, stamp, lane, phone, extra]
         kinds = {"n": "new", "e": "existing", "c": "conflict"}
         out = []
         reply = self.call("enqueue", *args)
         if len(reply) == 1 and text(reply[0]) == "rekey":
             raise IndexKeyChanged
         for raw in reply:
-            item = text(raw)
-            out.append((kinds[item[0]], item[2:]) if item else ("", ""))
+            answer = text(raw)
+            out.append((kinds[answer[0]], answer[2:]) if answer else ("", ""))
         return out
 
     # -- workers --------------------------------------------------------------------------
