@@ -2,8 +2,9 @@
 
 Producers, the dead-letter store, the CLI and the workers all reach Redis
 through a :class:`Backend`, so a key name or a script exists in one place:
-:attr:`Backend.execution` (every transition of a job, ``execution.lua``) and
-:attr:`Backend.fleet` (liveness of workers and consumers, ``fleet.lua``).
+:attr:`Backend.execution` (every transition of a job, ``execution.lua``),
+:attr:`Backend.fleet` (liveness of workers and consumers, ``fleet.lua``) and
+:attr:`Backend.broker` (the workers' reliable pop, ``broker.lua``).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from dataclasses import dataclass, field
 import redis
 
 from dispatcher.config.settings import Settings, get_settings
+from dispatcher.store.broker import Broker
 from dispatcher.store.connection import redis_client
 from dispatcher.store.execution import Execution
 from dispatcher.store.fleet import Fleet
@@ -29,12 +31,14 @@ class Backend:
     keys: Keys = field(init=False)
     execution: Execution = field(init=False)
     fleet: Fleet = field(init=False)
+    broker: Broker = field(init=False)
 
     def __post_init__(self) -> None:
         self.redis = redis_client(self.settings)
         self.keys = Keys.of(self.settings)
         self.execution = Execution(self.redis, prefix=self.keys.prefix, queue=self.keys.queue)
         self.fleet = Fleet(self.redis, prefix=self.keys.prefix)
+        self.broker = Broker(self.redis, prefix=self.keys.prefix)
 
 
 _backends: dict[int, Backend] = {}
