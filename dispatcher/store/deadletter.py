@@ -491,20 +491,22 @@ class DeadLetterStore:
         job = _job_of(letter)
         if job is None:
             return None
-        job = job.replayed()
+        lost = (letter.error or "ambiguous") if letter.reason == "ambiguous" else ""
+        job = job.replayed(lost_answer=lost)
         lane = self.lane_of(job)
         envelope = broker_envelope(job.to_message(), queue=lane, task_id=letter.job_id)
         ttl = int(self.backend.settings.job_ttl_s)
         return Execution.replay_args(letter.id, envelope=envelope, seq=job.seq, ttl=ttl, lane=lane)
 
     def lane_of(self, job: Job) -> str:
-        """The list a job goes back to: its dialer's lane (the default dialer's for a job
-        of an older version, or one naming a dialer the fleet no longer has)."""
+        """The list a job goes back to: its dialer's lane of its target (the default
+        dialer's for a job of an older version, or one naming a dialer the fleet no longer
+        has)."""
         dialers = self.backend.settings.dialers
         dialer = dialers.resolve(job.dialer) or dialers.resolve(None)
         if dialer is None:
             return self.keys.queue
-        return self.keys.lane(dialer.name, job.priority)
+        return self.keys.target_lane(dialer.name, job.priority, job.target)
 
     def reconcile(self, letter: DeadLetter, *, now: float | None = None) -> ReconcileResult:
         """Hand the letter to the workers to be looked up in VICIdial (`dlq reconcile`).

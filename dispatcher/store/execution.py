@@ -276,8 +276,13 @@ class Execution:
         worker: str,
         max_rate_wait_s: float,
         server: str,
+        scope: str = "",
+        lock: str = "",
     ) -> tuple[Any, ...]:
-        """The ``claim`` command, for :meth:`call` or :meth:`call_many`."""
+        """The ``claim`` command, for :meth:`call` or :meth:`call_many`.
+
+        ``scope``: a second pause the job obeys (a list job's: ``{server}:list``);
+        ``lock``: the phone key whose add_lead lock the claim takes ('' for none)."""
         return (
             "claim",
             job_id,
@@ -289,6 +294,8 @@ class Execution:
             worker,
             max_rate_wait_s,
             server,
+            scope,
+            lock,
         )
 
     def succeed(self, job_id: str, *, client: Any = None, **options: Any) -> Any:
@@ -309,8 +316,10 @@ class Execution:
         latency_field: str,
         latency_ms: float,
         server: str,
+        state_fields: str = "",
     ) -> tuple[Any, ...]:
-        """The ``succeed`` command, for :meth:`call` or :meth:`call_many`."""
+        """The ``succeed`` command, for :meth:`call` or :meth:`call_many`;
+        ``state_fields``: more fields of the job state, a JSON object of strings."""
         return (
             "succeed",
             job_id,
@@ -323,6 +332,35 @@ class Execution:
             attempts,
             latency_field,
             f"{latency_ms:.3f}",
+            server,
+            state_fields,
+        )
+
+    @staticmethod
+    def duplicate_args(
+        job_id: str,
+        *,
+        token: str,
+        existing_lead_id: str,
+        list_id: str,
+        check: str,
+        done_ttl: int,
+        ttl: int,
+        attempts: int,
+        server: str,
+    ) -> tuple[Any, ...]:
+        """The ``duplicate`` command (add_lead's duplicate check found a lead: the final
+        state ``duplicate``), for :meth:`call` or :meth:`call_many`."""
+        return (
+            "duplicate",
+            job_id,
+            token,
+            existing_lead_id,
+            list_id,
+            check,
+            done_ttl,
+            ttl,
+            attempts,
             server,
         )
 
