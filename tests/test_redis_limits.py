@@ -73,7 +73,8 @@ def test_status_and_metrics_cost_a_fixed_number_of_commands_at_a_million_keys(
     metrics_calls = _commandstats(client)
     for calls in (status_calls, metrics_calls):
         assert "scan" not in calls and "keys" not in calls, calls
-        assert sum(calls.values()) <= 40, calls
+        # 43 with one dialer (each dialer: LLEN and LINDEX of its 4 lanes and the queue).
+        assert sum(calls.values()) <= 46, calls
     print(f"commands per status call at 1M keys: {sum(status_calls.values())} {status_calls}")
     print(f"commands per /metrics scrape at 1M keys: {sum(metrics_calls.values())}")
 
