@@ -41,6 +41,7 @@ from bench import (
     login_flood,
     reconcile,
     replay,
+    targets,
     throughput,
 )
 from bench.common import ROOT, Env, Section, machine_info
@@ -58,6 +59,7 @@ BENCHMARKS: dict[str, ModuleType] = {
         reconcile,
         login_flood,
         clients,
+        targets,
         faults,
     )
 }
