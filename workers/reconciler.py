@@ -54,6 +54,7 @@ from dispatcher.model.jobs import Job, Reconcile, broker_envelope
 from dispatcher.store.backend import Backend
 from dispatcher.store.execution import Execution
 from dispatcher.store.keys import Keys
+from dispatcher.store.outbox import notify_for
 from dispatcher.vicidial.nonagent import NonAgentClient
 from dispatcher.vicidial.reconcile import (
     CHECK_EVERY_S,
@@ -312,6 +313,7 @@ class Reconciler:
                 ttl=r._ttl,
                 attempts=job.attempts,
                 server=d.dialer.name,
+                notify=notify_for(job, self.settings, dialer=d.dialer.name),
             ),
         )
         if reply[0] == "done" and reply[1] != finding.lead_id:

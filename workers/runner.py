@@ -77,6 +77,7 @@ from dispatcher.store.backend import Backend, get_backend
 from dispatcher.store.connection import broker_errors
 from dispatcher.store.deadletter import DeadLetterStore
 from dispatcher.store.execution import FENCE_MARGIN_S, Claim, Fence, claim_clock, new_token
+from dispatcher.store.outbox import notify_for
 from dispatcher.store.redis_health import redis_availability
 from dispatcher.store.stats import latency_bucket_field
 from dispatcher.vicidial.reconcile import mark
@@ -463,6 +464,7 @@ class JobRunner:
             latency_field=latency_bucket_field(latency_ms / 1000),
             latency_ms=latency_ms,
             server=d.dialer.name,
+            notify=notify_for(d.job, self.settings, dialer=d.dialer.name),
         )
 
     def after_added(self, d: _Delivery, result: AddLeadResult, stored: Any) -> str:

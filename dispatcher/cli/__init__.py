@@ -50,6 +50,7 @@ def _register() -> None:
     from dispatcher.cli.dlq import dlq
     from dispatcher.cli.enqueue import enqueue
     from dispatcher.cli.forget import forget
+    from dispatcher.cli.notify import notify
     from dispatcher.cli.reconcile import reconcile
     from dispatcher.cli.status import health, job, status
     from dispatcher.cli.users import users
@@ -64,6 +65,7 @@ def _register() -> None:
     cli.add_command(dlq)
     cli.add_command(users)
     cli.add_command(forget)
+    cli.add_command(notify)
     cli.add_command(demo)
     cli.add_command(simulate_command, name="simulate")
     cli.add_command(serve_command, name="serve")

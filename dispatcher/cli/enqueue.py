@@ -37,9 +37,9 @@ are read as JSON lines):
 Every row is checked first. If any row is bad, all bad rows are listed (line,
 field, why) and nothing is enqueued (exit 2), unless --skip-invalid is given
 (good rows enqueued, bad ones listed, exit 0). Columns dnc_check,
-campaign_dnc_check, idempotency_key, dialer and priority are understood per
-row (a file's leads are bulk unless a priority column or --priority says
-otherwise).
+campaign_dnc_check, idempotency_key, dialer, priority and notify_url are
+understood per row (a file's leads are bulk unless a priority column or
+--priority says otherwise).
 
 Importing the same file again enqueues nothing twice: a row without a key of
 its own gets one made of the file's content and its line number, so re-running
@@ -97,6 +97,13 @@ def _parse_fields(values: tuple[str, ...]) -> dict[str, str]:
     "one lead, bulk with --file (a priority column wins).",
 )
 @click.option(
+    "--notify-url",
+    metavar="URL",
+    help="Receiver of this job's outcome notification (a POST, signed), under a prefix of "
+    "DISPATCHER_NOTIFY_ALLOWED; default: DISPATCHER_NOTIFY_URL. With --file: for rows "
+    "without a notify_url column.",
+)
+@click.option(
     "--file",
     "file_path",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
@@ -148,6 +155,7 @@ def enqueue(
     allow_reimport: bool,
     dialer: str | None,
     priority: str | None,
+    notify_url: str | None,
 ) -> None:
     if file_path is not None:
         single = [
@@ -178,6 +186,7 @@ def enqueue(
                 file_key=None if allow_reimport else _file_digest(file_path),
                 dialer=dialer,
                 priority=priority or "bulk",
+                notify_url=notify_url,
             )
         except LeadFileError as exc:
             fail(f"{exc}; nothing enqueued", code=2)
@@ -206,6 +215,8 @@ def enqueue(
         lead["dialer"] = dialer
     if priority is not None:
         lead["priority"] = priority
+    if notify_url is not None:
+        lead["notify_url"] = notify_url
     try:
         job_id = enqueue_lead(settings=obj.settings, **lead)
     except InvalidLead as exc:
@@ -238,9 +249,12 @@ def _row_job(
     now: float,
     dialer: str | None,
     priority: str,
+    notify_url: str | None = None,
 ) -> Job:
     if dialer is not None and not row.get("dialer"):
         row["dialer"] = dialer
+    if notify_url is not None and not row.get("notify_url"):
+        row["notify_url"] = notify_url
     if idempotency_column is None and file_key is not None and not row.get("idempotency_key"):
         row["idempotency_key"] = f"file:{file_key}:{line}"
     if idempotency_column is not None:
@@ -276,6 +290,7 @@ def _enqueue_file(
     file_key: str | None,
     dialer: str | None,
     priority: str,
+    notify_url: str | None = None,
 ) -> None:
     err = Console(stderr=True)
     now = time.time()
@@ -299,6 +314,7 @@ def _enqueue_file(
                     now=now,
                     dialer=dialer,
                     priority=priority,
+                    notify_url=notify_url,
                 )
             except InvalidLead as exc:
                 problems.extend(f"line {row.line}: {e.field}: {e.message}" for e in exc.errors)
@@ -361,6 +377,7 @@ def _enqueue_file(
                         now=now,
                         dialer=dialer,
                         priority=priority,
+                        notify_url=notify_url,
                     )
                 )
             except InvalidLead:

@@ -35,6 +35,7 @@ from dispatcher.model.errors import (
 )
 from dispatcher.model.jobs import Job, broker_envelope, new_job_id, state_to_status
 from dispatcher.model.lead import make_lead
+from dispatcher.model.notifications import allowed, notify_url_problem
 from dispatcher.store.backend import Backend, get_backend
 from dispatcher.store.connection import broker_errors
 from dispatcher.store.execution import IndexKeyChanged
@@ -48,6 +49,7 @@ __all__ = [
     "enqueue_leads",
     "fingerprint",
     "job_status",
+    "notify_url_refusal",
     "prepare_job",
     "push_jobs",
 ]
@@ -59,7 +61,14 @@ BATCH_SIZE = 1000
 MAX_FIELDS = 64
 #: How long a producer keeps asking Redis whether an enqueue whose reply was lost ran.
 RESOLVE_S = 3.0
-_CONTROL_KEYS = ("dnc_check", "campaign_dnc_check", "idempotency_key", "dialer", "priority")
+_CONTROL_KEYS = (
+    "dnc_check",
+    "campaign_dnc_check",
+    "idempotency_key",
+    "dialer",
+    "priority",
+    "notify_url",
+)
 _log = logs.get_logger("dispatcher.ops.producer")
 
 
@@ -68,6 +77,27 @@ def fingerprint(job: Job) -> str:
     data = {"lead": job.lead.to_dict(), "dnc": job.dnc_check, "cdnc": job.campaign_dnc_check}
     text = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(text.encode()).hexdigest()[:20]
+
+
+def notify_url_refusal(url: object, prefixes: tuple[str, ...]) -> str | None:
+    """Why a job may not name ``url`` as its receiver of outcome notifications, or None:
+    it must be a receiver URL under one of ``prefixes`` (DISPATCHER_NOTIFY_ALLOWED)."""
+    if not isinstance(url, str):
+        return "must be a string (an http(s) URL)"
+    why = notify_url_problem(url)
+    if why is not None:
+        return why
+    if not prefixes:
+        return (
+            "not allowed: DISPATCHER_NOTIFY_ALLOWED lists no URL prefix, so a job cannot "
+            "name a receiver of its own"
+        )
+    if not allowed(url, prefixes):
+        return (
+            "not allowed: not under a prefix of DISPATCHER_NOTIFY_ALLOWED (same scheme, "
+            "host and port, and a path under the prefix's)"
+        )
+    return None
 
 
 def prepare_job(
@@ -124,6 +154,14 @@ def prepare_job(
         lane = priority
     if lane not in PRIORITIES:
         errors.append(FieldError("priority", f"must be one of {', '.join(PRIORITIES)}", index))
+    notify_url = item.get("notify_url")
+    if notify_url in (None, ""):
+        notify_url = None
+    else:
+        refusal = notify_url_refusal(notify_url, settings.notify_allowed)
+        if refusal is not None:
+            errors.append(FieldError("notify_url", refusal, index))
+            notify_url = None
     non_latin = dialer.non_latin if dialer is not None else settings.vicidial_non_latin
     phone_code = (dialer.phone_code if dialer is not None else None) or settings.phone_code
     try:
@@ -143,6 +181,7 @@ def prepare_job(
         non_latin=non_latin,
         dialer=dialer.name,
         priority=str(lane),
+        notify_url=notify_url,
     )
 
 
@@ -314,7 +353,9 @@ def enqueue_lead(*, settings: Settings | None = None, **fields: Any) -> str:
     ``campaign_dnc_check`` (default from settings: on), ``idempotency_key`` (a
     second enqueue with the same key returns the first job's id and enqueues
     nothing), ``dialer`` (default: the fleet's default dialer) and ``priority``
-    (``realtime``, the default here, or ``bulk``). Raises InvalidLead naming every
+    (``realtime``, the default here, or ``bulk``) and ``notify_url`` (the job's own
+    receiver of outcome notifications, under a prefix of DISPATCHER_NOTIFY_ALLOWED;
+    default: DISPATCHER_NOTIFY_URL, if set). Raises InvalidLead naming every
     bad field (nothing enqueued), IdempotencyConflict, and BrokerUnavailable when
     Redis cannot be reached.
     """

@@ -1,5 +1,5 @@
 """The fleet at a glance: queue depth per dialer and lane, waiting retries, dead letters,
-workers, pauses.
+workers, pauses, the outcome notifications' backlog.
 
 One pipeline of cheap commands, whatever the keyspace holds: no SCAN, no KEYS
 (pauses are kept in a set, live workers are keys with a TTL). Safe to call from
@@ -21,6 +21,7 @@ from dispatcher.model.errors import all_reasons
 from dispatcher.model.jobs import iso
 from dispatcher.store.backend import Backend
 from dispatcher.store.connection import broker_errors, unavailable_kind
+from dispatcher.store.outbox import OutboxCounts
 from dispatcher.store.redis_health import policy_warnings
 
 __all__ = ["FleetReading", "fleet_status", "read_fleet"]
@@ -58,6 +59,8 @@ class FleetReading:
     memory_error: str | None = None
     #: what the last look-up or check of each server's Non-Agent API found
     lookups: dict[str, dict[str, str]] = field(default_factory=dict)
+    #: the outcome notifications' backlog (the outbox)
+    notifications: OutboxCounts | None = None
 
 
 def _published(envelope: Any) -> float | None:
@@ -107,6 +110,7 @@ def read_fleet(backend: Backend, *, memory: bool = False) -> FleetReading:
             backend.fleet.queue(pipe, "alive")
             backend.execution.queue(pipe, "pauses")
             backend.execution.queue(pipe, "lookups")
+            backend.outbox.queue(pipe, "counts")
             for reason in reasons:
                 pipe.zcard(keys.dead_letters_by_reason(reason))
             if memory:
@@ -118,6 +122,7 @@ def read_fleet(backend: Backend, *, memory: bool = False) -> FleetReading:
             # A restarted or flushed Redis lost the scripts: load them, read again.
             backend.fleet.load()
             backend.execution.load()
+            backend.outbox.load()
         info: Any = replies[-1] if memory else None
         memory_error = None
         if isinstance(info, redis.ResponseError) and unavailable_kind(info) is None:
@@ -138,7 +143,7 @@ def read_fleet(backend: Backend, *, memory: bool = False) -> FleetReading:
                 oldest_at = published
             at += 2
         per_lane[(dialer, lane)] = (depth, oldest_at)
-    retrying, stats, oldest, alive, pauses, lookups, *rest = replies[at:]
+    retrying, stats, oldest, alive, pauses, lookups, outbox, *rest = replies[at:]
     per_reason = rest[: len(reasons)]
     now, paused = backend.execution.parse_pauses(pauses)
     _, looked = backend.execution.parse_lookups(lookups)
@@ -160,7 +165,21 @@ def read_fleet(backend: Backend, *, memory: bool = False) -> FleetReading:
         memory_policy=policy or None,
         memory_error=memory_error,
         lookups=looked,
+        notifications=backend.outbox.parse_counts(outbox),
     )
+
+
+def _notifications(reading: FleetReading) -> dict[str, Any]:
+    counts = reading.notifications
+    stats = reading.stats
+    return {
+        "pending": counts.pending if counts else 0,
+        "failed": counts.failed if counts else 0,
+        "due": counts.due if counts else 0,
+        "oldest_pending_age_s": counts.oldest_pending_age_s if counts else None,
+        "delivered_total": int(stats.get("notify:delivered", 0)),
+        "failed_total": int(stats.get("notify:failed", 0)),
+    }
 
 
 def fleet_status(backend: Backend, *, now: float | None = None) -> dict[str, Any]:
@@ -227,6 +246,8 @@ def fleet_status(backend: Backend, *, now: float | None = None) -> dict[str, Any
             "marker_field": settings.marker_field,
             "lookups": lookups,
         },
+        # Outcome notifications (webhooks): the backlog, failed ones, and totals.
+        "notifications": _notifications(reading),
         "totals": {k: _number(v) for k, v in sorted(reading.stats.items())},
         # What Redis must be for the guarantees to hold (dispatcher.store.redis_health).
         "redis": {

@@ -3,7 +3,8 @@
 Producers, the dead-letter store, the CLI and the workers all reach Redis
 through a :class:`Backend`, so a key name or a script exists in one place:
 :attr:`Backend.execution` (every transition of a job, ``execution.lua``) and
-:attr:`Backend.fleet` (liveness of workers and consumers, ``fleet.lua``).
+:attr:`Backend.fleet` (liveness of workers and consumers, ``fleet.lua``) and
+:attr:`Backend.outbox` (outcome notifications waiting to be sent, ``outbox.lua``).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from dispatcher.store.connection import redis_client
 from dispatcher.store.execution import Execution
 from dispatcher.store.fleet import Fleet
 from dispatcher.store.keys import Keys
+from dispatcher.store.outbox import Outbox
 
 __all__ = ["Backend", "get_backend"]
 
@@ -29,12 +31,14 @@ class Backend:
     keys: Keys = field(init=False)
     execution: Execution = field(init=False)
     fleet: Fleet = field(init=False)
+    outbox: Outbox = field(init=False)
 
     def __post_init__(self) -> None:
         self.redis = redis_client(self.settings)
         self.keys = Keys(prefix=self.settings.key_prefix, queue=self.settings.queue)
         self.execution = Execution(self.redis, prefix=self.keys.prefix, queue=self.keys.queue)
         self.fleet = Fleet(self.redis, prefix=self.keys.prefix)
+        self.outbox = Outbox(self.redis, keys=self.keys)
 
 
 _backends: dict[int, Backend] = {}

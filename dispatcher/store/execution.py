@@ -36,6 +36,7 @@ from typing import Any
 import redis
 
 from dispatcher.model.errors import ClaimLapsed
+from dispatcher.store.outbox import Notify
 
 __all__ = [
     "FENCE_MARGIN_S",
@@ -439,8 +440,10 @@ class Execution:
         latency_field: str,
         latency_ms: float,
         server: str,
+        notify: Notify | None = None,
     ) -> tuple[Any, ...]:
-        """The ``succeed`` command, for :meth:`call` or :meth:`call_many`."""
+        """The ``succeed`` command, for :meth:`call` or :meth:`call_many`; ``notify``: the
+        outcome notification to write with it (:func:`dispatcher.store.outbox.notify_for`)."""
         return (
             "succeed",
             job_id,
@@ -454,6 +457,7 @@ class Execution:
             latency_field,
             f"{latency_ms:.3f}",
             server,
+            *Notify.tail(notify),
         )
 
     def retry(
@@ -534,6 +538,7 @@ class Execution:
         http_status: int | None,
         ttl: int,
         server: str = "",
+        notify: Notify | None = None,
     ) -> list[str]:
         reply = self.call(
             "dead",
@@ -548,6 +553,7 @@ class Execution:
             "" if http_status is None else http_status,
             ttl,
             server,
+            *Notify.tail(notify),
         )
         return [_text(x) for x in reply]
 
@@ -672,6 +678,7 @@ class Execution:
         ttl: int,
         attempts: int,
         server: str,
+        notify: Notify | None = None,
     ) -> list[str]:
         reply = self.call(
             "reconciled",
@@ -684,6 +691,7 @@ class Execution:
             ttl,
             attempts,
             server,
+            *Notify.tail(notify),
         )
         return [_text(x) for x in reply]
 

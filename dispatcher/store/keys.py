@@ -1,6 +1,6 @@
 """Redis key names under a configurable prefix, for the Python side.
 
-The scripts that change these keys (``execution.lua``, ``fleet.lua``) build the
+The scripts that change these keys (``execution.lua``, ``fleet.lua``, ``outbox.lua``...) build the
 same names from the prefix and document the whole layout at their top; this
 class is what Python code reads with. A second deployment can share a Redis
 server under another ``DISPATCHER_KEY_PREFIX``.
@@ -139,6 +139,32 @@ class Keys:
     def layout_lock(self) -> str:
         """String with a TTL: the token of the process migrating the layout."""
         return f"{self.prefix}:layout:lock"
+
+    def notify_event(self, event_id: str) -> str:
+        """Hash: one outcome notification in the outbox (execution.lua writes it with the
+        outcome; outbox.lua sends, settles and removes it)."""
+        return f"{self.prefix}:notify:event:{event_id}"
+
+    def notify_job(self, job_id: str) -> str:
+        """List: a job's undelivered notification ids, oldest first (only the first is due)."""
+        return f"{self.prefix}:notify:job:{job_id}"
+
+    @property
+    def notify_due(self) -> str:
+        """Sorted set: notifications that may be sent, by when (a claim's lease end, or the
+        next retry)."""
+        return f"{self.prefix}:notify:due"
+
+    @property
+    def notify_pending(self) -> str:
+        """Sorted set: every undelivered notification not failed, by created_at."""
+        return f"{self.prefix}:notify:pending"
+
+    @property
+    def notify_failed(self) -> str:
+        """Sorted set: notifications not delivered within DISPATCHER_NOTIFY_RETRY_S, by when
+        they failed (kept for `dispatcher notify retry`)."""
+        return f"{self.prefix}:notify:failed"
 
     @property
     def pattern(self) -> str:
