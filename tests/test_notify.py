@@ -619,3 +619,143 @@ def test_the_event_round_trips_through_its_json() -> None:
     )
     assert json.loads(event.body()) == event.to_dict()
     assert list(json.loads(event.body())) == list(BODY_KEYS)
+
+
+def test_the_sender_waits_out_a_full_redis_and_delivers_after(
+    redis_url: str, receiver: Receiver
+) -> None:
+    """Redis refusing writes (OOM under noeviction) while events wait: the sender's
+    claims fail, it logs the episode once and carries on when Redis takes writes."""
+    from structlog.testing import capture_logs
+
+    s = nsettings(redis_url, receiver)
+    backend = get_backend(s)
+    succeed(backend, s, job_message("f6" * 16))
+    admin = redis.Redis.from_url(redis_url)
+    with capture_logs() as logged:
+        admin.config_set("maxmemory", "1")
+        try:
+            notifier = Notifier(s, policy=fast_policy(s), rng=random.Random(3)).start()
+            wait_for(
+                lambda: any(e["event"] == "redis.unavailable" for e in logged),
+                message="the episode logged",
+            )
+            time.sleep(0.5)
+            assert receiver.received == []
+        finally:
+            admin.config_set("maxmemory", "0")
+        try:
+            wait_for(lambda: receiver.delivered(), message="the delivery after")
+            wait_for(lambda: backend.outbox.counts().pending == 0, message="settled")
+        finally:
+            notifier.stop(timeout=3.0)
+    episodes = [e for e in logged if e["event"] == "redis.unavailable"]
+    assert len(episodes) == 1 and episodes[0]["during"] == "notifications"
+    assert episodes[0]["kind"] == "out_of_memory"
+
+
+def test_a_delivery_whose_settling_meets_a_read_only_redis_is_settled_later_not_resent(
+    redis_url: str, receiver: Receiver
+) -> None:
+    s = nsettings(redis_url, receiver)
+    backend = get_backend(s)
+    succeed(backend, s, job_message("a7" * 16))
+    receiver.mode, receiver.delay_s = "slow", 0.5  # within the 1 s timeout
+    admin = redis.Redis.from_url(redis_url)
+    notifier = Notifier(s, policy=fast_policy(s), rng=random.Random(4)).start()
+    try:
+        wait_for(lambda: receiver.received, message="the POST")
+        # The answer comes while Redis refuses every write (a replica after a failover;
+        # a full Redis would still take the settlement: its first write is a DEL).
+        admin.execute_command("REPLICAOF", "127.0.0.1", "1")
+        try:
+            wait_for(lambda: notifier.counts.posts == 1, message="the answer")
+            time.sleep(0.5)
+            assert backend.outbox.counts().pending == 1  # not settled yet
+        finally:
+            admin.execute_command("REPLICAOF", "NO", "ONE")
+        wait_for(lambda: backend.outbox.counts().pending == 0, message="settled after")
+    finally:
+        notifier.stop(timeout=3.0)
+    assert len(receiver.received) == 1 and notifier.counts.delivered == 1
+
+
+# ------------------------------------------------------------------- the command line
+
+
+def test_notify_list_retry_purge_on_the_command_line(redis_url: str) -> None:
+    from tests.test_cli import check, run_cli
+
+    s = nsettings(redis_url, notify_url="https://crm.example.com/hooks/x")
+    backend = get_backend(s)
+    for c in "gh":
+        dead(backend, job_message(c * 32))
+    claimed = backend.outbox.claim(limit=5, lease_s=30, token="t")
+    backend.outbox.settle(
+        [
+            backend.outbox.attempt_failed_args(
+                c.event.id, token="t", delay_s=1, window_s=0, error="HTTP 503", status=503
+            )
+            for c in claimed
+        ]
+    )
+    listed = run_cli(s, "notify", "list", "--failed", "--json")
+    check(listed)
+    data = json.loads(listed.stdout)
+    assert data["counts"]["failed"] == 2
+    assert {e["last_error"] for e in data["events"]} == {"HTTP 503"}
+    assert all(e["status"] == "failed" and e["receiver"] for e in data["events"])
+    human = run_cli(s, "notify", "list", "--failed")
+    check(human)
+    assert "HTTP 503" in human.stdout and "failed: 2" in human.stdout
+    check(run_cli(s, "notify", "retry"), 2)  # nothing selected: usage
+    check(run_cli(s, "notify", "retry", "x", "--all-failed"), 2)
+    check(run_cli(s, "notify", "retry", "--all-failed"), 1)  # not confirmed
+    first = data["events"][0]["id"]
+    check(run_cli(s, "notify", "retry", first, "no-such", "--yes"), 1)  # one was not failed
+    assert backend.outbox.counts().failed == 1
+    check(run_cli(s, "notify", "purge", "--all-failed", "--yes"))
+    counts = backend.outbox.counts()
+    assert (counts.failed, counts.pending) == (0, 1)
+    status = run_cli(s, "status", "--json")
+    check(status)
+    assert json.loads(status.stdout)["notifications"]["pending"] == 1
+
+
+def test_enqueue_on_the_command_line_checks_notify_url(redis_url: str, tmp_path: Any) -> None:
+    from tests.test_cli import check, run_cli
+
+    s = nsettings(redis_url, notify_allowed=("https://crm.example.com/hooks/",))
+    bad = run_cli(
+        s,
+        "enqueue",
+        "--agent-user",
+        "1000",
+        "--phone",
+        PHONE,
+        "--notify-url",
+        "https://evil.example/x",
+    )
+    check(bad, 2)
+    assert "notify_url: not allowed" in bad.stderr
+    good = run_cli(
+        s,
+        "enqueue",
+        "--agent-user",
+        "1000",
+        "--phone",
+        PHONE,
+        "--notify-url",
+        "https://crm.example.com/hooks/a",
+    )
+    check(good)
+    leads = tmp_path / "leads.csv"
+    leads.write_text(
+        "agent_user,phone_number,notify_url\n"
+        "1000,7275551301,https://crm.example.com/hooks/b\n"
+        "1000,7275551302,https://evil.example/c\n"
+        "1000,7275551303,\n"
+    )
+    refused = run_cli(s, "enqueue", "--file", str(leads))
+    check(refused, 2)
+    assert "line 3: notify_url: not allowed" in refused.stderr
