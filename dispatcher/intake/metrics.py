@@ -137,7 +137,6 @@ def read_snapshot(backend: Backend, *, now: float | None = None) -> FleetSnapsho
         if until > reading.redis_now:
             paused[server] = round(until - reading.redis_now, 3)
     stats = reading.stats
-    notes = reading.notifications
     lanes = {
         key: (depth, None if at is None else round(max(0.0, now - at), 3))
         for key, (depth, at) in reading.lanes.items()
@@ -155,9 +154,11 @@ def read_snapshot(backend: Backend, *, now: float | None = None) -> FleetSnapsho
         lanes=lanes,
         memory_used_bytes=reading.memory_used,
         memory_max_bytes=reading.memory_max,
-        notifications_pending=notes.pending if notes else 0,
-        notifications_failed=notes.failed if notes else 0,
-        notifications_oldest_age_s=notes.oldest_pending_age_s if notes else None,
+        notifications_pending=reading.notify_pending,
+        notifications_failed=reading.notify_failed,
+        notifications_oldest_age_s=(
+            None if reading.notify_oldest is None else max(0.0, now - reading.notify_oldest)
+        ),
     )
 
 

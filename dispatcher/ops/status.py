@@ -21,7 +21,6 @@ from dispatcher.model.errors import all_reasons
 from dispatcher.model.jobs import iso
 from dispatcher.store.backend import Backend
 from dispatcher.store.connection import broker_errors, unavailable_kind
-from dispatcher.store.outbox import OutboxCounts
 from dispatcher.store.redis_health import policy_warnings
 
 __all__ = ["FleetReading", "fleet_status", "read_fleet"]
@@ -59,8 +58,11 @@ class FleetReading:
     memory_error: str | None = None
     #: what the last look-up or check of each server's Non-Agent API found
     lookups: dict[str, dict[str, str]] = field(default_factory=dict)
-    #: the outcome notifications' backlog (the outbox)
-    notifications: OutboxCounts | None = None
+    #: outcome notifications (the outbox): undelivered and not failed, failed, and when
+    #: the oldest undelivered one was written (epoch, None when there is none)
+    notify_pending: int = 0
+    notify_failed: int = 0
+    notify_oldest: float | None = None
 
 
 def _published(envelope: Any) -> float | None:
@@ -110,7 +112,9 @@ def read_fleet(backend: Backend, *, memory: bool = False) -> FleetReading:
             backend.fleet.queue(pipe, "alive")
             backend.execution.queue(pipe, "pauses")
             backend.execution.queue(pipe, "lookups")
-            backend.outbox.queue(pipe, "counts")
+            pipe.zcard(keys.notify_pending)
+            pipe.zcard(keys.notify_failed)
+            pipe.zrange(keys.notify_pending, 0, 0, withscores=True)
             for reason in reasons:
                 pipe.zcard(keys.dead_letters_by_reason(reason))
             if memory:
@@ -122,7 +126,6 @@ def read_fleet(backend: Backend, *, memory: bool = False) -> FleetReading:
             # A restarted or flushed Redis lost the scripts: load them, read again.
             backend.fleet.load()
             backend.execution.load()
-            backend.outbox.load()
         info: Any = replies[-1] if memory else None
         memory_error = None
         if isinstance(info, redis.ResponseError) and unavailable_kind(info) is None:
@@ -143,7 +146,8 @@ def read_fleet(backend: Backend, *, memory: bool = False) -> FleetReading:
                 oldest_at = published
             at += 2
         per_lane[(dialer, lane)] = (depth, oldest_at)
-    retrying, stats, oldest, alive, pauses, lookups, outbox, *rest = replies[at:]
+    retrying, stats, oldest, alive, pauses, lookups, *rest = replies[at:]
+    notify_pending, notify_failed, notify_oldest, *rest = rest
     per_reason = rest[: len(reasons)]
     now, paused = backend.execution.parse_pauses(pauses)
     _, looked = backend.execution.parse_lookups(lookups)
@@ -165,18 +169,19 @@ def read_fleet(backend: Backend, *, memory: bool = False) -> FleetReading:
         memory_policy=policy or None,
         memory_error=memory_error,
         lookups=looked,
-        notifications=backend.outbox.parse_counts(outbox),
+        notify_pending=int(notify_pending),
+        notify_failed=int(notify_failed),
+        notify_oldest=float(notify_oldest[0][1]) if notify_oldest else None,
     )
 
 
-def _notifications(reading: FleetReading) -> dict[str, Any]:
-    counts = reading.notifications
+def _notifications(reading: FleetReading, now: float) -> dict[str, Any]:
     stats = reading.stats
+    oldest = reading.notify_oldest
     return {
-        "pending": counts.pending if counts else 0,
-        "failed": counts.failed if counts else 0,
-        "due": counts.due if counts else 0,
-        "oldest_pending_age_s": counts.oldest_pending_age_s if counts else None,
+        "pending": reading.notify_pending,
+        "failed": reading.notify_failed,
+        "oldest_pending_age_s": None if oldest is None else round(max(0.0, now - oldest), 1),
         "delivered_total": int(stats.get("notify:delivered", 0)),
         "failed_total": int(stats.get("notify:failed", 0)),
     }
@@ -247,7 +252,7 @@ def fleet_status(backend: Backend, *, now: float | None = None) -> dict[str, Any
             "lookups": lookups,
         },
         # Outcome notifications (webhooks): the backlog, failed ones, and totals.
-        "notifications": _notifications(reading),
+        "notifications": _notifications(reading, now),
         "totals": {k: _number(v) for k, v in sorted(reading.stats.items())},
         # What Redis must be for the guarantees to hold (dispatcher.store.redis_health).
         "redis": {
