@@ -36,6 +36,7 @@ from bench import (
     enqueue,
     latency,
     login_flood,
+    notify,
     reconcile,
     replay,
     throughput,
@@ -55,6 +56,7 @@ BENCHMARKS: dict[str, ModuleType] = {
         reconcile,
         login_flood,
         clients,
+        notify,
     )
 }
 RESULTS = ROOT / "bench" / "results"

@@ -759,3 +759,35 @@ def test_enqueue_on_the_command_line_checks_notify_url(redis_url: str, tmp_path:
     refused = run_cli(s, "enqueue", "--file", str(leads))
     check(refused, 2)
     assert "line 3: notify_url: not allowed" in refused.stderr
+
+
+def test_the_sender_yields_cpu_while_the_rest_of_its_process_is_busy() -> None:
+    """CpuShare: with the rest of the process burning CPU (a stand-in for the lead
+    engine), the sender may spend at most its share of it; idle, no limit."""
+    import threading
+
+    from workers.notifier import CpuShare
+
+    governor = CpuShare(SendPolicy(cpu_share=0.2, busy_core=0.1, cpu_floor=0.02))
+    time.sleep(0.05)
+    governor.spent(1.0)  # a sender that used a whole second of CPU
+    assert governor.allows()  # nobody else is busy: no limit
+    stop = threading.Event()
+
+    def burn() -> None:
+        while not stop.is_set():
+            sum(range(1000))
+
+    burner = threading.Thread(target=burn, daemon=True)
+    time.sleep(CpuShare.WINDOW_S)
+    assert governor.allows()  # a new window
+    burner.start()
+    try:
+        time.sleep(0.1)
+        governor.spent(0.05)  # more than a fifth of what the burner used meanwhile
+        assert not governor.allows()
+        assert governor.throttled == 1
+    finally:
+        stop.set()
+        burner.join()
+    assert CpuShare(SendPolicy(cpu_share=0.0)).allows()  # 0: no limit

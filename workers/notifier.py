@@ -49,11 +49,13 @@ import queue
 import random
 import threading
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+import httpcore
 import httpx
 import redis
 
@@ -71,9 +73,18 @@ from dispatcher.store.backend import Backend, get_backend
 from dispatcher.store.execution import new_token
 from dispatcher.store.outbox import Claimed, Outbox
 from dispatcher.store.redis_health import redis_availability
-from workers.http_deadline import DeadlineTransport, deadline
+from workers.http_deadline import deadline, deadline_pool
 
-__all__ = ["Breaker", "Notifier", "SendPolicy"]
+__all__ = ["Breaker", "CpuShare", "Notifier", "SendPolicy"]
+
+#: What a POST that did not get an answer raises (httpcore's errors: no common base).
+_NETWORK_ERRORS = (
+    httpcore.NetworkError,
+    httpcore.ProtocolError,
+    httpcore.UnsupportedProtocol,
+    httpcore.ProxyError,
+    OSError,
+)
 
 _log = logs.get_logger("workers.notifier")
 #: At most this much of an answer is read (then the connection is closed).
@@ -102,6 +113,13 @@ class SendPolicy:
     #: the outbox is looked at this often when idle (doubling from min to max)
     poll_min_s: float = 0.05
     poll_max_s: float = 0.5
+    #: CPU: while the rest of the worker process (the lead engine, its consumer) uses more
+    #: than ``busy_core`` of a core, the sender takes at most ``cpu_share`` of what they
+    #: use (and never less than ``cpu_floor`` of a core): leads first, notifications
+    #: catch up when the leads leave CPU to spare (see :class:`CpuShare`)
+    cpu_share: float = 0.2
+    busy_core: float = 0.1
+    cpu_floor: float = 0.02
 
     @classmethod
     def from_settings(cls, settings: Settings) -> SendPolicy:
@@ -111,10 +129,69 @@ class SendPolicy:
             window_s=settings.notify_retry_s,
             # A worker that sends nothing itself only fails what it may not send.
             poll_max_s=0.5 if settings.notifies else 2.0,
+            cpu_share=settings.notify_cpu_share,
         )
 
     def backoff(self, attempts: int, rng: random.Random) -> float:
         return rng.uniform(0.0, min(self.cap_s, self.base_s * 2.0 ** max(0, attempts - 1)))
+
+
+class CpuShare:
+    """The sender's share of its worker process's CPU, judged over short windows.
+
+    The lead engine and the sender share one process (one interpreter lock) and the
+    host's cores. A POST costs about as much CPU as a lead's whole trip through the worker
+    (about half a millisecond: bench/notify.py), so a sender at full speed beside a
+    CPU-bound lead engine would take a fifth of its leads away. While the rest of the
+    process is busy (more than ``busy_core`` of a core in the current window) the sender
+    starts no new POST once it has used ``cpu_share`` of their CPU (at least ``cpu_floor``
+    of a core); the events wait in the outbox and go when the leads leave CPU to spare.
+    A process whose leads run elsewhere (``-P prefork``: its children) is never busy here.
+    """
+
+    WINDOW_S = 0.25
+
+    def __init__(self, policy: SendPolicy, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self.share = policy.cpu_share
+        self.busy_core = policy.busy_core
+        self.floor = policy.cpu_floor
+        self._clock = clock
+        self._spent = 0.0
+        self._start = clock()
+        self._process0 = time.process_time()
+        self._spent0 = 0.0
+        self._last_thread = time.thread_time()
+        #: windows in which the sender waited for the leads
+        self.throttled = 0
+        self._was_throttled = False
+
+    def spent(self, cpu_s: float) -> None:
+        """CPU a delivery thread used for one POST."""
+        self._spent += cpu_s
+
+    def allows(self) -> bool:
+        """May the sender start more work now? (Called on the coordinator's thread, whose
+        own CPU it counts as the sender's.)"""
+        thread = time.thread_time()
+        self._spent += thread - self._last_thread
+        self._last_thread = thread
+        now = self._clock()
+        elapsed = now - self._start
+        process = time.process_time() - self._process0
+        mine = self._spent - self._spent0
+        if elapsed >= self.WINDOW_S:
+            self._start, self._process0, self._spent0 = now, time.process_time(), self._spent
+            self._was_throttled = False
+        if elapsed < 0.02 or self.share <= 0:
+            return True
+        others = max(0.0, process - mine)
+        if others < self.busy_core * elapsed:
+            return True
+        allowed = mine <= max(self.floor * elapsed, self.share * others)
+        if not allowed and not self._was_throttled:
+            self._was_throttled = True
+            self.throttled += 1
+        return allowed
 
 
 @dataclass
@@ -167,6 +244,8 @@ class _Result:
     status: int | None = None
     error: str | None = None
     latency_ms: float = 0.0
+    #: the delivery thread's CPU for this POST
+    cpu_s: float = 0.0
 
     @property
     def ok(self) -> bool:
@@ -218,20 +297,20 @@ class Notifier:
         self.concurrency = settings.notify_concurrency
         self.per_receiver = settings.notify_per_receiver
         self.timeout_s = settings.notify_timeout_s
-        #: a claim outlives the longest POST (its deadline) with room to settle it: an
-        #: event whose sender died comes due again after this
-        self.lease_s = 2.0 * self.timeout_s + 2.0
+        #: a claim outlives the longest POST (its deadline) twice: an event may wait for a
+        #: slot of its receiver (at most one POST's time, see _held) before its own POST;
+        #: an event whose sender died comes due again after this
+        self.lease_s = 3.0 * self.timeout_s + 2.0
         limits = httpx.Limits(
             max_connections=self.concurrency,
             max_keepalive_connections=self.concurrency,
             keepalive_expiry=30.0,
         )
-        self.http = httpx.Client(
-            transport=DeadlineTransport(limits=limits),
-            timeout=httpx.Timeout(self.timeout_s, connect=min(self.timeout_s, 5.0)),
-            follow_redirects=False,
-            headers={"User-Agent": _USER_AGENT},
-        )
+        # httpcore's keep-alive pool, every POST bounded as a whole (workers/http_deadline):
+        # httpx's request and response models on top of it cost as much CPU again per
+        # POST (0.48 against 0.26 ms, measured: docs/BENCHMARKS.md "notify"), spent in
+        # the worker process that also runs the lead engine.
+        self.http = deadline_pool(limits=limits)
         self._pool = ThreadPoolExecutor(
             max_workers=self.concurrency, thread_name_prefix="dispatcher-notify"
         )
@@ -239,11 +318,17 @@ class Notifier:
         self._unsettled: list[_Settlement] = []
         self._busy = 0
         self._busy_by_receiver: dict[str, int] = defaultdict(int)
+        #: claimed events waiting for a slot of their receiver (with when they were
+        #: claimed): at most per_receiver each, sent as the receiver's POSTs end
+        self._held: dict[str, deque[tuple[Claimed, float]]] = defaultdict(deque)
+        self._held_total = 0
         self._breakers: dict[str, Breaker] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._last_maintenance = -1e9
         self._last_error_log = -1e9
+        self._claim_lean_until = 0.0
+        self.governor = CpuShare(self.policy)
         self.counts = _Counts()
 
     # -- life ---------------------------------------------------------------------------
@@ -279,8 +364,12 @@ class Notifier:
             else:
                 self._collect(idle)
                 idle = min(idle * 2.0, self.policy.poll_max_s)
-        # Warm shutdown: the POSTs in flight finish (each within its deadline), then
-        # their results are stored.
+        # Warm shutdown: held events go back at once, the POSTs in flight finish (each
+        # within its deadline), then every result is stored.
+        for receiver, held in self._held.items():
+            while held:
+                self._release(held.popleft()[0], receiver)
+        self._held_total = 0
         end = time.monotonic() + self.timeout_s + 1.0
         while self._busy and time.monotonic() < end:
             self._collect(0.1)
@@ -290,25 +379,50 @@ class Notifier:
             self._error(exc)
 
     def step(self) -> int:
-        """One round: settle what came back, maintenance, claim and dispatch. How many
-        POSTs were started."""
-        self._settle()
+        """One round: maintenance, then the settlements that came back and a claim of due
+        events in one round trip, and their dispatch. How many POSTs were started."""
         self._maintain()
-        free = self.concurrency - self._busy
-        if free <= 0 or self._stop.is_set():
-            return 0
-        try:
-            claimed = self.outbox.claim(limit=free, lease_s=self.lease_s, token=new_token())
-        except (redis.RedisError, BrokerUnavailable) as exc:
-            if not redis_availability().failed(exc, during="notifications"):
-                raise
-            self._collect(1.0)
-            return 0
-        redis_availability().ok()
-        started = 0
+        started = self._release_stale_held()
+        budget = self.governor.allows()
+        claim_limit = 0
+        if budget and not self._stop.is_set():
+            # Up to as many again as the slots: a saturated receiver's next events wait
+            # here (held) for its slots. After a claim that had to hand some back (their
+            # receiver's slots and held places all taken), only what free slots can take
+            # for a while: a busy receiver's events are not claimed again and again.
+            factor = 1 if time.monotonic() < self._claim_lean_until else 2
+            claim_limit = max(0, factor * self.concurrency - self._busy - self._held_total)
+        claimed = self._exchange(claim_limit)
+        if claimed is None:
+            return started
         for c in claimed:
             started += self._dispatch(c)
         return started
+
+    def _exchange(self, claim_limit: int) -> list[Claimed] | None:
+        """Store the pending settlements and claim up to ``claim_limit`` due events, in
+        one round trip. None when Redis could not be reached (the settlements are kept)."""
+        if not self._unsettled and claim_limit <= 0:
+            return []
+        batch, self._unsettled = self._unsettled, []
+        token = new_token()
+        try:
+            replies, claimed = self.outbox.exchange(
+                [s.call for s in batch], claim_limit=claim_limit, lease_s=self.lease_s, token=token
+            )
+        except (redis.RedisError, BrokerUnavailable) as exc:
+            self._unsettled = batch + self._unsettled
+            if not redis_availability().failed(exc, during="notifications"):
+                raise
+            self._collect(1.0)
+            return None
+        redis_availability().ok()
+        self._logged_all(batch, replies)
+        return claimed
+
+    def _settle(self) -> None:
+        """Store every pending settlement (no claim)."""
+        self._exchange(0)
 
     def _collect(self, wait_s: float) -> None:
         """Take the delivery threads' results (waiting up to ``wait_s`` for the first)."""
@@ -345,18 +459,18 @@ class Notifier:
         if refusal is not None:
             self._fail(c, receiver, error=refusal, status=None, kind="refused", window_s=0.0)
             return 0
-        if self._busy_by_receiver[receiver] >= self.per_receiver:
-            delay = self.policy.busy_delay_s * self.rng.uniform(0.5, 1.5)
-            self._unsettled.append(
-                _Settlement(
-                    Outbox.release_args(c.event.id, token=c.token, delay_s=delay),
-                    c,
-                    receiver,
-                    "released",
-                    delay_s=delay,
-                )
-            )
+        if self._busy_by_receiver[receiver] >= self.per_receiver or self._busy >= self.concurrency:
+            held = self._held[receiver]
+            if len(held) < self.per_receiver:
+                held.append((c, time.monotonic()))
+                self._held_total += 1
+            else:
+                self._release(c, receiver)
             return 0
+        return self._start(c, receiver)
+
+    def _start(self, c: Claimed, receiver: str) -> int:
+        """POST ``c`` now (a slot of its receiver is free), unless its breaker is open."""
         breaker = self._breaker(receiver)
         now = time.monotonic()
         if not breaker.allow(now):
@@ -374,6 +488,51 @@ class Notifier:
         self._busy_by_receiver[receiver] += 1
         self._pool.submit(self._deliver, c, receiver)
         return 1
+
+    def _release(self, c: Claimed, receiver: str) -> None:
+        """Back to the outbox, due again shortly, the attempt not counted (its receiver's
+        slots are all busy and enough of its events wait here already)."""
+        delay = self.policy.busy_delay_s * self.rng.uniform(0.5, 1.5)
+        self._claim_lean_until = time.monotonic() + self.policy.busy_delay_s
+        self._unsettled.append(
+            _Settlement(
+                Outbox.release_args(c.event.id, token=c.token, delay_s=delay),
+                c,
+                receiver,
+                "released",
+                delay_s=delay,
+            )
+        )
+
+    def _next_held(self, receiver: str) -> int:
+        """A slot of ``receiver`` freed: its next held event goes (then any receiver's,
+        when the sender had every slot busy)."""
+        started = 0
+        if not self._held_total or not self.governor.allows():
+            return 0
+        for name in [receiver, *[r for r in self._held if r != receiver]]:
+            held = self._held.get(name)
+            while held and self._busy < self.concurrency:
+                if self._busy_by_receiver[name] >= self.per_receiver:
+                    break
+                c, _ = held.popleft()
+                self._held_total -= 1
+                started += self._start(c, name)
+        return started
+
+    def _release_stale_held(self) -> int:
+        """Held events that waited a whole POST's time go back (their lease must not run
+        out here); then what can start, starts."""
+        limit = time.monotonic() - self.timeout_s
+        for receiver, held in self._held.items():
+            while held and held[0][1] < limit:
+                c, _ = held.popleft()
+                self._held_total -= 1
+                self._release(c, receiver)
+        started = 0
+        for receiver in list(self._held):
+            started += self._next_held(receiver)
+        return started
 
     def _breaker(self, receiver: str) -> Breaker:
         breaker = self._breakers.get(receiver)
@@ -425,6 +584,13 @@ class Notifier:
         self._busy -= 1
         self._busy_by_receiver[receiver] -= 1
         self.counts.posts += 1
+        self.governor.spent(result.cpu_s)
+        self._learn(result)
+        self._next_held(receiver)
+
+    def _learn(self, result: _Result) -> None:
+        """The receiver's breaker learns the result; its settlement is queued."""
+        receiver = result.receiver
         breaker = self._breaker(receiver)
         c = result.claimed
         if result.ok:
@@ -460,19 +626,7 @@ class Notifier:
             latency_ms=result.latency_ms,
         )
 
-    def _settle(self) -> None:
-        """Store every settlement in one round trip (kept for later while Redis is away)."""
-        if not self._unsettled:
-            return
-        batch, self._unsettled = self._unsettled, []
-        try:
-            replies = self.outbox.settle([s.call for s in batch])
-        except (redis.RedisError, BrokerUnavailable) as exc:
-            self._unsettled = batch + self._unsettled
-            if not redis_availability().failed(exc, during="notifications"):
-                raise
-            return
-        redis_availability().ok()
+    def _logged_all(self, batch: list[_Settlement], replies: list[Any]) -> None:
         for s, reply in zip(batch, replies, strict=True):
             if isinstance(reply, Exception):
                 if redis_availability().failed(reply, during="notifications"):
@@ -550,40 +704,46 @@ class Notifier:
     def _deliver(self, c: Claimed, receiver: str) -> None:
         result = _Result(c, receiver)
         started = time.monotonic()
+        cpu = time.thread_time()
         try:
             body = c.event.body()
             secret = self.settings.notify_secret or ""
-            headers = {
-                "Content-Type": "application/json",
-                EVENT_ID_HEADER: c.event.id,
-                SIGNATURE_HEADER: signature_header(secret, int(time.time()), body),
-            }
+            headers = [
+                (b"Content-Type", b"application/json"),
+                (b"User-Agent", _USER_AGENT.encode()),
+                (EVENT_ID_HEADER.encode(), c.event.id.encode()),
+                (
+                    SIGNATURE_HEADER.encode(),
+                    signature_header(secret, int(time.time()), body).encode(),
+                ),
+            ]
             with (
                 deadline(self.timeout_s),
-                self.http.stream("POST", c.url, content=body, headers=headers) as answer,
+                self.http.stream("POST", c.url, headers=headers, content=body) as answer,
             ):
-                result.status = answer.status_code
+                result.status = answer.status
                 read = 0
-                for chunk in answer.iter_raw():
+                for chunk in answer.iter_stream():
                     read += len(chunk)
                     if read >= MAX_ANSWER:
                         break
             if not result.ok:
                 result.error = f"HTTP {result.status}"
-        except httpx.TimeoutException as exc:
+        except httpcore.TimeoutException as exc:
             result.status = None
             result.error = f"timeout ({type(exc).__name__}, {self.timeout_s:g} s)"
-        except httpx.HTTPError as exc:
+        except _NETWORK_ERRORS as exc:
             result.status = None
             result.error = self._describe(exc, c.url, receiver)
         except Exception as exc:  # a bug here must not lose the slot's accounting
             result.status = None
             result.error = f"internal: {type(exc).__name__}: {exc}"[:300]
         result.latency_ms = (time.monotonic() - started) * 1000.0
+        result.cpu_s = time.thread_time() - cpu
         self._results.put(result)
 
     @staticmethod
-    def _describe(exc: Exception, url: str, receiver: str) -> str:
-        """An httpx error for logs and the event's last_error: the URL shown by its origin."""
+    def _describe(exc: BaseException, url: str, receiver: str) -> str:
+        """A network error for logs and the event's last_error: the URL shown by its origin."""
         text = f"{type(exc).__name__}: {exc}".replace(url, receiver)
         return text[:300]

@@ -146,11 +146,14 @@ class Settings:
     # One POST ends within this (connect, send, answer: an overall deadline).
     notify_timeout_s: float = 10.0
     # POSTs in flight per worker process, and to one receiver (scheme, host, port).
-    notify_concurrency: int = 8
-    notify_per_receiver: int = 4
+    notify_concurrency: int = 16
+    notify_per_receiver: int = 8
     # Backoff of a failed POST: full jitter, exponential from BASE up to CAP.
     notify_retry_base_s: float = 1.0
     notify_retry_cap_s: float = 900.0
+    # Leads first: while a worker's lead path is busy, its sender of notifications uses
+    # at most this share of the CPU the leads use (0: no limit); see workers/notifier.py.
+    notify_cpu_share: float = 0.2
     # Failed notifications (retried for NOTIFY_RETRY_S in vain) are kept this many
     # days for `dispatcher notify retry`, then removed (0: kept until retried or purged).
     notify_failed_retention_days: float = 30.0
@@ -283,6 +286,11 @@ class Settings:
             "must be between 1 and NOTIFY_CONCURRENCY",
         )
         check(self.notify_retry_base_s > 0, "notify_retry_base_s", "must be > 0")
+        check(
+            0 <= self.notify_cpu_share <= 10,
+            "notify_cpu_share",
+            "must be between 0 (no limit) and 10",
+        )
         check(
             self.notify_retry_cap_s >= self.notify_retry_base_s,
             "notify_retry_cap_s",

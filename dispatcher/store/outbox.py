@@ -241,7 +241,11 @@ class Outbox:
 
     def claim(self, *, limit: int, lease_s: float, token: str) -> list[Claimed]:
         """Claim up to ``limit`` due events for ``lease_s`` seconds."""
-        reply = [_text(x) for x in self.call("claim", limit, f"{lease_s:.3f}", token)]
+        return self._claimed(self.call("claim", limit, f"{lease_s:.3f}", token), token)
+
+    @staticmethod
+    def _claimed(raw: Any, token: str) -> list[Claimed]:
+        reply = [_text(x) for x in raw]
         width = 1 + len(CLAIMED)
         out = []
         for i in range(0, len(reply), width):
@@ -304,6 +308,20 @@ class Outbox:
             for i, reply in zip(missing, again, strict=True):
                 replies[i] = reply
         return replies
+
+    def exchange(
+        self, calls: list[tuple[Any, ...]], *, claim_limit: int, lease_s: float, token: str
+    ) -> tuple[list[Any], list[Claimed]]:
+        """Settlements (as :meth:`settle`) and then a claim of up to ``claim_limit`` due
+        events (none for 0), in one round trip: a sender's every turn."""
+        if claim_limit <= 0:
+            return (self.settle(calls) if calls else []), []
+        claim = ("claim", claim_limit, f"{lease_s:.3f}", token)
+        replies = self.settle([*calls, claim])
+        reply = replies.pop()
+        if isinstance(reply, Exception):
+            raise reply
+        return replies, self._claimed(reply, token)
 
     def expire_failed(self, *, before: float, limit: int) -> list[tuple[str, str, str]]:
         """Remove failed events that failed before ``before`` (epoch): (id, job id, type)."""
