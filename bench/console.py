@@ -26,7 +26,7 @@ from typing import Any
 from bench.common import Env, Goal, Section, rotations
 from bench.replay import REASON, make_letters
 from dispatcher.intake import create_app
-from dispatcher.intake.console.app import SCAN_BUDGET
+from dispatcher.intake.console.dead_letters import SCAN_BUDGET
 from dispatcher.intake.console.sessions import SessionStore
 from dispatcher.ops.selection import Cursor
 from dispatcher.store.backend import get_backend

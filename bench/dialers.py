@@ -26,6 +26,7 @@ from bench.throughput import celery_enqueuer, lead_fields
 from dispatcher.config.settings import Settings
 from dispatcher.devtools.redis_server import free_port
 from dispatcher.ops.producer import enqueue_lead, enqueue_leads
+from dispatcher.store.keys import Keys
 
 NAME = "dialers"
 LATENCY_MS = 100.0
@@ -77,15 +78,13 @@ def _product_speed(env: Env, *, backlog: int, arrivals: int) -> dict[str, Any]:
         while time.monotonic() < deadline:
             pipe = client.pipeline(transaction=False)
             for job_id in ids:
-                pipe.hmget(
-                    f"{settings.key_prefix}:job:{job_id}", "state", "enqueued_at", "updated_at"
-                )
+                pipe.hmget(Keys.of(settings).job(job_id), "state", "enqueued_at", "updated_at")
             rows = pipe.execute()
             if all(r[0] == "added" for r in rows):
                 latencies = [float(r[2]) - float(r[1]) for r in rows]
                 break
             time.sleep(0.2)
-        bulk_left = int(client.llen(f"{settings.queue}.default.bulk"))
+        bulk_left = int(client.llen(Keys.of(settings).lane("default", "bulk")))
     finally:
         env.sim.set_latency(0)
         env.stop_all([worker])
@@ -141,7 +140,7 @@ def _careful_speed(env: Env, *, arrivals: int) -> dict[str, Any]:
 
 def _drop_keys(env: Env, settings: Settings) -> None:
     client = env.client()
-    for pattern in (f"{settings.key_prefix}:*", f"{settings.queue}*"):
+    for pattern in (Keys.of(settings).pattern, f"{settings.queue}*"):
         keys = list(client.scan_iter(match=pattern, count=10_000))
         for start in range(0, len(keys), 10_000):
             client.delete(*keys[start : start + 10_000])
@@ -175,7 +174,7 @@ def _isolation(env: Env, *, n: int, b_backlog: int, rounds: int) -> dict[str, An
     worker.extra_env = dict(_PASSWORDS)
     rates: dict[str, list[float]] = {"alone": [], "b down, 10k waiting": []}
     client = env.client()
-    b_lane = f"{settings.queue}.b.bulk"
+    b_lane = Keys.of(settings).lane("b", "bulk")
     try:
         env.start_all([worker])
         _a_round(env, settings, 200, 60)  # warm-up

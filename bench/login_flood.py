@@ -85,7 +85,7 @@ class Server:
         )
         with log.open("ab") as out:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "dispatcher.intake", "--port", str(self.port)],
+                [sys.executable, "-m", "dispatcher.cli", "serve", "--port", str(self.port)],
                 cwd=root,
                 env=env,
                 stdout=out,

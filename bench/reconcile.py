@@ -20,6 +20,7 @@ from dispatcher.config.settings import Settings
 from dispatcher.ops.producer import enqueue_leads
 from dispatcher.store.backend import get_backend
 from dispatcher.store.deadletter import DeadLetterStore
+from dispatcher.store.keys import Keys
 
 NAME = "reconcile"
 FAULTS = ("reset_after", "http_504_after", "reset", "stall")
@@ -72,7 +73,7 @@ def run(env: Env, *, quick: bool = False) -> Section:
     for phone, fault in faulted.items():
         env.sim.script_phone(phone, [fault])
     before_lookups = env.sim.lookup_count
-    stats_before = env.client().hgetall(f"{settings.key_prefix}:stats")
+    stats_before = env.client().hgetall(Keys.of(settings).stats)
     t1 = time.perf_counter()
     ids = enqueue_leads(
         [{"agent_user": AGENT, "phone_number": p} for p in phones], settings=settings
@@ -80,7 +81,7 @@ def run(env: Env, *, quick: bool = False) -> Section:
     states = _wait_final(settings, ids, timeout=120)
     faulty_s = time.perf_counter() - t1
     time.sleep(1.5)  # the verification look-ups run RECONCILE_AFTER_S after the re-call
-    stats = env.client().hgetall(f"{settings.key_prefix}:stats")
+    stats = env.client().hgetall(Keys.of(settings).stats)
 
     def delta(key: str) -> int:
         return int(stats.get(key, 0)) - int(stats_before.get(key, 0))

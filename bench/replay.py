@@ -27,6 +27,7 @@ from dispatcher.model.jobs import new_job_id
 from dispatcher.ops.producer import prepare_job
 from dispatcher.store.backend import get_backend
 from dispatcher.store.deadletter import DeadLetterStore
+from dispatcher.store.keys import Keys
 
 NAME = "replay"
 DB = 5
@@ -129,7 +130,7 @@ def run(env: Env, *, quick: bool) -> Section:
             for letter in store.iter():
                 store.replay(letter)
             seconds = time.perf_counter() - started
-        left = int(db.zcard(f"{settings.key_prefix}:dlq"))
+        left = int(db.zcard(Keys.of(settings).dead_letters))
         # Replayed jobs go back to their dialer's lane ({queue}.{dialer}.{lane}).
         queued = sum(
             int(db.llen(k))

@@ -3,6 +3,7 @@
     python -m bench                  # full run (a few minutes)
     python -m bench --quick          # small sizes, about 3 minutes
     python -m bench --only enqueue   # one benchmark (repeat --only for several)
+    python -m bench --only faults --long   # the fault schedule over 20 seeds (bench/faults.py)
 
 Everything runs on this machine: a private redis-server, the VICIdial simulator
 in this process, and real ``celery`` worker processes. Every process started is
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import inspect
 import json
 import os
 import shutil
@@ -34,6 +36,7 @@ from bench import (
     cost,
     dialers,
     enqueue,
+    faults,
     latency,
     login_flood,
     notify,
@@ -56,6 +59,7 @@ BENCHMARKS: dict[str, ModuleType] = {
         reconcile,
         login_flood,
         clients,
+        faults,
         notify,
     )
 }
@@ -94,6 +98,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help=f"run only this benchmark (repeatable): {', '.join(BENCHMARKS)}",
     )
     parser.add_argument(
+        "--long",
+        action="store_true",
+        help="the long variant of benchmarks that have one (faults: 20 seeds of 1,000 leads)",
+    )
+    parser.add_argument(
+        "--seeds",
+        type=_positive,
+        metavar="N",
+        help="how many seeds the seeded benchmarks run (faults)",
+    )
+    parser.add_argument(
         "--appendfsync",
         choices=("always", "everysec", "no"),
         help="run Redis with the AOF on and this fsync policy (default: no persistence)",
@@ -110,6 +125,27 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def _positive(raw: str) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, got {raw!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _options(run: Callable[..., Section], args: argparse.Namespace) -> dict[str, Any]:
+    """``quick``, and ``long``/``seeds`` for the benchmarks whose ``run`` takes them."""
+    accepted = inspect.signature(run).parameters
+    options: dict[str, Any] = {"quick": args.quick}
+    if "long" in accepted:
+        options["long"] = args.long
+    if "seeds" in accepted and args.seeds is not None:
+        options["seeds"] = args.seeds
+    return options
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     names = args.only or list(BENCHMARKS)
@@ -118,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, _on_sigterm)
     machine = machine_info()
-    mode = "quick" if args.quick else "full"
+    mode = "quick" if args.quick else "long" if args.long else "full"
     print(
         f"machine: {machine['cores']} cores ({machine['usable_cores']} usable), "
         f"{machine['cpu_model']}, {machine['memory_gb']} GB; Python {machine['python']}, "
@@ -139,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
             t0 = time.perf_counter()
             run: Callable[..., Section] = BENCHMARKS[name].run
             try:
-                section = run(env, quick=args.quick)
+                section = run(env, **_options(run, args))
             except KeyboardInterrupt:
                 raise
             except Exception as exc:  # report it, keep the other benchmarks' figures

@@ -23,6 +23,7 @@ from typing import Any
 from bench.common import AGENT, Env, Goal, Section, cpu_seconds, median, process_tree, rotations
 from dispatcher.devtools.localfleet import WorkerProcess
 from dispatcher.ops.producer import enqueue_leads
+from dispatcher.store.keys import Keys
 
 NAME = "throughput"
 SYSTEMS = ("product", "naive", "careful")
@@ -167,7 +168,7 @@ def run_config(
             )
     finally:
         env.stop_all(list(workers.values()))
-    dead = env.client().zcard(f"{settings.key_prefix}:dlq")
+    dead = env.client().zcard(Keys.of(settings).dead_letters)
     if dead:
         raise RuntimeError(f"product run left {dead} dead letters: see {env.logdir}")
     return out

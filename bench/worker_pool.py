@@ -41,6 +41,7 @@ from dispatcher.devtools.localfleet import WorkerProcess, process_tree
 from dispatcher.devtools.redis_server import RedisServer
 from dispatcher.ops.producer import enqueue_leads
 from dispatcher.simulator import Simulator, SimulatorState
+from dispatcher.store.keys import Keys
 
 DEFAULT_CONFIGS = (
     "prefork:2",
@@ -163,7 +164,7 @@ def measure(
         key_prefix=tag,
         queue=tag,
     )
-    stats_key = f"{settings.key_prefix}:stats"
+    stats_key = Keys.of(settings).stats
     workers = [
         WorkerProcess(
             settings,
@@ -193,7 +194,7 @@ def measure(
         rss = 0.0
         while True:
             added = int(client.hget(stats_key, "added") or 0)
-            dead = int(client.zcard(f"{settings.key_prefix}:dlq"))
+            dead = int(client.zcard(Keys.of(settings).dead_letters))
             if added:
                 rss = max(rss, sum(_rss_mb(pid) for pid in pids))
             if added + dead >= leads or time.perf_counter() > deadline:
@@ -208,9 +209,9 @@ def measure(
             worker.stop(timeout=60)
     pipe = client.pipeline(transaction=False)
     for job_id in job_ids:
-        pipe.hget(f"{settings.key_prefix}:job:{job_id}", "state")
+        pipe.hget(Keys.of(settings).job(job_id), "state")
     states = pipe.execute()
-    dead_letters = client.zcard(f"{settings.key_prefix}:dlq")
+    dead_letters = client.zcard(Keys.of(settings).dead_letters)
     client.close()
     counts = sim.count_by_phone()
     return Row(

@@ -19,7 +19,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import pytest
 import redis
@@ -31,10 +31,16 @@ from dispatcher.cli.common import CliContext
 from dispatcher.config.settings import Settings
 from dispatcher.devtools.localfleet import settings_env
 from dispatcher.devtools.redis_server import free_port
-from dispatcher.ops import selection
+from dispatcher.ops import dlq as dlq_ops
+from dispatcher.ops.dlq import ReconcileSummary, ReplaySummary, replay_letters
 from dispatcher.ops.producer import prepare_job
-from dispatcher.ops.selection import replay_letters
-from dispatcher.store.deadletter import DeadLetter, DeadLetterStore
+from dispatcher.store.deadletter import (
+    DeadLetter,
+    DeadLetterStore,
+    ReconcileResult,
+    ReplayResult,
+)
+from dispatcher.store.execution import new_token
 from tests.conftest import make_settings, queue_length, queued_envelopes
 
 #: The console script installed with the package, next to this interpreter.
@@ -803,6 +809,69 @@ def test_replay_by_id_and_json_summary(
     assert queue_length(rsettings) == 1
 
 
+def test_replay_of_a_letter_under_a_live_claim_says_busy_and_keeps_it(
+    rsettings: Settings, store: DeadLetterStore, letters: dict[str, DeadLetter]
+) -> None:
+    target = letters["m1"]
+    backend = store.backend
+    # The job's execution record expired (DISPATCHER_JOB_TTL_S) while its letter lives
+    # on, and a late copy of the job is being called right now: a worker holds its claim.
+    backend.redis.delete(backend.keys.execution(target.job_id))
+    dialer = rsettings.dialers.resolve(None)
+    assert dialer is not None
+    claim = backend.execution.claim(
+        target.job_id,
+        seq=1,
+        token=new_token(),
+        lease_s=60,
+        ttl=600,
+        rate_interval_s=0.0,
+        worker="w1@host",
+        max_rate_wait_s=1.0,
+        server=dialer.name,
+    )
+    assert claim.verdict == "ok"
+    result = run_cli(rsettings, "dlq", "replay", target.id, "--yes", "--json")
+    check(result)
+    summary = json.loads(result.stdout)
+    assert summary["busy"] == 1 and summary["replayed"] == 0
+    assert list(summary) == [
+        "replayed",
+        "already_added",
+        "gone",
+        "unreplayable",
+        "skipped_dnc",
+        "skipped_ambiguous",
+        "busy",
+    ]
+    assert store.get(target.id) is not None and queue_length(rsettings) == 0
+    said = run_cli(rsettings, "dlq", "replay", target.id, "--yes")
+    assert "1 held by a worker right now (try again)" in said.stderr
+
+
+def test_the_summaries_count_every_outcome_the_store_can_answer() -> None:
+    """A new outcome of replay or reconcile cannot be counted by one surface and lost."""
+    assert set(get_args(ReplayResult)) | {"skipped_dnc", "skipped_ambiguous"} == set(
+        ReplaySummary.FIELDS
+    )
+    assert set(get_args(ReconcileResult)) | {"left_alone"} == set(ReconcileSummary.FIELDS)
+    outcomes = {"replayed": 3, "done": 1, "missing": 2, "busy": 4, "skipped_dnc": 5}
+    summary = ReplaySummary.of(outcomes)
+    assert (summary.replayed, summary.already_added, summary.gone, summary.busy) == (3, 1, 2, 4)
+    assert "4 held by a worker right now" in summary.sentence()
+    assert "5 DNC and 0 ambiguous left alone" in summary.sentence()
+
+
+def test_a_letter_knows_its_phone() -> None:
+    def letter(job: dict[str, Any]) -> DeadLetter:
+        return DeadLetter("i", "i", "auth", "", 200, 1, None, None, None, 0, job=job)
+
+    assert letter({"lead": {"phone_number": "7275551212"}}).phone == "7275551212"
+    assert letter({"lead": {}}).phone == ""
+    assert letter({"lead": "not a lead"}).phone == ""  # an invalid_payload letter
+    assert letter({}).phone == ""
+
+
 def test_replay_many_answers_each_letter_in_its_place(
     store: DeadLetterStore, rsettings: Settings, letters: dict[str, DeadLetter]
 ) -> None:
@@ -819,7 +888,7 @@ def test_replay_many_answers_each_letter_in_its_place(
 def test_replay_all_goes_in_batches_and_counts_and_logs_every_letter(
     store: DeadLetterStore, rsettings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(selection, "REPLAY_BATCH", 4)
+    monkeypatch.setattr(dlq_ops, "REPLAY_BATCH", 4)
     made = [record_letter(store, rsettings, phone=f"72755520{i:02d}") for i in range(10)]
     trips: list[int] = []
     replay_many = store.replay_many

@@ -1,6 +1,6 @@
 """The operator console in a real browser: headless Chromium (Debian's) through chromedriver.
 
-Everything is real: ``python -m dispatcher.intake`` serves the console as a
+Everything is real: ``dispatcher serve`` serves the console as a
 subprocess, a ``celery worker`` process calls the VICIdial simulator, and
 Chromium clicks through the pages as an operator would: log in, see on the
 overview that reconciliation's look-ups are not permitted and why, filter the dead
@@ -113,7 +113,16 @@ def console_server(
     env = {**os.environ, **settings_env(settings), "DISPATCHER_LOG_FORMAT": "json"}
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "dispatcher.intake", "--host", "127.0.0.1", "--port", str(port)],
+            [
+                sys.executable,
+                "-m",
+                "dispatcher.cli",
+                "serve",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+            ],
             env=env,
             cwd=ROOT,
             stdout=log,

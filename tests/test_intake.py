@@ -1,7 +1,7 @@
 """The HTTP intake (`dispatcher serve`) against a real Redis, over real HTTP.
 
 The server is the real app on uvicorn, on a loopback port: in a thread for most
-tests, and as the real ``python -m dispatcher.intake`` subprocess where the
+tests, and as the real ``dispatcher serve`` subprocess where the
 process itself matters (refusing to start, the access log). Nothing is mocked:
 leads really land on the queue, and the metrics test runs a real worker process
 against the VICIdial simulator, then checks the scrape against what happened.
@@ -403,7 +403,7 @@ def _intake_env(settings: Settings, **extra: str) -> dict[str, str]:
 def test_serve_refuses_to_start_without_tokens(redis_url: str) -> None:
     env = _intake_env(make_settings(redis_url), DISPATCHER_INTAKE_TOKENS=" , ")
     done = subprocess.run(
-        [sys.executable, "-m", "dispatcher.intake", "--port", str(free_port())],
+        [sys.executable, "-m", "dispatcher.cli", "serve", "--port", str(free_port())],
         env=env,
         cwd=ROOT,
         capture_output=True,
@@ -424,7 +424,16 @@ def test_real_process_serves_and_its_access_log_holds_no_token_or_phone(
     log_path = tmp_path / "intake.log"
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "dispatcher.intake", "--host", "127.0.0.1", "--port", str(port)],
+            [
+                sys.executable,
+                "-m",
+                "dispatcher.cli",
+                "serve",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+            ],
             env=_intake_env(settings),
             cwd=ROOT,
             stdout=log,

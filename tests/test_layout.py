@@ -152,7 +152,7 @@ def test_the_intake_refuses_to_start_on_a_newer_layout(redis_url: str) -> None:
     redis.Redis.from_url(redis_url).set("dispatcher:layout", NEWER)
     settings = make_settings(redis_url, intake_tokens=("t" * 32,))
     done = subprocess.run(
-        [sys.executable, "-m", "dispatcher.intake", "--port", str(free_port())],
+        [sys.executable, "-m", "dispatcher.cli", "serve", "--port", str(free_port())],
         env={**cli_env(settings), "PYTHONPATH": str(ROOT)},
         cwd=ROOT,
         capture_output=True,

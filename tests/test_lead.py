@@ -630,7 +630,7 @@ def test_make_leads_passes_the_mode() -> None:
 # ---------------------------------------------------------------------------------------------
 
 README = Path(__file__).resolve().parents[1] / "README.md"
-RULES = lead_module._RULES
+RULES = lead_module.AGENT_RULES.rules
 
 
 def _leads_section() -> str:

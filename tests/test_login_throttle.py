@@ -34,7 +34,7 @@ from dispatcher.devtools.redis_server import free_port
 from dispatcher.intake.app import create_app
 from dispatcher.store.backend import get_backend
 from tests.conftest import ROOT, make_settings, wait_for
-from tests.test_console import OPERATOR, csrf_of, seed_users
+from tests.consoletools import OPERATOR, csrf_of, seed_users
 
 TOKEN = "intake-token-0123456789abcdef"
 #: DESIGN.md's limits (dispatcher.intake.console.sessions holds them).
@@ -158,7 +158,7 @@ def serve(ts: Settings, tmp_path: Path) -> Iterator[tuple[str, Path]]:
     log_path = tmp_path / "serve.log"
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "dispatcher.intake", "--port", str(port)],
+            [sys.executable, "-m", "dispatcher.cli", "serve", "--port", str(port)],
             env=env,
             cwd=ROOT,
             stdout=log,

@@ -22,7 +22,7 @@ from dispatcher.devtools.localfleet import WorkerProcess, settings_env
 from dispatcher.devtools.redis_server import RedisServer
 from dispatcher.intake.metrics import read_snapshot, render_metrics
 from dispatcher.model.errors import BrokerOutOfMemory, BrokerReadOnly, BrokerWriteRefused
-from dispatcher.ops.selection import replay_letters
+from dispatcher.ops.dlq import replay_letters
 from dispatcher.ops.status import fleet_status
 from dispatcher.simulator import Simulator
 from dispatcher.store.backend import get_backend

@@ -28,7 +28,7 @@ from dispatcher.store.backend import get_backend
 from dispatcher.store.deadletter import DeadLetterStore
 from dispatcher.store.users import UserStore
 from tests.conftest import make_settings, wait_for
-from tests.test_console import OPERATOR, csrf_of, login, seed_users
+from tests.consoletools import OPERATOR, csrf_of, login, seed_users
 
 TOKEN = "intake-token-0123456789abcdef"
 

@@ -309,7 +309,7 @@ def test_the_non_agent_refusal_never_reaches_redis_status_health_exports_pages_o
             _clean(f"dispatcher {' '.join(args)}", done.stdout + done.stderr)
         # The console, as a viewer: overview, letters, a letter, a job, the exports.
         from dispatcher.intake.app import create_app
-        from tests.test_console import VIEWER, login, seed_users
+        from tests.consoletools import VIEWER, login, seed_users
 
         seed_users(settings)
         with login(create_app(settings), VIEWER) as viewer:

@@ -13,7 +13,17 @@ from typing import Any
 import click
 
 from dispatcher.cli.common import CliContext, fail
+from dispatcher.cli.demo import demo
+from dispatcher.cli.dlq import dlq
+from dispatcher.cli.enqueue import enqueue
+from dispatcher.cli.forget import forget
+from dispatcher.cli.notify import notify
+from dispatcher.cli.reconcile import reconcile
+from dispatcher.cli.serve import serve_command
+from dispatcher.cli.status import health, job, status
+from dispatcher.cli.users import users
 from dispatcher.model.errors import BrokerUnavailable, ConfigError
+from dispatcher.simulator import simulate_command
 
 __all__ = ["cli", "main"]
 
@@ -45,33 +55,18 @@ def cli(ctx: click.Context) -> None:
     ctx.obj = CliContext()
 
 
-def _register() -> None:
-    from dispatcher.cli.demo import demo
-    from dispatcher.cli.dlq import dlq
-    from dispatcher.cli.enqueue import enqueue
-    from dispatcher.cli.forget import forget
-    from dispatcher.cli.notify import notify
-    from dispatcher.cli.reconcile import reconcile
-    from dispatcher.cli.status import health, job, status
-    from dispatcher.cli.users import users
-    from dispatcher.intake import serve_command
-    from dispatcher.simulator import simulate_command
-
-    cli.add_command(enqueue)
-    cli.add_command(job)
-    cli.add_command(status)
-    cli.add_command(health)
-    dlq.add_command(reconcile)
-    cli.add_command(dlq)
-    cli.add_command(users)
-    cli.add_command(forget)
-    cli.add_command(notify)
-    cli.add_command(demo)
-    cli.add_command(simulate_command, name="simulate")
-    cli.add_command(serve_command, name="serve")
-
-
-_register()
+cli.add_command(enqueue)
+cli.add_command(job)
+cli.add_command(status)
+cli.add_command(health)
+dlq.add_command(reconcile)
+cli.add_command(dlq)
+cli.add_command(users)
+cli.add_command(forget)
+cli.add_command(notify)
+cli.add_command(demo)
+cli.add_command(simulate_command, name="simulate")
+cli.add_command(serve_command, name="serve")
 
 
 def main(argv: list[str] | None = None) -> Any:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import sys
@@ -114,7 +115,6 @@ class SinceType(click.ParamType):  # type: ignore[type-arg]
 
 def guarded(func: Any) -> Any:
     """Turn BrokerUnavailable into a one-line error and exit code 1 (no traceback)."""
-    import functools
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:

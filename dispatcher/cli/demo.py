@@ -9,6 +9,8 @@ everything it started (also on Ctrl-C).
 from __future__ import annotations
 
 import contextlib
+import json
+import os
 import signal
 import sys
 import tempfile
@@ -26,7 +28,10 @@ from dispatcher.config.logs import mask_phone
 from dispatcher.config.settings import Settings
 from dispatcher.devtools.localfleet import WorkerProcess
 from dispatcher.devtools.redis_server import RedisServer
-from dispatcher.ops.producer import enqueue_lead, job_status
+from dispatcher.ops.producer import enqueue_lead, enqueue_leads, job_status
+from dispatcher.ops.status import fleet_status
+from dispatcher.simulator import Simulator, SimulatorState
+from dispatcher.store.backend import get_backend
 from dispatcher.store.deadletter import DeadLetterStore
 
 __all__ = ["demo"]
@@ -102,8 +107,6 @@ until it comes back. Everything it started is stopped on exit, also on Ctrl-C.""
     help="Copy the worker's JSON log to this directory before cleaning up.",
 )
 def demo(keep_logs: Path | None) -> None:
-    from dispatcher.simulator import Simulator, SimulatorState
-
     console = Console()
     err = Console(stderr=True)
     workdir = tempfile.TemporaryDirectory(prefix="dispatcher-demo-")
@@ -217,11 +220,6 @@ def _two_dialers(
     console: Console, err: Console, base: Settings, east: Any, workdir: Path
 ) -> tuple[WorkerProcess, int]:
     """Part two: two dialers (west is down), and a realtime lead overtaking a bulk backlog."""
-    from dispatcher.ops.producer import enqueue_leads
-    from dispatcher.ops.status import fleet_status
-    from dispatcher.simulator import Simulator, SimulatorState
-    from dispatcher.store.backend import get_backend
-
     console.print(
         "\n[bold]Two dialers.[/] A dialers file names two VICIdial servers, east and west; "
         "west is down. East gets a bulk import of "
@@ -239,8 +237,6 @@ def _two_dialers(
         f'[dialers.west]\nurl = "{west_url}"\nuser = "6666"\npass_env = "WEST_PASS"\n'
     )
     passwords = {"EAST_PASS": "1234", "WEST_PASS": "1234"}
-    import os
-
     os.environ.update(passwords)
     settings = base.replace(
         dialers_file=str(path), vicidial_url=None, vicidial_user=None, vicidial_pass=None
@@ -334,8 +330,6 @@ def _short_event(event: dict[str, Any]) -> str:
         "delay_s",
         "http_status",
     )
-    import json
-
     return json.dumps({k: event[k] for k in keep if k in event})
 
 

@@ -14,14 +14,13 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from dispatcher.cli.common import CliContext, Duration, SinceType, echo_json, fail, guarded
-from dispatcher.config import logs
 from dispatcher.model.errors import all_reasons
-from dispatcher.ops.selection import DNC_REASONS, Selection, held_reasons, replay_letters
-from dispatcher.store.deadletter import DeadLetter, DeadLetterStore
+from dispatcher.ops.dlq import ReplaySummary, purge_letters, replay_letters
+from dispatcher.ops.selection import DNC_REASONS, Selection, held_reasons
+from dispatcher.store.deadletter import DeadLetterStore
 
 __all__ = ["dlq"]
 
-_log = logs.get_logger("dispatcher.dlq")
 _DNC_WHY = (
     "VICIdial refused these numbers because they are on a DNC list, and a replay re-runs "
     "the same DNC checks. Remove the number from the list in VICIdial first, then replay "
@@ -56,11 +55,6 @@ def dlq() -> None:
 
 def _store(obj: CliContext) -> DeadLetterStore:
     return DeadLetterStore(obj.backend)
-
-
-def _phone(letter: DeadLetter) -> str:
-    lead = letter.job.get("lead")
-    return str(lead.get("phone_number", "")) if isinstance(lead, dict) else ""
 
 
 @dlq.command(
@@ -121,7 +115,7 @@ def list_(
             letter.reason,
             letter.dialer,
             letter.agent_user or "",
-            _phone(letter),
+            letter.phone,
             str(letter.attempts),
             str(letter.replays),
             letter.last_failed_at or "",
@@ -293,7 +287,7 @@ def replay(
                 continue
             click.echo(
                 f"would replay {letter.id}  {letter.reason}  agent={letter.agent_user}  "
-                f"phone={_phone(letter)}"
+                f"phone={letter.phone}"
             )
             shown += 1
         click.echo(f"dry run: {shown} would be replayed; nothing changed", err=True)
@@ -316,27 +310,11 @@ def replay(
                 None if result.startswith("skipped") else progress.advance(task)
             ),
         )
-    summary = {
-        "replayed": outcomes["replayed"],
-        "already_added": outcomes["done"],
-        "gone": outcomes["missing"],
-        "unreplayable": outcomes["unreplayable"],
-        "skipped_dnc": outcomes["skipped_dnc"],
-        "skipped_ambiguous": outcomes["skipped_ambiguous"],
-        "busy": outcomes["busy"],
-    }
+    summary = ReplaySummary.of(outcomes)
     if as_json:
-        echo_json(summary)
+        echo_json(summary.as_dict())
     else:
-        click.echo(
-            f"replayed {summary['replayed']}; {summary['already_added']} were added after all "
-            f"(removed, not sent); {summary['gone']} already gone; "
-            f"{summary['unreplayable']} not replayable (invalid_payload); "
-            f"{summary['skipped_dnc']} DNC skipped; "
-            f"{summary['skipped_ambiguous']} ambiguous skipped; "
-            f"{summary['busy']} held by a worker right now (try again)",
-            err=True,
-        )
+        click.echo(summary.sentence(), err=True)
 
 
 @dlq.command(
@@ -368,15 +346,12 @@ def purge(
         click.echo("no dead letters match", err=True)
         return
     _confirm(f"Delete {total} dead letter(s) for good?", yes)
-    deleted = 0
     err = Console(stderr=True)
     with _progress(err, "purging", total) as progress:
         task = progress.add_task("purge", total=total)
-        for letter in selection.iter(store):
-            if store.purge(letter):
-                deleted += 1
-                _log.info("dlq.purged", job_id=letter.job_id, reason=letter.reason)
-            progress.advance(task)
+        deleted = purge_letters(
+            store, selection.iter(store), on_each=lambda _letter, _gone: progress.advance(task)
+        )
     click.echo(f"purged {deleted} dead letter(s)", err=True)
 
 

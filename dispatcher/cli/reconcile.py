@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from collections import Counter
 from typing import Any
 
@@ -25,13 +24,12 @@ from dispatcher.config import logs
 from dispatcher.config.settings import Settings
 from dispatcher.model.errors import ConfigError, InvalidPayload, LookupFailed
 from dispatcher.model.jobs import Job, iso
+from dispatcher.ops.dlq import reconcile_letters
 from dispatcher.store.deadletter import DeadLetter, DeadLetterStore
 from dispatcher.vicidial.nonagent import NonAgentClient
 from dispatcher.vicidial.reconcile import LookupCheck, check_lookups, preview
 
 __all__ = ["lookup_lines", "reconcile"]
-
-_log = logs.get_logger("dispatcher.dlq")
 
 _WOULD = {
     "added": "would be marked added",
@@ -40,15 +38,6 @@ _WOULD = {
     "already_added": "was added after all: the letter would be removed, nothing sent",
     "not_looked_up": "could not be looked up now",
 }
-
-
-def _mask(phone: str) -> str:
-    return "*" * max(len(phone) - 4, 0) + phone[-4:]
-
-
-def _phone(letter: DeadLetter) -> str:
-    lead = letter.job.get("lead")
-    return str(lead.get("phone_number", "")) if isinstance(lead, dict) else ""
 
 
 @click.command(
@@ -127,40 +116,12 @@ def reconcile(
     ):
         click.echo("nothing changed", err=True)
         sys.exit(1)
-    settings = obj.settings
-    for dialer in settings.dialers:
-        # The operator says the cause is fixed: the next look-up tries again at once.
-        obj.backend.execution.lookup_release(dialer.name)
-    outcomes: Counter[str] = Counter()
-    first_due: float | None = None
-    for letter in chosen:
-        result = store.reconcile(letter)
-        outcomes[result] += 1
-        if result == "reconciling":
-            due = max(time.time(), letter.score + settings.reconcile_after_s)
-            first_due = due if first_due is None else min(first_due, due)
-            _log.info("dlq.reconcile_requested", job_id=letter.job_id, reason=letter.reason)
-    summary = {
-        "reconciling": outcomes["reconciling"],
-        "already_added": outcomes["done"],
-        "gone": outcomes["missing"],
-        "busy": outcomes["busy"],
-        "unreplayable": outcomes["unreplayable"],
-        "left_alone": len(others),
-    }
+    summary = reconcile_letters(store, chosen, left_alone=len(others))
     if as_json:
-        echo_json(summary)
+        echo_json(summary.as_dict())
         return
-    when = f" from {iso(first_due)}" if first_due is not None else ""
-    click.echo(
-        f"handed {summary['reconciling']} letter(s) to the workers: each lead is looked up in "
-        f"VICIdial{when}, then added, called again, or written back as a dead letter with "
-        f"why (follow with `dispatcher job ID`); {summary['already_added']} were added "
-        f"after all (removed, nothing sent); {summary['gone']} already gone; "
-        f"{summary['busy']} held by a worker right now (try again); "
-        f"{summary['left_alone']} not ambiguous, left alone",
-        err=True,
-    )
+    when = iso(summary.first_due) or ""
+    click.echo(f"{summary.sentence(when)} (follow each with `dispatcher job ID`)", err=True)
 
 
 def _dry_run(
@@ -169,7 +130,7 @@ def _dry_run(
     clients: dict[str, NonAgentClient] = {}
 
     def client_for(name: str) -> NonAgentClient:
-        dialer = settings.dialers.resolve(name) or settings.dialers.resolve(None)
+        dialer = settings.dialers.resolve_or_default(name)
         try:
             if not settings.dialers_file:
                 settings.require_vicidial()
@@ -223,7 +184,7 @@ def _dry_run(
 
 
 def _line(letter: DeadLetter, row: dict[str, Any]) -> str:
-    text = f"{letter.id}  phone={_mask(_phone(letter))}  {_WOULD[row['would']]}"
+    text = f"{letter.id}  phone={logs.mask_phone(letter.phone)}  {_WOULD[row['would']]}"
     if row["would"] in ("added", "already_added") and row.get("lead_id"):
         text += f": lead {row['lead_id']}"
     if row.get("duplicate_lead_ids"):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+
 import click
 from rich.console import Console
 from rich.table import Table
@@ -17,9 +19,11 @@ __all__ = ["health", "job", "status"]
 
 
 @click.command(
-    help="""Show one job: queued, running, retrying (next attempt time), added
-(lead_id, list_id, campaign) or dead (reason). Exit 1 if the id is unknown
-(or its state expired, after DISPATCHER_JOB_TTL_S)."""
+    help="""Show one job: where its lead goes (target: an agent, or a list), and its
+state: queued, running, retrying (next attempt time), added (lead_id, list_id,
+campaign), duplicate (a list's lead VICIdial's duplicate check found:
+existing_lead_id) or dead (reason). Exit 1 if the id is unknown (or its state
+expired, after DISPATCHER_JOB_TTL_S)."""
 )
 @click.argument("job_id")
 @click.option("--json", "as_json", is_flag=True, help="Print the state as JSON (stable keys).")
@@ -153,8 +157,6 @@ DISPATCHER_AMBIGUOUS=dead_letter.
 @click.pass_obj
 @guarded
 def health(obj: CliContext, worker: str | None, timeout: float, recheck: bool) -> None:
-    import socket
-
     backend = obj.backend
     with broker_errors(obj.settings):
         backend.redis.ping()
@@ -179,6 +181,8 @@ def health(obj: CliContext, worker: str | None, timeout: float, recheck: bool) -
     missing = [n for n in names if n not in data["workers"]]
     if missing:
         fail(f"no recent heartbeat from {', '.join(missing)}", code=1)
+    # Imported here: Celery is the workers' dependency, heavy to load, and only this
+    # check of a live worker needs it (the rest of the command line never does).
     from celery import Celery
 
     probe = Celery("dispatcher-health", broker=obj.settings.redis_url)

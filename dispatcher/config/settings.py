@@ -270,9 +270,9 @@ class Settings:
         if self.notify_url is not None:
             why = notify_url_problem(self.notify_url)
             check(why is None, "notify_url", why or "")
-        for prefix in self.notify_allowed:
-            why = notify_url_problem(prefix, prefix=True)
-            check(why is None, "notify_allowed", f"{prefix!r}: {why}")
+        for entry in self.notify_allowed:
+            why = notify_url_problem(entry, prefix=True)
+            check(why is None, "notify_allowed", f"{entry!r}: {why}")
         check(
             60 <= self.notify_retry_s <= 30 * 86400,
             "notify_retry_s",

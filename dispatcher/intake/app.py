@@ -14,7 +14,7 @@ bodies are the dispatcher's own, and there is no model layer to keep in step wit
 What protects it, in :class:`_Guard` (pure ASGI, in front of routing):
 
 * every path but ``/healthz``, ``/metrics``, ``/openapi.json`` and the operator
-  console under ``/ui`` (whose own gate, :mod:`dispatcher.intake.console`, lets
+  console under ``/ui`` (whose own gate, :mod:`dispatcher.intake.console.gate`, lets
   nothing through without a login session) -- so every ``/v1`` route, and any route
   added later -- needs ``Authorization: Bearer TOKEN`` with one of
   ``DISPATCHER_INTAKE_TOKENS`` (several, for rotation). The token is compared
@@ -53,6 +53,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from dispatcher.config import logs
 from dispatcher.config.settings import Settings
+from dispatcher.intake.console import console_app
 from dispatcher.intake.metrics import CONTENT_TYPE, read_snapshot, render_metrics
 from dispatcher.intake.openapi import MAX_BATCH, MAX_BODY_BYTES, openapi_document
 from dispatcher.model.errors import (
@@ -453,8 +454,6 @@ def create_app(settings: Settings, *, intake: bool = True) -> Starlette:
     caller's to configure (``dispatcher serve`` does, with the tokens among the
     secrets).
     """
-    from dispatcher.intake.console import console_app
-
     if intake and not settings.intake_tokens:
         raise ConfigError(
             "DISPATCHER_INTAKE_TOKENS is empty: set one or more bearer tokens "

@@ -3,8 +3,9 @@
 Written by hand (the app is plain Starlette) so that it describes exactly what
 the handlers answer: the 422 body is the dispatcher's own ``{"errors": [...]}``,
 not a framework's. The lead schema is deliberately loose (types, required keys,
-no unknown keys): the real rules (VICIdial's column sizes and character sets)
-live in :mod:`dispatcher.model.lead` and a 422 names every field that breaks them, so
+no unknown keys): the real rules (VICIdial's column sizes and character sets, each
+target's) live in :mod:`dispatcher.model.lead`, :mod:`dispatcher.model.list_lead` and
+:mod:`dispatcher.model.list_options`, and a 422 names every field that breaks them, so
 repeating them here would only let the two drift apart. The test suite fuzzes
 the running server from this document (schemathesis) to keep it honest.
 """
@@ -15,6 +16,8 @@ import copy
 from typing import Any
 
 from dispatcher.model.lead import LEAD_FIELDS
+from dispatcher.model.list_lead import LIST_LEAD_FIELDS
+from dispatcher.model.list_options import CALLBACK_TYPES, TZ_METHODS
 
 __all__ = ["MAX_BATCH", "MAX_BODY_BYTES", "openapi_document"]
 
@@ -34,23 +37,89 @@ _INT_OK = frozenset(
         "vendor_lead_code",
         "source_id",
         "owner",
+        "list_id",
+        "entry_list_id",
     }
 )
-_REQUIRED = ("agent_user", "phone_number")
+_REQUIRED = ("phone_number",)
+#: Every lead field of either target (an agent's, a list's), in VICIdial's order.
+_FIELDS = (*LEAD_FIELDS, *(f for f in LIST_LEAD_FIELDS if f not in LEAD_FIELDS))
+_BOOL_OPTION = {"type": ["boolean", "null"]}
+
+
+def _list_option_schemas() -> dict[str, Any]:
+    """add_lead's options (a lead for a list only)."""
+    text = ["string", "null"]
+    return {
+        "campaign_id": {
+            "type": text,
+            "description": "A lead for a list: the campaign whose DNC list campaign_dnc_check "
+            "searches and where a callback goes: 2-8 of [-_0-9a-zA-Z]. Required with "
+            "campaign_dnc_check (the default) or a callback, unless the dialer has a default.",
+        },
+        "duplicate_check": {
+            "type": text,
+            "description": "A lead for a list: VICIdial's duplicate checks (DUPLIST, DUPCAMP, "
+            "DUPSYS, DUPPHONEALT..., DUPTITLEALTPHONE..., DUPNAMEPHONE...), joined by '-', "
+            "with at most one window (30DAY...), or NONE. A duplicate found ends the job in "
+            "the state 'duplicate' with existing_lead_id.",
+        },
+        "add_to_hopper": {**_BOOL_OPTION, "description": "A lead for a list: into the hopper."},
+        "hopper_priority": {
+            "type": ["integer", "string", "null"],
+            "description": "With add_to_hopper: -99 to 99.",
+        },
+        "callback": {
+            "type": ["object", "null"],
+            "description": "A lead for a list: a scheduled callback (the lead is stored "
+            "CBHOLD); needs campaign_id.",
+            "properties": {
+                "datetime": {
+                    "type": "string",
+                    "description": "NOW, {n}DAYS or YYYY-MM-DD HH:MM:SS (VICIdial's local time).",
+                },
+                "type": {"type": ["string", "null"], "enum": [*CALLBACK_TYPES, None]},
+                "user": {"type": ["string", "null"], "description": "With USERONLY."},
+                "status": {"type": ["string", "null"], "description": "Default CALLBK."},
+                "comments": {"type": ["string", "null"]},
+            },
+            "additionalProperties": False,
+        },
+        "custom_fields": {
+            "type": ["object", "null"],
+            "description": "A lead for a list: its list's custom fields, name ([a-z0-9_]) -> "
+            "value.",
+            "additionalProperties": {"type": ["string", "integer", "null"]},
+        },
+        "lookup_state": {**_BOOL_OPTION, "description": "An empty state takes the area code's."},
+        "tz_method": {"type": ["string", "null"], "enum": [*TZ_METHODS, None]},
+        "usacan_prefix_check": {**_BOOL_OPTION, "description": "VICIdial's prefix check."},
+        "usacan_areacode_check": {**_BOOL_OPTION, "description": "VICIdial's area code check."},
+        "list_exists_check": {
+            **_BOOL_OPTION,
+            "description": "VICIdial refuses a list without a row (default: true).",
+        },
+    }
 
 
 def _lead_schema() -> dict[str, Any]:
     props: dict[str, Any] = {}
-    for name in LEAD_FIELDS:
+    for name in _FIELDS:
         types = ["string", "integer"] if name in _INT_OK else ["string"]
         if name not in _REQUIRED:
             types.append("null")
         props[name] = {"type": types}
     props["agent_user"]["description"] = (
-        "The logged-in agent who gets the lead: 2-20 of [-_0-9a-zA-Z]."
+        "A lead for a logged-in agent (external_add_lead): 2-20 of [-_0-9a-zA-Z]. Give "
+        "agent_user or list_id."
+    )
+    props["list_id"]["description"] = (
+        "A lead for a list (add_lead): 3-20 digits, no leading 0. Give agent_user or list_id "
+        "(neither: the dialer's default list, if it has one)."
     )
     props["phone_number"]["description"] = (
-        "6-18 digits once spaces, '-', '.', parentheses and a leading '+' are removed."
+        "6-18 digits (a list's lead: 6-16) once spaces, '-', '.', parentheses and a leading "
+        "'+' are removed."
     )
     props["phone_code"]["description"] = "Country code to dial (default DISPATCHER_PHONE_CODE)."
     props["dnc_check"] = {
@@ -89,11 +158,13 @@ def _lead_schema() -> dict[str, Any]:
         "Notifications). It must lie under a prefix of DISPATCHER_NOTIFY_ALLOWED (else a "
         "422); default: DISPATCHER_NOTIFY_URL, if set.",
     }
+    props.update(_list_option_schemas())
     return {
         "type": "object",
         "description": "The keyword arguments of enqueue_lead: the lead fields of VICIdial's "
-        "external_add_lead (column sizes and character sets are checked; a 422 names every "
-        "bad field), plus the DNC flags and an idempotency key. Unknown keys are errors.",
+        "external_add_lead (agent_user) or add_lead (list_id), whose column sizes and "
+        "character sets are checked (a 422 names every bad field), plus the DNC flags, an "
+        "idempotency key, and a list's options. Unknown keys are errors.",
         "required": list(_REQUIRED),
         "properties": props,
         "additionalProperties": False,
@@ -164,6 +235,11 @@ def _document() -> dict[str, Any]:
                         "200": _json("JobId", "The idempotency key was seen before: its job."),
                         "400": _json("Errors", "The body is not JSON."),
                         **_COMMON_V1,
+                        "409": _json(
+                            "Conflict",
+                            "The idempotency key (header or body) belongs to another lead: "
+                            "nothing enqueued.",
+                        ),
                         "422": _json("Errors", "Invalid lead: every bad field is named."),
                         **_UNAVAILABLE,
                     },
@@ -293,6 +369,14 @@ def _document() -> dict[str, Any]:
                     "required": ["error"],
                     "properties": {"error": {"type": "string"}},
                 },
+                "Conflict": {
+                    "type": "object",
+                    "required": ["error", "job_id"],
+                    "properties": {
+                        "error": {"type": "string"},
+                        "job_id": {"type": "string", "description": "The key's first job."},
+                    },
+                },
                 "BatchResults": {
                     "type": "object",
                     "required": ["results"],
@@ -341,7 +425,15 @@ def _document() -> dict[str, Any]:
                         "job_id": {"type": "string"},
                         "state": {
                             "type": ["string", "null"],
-                            "enum": ["queued", "running", "retrying", "added", "dead", None],
+                            "enum": [
+                                "queued",
+                                "running",
+                                "retrying",
+                                "added",
+                                "duplicate",
+                                "dead",
+                                None,
+                            ],
                         },
                         "attempts": {"type": "integer"},
                         "reason": _NULLABLE_STR,
@@ -351,6 +443,10 @@ def _document() -> dict[str, Any]:
                         "list_id": _NULLABLE_STR,
                         "campaign": _NULLABLE_STR,
                         "agent_user": _NULLABLE_STR,
+                        "target": {"type": "string", "enum": ["agent", "list"]},
+                        "target_list_id": _NULLABLE_STR,
+                        "campaign_id": _NULLABLE_STR,
+                        "existing_lead_id": _NULLABLE_STR,
                         "enqueued_at": _NULLABLE_STR,
                         "updated_at": _NULLABLE_STR,
                         "next_attempt_at": _NULLABLE_STR,

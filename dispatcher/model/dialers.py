@@ -13,6 +13,16 @@
     phone_code = "1"                       # optional default for its leads
     nonagent_url = "https://east.example.com/vicidial/non_agent_api.php"   # optional
     non_latin = false                      # the dialer's use_non_latin (optional)
+    list_id = "101"                        # list of the leads that name no agent (optional)
+    campaign_id = "TESTCAMP"               # campaign of list leads that name none (optional)
+    duplicate_check = "DUPLIST"            # add_lead's duplicate check by default (optional)
+    list_campaigns = { "102" = "OTHERCAMP" }   # campaign per list, before campaign_id
+
+The last four are the defaults of leads for a list (the Non-Agent API's ``add_lead``,
+DESIGN.md "Two ways into VICIdial"): a job naming neither ``agent_user`` nor
+``list_id`` goes to ``list_id``; a list job without ``campaign_id`` takes its list's
+campaign from ``list_campaigns``, else ``campaign_id``; one without ``duplicate_check``
+takes ``duplicate_check``. Each is checked at start with the rule a job's value has.
 
 Without the file, the ``DISPATCHER_VICIDIAL_*`` variables define one dialer named
 ``default`` (and a fleet behaves exactly as with one URL). Every problem is a
@@ -37,6 +47,9 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from dispatcher.model.errors import ConfigError
+from dispatcher.model.list_lead import LIST_RULES
+from dispatcher.model.list_options import check_campaign_id, check_duplicate_check
+from dispatcher.model.normalise import clean
 
 __all__ = [
     "DEFAULT_DIALER",
@@ -64,6 +77,10 @@ _KEYS = {
     "phone_code",
     "nonagent_url",
     "non_latin",
+    "list_id",
+    "campaign_id",
+    "duplicate_check",
+    "list_campaigns",
 }
 
 
@@ -80,6 +97,19 @@ class Dialer:
     phone_code: str | None = None
     nonagent_url: str | None = None
     non_latin: bool = False
+    #: defaults of leads for a list (add_lead): the list of a job that names no target,
+    #: the campaign of one that names none (per list first), the duplicate check
+    list_id: str | None = None
+    campaign_id: str | None = None
+    duplicate_check: str | None = None
+    list_campaigns: tuple[tuple[str, str], ...] = ()
+
+    def campaign_for(self, list_id: str) -> str | None:
+        """The default campaign of a lead for ``list_id``: its list's, else the dialer's."""
+        for listed, campaign in self.list_campaigns:
+            if listed == list_id:
+                return campaign
+        return self.campaign_id
 
     def missing(self) -> list[str]:
         """What a worker needs to call this dialer and it does not have."""
@@ -130,6 +160,11 @@ class Dialers:
         if isinstance(name, str):
             return self.by_name.get(name)
         return None
+
+    def resolve_or_default(self, name: object) -> Dialer | None:
+        """Where a replayed or reconciled job goes: the dialer it names, or the default
+        one for a job of an older version or one naming a dialer the fleet no longer has."""
+        return self.resolve(name) or self.resolve(None)
 
     @property
     def secrets(self) -> tuple[str, ...]:
@@ -278,6 +313,7 @@ def _read_dialer(
     if not isinstance(non_latin, bool):
         problems.append(f"{at}.non_latin: must be true or false")
         non_latin = False
+    for_lists = _list_defaults(at, table, problems)
     if len(problems) > before:
         return None
     return Dialer(
@@ -290,4 +326,67 @@ def _read_dialer(
         phone_code=phone_code or defaults.phone_code,
         nonagent_url=nonagent,
         non_latin=non_latin,
+        **for_lists,
     )
+
+
+def _list_id(raw: object) -> tuple[str | None, str | None]:
+    """A list id as a job's must be: (value, None) or (None, why)."""
+    if isinstance(raw, bool) or not isinstance(raw, str | int):
+        return None, "must be a list id (3-20 digits)"
+    value, problem = clean(LIST_RULES.rules["list_id"], raw, False)
+    if value is None:
+        return None, problem or "must be a list id (3-20 digits)"
+    return value, None
+
+
+def _list_defaults(at: str, table: dict[str, Any], problems: list[str]) -> dict[str, Any]:
+    """The dialer's defaults for list jobs, each checked with the rule of a job's value."""
+    out: dict[str, Any] = {}
+    if "list_id" in table:
+        value, problem = _list_id(table["list_id"])
+        if problem is not None:
+            problems.append(f"{at}.list_id: {problem}")
+        out["list_id"] = value
+    if "campaign_id" in table:
+        campaign = table["campaign_id"]
+        problem = (
+            check_campaign_id(campaign)
+            if isinstance(campaign, str)
+            else "must be a campaign id (a string)"
+        )
+        if problem is not None:
+            problems.append(f"{at}.campaign_id: {problem}")
+        out["campaign_id"] = campaign
+    if "duplicate_check" in table:
+        check = table["duplicate_check"]
+        if isinstance(check, str):
+            check = check.strip().upper()
+            problem = check_duplicate_check(check) if check else "must not be empty"
+        else:
+            problem = "must be a string, e.g. DUPLIST"
+        if problem is not None:
+            problems.append(f"{at}.duplicate_check: {problem}")
+        out["duplicate_check"] = check
+    raw = table.get("list_campaigns", {})
+    pairs: list[tuple[str, str]] = []
+    if not isinstance(raw, dict):
+        problems.append(f"{at}.list_campaigns: must be a table of list id = campaign id")
+        raw = {}
+    for listed, campaign in raw.items():
+        value, problem = _list_id(listed)
+        if problem is not None:
+            problems.append(f"{at}.list_campaigns.{listed}: the key {problem}")
+            continue
+        why = (
+            check_campaign_id(campaign)
+            if isinstance(campaign, str)
+            else "must be a campaign id (a string)"
+        )
+        if why is not None:
+            problems.append(f"{at}.list_campaigns.{listed}: {why}")
+            continue
+        assert value is not None
+        pairs.append((value, campaign))
+    out["list_campaigns"] = tuple(pairs)
+    return out

@@ -38,6 +38,12 @@ never by matching strings, so the tree is the retry policy's vocabulary::
                ├── InvalidRequest         invalid_request
                ├── InvalidPayload         invalid_payload: the queue message is not a job
                ├── InternalFailure        internal: an unexpected error inside the worker
+               ├── InvalidPhone           invalid_phone: add_lead's phone checks refused it
+               ├── ListUndefined          list_undefined: add_lead's list does not exist
+               ├── ListNotAllowed         permission: the API user may not add to that
+               │                          list (one list's fault: calls do not pause)
+               ├── ServerError            server_error: HTTP 500 before anything was printed
+               │                          (add_lead fails on this request every time)
                └── ServerRefused          the server refuses *every* call: pause the fleet
                     ├── AuthFailed        auth
                     ├── PermissionDenied  permission
@@ -86,11 +92,14 @@ __all__ = [
     "InternalFailure",
     "InvalidLead",
     "InvalidPayload",
+    "InvalidPhone",
     "InvalidRequest",
     "InvalidSource",
     "LayoutMismatch",
     "LayoutNotMigrated",
     "LayoutTooNew",
+    "ListNotAllowed",
+    "ListUndefined",
     "LookupDenied",
     "LookupFailed",
     "LookupRefused",
@@ -99,6 +108,7 @@ __all__ = [
     "NetworkError",
     "PermanentFailure",
     "PermissionDenied",
+    "ServerError",
     "ServerRefused",
     "TemporaryFailure",
     "UnknownDialer",
@@ -228,7 +238,7 @@ class UnknownUser(UserError):
 
 
 class CallFailed(DispatcherError):
-    """An external_add_lead call that did not add the lead."""
+    """A call to VICIdial (external_add_lead, or add_lead) that did not add the lead."""
 
     reason: str = "unknown_response"
 
@@ -325,6 +335,36 @@ class InternalFailure(PermanentFailure):
     can be replayed once the cause is fixed."""
 
     reason = "internal"
+
+
+class InvalidPhone(PermanentFailure):
+    """add_lead refused the phone: its length (6-16), or a check the job asked for
+    (``usacan_prefix_check``, ``usacan_areacode_check``, NANPA)."""
+
+    reason = "invalid_phone"
+
+
+class ListUndefined(PermanentFailure):
+    """add_lead with ``list_exists_check``: the list has no ``vicidial_lists`` row."""
+
+    reason = "list_undefined"
+
+
+class ListNotAllowed(PermanentFailure):
+    """add_lead: the API user's group (``api_list_restrict``) may not add to that list.
+    A permission, but of one list: the server's other calls go on (no pause)."""
+
+    reason = "permission"
+
+
+class ServerError(PermanentFailure):
+    """add_lead answered HTTP 500 with nothing printed (no SUCCESS, no ERROR line): a
+    statement failed before anything was stored, and the same request fails the same way
+    every time (shared/vicidial/non_agent_add_lead.md, "HTTP 500"). Retrying cannot help;
+    the letter is replayable once the cause (a list without a row with a ``*CAMP*``
+    duplicate check, a database fault) is fixed."""
+
+    reason = "server_error"
 
 
 class ServerRefused(PermanentFailure):

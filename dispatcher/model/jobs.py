@@ -1,6 +1,6 @@
 """The job: its versioned JSON message, its broker envelope, and its state in Redis.
 
-A job message (version 1) is a JSON object::
+A job message of a lead for an agent (version 1) is a JSON object::
 
     {"v": 1, "job_id": "…", "lead": {"agent_user": "1000", "phone_number": "…", …},
      "dnc_check": true, "campaign_dnc_check": true, "idempotency_key": null,
@@ -24,6 +24,27 @@ the next delivery looks the lead up in VICIdial (lookup), calls again after a lo
 found nothing (recall), or checks an added job for a late copy (verify). Every other
 message has no such key.
 
+A job of a lead for a list (the Non-Agent API's ``add_lead``; DESIGN.md "Two ways into
+VICIdial") is a version 2 message: its ``lead`` names ``list_id`` instead of
+``agent_user`` (and follows add_lead's field rules, :mod:`dispatcher.model.list_lead`),
+and it carries add_lead's options (:mod:`dispatcher.model.list_options`)::
+
+    {"v": 2, "job_id": "…", "lead": {"list_id": "101", "phone_number": "…", …},
+     "list_options": {"campaign_id": "TESTCAMP", "duplicate_check": "DUPLIST",
+                      "add_to_hopper": false, "hopper_priority": null, "callback": null,
+                      "custom_fields": {}, "lookup_state": false, "tz_method": "",
+                      "usacan_prefix_check": false, "usacan_areacode_check": false,
+                      "list_exists_check": true},
+     … every other key as in version 1}
+
+Producers write version 1 for agent jobs, unchanged, so that the previous release's
+workers keep serving them during a rolling upgrade; version 2 only for list jobs, which
+those workers cannot serve: they refuse version 2 as a message that is not a job (an
+``invalid_payload`` letter; README "Upgrading" says how list jobs are kept from them).
+A worker reads both; it serves the targets its caller says it serves
+(:meth:`Job.from_message`'s ``serves``), and a job of another target waits for a
+worker that serves it, as a job of an unknown dialer does.
+
 The message is wrapped in a Celery protocol-2 envelope by :func:`broker_envelope`
 and pushed with ``LPUSH`` inside our own Lua scripts, so that enqueueing a batch
 (job state, idempotency keys, queue) is one atomic Redis round trip. The format
@@ -38,7 +59,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -48,11 +69,20 @@ import orjson
 from dispatcher.model.dialers import DIALER_NAME, PRIORITIES, Dialers
 from dispatcher.model.errors import InvalidLead, InvalidPayload, UnknownDialer
 from dispatcher.model.lead import Lead, make_lead
+from dispatcher.model.list_lead import make_list_lead
+from dispatcher.model.list_options import (
+    LIST_OPTION_KEYS,
+    ListOptions,
+    check_with_lead,
+    make_list_options,
+)
 
 __all__ = [
     "JOB_STATES",
     "JOB_VERSION",
+    "LIST_JOB_VERSION",
     "RECONCILE_STEPS",
+    "TARGETS",
     "TASK_NAME",
     "Job",
     "Reconcile",
@@ -63,9 +93,15 @@ __all__ = [
 ]
 
 JOB_VERSION = 1
+#: The message version of list jobs (version 1 and the list target).
+LIST_JOB_VERSION = 2
 #: Producers send the task by this name; `dispatcher` never imports `workers`.
 TASK_NAME = "dispatcher.add_lead"
-JOB_STATES = ("queued", "running", "retrying", "added", "dead")
+#: ``duplicate``: a list job whose lead VICIdial's duplicate check found (final).
+JOB_STATES = ("queued", "running", "retrying", "added", "duplicate", "dead")
+#: Where a job's lead goes: an agent's manual dial list (external_add_lead), or a list
+#: (add_lead).
+TARGETS = ("agent", "list")
 
 _BOOL_KEYS = ("dnc_check", "campaign_dnc_check")
 
@@ -197,14 +233,31 @@ class Job:
     priority: str = "realtime"
     #: reconciliation in progress (None for every other job: the key is left out)
     reconcile: Reconcile | None = None
+    #: add_lead's options: a list job's (None for an agent job: the key is left out)
+    list_options: ListOptions | None = None
     #: the job's own receiver of outcome notifications (None: DISPATCHER_NOTIFY_URL, if
     #: any; the key is left out of the message)
     notify_url: str | None = None
     v: int = field(default=JOB_VERSION)
 
+    def __post_init__(self) -> None:
+        if self.lead.list_id:
+            if self.list_options is None:
+                raise ValueError("a job of a lead for a list needs its list_options")
+            if self.v < LIST_JOB_VERSION:
+                object.__setattr__(self, "v", LIST_JOB_VERSION)  # the version it needs
+        elif self.list_options is not None:
+            raise ValueError("list_options belong to a job of a lead for a list")
+
     @property
     def agent_user(self) -> str:
+        """The agent of an agent job ("" for a list job)."""
         return self.lead.agent_user
+
+    @property
+    def target(self) -> str:
+        """``"agent"`` (external_add_lead) or ``"list"`` (add_lead)."""
+        return self.lead.target
 
     def to_message(self) -> dict[str, Any]:
         # Not dataclasses.asdict: it deep-copies the Lead field by field, only for
@@ -215,6 +268,10 @@ class Job:
             del data["reconcile"]
         else:
             data["reconcile"] = self.reconcile.to_dict()
+        if self.list_options is None:
+            del data["list_options"]  # an agent job's message is version 1's, unchanged
+        else:
+            data["list_options"] = self.list_options.to_dict()
         if self.notify_url is None:
             del data["notify_url"]
         return data
@@ -222,16 +279,44 @@ class Job:
     def evolve(self, **changes: Any) -> Job:
         return replace(self, **changes)
 
-    @classmethod
-    def from_message(cls, data: object, *, dialers: Dialers | None = None) -> Job:
-        """Parse a queue message; anything that is not a valid v1 job is InvalidPayload.
+    def replayed(self) -> Job:
+        """The publication a replay of the job's dead letter sends: the next one (seq + 1),
+        with a fresh attempt count and agent wait, one replay more, and no reconciliation
+        (a replay calls VICIdial; it does not look the lead up). Everything else, the
+        DNC checks and the idempotency key first, travels unchanged."""
+        return replace(
+            self,
+            attempts=0,
+            seq=self.seq + 1,
+            replays=self.replays + 1,
+            first_failed_at=None,
+            agent_wait_since=None,
+            reconcile=None,
+        )
 
-        The lead is validated again, with the rules of its dialer's mode (``non_latin``
-        of the dialer the worker sends it to, from ``dialers``, which a worker passes)
-        or, without ``dialers``, of the mode the message records from its enqueue.
-        A valid job whose dialer ``dialers`` does not know, or whose lead passes only
-        the mode it was enqueued with, is :class:`~dispatcher.model.errors.UnknownDialer`
-        (carrying the job as enqueued).
+    def looking_up(self, reconcile: Reconcile) -> Job:
+        """The next publication (seq + 1): a look-up of the job's lead in VICIdial, where
+        ``reconcile`` says how the reconciliation stands (the attempts made still count)."""
+        return replace(self, seq=self.seq + 1, reconcile=reconcile)
+
+    @classmethod
+    def from_message(
+        cls,
+        data: object,
+        *,
+        dialers: Dialers | None = None,
+        serves: Collection[str] = ("agent",),
+    ) -> Job:
+        """Parse a queue message; anything that is not a valid job is InvalidPayload.
+
+        The lead is validated again, with the rules of its target (agent or list) and of
+        its dialer's mode (``non_latin`` of the dialer the worker sends it to, from
+        ``dialers``, which a worker passes) or, without ``dialers``, of the mode the
+        message records from its enqueue. A valid job whose dialer ``dialers`` does not
+        know, or whose lead passes only the mode it was enqueued with, is
+        :class:`~dispatcher.model.errors.UnknownDialer` (carrying the job as enqueued).
+        So is, for a worker (``dialers`` given), a job whose target is not among
+        ``serves``: it waits for a worker that serves it, nothing is called.
         """
         if isinstance(data, (str, bytes)):
             try:
@@ -240,14 +325,17 @@ class Job:
                 raise InvalidPayload("message is not JSON") from None
         if not isinstance(data, Mapping):
             raise InvalidPayload(f"message is a {type(data).__name__}, not a JSON object")
-        if data.get("v") != JOB_VERSION:
-            raise InvalidPayload(f"unsupported job version {data.get('v')!r}")
+        version = data.get("v")
+        if isinstance(version, bool) or version not in (JOB_VERSION, LIST_JOB_VERSION):
+            raise InvalidPayload(f"unsupported job version {version!r}")
         job_id = data.get("job_id")
         if not isinstance(job_id, str) or not 1 <= len(job_id) <= 100:
             raise InvalidPayload("job_id missing or not a string")
         lead_data = data.get("lead")
         if not isinstance(lead_data, Mapping):
             raise InvalidPayload("lead missing or not an object")
+        if "list_id" in lead_data and version == JOB_VERSION:
+            raise InvalidPayload("a lead for a list (list_id) is a version 2 message")
         recorded = data.get("non_latin", False)
         if not isinstance(recorded, bool):
             raise InvalidPayload("non_latin is not a boolean")
@@ -275,7 +363,7 @@ class Job:
         try:
             # Re-validating costs microseconds and keeps a hand-made message from
             # reaching VICIdial with a field it would mangle.
-            lead = make_lead(lead_data, default_phone_code="", non_latin=mode)
+            lead, options = _target(data, lead_data, mode)
         except InvalidLead as exc:
             if mode == recorded or dialers is None:
                 raise InvalidPayload(str(exc)) from None
@@ -320,7 +408,7 @@ class Job:
                 # A date no datetime can show (1e20) once crashed the worker mid-job.
                 raise InvalidPayload(f"{key} is not a time between 2000 and 2100: {value!r}")
             floats[key] = None if value is None else float(value)
-        return cls(
+        job = cls(
             job_id=job_id,
             lead=lead,
             dnc_check=bool(data["dnc_check"]),
@@ -336,8 +424,44 @@ class Job:
             dialer=dialer_name,
             priority=str(priority),
             reconcile=reconcile,
+            list_options=options,
             notify_url=notify_url,
+            v=int(version),
         )
+        if dialers is not None and job.target not in serves:
+            whom = "a list (add_lead)" if job.target == "list" else "an agent"
+            raise UnknownDialer(
+                f"this worker does not serve leads for {whom}: the job waits for a worker "
+                f"that does (target {job.target!r}; served: {', '.join(serves) or 'none'})",
+                job=cls.from_message(data),
+                dialer=dialer_name,
+            )
+        return job
+
+
+def _target(
+    data: Mapping[str, Any], lead_data: Mapping[str, Any], non_latin: bool
+) -> tuple[Lead, ListOptions | None]:
+    """The message's lead, by its target's rules, and a list job's options; InvalidLead
+    (its fields wrong) or InvalidPayload (the message's shape wrong)."""
+    raw = data.get("list_options")
+    if "list_id" not in lead_data:
+        if raw is not None:
+            raise InvalidPayload("list_options in a job of a lead for an agent")
+        return make_lead(lead_data, default_phone_code="", non_latin=non_latin), None
+    if not isinstance(raw, Mapping):
+        raise InvalidPayload("list_options missing or not an object")
+    unknown = sorted(str(k) for k in raw if k not in LIST_OPTION_KEYS)
+    if unknown:
+        raise InvalidPayload(f"list_options: unknown key {unknown[0]!r}")
+    lead = make_list_lead(lead_data, default_phone_code="", non_latin=non_latin)
+    options = make_list_options(
+        raw, campaign_dnc_check=data.get("campaign_dnc_check") is True, non_latin=non_latin
+    )
+    problems = check_with_lead(lead, options)
+    if problems:
+        raise InvalidLead(problems)
+    return lead, options
 
 
 _EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
@@ -445,9 +569,18 @@ def state_to_status(job_id: str, raw: Mapping[str, str]) -> dict[str, Any]:
         "error": raw.get("error") or None,
         "http_status": int(http_status) if http_status else None,
         "lead_id": raw.get("lead_id") or None,
-        "list_id": raw.get("list_id") if raw.get("state") == "added" else None,
+        # The list the lead is in: where it was added, or (duplicate) where the lead
+        # VICIdial found is, where its answer says.
+        "list_id": raw.get("list_id") if raw.get("state") in ("added", "duplicate") else None,
         "campaign": raw.get("campaign") or None,
         "agent_user": raw.get("agent_user") or None,
+        # Where the lead goes: an agent's manual dial list, or a list (the list asked
+        # for and the campaign sent with it).
+        "target": raw.get("target") or "agent",
+        "target_list_id": raw.get("target_list_id") or None,
+        "campaign_id": raw.get("campaign_id") or None,
+        # duplicate: the lead VICIdial's duplicate check found instead of adding one.
+        "existing_lead_id": raw.get("existing_lead_id") or None,
         "dialer": raw.get("dialer") or None,
         "priority": raw.get("priority") or None,
         "enqueued_at": iso(_num(raw.get("enqueued_at"))),

@@ -2,6 +2,14 @@
 
 Rows stream one at a time with their line numbers, so a file of a million leads
 is validated and enqueued in constant memory (two passes over the file).
+
+A row holds the keys of ``enqueue_lead``. JSON lines give them as they are (a list
+job's ``callback`` and ``custom_fields`` as objects). A CSV's cells are text, so its
+columns spell the objects out: ``callback_datetime``, ``callback_type``,
+``callback_user``, ``callback_status``, ``callback_comments`` make the row's
+``callback``, and each ``custom.<name>`` column a custom field of ``custom_fields``;
+the switches (``dnc_check``, ``add_to_hopper``, ``list_exists_check``, ...) read
+true/false, yes/no, y/n, 1/0.
 """
 
 from __future__ import annotations
@@ -13,9 +21,34 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["FileRow", "LeadFileError", "detect_format", "read_rows"]
+__all__ = [
+    "CALLBACK_COLUMNS",
+    "CUSTOM_PREFIX",
+    "FileRow",
+    "LeadFileError",
+    "detect_format",
+    "read_rows",
+]
 
-_BOOL_COLUMNS = ("dnc_check", "campaign_dnc_check")
+_BOOL_COLUMNS = (
+    "dnc_check",
+    "campaign_dnc_check",
+    "add_to_hopper",
+    "lookup_state",
+    "usacan_prefix_check",
+    "usacan_areacode_check",
+    "list_exists_check",
+)
+#: CSV columns of a list job's callback (the JSON object's keys after "callback_").
+CALLBACK_COLUMNS = (
+    "callback_datetime",
+    "callback_type",
+    "callback_user",
+    "callback_status",
+    "callback_comments",
+)
+#: A CSV column named ``custom.<name>`` is the custom field ``<name>``.
+CUSTOM_PREFIX = "custom."
 _TRUE = {"true", "yes", "y", "1"}
 _FALSE = {"false", "no", "n", "0"}
 
@@ -76,6 +109,10 @@ def _csv_rows(path: Path) -> Iterator[FileRow]:
                 if name in _BOOL_COLUMNS:
                     low = cell.lower()
                     row[name] = True if low in _TRUE else False if low in _FALSE else cell
+                elif name in CALLBACK_COLUMNS:
+                    row.setdefault("callback", {})[name.removeprefix("callback_")] = cell
+                elif name.startswith(CUSTOM_PREFIX):
+                    row.setdefault("custom_fields", {})[name[len(CUSTOM_PREFIX) :]] = cell
                 else:
                     row[name] = cell
             yield FileRow(line, row)

@@ -100,8 +100,8 @@ def _erase_fleet_messages(backend: Backend, target: Target, dry_run: bool) -> di
     with broker_errors(backend.settings):
         servers = {str(s) for s in backend.redis.smembers(keys.pauses)}
         records = [keys.pause(s) for s in servers]
-        looked = {str(s) for s in backend.redis.smembers(f"{keys.prefix}:lookups")}
-        records += [f"{keys.prefix}:lookup:{s}" for s in looked]
+        looked = {str(s) for s in backend.redis.smembers(keys.lookups)}
+        records += [keys.lookup(s) for s in looked]
         for key in records:
             error = str(backend.redis.hget(key, "error") or "")
             if pattern.search(error):
@@ -182,11 +182,7 @@ def forget_phone(
     digits = normalise_phone(phone, default_phone_code=backend.settings.phone_code)
     key = phone_key(index_key(backend), digits)
     with broker_errors(backend.settings):
-        listed = [
-            str(f)
-            for f in backend.redis.hkeys(f"{backend.keys.prefix}:phone:{key}")
-            if f[:1] != "#"
-        ]
+        listed = [str(f) for f in backend.redis.hkeys(backend.keys.phone(key)) if f[:1] != "#"]
     scanned = tuple(_scan(backend, digits)) if scan else ()
     target = Target(digits, key, tuple(listed), scanned)
     counts: dict[str, int] = {}

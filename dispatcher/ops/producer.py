@@ -25,7 +25,7 @@ from typing import Any
 from dispatcher.config import logs
 from dispatcher.config.logs import redact_vicidial_line
 from dispatcher.config.settings import Settings, redact_url
-from dispatcher.model.dialers import PRIORITIES
+from dispatcher.model.dialers import PRIORITIES, Dialer
 from dispatcher.model.errors import (
     BrokerUnavailable,
     EnqueueUnconfirmed,
@@ -34,11 +34,18 @@ from dispatcher.model.errors import (
     InvalidLead,
 )
 from dispatcher.model.jobs import Job, broker_envelope, new_job_id, state_to_status
-from dispatcher.model.lead import make_lead
+from dispatcher.model.lead import Lead, make_lead
+from dispatcher.model.list_lead import make_list_lead
+from dispatcher.model.list_options import (
+    LIST_OPTION_KEYS,
+    ListOptions,
+    check_with_lead,
+    make_list_options,
+)
 from dispatcher.model.notifications import allowed, notify_url_problem
 from dispatcher.store.backend import Backend, get_backend
 from dispatcher.store.connection import broker_errors
-from dispatcher.store.execution import IndexKeyChanged
+from dispatcher.store.execution import EnqueueItem, IndexKeyChanged
 from dispatcher.store.layout import ensure_layout
 from dispatcher.store.phone_index import index_key, phone_key
 
@@ -73,8 +80,15 @@ _log = logs.get_logger("dispatcher.ops.producer")
 
 
 def fingerprint(job: Job) -> str:
-    """What an idempotency key is bound to: the normalised lead and its DNC checks."""
-    data = {"lead": job.lead.to_dict(), "dnc": job.dnc_check, "cdnc": job.campaign_dnc_check}
+    """What an idempotency key is bound to: the normalised lead and its DNC checks (and a
+    list job's options)."""
+    data: dict[str, Any] = {
+        "lead": job.lead.to_dict(),
+        "dnc": job.dnc_check,
+        "cdnc": job.campaign_dnc_check,
+    }
+    if job.list_options is not None:
+        data["list"] = job.list_options.to_dict()
     text = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(text.encode()).hexdigest()[:20]
 
@@ -120,7 +134,6 @@ def prepare_job(
             [FieldError("lead", f"too many fields ({len(item)}; at most {MAX_FIELDS})", index)]
         )
     errors: list[FieldError] = []
-    lead_data = {k: v for k, v in item.items() if k not in _CONTROL_KEYS}
     flags: dict[str, bool] = {}
     for key, default, fallback in (
         ("dnc_check", dnc_check, settings.dnc_check),
@@ -164,13 +177,18 @@ def prepare_job(
             notify_url = None
     non_latin = dialer.non_latin if dialer is not None else settings.vicidial_non_latin
     phone_code = (dialer.phone_code if dialer is not None else None) or settings.phone_code
-    try:
-        lead = make_lead(lead_data, default_phone_code=phone_code, non_latin=non_latin)
-    except InvalidLead as exc:
-        errors.extend(FieldError(e.field, e.message, index) for e in exc.errors)
+    lead, options, problems = _lead_and_target(
+        item,
+        dialer,
+        phone_code=phone_code,
+        non_latin=non_latin,
+        campaign_dnc_check=flags["campaign_dnc_check"],
+    )
+    if problems:
+        errors.extend(FieldError(e.field, e.message, index) for e in problems)
     if errors:
         raise InvalidLead(errors)
-    assert dialer is not None
+    assert dialer is not None and lead is not None
     return Job(
         job_id=new_job_id(),
         lead=lead,
@@ -181,8 +199,118 @@ def prepare_job(
         non_latin=non_latin,
         dialer=dialer.name,
         priority=str(lane),
+        list_options=options,
         notify_url=notify_url,
     )
+
+
+#: The keys of a job that are not lead fields (checked per lead: a set).
+_LIST_OPTIONS = frozenset(LIST_OPTION_KEYS)
+_NOT_LEAD = frozenset(_CONTROL_KEYS) | _LIST_OPTIONS
+
+
+def _given(value: object) -> bool:
+    """A blank value (None, or a string of white space) counts as not given."""
+    return value is not None and not (isinstance(value, str) and not value.strip())
+
+
+_BOTH = (
+    "give agent_user (a lead for that logged-in agent: external_add_lead) or list_id (a lead "
+    "for a list: add_lead), not both"
+)
+_NEITHER = (
+    "one of agent_user (a lead for that logged-in agent: external_add_lead) and list_id (a "
+    "lead for a list: add_lead) is required"
+)
+
+
+def _lead_and_target(
+    item: Mapping[str, Any],
+    dialer: Dialer | None,
+    *,
+    phone_code: str,
+    non_latin: bool,
+    campaign_dnc_check: bool,
+) -> tuple[Lead | None, ListOptions | None, list[FieldError]]:
+    """The lead, by the rules of its target, and a list job's options; every problem.
+
+    A job names ``agent_user`` (external_add_lead) or ``list_id`` (add_lead); naming
+    neither takes the dialer's default list, if it has one.
+    """
+    lead_data = {k: v for k, v in item.items() if k not in _NOT_LEAD}
+    agent = _given(item.get("agent_user"))
+    if agent and "list_id" not in item and _LIST_OPTIONS.isdisjoint(item):
+        # The common case, an agent's lead: as fast as before lists existed.
+        try:
+            return (
+                make_lead(lead_data, default_phone_code=phone_code, non_latin=non_latin),
+                None,
+                [],
+            )
+        except InvalidLead as exc:
+            return None, None, exc.errors
+    listed = _given(item.get("list_id"))
+    # A blank target counts as not given (None from JSON, "" from a form): not a field.
+    if not agent:
+        lead_data.pop("agent_user", None)
+    if not listed:
+        lead_data.pop("list_id", None)
+    default_list = dialer.list_id if dialer is not None else None
+    if not agent and not listed and default_list:
+        lead_data["list_id"] = default_list
+        listed = True
+    errors: list[FieldError] = []
+    if agent and listed:
+        # Which rules the other fields follow is unknown: the agent's (the stricter
+        # phone) tell what else is wrong.
+        try:
+            make_lead(
+                {k: v for k, v in lead_data.items() if k != "list_id"},
+                default_phone_code=phone_code,
+                non_latin=non_latin,
+            )
+        except InvalidLead as exc:
+            errors += [e for e in exc.errors if e.field not in ("agent_user", "list_id")]
+        errors[:0] = [FieldError("agent_user", _BOTH), FieldError("list_id", _BOTH)]
+        return None, None, errors
+    if not listed:
+        try:
+            lead = make_lead(lead_data, default_phone_code=phone_code, non_latin=non_latin)
+        except InvalidLead as exc:
+            errors += exc.errors
+            lead = None
+        if not agent:
+            errors = [e for e in errors if e.field != "agent_user"]
+            errors[:0] = [FieldError("agent_user", _NEITHER), FieldError("list_id", _NEITHER)]
+        if not _LIST_OPTIONS.isdisjoint(item):
+            errors += [
+                FieldError(key, "an option of add_lead: only for a lead for a list (list_id)")
+                for key in LIST_OPTION_KEYS
+                if _given(item.get(key))
+            ]
+        return (None, None, errors) if errors else (lead, None, [])
+    list_lead: Lead | None = None
+    try:
+        list_lead = make_list_lead(lead_data, default_phone_code=phone_code, non_latin=non_latin)
+    except InvalidLead as exc:
+        errors += exc.errors
+    raw_list = list_lead.list_id if list_lead is not None else str(lead_data.get("list_id"))
+    options: ListOptions | None = None
+    try:
+        options = make_list_options(
+            item,
+            campaign_dnc_check=campaign_dnc_check,
+            default_campaign_id=dialer.campaign_for(raw_list.strip()) if dialer else None,
+            default_duplicate_check=dialer.duplicate_check if dialer else None,
+            non_latin=non_latin,
+        )
+    except InvalidLead as exc:
+        errors += exc.errors
+    if list_lead is not None and options is not None:
+        errors += check_with_lead(list_lead, options)
+    if errors:
+        return None, None, errors
+    return list_lead, options, []
 
 
 def push_jobs(
@@ -257,23 +385,42 @@ def _push(
             raise IdempotencyConflict(job.idempotency_key or "", job_id, index=offset + i)
     if logs.is_configured():
         for job, (kind, job_id) in zip(jobs, results, strict=True):
+            target = _target_facts(job)
             if kind == "new":
                 _log.info(
                     "lead.enqueued",
                     job_id=job_id,
-                    agent_user=job.agent_user,
                     phone=job.lead.phone_number,
                     dnc_check=job.dnc_check,
                     campaign_dnc_check=job.campaign_dnc_check,
+                    **target,
                 )
             else:
-                _log.info(f"lead.enqueue_{kind}", job_id=job_id, agent_user=job.agent_user)
+                _log.info(f"lead.enqueue_{kind}", job_id=job_id, **target)
     return results
 
 
-def _items(
-    backend: Backend, jobs: list[Job], prints: list[str], key: bytes
-) -> list[tuple[str, str, str, str, str, str, str]]:
+def _target_facts(job: Job) -> dict[str, str]:
+    """Who gets the job's lead, for its log lines."""
+    if job.list_options is None:
+        return {"agent_user": job.agent_user}
+    facts = {"target": "list", "list_id": job.lead.list_id}
+    if job.list_options.campaign_id:
+        facts["campaign"] = job.list_options.campaign_id
+    return facts
+
+
+def _state_fields(job: Job) -> str:
+    """The job state's fields beside the common ones (a list job's target), as JSON."""
+    if job.list_options is None:
+        return ""
+    fields = {"target": "list", "target_list_id": job.lead.list_id}
+    if job.list_options.campaign_id:
+        fields["campaign_id"] = job.list_options.campaign_id
+    return json.dumps(fields, separators=(",", ":"))
+
+
+def _items(backend: Backend, jobs: list[Job], prints: list[str], key: bytes) -> list[EnqueueItem]:
     """The enqueue command's items: each job's envelope, keys and phone index key."""
     keys = backend.keys
     items = []
@@ -281,7 +428,7 @@ def _items(
         lane = keys.lane(job.dialer, job.priority)
         envelope = broker_envelope(job.to_message(), queue=lane)
         items.append(
-            (
+            EnqueueItem(
                 job.job_id,
                 envelope,
                 job.agent_user,
@@ -289,6 +436,7 @@ def _items(
                 fp,
                 lane,
                 phone_key(key, job.lead.phone_number),
+                _state_fields(job),
             )
         )
     return items
@@ -297,7 +445,7 @@ def _items(
 def _resolve(
     backend: Backend,
     jobs: list[Job],
-    items: list[tuple[str, str, str, str, str, str, str]],
+    items: list[EnqueueItem],
     *,
     now: float,
     strict: bool,
@@ -348,8 +496,13 @@ def _resolve(
 def enqueue_lead(*, settings: Settings | None = None, **fields: Any) -> str:
     """Validate one lead and put it on the queue; return its job id.
 
-    Keyword arguments: ``agent_user``, ``phone_number``, ``phone_code`` and any
-    lead field of VICIdial's external_add_lead, plus ``dnc_check`` and
+    Keyword arguments: ``agent_user`` (a lead for that logged-in agent: VICIdial's
+    external_add_lead) or ``list_id`` (a lead for a list: add_lead, with its options
+    ``campaign_id``, ``duplicate_check``, ``add_to_hopper``, ``hopper_priority``,
+    ``callback``, ``custom_fields``, ``lookup_state``, ``tz_method``,
+    ``usacan_prefix_check``, ``usacan_areacode_check``, ``list_exists_check``; see
+    :mod:`dispatcher.model.list_options`), ``phone_number``, ``phone_code`` and any
+    lead field of that call, plus ``dnc_check`` and
     ``campaign_dnc_check`` (default from settings: on), ``idempotency_key`` (a
     second enqueue with the same key returns the first job's id and enqueues
     nothing), ``dialer`` (default: the fleet's default dialer) and ``priority``

@@ -1,5 +1,5 @@
-"""Which dead letters an operator means, and replaying them: shared by ``dispatcher dlq``
-and the web console.
+"""Which dead letters an operator means: shared by ``dispatcher dlq`` and the web console
+(what is done to them: :mod:`dispatcher.ops.dlq`).
 
 A :class:`Selection` is the filters both offer: IDs, a reason, an agent, a time
 window on the last failure (``since``/``until``) and, for the console, the last
@@ -9,8 +9,9 @@ phone are checked on each record read.
 
 :meth:`Selection.page` reads one page after a *cursor*: the (score, id) of the
 last letter shown. With the cursor's letter still in the index, one small
-read-only Lua script finds its rank and reads the next rows in the same atomic
-step, so a page costs the same with 10 letters or 100,000, and a replay or purge
+read-only Lua script (``dispatcher/store/deadletter_page.lua``, through
+:meth:`DeadLetterStore.walk`) finds its rank and reads the next rows in the same
+atomic step, so a page costs the same with 10 letters or 100,000, and a replay or purge
 of letters before the cursor cannot shift it. Filters the index cannot answer
 read at most ``scan_budget`` records per page: a rare agent costs a few bounded
 pages, never a read of the whole store.
@@ -22,12 +23,10 @@ VICIdial already) are named here once: :func:`held_reasons`.
 from __future__ import annotations
 
 import re
-import time
 from collections import Counter
-from collections.abc import Callable, Collection, Iterable, Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 
-from dispatcher.config import logs
 from dispatcher.model.errors import all_reasons
 from dispatcher.store.connection import broker_errors
 from dispatcher.store.deadletter import DeadLetter, DeadLetterStore
@@ -40,85 +39,12 @@ __all__ = [
     "Selection",
     "held_reasons",
     "parse_duration",
-    "replay_letters",
 ]
 
 DNC_REASONS: tuple[str, ...] = ("dnc", "campaign_dnc")
 AMBIGUOUS_REASONS: tuple[str, ...] = ("ambiguous",)
-#: Letters replayed in one round trip when no rate is set (`dlq replay --all` of a
-#: large store: one round trip a letter was most of its time).
-REPLAY_BATCH = 200
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
-_log = logs.get_logger("dispatcher.dlq")
-
-# One page, read inside Redis (read-only, bounded by ARGV[7]).
-# KEYS: index. ARGV: record key prefix, cursor id ('' = from the top), cursor score,
-#   low, high (score bounds, as ZRANGEBYSCORE takes them), want, budget, then the
-#   needles every matching record's JSON contains ('' = none).
-# Returns {exhausted 0/1, scanned, last id, last score, then id, score, record per hit}.
-# Rows are walked by rank from the cursor's letter; when that letter left the index,
-# the walk starts at its score, past the letters with that score and an id >= its
-# own (equal scores are ordered by id, descending, in a reverse range).
-_PAGE = """
-local index, prefix = KEYS[1], ARGV[1]
-local cid, cscore = ARGV[2], tonumber(ARGV[3])
-local low, want, budget = ARGV[4], tonumber(ARGV[6]), tonumber(ARGV[7])
-local needles = {}
-for i = 8, #ARGV do if ARGV[i] ~= '' then needles[#needles + 1] = ARGV[i] end end
-local lowest = tonumber((string.gsub(low, '^%(', '')))
-if low == '-inf' then lowest = -math.huge end
-local start, skip_ties = 0, false
-if cid ~= '' then
-  local r = redis.call('ZREVRANK', index, cid)
-  if r and tonumber(redis.call('ZSCORE', index, cid)) == cscore then
-    start = r + 1
-  else
-    start = redis.call('ZCOUNT', index, '(' .. ARGV[3], '+inf')
-    skip_ties = true
-  end
-elseif ARGV[5] ~= '+inf' then
-  start = redis.call('ZCOUNT', index, '(' .. ARGV[5], '+inf')
-end
-local out = {}
-local hits, scanned, exhausted = 0, 0, 0
-local last_id, last_score = cid, ARGV[3]
-while hits < want and scanned < budget do
-  local n = math.min(500, budget - scanned)
-  local rows = redis.call('ZREVRANGE', index, start, start + n - 1, 'WITHSCORES')
-  if #rows == 0 then exhausted = 1 break end
-  local stop = false
-  for i = 1, #rows, 2 do
-    local id, score = rows[i], rows[i + 1]
-    start = start + 1
-    local value = tonumber(score)
-    if value < lowest then exhausted = 1 stop = true break end
-    if not (skip_ties and value == cscore and id >= cid) then
-      skip_ties = false
-      scanned = scanned + 1
-      last_id, last_score = id, score
-      local raw = redis.call('GET', prefix .. id)
-      local ok = raw ~= false
-      if ok then
-        for _, needle in ipairs(needles) do
-          if not string.find(raw, needle, 1, true) then ok = false break end
-        end
-      end
-      if ok then
-        out[#out + 1] = id
-        out[#out + 1] = score
-        out[#out + 1] = raw
-        hits = hits + 1
-        if hits >= want or scanned >= budget then stop = true break end
-      end
-      if scanned >= budget then stop = true break end
-    end
-  end
-  if stop then break end
-  if #rows < 2 * n then exhausted = 1 break end
-end
-return {exhausted, scanned, last_id, last_score, unpack(out)}
-"""
 
 
 def held_reasons(*, include_dnc: bool, include_ambiguous: bool) -> tuple[str, ...]:
@@ -202,7 +128,7 @@ class Selection:
             return False
         if self.dialer is not None and letter.dialer != self.dialer:
             return False
-        if self.phone_last4 is not None and not _phone(letter).endswith(self.phone_last4):
+        if self.phone_last4 is not None and not letter.phone.endswith(self.phone_last4):
             return False
         if self.since is not None and letter.score < self.since:
             return False
@@ -224,7 +150,7 @@ class Selection:
         for letter in store.iter(
             reason=self.reason, agent_user=self.agent_user, since=self.since, until=self.until
         ):
-            if self.phone_last4 is not None and not _phone(letter).endswith(self.phone_last4):
+            if self.phone_last4 is not None and not letter.phone.endswith(self.phone_last4):
                 continue
             if self.dialer is None or letter.dialer == self.dialer:
                 yield letter
@@ -278,7 +204,6 @@ class Selection:
                 letter for letter in store.iter(ids=dict.fromkeys(self.ids)) if self.matches(letter)
             ]
             return Page(letters=letters[:limit], next=None, scanned=len(self.ids))
-        index = self.index(store)
         low, high = self._bounds()
         needles = []
         # Agents and phone digits are never escaped in JSON: a record without them
@@ -289,110 +214,25 @@ class Selection:
             needles.append(f'{self.phone_last4}"')
         if self.dialer is not None:
             needles.append(f'"dialer":"{self.dialer}"')
-        with broker_errors(store.backend.settings):
-            reply = store.redis.register_script(_PAGE)(
-                keys=[index],
-                args=[
-                    store.keys.dead_letter(""),
-                    after.id if after else "",
-                    repr(after.score) if after else "0",
-                    low,
-                    high,
-                    limit + 1,
-                    max(scan_budget, limit + 1),
-                    *needles,
-                ],
-            )
-        exhausted, scanned, last_id, last_score = reply[:4]
-        out: list[DeadLetter] = []
-        hits = reply[4:]
-        for i in range(0, len(hits), 3):
-            letter = DeadLetter.from_json(str(hits[i + 2]), score=float(hits[i + 1]))
-            if self.matches(letter):  # the needles are necessary, not sufficient
-                out.append(letter)
+        walk = store.walk(
+            reason=self.reason,
+            after=(after.score, after.id) if after else None,
+            low=low,
+            high=high,
+            want=limit + 1,
+            budget=max(scan_budget, limit + 1),
+            needles=needles,
+        )
+        # The needles are necessary, not sufficient.
+        out = [letter for letter in walk.letters if self.matches(letter)]
         if len(out) > limit:
             last = out[limit - 1]
-            return Page(out[:limit], Cursor(last.score, last.id), int(scanned))
-        if int(exhausted) or not last_id:
-            return Page(out, None, int(scanned))
-        return Page(out, Cursor(float(last_score), str(last_id)), int(scanned))
+            return Page(out[:limit], Cursor(last.score, last.id), walk.scanned)
+        if walk.exhausted or not walk.last_id:
+            return Page(out, None, walk.scanned)
+        return Page(out, Cursor(walk.last_score, walk.last_id), walk.scanned)
 
     def _bounds(self) -> tuple[str, str]:
         low = "-inf" if self.since is None else repr(self.since)
         high = "+inf" if self.until is None else repr(self.until)
         return low, high
-
-
-def _phone(letter: DeadLetter) -> str:
-    lead = letter.job.get("lead")
-    return str(lead.get("phone_number", "")) if isinstance(lead, dict) else ""
-
-
-def replay_letters(
-    store: DeadLetterStore,
-    letters: Iterable[DeadLetter],
-    *,
-    held: Collection[str] = (),
-    rate: float | None = None,
-    on_each: Callable[[DeadLetter, str], None] | None = None,
-    **log_fields: object,
-) -> Counter[str]:
-    """Replay each letter (leaving ``held`` reasons alone), at most ``rate`` a second.
-
-    Returns counts of :data:`~dispatcher.store.deadletter.ReplayResult` values plus
-    ``skipped_dnc`` and ``skipped_ambiguous``. Logs ``dlq.replayed`` per letter,
-    with ``log_fields`` (the console adds the operator's name). Without a rate,
-    :data:`REPLAY_BATCH` letters go to Redis in one round trip, each replayed in a
-    step of its own; an error Redis gives for one is raised once the batch's
-    replays are counted and logged.
-    """
-    outcomes: Counter[str] = Counter()
-    interval = 1.0 / rate if rate else 0.0
-    next_at = time.monotonic()
-    batch: list[DeadLetter] = []
-
-    def settle(letter: DeadLetter, result: str) -> None:
-        outcomes[result] += 1
-        if result == "replayed":
-            _log.info(
-                "dlq.replayed",
-                job_id=letter.job_id,
-                reason=letter.reason,
-                replays=letter.replays + 1,
-                **log_fields,
-            )
-        if on_each is not None:
-            on_each(letter, result)
-
-    def flush() -> None:
-        results = store.replay_many(batch)
-        error: Exception | None = None
-        for letter, result in zip(batch, results, strict=True):
-            if isinstance(result, Exception):
-                error = error or result
-            else:
-                settle(letter, result)
-        batch.clear()
-        if error is not None:
-            raise error
-
-    for letter in letters:
-        if letter.reason in held:
-            kind = "skipped_dnc" if letter.reason in DNC_REASONS else "skipped_ambiguous"
-            outcomes[kind] += 1
-            if on_each is not None:
-                on_each(letter, kind)
-            continue
-        if not interval:
-            batch.append(letter)
-            if len(batch) >= REPLAY_BATCH:
-                flush()
-            continue
-        delay = next_at - time.monotonic()
-        if delay > 0:
-            time.sleep(delay)
-        next_at = max(next_at, time.monotonic()) + interval
-        settle(letter, store.replay(letter))
-    if batch:
-        flush()
-    return outcomes

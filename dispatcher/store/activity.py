@@ -7,7 +7,7 @@ counters is written to a sorted set (``{prefix}:activity``, score = the minute's
 epoch, member ``minute:added:dead``), and per-minute figures are the differences
 between consecutive samples.
 
-:func:`record_minute` is one small Lua call: the first caller in a minute writes
+:func:`record_minute` is one small Lua call (``activity.lua``): the first caller in a minute writes
 the sample, later callers (other workers, the console) change nothing, and
 samples older than :data:`KEEP_S` are trimmed in the same call, so the set holds
 at most ~180 members. Workers call it from their scheduler thread when the minute
@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
+from importlib import resources
 
 from dispatcher.store.backend import Backend
 from dispatcher.store.connection import broker_errors
@@ -29,22 +30,7 @@ __all__ = ["KEEP_S", "Minute", "read_activity", "record_minute"]
 #: How long samples are kept (the chart shows the last hour; the rest is margin).
 KEEP_S = 3 * 3600
 
-# KEYS: stats hash, activity set. ARGV: minute epoch, keep seconds.
-_RECORD = """
-local m = tonumber(ARGV[1])
-if #redis.call('ZRANGEBYSCORE', KEYS[2], m, m, 'LIMIT', 0, 1) > 0 then return 0 end
-local flat = redis.call('HGETALL', KEYS[1])
-local added, dead = 0, 0
-for i = 1, #flat, 2 do
-  local k = flat[i]
-  if k == 'added' then added = tonumber(flat[i + 1]) or 0
-  elseif string.sub(k, 1, 14) == 'dead_lettered:' then dead = dead + (tonumber(flat[i + 1]) or 0)
-  end
-end
-redis.call('ZADD', KEYS[2], m, string.format('%d:%d:%d', m, added, dead))
-redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', m - tonumber(ARGV[2]))
-return 1
-"""
+_SOURCE = resources.files("dispatcher.store").joinpath("activity.lua").read_text(encoding="utf-8")
 
 
 @dataclass(frozen=True)
@@ -63,10 +49,9 @@ def _minute(now: float) -> int:
 def record_minute(backend: Backend, *, now: float | None = None) -> bool:
     """Write this minute's sample unless someone did; True if this call wrote it."""
     now = time.time() if now is None else now
-    keys = backend.keys
-    script = backend.redis.register_script(_RECORD)
+    script = backend.redis.register_script(_SOURCE)
     with broker_errors(backend.settings):
-        return bool(script(keys=[keys.stats, keys.activity], args=[_minute(now), KEEP_S]))
+        return bool(script(keys=[backend.keys.prefix], args=[_minute(now), KEEP_S]))
 
 
 def _totals(stats: dict[str, str]) -> tuple[int, int]:

@@ -2,7 +2,7 @@
 
 Producers, the dead-letter store, the CLI and the workers all reach Redis
 through a :class:`Backend`, so a key name or a script exists in one place:
-:attr:`Backend.execution` (every transition of a job, ``execution.lua``) and
+:attr:`Backend.execution` (every transition of a job, ``execution.lua``),
 :attr:`Backend.fleet` (liveness of workers and consumers, ``fleet.lua``) and
 :attr:`Backend.outbox` (outcome notifications waiting to be sent, ``outbox.lua``).
 """
@@ -35,7 +35,7 @@ class Backend:
 
     def __post_init__(self) -> None:
         self.redis = redis_client(self.settings)
-        self.keys = Keys(prefix=self.settings.key_prefix, queue=self.settings.queue)
+        self.keys = Keys.of(self.settings)
         self.execution = Execution(self.redis, prefix=self.keys.prefix, queue=self.keys.queue)
         self.fleet = Fleet(self.redis, prefix=self.keys.prefix)
         self.outbox = Outbox(self.redis, keys=self.keys)

@@ -13,7 +13,10 @@ execution record (``execution.lua``): a letter is never written over a job that
 was added, and a later SUCCESS of the job retires it. Listing, exporting and
 replaying stream in pages, never loading the whole store. Replay is one script
 call per letter: the record is removed and the job published in the same atomic
-step, so a crash mid-replay loses nothing and adds nothing twice.
+step, so a crash mid-replay loses nothing and adds nothing twice. What a replay
+(and ``dlq reconcile``) does to the job is :class:`~dispatcher.model.jobs.Job`'s
+(``replayed``, ``looking_up``): a letter whose job no worker could read is not
+replayable.
 
 Errors are redacted again whenever a letter is read (secrets of these settings),
 so a letter stored by an older version is never shown or exported with one.
@@ -26,19 +29,34 @@ import json
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
+from importlib import resources
 from typing import Any, Literal
 
 from dispatcher.config.logs import redact_vicidial_line
 from dispatcher.config.settings import Settings
-from dispatcher.model.dialers import PRIORITIES
-from dispatcher.model.errors import all_reasons
-from dispatcher.model.jobs import broker_envelope, iso, new_job_id
+from dispatcher.model.errors import InvalidPayload, all_reasons
+from dispatcher.model.jobs import (
+    EARLIEST,
+    LATEST,
+    Job,
+    Reconcile,
+    broker_envelope,
+    iso,
+    new_job_id,
+)
 from dispatcher.store.backend import Backend, get_backend
 from dispatcher.store.connection import broker_error, broker_errors
 from dispatcher.store.execution import Execution
 from dispatcher.store.outbox import notify_for
 
-__all__ = ["DeadLetter", "DeadLetterStore", "ReconcileResult", "ReplayResult", "WriteResult"]
+__all__ = [
+    "DeadLetter",
+    "DeadLetterStore",
+    "IndexWalk",
+    "ReconcileResult",
+    "ReplayResult",
+    "WriteResult",
+]
 
 ReplayResult = Literal["replayed", "missing", "done", "busy", "unreplayable"]
 #: What handing a letter to the workers to be looked up did (see execution.lua reconcile).
@@ -48,6 +66,9 @@ ReconcileResult = Literal["reconciling", "missing", "done", "busy", "unreplayabl
 #: "busy"), or a newer publication exists ("stale").
 WriteResult = str
 _PAGE = 500
+_WALK = (
+    resources.files("dispatcher.store").joinpath("deadletter_page.lua").read_text(encoding="utf-8")
+)
 
 
 @dataclass(frozen=True)
@@ -83,6 +104,14 @@ class DeadLetter:
         return None
 
     @property
+    def phone(self) -> str:
+        """The lead's phone number as the job holds it ("" for a job without one)."""
+        lead = self.job.get("lead")
+        if isinstance(lead, Mapping):
+            return str(lead.get("phone_number", ""))
+        return ""
+
+    @property
     def dialer(self) -> str:
         """The dialer the job names ("" for a job of an older version: the default)."""
         value = self.job.get("dialer")
@@ -109,6 +138,21 @@ class DeadLetter:
             job=data.get("job") or {},
             score=score,
         )
+
+
+@dataclass(frozen=True)
+class IndexWalk:
+    """What one bounded walk of a dead-letter index read (:meth:`DeadLetterStore.walk`)."""
+
+    #: the letters whose record holds every needle, newest first
+    letters: builtins.list[DeadLetter]
+    #: index rows read
+    scanned: int
+    #: the walk reached the end of the range (nothing follows)
+    exhausted: bool
+    #: the last row read: its id ("" for none: the cursor given, if any) and score
+    last_id: str
+    last_score: float
 
 
 class DeadLetterStore:
@@ -330,6 +374,47 @@ class DeadLetterStore:
                     continue
                 yield letter
 
+    def walk(
+        self,
+        *,
+        reason: str | None,
+        after: tuple[float, str] | None,
+        low: str,
+        high: str,
+        want: int,
+        budget: int,
+        needles: Sequence[str] = (),
+    ) -> IndexWalk:
+        """Up to ``want`` letters whose record holds every needle, newest first, after
+        ``after`` (the (score, id) of the last letter shown) within the score bounds
+        ``low``, ``high`` (as ZRANGEBYSCORE takes them), reading at most ``budget`` index
+        rows: one read-only step in Redis (``deadletter_page.lua``), whatever the store
+        holds."""
+        with broker_errors(self.backend.settings):
+            reply = self.redis.register_script(_WALK)(
+                keys=[self.keys.prefix],
+                args=[
+                    reason or "",
+                    after[1] if after else "",
+                    repr(after[0]) if after else "0",
+                    low,
+                    high,
+                    want,
+                    budget,
+                    *needles,
+                ],
+            )
+        exhausted, scanned, last_id, last_score = reply[:4]
+        hits = reply[4:]
+        letters = [self._read(str(hits[i + 2]), float(hits[i + 1])) for i in range(0, len(hits), 3)]
+        return IndexWalk(
+            letters=letters,
+            scanned=int(scanned),
+            exhausted=bool(int(exhausted)),
+            last_id=str(last_id or ""),
+            last_score=float(last_score),
+        )
+
     def list(self, *, limit: int | None = 100, **filters: Any) -> list[DeadLetter]:
         out: list[DeadLetter] = []
         for letter in self.iter(**filters):
@@ -409,35 +494,23 @@ class DeadLetterStore:
 
     def _replay_call(self, letter: DeadLetter) -> tuple[Any, ...] | None:
         """The ``replay`` step of a letter (None: not replayable)."""
-        if not letter.replayable:
+        job = _job_of(letter)
+        if job is None:
             return None
-        job = dict(letter.job)
-        job.pop("reconcile", None)  # a replay calls: it is not a look-up
-        seq = int(job.get("seq", 0) or 0) + 1
-        job.update(
-            attempts=0,
-            seq=seq,
-            replays=int(job.get("replays", 0) or 0) + 1,
-            first_failed_at=None,
-            agent_wait_since=None,
-        )
+        job = job.replayed()
         lane = self.lane_of(job)
-        envelope = broker_envelope(job, queue=lane, task_id=letter.job_id)
+        envelope = broker_envelope(job.to_message(), queue=lane, task_id=letter.job_id)
         ttl = int(self.backend.settings.job_ttl_s)
-        return Execution.replay_args(letter.id, envelope=envelope, seq=seq, ttl=ttl, lane=lane)
+        return Execution.replay_args(letter.id, envelope=envelope, seq=job.seq, ttl=ttl, lane=lane)
 
-    def lane_of(self, job: Mapping[str, Any]) -> str:
+    def lane_of(self, job: Job) -> str:
         """The list a job goes back to: its dialer's lane (the default dialer's for a job
         of an older version, or one naming a dialer the fleet no longer has)."""
-        dialer = self.backend.settings.dialers.resolve(job.get("dialer"))
-        if dialer is None:
-            dialer = self.backend.settings.dialers.resolve(None)
-        priority = job.get("priority")
-        if priority not in PRIORITIES:
-            priority = "realtime"
+        dialers = self.backend.settings.dialers
+        dialer = dialers.resolve(job.dialer) or dialers.resolve(None)
         if dialer is None:
             return self.keys.queue
-        return self.keys.lane(dialer.name, str(priority))
+        return self.keys.lane(dialer.name, job.priority)
 
     def reconcile(self, letter: DeadLetter, *, now: float | None = None) -> ReconcileResult:
         """Hand the letter to the workers to be looked up in VICIdial (`dlq reconcile`).
@@ -447,32 +520,30 @@ class DeadLetterStore:
         letter). The attempts already made still count. A worker then marks the job
         added (found), calls it again (not found) or writes the letter again with why.
         """
-        if not letter.replayable:
+        job = _job_of(letter)
+        if job is None:
             return "unreplayable"
         settings = self.backend.settings
         now = time.time() if now is None else now
-        job = dict(letter.job)
-        job.pop("reconcile", None)
-        seq = int(job.get("seq", 0) or 0) + 1
-        since = letter.score if 946_684_800.0 <= letter.score <= 4_102_444_800.0 else now
-        job.update(
-            seq=seq,
-            reconcile={
-                "step": "lookup",
-                "since": since,
+        since = letter.score if EARLIEST <= letter.score <= LATEST else now
+        job = job.looking_up(
+            Reconcile(
+                step="lookup",
+                since=since,
                 # An earlier reconciliation's explanation is not part of the failure.
-                "error": letter.error.split("; reconciliation: ")[0][:1000],
-                "http_status": letter.http_status,
-                "tries": 0,
-                "absent": 0,
-                "lead_id": "",
-            },
+                error=letter.error.split("; reconciliation: ")[0][:1000],
+                http_status=letter.http_status,
+            )
         )
-        envelope = broker_envelope(job, queue=self.lane_of(job), task_id=letter.job_id)
+        envelope = broker_envelope(job.to_message(), queue=self.lane_of(job), task_id=letter.job_id)
         delay = max(0.0, since + settings.reconcile_after_s - now)
         with broker_errors(settings):
             result = self.backend.execution.reconcile(
-                letter.id, envelope=envelope, seq=seq, ttl=int(settings.job_ttl_s), delay_s=delay
+                letter.id,
+                envelope=envelope,
+                seq=job.seq,
+                ttl=int(settings.job_ttl_s),
+                delay_s=delay,
             )
         if result[0] == "conflict":
             return "missing"
@@ -482,6 +553,18 @@ class DeadLetterStore:
         """Delete one dead letter for good; False if it was already gone."""
         with broker_errors(self.backend.settings):
             return self.backend.execution.purge(letter.id)
+
+
+def _job_of(letter: DeadLetter) -> Job | None:
+    """The letter's job, as a worker would read it; None when it is not one (an
+    ``invalid_payload`` letter, or a job no worker would take: replaying it would only
+    make another letter)."""
+    if not letter.replayable:
+        return None
+    try:
+        return Job.from_message(letter.job)
+    except InvalidPayload:
+        return None
 
 
 def _replay_result(reply: Any) -> ReplayResult:

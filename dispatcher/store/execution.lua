@@ -24,7 +24,10 @@
 --                                 duplicates, unverified, verifying, verified),
 --                                 waiting_for_dialer, dialer_wait_until (a job whose dialer
 --                                 the worker that took it did not know),
---                                 phone_key (the job's P:phone:{h}, never the phone)
+--                                 phone_key (the job's P:phone:{h}, never the phone);
+--                                 a list job's target (add_lead): target ("list"; none:
+--                                 an agent job), target_list_id, campaign_id; a duplicate
+--                                 (state duplicate): existing_lead_id
 --   P:exec:{id}           hash    the execution record: state, seq, token, lease_until, worker,
 --                                 orphaned_from, reason, lead_id, list_id, campaign, done_at,
 --                                 dialer_wait_since (when a worker that did not know the
@@ -56,6 +59,9 @@
 --                                 TTL: LOOKUP_TTL_S, or its hold + a day if longer, set by
 --                                 each command that writes it (never shortened)
 --   P:lookups             set     the servers that have a lookup hash (TTL as theirs)
+--   _dispatcher.inflight.Q.{id}   list   a consumer's in-flight list (fleet.lua), named by
+--                                 the caller of `poison`: the raw item leaves it together
+--                                 with its letter's write
 --   P:notify:event:{eid}  hash    one outcome notification (the outbox; dispatcher/store/
 --                                 outbox.lua sends and settles it): job_id, type, state,
 --                                 created_at, url, idempotency_key, dialer, lead_id,
@@ -220,8 +226,42 @@ local function notify(id, at, kind, state, facts)
   redis.call('HINCRBY', k_stats, 'notify:created', 1)
 end
 
--- VICIdial answered (HTTP 200, whatever it said): the network failures are not
--- consecutive any more, and an outage pause is over. 1 if a pause was ended.
+-- The compare-and-set of retry and await_lookup: the delivery holding the claim with
+-- `token` ends it, and publication seq + 1 (`envelope`) waits in `scheduled` for
+-- delay_s. Returns nil and the due time when it applied, else the answer: {'done'}
+-- (added meanwhile), {'again'} (this very call, repeated after a lost reply) or
+-- {'superseded'} (the claim is not this delivery's any more).
+local function reschedule(id, token, seq, envelope, delay_s, ttl)
+  local ek = k_exec(id)
+  local ex = redis.call('HMGET', ek, 'state', 'token', 'seq')
+  if ex[1] == 'done' then return {'done'} end
+  if ex[2] ~= token then return {'superseded'} end
+  if ex[1] == 'scheduled' and tonumber(ex[3] or '0') == seq + 1 then return {'again'} end
+  if ex[1] ~= 'claimed' then return {'superseded'} end
+  local due = now + tonumber(delay_s)
+  redis.call('HSET', ek, 'state', 'scheduled', 'seq', seq + 1)
+  redis.call('HDEL', ek, 'lease_until', 'orphaned_from')
+  redis.call('EXPIRE', ek, ttl)
+  redis.call('ZADD', k_scheduled, fmt(due), envelope)
+  return nil, due
+end
+
+-- A slot of the server's fleet-wide rate limit (GCRA: P:rate:{server} holds the
+-- theoretical arrival time), for a claim or a gated request. Returns the delay until
+-- the slot reserved, or nil when none comes within maxwait (nothing reserved) and the
+-- delay the next one is away.
+local function rate_slot(server, interval, maxwait)
+  if interval <= 0 then return 0 end
+  local rk = P .. ':rate:' .. server
+  local tat = tonumber(redis.call('GET', rk) or '0')
+  if tat < now then tat = now end
+  local delay = tat - now
+  if delay > maxwait then return nil, delay end
+  local nxt = tat + interval
+  redis.call('SET', rk, fmt(nxt), 'PX', math.ceil((nxt - now) * 1000) + 1000)
+  return delay
+end
+
 -- Replay and reconcile of a dead letter: hand the job back to the workers as
 -- publication `seq` in `state` (queued or scheduled), removing the letter. Returns
 -- nil when done, else the answer: {'missing'}, {'done', lead_id} (added after all:
@@ -243,6 +283,8 @@ local function take_letter(id, seq, ttl, state)
   return nil
 end
 
+-- VICIdial answered (HTTP 200, whatever it said): the network failures are not
+-- consecutive any more, and an outage pause is over. 1 if a pause was ended.
 local function answered(server)
   redis.call('DEL', P .. ':breaker:' .. server)
   if redis.call('HGET', k_pause(server), 'kind') == 'outage' then
@@ -320,7 +362,8 @@ end
 if cmd == 'enqueue' then
   -- ARGV: ttl, strict, the phone index's key (hex; '' for none), then per job: job_id,
   -- envelope, agent_user, idempotency key ('' for none), fingerprint of the lead,
-  -- enqueued_at, the lane list it goes to, its phone key ('' for none).
+  -- enqueued_at, the lane list it goes to, its phone key ('' for none), more fields of
+  -- its state (a JSON object of strings, '' for none: a list job's target).
   -- Per job: "n:{id}" new, "e:{id}" the key's first job (the same lead), "c:{id}" the key
   -- belongs to another lead. strict = 1: any conflict and nothing is written.
   -- {'rekey'} and nothing written: the index key given is not the one Redis holds.
@@ -333,7 +376,7 @@ if cmd == 'enqueue' then
       return {'rekey'}
     end
   end
-  local n = (#ARGV - 4) / 8
+  local n = (#ARGV - 4) / 9
   -- The key's first job, as "e:{id}" (the same lead) or "c:{id}" (another lead).
   local function bound(b)
     local key = ARGV[b + 4]
@@ -350,7 +393,7 @@ if cmd == 'enqueue' then
   if strict == '1' then
     local conflicts = 0
     for i = 1, n do
-      local seen = bound(4 + (i - 1) * 8)
+      local seen = bound(4 + (i - 1) * 9)
       if seen and string.sub(seen, 1, 1) == 'c' then
         out[i] = seen
         conflicts = conflicts + 1
@@ -363,7 +406,7 @@ if cmd == 'enqueue' then
   end
   local added = 0
   for i = 1, n do
-    local b = 4 + (i - 1) * 8
+    local b = 4 + (i - 1) * 9
     local seen = bound(b)
     if seen then
       out[i] = seen
@@ -381,6 +424,17 @@ if cmd == 'enqueue' then
       if h ~= '' then
         table.insert(fields, 'phone_key')
         table.insert(fields, h)
+      end
+      if ARGV[b + 9] ~= '' then
+        local ok, more = pcall(cjson.decode, ARGV[b + 9])
+        if ok and type(more) == 'table' then
+          for k, v in pairs(more) do
+            if type(k) == 'string' and type(v) == 'string' then
+              table.insert(fields, k)
+              table.insert(fields, v)
+            end
+          end
+        end
       end
       redis.call('HSET', k_job(id), unpack(fields))
       redis.call('EXPIRE', k_job(id), ttl)
@@ -442,16 +496,8 @@ elseif cmd == 'claim' then
       verdict = 'probe_' .. pause[3]
     end
   end
-  local delay = 0
-  if interval > 0 then
-    local rk = P .. ':rate:' .. server
-    local tat = tonumber(redis.call('GET', rk) or '0')
-    if tat < now then tat = now end
-    delay = tat - now
-    if delay > maxwait then return {'throttled', fmt(delay)} end
-    local nxt = tat + interval
-    redis.call('SET', rk, fmt(nxt), 'PX', math.ceil((nxt - now) * 1000) + 1000)
-  end
+  local delay, away = rate_slot(server, interval, maxwait)
+  if not delay then return {'throttled', fmt(away)} end
   redis.call('HSET', ek, 'state', 'claimed', 'seq', seq, 'token', token,
              'lease_until', fmt(now + delay + lease), 'worker', worker)
   redis.call('HDEL', ek, 'orphaned_from')
@@ -505,19 +551,9 @@ elseif cmd == 'succeed' then
 elseif cmd == 'retry' then
   -- ARGV: job_id, token, seq, envelope (seq + 1), delay_s, ttl, attempts, reason, error,
   --       http_status ('' for none), server.
-  local id, token, seq = ARGV[2], ARGV[3], tonumber(ARGV[4])
-  local ttl, server = tonumber(ARGV[7]), ARGV[12]
-  local ek = k_exec(id)
-  local ex = redis.call('HMGET', ek, 'state', 'token', 'seq')
-  if ex[1] == 'done' then return {'done'} end
-  if ex[2] ~= token then return {'superseded'} end
-  if ex[1] == 'scheduled' and tonumber(ex[3] or '0') == seq + 1 then return {'again'} end
-  if ex[1] ~= 'claimed' then return {'superseded'} end
-  local due = now + tonumber(ARGV[6])
-  redis.call('HSET', ek, 'state', 'scheduled', 'seq', seq + 1)
-  redis.call('HDEL', ek, 'lease_until', 'orphaned_from')
-  redis.call('EXPIRE', ek, ttl)
-  redis.call('ZADD', k_scheduled, fmt(due), ARGV[5])
+  local id, ttl, server = ARGV[2], tonumber(ARGV[7]), ARGV[12]
+  local refused, due = reschedule(id, ARGV[3], tonumber(ARGV[4]), ARGV[5], ARGV[6], ttl)
+  if refused then return refused end
   show(id, ttl, 'state', 'retrying', 'attempts', ARGV[8], 'reason', ARGV[9], 'error', ARGV[10],
        'http_status', ARGV[11], 'next_attempt_at', fmt(due), 'updated_at', fmt(now))
   redis.call('HINCRBY', k_stats, 'retries', 1)
@@ -826,19 +862,9 @@ elseif cmd == 'await_lookup' then
   -- vanished): this publication ends, and the look-up of the job in VICIdial waits in
   -- `scheduled` for delay_s. The job shows `retrying`, reason ambiguous, reconcile
   -- pending. Compare-and-set as retry: {'ok', due}, {'again'}, {'done'}, {'superseded'}.
-  local id, token, seq = ARGV[2], ARGV[3], tonumber(ARGV[4])
-  local ttl, server = tonumber(ARGV[7]), ARGV[11]
-  local ek = k_exec(id)
-  local ex = redis.call('HMGET', ek, 'state', 'token', 'seq')
-  if ex[1] == 'done' then return {'done'} end
-  if ex[2] ~= token then return {'superseded'} end
-  if ex[1] == 'scheduled' and tonumber(ex[3] or '0') == seq + 1 then return {'again'} end
-  if ex[1] ~= 'claimed' then return {'superseded'} end
-  local due = now + tonumber(ARGV[6])
-  redis.call('HSET', ek, 'state', 'scheduled', 'seq', seq + 1)
-  redis.call('HDEL', ek, 'lease_until', 'orphaned_from')
-  redis.call('EXPIRE', ek, ttl)
-  redis.call('ZADD', k_scheduled, fmt(due), ARGV[5])
+  local id, ttl, server = ARGV[2], tonumber(ARGV[7]), ARGV[11]
+  local refused, due = reschedule(id, ARGV[3], tonumber(ARGV[4]), ARGV[5], ARGV[6], ttl)
+  if refused then return refused end
   show(id, ttl, 'state', 'retrying', 'attempts', ARGV[8], 'reason', 'ambiguous',
        'error', ARGV[9], 'http_status', ARGV[10], 'next_attempt_at', fmt(due),
        'updated_at', fmt(now), 'reconcile', 'pending')
@@ -953,16 +979,8 @@ elseif cmd == 'gate' then
     if left > 0 then return {'paused', fmt(left), pause[2] or ''} end
     if pause[3] == 'refused' then return {'paused', fmt(5), pause[2] or ''} end
   end
-  local delay = 0
-  if interval > 0 then
-    local rk = P .. ':rate:' .. server
-    local tat = tonumber(redis.call('GET', rk) or '0')
-    if tat < now then tat = now end
-    delay = tat - now
-    if delay > maxwait then return {'throttled', fmt(delay)} end
-    local nxt = tat + interval
-    redis.call('SET', rk, fmt(nxt), 'PX', math.ceil((nxt - now) * 1000) + 1000)
-  end
+  local delay, away = rate_slot(server, interval, maxwait)
+  if not delay then return {'throttled', fmt(away)} end
   return {'ok', fmt(delay)}
 
 elseif cmd == 'lookup_gate' then

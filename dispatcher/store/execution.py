@@ -24,33 +24,50 @@ and the job goes on as a copy of it would (claimed again).
 
 from __future__ import annotations
 
-import os
 import random
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
-from typing import Any
+from typing import Any, NamedTuple
 
 import redis
 
 from dispatcher.model.errors import ClaimLapsed
+from dispatcher.store.direct import ThreadConnections
 from dispatcher.store.outbox import Notify
 
 __all__ = [
     "FENCE_MARGIN_S",
     "Claim",
+    "EnqueueItem",
     "Execution",
     "Fence",
     "IndexKeyChanged",
     "LookupGate",
     "claim_clock",
     "new_token",
-    "pack_commands",
 ]
 
 _SOURCE = resources.files("dispatcher.store").joinpath("execution.lua").read_text(encoding="utf-8")
+
+
+class EnqueueItem(NamedTuple):
+    """One job of an ``enqueue`` command."""
+
+    job_id: str
+    envelope: str
+    agent_user: str
+    #: '' for none
+    idempotency_key: str
+    #: what the key is bound to (dispatcher.ops.producer.fingerprint)
+    fingerprint: str
+    lane: str
+    #: the job's phone index key ('' for none)
+    phone_key: str
+    #: more fields of the job state, a JSON object of strings ('' for none): a list
+    #: job's target (target, target_list_id, campaign_id)
+    state_fields: str = ""
 
 
 class IndexKeyChanged(Exception):
@@ -168,118 +185,6 @@ class LookupGate:
     fix: str = ""
 
 
-def _encode(value: Any) -> bytes:
-    # As redis-py's Encoder (its default UTF-8), for the types the scripts are given.
-    if isinstance(value, bytes):
-        return value
-    if isinstance(value, str):
-        return value.encode()
-    if isinstance(value, bool):
-        raise redis.DataError("a bool is not a Redis argument")
-    if isinstance(value, (int, float)):  # a tuple: ``int | float`` is built on each call
-        return repr(value).encode()
-    raise redis.DataError(f"a {type(value).__name__} is not a Redis argument")
-
-
-def pack_commands(commands: list[tuple[Any, ...]]) -> bytes:
-    """The RESP bytes of several commands, each one argument list.
-
-    redis-py's packer splits a first argument holding spaces and chunks large
-    values; a worker's script calls need neither, and this costs a third of it
-    (the batched claim and success of every lead go through here).
-    """
-    out: list[bytes] = []
-    for command in commands:
-        out.append(b"*%d\r\n" % len(command))
-        for arg in command:
-            data = _encode(arg)
-            out.append(b"$%d\r\n%b\r\n" % (len(data), data))
-    return b"".join(out)
-
-
-class _ThreadConnections:
-    """One Redis connection per thread, taken past redis-py's connection pool.
-
-    A worker thread runs two commands per lead (claim, succeed). Through the pool,
-    each pays for the pool's lock, its readiness check (a ``select`` on the socket)
-    and its observability counters: half of the command's client CPU (measured:
-    205 against 98 us an EVALSHA). Same connection class and options as the pool's
-    (timeouts, TLS, health checks, RESP version); plain connections only.
-    """
-
-    def __init__(self, client: redis.Redis) -> None:
-        pool = client.connection_pool
-        self._class = pool.connection_class
-        self._kwargs = dict(pool.connection_kwargs)
-        self._local = threading.local()
-
-    @staticmethod
-    def supports(client: redis.Redis) -> bool:
-        """Sentinel-managed connections find their master through their pool: not here."""
-        pool = client.connection_pool
-        return type(pool) in (redis.ConnectionPool, redis.BlockingConnectionPool) and (
-            pool.connection_class
-            in (redis.Connection, redis.SSLConnection, redis.UnixDomainSocketConnection)
-        )
-
-    def _connection(self) -> Any:
-        local = self._local
-        connection = getattr(local, "connection", None)
-        if connection is None or local.pid != os.getpid():
-            # A forked child never touches its parent's socket.
-            connection = local.connection = self._class(**self._kwargs)
-            local.pid = os.getpid()
-        return connection
-
-    def _twice(self, exchange: Callable[[Any, Any], Any], payload: Any) -> Any:
-        connection = self._connection()
-        try:
-            return exchange(connection, payload)
-        except redis.ConnectionError:
-            # Closed while idle (Redis restarted, a timeout, CLIENT KILL): the pool would
-            # have seen it before sending; here the first use tells. Once more, fresh.
-            # (A reply lost after the command ran is the case every caller handles: the
-            # commands are compare-and-set on the delivery's token.)
-            return exchange(connection, payload)
-
-    def execute(self, *args: Any) -> Any:
-        return self._twice(self._exchange, args)
-
-    def execute_many(self, commands: list[tuple[Any, ...]]) -> list[Any]:
-        """Send every command, then read every reply: one round trip. An error reply
-        is returned in its place as the exception; a lost connection raises (once
-        retried on a fresh one, as :meth:`execute`)."""
-        replies: list[Any] = self._twice(self._exchange_many, commands)
-        return replies
-
-    @staticmethod
-    def _exchange_many(connection: Any, commands: list[tuple[Any, ...]]) -> list[Any]:
-        try:
-            connection.send_packed_command([pack_commands(commands)])
-            replies: list[Any] = []
-            for _ in commands:
-                try:
-                    replies.append(connection.read_response())
-                except redis.ResponseError as exc:
-                    replies.append(exc)
-            return replies
-        except BaseException:
-            connection.disconnect()
-            raise
-
-    @staticmethod
-    def _exchange(connection: Any, args: tuple[Any, ...]) -> Any:
-        try:
-            connection.send_command(*args)
-            return connection.read_response()
-        except redis.ResponseError:
-            raise  # an error reply: the connection is in step and stays
-        except BaseException:
-            # A reply half read (timeout, interrupt) must not be read by the next command.
-            connection.disconnect()
-            raise
-
-
 class Execution:
     """The commands of execution.lua, bound to one Redis client, prefix and queue."""
 
@@ -287,15 +192,16 @@ class Execution:
         self._client = client
         self._script: Any = client.register_script(_SOURCE)
         self._keys = [prefix, queue]
-        self._direct: _ThreadConnections | None = None
+        self._direct: ThreadConnections | None = None
 
     def direct(self) -> Execution:
         """The same commands, each thread on its own connection outside the pool (a
-        worker's hot path; falls back to the pool where that cannot be done)."""
+        worker's hot path, :mod:`dispatcher.store.direct`; falls back to the pool where
+        that cannot be done)."""
         other = Execution.__new__(Execution)
         other.__dict__.update(self.__dict__)
-        if _ThreadConnections.supports(self._client):
-            other._direct = _ThreadConnections(self._client)
+        if ThreadConnections.supports(self._client):
+            other._direct = ThreadConnections(self._client)
         return other
 
     def call(self, command: str, *args: Any, client: Any = None) -> Any:
@@ -360,15 +266,15 @@ class Execution:
 
     def enqueue(
         self,
-        items: list[tuple[str, str, str, str, str, str, str]],
+        items: list[EnqueueItem],
         *,
         now: float,
         ttl: int,
         strict: bool,
         index_key: str = "",
     ) -> list[tuple[str, str]]:
-        """Enqueue jobs: (job_id, envelope, agent_user, idempotency key, fingerprint, lane,
-        phone key ('' for none)); ``index_key``: the phone index's key, hex.
+        """Enqueue jobs (:class:`EnqueueItem`; a plain 7-tuple has no state fields);
+        ``index_key``: the phone index's key, hex.
 
         Returns per job ("new" | "existing" | "conflict", job id). With ``strict``
         a single conflict writes nothing (the others come back as ("", "")). Raises
@@ -377,8 +283,10 @@ class Execution:
         """
         args: list[Any] = [ttl, "1" if strict else "0", index_key]
         stamp = f"{now:.6f}"
-        for job_id, envelope, agent, key, fingerprint, lane, phone in items:
-            args += [job_id, envelope, agent, key, fingerprint, stamp, lane, phone]
+        for item in items:
+            job_id, envelope, agent, key, fingerprint, lane, phone, *more = item
+            extra = more[0] if more else ""
+            args += [job_id, envelope, agent, key, fingerprint, stamp, lane, phone, extra]
         kinds = {"n": "new", "e": "existing", "c": "conflict"}
         out = []
         reply = self.call("enqueue", *args)

@@ -5,25 +5,26 @@
 -- clock with another's. Each process id carries a random nonce, so two containers
 -- whose processes are all pid 1 on the same hostname never share one.
 --
--- Keys (P = the key prefix; the in-flight keys live beside kombu's, outside P):
---   P:workers                          set     names of workers seen (pruned once their key is gone)
---   P:worker:{name}                    string  a worker's heartbeat (TTL), holding its consumer id:
---                                              `dispatcher status`, health checks
---   P:consumer:{id}                    string  a consumer process's heartbeat (TTL), refreshed on
---                                              every poll and by the worker's scheduler thread
---   _dispatcher.inflight.{queue}       set     the in-flight list of every consumer of the queue
---   _dispatcher.inflight.{queue}.{id}  list    what consumer {id} popped that is not a kombu
---                                              message, until its dead letter is written
---   unacked, unacked_index             hash, zset  kombu's own record of delivered messages
---                                              (written here on the pop, the index scored
---                                              with Redis TIME; the visibility sweep of
---                                              workers/transport.py redelivers what stays
---                                              in it longer than the timeout, by Redis TIME)
---   {queue}.{dialer}.{lane}, {queue}   lists   the lanes messages are popped from (execution.lua)
---   P:pause:{dialer}, P:rate:{dialer}  read    a paused dialer's lanes, and those of a dialer
---                                              whose rate-limit slots are taken for the next
---                                              quarter second, are skipped: their jobs wait
---                                              in Redis, not in a sleeping worker thread
+-- Keys (P = the key prefix; Q = the Celery queue's name, which the caller passes in
+-- the names it gives: the in-flight keys live beside kombu's, outside P):
+--   P:workers                    set     names of workers seen (pruned once their key is gone)
+--   P:worker:{name}              string  a worker's heartbeat (TTL), holding its consumer id:
+--                                        `dispatcher status`, health checks
+--   P:consumer:{id}              string  a consumer process's heartbeat (TTL), refreshed on
+--                                        every poll and by the worker's scheduler thread
+--   _dispatcher.inflight.Q       set     the in-flight list of every consumer of the queue
+--   _dispatcher.inflight.Q.{id}  list    what consumer {id} popped that is not a kombu
+--                                        message, until its dead letter is written
+--   unacked, unacked_index       hash, zset  kombu's own record of delivered messages
+--                                        (written here on the pop, the index scored
+--                                        with Redis TIME; the visibility sweep of
+--                                        workers/transport.py redelivers what stays
+--                                        in it longer than the timeout, by Redis TIME)
+--   Q.{dialer}.{lane}, Q         lists   the lanes messages are popped from (execution.lua)
+--   P:pause:{dialer}, P:rate:{dialer}  read  a paused dialer's lanes, and those of a dialer
+--                                        whose rate-limit slots are taken for the next
+--                                        quarter second, are skipped: their jobs wait
+--                                        in Redis, not in a sleeping worker thread
 
 local P = KEYS[1]
 local cmd = ARGV[1]

@@ -13,6 +13,8 @@ from typing import Any
 
 import redis
 
+from dispatcher.store.keys import Keys
+
 __all__ = ["Fleet", "inflight_key", "inflight_registry"]
 
 _SOURCE = resources.files("dispatcher.store").joinpath("fleet.lua").read_text(encoding="utf-8")
@@ -20,11 +22,12 @@ _SOURCE = resources.files("dispatcher.store").joinpath("fleet.lua").read_text(en
 
 def inflight_registry(queue: str) -> str:
     """Set of the in-flight list keys of every consumer of ``queue``."""
-    return f"_dispatcher.inflight.{queue}"
+    return Keys(queue=queue).inflight_registry
 
 
 def inflight_key(queue: str, consumer: str) -> str:
-    return f"_dispatcher.inflight.{queue}.{consumer}"
+    """The in-flight list of one consumer of ``queue``."""
+    return Keys(queue=queue).inflight(consumer)
 
 
 def _text(value: Any) -> str:

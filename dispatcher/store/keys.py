@@ -1,22 +1,63 @@
-"""Redis key names under a configurable prefix, for the Python side.
+"""Every Redis key the dispatcher writes or reads: the one place Python builds their names.
 
-The scripts that change these keys (``execution.lua``, ``fleet.lua``, ``outbox.lua``...) build the
-same names from the prefix and document the whole layout at their top; this
-class is what Python code reads with. A second deployment can share a Redis
-server under another ``DISPATCHER_KEY_PREFIX``.
+Two families, both configurable so that a second deployment can share a Redis
+server: keys under the key prefix ``P`` (``DISPATCHER_KEY_PREFIX``, default
+``dispatcher``), and the Celery queue's keys, named after the queue ``Q``
+(``DISPATCHER_QUEUE``, default ``dispatcher``), beside which kombu keeps its own.
+
+The Lua scripts that change these keys build the same names from ``P`` and ``Q``
+and list the keys they touch at their top, in the same notation (``P:job:{id}``);
+``tests/test_keys.py`` checks every such list against this class, and every name a
+script builds against its list. Which script changes what:
+
+* ``execution.lua``: the job's life: ``P:job``, ``P:exec``, ``P:idem``, ``P:dl``,
+  ``P:dlq``, ``P:dlq:reason``, the phone index (``P:phone``, ``P:dlq:phone_keys``,
+  ``P:index_key``), ``P:scheduled``, pauses, breakers, rate limits, ``P:stats``,
+  look-up records (``P:lookup``, ``P:lookups``), the lanes and ``Q.wake``;
+* ``fleet.lua``: heartbeats (``P:workers``, ``P:worker``, ``P:consumer``), in-flight
+  lists, and kombu's unacked record on the broker's pop;
+* ``outbox.lua``: the outbox of outcome notifications (``P:notify:*``), which
+  ``execution.lua`` writes into with each outcome, and ``P:stats``' notify counters;
+* ``layout.lua``: ``P:layout``, ``P:layout:lock``;
+* ``activity.lua``: ``P:activity``; ``deadletter_page.lua`` reads dead letters;
+* ``dispatcher/intake/console/sessions.lua``: sessions and login throttles;
+* plain commands (no script): console users (:mod:`~dispatcher.store.users`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-__all__ = ["Keys"]
+if TYPE_CHECKING:
+    from dispatcher.config.settings import Settings
+
+__all__ = ["KOMBU_KEYS", "Keys"]
+
+#: Keys kombu's Redis transport keeps itself, beside the queue's lists, under the names
+#: it gives them by default (the worker never configures others): the hash and sorted
+#: set of delivered messages not yet acknowledged (``fleet.lua`` writes both on the
+#: broker's pop, as kombu's ``QoS.append`` would), the lock of its visibility sweep,
+#: and its exchange bindings.
+KOMBU_KEYS = ("unacked", "unacked_index", "unacked_mutex", "_kombu.binding.*")
 
 
 @dataclass(frozen=True)
 class Keys:
     prefix: str = "dispatcher"
     queue: str = "dispatcher"
+
+    @classmethod
+    def of(cls, settings: Settings) -> Keys:
+        """The keys of a deployment (``DISPATCHER_KEY_PREFIX``, ``DISPATCHER_QUEUE``)."""
+        return cls(prefix=settings.key_prefix, queue=settings.queue)
+
+    @property
+    def pattern(self) -> str:
+        """Every key under the prefix (a SCAN pattern)."""
+        return f"{self.prefix}:*"
+
+    # -- the queue (Q): the broker's lists -----------------------------------------------
 
     def lane(self, dialer: str, priority: str) -> str:
         """List: the broker messages of one dialer's priority lane (realtime, bulk).
@@ -31,6 +72,18 @@ class Keys:
         """List: a token per enqueue, to wake consumers waiting on an empty fleet."""
         return f"{self.queue}.wake"
 
+    @property
+    def inflight_registry(self) -> str:
+        """Set: the in-flight list of every consumer of the queue."""
+        return f"_dispatcher.inflight.{self.queue}"
+
+    def inflight(self, consumer: str) -> str:
+        """List: what one consumer popped that is not a kombu message, until its dead
+        letter is written (``fleet.lua``)."""
+        return f"_dispatcher.inflight.{self.queue}.{consumer}"
+
+    # -- a job: its state, its execution record, its idempotency key -------------------
+
     def job(self, job_id: str) -> str:
         """Hash: the job's state as `dispatcher job` shows it."""
         return f"{self.prefix}:job:{job_id}"
@@ -42,6 +95,13 @@ class Keys:
     def idempotency(self, key: str) -> str:
         """String: idempotency key -> the first job id enqueued with it."""
         return f"{self.prefix}:idem:{key}"
+
+    @property
+    def scheduled(self) -> str:
+        """Sorted set: broker messages waiting for their retry time (score = due epoch)."""
+        return f"{self.prefix}:scheduled"
+
+    # -- dead letters -------------------------------------------------------------------
 
     def dead_letter(self, dl_id: str) -> str:
         """String: one dead-letter record (JSON)."""
@@ -56,15 +116,23 @@ class Keys:
         """Sorted set: the dead-letter ids of one reason, scored by last failure time."""
         return f"{self.prefix}:dlq:reason:{reason}"
 
-    @property
-    def dead_letter_counts(self) -> str:
-        """Hash: reason -> number of dead letters (kept in step with the sets)."""
-        return f"{self.prefix}:dlq:counts"
+    # -- the phone index (dispatcher/store/phone_index.py) ------------------------------
+
+    def phone(self, phone_key: str) -> str:
+        """Hash: the jobs of one phone (by its keyed hash), and ``#letters``."""
+        return f"{self.prefix}:phone:{phone_key}"
 
     @property
-    def scheduled(self) -> str:
-        """Sorted set: broker messages waiting for their retry time (score = due epoch)."""
-        return f"{self.prefix}:scheduled"
+    def dead_letter_phones(self) -> str:
+        """Hash: dead-letter id -> its phone's keyed hash, while the letter exists."""
+        return f"{self.prefix}:dlq:phone_keys"
+
+    @property
+    def index_key(self) -> str:
+        """String: the phone index's HMAC key (hex), made once per Redis."""
+        return f"{self.prefix}:index_key"
+
+    # -- the fleet: pauses, breakers, rate limits, look-ups, counters -------------------
 
     def pause(self, server: str) -> str:
         """Hash: a fleet-wide pause of calls to one VICIdial server."""
@@ -83,10 +151,27 @@ class Keys:
         """String: GCRA theoretical arrival time for the fleet-wide rate limit."""
         return f"{self.prefix}:rate:{server}"
 
+    def lookup(self, server: str) -> str:
+        """Hash with a TTL: what the last look-up or check of the server's Non-Agent API
+        found (reconciliation)."""
+        return f"{self.prefix}:lookup:{server}"
+
+    @property
+    def lookups(self) -> str:
+        """Set with a TTL: the servers that have a lookup hash."""
+        return f"{self.prefix}:lookups"
+
     @property
     def stats(self) -> str:
         """Hash: fleet-wide counters (enqueued, added, dead_lettered:reason...)."""
         return f"{self.prefix}:stats"
+
+    @property
+    def activity(self) -> str:
+        """Sorted set: one sample of the cumulative counters per minute (score = minute epoch)."""
+        return f"{self.prefix}:activity"
+
+    # -- liveness (fleet.lua) ------------------------------------------------------------
 
     @property
     def workers(self) -> str:
@@ -101,10 +186,7 @@ class Keys:
         """String with a TTL: a consumer process's heartbeat."""
         return f"{self.prefix}:consumer:{consumer_id}"
 
-    @property
-    def activity(self) -> str:
-        """Sorted set: one sample of the cumulative counters per minute (score = minute epoch)."""
-        return f"{self.prefix}:activity"
+    # -- the console: users, sessions, login throttles -----------------------------------
 
     def user(self, name: str) -> str:
         """Hash: one console user (role, password hash, created_at)."""
@@ -124,21 +206,32 @@ class Keys:
         (trimmed at each login, removed with the user; a set in the previous release)."""
         return f"{self.prefix}:user_sessions:{name}"
 
-    def login_failures(self, kind: str, who: str) -> str:
-        """String counter: console password checks per user and client (``pair``), per
-        user, or per client, in a window (intake/console/sessions.lua)."""
-        return f"{self.prefix}:login_failures:{kind}:{who}"
+    def pair_failures(self, user: str, client: str) -> str:
+        """String counter: console password checks for one user name from one client
+        address, in a window (``user``: the digest of the name typed)."""
+        return f"{self.prefix}:login_failures:pair:{user}:{client}"
+
+    def user_failures(self, user: str) -> str:
+        """String counter: console password checks for one user name, every address."""
+        return f"{self.prefix}:login_failures:user:{user}"
+
+    def client_failures(self, client: str) -> str:
+        """String counter: console password checks from one address, every user name."""
+        return f"{self.prefix}:login_failures:client:{client}"
+
+    # -- the layout's version (dispatcher/store/layout.py) --------------------------------
 
     @property
     def layout(self) -> str:
-        """String: the Redis layout's version (dispatcher/store/layout.py); absent before
-        it existed."""
+        """String: the Redis layout's version; absent before it existed."""
         return f"{self.prefix}:layout"
 
     @property
     def layout_lock(self) -> str:
         """String with a TTL: the token of the process migrating the layout."""
         return f"{self.prefix}:layout:lock"
+
+    # -- outcome notifications: the outbox (dispatcher/store/outbox.py) ------------------
 
     def notify_event(self, event_id: str) -> str:
         """Hash: one outcome notification in the outbox (execution.lua writes it with the
@@ -165,7 +258,3 @@ class Keys:
         """Sorted set: notifications not delivered within DISPATCHER_NOTIFY_RETRY_S, by when
         they failed (kept for `dispatcher notify retry`)."""
         return f"{self.prefix}:notify:failed"
-
-    @property
-    def pattern(self) -> str:
-        return f"{self.prefix}:*"

@@ -4,20 +4,22 @@
 -- Each release knows one layout version (dispatcher.store.layout.LAYOUT_VERSION) and the
 -- migrations from every older one; what each version means is written in layout.py.
 --
+-- Without P:layout, `check` tells "absent: written by 1c0038d" from "absent: a fresh
+-- Redis" without a SCAN: one EXISTS of keys that any use leaves behind (each exists
+-- once anything was ever enqueued, a console user added or a worker started); the
+-- keys marked "read" below.
+--
 -- Keys (P = the key prefix, Q = the Celery queue's name):
 --   P:layout        string  the layout version, a whole number ("1", "2", ...). Absent in a
 --                           Redis written only by release 1c0038d or earlier (that is version
 --                           1), and in a Redis the dispatcher never wrote to.
 --   P:layout:lock   string  the token of the one process migrating the layout (PX: it expires
 --                           if that process dies); only its holder may advance P:layout.
---   read only, to tell "absent: written by 1c0038d" from "absent: a fresh Redis" without
---   a SCAN (one EXISTS each; any of them exists once anything was ever enqueued, a console
---   user added or a worker started):
---   P:stats         hash    every enqueue counts in it (no TTL)
---   P:users         set     console users
---   P:workers       set     workers seen
---   P:scheduled     zset    retries
---   Q, Q.{dialer}.{lane}    lists: messages waiting (the dialers named by the caller)
+--   P:stats         read    every enqueue counts in it (no TTL)
+--   P:users         read    console users
+--   P:workers       read    workers seen
+--   P:scheduled     read    retries
+--   Q, Q.{dialer}.{lane}  read  messages waiting (the dialers named by the caller)
 
 local P, Q = KEYS[1], KEYS[2]
 local cmd = ARGV[1]

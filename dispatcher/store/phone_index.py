@@ -58,7 +58,7 @@ def index_key(backend: Backend, *, fresh: bool = False) -> bytes:
     if key is not None:
         return key
     with _lock, broker_errors(settings):
-        name = f"{settings.key_prefix}:index_key"
+        name = backend.keys.index_key
         backend.redis.set(name, secrets.token_hex(KEY_BYTES), nx=True)
         key = bytes.fromhex(str(backend.redis.get(name)))
     _keys[place] = key

@@ -49,7 +49,7 @@ import hashlib
 import re
 import time
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from dispatcher.config.logs import redact_vicidial_line
 from dispatcher.model.errors import LookupDenied, LookupFailed, LookupRefused
@@ -100,12 +100,8 @@ def mark(lead: Lead, job_id: str, field: str) -> Lead:
     """
     if field == "none" or field in lead.fields:
         return lead
-    return Lead(
-        lead.agent_user,
-        lead.phone_number,
-        lead.phone_code,
-        {**lead.fields, field: marker(job_id, field)},
-    )
+    # replace() keeps who gets the lead (agent_user, or a list's list_id) as it is.
+    return replace(lead, fields={**lead.fields, field: marker(job_id, field)})
 
 
 @dataclass(frozen=True)

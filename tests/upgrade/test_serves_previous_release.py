@@ -74,7 +74,7 @@ def _serve(settings: Settings, token: str, log: Path) -> tuple[subprocess.Popen[
     env = cli_env(settings, DISPATCHER_INTAKE_TOKENS=token, PYTHONPATH=str(ROOT))
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "dispatcher.intake", "--port", str(port)],
+            [sys.executable, "-m", "dispatcher.cli", "serve", "--port", str(port)],
             env=env,
             cwd=ROOT,
             stdout=out,

@@ -189,9 +189,9 @@ class LoginThrottle:
         # A name is hashed: whatever was typed in the name field stays out of key names.
         who = hashlib.sha256(user.encode()).hexdigest()[:32]
         return [
-            self.keys.login_failures("pair", f"{who}:{client}"),
-            self.keys.login_failures("user", who),
-            self.keys.login_failures("client", client),
+            self.keys.pair_failures(who, client),
+            self.keys.user_failures(who),
+            self.keys.client_failures(client),
         ]
 
     def attempt(self, user: str, client: str) -> Attempt:

@@ -1,11 +1,7 @@
-"""``dispatcher serve``: run the HTTP intake on uvicorn.
+"""``dispatcher serve``: run the HTTP intake and the operator console on uvicorn.
 
-Registered on the ``dispatcher`` group as ``serve``; also runs on its own as
-``python -m dispatcher.intake``. Starlette and uvicorn are imported only when the
-command runs, so the rest of the CLI starts as fast as before. So is
-``dispatcher.cli.common``: importing it at module level would make
-``python -m dispatcher.intake`` import the ``dispatcher`` group, whose registration
-imports this module again before ``serve_command`` exists (a circular import).
+Starlette and uvicorn are imported only when the command runs, so
+the rest of the CLI starts as fast as without them.
 """
 
 from __future__ import annotations
@@ -14,8 +10,12 @@ from typing import Any
 
 import click
 
+from dispatcher.cli.common import CliContext, fail
 from dispatcher.config import logs
 from dispatcher.config.settings import Settings
+from dispatcher.model.errors import BrokerUnavailable, LayoutMismatch
+from dispatcher.store.backend import get_backend
+from dispatcher.store.layout import ensure_layout
 
 __all__ = ["serve_command"]
 
@@ -52,8 +52,6 @@ of it (a reverse proxy) beyond localhost.""",
 )
 @click.pass_context
 def serve_command(ctx: click.Context, host: str, port: int, no_intake: bool) -> None:
-    from dispatcher.cli.common import CliContext, fail
-
     obj = ctx.ensure_object(CliContext)
     settings = obj.settings  # exit 2 on a bad setting; configures logging with the secrets
     if not settings.intake_tokens and not no_intake:
@@ -64,6 +62,7 @@ def serve_command(ctx: click.Context, host: str, port: int, no_intake: bool) -> 
             code=2,
         )
     try:
+        # Here, not at the top: every other command starts without Starlette and uvicorn.
         import uvicorn
 
         from dispatcher.intake.app import create_app
@@ -105,11 +104,6 @@ def _check_layout(settings: Settings, log: Any) -> None:
     """Refuse to start on a Redis layout this release cannot use (exit 1, naming both
     versions). Redis unreachable now: the intake starts anyway (``/healthz`` says 503),
     and the first enqueue checks the layout before it writes."""
-    from dispatcher.cli.common import fail
-    from dispatcher.model.errors import BrokerUnavailable, LayoutMismatch
-    from dispatcher.store.backend import get_backend
-    from dispatcher.store.layout import ensure_layout
-
     try:
         ensure_layout(get_backend(settings), role="intake")
     except LayoutMismatch as exc:
