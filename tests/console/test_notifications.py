@@ -9,7 +9,6 @@ import re
 from typing import Any
 
 import pytest
-from starlette.testclient import TestClient
 
 from dispatcher.config.settings import Settings
 from dispatcher.intake import create_app
