@@ -7,6 +7,10 @@ rotated rounds of one run, each with its own key space:
 * ``on, receiver up``: every job notifies a receiver that answers 200 at once (a small
   HTTP server in a process of its own, as the producer's app would be; it counts the
   events and how long after their outcome each arrived);
+* ``on, up, no CPU share``: the same with ``DISPATCHER_NOTIFY_CPU_SHARE=0`` (the sender
+  never yields to the leads): what the share buys (no goal);
+* ``on, receiver slow``: the receiver takes 2 s to answer each POST (its slots stay full,
+  the backlog grows);
 * ``on, receiver down``: every job notifies a URL nothing listens on (connection
   refused): every POST fails, the breaker opens, the backlog waits in Redis.
 
@@ -38,7 +42,17 @@ from dispatcher.devtools.localfleet import WorkerProcess
 from dispatcher.store.backend import get_backend
 
 NAME = "notify"
-SYSTEMS = ("off", "on, receiver up", "on, receiver down")
+UP, NO_SHARE, SLOW, DOWN = (
+    "on, receiver up",
+    "on, up, no CPU share",
+    "on, receiver slow",
+    "on, receiver down",
+)
+SYSTEMS = ("off", UP, NO_SHARE, SLOW, DOWN)
+#: Systems whose ratio to ``off`` is a goal (the no-share one shows what the share buys).
+GOAL_SYSTEMS = (UP, SLOW, DOWN)
+#: How long the slow receiver takes to answer each POST.
+SLOW_S = 2.0
 SECRET = "bench-notify-secret-0123456789"
 #: (row, VICIdial latency ms, pool, concurrency)
 ROWS = (("throughput", 0.0, "threads", 8), ("100 ms latency", 100.0, "threads", 64))
@@ -65,6 +79,11 @@ class ReceiverProcess:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}/hooks/dispatcher"
+
+    @property
+    def slow_url(self) -> str:
+        """Answered after :data:`SLOW_S` (a slow receiver)."""
+        return f"http://127.0.0.1:{self.port}/slow/dispatcher"
 
     @property
     def pid(self) -> int:
@@ -99,13 +118,16 @@ def _serve_receiver(conn: Any, port: int) -> None:
         try:
             while True:
                 head = await reader.readuntil(b"\r\n\r\n")
+                slow = head.startswith(b"POST /slow/")
                 length = 0
                 for line in head.split(b"\r\n"):
                     if line.lower().startswith(b"content-length:"):
                         length = int(line.split(b":", 1)[1])
                 body = await reader.readexactly(length)
+                if slow:
+                    await asyncio.sleep(SLOW_S)
                 created = json.loads(body).get("created_at")
-                if created:
+                if created and not slow:
                     lags.append(time.time() - datetime.fromisoformat(created).timestamp())
                 writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
                 await writer.drain()
@@ -143,10 +165,10 @@ def _settings(
 ) -> Settings:
     notify: dict[str, Any] = {}
     if system != "off":
-        notify = {
-            "notify_url": receiver.url if system == "on, receiver up" else down,
-            "notify_secret": SECRET,
-        }
+        url = {SLOW: receiver.slow_url, DOWN: down}.get(system, receiver.url)
+        notify = {"notify_url": url, "notify_secret": SECRET}
+        if system == NO_SHARE:
+            notify["notify_cpu_share"] = 0.0
     return env.settings(tag, vicidial_url=vicidial_url, **notify)
 
 
@@ -190,7 +212,7 @@ def run(env: Env, *, quick: bool) -> Section:
                     measure_round(
                         env, system, -1, workers[system], enqueuers[system], 50, 60, sim=sim
                     )
-                    _drain(settings[system], 30) if system == "on, receiver up" else None
+                    _drain(settings[system], 30) if system in (UP, NO_SHARE) else None
                 receiver.take()
                 n = sizes[row]
                 for r, system in rotations(SYSTEMS, rounds):
@@ -205,16 +227,19 @@ def run(env: Env, *, quick: bool) -> Section:
                         sim=sim,
                     )
                     results.setdefault(row, []).append(one)
-                    if system == "on, receiver up":
-                        drains.setdefault(row, []).append(_drain(settings[system], 120))
-                        lags.setdefault(row, []).extend(receiver.take())
+                    if system in (UP, NO_SHARE):
+                        drains.setdefault(f"{row}/{system}", []).append(
+                            _drain(settings[system], 120)
+                        )
+                        lags.setdefault(f"{row}/{system}", []).extend(receiver.take())
                     print(
                         f"    {row} round {r + 1}/{rounds} {system:<18} {one.rate:7.1f} leads/s",
                         flush=True,
                     )
-                backlog_down[row] = (
-                    get_backend(settings["on, receiver down"]).outbox.counts().pending
-                )
+                for system in (SLOW, DOWN):
+                    backlog_down[f"{row}/{system}"] = (
+                        get_backend(settings[system]).outbox.counts().pending
+                    )
             finally:
                 env.stop_all(list(workers.values()))
         duplicates = sum(n - 1 for n in sim.count_by_phone().values() if n > 1)
@@ -255,12 +280,32 @@ def run(env: Env, *, quick: bool) -> Section:
                     f"{1000 * sum(r.worker_cpu_s for r in mine) / max(1, leads):.2f}",
                 ]
             )
-        for system in SYSTEMS[1:]:
+        for system in GOAL_SYSTEMS:
             section.goals.append(
                 Goal(f"{row}: {system} / off", rate[system] / rate["off"], 0.9, unit="x")
             )
-        row_lags = lags.get(row, [])
-        row_drains = [d for d in drains.get(row, []) if d is not None]
+        receivers: dict[str, Any] = {}
+        for system in (UP, NO_SHARE):
+            key = f"{row}/{system}"
+            row_lags = lags.get(key, [])
+            row_drains = [d for d in drains.get(key, []) if d is not None]
+            p50, p99 = _percentile(row_lags, 0.5), _percentile(row_lags, 0.99)
+            receivers[system] = {
+                "events_received": len(row_lags),
+                "lag_p50_s": p50,
+                "lag_p99_s": p99,
+                "drain_after_round_s": drains.get(key, []),
+            }
+            section.notes.append(
+                f"{row}, {system}: {len(row_lags)} events received; outcome -> receiver "
+                f"p50 {p50 or 0:.2f} s, p99 {p99 or 0:.2f} s; outbox empty "
+                f"{max(row_drains or [0.0]):.1f} s after a round's last lead at most"
+            )
+        section.notes.append(
+            f"{row}: events waiting at the end (none lost): receiver slow "
+            f"{backlog_down.get(f'{row}/{SLOW}')}, receiver down "
+            f"{backlog_down.get(f'{row}/{DOWN}')}"
+        )
         data["rows"][row] = {
             "latency_ms": latency_ms,
             "pool": pool,
@@ -269,21 +314,11 @@ def run(env: Env, *, quick: bool) -> Section:
             "ratio_to_off": {s: rate[s] / rate["off"] for s in SYSTEMS},
             "per_round_ratios": per_round,
             "rounds": [r.to_dict() for r in runs],
-            "receiver_up": {
-                "events_received": len(row_lags),
-                "lag_p50_s": _percentile(row_lags, 0.5),
-                "lag_p99_s": _percentile(row_lags, 0.99),
-                "drain_after_round_s": drains.get(row, []),
+            "receivers": receivers,
+            "backlog_at_end": {
+                system: backlog_down.get(f"{row}/{system}") for system in (SLOW, DOWN)
             },
-            "receiver_down_backlog_at_end": backlog_down.get(row),
         }
-        p50, p99 = _percentile(row_lags, 0.5), _percentile(row_lags, 0.99)
-        section.notes.append(
-            f"{row}, receiver up: {len(row_lags)} events received; outcome -> receiver "
-            f"p50 {p50 or 0:.2f} s, p99 {p99 or 0:.2f} s; outbox empty "
-            f"{max(row_drains or [0.0]):.1f} s after a round's last lead at most; receiver "
-            f"down: {backlog_down.get(row)} events waiting at the end (none lost)"
-        )
     section.notes.append(
         f"{sizes} leads per round, {rounds} rotated round(s) per system after a warm-up; "
         "ratios are of the median rates (per-round ratios in the JSON); worker CPU is the "

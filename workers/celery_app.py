@@ -38,6 +38,9 @@ Why each setting (see README "Guarantees"):
   (retrying the write until Redis is back); when the message is redelivered the
   execution record says ``done`` and nothing is called twice. Cancelling it
   instead would turn a finished call into an ambiguous one.
+* Outcome notifications (webhooks): :class:`NotifierStep` runs the sender
+  (:mod:`workers.notifier`) on threads of its own in each worker process; a worker
+  configured to notify without ``DISPATCHER_NOTIFY_SECRET`` refuses to start (exit 2).
 * ``worker_pool = "threads"`` and ``worker_concurrency`` (``DISPATCHER_WORKER_CONCURRENCY``,
   64): the plain ``celery -A workers worker`` runs the lead engine with 64 calls in
   flight, as the README's command does (Celery's own default is prefork with one

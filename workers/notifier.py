@@ -5,21 +5,27 @@ A job's outcome command writes its event into the outbox in Redis
 engine's event loop or in a lead's slot, and holds nothing a lead needs: a slow or dead
 receiver delays only other notifications, never a call to VICIdial.
 
-* **One coordinator thread** claims due events from the outbox (one script call takes as
-  many as there are free slots, each with a lease: several workers share the outbox, an
-  event is sent by one of them at a time, and one whose sender died comes due again when
-  its lease ends), hands each to a delivery thread, and settles what they report (one
-  pipelined round trip for all of them).
-* **A bounded pool of delivery threads** (``DISPATCHER_NOTIFY_CONCURRENCY``, 8) POST with
-  one ``httpx.Client`` for the process, every POST bounded as a whole by
-  ``DISPATCHER_NOTIFY_TIMEOUT_S`` (connect, send and answer: :mod:`workers.http_deadline`),
-  redirects never followed, at most 64 KiB of an answer read.
-* **Per receiver** (scheme, host, port): at most ``DISPATCHER_NOTIFY_PER_RECEIVER`` POSTs at
-  once (an event claimed beyond that is released at once, its attempt not counted), and a
+* **One coordinator thread** stores what came back and claims due events from the outbox
+  in one pipelined round trip per turn (a claim takes up to twice as many events as there
+  are free slots, each with a lease: several workers share the outbox, an event is sent by
+  one of them at a time, and one whose sender died comes due again when its lease ends),
+  then hands each to a delivery thread.
+* **A bounded pool of delivery threads** (``DISPATCHER_NOTIFY_CONCURRENCY``, 16) POST over
+  one keep-alive connection pool for the process (httpcore's, which httpx is built on:
+  httpx's models on top cost as much CPU again per POST, measured), every POST bounded as
+  a whole by ``DISPATCHER_NOTIFY_TIMEOUT_S`` (connect, send and answer:
+  :mod:`workers.http_deadline`), redirects never followed, at most 64 KiB of an answer read.
+* **Per receiver** (scheme, host, port): at most ``DISPATCHER_NOTIFY_PER_RECEIVER`` (8)
+  POSTs at once; an event claimed beyond that waits here for the receiver's next free
+  slot (at most as many as its slots, at most one POST's time), else goes back to the
+  outbox at once, its attempt not counted, and claims stay lean for a moment. And a
   breaker: after :attr:`SendPolicy.breaker_threshold` failures in a row its events are not
   sent for a cool-down that doubles while it lasts (5 s up to 5 min); then one probe. An
   event met by an open breaker counts a failed attempt (its own backoff grows), so a dead
   receiver's backlog waits in Redis without holding a slot.
+* **Leads first** (:class:`CpuShare`): while the rest of the worker process is busy with
+  leads, the sender takes at most ``DISPATCHER_NOTIFY_CPU_SHARE`` of their CPU; events wait
+  in the outbox and go when the leads leave CPU to spare.
 * **Retries**: any answer but 2xx, a timeout, a refused or dropped connection is a failed
   attempt: due again after a full-jitter backoff (``DISPATCHER_NOTIFY_RETRY_BASE_S`` doubling
   up to ``_CAP_S``) while the event's window (``DISPATCHER_NOTIFY_RETRY_S`` from when it
@@ -142,7 +148,9 @@ class CpuShare:
     The lead engine and the sender share one process (one interpreter lock) and the
     host's cores. A POST costs about as much CPU as a lead's whole trip through the worker
     (about half a millisecond: bench/notify.py), so a sender at full speed beside a
-    CPU-bound lead engine would take a fifth of its leads away. While the rest of the
+    busy lead engine takes CPU the leads need: measured with ``DISPATCHER_NOTIFY_CPU_SHARE=0``
+    on the 2-core bench host, 0.56 of the leads/s without notifications at zero VICIdial
+    latency and 0.90 at 100 ms; with the share (0.2), 0.91 and 0.98. While the rest of the
     process is busy (more than ``busy_core`` of a core in the current window) the sender
     starts no new POST once it has used ``cpu_share`` of their CPU (at least ``cpu_floor``
     of a core); the events wait in the outbox and go when the leads leave CPU to spare.
@@ -323,6 +331,9 @@ class Notifier:
         self._held: dict[str, deque[tuple[Claimed, float]]] = defaultdict(deque)
         self._held_total = 0
         self._breakers: dict[str, Breaker] = {}
+        #: each receiver's recent POST time (seconds, a moving average): how long an event
+        #: handed back because the receiver was busy waits before it comes due again
+        self._post_s: dict[str, float] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._last_maintenance = -1e9
@@ -492,8 +503,11 @@ class Notifier:
     def _release(self, c: Claimed, receiver: str) -> None:
         """Back to the outbox, due again shortly, the attempt not counted (its receiver's
         slots are all busy and enough of its events wait here already)."""
-        delay = self.policy.busy_delay_s * self.rng.uniform(0.5, 1.5)
-        self._claim_lean_until = time.monotonic() + self.policy.busy_delay_s
+        # A receiver whose POSTs take seconds frees a slot every few seconds: its events
+        # come back about then, not every poll (each hand-back is a Redis write).
+        wait = max(self.policy.busy_delay_s, self._post_s.get(receiver, 0.0))
+        delay = wait * self.rng.uniform(0.5, 1.5)
+        self._claim_lean_until = time.monotonic() + wait
         self._unsettled.append(
             _Settlement(
                 Outbox.release_args(c.event.id, token=c.token, delay_s=delay),
@@ -589,6 +603,14 @@ class Notifier:
         self._next_held(receiver)
 
     def _learn(self, result: _Result) -> None:
+        seconds = result.latency_ms / 1000.0
+        previous = self._post_s.get(result.receiver)
+        self._post_s[result.receiver] = (
+            seconds if previous is None else 0.8 * previous + 0.2 * seconds
+        )
+        self._settle_result(result)
+
+    def _settle_result(self, result: _Result) -> None:
         """The receiver's breaker learns the result; its settlement is queued."""
         receiver = result.receiver
         breaker = self._breaker(receiver)
