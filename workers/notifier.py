@@ -99,6 +99,8 @@ _USER_AGENT = "vicidial-lead-dispatcher-notify/1"
 #: How often failed events past their retention are looked for.
 _MAINTENANCE_S = 60.0
 _EXPIRE_BATCH = 500
+#: How long a stopping sender waits for its POSTs in flight.
+_STOP_WAIT_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -309,6 +311,7 @@ class Notifier:
         #: slot of its receiver (at most one POST's time, see _held) before its own POST;
         #: an event whose sender died comes due again after this
         self.lease_s = 3.0 * self.timeout_s + 2.0
+        self._stop_wait_s = min(self.timeout_s, _STOP_WAIT_S)
         limits = httpx.Limits(
             max_connections=self.concurrency,
             max_keepalive_connections=self.concurrency,
@@ -350,12 +353,13 @@ class Notifier:
         return self
 
     def stop(self, timeout: float | None = None) -> None:
-        """Stop claiming; wait up to ``timeout`` (default: one POST's deadline) for the
-        POSTs in flight and settle them. Anything left is sent again after its lease."""
+        """Stop claiming; wait a little (at most :data:`_STOP_WAIT_S`) for the POSTs in
+        flight and settle them: a worker's warm shutdown also waits for its leads' calls,
+        within Celery's grace period. Anything left is sent again after its lease."""
         self._stop.set()
         self._results.put(None)
         if self._thread is not None:
-            self._thread.join(self.timeout_s + 5.0 if timeout is None else timeout)
+            self._thread.join(self._stop_wait_s + 2.0 if timeout is None else timeout)
         self._pool.shutdown(wait=False, cancel_futures=True)
         self.http.close()
 
@@ -381,7 +385,7 @@ class Notifier:
             while held:
                 self._release(held.popleft()[0], receiver)
         self._held_total = 0
-        end = time.monotonic() + self.timeout_s + 1.0
+        end = time.monotonic() + self._stop_wait_s
         while self._busy and time.monotonic() < end:
             self._collect(0.1)
         try:
