@@ -21,6 +21,7 @@ import threading
 import time
 from collections import Counter, defaultdict
 from collections.abc import Mapping
+from importlib import resources
 from typing import Any
 
 import redis
@@ -30,8 +31,6 @@ from bench.latency import compose_worker_settings
 from bench.throughput import celery_enqueuer
 from dispatcher.config.settings import Settings
 from dispatcher.ops.producer import enqueue_leads
-from dispatcher.store.execution import _SOURCE as execution_source
-from dispatcher.store.fleet import _SOURCE as fleet_source
 
 NAME = "cost"
 IDLE_S = 3.0
@@ -39,8 +38,10 @@ CAREFUL_DB = 2
 
 #: The product's scripts by SHA1; a call is named by script and command ("execution:claim").
 SCRIPT_NAMES = {
-    hashlib.sha1(text.encode()).hexdigest(): name
-    for name, text in (("execution", execution_source), ("fleet", fleet_source))
+    hashlib.sha1(
+        resources.files("dispatcher.store").joinpath(f"{name}.lua").read_text("utf-8").encode()
+    ).hexdigest(): name
+    for name in ("execution", "fleet", "broker")
 }
 
 

@@ -10,7 +10,6 @@ held between claim and call; the fence's decision with a controlled clock.
 
 from __future__ import annotations
 
-import functools
 import os
 import signal
 import threading
@@ -27,10 +26,12 @@ from dispatcher.devtools.localfleet import WorkerProcess
 from dispatcher.ops.producer import prepare_job, push_jobs
 from dispatcher.simulator import Simulator
 from dispatcher.store.backend import get_backend
-from dispatcher.store.execution import FENCE_MARGIN_S, Claim, Fence
+from dispatcher.store.execution import FENCE_MARGIN_S, Fence
+from dispatcher.store.replies import Claim
 from tests.conftest import make_settings, wait_for
 from tests.faultproxy import FaultProxy
 from workers.runner import JobRunner
+from workers.vicidial import VicidialClient
 
 PHONE = "7275551212"
 
@@ -71,15 +72,16 @@ def test_the_fence_counts_from_before_the_claim_was_sent(settings: Settings) -> 
     """The stamp is taken before the claim leaves (Redis grants it after): a claim whose
     reply comes late counts as old, whatever the reply says."""
     runner = JobRunner(settings, get_backend(settings))
+    writes = runner.writes
     try:
-        d = runner.delivery(_job(settings), time.monotonic())
-        before = runner.fence_clock()
-        runner.claim_args(d)
-        after = runner.fence_clock()
+        d = writes.delivery(_job(settings), time.monotonic())
+        before = writes.fence_clock()
+        writes.claim_args(d)
+        after = writes.fence_clock()
         assert before <= d.asked_at <= after
-        runner.granted(d, Claim("ok", "0.75"))
+        writes.granted(d, Claim("ok", delay_s=0.75))
         assert d.fence is not None
-        assert d.fence.lease_s == pytest.approx(runner.lease_s + 0.75)  # the rate-limit slot
+        assert d.fence.lease_s == pytest.approx(writes.lease_s + 0.75)  # the rate-limit slot
         assert d.fence.call_s == pytest.approx(settings.http_timeout_s + FENCE_MARGIN_S)
     finally:
         runner.close()
@@ -98,8 +100,8 @@ def _job(settings: Settings) -> Any:
 def runners(settings: Settings) -> Iterator[Callable[..., JobRunner]]:
     made: list[JobRunner] = []
 
-    def make(s: Settings | None = None) -> JobRunner:
-        runner = JobRunner(s or settings, get_backend(s or settings))
+    def make(s: Settings | None = None, **options: Any) -> JobRunner:
+        runner = JobRunner(s or settings, get_backend(s or settings), **options)
         made.append(runner)
         return runner
 
@@ -112,20 +114,21 @@ def test_a_runner_held_past_its_lease_between_claim_and_call_never_calls(
     redis_url: str, simulator: Simulator, runners: Callable[..., JobRunner]
 ) -> None:
     settings = make_settings(redis_url, simulator, reconcile_after_s=0.0)
-    stalled, copy = runners(settings), runners(settings)
-    stalled.lease_s = 2.0  # the fence allows 2.0 - 1.0 (the call) - 0.5 s between them
-    copy.lease_s = 2.0
-    message = _enqueue(settings)
     reached, release = threading.Event(), threading.Event()
-    attempt = stalled.attempt
 
-    @functools.wraps(attempt)
-    def held(d: Any) -> Any:  # claimed; frozen before the request
-        reached.set()
-        assert release.wait(30)
-        return attempt(d)
+    class HeldClient(VicidialClient):
+        """Claimed; frozen before the request (the fence is checked as it leaves)."""
 
-    stalled.attempt = held  # type: ignore[method-assign]
+        def add_lead(self, *args: Any, **kwargs: Any) -> Any:
+            reached.set()
+            assert release.wait(30)
+            return super().add_lead(*args, **kwargs)
+
+    stalled = runners(settings, client=HeldClient(settings))
+    copy = runners(settings)
+    stalled.writes.lease_s = 2.0  # the fence allows 2.0 - 1.0 (the call) - 0.5 s between them
+    copy.writes.lease_s = 2.0
+    message = _enqueue(settings)
     out: list[str] = []
     thread = threading.Thread(target=lambda: out.append(stalled.run(message)), daemon=True)
     thread.start()

@@ -40,7 +40,7 @@ from dispatcher.devtools.localfleet import WorkerProcess
 from dispatcher.devtools.redis_server import find_redis_server, free_port
 from dispatcher.ops.producer import enqueue_lead, job_status
 from tests.conftest import wait_for
-from workers.runner import MAX_RATE_WAIT_S
+from workers.delivery import MAX_RATE_WAIT_S
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent

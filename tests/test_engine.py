@@ -259,7 +259,7 @@ def test_redis_away_hands_the_message_back_instead_of_acknowledging_it(
     settings: Settings, simulator: Simulator, harness: Callable[..., Harness], proxy: FaultProxy
 ) -> None:
     h = harness(settings.replace(redis_url=proxy.url))
-    h.runner.hold_s = 1.0  # give up holding the message after 1 s (the visibility timeout)
+    h.runner.writes.hold_s = 1.0  # give up holding the message after 1 s (the visibility timeout)
     h.submit(_message(settings, "7275550100"))
     h.wait(1)
     message = _message(settings, "7275551212")

@@ -119,9 +119,9 @@ def test_a_copy_judged_orphaned_never_undoes_a_success(
     client.hset(f"{settings.key_prefix}:exec:{message['job_id']}", "lease_until", "0")
     client.close()
     if ambiguous == "dead_letter":
-        reached, release = _hold(copy, "_dead")
+        reached, release = _hold(copy.writes, "dead")
     else:
-        reached, release = _hold(copy.reconciler, "_await")
+        reached, release = _hold(copy.writes, "await_lookup")
     second, _ = _in_thread(lambda: copy.run(message))
     assert reached.wait(10), "the copy should judge the claim orphaned"
     go_on.set()
@@ -157,7 +157,7 @@ def test_a_deferred_copy_never_wipes_a_claim_taken_meanwhile(
     client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
     # The fleet's rate-limit slots are taken for the next 100 s.
     client.set(f"{settings.key_prefix}:rate:{throttled.server}", f"{time.time() + 100:.6f}")
-    reached, release = _hold(throttled, "_reschedule")
+    reached, release = _hold(throttled.writes, "reschedule")
     first, _ = _in_thread(lambda: throttled.run(message))
     assert reached.wait(10), "the first copy should be told to wait for a rate-limit slot"
     simulator.set_latency(700)
@@ -193,7 +193,7 @@ def test_a_lost_claim_reply_is_recognised_as_our_own_claim(
     """The claim ran in Redis but its reply was lost: the worker still adds the lead."""
     via_proxy = settings.replace(redis_url=proxy.url)
     runner = runners(via_proxy)
-    runner.lease_s = 2.0  # short, yet the call's 1 s deadline fits (the fence)
+    runner.writes.lease_s = 2.0  # short, yet the call's 1 s deadline fits (the fence)
     assert runner.run(_message(settings, "7275550100")) == "added"  # warm: scripts, pool
     message = _message(settings)
     proxy.drop_replies(1)
@@ -232,7 +232,7 @@ def test_the_outcome_is_logged_before_it_is_stored_and_stored_after_a_long_outag
     settings = make_settings(redis_url, simulator, visibility_timeout_s=30.0)
     via_proxy = settings.replace(redis_url=proxy.url)
     runner = runners(via_proxy)
-    runner.lease_s = 2.0  # the call's 1 s deadline fits (the fence), the outage does not
+    runner.writes.lease_s = 2.0  # the call's 1 s deadline fits (the fence), the outage does not
     assert runner.run(_message(settings, "7275550100")) == "added"
     message = _message(settings)
     simulator.set_latency(300)
@@ -261,7 +261,7 @@ def test_the_outcome_is_logged_before_it_is_stored_and_stored_after_a_long_outag
 class _BrokenPolicy:
     """A retry policy with a bug: deciding about a failed call raises."""
 
-    def decide(self, *args: Any, **kwargs: Any) -> Any:
+    def retry_or_dead_letter(self, *args: Any, **kwargs: Any) -> Any:
         raise RuntimeError("a bug in the worker")
 
 
@@ -329,7 +329,7 @@ def test_a_dripping_answer_is_cut_at_the_call_deadline_inside_the_lease(
     started = time.monotonic()
     assert runner.run(message) == "reconciling"
     elapsed = time.monotonic() - started
-    assert elapsed < runner.lease_s, f"the call outlived its {runner.lease_s} s lease"
+    assert elapsed < runner.writes.lease_s, f"the call outlived its {runner.writes.lease_s} s lease"
     status = job_status(str(message["job_id"]), settings=settings)
     assert status is not None and status["reason"] == "ambiguous"
     # The look-up finds the lead the cut answer was about.

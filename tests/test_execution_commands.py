@@ -127,7 +127,7 @@ def test_claim_and_gate_share_the_rate_limit_slots(execution: Execution, r: redi
     # Two slots a second: a claim takes the first at once, a gated request the next.
     assert _claim(execution, "a", new_token(), interval=0.5) == "ok"
     gated = execution.gate("s1", rate_interval_s=0.5, max_rate_wait_s=1.0)
-    assert gated.verdict == "ok" and 0.4 < gated.seconds <= 0.5
+    assert gated.verdict == "ok" and 0.4 < gated.delay_s <= 0.5
     claim = execution.claim(
         "b",
         seq=1,
@@ -139,14 +139,14 @@ def test_claim_and_gate_share_the_rate_limit_slots(execution: Execution, r: redi
         max_rate_wait_s=1.0,
         server="s1",
     )
-    assert claim.verdict == "ok" and 0.9 < claim.seconds <= 1.0
+    assert claim.verdict == "ok" and 0.9 < claim.delay_s <= 1.0
     # The next slot is more than max_rate_wait_s away: throttled, nothing reserved.
     tat = r.get(KEYS.rate("s1"))
     gated = execution.gate("s1", rate_interval_s=0.5, max_rate_wait_s=1.0)
-    assert gated.verdict == "throttled" and 1.4 < gated.seconds <= 1.5
+    assert gated.verdict == "throttled" and 1.4 < gated.delay_s <= 1.5
     assert _claim(execution, "c", new_token(), interval=0.5) == "throttled"
     assert r.get(KEYS.rate("s1")) == tat
     assert r.hget(KEYS.execution("c"), "state") is None
     # No rate limit: no slot taken, no delay.
-    assert execution.gate("s2", rate_interval_s=0.0, max_rate_wait_s=0.0).seconds == 0.0
+    assert execution.gate("s2", rate_interval_s=0.0, max_rate_wait_s=0.0).delay_s == 0.0
     assert not r.exists(KEYS.rate("s2"))

@@ -1,4 +1,4 @@
-"""The consumer's fetch takes several messages in one round trip (dispatcher/store/fleet.lua).
+"""The consumer's fetch takes several messages in one round trip (dispatcher/store/broker.lua).
 
 Run against a real Redis, the script exactly as the transport calls it: every
 message taken is recorded in kombu's unacked hash and index in the same step,
@@ -18,7 +18,6 @@ from dispatcher.config.settings import Settings
 from dispatcher.model.jobs import broker_envelope
 from dispatcher.ops.producer import prepare_job
 from dispatcher.store.backend import get_backend
-from dispatcher.store.fleet import inflight_key
 from tests.conftest import make_settings
 
 UNACKED, INDEX = "unacked", "unacked_index"
@@ -28,7 +27,8 @@ def _fetch(settings: Settings, most: int) -> list[Any]:
     backend = get_backend(settings)
     keys = backend.keys
     lanes = [("default", [keys.lane("default", "realtime"), keys.lane("default", "bulk")])]
-    args = backend.fleet.fetch_args(
+    # The command exactly as the transport sends it (EVAL: loads the script as it runs).
+    command = backend.broker.fetch_command(
         "c1",
         ttl=30,
         queue=keys.queue,
@@ -37,8 +37,9 @@ def _fetch(settings: Settings, most: int) -> list[Any]:
         acks=[],
         lanes=lanes,
         most=most,
+        load=True,
     )
-    reply: list[Any] = backend.fleet.call(*args)
+    reply: list[Any] = backend.redis.execute_command(*command)
     return reply
 
 
@@ -80,9 +81,9 @@ def test_a_poison_item_ends_the_batch_and_is_handed_out_alone_next(redis_url: st
     _push(settings, 1)
     reply = _fetch(settings, most=10)
     assert len(reply) == 6  # the two envelopes before it
-    assert client.lrange(inflight_key(keys.queue, "c1"), 0, -1) == [b"not json"]
+    assert client.lrange(keys.inflight("c1"), 0, -1) == [b"not json"]
     assert _fetch(settings, most=10) == ["not json", "held"]
-    client.delete(inflight_key(keys.queue, "c1"))  # as its dead letter would
+    client.delete(keys.inflight("c1"))  # as its dead letter would
     assert len(_fetch(settings, most=10)) == 3
 
 

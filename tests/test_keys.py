@@ -148,7 +148,7 @@ def check_script(text: str) -> list[str]:
 
 def test_the_scripts_are_found() -> None:
     found = {p.name for p in SCRIPTS}
-    assert {"execution.lua", "fleet.lua", "layout.lua", "sessions.lua"} <= found
+    assert {"execution.lua", "fleet.lua", "broker.lua", "layout.lua", "sessions.lua"} <= found
 
 
 @pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: str(p.relative_to(ROOT)))

@@ -47,6 +47,7 @@ from dispatcher.model.errors import (
 from dispatcher.model.lead import Lead
 from dispatcher.model.list_lead import LIST_LEAD_FIELDS, make_list_lead
 from dispatcher.model.list_options import ListOptions, make_list_options
+from dispatcher.model.marker import mark
 from dispatcher.simulator import Simulator, SimulatorState
 from dispatcher.simulator.addlead import PendingInsert, answer_add_lead, log_value_breaks
 from dispatcher.simulator.addlead_fields import (
@@ -57,7 +58,6 @@ from dispatcher.simulator.addlead_fields import (
 )
 from dispatcher.simulator.agc import StoredLead, Tables
 from dispatcher.simulator.mangling import sql_literal
-from dispatcher.vicidial.reconcile import mark
 from tests.test_lead_property import ANY_VALUE, TRICKY, documented, refused_by_design
 from workers.list_answer import DuplicateFound, ListLeadAdded
 from workers.list_client import AsyncListClient, ListClient, list_form

@@ -30,7 +30,7 @@ from dispatcher.model.list_options import (
     make_list_options,
     parse_duplicate_check,
 )
-from dispatcher.vicidial.reconcile import mark, marker
+from dispatcher.model.marker import mark, marker
 
 BASE: dict[str, object] = {"list_id": "101", "phone_number": "7275551212"}
 

@@ -22,6 +22,7 @@ from dispatcher.devtools.localfleet import WorkerProcess
 from dispatcher.model.jobs import broker_envelope
 from dispatcher.ops.producer import prepare_job
 from dispatcher.store.backend import get_backend
+from dispatcher.store.keys import Keys
 from tests.conftest import wait_for
 from workers import transport
 from workers.celery_app import make_app
@@ -33,7 +34,7 @@ pytestmark = pytest.mark.slow
 def _registered(settings: Settings, pid: int) -> bool:
     client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
     try:
-        members = client.smembers(transport.inflight_registry(settings.queue))
+        members = client.smembers(Keys.of(settings).inflight_registry)
     finally:
         client.close()
     return any(f".{pid}." in m or m.endswith(f".{pid}") for m in members)
@@ -51,9 +52,9 @@ def test_a_host_whose_clock_runs_a_minute_ahead_never_reaps_a_live_consumer(
     real_time = time.time
     monkeypatch.setattr(time, "time", lambda: real_time() + 60.0)
     skewed = RetryScheduler(settings, name="skewed@other-host")
+    skewed.reap_every_s = 0.0  # reap on every tick
     for _ in range(3):
         skewed.tick()
-        skewed._last_reap = 0.0  # reap on every tick
     monkeypatch.undo()
     assert _registered(settings, pid), "a live consumer's in-flight list was reaped"
 
@@ -84,8 +85,9 @@ def test_a_consumer_stalled_past_its_ttl_registers_again_when_it_resumes(
 def test_each_boot_gets_its_own_consumer_id() -> None:
     """Containers with `init: true` all run as pid 1, and may share a hostname."""
     first = transport.consumer_id()
-    transport._consumer_id = None  # what a new process with the same pid would see
-    second = transport.consumer_id()
+    assert transport.consumer_id() == first  # one name per process
+    # What a new process with the same pid (and hostname) would be named: another name.
+    second = transport.make_consumer_id()
     assert first != second
     assert str(os.getpid()) in second
 
@@ -132,7 +134,7 @@ def _taken(settings: Settings, *, ago_s: float) -> str:
     tag = str(json.loads(envelope)["properties"]["delivery_tag"])
     client = backend.redis
     client.lpush(lane, envelope)
-    args = backend.fleet.fetch_args(
+    command = backend.broker.fetch_command(
         "someone-else",
         ttl=30,
         queue=keys.queue,
@@ -140,8 +142,9 @@ def _taken(settings: Settings, *, ago_s: float) -> str:
         unacked_index="unacked_index",
         acks=[],
         lanes=[("default", [lane])],
+        load=True,
     )
-    backend.fleet.call(*args)
+    backend.redis.execute_command(*command)
     taken_at = client.zscore("unacked_index", tag)
     assert taken_at is not None
     seconds, micros = client.time()

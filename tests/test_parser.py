@@ -15,7 +15,7 @@ from dispatcher.model.errors import (
 )
 from dispatcher.model.jobs import Job
 from dispatcher.model.lead import make_lead
-from workers.outcomes import RetryPolicy
+from workers.retry import RetryPolicy
 from workers.vicidial import parse_add_lead
 
 AUTH_LINE = (
@@ -180,16 +180,18 @@ def _fail(line: str, status: int = 200) -> CallFailed:
 def test_policy_permanent_never_retries() -> None:
     policy = RetryPolicy(max_attempts=8)
     error = _fail("ERROR: add_lead PHONE NUMBER IN DNC - 7275550000|1000\n")
-    assert not policy.decide(error, _job(attempts=1), now=0, rng=random.Random(1)).retry
+    assert not policy.retry_or_dead_letter(
+        error, _job(attempts=1), now=0, rng=random.Random(1)
+    ).retry
 
 
 def test_policy_temporary_retries_until_max_attempts_with_full_jitter() -> None:
     policy = RetryPolicy(max_attempts=3, base_s=2, cap_s=5)
     error = _fail("", 503)
     rng = random.Random(7)
-    d1 = policy.decide(error, _job(attempts=1), now=0, rng=rng)
-    d2 = policy.decide(error, _job(attempts=2), now=0, rng=rng)
-    d3 = policy.decide(error, _job(attempts=3), now=0, rng=rng)
+    d1 = policy.retry_or_dead_letter(error, _job(attempts=1), now=0, rng=rng)
+    d2 = policy.retry_or_dead_letter(error, _job(attempts=2), now=0, rng=rng)
+    d3 = policy.retry_or_dead_letter(error, _job(attempts=3), now=0, rng=rng)
     assert d1.retry and 0 <= d1.delay_s <= 2
     assert d2.retry and 0 <= d2.delay_s <= 4
     assert not d3.retry
@@ -200,20 +202,22 @@ def test_policy_temporary_retries_until_max_attempts_with_full_jitter() -> None:
 def test_policy_unknown_response_gets_few_attempts() -> None:
     policy = RetryPolicy(max_attempts=8, unknown_max_attempts=3)
     error = _fail("")
-    assert policy.decide(error, _job(attempts=2), now=0, rng=random.Random()).retry
-    assert not policy.decide(error, _job(attempts=3), now=0, rng=random.Random()).retry
+    assert policy.retry_or_dead_letter(error, _job(attempts=2), now=0, rng=random.Random()).retry
+    assert not policy.retry_or_dead_letter(
+        error, _job(attempts=3), now=0, rng=random.Random()
+    ).retry
 
 
 def test_policy_agent_wait_ignores_max_attempts_and_stops_at_deadline() -> None:
     policy = RetryPolicy(max_attempts=2, agent_wait_s=100, agent_cap_s=10)
     error = _fail("ERROR: agent_user is not logged in - 1000\n")
-    first = policy.decide(error, _job(attempts=1), now=1000, rng=random.Random(3))
+    first = policy.retry_or_dead_letter(error, _job(attempts=1), now=1000, rng=random.Random(3))
     assert first.retry and first.agent_wait_since == 1000 and first.delay_s <= 10
-    later = policy.decide(
+    later = policy.retry_or_dead_letter(
         error, _job(attempts=30, agent_wait_since=1000), now=1095, rng=random.Random(3)
     )
     assert later.retry and later.delay_s <= 5
-    over = policy.decide(
+    over = policy.retry_or_dead_letter(
         error, _job(attempts=31, agent_wait_since=1000), now=1100, rng=random.Random(3)
     )
     assert not over.retry
@@ -221,9 +225,13 @@ def test_policy_agent_wait_ignores_max_attempts_and_stops_at_deadline() -> None:
 
 def test_policy_ambiguous_is_dead_by_default_and_retried_on_request() -> None:
     error = AmbiguousFailure("ReadTimeout")
-    assert not RetryPolicy().decide(error, _job(attempts=1), now=0, rng=random.Random()).retry
+    assert (
+        not RetryPolicy()
+        .retry_or_dead_letter(error, _job(attempts=1), now=0, rng=random.Random())
+        .retry
+    )
     assert (
         RetryPolicy(retry_ambiguous=True)
-        .decide(error, _job(attempts=1), now=0, rng=random.Random())
+        .retry_or_dead_letter(error, _job(attempts=1), now=0, rng=random.Random())
         .retry
     )

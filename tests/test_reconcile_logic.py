@@ -12,6 +12,8 @@ from hypothesis import strategies as st
 
 from dispatcher.model.errors import LookupDenied, LookupRefused, LookupUnavailable
 from dispatcher.model.lead import make_lead
+from dispatcher.model.marker import mark, marker
+from dispatcher.vicidial.findings import Finding, deletable, lookup_finding
 from dispatcher.vicidial.nonagent import (
     LookupAnswer,
     SearchAnswer,
@@ -19,7 +21,6 @@ from dispatcher.vicidial.nonagent import (
     parse_lead_all_info,
     parse_lead_search,
 )
-from dispatcher.vicidial.reconcile import Finding, decide, deletable, mark, marker
 
 STAMP = "2026-11-29 22:22:59"
 HEADER = (
@@ -165,10 +166,11 @@ def lead(**fields: str) -> object:
 
 
 def judge(answer: LookupAnswer, *, search: SearchAnswer | None = None, **kw: object) -> Finding:
-    """decide() where lead_search found exactly the leads lead_all_info showed, unless told."""
+    """lookup_finding() where lead_search found exactly the leads lead_all_info showed,
+    unless told."""
     if search is None:
         search = SearchAnswer(tuple(r.lead_id for r in answer.records))
-    return decide(answer, search=search, **kw)  # type: ignore[arg-type]
+    return lookup_finding(answer, search=search, **kw)  # type: ignore[arg-type]
 
 
 def test_one_lead_with_our_marker_is_found() -> None:
@@ -279,22 +281,24 @@ def test_a_lead_only_lead_search_sees_makes_the_outcome_unknown() -> None:
     answer = parse_lead_all_info(OTHER)
     assert answer.hidden == []  # no LIST NOT FOUND line: nothing says a lead is missing
     search = parse_lead_search("7275559101|2|12-2\n", "7275559101")
-    finding = decide(answer, search=search, job_id=JOB, lead=lead(), marker_field="source_id")
+    finding = lookup_finding(
+        answer, search=search, job_id=JOB, lead=lead(), marker_field="source_id"
+    )
     assert (finding.kind, finding.unseen) == ("unknown", ("12",))
     # Looked up by its id: list 0 gives LIST NOT FOUND again, and the why names the list.
     by_id = parse_lead_all_info("ERROR: lead_all_info LIST NOT FOUND: 6666|12||0\n")
-    finding = decide(
+    finding = lookup_finding(
         answer, search=search, by_id=[by_id], job_id=JOB, lead=lead(), marker_field="source_id"
     )
     assert finding.kind == "unknown" and "lead 12 (list 0)" in finding.why
     # Readable by id after all (e.g. inserted between the two look-ups): decided on it.
     mine = parse_lead_all_info(rec(12, source=JOB))
-    finding = decide(
+    finding = lookup_finding(
         answer, search=search, by_id=[mine], job_id=JOB, lead=lead(), marker_field="source_id"
     )
     assert (finding.kind, finding.lead_id, finding.unseen) == ("found", "12", ())
     someone = parse_lead_all_info(rec(12, source="someone-else"))
-    finding = decide(
+    finding = lookup_finding(
         answer, search=search, by_id=[someone], job_id=JOB, lead=lead(), marker_field="source_id"
     )
     assert finding.kind == "absent"
@@ -304,16 +308,22 @@ def test_absence_needs_lead_search() -> None:
     answer = parse_lead_all_info(OTHER)
     everything = SearchAnswer(("2",))
     assert (
-        decide(answer, search=everything, job_id=JOB, lead=lead(), marker_field="source_id").kind
+        lookup_finding(
+            answer, search=everything, job_id=JOB, lead=lead(), marker_field="source_id"
+        ).kind
         == "absent"
     )
     refused = SearchAnswer(None, "ERROR: lead_search USER DOES NOT HAVE PERMISSION", "lead_search")
-    finding = decide(answer, search=refused, job_id=JOB, lead=lead(), marker_field="source_id")
+    finding = lookup_finding(
+        answer, search=refused, job_id=JOB, lead=lead(), marker_field="source_id"
+    )
     assert finding.kind == "unknown" and "lead_search" in finding.why
     # Found needs no lead_search.
     found = parse_lead_all_info(rec(5, source=JOB) + OTHER)
     assert (
-        decide(found, search=refused, job_id=JOB, lead=lead(), marker_field="source_id").kind
+        lookup_finding(
+            found, search=refused, job_id=JOB, lead=lead(), marker_field="source_id"
+        ).kind
         == "found"
     )
 
@@ -321,7 +331,9 @@ def test_absence_needs_lead_search() -> None:
 def test_a_found_lead_beside_hidden_ones_is_found_and_the_hidden_ones_named() -> None:
     answer = parse_lead_all_info(rec(5, source=JOB) + OTHER)
     search = SearchAnswer(("12", "5", "2"))
-    finding = decide(answer, search=search, job_id=JOB, lead=lead(), marker_field="source_id")
+    finding = lookup_finding(
+        answer, search=search, job_id=JOB, lead=lead(), marker_field="source_id"
+    )
     assert (finding.kind, finding.lead_id, finding.unseen) == ("found", "5", ("12",))
 
 
@@ -329,12 +341,12 @@ def test_the_job_s_own_lead_needs_no_showing_when_verifying() -> None:
     """The verification knows the lead the job was added with (list 0: never shown)."""
     only_ours = parse_lead_all_info("ERROR: lead_all_info LIST NOT FOUND: 6666||7275559101|0\n")
     search = SearchAnswer(("7",))
-    finding = decide(
+    finding = lookup_finding(
         only_ours, search=search, known=("7",), job_id=JOB, lead=lead(), marker_field="source_id"
     )
     assert finding.kind == "absent"
     search = SearchAnswer(("9", "7"))
-    finding = decide(
+    finding = lookup_finding(
         only_ours, search=search, known=("7",), job_id=JOB, lead=lead(), marker_field="source_id"
     )
     assert (finding.kind, finding.unseen) == ("unknown", ("9",))

@@ -397,10 +397,10 @@ def test_look_ups_wait_for_a_paused_server(
     runner = runners()
     message = _message(settings)
     assert runner.run(message) == "reconciling"
-    runner.execution.pause(runner.server, seconds=30, reason="auth", error="test")
+    runner.writes.execution.pause(runner.server, seconds=30, reason="auth", error="test")
     assert _run_next(runner, settings) == "deferred"
     assert simulator.lookup_count == 0
-    runner.execution.resume(runner.server)
+    runner.writes.execution.resume(runner.server)
     assert _run_next(runner, settings) == "added"
 
 
@@ -453,7 +453,7 @@ def test_a_refused_login_costs_one_failed_login_and_stops_look_ups_not_calls(
     assert simulator.failed_logins("6666") == 1
     # ...until the operator fixed the level and asks again (health --recheck, dlq reconcile).
     simulator.update_user("6666", user_level=9)
-    runner.execution.lookup_release(runner.server)
+    runner.writes.execution.lookup_release(runner.server)
     simulator.script_phone("7275551397", ["reset_after"])
     assert runner.run(_message(settings, "7275551397")) == "reconciling"
     assert _run_next(runner, settings) == "added"
@@ -511,9 +511,9 @@ def test_dead_letter_mode_is_unchanged(
 def test_permission_checks_ask_vicidial_once_and_respect_holds(
     settings: Settings, simulator: Simulator
 ) -> None:
+    from dispatcher.vicidial.lookup import check_lookups
     from dispatcher.vicidial.nonagent import NonAgentClient
-    from dispatcher.vicidial.reconcile import check_lookups
-    from workers.reconciler import LookupChecker
+    from workers.lookup_check import LookupChecker
 
     backend = get_backend(settings)
     server = "default"  # the one dialer the VICIDIAL_* variables define
@@ -547,8 +547,8 @@ def test_without_lead_search_a_lead_is_found_but_never_proven_absent(
     """User level 7: lead_all_info answers, lead_search does not (it needs 8)."""
     from dispatcher.cli.reconcile import lookup_lines
     from dispatcher.ops.status import fleet_status
+    from dispatcher.vicidial.lookup import check_lookups
     from dispatcher.vicidial.nonagent import NonAgentClient
-    from dispatcher.vicidial.reconcile import check_lookups
 
     simulator.update_user("6666", user_level=7)
     backend = get_backend(settings)
@@ -581,7 +581,7 @@ def test_without_lead_search_a_lead_is_found_but_never_proven_absent(
 def test_the_workers_checker_never_logs_in_while_calls_are_paused_for_credentials(
     settings: Settings, simulator: Simulator
 ) -> None:
-    from workers.reconciler import LookupChecker
+    from workers.lookup_check import LookupChecker
 
     backend = get_backend(settings)
     backend.execution.pause("default", seconds=30, reason="auth", error="x")

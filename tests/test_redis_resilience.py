@@ -371,7 +371,7 @@ def _taken(settings: Settings, n: int) -> list[str]:
         envelope = broker_envelope(job.to_message(), queue=lane)
         tags.append(str(json.loads(envelope)["properties"]["delivery_tag"]))
         backend.redis.lpush(lane, envelope)
-    args = backend.fleet.fetch_args(
+    command = backend.broker.fetch_command(
         "c1",
         ttl=30,
         queue=keys.queue,
@@ -380,8 +380,9 @@ def _taken(settings: Settings, n: int) -> list[str]:
         acks=[],
         lanes=[("default", [lane])],
         most=n,
+        load=True,
     )
-    backend.fleet.call(*args)
+    backend.redis.execute_command(*command)
     assert all(backend.redis.hexists("unacked", tag) for tag in tags)
     return tags
 

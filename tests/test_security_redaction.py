@@ -35,8 +35,8 @@ from dispatcher.ops.status import fleet_status
 from dispatcher.simulator import Simulator
 from dispatcher.store.backend import get_backend
 from dispatcher.store.deadletter import DeadLetterStore
+from dispatcher.vicidial.lookup import check_lookups
 from dispatcher.vicidial.nonagent import NonAgentClient
-from dispatcher.vicidial.reconcile import check_lookups
 from tests.conftest import make_settings
 
 #: Examples per property (hypothesis); the note of issue 25 quotes it.

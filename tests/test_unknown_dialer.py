@@ -148,12 +148,12 @@ def test_a_job_for_a_dialer_the_worker_does_not_know_waits_for_one_that_does(
     # A worker that knows west takes it: the wait is over, whatever comes next (here
     # west's calls are paused: the job waits for that, and says so).
     knows = runners(new)
-    knows.execution.pause("west", seconds=30, reason="auth", error="test")
+    knows.writes.execution.pause("west", seconds=30, reason="auth", error="test")
     assert knows.run(again) == "deferred"
     status = job_status(message["job_id"], settings=new)
     assert status is not None and status["state"] == "retrying"
     assert status["waiting_for_dialer"] is None and status["reason"] is None
-    knows.execution.resume("west")
+    knows.writes.execution.resume("west")
     ((again, _),) = _take_scheduled(new)
     assert knows.run(again) == "added"
     assert west.count_by_phone() == {PHONE: 1} and east.call_count == 0

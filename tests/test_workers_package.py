@@ -19,8 +19,9 @@ from dispatcher import DeadLetterStore, enqueue_lead, enqueue_leads, job_status
 from dispatcher.config.settings import Settings
 from dispatcher.devtools.localfleet import WorkerProcess
 from dispatcher.simulator import Simulator
+from dispatcher.store.keys import Keys
 from tests.conftest import ROOT, make_settings, wait_for
-from workers import transport
+from workers import acks, transport
 
 
 def _python(code: str, **env: str) -> subprocess.CompletedProcess[str]:
@@ -34,8 +35,9 @@ def _python(code: str, **env: str) -> subprocess.CompletedProcess[str]:
 def test_importing_worker_modules_builds_no_app_and_needs_no_settings() -> None:
     result = _python(
         "import sys\n"
-        "import workers.outcomes, workers.vicidial, workers.transport, workers.scheduler\n"
-        "import workers.runner, workers.consumer\n"
+        "import workers.classify, workers.retry, workers.vicidial, workers.transport\n"
+        "import workers.acks, workers.scheduler, workers.lookup_check, workers.consumer\n"
+        "import workers.delivery, workers.reconciler, workers.runner, workers.engine\n"
         "assert 'workers.tasks' not in sys.modules, 'transport/consumer import the tasks'\n"
         "print('ok')\n",
         DISPATCHER_MAX_ATTEMPTS="many",  # a bad setting: only building the app reads it
@@ -86,6 +88,40 @@ def test_the_reliable_pop_is_the_one_running(
     assert any(" fetch " in c or '"fetch"' in c for c in commands if c.startswith("EVALSHA"))
     assert any(c.startswith("RPOP") for c in in_scripts)
     assert any(c.startswith("HSET") and "unacked" in c for c in in_scripts)
+
+
+def test_after_redis_lost_its_scripts_the_poll_goes_by_sha_again(
+    settings: Settings, start_worker: Callable[..., WorkerProcess]
+) -> None:
+    """A Redis that restarted (or flushed its scripts) answers the poll's EVALSHA with
+    NOSCRIPT: the next poll sends the script itself (EVAL, which loads it), and the polls
+    after it go by its SHA again, not with the whole script every time."""
+    start_worker(settings)
+    client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
+    first = enqueue_lead(agent_user="1000", phone_number="7275551212", settings=settings)
+    wait_for(lambda: (job_status(first, settings=settings) or {}).get("state") == "added")
+    client.script_flush()
+    second = enqueue_lead(agent_user="1000", phone_number="7275551213", settings=settings)
+    wait_for(lambda: (job_status(second, settings=settings) or {}).get("state") == "added")
+    polls: list[str] = []
+    done = threading.Event()
+
+    def watch() -> None:
+        with client.monitor() as monitor:
+            for entry in monitor.listen():
+                command = str(entry["command"])
+                if entry.get("client_type") != "lua" and " fetch " in command:
+                    polls.append(command.split()[0])
+                if done.is_set():
+                    return
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    time.sleep(2.5)  # idle: a poll a second
+    done.set()
+    redis.Redis.from_url(settings.redis_url).ping()
+    watcher.join(10)
+    assert polls and set(polls) == {"EVALSHA"}, polls
 
 
 def test_a_worker_with_free_slots_takes_several_messages_a_poll(
@@ -162,7 +198,7 @@ def test_a_poison_item_whose_letter_cannot_be_written_is_kept(
     queued = admin.lrange(limited.queue, 0, -1)
     held = [
         item
-        for key in admin.smembers(transport.inflight_registry(limited.queue))
+        for key in admin.smembers(Keys.of(limited).inflight_registry)
         for item in admin.lrange(key, 0, -1)
     ]
     assert b"definitely not a celery message" in queued + held, "the poison item was lost"
@@ -214,18 +250,19 @@ def test_a_worker_refuses_the_gevent_and_eventlet_pools(
 ) -> None:
     from types import SimpleNamespace
 
-    from workers.celery_app import _check_worker_settings
+    from workers.celery_app import check_worker_settings
 
     with pytest.raises(SystemExit) as exit_info:
-        _check_worker_settings(sender=SimpleNamespace(pool_cls=pool))
+        check_worker_settings(sender=SimpleNamespace(pool_cls=pool))
     assert exit_info.value.code == 2
     assert "is not supported: use the default (threads" in capsys.readouterr().err
 
 
 def test_kombu_still_has_every_method_the_transport_overrides_or_calls() -> None:
-    """workers/transport.py overrides and calls private parts of kombu's Redis transport
-    (pinned to kombu 5.7): a kombu that renamed one would silently bypass an override
-    (the reliable pop, the Redis-clock sweep, a guard that keeps Celery's loop alive)."""
+    """workers/transport.py and workers/acks.py override and call private parts of kombu's
+    Redis transport (pinned to kombu 5.7): a kombu that renamed one would silently bypass
+    an override (the reliable pop, the Redis-clock sweep, a guard that keeps Celery's
+    loop alive)."""
     import inspect
 
     from kombu.transport import redis as kombu_redis
@@ -265,7 +302,8 @@ def test_kombu_still_has_every_method_the_transport_overrides_or_calls() -> None
     assert callable(kombu_redis.Mutex) and issubclass(kombu_redis.MutexHeld, Exception)
     # And ours are the ones the transport's classes resolve to.
     for name in ("append", "reject", "restore_visible", "restore_unacked"):
-        assert getattr(transport.ReliableQoS, name) is not getattr(kombu_redis.QoS, name), name
+        assert getattr(acks.ReliableQoS, name) is not getattr(kombu_redis.QoS, name), name
+    assert transport.Channel.QoS is acks.ReliableQoS
     for name in ("_brpop_start", "_brpop_read", "_receive", "maybe_refresh_binding_expiry"):
         ours = getattr(transport.Channel, name)
         assert ours is not getattr(kombu_redis.Channel, name), name

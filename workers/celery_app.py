@@ -67,8 +67,12 @@ from dispatcher.store.connection import broker_transport_options, client_timeout
 from dispatcher.store.layout import check_layout
 from dispatcher.store.redis_health import redis_availability, require_noeviction
 from workers import tasks
+from workers.acks import ReliableQoS
+from workers.engine import LeadEngine, current_engine, set_engine
+from workers.runner import get_runner
+from workers.scheduler import RetryScheduler
 
-__all__ = ["get_app", "make_app", "pool_on_command_line"]
+__all__ = ["check_worker_settings", "get_app", "make_app", "pool_on_command_line"]
 
 _log = logs.get_logger("workers.celery_app")
 #: Allocations between runs of the collector's youngest generation (Python's: 700).
@@ -192,13 +196,9 @@ class EnginePrefetch(bootsteps.StartStopStep):
     requires = {"celery.worker.consumer.tasks:Tasks"}
 
     def start(self, c: Any) -> None:
-        from workers.engine import current_engine
-
         engine = current_engine()
         if engine is not None and getattr(c, "qos", None) is not None:
             c.qos.increment_eventually(engine.prefetch_extra)
-            from workers.transport import ReliableQoS
-
             ReliableQoS.refill_at = max(1, engine.prefetch_extra // 2)
 
 
@@ -218,9 +218,6 @@ class EngineStep(bootsteps.StartStopStep):
         return "thread" in str(name) and get_settings().engine == "asyncio"
 
     def start(self, worker: Any) -> None:
-        from workers.engine import LeadEngine, set_engine
-        from workers.runner import get_runner
-
         # Everything loaded by now (Celery, kombu, this package) lives as long as the
         # process: out of the collector's sight, a full collection no longer walks
         # it (one took 90 ms, and every call in flight stalled with it). A lead
@@ -233,8 +230,6 @@ class EngineStep(bootsteps.StartStopStep):
         set_engine(self.engine)
 
     def stop(self, worker: Any) -> None:
-        from workers.engine import set_engine
-
         if self.engine is not None:
             set_engine(None)
             settings = get_settings()
@@ -254,8 +249,6 @@ class SchedulerStep(bootsteps.StartStopStep):
         self.thread: Any = None
 
     def start(self, worker: Any) -> None:
-        from workers.scheduler import RetryScheduler
-
         self.thread = RetryScheduler(get_settings(), name=str(worker.hostname))
         self.thread.start()
 
@@ -304,7 +297,9 @@ _UNSUPPORTED_POOLS = ("gevent", "eventlet")
 
 
 @signals.worker_init.connect
-def _check_worker_settings(sender: Any = None, **_: Any) -> None:
+def check_worker_settings(sender: Any = None, **_: Any) -> None:
+    """Before the worker takes a job (Celery's ``worker_init``): refuse an unsupported
+    pool, missing VICIdial settings, an evicting Redis or a newer layout (exit 2 or 1)."""
     pool = getattr(sender, "pool_cls", None)
     name = pool if isinstance(pool, str) else getattr(pool, "__module__", "")
     if any(bad in str(name) for bad in _UNSUPPORTED_POOLS):

@@ -9,8 +9,10 @@ hands each add-lead message straight to one event loop thread
 (:func:`strategy`), which claims it, calls VICIdial over asyncio
 (:class:`workers.async_vicidial.AsyncVicidialClient`), stores the success and
 acknowledges the message: the same steps, the same Redis scripts and
-the same log events as :class:`workers.runner.JobRunner`, whose methods it calls.
-The request leaves from one place, :meth:`LeadEngine._call_vicidial`.
+the same log events as :class:`workers.runner.JobRunner`: the delivery and its
+writes are the runner's (:class:`workers.delivery.Writes`), and every rule past the
+common path is the runner's own method. The request leaves from one place,
+:meth:`LeadEngine._call_vicidial`.
 
 Only the common path runs on the loop: a claim that goes straight to the call,
 and a success stored in one write. Everything else (a bad message, a paused
@@ -58,10 +60,11 @@ from dispatcher.config import logs
 from dispatcher.model.errors import AmbiguousFailure, CallFailed, ClaimLapsed
 from dispatcher.model.jobs import Job
 from dispatcher.store.connection import async_redis_client
-from dispatcher.store.execution import Claim
+from dispatcher.store.replies import Claim, Stored
 from workers.async_vicidial import AsyncVicidialClient
 from workers.batching import MAX_BATCHES, LoopPipeline
-from workers.runner import JobRunner, TransientInfrastructureError, _Delivery
+from workers.delivery import Delivery
+from workers.runner import JobRunner, TransientInfrastructureError
 from workers.vicidial import AddLeadResult
 
 __all__ = ["LeadEngine", "current_engine", "strategy"]
@@ -79,7 +82,7 @@ CLIENT_NAME = "dispatcher-engine"
 #: Tries of a batch of Redis commands on the loop (the first included).
 _REDIS_TRIES = 2
 #: How often the loop asks Redis whether it has replicas: then a success is stored
-#: by a thread that waits for one to confirm it (JobRunner.store_added).
+#: by a thread that waits for one to confirm it (Writes.store_added).
 REPLICA_CHECK_S = 30.0
 
 
@@ -94,6 +97,8 @@ class LeadEngine:
         # the calls past it.
         redis_timeout_s = runner.settings.redis_timeout_s
         self.runner = runner
+        #: the runner's deliveries and their writes
+        self.writes = runner.writes
         self.capacity = capacity
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._serve, name="lead-engine", daemon=True)
@@ -114,7 +119,7 @@ class LeadEngine:
         self._redis_client = client
         self._redis = LoopPipeline(
             client,
-            runner.execution,
+            runner.writes.execution,
             self._loop,
             deadline_s=self._redis_deadline_s,
             on_staged=self._turn_ends,
@@ -213,10 +218,10 @@ class LeadEngine:
                 pass
             await asyncio.sleep(REPLICA_CHECK_S)
 
-    def _stores_added_at_once(self, d: _Delivery) -> bool:
-        """JobRunner.stores_added_at_once with the replica count the loop asked for: a
-        success with a reconcile step, or with a replica to wait for (or none known
-        yet), is stored by a thread."""
+    def _stores_added_at_once(self, d: Delivery) -> bool:
+        """Whether the loop stores this success itself, one quick write: not with a
+        reconcile step (the runner schedules its verification), nor with a replica to
+        wait for (or none known yet, as the loop last asked): a thread stores those."""
         return d.job.reconcile is None and self._replicas == 0
 
     async def _aclose(self) -> None:
@@ -251,7 +256,7 @@ class LeadEngine:
         self._sends.append(send)
         self._turn_ends()
 
-    def _client(self, d: _Delivery) -> AsyncVicidialClient:
+    def _client(self, d: Delivery) -> AsyncVicidialClient:
         """The dialer's client: one per dialer per worker process, made on first use."""
         client = self._clients.get(d.dialer.name)
         if client is None:
@@ -259,12 +264,12 @@ class LeadEngine:
             self._clients[d.dialer.name] = client
         return client
 
-    async def _call_vicidial(self, d: _Delivery, claim: Claim) -> tuple[AddLeadResult, float]:
+    async def _call_vicidial(self, d: Delivery, claim: Claim) -> tuple[AddLeadResult, float]:
         """The one place a request to VICIdial leaves: the claimed job's lead (with its
         marker), once its lead.attempt line is written, within the call's deadline, and
         only while the claim cannot lapse before the call ends (ClaimLapsed, nothing sent)."""
         job = d.job
-        lead = self.runner.attempt(d)
+        lead = self.writes.attempt(d)
         return await self._client(d).add_lead(
             lead,
             dnc_check=job.dnc_check,
@@ -283,33 +288,34 @@ class LeadEngine:
             task.add_done_callback(self._tasks.discard)
 
     async def _job(self, message: Settle, payload: object, started: float) -> None:
-        runner = self.runner
+        runner, writes = self.runner, self.writes
         try:
             job = Job.from_message(payload, dialers=runner.dialers)
         except Exception:
             # Invalid (or a bug in the check): the runner dead-letters it on a thread.
             self._thread_job(message, lambda: runner.run(payload))
             return
-        d = runner.delivery(job, started)
-        runner.bind(d)  # this task's own copy of the context
+        d = writes.delivery(job, started)
+        d.bind()  # this task's own copy of the context
         # A call slot is taken before the claim (a job claimed and left waiting would
         # look orphaned if the worker died) and given back when the call ends.
         await self._slots.acquire()
         holding = True
         try:
             try:
-                claim = Claim.from_reply(await self._redis.call(*runner.claim_args(d)))
+                claim = Claim.from_reply(await self._redis.call(*writes.claim_args(d)))
             except Exception:
                 # Redis away (or refusing writes): claim again on a thread, with the
                 # same token (a claim that did run is recognised as our own).
-                holding = self._thread_step(message, d, lambda: runner._run(d), slot=True)
+                holding = self._thread_step(message, d, lambda: runner.claimed(d), slot=True)
                 return
-            if not runner.calls_now(d, claim):
-                holding = self._thread_step(message, d, lambda: runner.decide(d, claim), slot=True)
+            if not d.calls_after(claim):
+                follow = functools.partial(runner.follow_claim, d, claim)
+                holding = self._thread_step(message, d, follow, slot=True)
                 return
-            runner.granted(d, claim)  # the claim fence (checked right before the send)
-            if claim.seconds > 0:
-                await asyncio.sleep(claim.seconds)  # the rate-limit slot the claim reserved
+            writes.granted(d, claim)  # the claim fence (checked right before the send)
+            if claim.delay_s > 0:
+                await asyncio.sleep(claim.delay_s)  # the rate-limit slot the claim reserved
             try:
                 result, latency_ms = await self._call_vicidial(d, claim)
             except ClaimLapsed:
@@ -322,27 +328,27 @@ class LeadEngine:
                 # The slot stays taken until the failure is handled: a pause or the
                 # breaker it trips must be stored before the next job claims.
                 holding = self._thread_step(
-                    message, d, functools.partial(runner._failed, d, exc), slot=True
+                    message, d, functools.partial(runner.failed, d, exc), slot=True
                 )
                 return
             d.answer = "added"
             holding = False
             self._slots.release()
-            runner.log_added(d, result, latency_ms)
+            writes.log_added(d, result, latency_ms)
             if not self._stores_added_at_once(d):
                 self._thread_step(message, d, lambda: runner.store_added(d, result, latency_ms))
                 return
             try:
-                stored = await self._redis.call(*runner.succeed_args(d, result, latency_ms))
+                reply = await self._redis.call(*writes.succeed_args(d, result, latency_ms))
             except Exception:
                 # Once more on a thread, retried while the message is ours (the same
                 # token: a write that did run answers "again"); logged once only.
                 self._thread_step(message, d, lambda: runner.store_added(d, result, latency_ms))
                 return
-            runner.after_added(d, result, stored)
+            writes.added(d, result, Stored.from_reply(reply))
             self._ack_soon(message)
         except Exception as exc:
-            internal = functools.partial(runner._internal, d, exc)
+            internal = functools.partial(writes.internal, d, exc)
             holding = self._thread_step(message, d, internal, slot=holding)
         finally:
             if holding:
@@ -352,7 +358,7 @@ class LeadEngine:
     # -- settling ------------------------------------------------------------------------
 
     def _thread_step(
-        self, message: Settle, d: _Delivery, body: Callable[[], str], *, slot: bool = False
+        self, message: Settle, d: Delivery, body: Callable[[], str], *, slot: bool = False
     ) -> bool:
         runner = self.runner
         return self._thread_job(message, lambda: runner.step(d, body), slot=slot)

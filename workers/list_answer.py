@@ -48,8 +48,8 @@ from dispatcher.model.errors import (
 )
 from dispatcher.model.lead import Lead
 from dispatcher.model.list_options import ListOptions
+from dispatcher.model.marker import marker
 from dispatcher.vicidial.nonagent import LeadRecord
-from dispatcher.vicidial.reconcile import marker
 
 __all__ = [
     "LIST_ANSWER_RULES",

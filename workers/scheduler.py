@@ -15,7 +15,7 @@ Every worker runs one:
 * once a minute, removes the dead letters older than
   DISPATCHER_DEAD_LETTER_RETENTION_DAYS (:mod:`dispatcher.ops.retention`; default: none);
 * has the reconciliation look-up's permissions checked now and then
-  (:class:`workers.reconciler.LookupChecker`, in a thread of its own), so that
+  (:class:`workers.lookup_check.LookupChecker`, in a thread of its own), so that
   ``dispatcher status``/``health`` can say what VICIdial lacks before a job needs it;
 * looks at the Redis layout's version now and then (one GET): when a newer release
   has migrated it (dispatcher/store/layout.py), this worker would misread what that
@@ -46,7 +46,7 @@ from dispatcher.store.activity import record_minute
 from dispatcher.store.backend import Backend, get_backend
 from dispatcher.store.layout import LAYOUT_VERSION, stored_version
 from dispatcher.store.redis_health import redis_availability
-from workers.reconciler import LookupChecker
+from workers.lookup_check import LookupChecker
 from workers.transport import consumer_id, consumer_ttl_s
 
 __all__ = ["RetryScheduler"]
@@ -62,6 +62,8 @@ class RetryScheduler(threading.Thread):
         self.worker_name = name
         self.consumer = consumer_id()
         self.ttl = consumer_ttl_s(settings.scheduler_interval_s)
+        #: How often the in-flight lists of consumers gone silent go back to the queue.
+        self.reap_every_s = self.ttl / 4
         self._stop_event = threading.Event()
         self._last_reap = -1e9
         self._last_minute = -1
@@ -92,7 +94,7 @@ class RetryScheduler(threading.Thread):
             self._last_minute = int(wall // 60)
             record_minute(backend, now=wall)
         now = time.monotonic()
-        if now - self._last_reap >= self.ttl / 4:
+        if now - self._last_reap >= self.reap_every_s:
             self._last_reap = now
             returned = backend.fleet.reap(backend.redis, queue=backend.keys.queue)
             for consumer, n in returned.items():

@@ -1,13 +1,15 @@
 """kombu's Redis transport, made safe against lost pops, poison queue items, a Redis
 that cannot serve, and hosts' clocks.
 
-Six gaps in stock kombu matter for "no lead is lost" and "none added twice":
+Six gaps in stock kombu matter for "no lead is lost" and "none added twice". The
+channel here closes those of taking a message (1, 2, 4); its QoS,
+:class:`workers.acks.ReliableQoS`, those of acknowledging it (3, 4, 5, 6):
 
 1. **The pop window.** kombu takes a message with ``BRPOP`` and only then, in a
    second round trip, records it as unacknowledged. A worker killed between the
    two loses the message for good (seen here: about one message per six
    SIGKILLs under load). Here a poll is one script (``fetch`` in
-   ``dispatcher/store/fleet.lua``) that refreshes this consumer's heartbeat, registers
+   ``dispatcher/store/broker.lua``) that refreshes this consumer's heartbeat, registers
    its *in-flight list*, and atomically moves the next message into that list;
    only when the queue is empty does it block, with ``BRPOPLPUSH`` into the same
    list. The unacknowledged record and the removal from the in-flight list are
@@ -26,7 +28,8 @@ Six gaps in stock kombu matter for "no lead is lost" and "none added twice":
    list (if the letter cannot be written, the item stays and is tried again).
 3. **Acks on a dead connection.** After Redis restarts, kombu may ack, reject
    or restore through a detached connection and crash the worker;
-   :class:`ReliableQoS` leaves those messages to the visibility sweep instead.
+   :class:`~workers.acks.ReliableQoS` leaves those messages to the visibility sweep
+   instead.
 4. **A Redis that cannot serve** (full under ``noeviction``, a read-only replica,
    MISCONF, loading, stalled past DISPATCHER_REDIS_TIMEOUT_S, unreachable) refused
    or failed a write that kombu sends from Celery's event loop, and the error ended
@@ -45,9 +48,9 @@ Six gaps in stock kombu matter for "no lead is lost" and "none added twice":
    ahead put live in-flight messages back (a second copy ran), one behind delayed
    recovery. Scores are Redis TIME (the fetch script, and ``record`` for a message
    delivered outside it) and the sweep's ceiling is Redis TIME too
-   (:meth:`ReliableQoS.restore_visible`), as liveness is.
-6. **Acks deferred** off the consumer thread (:class:`ReliableQoS`): they ride
-   along with the next poll.
+   (:meth:`~workers.acks.ReliableQoS.restore_visible`), as liveness is.
+6. **Acks deferred** off the consumer thread (:class:`~workers.acks.ReliableQoS`):
+   they ride along with the next poll.
 
 This overrides private methods of kombu's Redis channel and QoS (``_brpop_start``,
 ``_brpop_read``, ``_receive``, ``_size``, ``_queue_bind``, ``QoS.append``,
@@ -60,31 +63,28 @@ refuses to start rather than fall back to stock ``BRPOP``.
 
 from __future__ import annotations
 
-import collections
-import contextlib
 import json
 import os
 import socket
 import time
 import uuid
-from collections.abc import Iterator
 from queue import Empty
 from typing import Any
 
 import orjson
 import redis
 from kombu.transport import redis as kombu_redis
-from kombu.transport import virtual
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import loads
 
 from dispatcher.config import logs
 from dispatcher.config.settings import get_settings
 from dispatcher.store.backend import get_backend
+from dispatcher.store.broker import Broker
 from dispatcher.store.connection import write_refusal
 from dispatcher.store.deadletter import DeadLetterStore
-from dispatcher.store.fleet import inflight_key, inflight_registry
 from dispatcher.store.redis_health import redis_availability
+from workers.acks import ReliableQoS
 
 __all__ = [
     "SentinelTransport",
@@ -92,9 +92,8 @@ __all__ = [
     "UnsupportedLayout",
     "consumer_id",
     "consumer_ttl_s",
-    "inflight_key",
-    "inflight_registry",
     "is_envelope",
+    "make_consumer_id",
 ]
 
 _log = logs.get_logger("workers.transport")
@@ -110,17 +109,23 @@ class UnsupportedLayout(RuntimeError):
     """The worker was configured so that the reliable pop cannot run."""
 
 
-def consumer_id() -> str:
-    """This process, as named in in-flight list keys and consumer heartbeats.
+def make_consumer_id() -> str:
+    """A new name for this process, as in in-flight list keys and consumer heartbeats.
 
     Host and pid name it for people; a random nonce makes it unique per boot
     (with ``init: true`` every container's main process is pid 1, and two
     containers may share a hostname).
     """
+    pid = os.getpid()
+    return f"{socket.gethostname()}.{pid}.{uuid.uuid4().hex[:8]}"
+
+
+def consumer_id() -> str:
+    """This process's name (:func:`make_consumer_id`, made once per process)."""
     global _consumer_id
     pid = os.getpid()
     if _consumer_id is None or _consumer_id[0] != pid:  # once per process
-        _consumer_id = (pid, f"{socket.gethostname()}.{pid}.{uuid.uuid4().hex[:8]}")
+        _consumer_id = (pid, make_consumer_id())
     return _consumer_id[1]
 
 
@@ -155,218 +160,6 @@ def _envelope(item: Any) -> Any:
         return loads(bytes_to_str(item))
 
 
-class ReliableQoS(kombu_redis.QoS):
-    """Records the unacknowledged message and clears the in-flight copy atomically.
-
-    Acknowledgements are deferred: an ack's Redis write (removing the message from
-    kombu's unacked hash and index) rides along in the next ``append`` pipeline, a
-    round trip the consumer makes anyway, or is flushed when the consumer finds
-    the queue empty or the channel closes. That takes one blocking round trip per
-    message off the consumer thread, which serves every pool slot. A worker that
-    dies with acks pending leaves those messages in the unacked hash: the
-    visibility sweep redelivers them and their execution record (``done``) stops
-    a second call, as for a worker killed before its ack.
-    """
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._pending_acks: collections.deque[Any] = collections.deque()
-        #: messages handed back (a job whose Redis failed) while Redis refused the
-        #: write: put back on the queue by the next flush
-        self._pending_restores: collections.deque[Any] = collections.deque()
-
-    def _add_pending_acks(self, pipe: Any) -> None:
-        while self._pending_acks:
-            self._remove_from_indices(self._pending_acks.popleft(), pipe)
-
-    def flush_acks(self) -> bool:
-        """Write the deferred acks (one round trip) and hand-backs now, if there are any.
-
-        False when Redis refused or failed (full, read-only, away): everything stays
-        pending for the next poll, the consumer backs off, and the failure is logged
-        once per episode. Nothing here raises into Celery's loop: a refused MULTI
-        (``OutOfMemoryError``) used to end the worker with "Unrecoverable error".
-        """
-        if self._detached() or not (self._pending_acks or self._pending_restores):
-            return True
-        acks = list(self._pending_acks)
-        self._pending_acks.clear()
-        try:
-            if acks:
-                with self.pipe_or_acquire() as pipe:
-                    for tag in acks:
-                        self._remove_from_indices(tag, pipe)
-                    pipe.execute()
-                acks = []
-            while self._pending_restores:
-                self.restore_by_tag(self._pending_restores[0], leftmost=True)
-                self._pending_restores.popleft()
-        except redis.RedisError as exc:
-            self._pending_acks.extendleft(reversed(acks))
-            self.channel._redis_failed(exc, during="acks")
-            return False
-        redis_availability().ok()
-        return True
-
-    # kombu's pipe_or_acquire builds a new redis.Redis for every pipeline, and
-    # redis-py's constructor (its response-callback table) cost about 6% of a
-    # worker's CPU, on the consumer thread that every pool slot waits for. One
-    # client per connection pool instead (a client is thread-safe; each
-    # pipeline is its own object).
-    _client: Any = None
-    _client_pool: Any = None
-
-    @contextlib.contextmanager
-    def pipe_or_acquire(self, pipe: Any = None, client: Any = None) -> Iterator[Any]:
-        if pipe is not None:
-            yield pipe
-            return
-        if client is None:
-            pool = self.channel.pool
-            if self._client is None or self._client_pool is not pool:
-                self._client = self.channel._create_client()
-                self._client_pool = pool
-            client = self._client
-        yield client.pipeline()
-
-    #: With the lead engine, poll only once this many prefetch slots are free (it
-    #: holds messages beyond its call slots, workers/engine.py): each poll then takes
-    #: several messages, and its system calls (send, register, wait, read) are shared.
-    refill_at = 1
-
-    def can_consume(self) -> bool:
-        pcount = self.prefetch_count
-        if not pcount:
-            return True
-        held = len(self._delivered) - len(self._dirty)
-        if held >= pcount:
-            return False
-        # Nothing held: poll at once (new work, or an idle worker).
-        return held == 0 or pcount - held >= min(self.refill_at, pcount)
-
-    def take_acks(self) -> list[Any]:
-        """The deferred acks, for the next fetch to write (put back if it fails)."""
-        acks = list(self._pending_acks)
-        self._pending_acks.clear()
-        return acks
-
-    def return_acks(self, acks: list[Any]) -> None:
-        self._pending_acks.extendleft(reversed(acks))
-
-    def append(self, message: Any, delivery_tag: Any) -> None:
-        raw, inflight, recorded = self.channel._take_inflight()
-        if recorded:
-            # The fetch script wrote kombu's unacked entry in the same step as the pop.
-            virtual.QoS.append(self, message, delivery_tag)
-            return
-        delivery = message.delivery_info
-        exchange, routing_key = delivery["exchange"], delivery["routing_key"]
-        with self.pipe_or_acquire() as pipe:
-            # Stamped with Redis's clock (kombu stamps this host's), as fetch stamps it.
-            self.channel.dispatcher_fleet().record(
-                unacked=self.unacked_key,
-                unacked_index=self.unacked_index_key,
-                tag=delivery_tag,
-                entry=json.dumps([message._raw, exchange, routing_key]),
-                inflight=inflight if raw is not None and inflight else "",
-                raw=raw if raw is not None else "",
-                client=pipe,
-            )
-            self._add_pending_acks(pipe)
-            pipe.execute()
-        virtual.QoS.append(self, message, delivery_tag)
-
-    # After a lost connection, kombu closes the channel, and a task finishing
-    # later acknowledges its message on it: kombu then builds a pool from the
-    # detached connection, raises AttributeError, and Celery exits with
-    # "Unrecoverable error" (kombu 5.7). On a detached channel the message is
-    # still in the unacked hash, where the visibility-timeout sweep of any worker
-    # finds it; redelivered, the job's execution record stops a second call.
-    def _detached(self) -> bool:
-        connection = getattr(self.channel, "connection", None)
-        return connection is None or getattr(connection, "client", None) is None
-
-    def ack(self, delivery_tag: Any) -> None:
-        if not self._detached():
-            self._pending_acks.append(delivery_tag)
-        virtual.QoS.ack(self, delivery_tag)
-
-    def reject(self, delivery_tag: Any, requeue: bool = False) -> None:
-        if self._detached():
-            virtual.QoS.ack(self, delivery_tag)
-            return
-        if not requeue:
-            self.ack(delivery_tag)  # dropped: the same Redis write as an ack, deferred
-            return
-        try:
-            super().reject(delivery_tag, requeue=True)
-        except redis.RedisError as exc:
-            # A job handed back because Redis failed, and Redis refuses the hand-back
-            # too: it stays in kombu's unacked record and goes back with the next flush
-            # (or the visibility sweep), never raised into Celery's loop.
-            self._pending_restores.append(delivery_tag)
-            virtual.QoS.ack(self, delivery_tag)
-            self.channel._redis_failed(exc, during="hand-back")
-
-    def restore_unacked(self, client: Any = None) -> Any:
-        if client is None and self._detached():
-            self._delivered.clear()
-            return None
-        self.flush_acks()
-        try:
-            return super().restore_unacked(client)
-        except redis.RedisError as exc:
-            # What could not go back now stays in the unacked record: the visibility
-            # sweep of any worker returns it.
-            self._delivered.clear()
-            redis_availability().failed(exc, during="hand-back")
-            return None
-
-    def restore_unacked_once(self, stderr: Any = None) -> Any:
-        # The channel is closing (a warm shutdown): write the deferred acks first.
-        self.flush_acks()
-        return super().restore_unacked_once(stderr)
-
-    # kombu's sweep compares the index's scores (Redis TIME, written by the fetch
-    # script and by `record`) with this host's time.time(): a host whose clock ran
-    # ahead put live in-flight messages back (a second copy ran), one behind delayed
-    # recovery. Here the ceiling comes from Redis's clock, read under the sweep's
-    # lock, just before the index is read; and a sweep that Redis refuses (full,
-    # read-only, away) waits for the next one instead of raising into Celery's loop
-    # (on a reconnection kombu sweeps once outside its timer's guard).
-    _sweeps = 0
-
-    def restore_visible(self, start: int = 0, num: int = 10, interval: int = 10) -> None:
-        self._sweeps += 1
-        if (self._sweeps - 1) % (interval or 1):
-            return
-        try:
-            with (
-                self.channel.conn_or_acquire() as client,
-                kombu_redis.Mutex(client, self.unacked_mutex_key, self.unacked_mutex_expire),
-            ):
-                seconds, micros = client.time()
-                ceiling = int(seconds) + int(micros) / 1e6 - float(self.visibility_timeout)
-                visible = client.zrange(
-                    self.unacked_index_key,
-                    ceiling,
-                    0,
-                    desc=True,
-                    byscore=True,
-                    offset=num and start,
-                    num=num,
-                    withscores=True,
-                )
-                for tag, _score in visible or []:
-                    self.restore_by_tag(tag, client)
-        except kombu_redis.MutexHeld:
-            return
-        except redis.RedisError as exc:
-            self.channel._redis_failed(exc, during="visibility sweep", backoff=False)
-            return
-        redis_availability().ok()
-
-
 class _ReliableChannel:
     """Mixin for a kombu Redis channel: the fetch script, then BRPOPLPUSH; vet items."""
 
@@ -397,8 +190,8 @@ class _ReliableChannel:
                 "the dispatcher's worker needs no global_keyprefix in the broker "
                 "transport options (its reliable pop names the queue's keys itself)"
             )
-        self._prefix = backend.keys.prefix
-        self._fleet = backend.fleet
+        self._broker = backend.broker
+        self._keys = backend.keys
         self._letters = DeadLetterStore(backend)
         self._ttl = consumer_ttl_s(settings.scheduler_interval_s)
         keys = backend.keys
@@ -478,12 +271,12 @@ class _ReliableChannel:
                 raise
             return False
 
-    def dispatcher_fleet(self) -> Any:
-        """The fleet commands (dispatcher/store/fleet.lua) this consumer runs."""
+    def dispatcher_broker(self) -> Broker:
+        """The broker's commands (dispatcher/store/broker.lua) this consumer runs."""
         self._reliable_setup()
-        return self._fleet
+        return self._broker
 
-    def _redis_failed(self, exc: BaseException, *, during: str, backoff: bool = True) -> None:
+    def redis_failed(self, exc: BaseException, *, during: str, backoff: bool = True) -> None:
         """A command of this consumer failed. Redis unavailable (full, read-only, slow,
         away): logged once per episode; anything else once per 10 s. Either way the
         consumer waits a moment before it polls again (``backoff``)."""
@@ -498,7 +291,7 @@ class _ReliableChannel:
                 "consumer.redis_error", during=during, error=f"{type(exc).__name__}: {exc}"[:300]
             )
 
-    def _take_inflight(self) -> tuple[Any, str | None, bool]:
+    def take_inflight(self) -> tuple[Any, str | None, bool]:
         """(the raw item to clear from the in-flight list or None, that list, whether the
         fetch already recorded the message as unacked)."""
         raw, key = getattr(self, "_inflight_raw", None), getattr(self, "_inflight_list", None)
@@ -521,7 +314,7 @@ class _ReliableChannel:
                 # Refused before anything was sent (see _send): poll again later.
                 self._phase = None
                 vars(self).update(_in_poll=None)
-                self._redis_failed(exc, during="fetch")
+                self.redis_failed(exc, during="fetch")
                 return None
         if not queues or time.monotonic() < self._backoff_until:
             return None  # nothing sent: the poller waits its timeout, then asks again
@@ -532,7 +325,7 @@ class _ReliableChannel:
                 return None  # refused (logged): poll again after the back-off
         self._queue = queues[0]
         consumer = consumer_id()
-        self._inflight_list = inflight_key(self._registry_queue, consumer)
+        self._inflight_list = self._keys.inflight(consumer)
         # Each poll starts with the next dialer: none starves another.
         self._turn = (self._turn + 1) % len(self._lanes)
         order = self._lanes[self._turn :] + self._lanes[: self._turn]
@@ -542,7 +335,7 @@ class _ReliableChannel:
         if self._acks_sent:
             self.qos.return_acks(self._acks_sent)
         self._acks_sent = self.qos.take_acks()
-        args = self._fleet.fetch_args(
+        command = self._broker.fetch_command(
             consumer,
             ttl=self._ttl,
             queue=self._registry_queue,
@@ -551,12 +344,8 @@ class _ReliableChannel:
             acks=self._acks_sent,
             lanes=order,
             most=self._free_slots(),
+            load=self._use_eval,
         )
-        script = self._fleet._script
-        if self._use_eval:
-            command: tuple[Any, ...] = ("EVAL", script.script, 1, self._prefix, *args)
-        else:
-            command = ("EVALSHA", script.sha, 1, self._prefix, *args)
         self._phase = "fetch"
         # The attributes kombu's own _brpop_start sets (its poller and health checks).
         vars(self).update(_in_poll=self.client.connection, _brpop_sent_at=time.monotonic())
@@ -580,7 +369,7 @@ class _ReliableChannel:
             if not isinstance(exc, redis.ResponseError):
                 redis_availability().failed(exc, during="fetch")
                 raise
-            self._redis_failed(exc, during="fetch")
+            self.redis_failed(exc, during="fetch")
 
     def _free_slots(self) -> int:
         """How many messages this poll may take: the consumer's free prefetch slots (a
@@ -630,6 +419,8 @@ class _ReliableChannel:
             if phase == "fetch":
                 # The fetch script always writes (this consumer's heartbeat).
                 redis_availability().ok()
+                # It ran, so Redis holds it (an EVAL loads it): by its SHA from now on.
+                self._use_eval = False
             if phase != "fetch":
                 # Woken (or timed out): fetch at once.
                 self._poll_idle = reply is None
@@ -678,7 +469,7 @@ class _ReliableChannel:
             self._use_eval = True  # EVAL loads it (Redis restarted or flushed its scripts)
             return
         self._use_eval = False
-        self._redis_failed(exc, during="fetch")
+        self.redis_failed(exc, during="fetch")
 
     def _poison(self, item: Any) -> None:
         raw = item.decode("utf-8", "replace") if isinstance(item, bytes) else str(item)

@@ -52,8 +52,8 @@ from dispatcher.model.errors import (
 )
 from dispatcher.model.lead import Lead
 from dispatcher.store.execution import Fence
+from workers.classify import STATUS_RULES, classify_line
 from workers.http_deadline import deadline, deadline_pool
-from workers.outcomes import STATUS_RULES, classify_line
 
 __all__ = [
     "HTTPCORE_ERRORS",

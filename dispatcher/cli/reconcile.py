@@ -26,8 +26,8 @@ from dispatcher.model.errors import ConfigError, InvalidPayload, LookupFailed
 from dispatcher.model.jobs import Job, iso
 from dispatcher.ops.dlq import reconcile_letters
 from dispatcher.store.deadletter import DeadLetter, DeadLetterStore
+from dispatcher.vicidial.lookup import LookupCheck, check_lookups, preview
 from dispatcher.vicidial.nonagent import NonAgentClient
-from dispatcher.vicidial.reconcile import LookupCheck, check_lookups, preview
 
 __all__ = ["lookup_lines", "reconcile"]
 

@@ -17,9 +17,10 @@ recognise a stale redelivered copy; the DNC flags travel unchanged through
 retries and replays. ``non_latin`` records the lead rules the lead was validated
 with at enqueue (the dialer's ``use_non_latin``; absent in older messages: false).
 
-A job being reconciled (a call whose answer never came, see dispatcher/vicidial/reconcile.py)
-carries ``"reconcile": {"step": "lookup" | "recall" | "verify", "since": epoch,
-"error": "...", "http_status": 504 | null, "tries": 0, "absent": 0, "lead_id": "..."}``:
+A job being reconciled (a call whose answer never came, see
+dispatcher/vicidial/findings.py) carries ``"reconcile": {"step": "lookup" | "recall" |
+"verify", "since": epoch, "error": "...", "http_status": 504 | null, "tries": 0,
+"absent": 0, "lead_id": "..."}``:
 the next delivery looks the lead up in VICIdial (lookup), calls again after a look-up
 found nothing (recall), or checks an added job for a late copy (verify). Every other
 message has no such key.

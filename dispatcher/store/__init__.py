@@ -2,8 +2,9 @@
 
 :mod:`keys` names every key (each script lists the keys it touches at its top, in
 the same notation); :mod:`execution` (with ``execution.lua``) is the job's state
-machine, every transition one command, and :mod:`direct` its per-thread connections;
-:mod:`fleet` (``fleet.lua``) is liveness and the broker's reliable pop;
+machine, every transition one command, :mod:`replies` what the scripts answer, typed,
+and :mod:`direct` the per-thread connections of its commands; :mod:`fleet`
+(``fleet.lua``) is liveness; :mod:`broker` (``broker.lua``) the workers' reliable pop;
 :mod:`deadletter` the dead-letter store (``deadletter_page.lua`` reads a page);
 :mod:`phone_index` the phone index that erasure uses; :mod:`users` the console's
 users; :mod:`activity` (``activity.lua``) the console's per-minute chart and

@@ -3,7 +3,8 @@
 Producers, the dead-letter store, the CLI and the workers all reach Redis
 through a :class:`Backend`, so a key name or a script exists in one place:
 :attr:`Backend.execution` (every transition of a job, ``execution.lua``),
-:attr:`Backend.fleet` (liveness of workers and consumers, ``fleet.lua``) and
+:attr:`Backend.fleet` (liveness of workers and consumers, ``fleet.lua``),
+:attr:`Backend.broker` (the workers' reliable pop, ``broker.lua``) and
 :attr:`Backend.outbox` (outcome notifications waiting to be sent, ``outbox.lua``).
 """
 
@@ -15,6 +16,7 @@ from dataclasses import dataclass, field
 import redis
 
 from dispatcher.config.settings import Settings, get_settings
+from dispatcher.store.broker import Broker
 from dispatcher.store.connection import redis_client
 from dispatcher.store.execution import Execution
 from dispatcher.store.fleet import Fleet
@@ -31,6 +33,7 @@ class Backend:
     keys: Keys = field(init=False)
     execution: Execution = field(init=False)
     fleet: Fleet = field(init=False)
+    broker: Broker = field(init=False)
     outbox: Outbox = field(init=False)
 
     def __post_init__(self) -> None:
@@ -38,6 +41,7 @@ class Backend:
         self.keys = Keys.of(self.settings)
         self.execution = Execution(self.redis, prefix=self.keys.prefix, queue=self.keys.queue)
         self.fleet = Fleet(self.redis, prefix=self.keys.prefix)
+        self.broker = Broker(self.redis, prefix=self.keys.prefix)
         self.outbox = Outbox(self.redis, keys=self.keys)
 
 

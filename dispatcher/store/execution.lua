@@ -59,7 +59,7 @@
 --                                 TTL: LOOKUP_TTL_S, or its hold + a day if longer, set by
 --                                 each command that writes it (never shortened)
 --   P:lookups             set     the servers that have a lookup hash (TTL as theirs)
---   _dispatcher.inflight.Q.{id}   list   a consumer's in-flight list (fleet.lua), named by
+--   _dispatcher.inflight.Q.{id}   list   a consumer's in-flight list (broker.lua), named by
 --                                 the caller of `poison`: the raw item leaves it together
 --                                 with its letter's write
 --   P:notify:event:{eid}  hash    one outcome notification (the outbox; dispatcher/store/
@@ -853,7 +853,7 @@ elseif cmd == 'pauses' then
   end
   return out
 
--- Reconciliation (dispatcher/vicidial/reconcile.py, workers/reconciler.py) -----------------------
+-- Reconciliation (dispatcher/vicidial/findings.py, workers/reconciler.py) ------------------------
 
 elseif cmd == 'await_lookup' then
   -- ARGV: job_id, token, seq, envelope (seq + 1, a look-up), delay_s, ttl, attempts,

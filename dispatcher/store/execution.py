@@ -2,9 +2,10 @@
 
 The state machine, the Redis key layout and each command are documented at the
 top of ``execution.lua`` (beside this file), the one place that changes those
-keys. :class:`Execution` gives each command a typed Python method; producers, the
-dead-letter store, the CLI and the workers all go through it, so a late or
-repeated writer can never undo ``done``.
+keys. :class:`Execution` gives each command a typed Python method (what the commands
+answer, typed: :mod:`dispatcher.store.replies`); producers, the dead-letter store, the
+CLI and the workers all go through it, so a late or repeated writer can never undo
+``done``.
 
 Tokens: a worker names each delivery of a message with a fresh random token and
 claims the job with it. Outcomes are compare-and-set on that token, so a copy
@@ -36,15 +37,14 @@ import redis
 from dispatcher.model.errors import ClaimLapsed
 from dispatcher.store.direct import ThreadConnections
 from dispatcher.store.outbox import Notify
+from dispatcher.store.replies import Claim, LookupGate, text
 
 __all__ = [
     "FENCE_MARGIN_S",
-    "Claim",
     "EnqueueItem",
     "Execution",
     "Fence",
     "IndexKeyChanged",
-    "LookupGate",
     "claim_clock",
     "new_token",
 ]
@@ -82,33 +82,6 @@ def new_token() -> str:
     from the OS and seeds again in a forked child (uuid4 asks the OS every time).
     """
     return f"{random.getrandbits(128):032x}"
-
-
-def _text(value: Any) -> str:
-    if isinstance(value, bytes):
-        return value.decode()
-    return "" if value is None else str(value)
-
-
-@dataclass(frozen=True)
-class Claim:
-    """The ``claim`` command's answer (see execution.lua for each verdict)."""
-
-    verdict: str
-    #: seconds (busy, paused, throttled, orphaned, ok: rate-limit delay), a lead id
-    #: (done) or a seq (stale)
-    detail: str
-    #: the pause's reason (paused), or "own" for a claim we already held
-    extra: str = ""
-
-    @property
-    def seconds(self) -> float:
-        return float(self.detail or 0)
-
-    @classmethod
-    def from_reply(cls, reply: Any) -> Claim:
-        parts = [_text(x) for x in reply]
-        return cls(parts[0], parts[1] if len(parts) > 1 else "", *parts[2:3])
 
 
 def _boottime() -> int | None:
@@ -172,17 +145,6 @@ class Fence:
         if age + self.call_s > self.lease_s:
             self.lapsed = True
             raise ClaimLapsed(age_s=age, lease_s=self.lease_s, call_s=self.call_s)
-
-
-@dataclass(frozen=True)
-class LookupGate:
-    """The ``lookup_gate`` command's answer: go ahead, or held (and why)."""
-
-    verdict: str  # go | held | fresh
-    state: str = ""
-    error: str = ""
-    missing: str = ""
-    fix: str = ""
 
 
 class Execution:
@@ -290,11 +252,11 @@ class Execution:
         kinds = {"n": "new", "e": "existing", "c": "conflict"}
         out = []
         reply = self.call("enqueue", *args)
-        if len(reply) == 1 and _text(reply[0]) == "rekey":
+        if len(reply) == 1 and text(reply[0]) == "rekey":
             raise IndexKeyChanged
         for raw in reply:
-            text = _text(raw)
-            out.append((kinds[text[0]], text[2:]) if text else ("", ""))
+            answer = text(raw)
+            out.append((kinds[answer[0]], answer[2:]) if answer else ("", ""))
         return out
 
     # -- workers --------------------------------------------------------------------------
@@ -397,13 +359,13 @@ class Execution:
             "" if http_status is None else http_status,
             server,
         )
-        return [_text(x) for x in reply]
+        return [text(x) for x in reply]
 
     def defer(
         self, job_id: str, *, token: str, seq: int, envelope: str, delay_s: float, ttl: int
     ) -> list[str]:
         reply = self.call("defer", job_id, token, seq, envelope, f"{delay_s:.6f}", ttl)
-        return [_text(x) for x in reply]
+        return [text(x) for x in reply]
 
     def await_dialer(
         self,
@@ -430,7 +392,7 @@ class Execution:
             error,
             ttl,
         )
-        return [_text(x) for x in reply]
+        return [text(x) for x in reply]
 
     def dead(
         self,
@@ -463,7 +425,7 @@ class Execution:
             server,
             *Notify.tail(notify),
         )
-        return [_text(x) for x in reply]
+        return [text(x) for x in reply]
 
     def poison(
         self,
@@ -477,7 +439,7 @@ class Execution:
     ) -> bool:
         """Write an invalid_payload letter; False if ``dl_id`` belongs to a job already."""
         reply = self.call("poison", dl_id, record, f"{score:.6f}", ttl, inflight, raw)
-        return _text(reply[0]) == "ok"
+        return text(reply[0]) == "ok"
 
     # -- operators ------------------------------------------------------------------------
 
@@ -489,7 +451,7 @@ class Execution:
     @staticmethod
     def replay_answer(reply: Any) -> str:
         """The first word of a ``replay`` reply (replayed, done, missing, busy, conflict)."""
-        return _text(reply[0])
+        return text(reply[0])
 
     def purge(self, dl_id: str) -> bool:
         return bool(int(self.call("purge", dl_id)))
@@ -497,7 +459,7 @@ class Execution:
     def expire_letters(self, *, before: float, limit: int) -> list[tuple[str, str]]:
         """Remove dead letters whose last failure is before ``before`` (epoch), at most
         ``limit``, oldest first: (id, reason) of each removed."""
-        items = [_text(x) for x in self.call("expire_letters", f"{before:.6f}", limit)]
+        items = [text(x) for x in self.call("expire_letters", f"{before:.6f}", limit)]
         return list(zip(items[0::2], items[1::2], strict=True))
 
     def forget(
@@ -514,7 +476,7 @@ class Execution:
         ``dry_run`` counts without changing anything."""
         pairs = [x for pair in extra or [] for x in pair]
         reply = self.call("forget", phone_key, "1" if dry_run else "0", ttl, *pairs)
-        items = [_text(x) for x in reply]
+        items = [text(x) for x in reply]
         return {kind: int(n) for kind, n in zip(items[0::2], items[1::2], strict=True)}
 
     # -- the fleet ------------------------------------------------------------------------
@@ -527,8 +489,8 @@ class Execution:
     ) -> tuple[int, float | None, bool]:
         """(consecutive failures, seconds the server stays paused or None, newly tripped)."""
         n, seconds, tripped = self.call("network_failure", server, threshold, base_s, max_s)
-        text = _text(seconds)
-        return int(n), (float(text) if text else None), bool(int(tripped))
+        left = text(seconds)
+        return int(n), (float(left) if left else None), bool(int(tripped))
 
     def pause(self, server: str, *, seconds: float, reason: str, error: str) -> None:
         self.call("pause", server, seconds, reason, error)
@@ -572,7 +534,7 @@ class Execution:
             "" if http_status is None else http_status,
             server,
         )
-        return [_text(x) for x in reply]
+        return [text(x) for x in reply]
 
     def reconciled(
         self,
@@ -601,7 +563,7 @@ class Execution:
             server,
             *Notify.tail(notify),
         )
-        return [_text(x) for x in reply]
+        return [text(x) for x in reply]
 
     def duplicates(
         self,
@@ -627,30 +589,27 @@ class Execution:
         self, job_id: str, *, lead_id: str, envelope: str, delay_s: float, ttl: int
     ) -> list[str]:
         reply = self.call("verify_later", job_id, lead_id, envelope, f"{delay_s:.6f}", ttl)
-        return [_text(x) for x in reply]
+        return [text(x) for x in reply]
 
     def reconcile(
         self, dl_id: str, *, envelope: str, seq: int, ttl: int, delay_s: float
     ) -> list[str]:
         reply = self.call("reconcile", dl_id, envelope, seq, ttl, f"{delay_s:.6f}")
-        return [_text(x) for x in reply]
+        return [text(x) for x in reply]
 
     def gate(self, server: str, *, rate_interval_s: float, max_rate_wait_s: float) -> Claim:
         """Pause and rate limit for a request that is not a job's call (verdict paused,
         throttled or ok, as a claim's)."""
-        reply = self.call("gate", server, rate_interval_s, max_rate_wait_s)
-        parts = [_text(x) for x in reply]
-        return Claim(parts[0], parts[1] if len(parts) > 1 else "", *parts[2:3])
+        return Claim.from_reply(self.call("gate", server, rate_interval_s, max_rate_wait_s))
 
     def lookup_gate(self, server: str, *, mode: str, lease_s: float, fresh_s: float) -> LookupGate:
-        parts = [_text(x) for x in self.call("lookup_gate", server, mode, lease_s, fresh_s)]
-        return LookupGate(*parts)
+        return LookupGate.from_reply(self.call("lookup_gate", server, mode, lease_s, fresh_s))
 
     def lookup_record(
         self, server: str, *, state: str, error: str, missing: str, fix: str, hold_s: float
     ) -> str:
         """Store what a look-up or check found; the state recorded before."""
-        return _text(self.call("lookup_record", server, state, error, missing, fix, hold_s))
+        return text(self.call("lookup_record", server, state, error, missing, fix, hold_s))
 
     def lookup_release(self, server: str) -> bool:
         return bool(int(self.call("lookup_release", server)))
@@ -658,7 +617,7 @@ class Execution:
     @staticmethod
     def parse_lookups(reply: Any) -> tuple[float, dict[str, dict[str, str]]]:
         """(Redis time, server -> {state, checked_at, error, missing, fix}) from ``lookups``."""
-        items = [_text(x) for x in reply]
+        items = [text(x) for x in reply]
         now = float(items[0])
         out: dict[str, dict[str, str]] = {}
         for i in range(1, len(items), 6):
@@ -675,7 +634,7 @@ class Execution:
     @staticmethod
     def parse_pauses(reply: Any) -> tuple[float, dict[str, dict[str, str]]]:
         """(Redis time, server -> {until, reason, kind, since}) from a ``pauses`` reply."""
-        items = [_text(x) for x in reply]
+        items = [text(x) for x in reply]
         now = float(items[0])
         out: dict[str, dict[str, str]] = {}
         for i in range(1, len(items), 5):

@@ -14,8 +14,10 @@ script builds against its list. Which script changes what:
   ``P:dlq``, ``P:dlq:reason``, the phone index (``P:phone``, ``P:dlq:phone_keys``,
   ``P:index_key``), ``P:scheduled``, pauses, breakers, rate limits, ``P:stats``,
   look-up records (``P:lookup``, ``P:lookups``), the lanes and ``Q.wake``;
-* ``fleet.lua``: heartbeats (``P:workers``, ``P:worker``, ``P:consumer``), in-flight
-  lists, and kombu's unacked record on the broker's pop;
+* ``fleet.lua``: heartbeats (``P:workers``, ``P:worker``, ``P:consumer``), and the
+  in-flight lists of consumers gone back to the queue;
+* ``broker.lua``: the broker's pop: in-flight lists, consumer heartbeats, and kombu's
+  unacked record;
 * ``outbox.lua``: the outbox of outcome notifications (``P:notify:*``), which
   ``execution.lua`` writes into with each outcome, and ``P:stats``' notify counters;
 * ``layout.lua``: ``P:layout``, ``P:layout:lock``;
@@ -36,7 +38,7 @@ __all__ = ["KOMBU_KEYS", "Keys"]
 
 #: Keys kombu's Redis transport keeps itself, beside the queue's lists, under the names
 #: it gives them by default (the worker never configures others): the hash and sorted
-#: set of delivered messages not yet acknowledged (``fleet.lua`` writes both on the
+#: set of delivered messages not yet acknowledged (``broker.lua`` writes both on the
 #: broker's pop, as kombu's ``QoS.append`` would), the lock of its visibility sweep,
 #: and its exchange bindings.
 KOMBU_KEYS = ("unacked", "unacked_index", "unacked_mutex", "_kombu.binding.*")
@@ -79,7 +81,7 @@ class Keys:
 
     def inflight(self, consumer: str) -> str:
         """List: what one consumer popped that is not a kombu message, until its dead
-        letter is written (``fleet.lua``)."""
+        letter is written (``broker.lua``)."""
         return f"_dispatcher.inflight.{self.queue}.{consumer}"
 
     # -- a job: its state, its execution record, its idempotency key -------------------

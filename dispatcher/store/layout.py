@@ -59,6 +59,7 @@ from dispatcher.config.settings import redact_url
 from dispatcher.model.errors import LayoutMismatch, LayoutNotMigrated, LayoutTooNew
 from dispatcher.store.backend import Backend
 from dispatcher.store.connection import broker_errors
+from dispatcher.store.replies import text
 
 __all__ = [
     "LAYOUT_VERSION",
@@ -124,20 +125,16 @@ class _Script:
             return self._script(keys=self._keys, args=[command, *args])
 
 
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
 def _version(raw: Any, key: str) -> int:
-    text = _text(raw)
-    if not text.isdigit() or int(text) < 1:
+    value = text(raw)
+    if not value.isdigit() or int(value) < 1:
         raise LayoutMismatch(
-            f"{key} holds {text!r}, not a layout version (a whole number from 1): "
+            f"{key} holds {value!r}, not a layout version (a whole number from 1): "
             "something else wrote it; check what shares this Redis and prefix",
             found=0,
             supported=LAYOUT_VERSION,
         )
-    return int(text)
+    return int(value)
 
 
 def stored_version(backend: Backend) -> int | None:
@@ -222,10 +219,10 @@ def _check(
     with broker_errors(backend.settings):
         stored = backend.redis.get(backend.keys.layout)
     if stored is not None:
-        reply = ["set", _text(stored)]
+        reply = ["set", text(stored)]
     else:
         dialers = backend.settings.dialers.names
-        reply = [_text(x) for x in script.call("check", current, int(write), *dialers)]
+        reply = [text(x) for x in script.call("check", current, int(write), *dialers)]
     if reply[0] == "empty":
         return LayoutState(version=current, found=None)
     if reply[0] == "fresh":
@@ -294,7 +291,7 @@ def _migrate(
             step = migrations[version]
             started = time.monotonic()
             step.run(backend)
-            answer = [_text(x) for x in script.call("advance", token, version, version + 1)]
+            answer = [text(x) for x in script.call("advance", token, version, version + 1)]
             if answer[0] == "fenced":
                 raise LayoutMismatch(
                     f"the layout migration from version {version} took longer than its lock "

@@ -418,6 +418,7 @@ class NonAgentClient:
     ``http``: the httpx client to use (a worker passes its deadline-bounded one);
     ``bound``: a context manager factory wrapped around each request (the worker's
     overall deadline). Both default to a plain client with the settings' timeout.
+    ``owns_http``: :meth:`close` closes ``http`` too (default: only a client made here).
     """
 
     def __init__(
@@ -427,6 +428,7 @@ class NonAgentClient:
         dialer: Dialer | None = None,
         http: httpx.Client | None = None,
         bound: Callable[[], AbstractContextManager[object]] | None = None,
+        owns_http: bool | None = None,
     ) -> None:
         dialer = dialer or settings.dialers.resolve(None)
         url = dialer.lookup_url if dialer is not None else None
@@ -448,7 +450,7 @@ class NonAgentClient:
         self.user = str(dialer.user or "")
         self._secrets = settings.secrets
         timeout = settings.http_timeout_s
-        self._own = http is None
+        self._own = http is None if owns_http is None else owns_http
         self._http = http or httpx.Client(
             timeout=httpx.Timeout(timeout, connect=min(timeout, 5.0)),
             headers={"User-Agent": "vicidial-lead-dispatcher/0.1"},
