@@ -39,6 +39,7 @@ from bench import (
     faults,
     latency,
     login_flood,
+    notify,
     reconcile,
     replay,
     throughput,
@@ -59,6 +60,7 @@ BENCHMARKS: dict[str, ModuleType] = {
         login_flood,
         clients,
         faults,
+        notify,
     )
 }
 RESULTS = ROOT / "bench" / "results"

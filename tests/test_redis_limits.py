@@ -73,7 +73,10 @@ def test_status_and_metrics_cost_a_fixed_number_of_commands_at_a_million_keys(
     metrics_calls = _commandstats(client)
     for calls in (status_calls, metrics_calls):
         assert "scan" not in calls and "keys" not in calls, calls
-        assert sum(calls.values()) <= 40, calls
+        # A fixed number whatever the keyspace holds: 41 (and the CONFIG RESETSTAT) in
+        # this release: lanes, retries, stats, one ZCARD per dead-letter reason (23),
+        # workers, pauses, look-ups, the notifications' backlog (3), INFO memory.
+        assert sum(calls.values()) <= 45, calls
     print(f"commands per status call at 1M keys: {sum(status_calls.values())} {status_calls}")
     print(f"commands per /metrics scrape at 1M keys: {sum(metrics_calls.values())}")
 

@@ -46,6 +46,7 @@ from dispatcher.store.backend import Backend
 from dispatcher.store.connection import broker_errors
 from dispatcher.store.deadletter import DeadLetterStore
 from dispatcher.store.execution import FENCE_MARGIN_S, Fence, claim_clock, new_token
+from dispatcher.store.outbox import notify_for
 from dispatcher.store.redis_health import redis_availability
 from dispatcher.store.replies import Claim, DialerWait, Stored, Written
 from dispatcher.store.stats import latency_bucket_field
@@ -275,6 +276,7 @@ class Writes:
             latency_field=latency_bucket_field(latency_ms / 1000),
             latency_ms=latency_ms,
             server=d.dialer.name,
+            notify=notify_for(d.job, self.settings, dialer=d.dialer.name),
         )
 
     def store_added(self, d: Delivery, result: AddLeadResult, latency_ms: float) -> Stored:

@@ -12,9 +12,10 @@ finds what the dispatcher holds about it through the phone index
 
 Each store is one function in :data:`ERASERS`, called with the :class:`Target`
 (the normalised phone, its index key, the job ids found) and ``dry_run``, returning
-counts by kind. A store added later that holds phone numbers or job ids (the
-notification backlog of the outcome webhooks) plugs in with :func:`register_eraser`
-and is erased, counted and logged with the others. The jobs' own eraser runs last (it
+counts by kind. A store that holds phone numbers or job ids plugs in with
+:func:`register_eraser` and is erased, counted and logged with the others: the
+notification backlog of the outcome webhooks (:mod:`dispatcher.ops.notifications`: the
+undelivered events of the jobs found) is one. The jobs' own eraser runs last (it
 removes the index the others may read).
 
 What is not ours to erase: VICIdial's copy of the lead (its Non-Agent API
@@ -38,6 +39,7 @@ from typing import Any
 
 from dispatcher.config import logs
 from dispatcher.model.lead import make_lead
+from dispatcher.ops.notifications import erase_notifications
 from dispatcher.store.backend import Backend
 from dispatcher.store.connection import broker_errors
 from dispatcher.store.phone_index import index_key, phone_key
@@ -68,6 +70,7 @@ KINDS = {
     "idempotency_records": "idempotency records",
     "stopped": "jobs not yet final, stopped (their queued copies are dropped unread)",
     "in_flight": "of them calling VICIdial right now (the lead may still be added)",
+    "notifications": "outcome notifications of its jobs not yet delivered (or failed)",
 }
 _SCAN_PAGE = 500
 _log = logs.get_logger("dispatcher.ops.erasure")
@@ -116,6 +119,10 @@ ERASERS: dict[str, Eraser] = {"fleet_messages": _erase_fleet_messages}
 def register_eraser(name: str, eraser: Eraser) -> None:
     """Add a store to what :func:`forget_phone` erases (before the jobs' own eraser)."""
     ERASERS[name] = eraser
+
+
+# The outcome notifications' backlog (the outbox): events of the jobs being forgotten.
+register_eraser("notifications", erase_notifications)
 
 
 def _erase_jobs(backend: Backend, target: Target, dry_run: bool) -> dict[str, int]:

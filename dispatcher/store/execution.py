@@ -36,6 +36,7 @@ import redis
 
 from dispatcher.model.errors import ClaimLapsed
 from dispatcher.store.direct import ThreadConnections
+from dispatcher.store.outbox import Notify
 from dispatcher.store.replies import Claim, LookupGate, text
 
 __all__ = [
@@ -309,8 +310,10 @@ class Execution:
         latency_field: str,
         latency_ms: float,
         server: str,
+        notify: Notify | None = None,
     ) -> tuple[Any, ...]:
-        """The ``succeed`` command, for :meth:`call` or :meth:`call_many`."""
+        """The ``succeed`` command, for :meth:`call` or :meth:`call_many`; ``notify``: the
+        outcome notification to write with it (:func:`dispatcher.store.outbox.notify_for`)."""
         return (
             "succeed",
             job_id,
@@ -324,6 +327,7 @@ class Execution:
             latency_field,
             f"{latency_ms:.3f}",
             server,
+            *Notify.tail(notify),
         )
 
     def retry(
@@ -404,6 +408,7 @@ class Execution:
         http_status: int | None,
         ttl: int,
         server: str = "",
+        notify: Notify | None = None,
     ) -> list[str]:
         reply = self.call(
             "dead",
@@ -418,6 +423,7 @@ class Execution:
             "" if http_status is None else http_status,
             ttl,
             server,
+            *Notify.tail(notify),
         )
         return [text(x) for x in reply]
 
@@ -542,6 +548,7 @@ class Execution:
         ttl: int,
         attempts: int,
         server: str,
+        notify: Notify | None = None,
     ) -> list[str]:
         reply = self.call(
             "reconciled",
@@ -554,6 +561,7 @@ class Execution:
             ttl,
             attempts,
             server,
+            *Notify.tail(notify),
         )
         return [text(x) for x in reply]
 
