@@ -39,6 +39,7 @@ from bench import (
     faults,
     latency,
     login_flood,
+    notify,
     reconcile,
     replay,
     targets,
@@ -61,6 +62,7 @@ BENCHMARKS: dict[str, ModuleType] = {
         clients,
         targets,
         faults,
+        notify,
     )
 }
 RESULTS = ROOT / "bench" / "results"

@@ -258,8 +258,12 @@ def _no_settings(self: CliContext) -> Any:
 
 SUBCOMMANDS = [
     [],
-    *([name] for name in ("enqueue", "job", "status", "health", "dlq", "demo", "simulate")),
+    *(
+        [name]
+        for name in ("enqueue", "job", "status", "health", "dlq", "notify", "demo", "simulate")
+    ),
     *(["dlq", name] for name in ("list", "show", "replay", "purge", "export")),
+    *(["notify", name] for name in ("list", "retry", "purge")),
 ]
 
 

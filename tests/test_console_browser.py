@@ -8,7 +8,8 @@ letters (reason, dialer, phone), open one, replay it, and watch the job become
 ``added``; then fix the permission, reconcile the ambiguous letter and watch its
 job become ``added`` with the lead VICIdial already had. A viewer sees no action
 and a POST from their browser is refused; logging out ends the session.
-The test also takes the screenshots in docs/.
+The test also takes the screenshots of docs/ (written there only with
+``UPDATE_CONSOLE_SCREENSHOTS=1``, so that a test run leaves the checkout as it was).
 
 Chromium cannot be downloaded by a Python package here: the test uses
 ``/usr/bin/chromium`` and ``/usr/bin/chromedriver`` (``apt-get install chromium
@@ -48,6 +49,8 @@ CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
 OPERATOR = ("olivia", "olivia-password-1")
 VIEWER = ("victor", "victor-password-1")
 DOCS = ROOT / "docs"
+#: Where the screenshots go: docs/ when asked to update them, else the test's own folder.
+UPDATE_SCREENSHOTS = os.environ.get("UPDATE_CONSOLE_SCREENSHOTS") == "1"
 
 
 def _browser_missing() -> str | None:
@@ -180,6 +183,7 @@ def test_operator_replays_a_dead_letter_in_the_browser_and_a_viewer_cannot(
     simulator: Simulator,
     start_worker: Callable[..., WorkerProcess],
     browser_factory: Callable[[], Any],
+    tmp_path: Path,
 ) -> None:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import Select
@@ -216,8 +220,8 @@ def test_operator_replays_a_dead_letter_in_the_browser_and_a_viewer_cannot(
     assert "NOT permitted" in lookups and "View Reports" in lookups, lookups
     [dialer] = driver.find_elements(By.CSS_SELECTOR, "#dialers tbody tr")
     assert dialer.text.startswith("default 0 0") and "running" in dialer.text, dialer.text
-    DOCS.mkdir(exist_ok=True)
-    driver.save_screenshot(str(DOCS / "console-overview.png"))
+    shots = DOCS if UPDATE_SCREENSHOTS else tmp_path
+    driver.save_screenshot(str(shots / "console-overview.png"))
 
     # The dead-letter list: every letter, phones masked.
     _navigate(driver, driver.find_element(By.LINK_TEXT, "Dead letters"))
@@ -225,7 +229,7 @@ def test_operator_replays_a_dead_letter_in_the_browser_and_a_viewer_cannot(
     assert len(rows) == 5
     text = driver.find_element(By.ID, "letters").text
     assert "******2222" in text and "7275552222" not in text
-    driver.save_screenshot(str(DOCS / "console-dead-letters.png"))
+    driver.save_screenshot(str(shots / "console-dead-letters.png"))
     # The one script (select all on the page) runs under the page's CSP nonce.
     driver.find_element(By.ID, "select-all").click()
     assert all(b.is_selected() for b in driver.find_elements(By.CSS_SELECTOR, "input[name=id]"))
@@ -332,7 +336,8 @@ def test_operator_replays_a_dead_letter_in_the_browser_and_a_viewer_cannot(
 
 
 def test_screenshots_are_in_docs() -> None:
-    """The browser test above writes them; they are committed for the README."""
+    """The browser test above takes them (UPDATE_CONSOLE_SCREENSHOTS=1 writes them
+    here); they are committed for the README."""
     for name in ("console-overview.png", "console-dead-letters.png"):
         data = (DOCS / name).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000, name

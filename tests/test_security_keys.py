@@ -109,6 +109,9 @@ PERSISTENT = (
     "{p}:phone:*",
     "{p}:index_key",
     "{p}:layout",
+    # The outbox of outcome notifications: pending events must not vanish; failed ones
+    # go by the senders' retention (DISPATCHER_NOTIFY_FAILED_RETENTION_DAYS).
+    "{p}:notify:*",
 )
 #: What the walk must have seen, with a TTL (else it proves nothing).
 TRANSIENT = (

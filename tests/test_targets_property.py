@@ -69,7 +69,9 @@ def test_property_both_targets_are_stored_exactly_through_real_workers(
     numbers = itertools.count()
     seen = {"agent": 0, "list": 0, "refused": 0}
 
-    @settings(max_examples=10, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+    @settings(
+        max_examples=10, deadline=None, database=None, suppress_health_check=list(HealthCheck)
+    )
     @given(
         batch=st.lists(
             st.tuples(

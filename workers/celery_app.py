@@ -38,6 +38,9 @@ Why each setting (see README "Guarantees"):
   (retrying the write until Redis is back); when the message is redelivered the
   execution record says ``done`` and nothing is called twice. Cancelling it
   instead would turn a finished call into an ambiguous one.
+* Outcome notifications (webhooks): :class:`NotifierStep` runs the sender
+  (:mod:`workers.notifier`) on threads of its own in each worker process; a worker
+  configured to notify without ``DISPATCHER_NOTIFY_SECRET`` refuses to start (exit 2).
 * ``worker_pool = "threads"`` and ``worker_concurrency`` (``DISPATCHER_WORKER_CONCURRENCY``,
   64): the plain ``celery -A workers worker`` runs the lead engine with 64 calls in
   flight, as the README's command does (Celery's own default is prefork with one
@@ -177,6 +180,7 @@ def make_app(settings: Settings, *, argv: list[str] | None = None) -> Celery:
         **worker_defaults(settings, sys.argv if argv is None else argv),
     )
     celery.steps["worker"].add(SchedulerStep)
+    celery.steps["worker"].add(NotifierStep)
     celery.steps["worker"].add(EngineStep)
     celery.steps["consumer"].add(EnginePrefetch)
     return celery
@@ -255,6 +259,29 @@ class SchedulerStep(bootsteps.StartStopStep):
     shutdown = stop
 
 
+class NotifierStep(bootsteps.StartStopStep):
+    """Runs the sender of outcome notifications (workers/notifier.py) on threads of its
+    own in each worker process: never on the lead engine's loop or in a lead's slot."""
+
+    requires = {"celery.worker.components:Pool"}
+
+    def __init__(self, worker: Any, **kwargs: Any) -> None:
+        super().__init__(worker, **kwargs)
+        self.notifier: Any = None
+
+    def start(self, worker: Any) -> None:
+        from workers.notifier import Notifier
+
+        self.notifier = Notifier(get_settings(), name=str(worker.hostname)).start()
+
+    def stop(self, worker: Any) -> None:
+        if self.notifier is not None:
+            self.notifier.stop()
+            self.notifier = None
+
+    shutdown = stop
+
+
 @signals.setup_logging.connect
 def _setup_logging(**_: Any) -> None:
     # Connecting to this signal stops Celery from installing its own handlers:
@@ -285,6 +312,7 @@ def check_worker_settings(sender: Any = None, **_: Any) -> None:
     settings = _settings_or_exit()
     try:
         settings.require_vicidial()
+        settings.require_notify()
     except ConfigError as exc:
         print(f"dispatcher worker: {exc}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -51,6 +51,7 @@ from dispatcher.store.backend import Backend
 from dispatcher.store.connection import broker_errors
 from dispatcher.store.deadletter import DeadLetterStore
 from dispatcher.store.execution import FENCE_MARGIN_S, Fence, claim_clock, new_token
+from dispatcher.store.outbox import notify_for
 from dispatcher.store.phone_index import cached_index_key, index_key, phone_key
 from dispatcher.store.redis_health import redis_availability
 from dispatcher.store.replies import Claim, DialerWait, Stored, Written
@@ -314,6 +315,7 @@ class Writes:
             latency_ms=latency_ms,
             server=d.dialer.name,
             state_fields=facts,
+            notify=notify_for(d.job, self.settings, dialer=d.dialer.name),
         )
 
     def store_added(self, d: Delivery, result: Added, latency_ms: float) -> Stored:
@@ -370,24 +372,20 @@ class Writes:
         ends in the final state ``duplicate`` naming it (no dead letter, nothing to
         replay; ``lead.duplicate``)."""
         job = d.job
-        stored = Stored.from_reply(
-            self.persist(
-                d.started,
-                lambda: self.execution.call(
-                    *self.execution.duplicate_args(
-                        job.job_id,
-                        token=d.token,
-                        existing_lead_id=found.existing_lead_id,
-                        list_id=found.existing_list_id,
-                        check=found.check,
-                        done_ttl=int(self.settings.done_ttl_s),
-                        ttl=self.ttl,
-                        attempts=job.attempts + 1,
-                        server=d.dialer.name,
-                    )
-                ),
-            )
+        # Built once: a write resent after a lost reply carries the same event id.
+        args = self.execution.duplicate_args(
+            job.job_id,
+            token=d.token,
+            existing_lead_id=found.existing_lead_id,
+            list_id=found.existing_list_id,
+            check=found.check,
+            done_ttl=int(self.settings.done_ttl_s),
+            ttl=self.ttl,
+            attempts=job.attempts + 1,
+            server=d.dialer.name,
+            notify=notify_for(job, self.settings, dialer=d.dialer.name),
         )
+        stored = Stored.from_reply(self.persist(d.started, lambda: self.execution.call(*args)))
         if stored.verdict == "done":
             _log.info("lead.duplicate_suppressed", lead_id=stored.lead_id or None, seq=job.seq)
             return "duplicate_suppressed"

@@ -59,6 +59,7 @@ from dispatcher.model.errors import (
     LookupRefused,
 )
 from dispatcher.model.jobs import Job, Reconcile, broker_envelope
+from dispatcher.store.outbox import notify_for
 from dispatcher.store.replies import Claim, LookupGate, Stored
 from dispatcher.vicidial.findings import Finding, Match, deletable
 from dispatcher.vicidial.lookup import CHECK_EVERY_S, look_up, record_lookup, why_not
@@ -342,6 +343,7 @@ class Reconciler:
                     ttl=w.ttl,
                     attempts=job.attempts,
                     server=d.dialer.name,
+                    notify=notify_for(job, self.settings, dialer=d.dialer.name),
                 ),
             )
         )

@@ -17,6 +17,7 @@ from dispatcher.cli.demo import demo
 from dispatcher.cli.dlq import dlq
 from dispatcher.cli.enqueue import enqueue
 from dispatcher.cli.forget import forget
+from dispatcher.cli.notify import notify
 from dispatcher.cli.reconcile import reconcile
 from dispatcher.cli.serve import serve_command
 from dispatcher.cli.status import health, job, status
@@ -62,6 +63,7 @@ dlq.add_command(reconcile)
 cli.add_command(dlq)
 cli.add_command(users)
 cli.add_command(forget)
+cli.add_command(notify)
 cli.add_command(demo)
 cli.add_command(simulate_command, name="simulate")
 cli.add_command(serve_command, name="serve")

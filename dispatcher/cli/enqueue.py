@@ -53,9 +53,9 @@ are read as JSON lines):
 Every row is checked first. If any row is bad, all bad rows are listed (line,
 field, why) and nothing is enqueued (exit 2), unless --skip-invalid is given
 (good rows enqueued, bad ones listed, exit 0). Columns dnc_check,
-campaign_dnc_check, idempotency_key, dialer and priority are understood per
-row (a file's leads are bulk unless a priority column or --priority says
-otherwise), and so are a list's: list_id, campaign_id, duplicate_check,
+campaign_dnc_check, idempotency_key, dialer, priority and notify_url are
+understood per row (a file's leads are bulk unless a priority column or
+--priority says otherwise), and so are a list's: list_id, campaign_id, duplicate_check,
 add_to_hopper, hopper_priority, lookup_state, tz_method, usacan_prefix_check,
 usacan_areacode_check, list_exists_check, callback_datetime, callback_type,
 callback_user, callback_status, callback_comments, and a custom field per
@@ -233,6 +233,13 @@ def _list_flags(func: Any) -> Any:
     "With --file: for rows without a dialer column.",
 )
 @click.option(
+    "--notify-url",
+    metavar="URL",
+    help="Receiver of this job's outcome notification (a POST, signed), under a prefix of "
+    "DISPATCHER_NOTIFY_ALLOWED; default: DISPATCHER_NOTIFY_URL. With --file: for rows "
+    "without a notify_url column.",
+)
+@click.option(
     "--priority",
     type=click.Choice(["realtime", "bulk"]),
     help="Lane: realtime jobs of a dialer go before its bulk ones. Default: realtime for "
@@ -291,6 +298,7 @@ def enqueue(
     allow_reimport: bool,
     dialer: str | None,
     priority: str | None,
+    notify_url: str | None,
     list_id: str | None,
     campaign_id: str | None,
     duplicate_check: str | None,
@@ -358,6 +366,7 @@ def enqueue(
                 dialer=dialer,
                 priority=priority or "bulk",
                 list_defaults=list_options,
+                notify_url=notify_url,
             )
         except LeadFileError as exc:
             fail(f"{exc}; nothing enqueued", code=2)
@@ -386,6 +395,8 @@ def enqueue(
         lead["dialer"] = dialer
     if priority is not None:
         lead["priority"] = priority
+    if notify_url is not None:
+        lead["notify_url"] = notify_url
     lead.update(list_options)
     try:
         job_id = enqueue_lead(settings=obj.settings, **lead)
@@ -420,9 +431,12 @@ def _row_job(
     dialer: str | None,
     priority: str,
     list_defaults: dict[str, Any],
+    notify_url: str | None = None,
 ) -> Job:
     if dialer is not None and not row.get("dialer"):
         row["dialer"] = dialer
+    if notify_url is not None and not row.get("notify_url"):
+        row["notify_url"] = notify_url
     _apply_list_defaults(row, list_defaults)
     if idempotency_column is None and file_key is not None and not row.get("idempotency_key"):
         row["idempotency_key"] = f"file:{file_key}:{line}"
@@ -491,6 +505,7 @@ def _enqueue_file(
     dialer: str | None,
     priority: str,
     list_defaults: dict[str, Any],
+    notify_url: str | None = None,
 ) -> None:
     err = Console(stderr=True)
     now = time.time()
@@ -515,6 +530,7 @@ def _enqueue_file(
                     dialer=dialer,
                     priority=priority,
                     list_defaults=list_defaults,
+                    notify_url=notify_url,
                 )
             except InvalidLead as exc:
                 problems.extend(f"line {row.line}: {e.field}: {e.message}" for e in exc.errors)
@@ -578,6 +594,7 @@ def _enqueue_file(
                         dialer=dialer,
                         priority=priority,
                         list_defaults=list_defaults,
+                        notify_url=notify_url,
                     )
                 )
             except InvalidLead:

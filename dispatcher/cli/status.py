@@ -46,12 +46,12 @@ def job(obj: CliContext, job_id: str, as_json: bool) -> None:
 @click.command(
     help="""The fleet at a glance: jobs queued (per dialer and lane, with the oldest
 one's wait; those of leads for a list apart), retries waiting, dead letters by
-reason, the oldest dead letter's age, live workers, whether calls to a dialer
-are paused (wrong password, outage; or its leads for a list alone) and until
-when, and whether reconciliation's look-ups work there (as the workers or
-`dispatcher health` last found; if not, what to change in VICIdial), and a
-warning when Redis's maxmemory-policy is not noeviction. Reads
-Redis only."""
+reason, the oldest dead letter's age, live workers, outcome notifications
+waiting and failed, whether calls to a dialer are paused (wrong password,
+outage; or its leads for a list alone) and until when, and whether
+reconciliation's look-ups work there (as the workers or `dispatcher health` last
+found; if not, what to change in VICIdial), and a warning when Redis's
+maxmemory-policy is not noeviction. Reads Redis only."""
 )
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON (stable keys).")
 @click.pass_obj
@@ -111,6 +111,15 @@ def status(obj: CliContext, as_json: bool) -> None:
         )
     if not data["paused"]:
         console.print("VICIdial calls: not paused")
+    notes = data["notifications"]
+    age = notes["oldest_pending_age_s"]
+    console.print(
+        f"notifications: {notes['pending']} pending"
+        + (f" (oldest {age} s)" if age is not None else "")
+        + f", {notes['failed']} failed; {notes['delivered_total']} delivered in all"
+        + ("  (see `dispatcher notify list --failed`)" if notes["failed"] else ""),
+        highlight=False,
+    )
     layout = data["layout"]
     found = "none yet (nothing written)" if layout["version"] is None else layout["version"]
     console.print(f"Redis layout: version {found} (this release: {layout['release']})")

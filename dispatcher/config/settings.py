@@ -22,6 +22,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from dispatcher.model.dialers import Dialer, Dialers, load_dialers
 from dispatcher.model.errors import ConfigError
+from dispatcher.model.notifications import notify_url_problem
 
 __all__ = ["ENV_PREFIX", "SETTINGS_VARIABLES", "Settings", "get_settings", "redact_url"]
 
@@ -134,6 +135,28 @@ class Settings:
     # Calls in flight per worker process when `celery -A workers worker` is started
     # without -c (Celery's worker_concurrency; the threads pool is its default pool).
     worker_concurrency: int = 64
+    # Outcome notifications (webhooks; workers/notifier.py): the receiver of every job
+    # that names none of its own, the HMAC key of the signature, the URL prefixes a
+    # job's own notify_url must start with (producers check it at enqueue, workers
+    # again before sending), how long an event is retried before it is kept as failed.
+    notify_url: str | None = None
+    notify_secret: str | None = field(default=None, repr=False)
+    notify_allowed: tuple[str, ...] = ()
+    notify_retry_s: float = 86400.0
+    # One POST ends within this (connect, send, answer: an overall deadline).
+    notify_timeout_s: float = 10.0
+    # POSTs in flight per worker process, and to one receiver (scheme, host, port).
+    notify_concurrency: int = 16
+    notify_per_receiver: int = 8
+    # Backoff of a failed POST: full jitter, exponential from BASE up to CAP.
+    notify_retry_base_s: float = 1.0
+    notify_retry_cap_s: float = 900.0
+    # Leads first: while a worker's lead path is busy, its sender of notifications uses
+    # at most this share of the CPU the leads use (0: no limit); see workers/notifier.py.
+    notify_cpu_share: float = 0.2
+    # Failed notifications (retried for NOTIFY_RETRY_S in vain) are kept this many
+    # days for `dispatcher notify retry`, then removed (0: kept until retried or purged).
+    notify_failed_retention_days: float = 30.0
 
     def __post_init__(self) -> None:
         problems: list[str] = []
@@ -244,6 +267,40 @@ class Settings:
             "console_secure_cookie",
             "auto, true or false",
         )
+        if self.notify_url is not None:
+            why = notify_url_problem(self.notify_url)
+            check(why is None, "notify_url", why or "")
+        for entry in self.notify_allowed:
+            why = notify_url_problem(entry, prefix=True)
+            check(why is None, "notify_allowed", f"{entry!r}: {why}")
+        check(
+            60 <= self.notify_retry_s <= 30 * 86400,
+            "notify_retry_s",
+            "must be between 60 and 2592000 seconds (30 days)",
+        )
+        check(0 < self.notify_timeout_s <= 120, "notify_timeout_s", "must be > 0 and <= 120")
+        check(1 <= self.notify_concurrency <= 256, "notify_concurrency", "must be 1-256")
+        check(
+            1 <= self.notify_per_receiver <= self.notify_concurrency,
+            "notify_per_receiver",
+            "must be between 1 and NOTIFY_CONCURRENCY",
+        )
+        check(self.notify_retry_base_s > 0, "notify_retry_base_s", "must be > 0")
+        check(
+            0 <= self.notify_cpu_share <= 10,
+            "notify_cpu_share",
+            "must be between 0 (no limit) and 10",
+        )
+        check(
+            self.notify_retry_cap_s >= self.notify_retry_base_s,
+            "notify_retry_cap_s",
+            "must be >= NOTIFY_RETRY_BASE_S",
+        )
+        check(
+            self.notify_failed_retention_days >= 0,
+            "notify_failed_retention_days",
+            "must be >= 0 (0 keeps failed notifications until retried or purged)",
+        )
         if problems:
             raise ConfigError("invalid configuration: " + "; ".join(problems))
         if self.dialers_file or self.worker_dialers:
@@ -282,6 +339,8 @@ class Settings:
             if pw:
                 out.append(pw)
         out.extend(self.intake_tokens)
+        if self.notify_secret:
+            out.append(self.notify_secret)
         return tuple(out)
 
     @functools.cached_property
@@ -315,6 +374,25 @@ class Settings:
             missing = dialer.missing()
             if missing:  # pragma: no cover - the file's own checks come first
                 raise ConfigError(f"dialer {dialer.name}: missing {', '.join(missing)}")
+
+    @property
+    def notifies(self) -> bool:
+        """Whether this process may send outcome notifications (a global receiver, or
+        jobs allowed to name their own)."""
+        return bool(self.notify_url or self.notify_allowed)
+
+    def require_notify(self) -> None:
+        """Raise ConfigError when notifications are configured without their secret."""
+        if self.notifies and not self.notify_secret:
+            names = [
+                f"{ENV_PREFIX}{n.upper()}"
+                for n in ("notify_url", "notify_allowed")
+                if getattr(self, n)
+            ]
+            raise ConfigError(
+                f"{ENV_PREFIX}NOTIFY_SECRET is required with {' and '.join(names)}: every "
+                "notification is signed with it (HMAC-SHA256; README 'Notifications')"
+            )
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)

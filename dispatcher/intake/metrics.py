@@ -78,6 +78,26 @@ _COUNTERS: tuple[tuple[str, str, str], ...] = (
     ),
     ("replayed", "dispatcher_dead_letters_replayed", "Dead letters replayed onto the queue."),
     ("purged", "dispatcher_dead_letters_purged", "Dead letters purged by an operator."),
+    (
+        "notify:created",
+        "dispatcher_notifications_created",
+        "Outcome notifications written to the outbox (one per final outcome with a receiver).",
+    ),
+    (
+        "notify:delivered",
+        "dispatcher_notifications_delivered",
+        "Outcome notifications their receiver answered with 2xx.",
+    ),
+    (
+        "notify:failed",
+        "dispatcher_notifications_failed",
+        "Outcome notifications kept as failed (not delivered within DISPATCHER_NOTIFY_RETRY_S).",
+    ),
+    (
+        "notify:attempts_failed",
+        "dispatcher_notification_attempts_failed",
+        "POSTs of outcome notifications that failed (non-2xx, timeout, network), retried later.",
+    ),
 )
 
 
@@ -106,6 +126,10 @@ class FleetSnapshot:
     #: Redis's used_memory and maxmemory (0: no limit); None when not read.
     memory_used_bytes: int | None = None
     memory_max_bytes: int | None = None
+    #: outcome notifications: undelivered (not failed), failed, age of the oldest pending
+    notifications_pending: int = 0
+    notifications_failed: int = 0
+    notifications_oldest_age_s: float | None = None
 
 
 def read_snapshot(backend: Backend, *, now: float | None = None) -> FleetSnapshot:
@@ -139,6 +163,11 @@ def read_snapshot(backend: Backend, *, now: float | None = None) -> FleetSnapsho
         targets=dict(reading.targets),
         memory_used_bytes=reading.memory_used,
         memory_max_bytes=reading.memory_max,
+        notifications_pending=reading.notify_pending,
+        notifications_failed=reading.notify_failed,
+        notifications_oldest_age_s=(
+            None if reading.notify_oldest is None else max(0.0, now - reading.notify_oldest)
+        ),
     )
 
 
@@ -293,6 +322,28 @@ def _families(snapshot: FleetSnapshot | None, dialers: Mapping[str, Dialer]) -> 
             "dispatcher_workers_alive",
             "Workers whose heartbeat key lives in Redis (it expires when they stop).",
             snapshot.workers_alive,
+        )
+    )
+    out.append(
+        gauge(
+            "dispatcher_notifications_backlog",
+            "Outcome notifications not delivered yet (not failed): due, waiting for a retry, "
+            "or behind an earlier event of their job.",
+            snapshot.notifications_pending,
+        )
+    )
+    out.append(
+        gauge(
+            "dispatcher_notifications_failed_waiting",
+            "Failed outcome notifications kept for `dispatcher notify retry`.",
+            snapshot.notifications_failed,
+        )
+    )
+    out.append(
+        gauge(
+            "dispatcher_notifications_oldest_age_seconds",
+            "Age of the oldest undelivered (not failed) outcome notification (0 when none).",
+            snapshot.notifications_oldest_age_s or 0.0,
         )
     )
     if snapshot.memory_used_bytes is not None:

@@ -150,6 +150,14 @@ def _lead_schema() -> dict[str, Any]:
         "description": "Lane within the dialer: realtime jobs are always taken before bulk "
         "ones. Default: realtime for /v1/leads, bulk for /v1/leads:batch.",
     }
+    props["notify_url"] = {
+        "type": ["string", "null"],
+        "maxLength": 2000,
+        "description": "Where the job's outcome notification is POSTed (lead.added, "
+        "lead.duplicate, lead.dead_lettered, lead.replayed_added; signed, see the README's "
+        "Notifications). It must lie under a prefix of DISPATCHER_NOTIFY_ALLOWED (else a "
+        "422); default: DISPATCHER_NOTIFY_URL, if set.",
+    }
     props.update(_list_option_schemas())
     return {
         "type": "object",

@@ -7,6 +7,10 @@ A job message of a lead for an agent (version 1) is a JSON object::
      "enqueued_at": 1764250000.123, "attempts": 0, "seq": 0, "replays": 0,
      "first_failed_at": null, "agent_wait_since": null, "non_latin": false}
 
+A job with a receiver of its own for outcome notifications also carries
+``"notify_url": "https://..."`` (:mod:`dispatcher.model.notifications`; checked against
+``DISPATCHER_NOTIFY_ALLOWED`` at enqueue); it travels through retries and replays.
+
 ``attempts`` counts calls already made; ``seq`` counts publications of the job
 (each retry and each replay publishes it again with ``seq + 1``) and lets a worker
 recognise a stale redelivered copy; the DNC flags travel unchanged through
@@ -232,6 +236,9 @@ class Job:
     reconcile: Reconcile | None = None
     #: add_lead's options: a list job's (None for an agent job: the key is left out)
     list_options: ListOptions | None = None
+    #: the job's own receiver of outcome notifications (None: DISPATCHER_NOTIFY_URL, if
+    #: any; the key is left out of the message)
+    notify_url: str | None = None
     v: int = field(default=JOB_VERSION)
 
     def __post_init__(self) -> None:
@@ -266,6 +273,8 @@ class Job:
             del data["list_options"]  # an agent job's message is version 1's, unchanged
         else:
             data["list_options"] = self.list_options.to_dict()
+        if self.notify_url is None:
+            del data["notify_url"]
         return data
 
     def evolve(self, **changes: Any) -> Job:
@@ -385,6 +394,10 @@ class Job:
         idem = data.get("idempotency_key")
         if idem is not None and not isinstance(idem, str):
             raise InvalidPayload("idempotency_key is not a string")
+        # Checked at enqueue. One a hand-made message spoiled does not cost the lead: it
+        # is kept as it is and the sender refuses it (a failed notification says why).
+        raw_notify = data.get("notify_url")
+        notify_url = raw_notify if isinstance(raw_notify, str) and raw_notify else None
         raw_reconcile = data.get("reconcile")
         reconcile = None if raw_reconcile is None else Reconcile.from_dict(raw_reconcile)
         ints = {}
@@ -423,6 +436,7 @@ class Job:
             priority=str(priority),
             reconcile=reconcile,
             list_options=options,
+            notify_url=notify_url,
             v=int(version),
         )
         if dialers is not None and job.target not in serves:

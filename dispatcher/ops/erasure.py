@@ -12,9 +12,10 @@ finds what the dispatcher holds about it through the phone index
 
 Each store is one function in :data:`ERASERS`, called with the :class:`Target`
 (the normalised phone, its index key, the job ids found) and ``dry_run``, returning
-counts by kind. A store added later that holds phone numbers or job ids (the
-notification backlog of the outcome webhooks) plugs in with :func:`register_eraser`
-and is erased, counted and logged with the others. The jobs' own eraser runs last (it
+counts by kind. A store that holds phone numbers or job ids plugs in with
+:func:`register_eraser` and is erased, counted and logged with the others: the
+notification backlog of the outcome webhooks (:mod:`dispatcher.ops.notifications`: the
+undelivered events of the jobs found) is one. The jobs' own eraser runs last (it
 removes the index the others may read).
 
 What is not ours to erase: VICIdial's copy of the lead (its Non-Agent API
@@ -38,8 +39,10 @@ from typing import Any
 
 from dispatcher.config import logs
 from dispatcher.model.lead import make_lead
+from dispatcher.ops.notifications import erase_notifications
 from dispatcher.store.backend import Backend
 from dispatcher.store.connection import broker_errors
+from dispatcher.store.letter_index import index_complete
 from dispatcher.store.phone_index import index_key, phone_key
 
 __all__ = [
@@ -68,6 +71,7 @@ KINDS = {
     "idempotency_records": "idempotency records",
     "stopped": "jobs not yet final, stopped (their queued copies are dropped unread)",
     "in_flight": "of them calling VICIdial right now (the lead may still be added)",
+    "notifications": "outcome notifications of its jobs not yet delivered (or failed)",
 }
 _SCAN_PAGE = 500
 _log = logs.get_logger("dispatcher.ops.erasure")
@@ -118,6 +122,10 @@ def register_eraser(name: str, eraser: Eraser) -> None:
     ERASERS[name] = eraser
 
 
+# The outcome notifications' backlog (the outbox): events of the jobs being forgotten.
+register_eraser("notifications", erase_notifications)
+
+
 def _erase_jobs(backend: Backend, target: Target, dry_run: bool) -> dict[str, int]:
     with broker_errors(backend.settings):
         return backend.execution.forget(
@@ -136,6 +144,9 @@ class Erasure:
     counts: dict[str, int]
     dry_run: bool
     scanned: bool
+    #: whether every dead letter is in the phone index (False while the workers still
+    #: index the previous release's letters: then only --scan is sure to find them all)
+    index_complete: bool = True
 
     @property
     def total(self) -> int:
@@ -146,6 +157,7 @@ class Erasure:
             "phone": self.masked_phone,
             "dry_run": self.dry_run,
             "scanned": self.scanned,
+            "index_complete": self.index_complete,
             "erased": dict(self.counts),
             "vicidial": VICIDIAL_NOTE,
         }
@@ -182,7 +194,9 @@ def forget_phone(
     for eraser in [*ERASERS.values(), _erase_jobs]:
         for kind, n in eraser(backend, target, dry_run).items():
             counts[kind] = counts.get(kind, 0) + n
-    erasure = Erasure(logs.mask_phone(digits), counts, dry_run, scan)
+    erasure = Erasure(
+        logs.mask_phone(digits), counts, dry_run, scan, index_complete=index_complete(backend)
+    )
     _log.info(
         "data.forgotten" if not dry_run else "data.forget_previewed",
         phone=digits,

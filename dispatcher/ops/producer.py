@@ -42,6 +42,7 @@ from dispatcher.model.list_options import (
     check_with_lead,
     make_list_options,
 )
+from dispatcher.model.notifications import allowed, notify_url_problem
 from dispatcher.store.backend import Backend, get_backend
 from dispatcher.store.connection import broker_errors
 from dispatcher.store.execution import EnqueueItem, IndexKeyChanged
@@ -55,6 +56,7 @@ __all__ = [
     "enqueue_leads",
     "fingerprint",
     "job_status",
+    "notify_url_refusal",
     "prepare_job",
     "push_jobs",
 ]
@@ -72,6 +74,7 @@ _CONTROL_KEYS = (
     "idempotency_key",
     "dialer",
     "priority",
+    "notify_url",
 )
 _log = logs.get_logger("dispatcher.ops.producer")
 
@@ -88,6 +91,27 @@ def fingerprint(job: Job) -> str:
         data["list"] = job.list_options.to_dict()
     text = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(text.encode()).hexdigest()[:20]
+
+
+def notify_url_refusal(url: object, prefixes: tuple[str, ...]) -> str | None:
+    """Why a job may not name ``url`` as its receiver of outcome notifications, or None:
+    it must be a receiver URL under one of ``prefixes`` (DISPATCHER_NOTIFY_ALLOWED)."""
+    if not isinstance(url, str):
+        return "must be a string (an http(s) URL)"
+    why = notify_url_problem(url)
+    if why is not None:
+        return why
+    if not prefixes:
+        return (
+            "not allowed: DISPATCHER_NOTIFY_ALLOWED lists no URL prefix, so a job cannot "
+            "name a receiver of its own"
+        )
+    if not allowed(url, prefixes):
+        return (
+            "not allowed: not under a prefix of DISPATCHER_NOTIFY_ALLOWED (same scheme, "
+            "host and port, and a path under the prefix's)"
+        )
+    return None
 
 
 def prepare_job(
@@ -143,6 +167,14 @@ def prepare_job(
         lane = priority
     if lane not in PRIORITIES:
         errors.append(FieldError("priority", f"must be one of {', '.join(PRIORITIES)}", index))
+    notify_url = item.get("notify_url")
+    if notify_url in (None, ""):
+        notify_url = None
+    else:
+        refusal = notify_url_refusal(notify_url, settings.notify_allowed)
+        if refusal is not None:
+            errors.append(FieldError("notify_url", refusal, index))
+            notify_url = None
     non_latin = dialer.non_latin if dialer is not None else settings.vicidial_non_latin
     phone_code = (dialer.phone_code if dialer is not None else None) or settings.phone_code
     lead, options, problems = _lead_and_target(
@@ -168,6 +200,7 @@ def prepare_job(
         dialer=dialer.name,
         priority=str(lane),
         list_options=options,
+        notify_url=notify_url,
     )
 
 
@@ -473,7 +506,9 @@ def enqueue_lead(*, settings: Settings | None = None, **fields: Any) -> str:
     ``campaign_dnc_check`` (default from settings: on), ``idempotency_key`` (a
     second enqueue with the same key returns the first job's id and enqueues
     nothing), ``dialer`` (default: the fleet's default dialer) and ``priority``
-    (``realtime``, the default here, or ``bulk``). Raises InvalidLead naming every
+    (``realtime``, the default here, or ``bulk``) and ``notify_url`` (the job's own
+    receiver of outcome notifications, under a prefix of DISPATCHER_NOTIFY_ALLOWED;
+    default: DISPATCHER_NOTIFY_URL, if set). Raises InvalidLead naming every
     bad field (nothing enqueued), IdempotencyConflict, and BrokerUnavailable when
     Redis cannot be reached.
     """

@@ -1,5 +1,5 @@
 """The fleet at a glance: queue depth per dialer and lane, waiting retries, dead letters,
-workers, pauses.
+workers, pauses, the outcome notifications' backlog.
 
 One pipeline of cheap commands, whatever the keyspace holds: no SCAN, no KEYS
 (pauses are kept in a set, live workers are keys with a TTL). Safe to call from
@@ -61,6 +61,11 @@ class FleetReading:
     lookups: dict[str, dict[str, str]] = field(default_factory=dict)
     #: (dialer, lane, target) -> messages waiting: ``lanes`` by target (agent, list)
     targets: dict[tuple[str, str, str], int] = field(default_factory=dict)
+    #: outcome notifications (the outbox): undelivered and not failed, failed, and when
+    #: the oldest undelivered one was written (epoch, None when there is none)
+    notify_pending: int = 0
+    notify_failed: int = 0
+    notify_oldest: float | None = None
 
 
 def _published(envelope: Any) -> float | None:
@@ -111,6 +116,9 @@ def read_fleet(backend: Backend, *, memory: bool = False) -> FleetReading:
             backend.fleet.queue(pipe, "alive")
             backend.execution.queue(pipe, "pauses")
             backend.execution.queue(pipe, "lookups")
+            pipe.zcard(keys.notify_pending)
+            pipe.zcard(keys.notify_failed)
+            pipe.zrange(keys.notify_pending, 0, 0, withscores=True)
             for reason in reasons:
                 pipe.zcard(keys.dead_letters_by_reason(reason))
             if memory:
@@ -146,6 +154,7 @@ def read_fleet(backend: Backend, *, memory: bool = False) -> FleetReading:
         per_lane[(dialer, lane)] = (depth + waiting, oldest_at)
         per_target[(dialer, lane, target)] = waiting
     retrying, stats, oldest, alive, pauses, lookups, *rest = replies[at:]
+    notify_pending, notify_failed, notify_oldest, *rest = rest
     per_reason = rest[: len(reasons)]
     now, paused = backend.execution.parse_pauses(pauses)
     _, looked = backend.execution.parse_lookups(lookups)
@@ -168,7 +177,22 @@ def read_fleet(backend: Backend, *, memory: bool = False) -> FleetReading:
         memory_policy=policy or None,
         memory_error=memory_error,
         lookups=looked,
+        notify_pending=int(notify_pending),
+        notify_failed=int(notify_failed),
+        notify_oldest=float(notify_oldest[0][1]) if notify_oldest else None,
     )
+
+
+def _notifications(reading: FleetReading, now: float) -> dict[str, Any]:
+    stats = reading.stats
+    oldest = reading.notify_oldest
+    return {
+        "pending": reading.notify_pending,
+        "failed": reading.notify_failed,
+        "oldest_pending_age_s": None if oldest is None else round(max(0.0, now - oldest), 1),
+        "delivered_total": int(stats.get("notify:delivered", 0)),
+        "failed_total": int(stats.get("notify:failed", 0)),
+    }
 
 
 def fleet_status(backend: Backend, *, now: float | None = None) -> dict[str, Any]:
@@ -243,6 +267,8 @@ def fleet_status(backend: Backend, *, now: float | None = None) -> dict[str, Any
             "marker_field": settings.marker_field,
             "lookups": lookups,
         },
+        # Outcome notifications (webhooks): the backlog, failed ones, and totals.
+        "notifications": _notifications(reading, now),
         "totals": {k: _number(v) for k, v in sorted(reading.stats.items())},
         # What Redis must be for the guarantees to hold (dispatcher.store.redis_health).
         "redis": {

@@ -3,8 +3,9 @@
 Producers, the dead-letter store, the CLI and the workers all reach Redis
 through a :class:`Backend`, so a key name or a script exists in one place:
 :attr:`Backend.execution` (every transition of a job, ``execution.lua``),
-:attr:`Backend.fleet` (liveness of workers and consumers, ``fleet.lua``) and
-:attr:`Backend.broker` (the workers' reliable pop, ``broker.lua``).
+:attr:`Backend.fleet` (liveness of workers and consumers, ``fleet.lua``),
+:attr:`Backend.broker` (the workers' reliable pop, ``broker.lua``) and
+:attr:`Backend.outbox` (outcome notifications waiting to be sent, ``outbox.lua``).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from dispatcher.store.connection import redis_client
 from dispatcher.store.execution import Execution
 from dispatcher.store.fleet import Fleet
 from dispatcher.store.keys import Keys
+from dispatcher.store.outbox import Outbox
 
 __all__ = ["Backend", "get_backend"]
 
@@ -32,6 +34,7 @@ class Backend:
     execution: Execution = field(init=False)
     fleet: Fleet = field(init=False)
     broker: Broker = field(init=False)
+    outbox: Outbox = field(init=False)
 
     def __post_init__(self) -> None:
         self.redis = redis_client(self.settings)
@@ -39,6 +42,7 @@ class Backend:
         self.execution = Execution(self.redis, prefix=self.keys.prefix, queue=self.keys.queue)
         self.fleet = Fleet(self.redis, prefix=self.keys.prefix)
         self.broker = Broker(self.redis, prefix=self.keys.prefix)
+        self.outbox = Outbox(self.redis, keys=self.keys)
 
 
 _backends: dict[int, Backend] = {}

@@ -47,6 +47,7 @@ from dispatcher.model.jobs import (
 from dispatcher.store.backend import Backend, get_backend
 from dispatcher.store.connection import broker_error, broker_errors
 from dispatcher.store.execution import Execution
+from dispatcher.store.outbox import notify_for
 
 __all__ = [
     "DeadLetter",
@@ -235,6 +236,11 @@ class DeadLetterStore:
                 http_status=letter.http_status,
                 ttl=int(self.backend.settings.job_ttl_s),
                 server=server,
+                # The job's outcome notification, written in the same step (if it has a
+                # receiver): its error without the phone or any lead field.
+                notify=notify_for(
+                    letter.job, self.backend.settings, error=letter.error, dialer=server or None
+                ),
             )
         return result[0]
 

@@ -51,6 +51,10 @@
 --                                 plus a day (each write of a job's state extends it); none
 --                                 while #letters > 0 (the letters it finds live as long)
 --   P:dlq:phone_keys      hash    dead-letter id -> h, while the letter exists
+--   P:dlq:index_cursor    string  how far the workers' maintenance has put the letters that
+--                                 the previous release wrote (with no phone index) into the
+--                                 index: the last-failure score below which letters are
+--                                 still to be looked at, or `done`
 --   P:index_key           string  the index's HMAC key (hex; made once, by the first enqueue
 --                                 or operator tool that needs it)
 --   P:scheduled           zset    envelopes waiting for their retry time (score: Redis time)
@@ -77,6 +81,16 @@
 --   _dispatcher.inflight.Q.{id}   list   a consumer's in-flight list (broker.lua), named by
 --                                 the caller of `poison`: the raw item leaves it together
 --                                 with its letter's write
+--   P:notify:event:{eid}  hash    one outcome notification (the outbox; dispatcher/store/
+--                                 outbox.lua sends and settles it): job_id, type, state,
+--                                 created_at, url, idempotency_key, dialer, lead_id,
+--                                 list_id, campaign, existing_lead_id, reason, error,
+--                                 attempts, due_since. No TTL while pending.
+--   P:notify:job:{id}     list    the job's undelivered event ids, oldest first: only the
+--                                 first is ever due (in order per job)
+--   P:notify:due          zset    events that may be sent, by when (one per job at most)
+--   P:notify:pending      zset    every undelivered, not failed event, by created_at
+--   P:notify:failed       zset    (outbox.lua writes it) failed events, by when they failed
 --
 -- The execution record (P:exec:{id}) is a state machine; `seq` counts publications
 -- of the job (a retry or a replay publishes it again with seq + 1), `token` names
@@ -108,6 +122,16 @@
 --   dead --reconcile--> scheduled (seq + 1: a look-up; `dispatcher dlq reconcile`)
 --   done: verify_later schedules a verification look-up, `duplicates` records what it
 --   finds; neither changes the state. `gate` and the lookup_* commands hold no job.
+--
+-- Outcome notifications: the outcome commands (succeed, reconciled, dead, duplicate) take
+-- a notify tail of five arguments
+-- (event id, receiver URL, idempotency key, dialer, the error as the event shows it:
+-- redacted, phones and lead fields removed; dispatcher/store/outbox.py builds it) and,
+-- when the outcome is recorded and the URL is not '', write the event into the outbox
+-- in the same step (`notify` below): a crash between the outcome and the POST loses
+-- nothing. A repeated command ('again') writes no second event. `lettered` on the
+-- execution record says the job had a dead letter: its later success is
+-- lead.replayed_added.
 --
 -- Compare-and-set: retry, defer and dead apply only while the caller's token holds
 -- the claim (a copy that lost its claim is told "superseded"), and a repeated call
@@ -221,6 +245,28 @@ local function retire_letter(id)
   return reason
 end
 
+-- The outbox (see the header): the notify tail starts at ARGV[at]; `facts` holds the
+-- event's lead_id, list_id, campaign, existing_lead_id and reason. An event waits
+-- behind the job's earlier undelivered ones: only the first of P:notify:job:{id} is due.
+local function notify(id, at, kind, state, facts)
+  local eid, url = ARGV[at] or '', ARGV[at + 1] or ''
+  if eid == '' or url == '' then return end
+  local ek = P .. ':notify:event:' .. eid
+  if redis.call('EXISTS', ek) == 1 then return end
+  redis.call('HSET', ek, 'job_id', id, 'type', kind, 'state', state, 'created_at', fmt(now),
+             'url', url, 'idempotency_key', ARGV[at + 2] or '', 'dialer', ARGV[at + 3] or '',
+             'error', ARGV[at + 4] or '', 'lead_id', facts.lead_id or '',
+             'list_id', facts.list_id or '', 'campaign', facts.campaign or '',
+             'existing_lead_id', facts.existing_lead_id or '', 'reason', facts.reason or '',
+             'attempts', 0)
+  if redis.call('RPUSH', P .. ':notify:job:' .. id, eid) == 1 then
+    redis.call('HSET', ek, 'due_since', fmt(now))
+    redis.call('ZADD', P .. ':notify:due', fmt(now), eid)
+  end
+  redis.call('ZADD', P .. ':notify:pending', fmt(now), eid)
+  redis.call('HINCRBY', k_stats, 'notify:created', 1)
+end
+
 -- The compare-and-set of retry and await_lookup: the delivery holding the claim with
 -- `token` ends it, and publication seq + 1 (`envelope`) waits in `scheduled` for
 -- delay_s. Returns nil and the due time when it applied, else the answer: {'done'}
@@ -273,7 +319,7 @@ local function take_letter(id, seq, ttl, state)
   if ex[1] == 'claimed' and tonumber(ex[3] or '0') > now then return {'busy'} end
   if tonumber(ex[2] or '0') > seq then return {'conflict'} end
   retire_letter(id)
-  redis.call('HSET', ek, 'state', state, 'seq', seq, 'token', '')
+  redis.call('HSET', ek, 'state', state, 'seq', seq, 'token', '', 'lettered', '1')
   redis.call('HDEL', ek, 'lease_until', 'orphaned_from', 'reason', 'dialer_wait_since')
   redis.call('EXPIRE', ek, ttl)
   return nil
@@ -560,7 +606,8 @@ elseif cmd == 'claim' then
 elseif cmd == 'succeed' then
   -- ARGV: job_id, token, lead_id, list_id, campaign, done_ttl, job_ttl, attempts,
   --       latency bucket field, latency_ms, server, more fields of the job state (a JSON
-  --       object of strings, '' for none: what add_lead reported of a list's lead).
+  --       object of strings, '' for none: what add_lead reported of a list's lead), then
+  --       the notify tail (5).
   -- A record `duplicate` gives way: the lead was added after all (a fact about VICIdial).
   -- Returns {'ok', retired letter's reason or '', outage pause ended 0/1},
   -- {'again', lead_id} for a repeated call, {'same', lead_id} when the job was
@@ -570,7 +617,7 @@ elseif cmd == 'succeed' then
   local id, token, lead_id = ARGV[2], ARGV[3], ARGV[4]
   local done_ttl, ttl, server = tonumber(ARGV[7]), tonumber(ARGV[8]), ARGV[12]
   local ek = k_exec(id)
-  local ex = redis.call('HMGET', ek, 'state', 'token', 'lead_id')
+  local ex = redis.call('HMGET', ek, 'state', 'token', 'lead_id', 'lettered')
   if ex[1] == 'done' then
     if ex[2] == token then return {'again', ex[3] or ''} end
     if lead_id ~= '' and ex[3] == lead_id then
@@ -600,12 +647,14 @@ elseif cmd == 'succeed' then
   redis.call('HINCRBYFLOAT', k_stats, 'latency_sum_ms', ARGV[11])
   local retired = retire_letter(id)
   if retired then redis.call('HINCRBY', k_stats, 'dead_letters_retired', 1) end
+  notify(id, 14, (ex[4] or retired) and 'lead.replayed_added' or 'lead.added', 'added',
+         {lead_id = lead_id, list_id = ARGV[5], campaign = ARGV[6]})
   return {'ok', retired or '', answered(server)}
 
 elseif cmd == 'duplicate' then
   -- ARGV: job_id, token, existing lead_id ('' when the answer names none), its list_id
   --       ('' when not given), the duplicate check that answered, done_ttl, job_ttl,
-  --       attempts, server.
+  --       attempts, server, then the notify tail (5).
   -- add_lead's duplicate check found a lead of the phone and added nothing: the job
   -- ends in the final state duplicate (never called again, never replayed; a copy of it
   -- is acknowledged without a call, as for done). Compare-and-set on the claim, as
@@ -632,8 +681,8 @@ elseif cmd == 'duplicate' then
   redis.call('HINCRBY', k_stats, 'duplicate', 1)
   local retired = retire_letter(id)
   if retired then redis.call('HINCRBY', k_stats, 'dead_letters_retired', 1) end
-  -- NOTIFY (issue 28): the lead.duplicate outcome notification goes here, written in
-  -- this same step as the outcome (see the outcome commands' notify tail).
+  notify(id, 11, 'lead.duplicate', 'duplicate',
+         {existing_lead_id = ARGV[4], list_id = ARGV[5]})
   return {'ok', retired or '', answered(server)}
 
 elseif cmd == 'retry' then
@@ -705,7 +754,8 @@ elseif cmd == 'await_dialer' then
 
 elseif cmd == 'dead' then
   -- ARGV: job_id, token ('' for a letter written without a claim), seq, record JSON,
-  --       score, reason, attempts, error, http_status ('' for none), ttl, server.
+  --       score, reason, attempts, error, http_status ('' for none), ttl, server, then
+  --       the notify tail (5).
   -- Returns {'ok'}, {'again'}, {'done', lead_id} (added after all: no letter),
   -- {'superseded'} (another copy holds or decided the job), {'busy'}, {'stale'}.
   local id, token, seq = ARGV[2], ARGV[3], tonumber(ARGV[4])
@@ -727,7 +777,7 @@ elseif cmd == 'dead' then
   redis.call('ZADD', k_dlq, ARGV[6], id)
   redis.call('ZADD', k_reason(reason), ARGV[6], id)
   redis.call('HSET', ek, 'state', 'dead', 'seq', math.max(seq + 1, tonumber(ex[3] or '0')),
-             'token', token, 'reason', reason)
+             'token', token, 'reason', reason, 'lettered', '1')
   redis.call('HDEL', ek, 'lease_until', 'orphaned_from', 'dialer_wait_since')
   redis.call('EXPIRE', ek, ttl)
   show(id, ttl, 'state', 'dead', 'reason', reason, 'attempts', ARGV[8], 'error', ARGV[9],
@@ -737,6 +787,8 @@ elseif cmd == 'dead' then
   if h then index_letter(id, h) end
   if not old then redis.call('HINCRBY', k_stats, 'dead_lettered:' .. reason, 1) end
   if ARGV[10] == '200' then answered(server) end
+  -- A letter written again for a job already dead (a resent command) is no new outcome.
+  if ex[1] ~= 'dead' then notify(id, 13, 'lead.dead_lettered', 'dead', {reason = reason}) end
   return {'ok'}
 
 elseif cmd == 'poison' then
@@ -777,6 +829,36 @@ elseif cmd == 'purge' then
   if not reason then return 0 end
   redis.call('HINCRBY', k_stats, 'purged', 1)
   return 1
+
+elseif cmd == 'index_letters' then
+  -- ARGV: cursor ('' to leave it), then per letter: its id, phone key h, idempotency key
+  -- ('' for none). Dead letters that are not in the phone index (written by the
+  -- previous release, or by one of its workers still running during a rolling restart,
+  -- or for a job it enqueued, whose state carries no phone_key) join it as `dead` would
+  -- have indexed them; a letter indexed already, or gone, is left alone (running it
+  -- twice changes nothing). The cursor (P:dlq:index_cursor) only moves down, to `done`
+  -- at the end, and stays `done`. Returns how many letters joined the index.
+  local cursor = ARGV[2]
+  if cursor ~= '' then
+    local k_cursor = P .. ':dlq:index_cursor'
+    local was = redis.call('GET', k_cursor)
+    if was ~= 'done' and (cursor == 'done' or not was or tonumber(cursor) < tonumber(was)) then
+      redis.call('SET', k_cursor, cursor)
+    end
+  end
+  local n = 0
+  for i = 3, #ARGV, 3 do
+    local id, h, idem = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+    if redis.call('EXISTS', k_dl(id)) == 1 and redis.call('HEXISTS', k_phone_keys, id) == 0 then
+      index_letter(id, h)
+      if idem ~= '' then redis.call('HSET', k_phone(h), id, idem) end
+      if redis.call('EXISTS', k_job(id)) == 1 and not redis.call('HGET', k_job(id), 'phone_key') then
+        redis.call('HSET', k_job(id), 'phone_key', h)
+      end
+      n = n + 1
+    end
+  end
+  return n
 
 elseif cmd == 'expire_letters' then
   -- ARGV: cutoff (epoch s), limit. Retention (DISPATCHER_DEAD_LETTER_RETENTION_DAYS): the
@@ -962,7 +1044,7 @@ elseif cmd == 'await_lookup' then
 
 elseif cmd == 'reconciled' then
   -- ARGV: job_id, token, lead_id, list_id, duplicate lead ids ('' or "a,b"), done_ttl,
-  --       job_ttl, attempts, server.
+  --       job_ttl, attempts, server, then the notify tail (5).
   -- A look-up found the job's lead in VICIdial: done with that lead_id (the oldest of
   -- its copies; the others are recorded as duplicates). Like succeed, a fact about
   -- VICIdial: it applies whoever holds the claim, unless the job is done already.
@@ -971,7 +1053,7 @@ elseif cmd == 'reconciled' then
   local id, token, lead_id, dups = ARGV[2], ARGV[3], ARGV[4], ARGV[6]
   local done_ttl, ttl, server = tonumber(ARGV[7]), tonumber(ARGV[8]), ARGV[10]
   local ek = k_exec(id)
-  local ex = redis.call('HMGET', ek, 'state', 'token', 'lead_id')
+  local ex = redis.call('HMGET', ek, 'state', 'token', 'lead_id', 'lettered')
   if ex[1] == 'done' then
     if ex[2] == token then return {'again', ex[3] or ''} end
     return {'done', ex[3] or ''}
@@ -994,6 +1076,8 @@ elseif cmd == 'reconciled' then
   redis.call('HINCRBY', k_stats, 'reconcile:found', 1)
   local retired = retire_letter(id)
   if retired then redis.call('HINCRBY', k_stats, 'dead_letters_retired', 1) end
+  notify(id, 11, (ex[4] or retired) and 'lead.replayed_added' or 'lead.added', 'added',
+         {lead_id = lead_id, list_id = ARGV[5]})
   return {'ok', retired or '', answered(server)}
 
 elseif cmd == 'duplicates' then

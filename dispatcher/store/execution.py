@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any, NamedTuple
@@ -36,6 +36,7 @@ import redis
 
 from dispatcher.model.errors import ClaimLapsed
 from dispatcher.store.direct import ThreadConnections
+from dispatcher.store.outbox import Notify
 from dispatcher.store.replies import Claim, LookupGate, text
 
 __all__ = [
@@ -317,9 +318,12 @@ class Execution:
         latency_ms: float,
         server: str,
         state_fields: str = "",
+        notify: Notify | None = None,
     ) -> tuple[Any, ...]:
         """The ``succeed`` command, for :meth:`call` or :meth:`call_many`;
-        ``state_fields``: more fields of the job state, a JSON object of strings."""
+        ``state_fields``: more fields of the job state, a JSON object of strings;
+        ``notify``: the outcome notification to write with it
+        (:func:`dispatcher.store.outbox.notify_for`)."""
         return (
             "succeed",
             job_id,
@@ -334,6 +338,7 @@ class Execution:
             f"{latency_ms:.3f}",
             server,
             state_fields,
+            *Notify.tail(notify),
         )
 
     @staticmethod
@@ -348,9 +353,11 @@ class Execution:
         ttl: int,
         attempts: int,
         server: str,
+        notify: Notify | None = None,
     ) -> tuple[Any, ...]:
         """The ``duplicate`` command (add_lead's duplicate check found a lead: the final
-        state ``duplicate``), for :meth:`call` or :meth:`call_many`."""
+        state ``duplicate``), for :meth:`call` or :meth:`call_many`; ``notify``: the
+        ``lead.duplicate`` notification to write with it."""
         return (
             "duplicate",
             job_id,
@@ -362,6 +369,7 @@ class Execution:
             ttl,
             attempts,
             server,
+            *Notify.tail(notify),
         )
 
     def retry(
@@ -442,6 +450,7 @@ class Execution:
         http_status: int | None,
         ttl: int,
         server: str = "",
+        notify: Notify | None = None,
     ) -> list[str]:
         reply = self.call(
             "dead",
@@ -456,6 +465,7 @@ class Execution:
             "" if http_status is None else http_status,
             ttl,
             server,
+            *Notify.tail(notify),
         )
         return [text(x) for x in reply]
 
@@ -487,6 +497,16 @@ class Execution:
 
     def purge(self, dl_id: str) -> bool:
         return bool(int(self.call("purge", dl_id)))
+
+    def index_letters(self, letters: Sequence[tuple[str, str, str]], *, cursor: str = "") -> int:
+        """Index dead letters that the phone index lacks: (letter id, phone key,
+        idempotency key) each; letters indexed already are left alone. ``cursor``: where
+        the pass over the previous release's letters has got to (a score, or ``done``).
+        How many letters joined."""
+        if not letters and not cursor:
+            return 0
+        args = [x for letter in letters for x in letter]
+        return int(self.call("index_letters", cursor, *args))
 
     def expire_letters(self, *, before: float, limit: int) -> list[tuple[str, str]]:
         """Remove dead letters whose last failure is before ``before`` (epoch), at most
@@ -580,6 +600,7 @@ class Execution:
         ttl: int,
         attempts: int,
         server: str,
+        notify: Notify | None = None,
     ) -> list[str]:
         reply = self.call(
             "reconciled",
@@ -592,6 +613,7 @@ class Execution:
             ttl,
             attempts,
             server,
+            *Notify.tail(notify),
         )
         return [text(x) for x in reply]
 

@@ -18,6 +18,8 @@ script builds against its list. Which script changes what:
   in-flight lists of consumers gone back to the queue;
 * ``broker.lua``: the broker's pop: in-flight lists, consumer heartbeats, and kombu's
   unacked record;
+* ``outbox.lua``: the outbox of outcome notifications (``P:notify:*``), which
+  ``execution.lua`` writes into with each outcome, and ``P:stats``' notify counters;
 * ``layout.lua``: ``P:layout``, ``P:layout:lock``;
 * ``activity.lua``: ``P:activity``; ``deadletter_page.lua`` reads dead letters;
 * ``dispatcher/intake/console/sessions.lua``: sessions and login throttles;
@@ -142,6 +144,13 @@ class Keys:
         return f"{self.prefix}:dlq:phone_keys"
 
     @property
+    def dead_letter_index_cursor(self) -> str:
+        """String: how far the pass that puts the previous release's letters into the
+        phone index has got (a last-failure score), or ``done``
+        (dispatcher/store/letter_index.py)."""
+        return f"{self.prefix}:dlq:index_cursor"
+
+    @property
     def index_key(self) -> str:
         """String: the phone index's HMAC key (hex), made once per Redis."""
         return f"{self.prefix}:index_key"
@@ -249,3 +258,31 @@ class Keys:
     def layout_lock(self) -> str:
         """String with a TTL: the token of the process migrating the layout."""
         return f"{self.prefix}:layout:lock"
+
+    # -- outcome notifications: the outbox (dispatcher/store/outbox.py) ------------------
+
+    def notify_event(self, event_id: str) -> str:
+        """Hash: one outcome notification in the outbox (execution.lua writes it with the
+        outcome; outbox.lua sends, settles and removes it)."""
+        return f"{self.prefix}:notify:event:{event_id}"
+
+    def notify_job(self, job_id: str) -> str:
+        """List: a job's undelivered notification ids, oldest first (only the first is due)."""
+        return f"{self.prefix}:notify:job:{job_id}"
+
+    @property
+    def notify_due(self) -> str:
+        """Sorted set: notifications that may be sent, by when (a claim's lease end, or the
+        next retry)."""
+        return f"{self.prefix}:notify:due"
+
+    @property
+    def notify_pending(self) -> str:
+        """Sorted set: every undelivered notification not failed, by created_at."""
+        return f"{self.prefix}:notify:pending"
+
+    @property
+    def notify_failed(self) -> str:
+        """Sorted set: notifications not delivered within DISPATCHER_NOTIFY_RETRY_S, by when
+        they failed (kept for `dispatcher notify retry`)."""
+        return f"{self.prefix}:notify:failed"

@@ -3,7 +3,8 @@
 Each room is a module of its own, named for what it holds: :mod:`.auth` (login,
 logout), :mod:`.overview`, :mod:`.dead_letters` (the list, one letter),
 :mod:`.actions` (replay, purge, reconcile), :mod:`.exports`, :mod:`.forget`
-(erasure requests), :mod:`.jobs` (job lookup). They share one
+(erasure requests), :mod:`.jobs` (job lookup), :mod:`.notifications` (outcome
+notifications: the backlog, failed ones resent). They share one
 :class:`~.context.Console` (settings, stores, the page frame); :class:`~.gate.Gate`
 enforces login, CSRF and headers for every route before the router sees it.
 """
@@ -22,6 +23,7 @@ from dispatcher.intake.console.exports import Exports
 from dispatcher.intake.console.forget import Forget
 from dispatcher.intake.console.gate import Gate
 from dispatcher.intake.console.jobs import Jobs
+from dispatcher.intake.console.notifications import Notifications
 from dispatcher.intake.console.overview import Overview
 from dispatcher.store.backend import Backend
 
@@ -38,6 +40,7 @@ def console_app(settings: Settings, backend: Backend) -> ASGIApp:
     exports = Exports(console)
     forget = Forget(console)
     jobs = Jobs(console)
+    notifications = Notifications(console)
     routes = [
         Route("/", overview.page, methods=["GET"]),
         Route("/login", auth.login_page, methods=["GET"]),
@@ -54,6 +57,9 @@ def console_app(settings: Settings, backend: Backend) -> ASGIApp:
         Route("/dead-letters/{dl_id:path}", letters.letter_page, methods=["GET"]),
         Route("/forget", forget.page, methods=["GET"]),
         Route("/forget", forget.forget, methods=["POST"]),
+        Route("/notifications", notifications.page, methods=["GET"]),
+        Route("/notifications/retry", notifications.retry, methods=["POST"]),
+        Route("/notifications/purge", notifications.purge, methods=["POST"]),
         Route("/jobs", jobs.page, methods=["GET"]),
         Route("/jobs/{job_id:path}", jobs.page, methods=["GET"]),
     ]
