@@ -19,6 +19,7 @@ from dispatcher.config.settings import Settings
 from dispatcher.devtools.localfleet import WorkerProcess
 from dispatcher.devtools.redis_server import RedisServer
 from dispatcher.store import redis_health
+from dispatcher.store.keys import Keys
 from tests.faultproxy import FaultProxy
 
 if TYPE_CHECKING:
@@ -128,9 +129,12 @@ def wait_for(
 
 
 def queue_lists(settings: Settings) -> list[str]:
-    """Every list jobs wait in: each dialer's lanes, and the queue's own (older versions)."""
+    """Every list jobs wait in: each dialer's lanes (leads for an agent, then for a list),
+    and the queue's own (older versions)."""
+    keys = Keys.of(settings)
     lanes = [
-        f"{settings.queue}.{name}.{lane}"
+        named(name, lane)
+        for named in (keys.lane, keys.list_lane)
         for name in settings.dialers.names
         for lane in ("realtime", "bulk")
     ]
