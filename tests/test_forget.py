@@ -178,8 +178,8 @@ def test_the_index_lives_as_long_as_what_it_lists(redis_url: str) -> None:
 def test_jobs_of_the_previous_release_are_found_with_scan(redis_url: str) -> None:
     settings = make_settings(redis_url)
     backend = get_backend(settings)
-    # A letter as the previous release wrote it: its job was never indexed.
-    DeadLetterStore(backend).record(
+    # A letter as the previous release wrote it (record and indexes, no phone index).
+    letter = DeadLetterStore(backend).letter(
         job={
             "job_id": "a" * 32,
             "lead": {"agent_user": "1000", "phone_number": PHONE},
@@ -191,6 +191,9 @@ def test_jobs_of_the_previous_release_are_found_with_scan(redis_url: str) -> Non
         attempts=1,
         first_failed_at=None,
     )
+    backend.redis.set(backend.keys.dead_letter(letter.id), json.dumps(letter.to_dict(shown=False)))
+    backend.redis.zadd(backend.keys.dead_letters, {letter.id: letter.score})
+    backend.redis.zadd(backend.keys.dead_letters_by_reason("dnc"), {letter.id: letter.score})
     backend.redis.set(backend.keys.idempotency("legacy-1"), "a" * 32 + " fp")
     assert forget_phone(backend, PHONE).counts["dead_letters"] == 0
     erasure = forget_phone(backend, PHONE, scan=True)

@@ -8,6 +8,8 @@ index (no keyspace scan), newest first, and says when it is done. Real Redis.
 
 from __future__ import annotations
 
+import json
+
 import redis
 
 from dispatcher.ops.erasure import forget_phone
@@ -18,9 +20,10 @@ from tests.conftest import make_settings
 
 
 def _old_letter(backend: Backend, n: int, *, at: float, phone: str | None = None) -> str:
-    """A letter as the previous release wrote it: its job's state names no phone key."""
+    """A letter as the previous release wrote it (its record, the dead-letter index and
+    the reason's): no phone index entry, and no job state naming a phone key."""
     job_id = f"{n:032x}"
-    DeadLetterStore(backend).record(
+    letter = DeadLetterStore(backend).letter(
         job={
             "job_id": job_id,
             "lead": {"agent_user": "1000", "phone_number": phone or f"72755{n:05d}"},
@@ -33,7 +36,39 @@ def _old_letter(backend: Backend, n: int, *, at: float, phone: str | None = None
         first_failed_at=None,
         now=at,
     )
+    keys = backend.keys
+    pipe = backend.redis.pipeline()
+    pipe.set(keys.dead_letter(job_id), json.dumps(letter.to_dict(shown=False)))
+    pipe.zadd(keys.dead_letters, {job_id: at})
+    pipe.zadd(keys.dead_letters_by_reason("dnc"), {job_id: at})
+    pipe.execute()
     return job_id
+
+
+def test_a_letter_this_release_writes_for_an_unindexed_job_is_found_at_once(
+    redis_url: str,
+) -> None:
+    """A job the previous release enqueued has a state without a phone key (or none at
+    all); the letter this release writes for it joins the index in the same step, so an
+    erasure request finds it before any maintenance runs."""
+    settings = make_settings(redis_url)
+    backend = get_backend(settings)
+    assert index_complete(backend)  # no letter yet: nothing to index
+    DeadLetterStore(backend).record(
+        job={
+            "job_id": "a" * 32,
+            "lead": {"agent_user": "1000", "phone_number": "7275560012"},
+            "idempotency_key": "old-job",
+        },
+        reason="agent_not_logged_in",
+        error="ERROR: agent_user is not logged in",
+        http_status=200,
+        attempts=1,
+        first_failed_at=None,
+    )
+    found = forget_phone(backend, "7275560012", dry_run=True)
+    assert found.index_complete and found.counts["dead_letters"] == 1, found.counts
+    assert index_some_letters(backend) == 0  # nothing left for the maintenance
 
 
 def test_the_previous_release_s_letters_join_the_index_and_forget_finds_them(
@@ -93,10 +128,13 @@ def test_the_pass_goes_a_part_at_a_time_and_newer_letters_are_seen_at_once(
 
 
 def test_letters_without_a_phone_are_left_alone(redis_url: str) -> None:
-    """invalid_payload letters hold no job (nothing to index); the pass still ends."""
+    """invalid_payload letters hold no job (nothing to index); the pass still ends. The
+    first letter of an empty Redis (of either kind) leaves no pass to make."""
     settings = make_settings(redis_url)
     backend = get_backend(settings)
     DeadLetterStore(backend).poison(raw={"not": "a job"}, error="not a job")
+    assert index_complete(backend)
+    backend.redis.delete(backend.keys.dead_letter_index_cursor)  # as before this release
     assert not index_complete(backend)
     assert index_some_letters(backend) == 0
     assert index_complete(backend)

@@ -48,6 +48,7 @@ from dispatcher.store.backend import Backend, get_backend
 from dispatcher.store.connection import broker_error, broker_errors
 from dispatcher.store.execution import Execution
 from dispatcher.store.outbox import notify_for
+from dispatcher.store.phone_index import job_phone_key
 
 __all__ = [
     "DeadLetter",
@@ -223,6 +224,9 @@ class DeadLetterStore:
         ``token``: the claim of the worker writing it ("" for a letter written
         without one: an operator tool, a test).
         """
+        # The job's phone key goes along: the letter of a job whose state names none (the
+        # previous release enqueued it) joins the phone index in the same step.
+        h, idem = job_phone_key(self.backend, letter.job)
         with broker_errors(self.backend.settings):
             result = self.backend.execution.dead(
                 letter.job_id,
@@ -241,6 +245,8 @@ class DeadLetterStore:
                 notify=notify_for(
                     letter.job, self.backend.settings, error=letter.error, dialer=server or None
                 ),
+                phone_key=h,
+                idempotency_key=idem,
             )
         return result[0]
 

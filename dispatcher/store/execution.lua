@@ -207,6 +207,16 @@ local function index_letter(id, h)
   redis.call('PERSIST', k)
 end
 
+-- The first letter of a Redis with none (and no pass over older ones begun): every
+-- letter from here on is indexed as it is written, so there is nothing for the
+-- maintenance's pass to do (P:dlq:index_cursor `done`; see letter_index.py).
+local function first_letter()
+  local k_cursor = P .. ':dlq:index_cursor'
+  if redis.call('ZCARD', k_dlq) == 0 and redis.call('EXISTS', k_cursor) == 0 then
+    redis.call('SET', k_cursor, 'done')
+  end
+end
+
 -- No letter of the index is left: it lives as long as its longest job state (plus the
 -- margin) and forgets the jobs whose state is gone; with none left, it goes.
 local function settle_index(h)
@@ -755,7 +765,9 @@ elseif cmd == 'await_dialer' then
 elseif cmd == 'dead' then
   -- ARGV: job_id, token ('' for a letter written without a claim), seq, record JSON,
   --       score, reason, attempts, error, http_status ('' for none), ttl, server, then
-  --       the notify tail (5).
+  --       the notify tail (5), then the job's phone key h and idempotency key ('' for
+  --       none: the letter is indexed under h when the job's state names no phone key,
+  --       a job the previous release enqueued).
   -- Returns {'ok'}, {'again'}, {'done', lead_id} (added after all: no letter),
   -- {'superseded'} (another copy holds or decided the job), {'busy'}, {'stale'}.
   local id, token, seq = ARGV[2], ARGV[3], tonumber(ARGV[4])
@@ -773,6 +785,7 @@ elseif cmd == 'dead' then
   end
   if token ~= '' then release_lock(id) end
   local old = retire_letter(id)
+  first_letter()
   redis.call('SET', k_dl(id), ARGV[5])
   redis.call('ZADD', k_dlq, ARGV[6], id)
   redis.call('ZADD', k_reason(reason), ARGV[6], id)
@@ -784,6 +797,11 @@ elseif cmd == 'dead' then
        'updated_at', fmt(now), 'http_status', ARGV[10])
   redis.call('HDEL', k_job(id), 'next_attempt_at')
   local h = redis.call('HGET', k_job(id), 'phone_key')
+  if not h and (ARGV[18] or '') ~= '' then
+    h = ARGV[18]
+    if redis.call('EXISTS', k_job(id)) == 1 then redis.call('HSET', k_job(id), 'phone_key', h) end
+    if (ARGV[19] or '') ~= '' then redis.call('HSET', k_phone(h), id, ARGV[19]) end
+  end
   if h then index_letter(id, h) end
   if not old then redis.call('HINCRBY', k_stats, 'dead_lettered:' .. reason, 1) end
   if ARGV[10] == '200' then answered(server) end
@@ -798,6 +816,7 @@ elseif cmd == 'poison' then
   -- The raw item leaves its in-flight list only together with the letter's write.
   local id, ttl = ARGV[2], tonumber(ARGV[5])
   if redis.call('EXISTS', k_job(id), k_exec(id), k_dl(id)) > 0 then return {'taken'} end
+  first_letter()  -- a letter without a phone: nothing to index
   redis.call('SET', k_dl(id), ARGV[3])
   redis.call('ZADD', k_dlq, ARGV[4], id)
   redis.call('ZADD', k_reason('invalid_payload'), ARGV[4], id)

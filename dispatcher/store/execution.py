@@ -451,6 +451,8 @@ class Execution:
         ttl: int,
         server: str = "",
         notify: Notify | None = None,
+        phone_key: str = "",
+        idempotency_key: str = "",
     ) -> list[str]:
         reply = self.call(
             "dead",
@@ -466,6 +468,8 @@ class Execution:
             ttl,
             server,
             *Notify.tail(notify),
+            phone_key,
+            idempotency_key,
         )
         return [text(x) for x in reply]
 

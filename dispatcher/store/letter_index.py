@@ -3,9 +3,10 @@
 ``dispatcher forget --phone`` finds a phone's jobs and letters through the phone index
 (:mod:`dispatcher.store.phone_index`), which ``execution.lua`` keeps as it writes them.
 Some letters were written without it: those of the previous release (1c0038d, which
-had no index), those its workers write while they still run beside this release's
-during a rolling restart, and those this release writes for a job the previous release
-enqueued (its state names no phone key). Every worker's maintenance
+had no index) and those its workers write while they still run beside this release's
+during a rolling restart. (A letter this release writes for a job the previous release
+enqueued, whose state names no phone key, joins the index in its own step: ``dead``
+is passed the key.) Every worker's maintenance
 (``workers/scheduler.py``) calls :func:`index_some_letters` about once a minute:
 
 * the newest letters (a letter's score is its last failure, so that is where one
@@ -31,7 +32,7 @@ import orjson
 
 from dispatcher.store.backend import Backend
 from dispatcher.store.connection import broker_errors
-from dispatcher.store.phone_index import index_key, phone_key
+from dispatcher.store.phone_index import index_key, phone_key, phone_of
 from dispatcher.store.replies import text
 
 __all__ = [
@@ -62,10 +63,7 @@ def _phone_and_key(raw: str) -> tuple[str, str]:
     job = record.get("job") if isinstance(record, dict) else None
     if not isinstance(job, dict):
         return "", ""  # an invalid_payload letter: no job, no phone
-    lead = job.get("lead")
-    phone = lead.get("phone_number") if isinstance(lead, dict) else None
-    idem = job.get("idempotency_key")
-    return (phone if isinstance(phone, str) else ""), (idem if isinstance(idem, str) else "")
+    return phone_of(job)
 
 
 def index_letters(backend: Backend, ids: Sequence[str], *, cursor: str = "") -> int:

@@ -35,11 +35,13 @@ import hashlib
 import hmac
 import secrets
 import threading
+from collections.abc import Mapping
+from typing import Any
 
 from dispatcher.store.backend import Backend
 from dispatcher.store.connection import broker_errors
 
-__all__ = ["KEY_BYTES", "cached_index_key", "index_key", "phone_key"]
+__all__ = ["KEY_BYTES", "cached_index_key", "index_key", "job_phone_key", "phone_key", "phone_of"]
 
 KEY_BYTES = 32
 _keys: dict[tuple[str, str], bytes] = {}
@@ -75,3 +77,20 @@ def cached_index_key(backend: Backend) -> bytes | None:
 def phone_key(key: bytes, phone: str) -> str:
     """The index's name for a normalised phone number (32 hex: 128 bits of HMAC-SHA256)."""
     return hmac.new(key, phone.encode(), hashlib.sha256).hexdigest()[:32]
+
+
+def phone_of(job: Mapping[str, Any]) -> tuple[str, str]:
+    """The normalised phone and the idempotency key of a job's message (a dead letter's
+    ``job``); '' for what it lacks (an invalid_payload letter has neither)."""
+    lead = job.get("lead")
+    phone = lead.get("phone_number") if isinstance(lead, Mapping) else None
+    idem = job.get("idempotency_key")
+    return (phone if isinstance(phone, str) else ""), (idem if isinstance(idem, str) else "")
+
+
+def job_phone_key(backend: Backend, job: Mapping[str, Any]) -> tuple[str, str]:
+    """The phone key and the idempotency key of a job's message ('' for a job without a
+    phone): what a dead letter passes so that it joins the index in its own step even
+    when the job's state names no phone key (a job the previous release enqueued)."""
+    phone, idem = phone_of(job)
+    return (phone_key(index_key(backend), phone) if phone else ""), idem
