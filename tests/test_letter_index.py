@@ -16,6 +16,7 @@ from dispatcher.ops.erasure import forget_phone
 from dispatcher.store.backend import Backend, get_backend
 from dispatcher.store.deadletter import DeadLetterStore
 from dispatcher.store.letter_index import index_complete, index_some_letters
+from dispatcher.store.phone_index import index_key, phone_key
 from tests.conftest import make_settings
 
 
@@ -138,3 +139,34 @@ def test_letters_without_a_phone_are_left_alone(redis_url: str) -> None:
     assert not index_complete(backend)
     assert index_some_letters(backend) == 0
     assert index_complete(backend)
+
+
+def test_a_key_cached_before_redis_was_emptied_indexes_and_finds_under_redis_s_key(
+    redis_url: str,
+) -> None:
+    """The index key is cached per process; a Redis emptied since (and a new key made by
+    another process) must not leave a letter indexed, or an erasure looking, under the
+    old one: both go by the key Redis holds."""
+    settings = make_settings(redis_url)
+    backend = get_backend(settings)
+    stale = index_key(backend)  # cached by this process
+    r = redis.Redis.from_url(redis_url, decode_responses=True)
+    r.flushall()
+    r.set(backend.keys.index_key, "ab" * 32)  # made by another process since
+    DeadLetterStore(backend).record(
+        job={
+            "job_id": "b" * 32,
+            "lead": {"agent_user": "1000", "phone_number": "7275560099"},
+            "idempotency_key": "k",
+        },
+        reason="dnc",
+        error="ERROR: add_lead PHONE NUMBER IN DNC",
+        http_status=200,
+        attempts=1,
+        first_failed_at=None,
+    )
+    now = bytes.fromhex("ab" * 32)
+    assert now != stale
+    assert r.hget(backend.keys.dead_letter_phones, "b" * 32) == phone_key(now, "7275560099")
+    found = forget_phone(backend, "7275560099", dry_run=True)
+    assert found.counts["dead_letters"] == 1, found.counts

@@ -105,6 +105,7 @@ PERSISTENT = (
     "{p}:users",
     "{p}:user:*",
     "{p}:workers",
+    "{p}:lanes",  # lane names (as many as dialers x lanes): where jobs wait
     "{p}:pauses",
     "{p}:phone:*",
     "{p}:index_key",

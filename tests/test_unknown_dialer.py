@@ -143,7 +143,7 @@ def test_a_job_for_a_dialer_the_worker_does_not_know_waits_for_one_that_does(
     waiting = [e for e in logs if e["event"] == "lead.waiting_for_dialer"]
     assert waiting and waiting[0]["job_id"] == message["job_id"]
     ((again, lane),) = _take_scheduled(new)
-    assert lane == f"{new.queue}.east.realtime"  # where workers like this one look
+    assert lane == f"{new.queue}.west.realtime"  # its own lane: where west's workers look
     assert again["job_id"] == message["job_id"] and again["seq"] == message["seq"]
     # A worker that knows west takes it: the wait is over, whatever comes next (here
     # west's calls are paused: the job waits for that, and says so).
@@ -267,3 +267,52 @@ def test_a_rolling_deploy_end_to_end(
     )
     assert west.count_by_phone() == {PHONE: 1} and east.call_count == 0
     assert len(DeadLetterStore(settings=new)) == 0
+
+
+def test_a_job_in_the_lane_of_a_dialer_no_worker_serves_still_ends_as_its_letter(
+    fleet: tuple[Settings, Settings],
+    two_sims: tuple[Simulator, Simulator],
+    start_worker: Callable[..., WorkerProcess],
+) -> None:
+    """A producer that knows west (a renamed dialer; a dialers file deployed to the
+    producers first) enqueues into west's lane, which no worker polls. The workers'
+    maintenance takes such a lane's jobs (no worker serves its dialer): the job waits
+    for a worker that knows west, its state says so, and after the wait it is the
+    replayable letter under its own id, not a job `queued` until its TTL. Once a worker
+    that knows west runs, its lane is its own again."""
+    new, old = fleet
+    old = old.replace(unknown_dialer_wait_s=4.0)
+    east, west = two_sims
+    env = {"EAST_PASS": "1234", "WEST_PASS": "1234"}
+    start_worker(old, name="old", extra_env=env)
+    job_id = _enqueue(new, dialer="west")["job_id"]
+    status = wait_for(
+        lambda: (s := job_status(job_id, settings=new)) and s.get("waiting_for_dialer") and s,
+        timeout=30,
+        message="the orphaned lane's job to wait for its dialer",
+    )
+    assert status["reason"] == "unknown_dialer" and status["waiting_for_dialer"] == "west"
+    wait_for(
+        lambda: (job_status(job_id, settings=new) or {}).get("state") == "dead",
+        timeout=40,
+        message="the unknown_dialer letter",
+    )
+    letter = DeadLetterStore(settings=new).get(job_id)
+    assert letter is not None and letter.reason == "unknown_dialer" and letter.replayable
+    assert east.call_count == 0 and west.call_count == 0
+
+    knows = start_worker(new, name="new", extra_env=env)
+    knows_west = redis.Redis.from_url(new.redis_url)
+    wait_for(
+        lambda: knows_west.exists(f"{new.key_prefix}:served:west"),
+        timeout=30,
+        message="the new worker's heartbeat",
+    )
+    knows_west.close()
+    second = _enqueue(new, dialer="west", phone_number="7275551313")["job_id"]
+    wait_for(
+        lambda: (job_status(second, settings=new) or {}).get("state") == "added",
+        timeout=40,
+        message="the worker that knows west to add it",
+    )
+    assert west.count_by_phone() == {"7275551313": 1} and knows.alive()

@@ -596,8 +596,8 @@ class Writes:
     def await_dialer(self, exc: UnknownDialer, started: float) -> str:
         """A job whose dialer this worker does not know (as the job knows it): nothing is
         claimed or called. The same publication waits for a worker that knows the
-        dialer, in a lane of this worker's (where it was found: a worker that knows the
-        dialer and serves that lane takes it); after ``DISPATCHER_UNKNOWN_DIALER_WAIT_S``
+        dialer, in the dialer's own lane (a job for the default dialer: this worker's
+        default lane); after ``DISPATCHER_UNKNOWN_DIALER_WAIT_S``
         it becomes the dead letter ``unknown_dialer`` under its own job id, replayable
         once the dialers files agree."""
         job = exc.job
@@ -608,7 +608,9 @@ class Writes:
         settings = self.settings
         served = [d.name for d in settings.served_dialers()]
         default = self.dialers.resolve(None)
-        if job.dialer in served:
+        if job.dialer:
+            # Its own lane: where a worker that knows the dialer looks (if none serves
+            # it, the workers' maintenance hands it back here again: workers/scheduler.py).
             lane_dialer = job.dialer
         elif default is not None and default.name in served:
             lane_dialer = default.name

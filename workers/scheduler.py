@@ -17,6 +17,11 @@ Every worker runs one:
 * has the reconciliation look-up's permissions checked now and then
   (:class:`workers.lookup_check.LookupChecker`, in a thread of its own), so that
   ``dispatcher status``/``health`` can say what VICIdial lacks before a job needs it;
+* now and then, takes the jobs waiting in a lane whose dialer no live worker serves
+  and this worker does not know (a renamed dialer; a dialers file that reached the
+  producers first): nothing would ever poll that lane. Each job waits for a worker
+  that knows its dialer, as one this worker took from its own lanes would (the
+  job's state says so), then becomes the replayable letter ``unknown_dialer``;
 * looks at the Redis layout's version now and then (one GET): when a newer release
   has migrated it (dispatcher/store/layout.py), this worker would misread what that
   release writes, so it stops (``layout.newer``, then Celery's warm shutdown: its
@@ -41,13 +46,17 @@ import redis
 from dispatcher.config import logs
 from dispatcher.config.settings import Settings
 from dispatcher.model.errors import BrokerUnavailable
+from dispatcher.model.jobs import message_of_envelope
 from dispatcher.ops import retention
 from dispatcher.store.activity import record_minute
 from dispatcher.store.backend import Backend, get_backend
+from dispatcher.store.fleet import dialer_of_lane
 from dispatcher.store.layout import LAYOUT_VERSION, stored_version
 from dispatcher.store.letter_index import index_some_letters
 from dispatcher.store.redis_health import redis_availability
+from dispatcher.store.replies import text
 from workers.lookup_check import LookupChecker
+from workers.runner import TransientInfrastructureError, get_runner
 from workers.transport import consumer_id, consumer_ttl_s
 
 __all__ = ["RetryScheduler"]
@@ -74,6 +83,8 @@ class RetryScheduler(threading.Thread):
         self._layout_every = max(1.0, 10 * settings.scheduler_interval_s)
         self._leaving = False
         self.lookups = LookupChecker(settings, get_backend(settings))
+        #: The dialers this worker's lanes are (its heartbeat says they have a worker).
+        self.served = [d.name for d in settings.served_dialers()]
 
     def stop(self) -> None:
         self._stop_event.set()
@@ -81,7 +92,9 @@ class RetryScheduler(threading.Thread):
     def tick(self) -> int:
         backend = get_backend(self.settings)
         # The heartbeat first: it writes (a success says Redis takes writes again).
-        backend.fleet.beat(self.worker_name, consumer=self.consumer, ttl=self.ttl)
+        backend.fleet.beat(
+            self.worker_name, consumer=self.consumer, ttl=self.ttl, served=self.served
+        )
         redis_availability().ok()
         moved = 0
         while True:
@@ -107,7 +120,42 @@ class RetryScheduler(threading.Thread):
         if now - self._last_layout >= self._layout_every:
             self._last_layout = now
             self.check_layout(backend)
+            self.adopt_unserved_lanes(backend)
         return moved
+
+    def adopt_unserved_lanes(self, backend: Backend, *, limit: int = 100) -> int:
+        """Hand back (or letter) the jobs of lanes whose dialer no live worker serves
+        and this worker does not know; how many it took."""
+        keys = backend.keys
+        inflight = keys.inflight(self.consumer)
+        known = set(self.settings.dialers.names)
+        taken = 0
+        for member in backend.redis.smembers(keys.lanes):
+            lane = text(member)
+            dialer = dialer_of_lane(keys, lane)
+            if dialer is None or dialer in known:
+                continue  # a dialer this worker knows: a worker that serves it polls it
+            messages = backend.fleet.adopt(
+                lane,
+                dialer=dialer,
+                inflight=inflight,
+                registry=keys.inflight_registry,
+                limit=limit,
+            )
+            if messages:
+                _log.warning("lane.unserved", lane=lane, dialer=dialer, jobs=len(messages))
+            for raw in messages:
+                message = message_of_envelope(raw)
+                try:
+                    # The runner's path for a job whose dialer it does not know: the
+                    # job's wait (await_dialer), or its letter once the wait is over.
+                    get_runner().run(message if message is not None else raw)
+                except TransientInfrastructureError:
+                    backend.fleet.settled(inflight, raw, back_to=lane)
+                    raise
+                backend.fleet.settled(inflight, raw)
+                taken += 1
+        return taken
 
     def expire_letters(self, backend: Backend, now: float) -> None:
         """Once a minute: dead-letter retention (DISPATCHER_DEAD_LETTER_RETENTION_DAYS),

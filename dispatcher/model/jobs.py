@@ -89,6 +89,7 @@ __all__ = [
     "Reconcile",
     "broker_envelope",
     "iso",
+    "message_of_envelope",
     "new_job_id",
     "state_to_status",
 ]
@@ -552,6 +553,17 @@ def broker_envelope(message: Mapping[str, Any], *, queue: str, task_id: str | No
         "tag": f'"{tag[:8]}-{tag[8:12]}-{tag[12:16]}-{tag[16:20]}-{tag[20:]}"',
         "at": f"{time.time():.3f}",
     }
+
+
+def message_of_envelope(envelope: str | bytes) -> dict[str, Any] | None:
+    """The job message inside a broker envelope (:func:`broker_envelope`'s kombu JSON,
+    base64 body), or None when it holds none."""
+    try:
+        body = json.loads(base64.b64decode(json.loads(envelope)["body"]))
+        message = body[0][0]
+    except (ValueError, KeyError, IndexError, TypeError):
+        return None
+    return message if isinstance(message, dict) else None
 
 
 def _num(value: str | None) -> float | None:

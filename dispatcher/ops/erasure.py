@@ -30,7 +30,6 @@ once after an upgrade.
 
 from __future__ import annotations
 
-import base64
 import json
 import re
 from collections.abc import Callable, Iterator
@@ -38,6 +37,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from dispatcher.config import logs
+from dispatcher.model.jobs import message_of_envelope
 from dispatcher.model.lead import make_lead
 from dispatcher.ops.notifications import erase_notifications
 from dispatcher.store.backend import Backend
@@ -185,7 +185,8 @@ def forget_phone(
     Raises InvalidLead (field ``phone_number``) for something that is not a phone number.
     """
     digits = normalise_phone(phone, default_phone_code=backend.settings.phone_code)
-    key = phone_key(index_key(backend), digits)
+    # Read afresh: a key cached before Redis was emptied would find nothing, silently.
+    key = phone_key(index_key(backend, fresh=True), digits)
     with broker_errors(backend.settings):
         listed = [str(f) for f in backend.redis.hkeys(backend.keys.phone(key)) if f[:1] != "#"]
     scanned = tuple(_scan(backend, digits)) if scan else ()
@@ -208,16 +209,6 @@ def forget_phone(
 
 
 # -- --scan: jobs of the release before the index ------------------------------------------
-
-
-def _message_of(envelope: str) -> dict[str, Any] | None:
-    """The job message inside a broker envelope (kombu's JSON, base64 body), if any."""
-    try:
-        body = json.loads(base64.b64decode(json.loads(envelope)["body"]))
-        message = body[0][0]
-    except (ValueError, KeyError, IndexError, TypeError):
-        return None
-    return message if isinstance(message, dict) else None
 
 
 def _holds(job: Any, phone: str) -> bool:
@@ -269,7 +260,7 @@ def _scan(backend: Backend, phone: str) -> Iterator[tuple[str, str]]:
 
             for chunk in _chunks(lane):
                 for envelope in chunk:
-                    message = _message_of(str(envelope))
+                    message = message_of_envelope(str(envelope))
                     if message is not None and _holds(message, phone):
                         found.setdefault(
                             str(message.get("job_id")), str(message.get("idempotency_key") or "")
@@ -280,7 +271,7 @@ def _scan(backend: Backend, phone: str) -> Iterator[tuple[str, str]]:
 
         for chunk in _chunks(scheduled):
             for envelope in chunk:
-                message = _message_of(str(envelope))
+                message = message_of_envelope(str(envelope))
                 if message is not None and _holds(message, phone):
                     found.setdefault(
                         str(message.get("job_id")), str(message.get("idempotency_key") or "")

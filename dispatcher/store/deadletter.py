@@ -226,7 +226,7 @@ class DeadLetterStore:
         """
         # The job's phone key goes along: the letter of a job whose state names none (the
         # previous release enqueued it) joins the phone index in the same step.
-        h, idem = job_phone_key(self.backend, letter.job)
+        h, idem, key = job_phone_key(self.backend, letter.job)
         with broker_errors(self.backend.settings):
             result = self.backend.execution.dead(
                 letter.job_id,
@@ -247,7 +247,14 @@ class DeadLetterStore:
                 ),
                 phone_key=h,
                 idempotency_key=idem,
+                index_key=key,
             )
+        if result[1:] == ["unindexed"]:
+            # This process's index key is not the one Redis holds (Redis was emptied
+            # since it read it): the letter joins the index under the key Redis holds.
+            h, idem, _ = job_phone_key(self.backend, letter.job, fresh=True)
+            with broker_errors(self.backend.settings):
+                self.backend.execution.index_letters([(letter.id, h, idem)])
         return result[0]
 
     def record(

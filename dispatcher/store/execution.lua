@@ -16,6 +16,8 @@
 --   Q                     list    messages of older versions (consumed after the default
 --                                 dialer's realtime lane)
 --   Q.wake                list    a token per push (at most 64 kept): wakes idle consumers
+--   P:lanes               set     every lane (but Q) a message was pushed onto: the workers'
+--                                 maintenance looks for lanes no worker serves (fleet.lua)
 --   P:job:{id}            hash    the job as `dispatcher job` shows it: state (queued, running,
 --                                 retrying, added, duplicate, dead), attempts, reason, error, http_status,
 --                                 lead_id, list_id, campaign, agent_user, dialer, priority,
@@ -353,6 +355,18 @@ local function lane_of(name)
   return Q
 end
 
+-- Every message goes onto its lane here. A lane other than Q is noted in P:lanes (once
+-- per command), so that the workers' maintenance finds a lane no worker serves
+-- (fleet.lua `adopt`) without a keyspace scan.
+local lanes_noted = {}
+local function publish(lane, envelope)
+  redis.call('LPUSH', lane, envelope)
+  if lane ~= Q and not lanes_noted[lane] then
+    lanes_noted[lane] = true
+    redis.call('SADD', P .. ':lanes', lane)
+  end
+end
+
 local function wake(n)
   if n <= 0 then return end
   for _ = 1, math.min(n, 16) do redis.call('LPUSH', Q .. '.wake', '1') end
@@ -506,7 +520,7 @@ if cmd == 'enqueue' then
       redis.call('HSET', k_job(id), unpack(fields))
       redis.call('EXPIRE', k_job(id), ttl)
       if h ~= '' then index_job(h, id, key, ttl) end
-      redis.call('LPUSH', lane_of(ARGV[b + 7]), ARGV[b + 2])
+      publish(lane_of(ARGV[b + 7]), ARGV[b + 2])
       added = added + 1
       out[i] = 'n:' .. id
     end
@@ -767,8 +781,10 @@ elseif cmd == 'dead' then
   --       score, reason, attempts, error, http_status ('' for none), ttl, server, then
   --       the notify tail (5), then the job's phone key h and idempotency key ('' for
   --       none: the letter is indexed under h when the job's state names no phone key,
-  --       a job the previous release enqueued).
-  -- Returns {'ok'}, {'again'}, {'done', lead_id} (added after all: no letter),
+  --       a job the previous release enqueued) and the index key h was made with (hex).
+  -- Returns {'ok'} ({'ok', 'unindexed'}: h was made with a key Redis no longer holds,
+  -- a Redis emptied since the caller read it: the caller indexes the letter afresh),
+  -- {'again'}, {'done', lead_id} (added after all: no letter),
   -- {'superseded'} (another copy holds or decided the job), {'busy'}, {'stale'}.
   local id, token, seq = ARGV[2], ARGV[3], tonumber(ARGV[4])
   local reason, ttl, server = ARGV[7], tonumber(ARGV[11]), ARGV[12]
@@ -797,7 +813,10 @@ elseif cmd == 'dead' then
        'updated_at', fmt(now), 'http_status', ARGV[10])
   redis.call('HDEL', k_job(id), 'next_attempt_at')
   local h = redis.call('HGET', k_job(id), 'phone_key')
-  if not h and (ARGV[18] or '') ~= '' then
+  local unindexed = false
+  if not h and (ARGV[18] or '') ~= '' and redis.call('GET', P .. ':index_key') ~= ARGV[20] then
+    unindexed = true
+  elseif not h and (ARGV[18] or '') ~= '' then
     h = ARGV[18]
     if redis.call('EXISTS', k_job(id)) == 1 then redis.call('HSET', k_job(id), 'phone_key', h) end
     if (ARGV[19] or '') ~= '' then redis.call('HSET', k_phone(h), id, ARGV[19]) end
@@ -807,6 +826,7 @@ elseif cmd == 'dead' then
   if ARGV[10] == '200' then answered(server) end
   -- A letter written again for a job already dead (a resent command) is no new outcome.
   if ex[1] ~= 'dead' then notify(id, 13, 'lead.dead_lettered', 'dead', {reason = reason}) end
+  if unindexed then return {'ok', 'unindexed'} end
   return {'ok'}
 
 elseif cmd == 'poison' then
@@ -836,7 +856,7 @@ elseif cmd == 'replay' then
   if refused then return refused end
   show(id, ttl, 'state', 'queued', 'attempts', 0, 'updated_at', fmt(now))
   redis.call('HDEL', k_job(id), 'reason', 'error', 'http_status', 'next_attempt_at')
-  redis.call('LPUSH', lane_of(ARGV[6]), ARGV[3])
+  publish(lane_of(ARGV[6]), ARGV[3])
   redis.call('HINCRBY', k_stats, 'replayed', 1)
   wake(1)
   return {'replayed'}
@@ -976,7 +996,7 @@ elseif cmd == 'move_due' then
   local due = redis.call('ZRANGEBYSCORE', k_scheduled, '-inf', fmt(now), 'LIMIT', 0,
                          tonumber(ARGV[2]))
   for _, m in ipairs(due) do
-    redis.call('LPUSH', routing_of(m), m)
+    publish(routing_of(m), m)
     redis.call('ZREM', k_scheduled, m)
   end
   wake(#due)

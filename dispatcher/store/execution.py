@@ -453,6 +453,7 @@ class Execution:
         notify: Notify | None = None,
         phone_key: str = "",
         idempotency_key: str = "",
+        index_key: str = "",
     ) -> list[str]:
         reply = self.call(
             "dead",
@@ -470,6 +471,7 @@ class Execution:
             *Notify.tail(notify),
             phone_key,
             idempotency_key,
+            index_key,
         )
         return [text(x) for x in reply]
 

@@ -18,19 +18,53 @@
 --   _dispatcher.inflight.Q       set     the in-flight list of every consumer of the queue
 --   _dispatcher.inflight.Q.{id}  list    what consumer {id} popped that is not a kombu
 --                                        message, until its dead letter is written
+--   P:served:{dialer}            string  a dialer some live worker serves (TTL: the heartbeat's)
+--   P:lanes                      set     every lane a message was pushed onto (execution.lua);
+--                                        an empty one is forgotten by `adopt`
 --   Q.{dialer}.{lane}, Q         lists   the lanes a stopped consumer's in-flight messages
 --                                        go back to (execution.lua)
+--   Q.list.{dialer}.{lane}       list    a dialer's lanes of leads for a list (execution.lua)
 
 local P = KEYS[1]
 local cmd = ARGV[1]
 
 if cmd == 'beat' then
-  -- ARGV: worker name, consumer id, ttl. The worker and its consumer are alive.
+  -- ARGV: worker name, consumer id, ttl, then the dialers the worker serves. The worker
+  -- and its consumer are alive, and those dialers' lanes have a worker.
   local ttl = tonumber(ARGV[4])
   redis.call('SET', P .. ':worker:' .. ARGV[2], ARGV[3], 'EX', ttl)
   redis.call('SADD', P .. ':workers', ARGV[2])
   redis.call('SET', P .. ':consumer:' .. ARGV[3], '1', 'EX', ttl)
+  for i = 5, #ARGV do redis.call('SET', P .. ':served:' .. ARGV[i], '1', 'EX', ttl) end
   return 1
+
+elseif cmd == 'adopt' then
+  -- ARGV: lane, its dialer, in-flight list, registry, max. A lane whose dialer no live
+  -- worker serves (a renamed dialer; a dialers file that reached producers first) is
+  -- never polled: the caller, a worker that does not know the dialer, takes up to `max`
+  -- of its messages into its in-flight list (as the broker's pop would: if it stops,
+  -- `reap` puts them back) and hands each job back to wait for a worker that knows the
+  -- dialer (execution.lua `await_dialer`), or letters it. Returns the messages taken;
+  -- none while the dialer is served. An empty lane leaves P:lanes.
+  local lane, inflight = ARGV[2], ARGV[4]
+  if redis.call('EXISTS', P .. ':served:' .. ARGV[3]) == 1 then return {} end
+  local out = {}
+  for _ = 1, tonumber(ARGV[6]) do
+    local item = redis.call('RPOPLPUSH', lane, inflight)
+    if not item then break end
+    table.insert(out, item)
+  end
+  if #out > 0 then redis.call('SADD', ARGV[5], inflight) end
+  if redis.call('LLEN', lane) == 0 then redis.call('SREM', P .. ':lanes', lane) end
+  return out
+
+elseif cmd == 'settled' then
+  -- ARGV: in-flight list, message, lane ('' for none). A message `adopt` took is
+  -- handled: it leaves the list; or, given a lane, it goes back to that lane's
+  -- consuming end (its handling failed: Redis refused a write).
+  local n = redis.call('LREM', ARGV[2], 1, ARGV[3])
+  if n > 0 and ARGV[4] ~= '' then redis.call('RPUSH', ARGV[4], ARGV[3]) end
+  return n
 
 elseif cmd == 'reap' then
   -- ARGV: consumer id, registry, in-flight list, queue. If the consumer's heartbeat

@@ -9,15 +9,17 @@ another's.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from importlib import resources
 from typing import Any
 
 import redis
 
+from dispatcher.model.dialers import DIALER_NAME, PRIORITIES
 from dispatcher.store.keys import Keys
 from dispatcher.store.replies import text
 
-__all__ = ["Fleet"]
+__all__ = ["Fleet", "dialer_of_lane"]
 
 _SOURCE = resources.files("dispatcher.store").joinpath("fleet.lua").read_text(encoding="utf-8")
 
@@ -32,8 +34,22 @@ class Fleet:
     def call(self, command: str, *args: Any, client: Any = None) -> Any:
         return self._script(keys=self._keys, args=[command, *args], client=client)
 
-    def beat(self, worker: str, *, consumer: str, ttl: int) -> None:
-        self.call("beat", worker, consumer, ttl)
+    def beat(self, worker: str, *, consumer: str, ttl: int, served: Sequence[str] = ()) -> None:
+        """The worker and its consumer are alive; so is a worker for each ``served``
+        dialer (``P:served:{dialer}``)."""
+        self.call("beat", worker, consumer, ttl, *served)
+
+    def adopt(
+        self, lane: str, *, dialer: str, inflight: str, registry: str, limit: int
+    ) -> list[str]:
+        """Up to ``limit`` messages of ``lane``, whose ``dialer`` no live worker serves,
+        taken into the caller's in-flight list (none while it is served); see fleet.lua."""
+        return [text(x) for x in self.call("adopt", lane, dialer, inflight, registry, limit)]
+
+    def settled(self, inflight: str, message: str, *, back_to: str = "") -> None:
+        """A message :meth:`adopt` took is handled: it leaves the in-flight list (and
+        goes back to the lane ``back_to``, if given: its handling failed)."""
+        self.call("settled", inflight, message, back_to)
 
     def reap(self, client: redis.Redis, *, queue: str) -> dict[str, int]:
         """Return the in-flight messages of consumers whose heartbeat is gone; per consumer."""
@@ -62,3 +78,16 @@ class Fleet:
 
     def prune(self) -> int:
         return int(self.call("prune"))
+
+
+def dialer_of_lane(keys: Keys, lane: str) -> str | None:
+    """The dialer whose lane ``lane`` is (:meth:`Keys.lane`, :meth:`Keys.list_lane`),
+    or None for any other list."""
+    for priority in PRIORITIES:
+        for named in (keys.list_lane, keys.lane):
+            start, _, end = named("\0", priority).partition("\0")
+            if len(lane) > len(start) + len(end) and lane.startswith(start) and lane.endswith(end):
+                name = lane[len(start) : len(lane) - len(end)]
+                if DIALER_NAME.fullmatch(name):
+                    return name
+    return None

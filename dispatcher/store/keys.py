@@ -214,6 +214,15 @@ class Keys:
         """String with a TTL: a consumer process's heartbeat."""
         return f"{self.prefix}:consumer:{consumer_id}"
 
+    def served(self, dialer: str) -> str:
+        """String with a TTL (the heartbeat's): some live worker serves ``dialer``."""
+        return f"{self.prefix}:served:{dialer}"
+
+    @property
+    def lanes(self) -> str:
+        """Set: every lane (but the queue's own list) a message was pushed onto."""
+        return f"{self.prefix}:lanes"
+
     # -- the console: users, sessions, login throttles -----------------------------------
 
     def user(self, name: str) -> str:

@@ -76,7 +76,7 @@ def index_letters(backend: Backend, ids: Sequence[str], *, cursor: str = "") -> 
             known = backend.redis.hmget(keys.dead_letter_phones, list(ids))
             todo = [dl_id for dl_id, h in zip(ids, known, strict=True) if h is None]
             raws = backend.redis.mget([keys.dead_letter(x) for x in todo]) if todo else []
-        secret = index_key(backend) if todo else b""
+        secret = index_key(backend, fresh=True) if todo else b""  # as Redis holds it now
         for dl_id, raw in zip(todo, raws, strict=True):
             phone, idem = _phone_and_key(text(raw)) if raw is not None else ("", "")
             if phone:

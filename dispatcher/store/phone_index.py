@@ -88,9 +88,15 @@ def phone_of(job: Mapping[str, Any]) -> tuple[str, str]:
     return (phone if isinstance(phone, str) else ""), (idem if isinstance(idem, str) else "")
 
 
-def job_phone_key(backend: Backend, job: Mapping[str, Any]) -> tuple[str, str]:
-    """The phone key and the idempotency key of a job's message ('' for a job without a
-    phone): what a dead letter passes so that it joins the index in its own step even
-    when the job's state names no phone key (a job the previous release enqueued)."""
+def job_phone_key(
+    backend: Backend, job: Mapping[str, Any], *, fresh: bool = False
+) -> tuple[str, str, str]:
+    """The phone key, the idempotency key and the index key (hex) of a job's message
+    ('' each for a job without a phone): what a dead letter passes so that it joins the
+    index in its own step even when the job's state names no phone key (a job the
+    previous release enqueued). ``fresh``: as :func:`index_key`."""
     phone, idem = phone_of(job)
-    return (phone_key(index_key(backend), phone) if phone else ""), idem
+    if not phone:
+        return "", idem, ""
+    key = index_key(backend, fresh=fresh)
+    return phone_key(key, phone), idem, key.hex()
