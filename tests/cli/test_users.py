@@ -12,7 +12,6 @@ import logging
 
 import pytest
 import redis
-import structlog
 from click.testing import CliRunner, Result
 
 from dispatcher.cli import cli
@@ -21,8 +20,8 @@ from dispatcher.config.settings import Settings, get_settings
 from dispatcher.devtools.localfleet import settings_env
 from dispatcher.store.backend import get_backend
 from dispatcher.store.users import UserStore
-from tests.conftest import make_settings
-from tests.test_cli import check, run_cli
+from tests.support.cli import check, run_cli
+from tests.support.settings import make_settings
 
 
 @pytest.fixture
@@ -45,8 +44,7 @@ def users_cli(settings: Settings, *args: str, input: str | None = None) -> Resul
         if not configured:
             # The command configured logging onto CliRunner's streams, closed now:
             # put this process back as it was for the tests that follow.
-            structlog.reset_defaults()
-            logs._configured.clear()
+            logs.reset_logging()
             root.handlers[:] = handlers
             root.setLevel(level)
 

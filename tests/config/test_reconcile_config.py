@@ -9,7 +9,7 @@ from dispatcher.model.errors import ConfigError, InvalidPayload
 from dispatcher.model.jobs import Job, Reconcile
 from dispatcher.model.lead import make_lead
 from dispatcher.store.deadletter import DeadLetterStore
-from tests.test_cli import check, record_letter, run_cli
+from tests.support.cli import check, record_letter, run_cli
 
 
 def test_defaults_and_the_derived_nonagent_url() -> None:

@@ -30,6 +30,7 @@ from hypothesis import strategies as st
 from dispatcher.config import logs as logs_module
 from dispatcher.config.logs import REDACTED, Redactor, configure_logging, redact_vicidial_line
 from dispatcher.config.settings import Settings
+from dispatcher.intake.app import create_app
 from dispatcher.ops.producer import job_status, prepare_job, push_jobs
 from dispatcher.ops.status import fleet_status
 from dispatcher.simulator import Simulator
@@ -37,7 +38,10 @@ from dispatcher.store.backend import get_backend
 from dispatcher.store.deadletter import DeadLetterStore
 from dispatcher.vicidial.lookup import check_lookups
 from dispatcher.vicidial.nonagent import NonAgentClient
-from tests.conftest import make_settings
+from tests.support.cli import run_cli
+from tests.support.console import VIEWER, login, seed_users
+from tests.support.settings import make_settings
+from workers.runner import JobRunner
 
 #: Examples per property (hypothesis); the note of issue 25 quotes it.
 EXAMPLES = 1000
@@ -249,9 +253,6 @@ def leaky(redis_url: str, simulator: Simulator) -> Settings:
 def test_the_non_agent_refusal_never_reaches_redis_status_health_exports_pages_or_logs(
     leaky: Settings, simulator: Simulator, tmp_path: Any
 ) -> None:
-    from tests.test_cli import run_cli
-    from workers.runner import JobRunner
-
     settings = leaky
     backend = get_backend(settings)
     stream = io.StringIO()
@@ -308,8 +309,6 @@ def test_the_non_agent_refusal_never_reaches_redis_status_health_exports_pages_o
             assert done.returncode == 0, (args, done.stderr)
             _clean(f"dispatcher {' '.join(args)}", done.stdout + done.stderr)
         # The console, as a viewer: overview, letters, a letter, a job, the exports.
-        from dispatcher.intake.app import create_app
-        from tests.consoletools import VIEWER, login, seed_users
 
         seed_users(settings)
         with login(create_app(settings), VIEWER) as viewer:

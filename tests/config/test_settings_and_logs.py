@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import io
 import json
+import logging
 import time
 from pathlib import Path
 
@@ -142,13 +143,11 @@ def test_configured_pipeline_writes_one_json_line_with_timestamp_and_level() -> 
     try:
         structlog.contextvars.bind_contextvars(job_id="j-1")
         structlog.get_logger().info("lead.added", phone="7275551212", note="topsecret")
-        import logging
 
         logging.getLogger("celery.worker").warning("foreign topsecret 7275551212")
     finally:
         structlog.contextvars.clear_contextvars()
-        structlog.reset_defaults()
-        logs_module._configured.clear()
+        logs_module.reset_logging()
     lines = [json.loads(x) for x in stream.getvalue().splitlines()]
     assert len(lines) == 2
     ours, foreign = lines

@@ -7,7 +7,7 @@ environment, service host names swapped for loopback and fixed ports for free
 ones): Redis with the compose flags and healthcheck, the simulator of the demo
 profile, and a real worker started with the compose command line that consumes a
 job from a real Redis and calls that simulator, checked by the image's
-HEALTHCHECK command. tests/test_deploy_engine.py runs the same files on a real
+HEALTHCHECK command. tests/deploy/test_deploy_engine.py runs the same files on a real
 Docker engine.
 """
 
@@ -39,10 +39,10 @@ from dispatcher.config.settings import SETTINGS_VARIABLES, Settings
 from dispatcher.devtools.localfleet import WorkerProcess
 from dispatcher.devtools.redis_server import find_redis_server, free_port
 from dispatcher.ops.producer import enqueue_lead, job_status
-from tests.conftest import wait_for
+from tests.support.settings import ROOT
+from tests.support.waiting import wait_for
 from workers.delivery import MAX_RATE_WAIT_S
 
-ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
 

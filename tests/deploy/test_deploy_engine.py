@@ -45,9 +45,8 @@ import yaml
 from dispatcher.config.settings import Settings
 from dispatcher.model.errors import BrokerUnavailable
 from dispatcher.ops.producer import enqueue_leads, job_status
-from tests.conftest import wait_for
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.support.settings import ROOT
+from tests.support.waiting import wait_for
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -494,7 +493,7 @@ def deployment(
             capture = request.config.pluginmanager.get_plugin("capturemanager")
             with capture.global_and_fixture_disabled():
                 reporter.write_line("")
-                reporter.write_line("deployment figures (tests/test_deploy_engine.py):")
+                reporter.write_line("deployment figures (tests/deploy/test_deploy_engine.py):")
                 for key, value in FIGURES.items():
                     reporter.write_line(f"  {key}: {json.dumps(value)}")
 

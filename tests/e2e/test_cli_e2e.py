@@ -28,19 +28,20 @@ from dispatcher.devtools.localfleet import WorkerProcess
 from dispatcher.ops.producer import prepare_job
 from dispatcher.simulator import Simulator
 from dispatcher.store.deadletter import DeadLetterStore
-from tests.conftest import make_settings, wait_for
-from tests.test_cli import (
+from tests.support.cli import (
     LETTER_KEYS,
     STATUS_KEYS,
     check,
     cli_env,
     json_lines,
-    queue_length,
     run_cli,
     run_many,
     snapshot,
     start_cli,
 )
+from tests.support.queues import queue_length
+from tests.support.settings import make_settings
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.slow
 

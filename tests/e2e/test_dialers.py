@@ -23,10 +23,13 @@ import redis
 from dispatcher import InvalidLead, enqueue_lead, enqueue_leads, job_status
 from dispatcher.config.settings import Settings
 from dispatcher.devtools.localfleet import WorkerProcess, settings_env
+from dispatcher.devtools.redis_server import RedisServer
 from dispatcher.model.dialers import read_dialers_file
 from dispatcher.model.errors import ConfigError
 from dispatcher.simulator import Simulator, SimulatorState
-from tests.conftest import FAST, steady_rate, wait_for
+from tests.support.rates import steady_rate
+from tests.support.settings import FAST
+from tests.support.waiting import wait_for
 
 PASSWORDS = {"EAST_PASS": "1234", "WEST_PASS": "1234"}
 
@@ -338,8 +341,6 @@ def test_redis_restart_during_a_mixed_run_loses_nothing(
     two_sims: tuple[Simulator, Simulator],
     start_worker: Callable[..., WorkerProcess],
 ) -> None:
-    from dispatcher.devtools.redis_server import RedisServer
-
     east, west = two_sims
     (tmp_path / "aof").mkdir()
     server = RedisServer(tmp_path / "aof", appendonly=True).start()

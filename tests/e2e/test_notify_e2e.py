@@ -22,9 +22,9 @@ from dispatcher.ops.notifications import list_notifications
 from dispatcher.simulator import Simulator
 from dispatcher.store.backend import get_backend
 from dispatcher.store.deadletter import DeadLetterStore
-from tests.conftest import make_settings, wait_for
-from tests.receiver import Receiver
-from tests.test_notify import SECRET, verify
+from tests.support.receiver import SECRET, Receiver, verify
+from tests.support.settings import make_settings
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.slow
 DNC_PHONE = "7275550000"  # on the simulator's DNC list

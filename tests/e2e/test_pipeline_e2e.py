@@ -15,8 +15,11 @@ import pytest
 
 from dispatcher import DeadLetterStore, enqueue_lead, enqueue_leads, job_status
 from dispatcher.config.settings import Settings
+from dispatcher.devtools.localfleet import WorkerProcess
+from dispatcher.devtools.redis_server import free_port
 from dispatcher.simulator import Simulator
-from tests.conftest import WorkerProcess, make_settings, wait_for
+from tests.support.settings import make_settings
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -223,8 +226,6 @@ def test_outage_longer_than_the_attempts_dead_letters_the_whole_job(
 def test_connection_refused_is_a_network_dead_letter(
     redis_url: str, start_worker: Callable[..., WorkerProcess]
 ) -> None:
-    from dispatcher.devtools.redis_server import free_port
-
     settings = make_settings(
         redis_url,
         None,

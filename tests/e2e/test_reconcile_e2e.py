@@ -15,8 +15,9 @@ from dispatcher import DeadLetterStore, enqueue_lead, enqueue_leads, job_status
 from dispatcher.config.settings import Settings
 from dispatcher.devtools.localfleet import WorkerProcess
 from dispatcher.simulator import Simulator
-from tests.conftest import make_settings, wait_for
-from tests.test_cli import check, run_cli
+from tests.support.cli import check, run_cli
+from tests.support.settings import make_settings
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.slow
 

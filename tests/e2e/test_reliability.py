@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import random
 import subprocess
 import sys
@@ -28,7 +29,9 @@ from dispatcher.devtools.localfleet import WorkerProcess, settings_env
 from dispatcher.devtools.redis_server import RedisServer
 from dispatcher.model.jobs import TASK_NAME, broker_envelope
 from dispatcher.simulator import Simulator
-from tests.conftest import make_settings, steady_rate, wait_for
+from tests.support.rates import steady_rate
+from tests.support.settings import make_settings
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -377,6 +380,4 @@ def _status_json(settings: Settings) -> dict[str, Any]:
 
 
 def _base_env() -> dict[str, str]:
-    import os
-
     return {k: v for k, v in os.environ.items() if not k.startswith("DISPATCHER_")}

@@ -15,8 +15,11 @@ from dispatcher import enqueue_lead, job_status
 from dispatcher.config.settings import Settings
 from dispatcher.devtools.localfleet import WorkerProcess, settings_env
 from dispatcher.devtools.redis_server import RedisServer, find_redis_server, free_port
+from dispatcher.model.errors import ConfigError
 from dispatcher.simulator import Simulator
-from tests.conftest import make_settings, wait_for
+from tests.support.engine import Harness, engine_connections, enqueue_message, job_state
+from tests.support.settings import make_settings
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -80,8 +83,6 @@ def test_a_worker_adds_a_lead_through_sentinel(
 
 
 def test_sentinel_url_needs_the_master_name() -> None:
-    from dispatcher.model.errors import ConfigError
-
     with pytest.raises(ConfigError) as info:
         Settings(redis_url="sentinel://127.0.0.1:26379/0")
     assert "DISPATCHER_REDIS_SENTINEL_MASTER" in str(info.value)
@@ -130,23 +131,21 @@ def test_the_lead_engine_finds_the_primary_through_sentinel_on_its_loop(
 ) -> None:
     """The engine's claims and success writes go through Sentinel on the loop's own
     redis.asyncio connections (no thread in between)."""
-    from tests.test_engine import Harness, _engine_connections, _message, _state
-
     settings = make_settings(sentinel_url, simulator, redis_sentinel_master="leads")
     h = Harness(settings, capacity=8)
     try:
-        h.submit(_message(settings, "7275550100"))
+        h.submit(enqueue_message(settings, "7275550100"))
         h.wait(1)
         handoffs = h.engine.handoffs
-        messages = [_message(settings, f"72755{i:05d}") for i in range(1, 4)]
+        messages = [enqueue_message(settings, f"72755{i:05d}") for i in range(1, 4)]
         for message in messages:
             h.submit(message)
         h.wait(4)
         assert h.kinds() == ["ack"] * 4
-        assert all(_state(settings, m) == "added" for m in messages)
+        assert all(job_state(settings, m) == "added" for m in messages)
         assert h.engine.handoffs == handoffs
         sentinel = redis.Redis(port=int(sentinel_url.rsplit(":", 1)[1].split("/")[0]))
         host, port = sentinel.execute_command("SENTINEL", "get-master-addr-by-name", "leads")
-        assert _engine_connections(f"redis://{host.decode()}:{int(port)}/0")
+        assert engine_connections(f"redis://{host.decode()}:{int(port)}/0")
     finally:
         h.close()

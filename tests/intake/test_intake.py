@@ -15,7 +15,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -25,7 +24,6 @@ from typing import Any
 import httpx
 import pytest
 import schemathesis
-import uvicorn
 from hypothesis import HealthCheck, given, settings
 from prometheus_client.parser import text_string_to_metric_families
 from schemathesis import GenerationMode
@@ -41,7 +39,10 @@ from dispatcher.model.dialers import Dialer
 from dispatcher.model.errors import ConfigError, all_reasons
 from dispatcher.ops.producer import job_status
 from dispatcher.simulator import Simulator
-from tests.conftest import ROOT, make_settings, queue_length, wait_for
+from tests.support.intake import ThreadedIntake, start_intake
+from tests.support.queues import queue_length
+from tests.support.settings import ROOT, make_settings
+from tests.support.waiting import wait_for
 
 TOKEN_A = "tok-A-3f9c2d8e61b04a7f9e2c"
 TOKEN_B = "tok-B-77a1c0de5b9e4f12aa03"
@@ -62,55 +63,27 @@ class Intake:
         return httpx.Client(base_url=self.url, headers=headers, timeout=10, **kwargs)
 
 
-@dataclass
-class _ThreadServer:
-    server: uvicorn.Server
-    thread: threading.Thread
-
-
-def _start(settings: Settings) -> tuple[str, _ThreadServer]:
-    port = free_port()
-    config = uvicorn.Config(
-        create_app(settings),
-        host="127.0.0.1",
-        port=port,
-        access_log=False,
-        log_config=None,
-        lifespan="off",
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    wait_for(lambda: server.started, timeout=10, message="uvicorn to start")
-    return f"http://127.0.0.1:{port}", _ThreadServer(server, thread)
-
-
-def _stop(running: _ThreadServer) -> None:
-    running.server.should_exit = True
-    running.thread.join(10)
-
-
 @pytest.fixture
 def serve() -> Iterator[Callable[[Settings], Intake]]:
     """Start an intake for some settings; stopped at the end of the test."""
-    started: list[_ThreadServer] = []
+    started: list[ThreadedIntake] = []
 
     def start(settings: Settings) -> Intake:
-        url, running = _start(settings)
+        running = start_intake(settings)
         started.append(running)
-        return Intake(url, settings)
+        return Intake(running.url, settings)
 
     yield start
     for running in started:
-        _stop(running)
+        running.stop()
 
 
 @pytest.fixture(scope="module")
 def module_intake(redis_server: RedisServer) -> Iterator[Intake]:
     settings = make_settings(redis_server.url, intake_tokens=(TOKEN_A, TOKEN_B))
-    url, running = _start(settings)
-    yield Intake(url, settings)
-    _stop(running)
+    running = start_intake(settings)
+    yield Intake(running.url, settings)
+    running.stop()
 
 
 @pytest.fixture

@@ -1,8 +1,9 @@
 """Tests for dispatcher.model.lead: VICIdial column rules, normalisation and validation.
 
 Examples, in both modes (``non_latin`` false and true). The property "whatever validates,
-VICIdial stores exactly the normalised value" is tests/test_lead_property.py, against the
-simulator (itself pinned to shared/vicidial/external_add_lead.md by tests/test_simulator.py).
+VICIdial stores exactly the normalised value" is tests/model/test_lead_property.py, against
+the simulator (itself pinned to shared/vicidial/external_add_lead.md by
+tests/simulator/test_simulator.py). The table of invalid leads is tests/support/leads.py.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import re
 import string
 import unicodedata
 from collections.abc import Iterator, Mapping
-from pathlib import Path
 
 import pytest
 
@@ -20,19 +20,8 @@ from dispatcher.model import lead as lead_module
 from dispatcher.model.errors import FieldError, InvalidLead
 from dispatcher.model.lead import LEAD_FIELDS, OPTIONAL_FIELDS, Lead, make_lead, make_leads
 from dispatcher.simulator import mangling
-
-BASE: dict[str, object] = {"agent_user": "1000", "phone_number": "7275551212"}
-
-
-def lead_with(**fields: object) -> dict[str, object]:
-    return {**BASE, **fields}
-
-
-def _with_int_key() -> dict[object, object]:
-    data: dict[object, object] = {7: "x"}
-    for key, value in BASE.items():
-        data[key] = value
-    return data
+from tests.support.leads import BASE, INVALID, lead_with
+from tests.support.settings import ROOT
 
 
 def errors_of(data: Mapping[str, object], **kwargs: str | bool) -> dict[str, str]:
@@ -46,146 +35,8 @@ def errors_of(data: Mapping[str, object], **kwargs: str | bool) -> dict[str, str
 
 
 # ---------------------------------------------------------------------------------------------
-# Invalid leads: the exact field named, and a helpful message
+# Invalid leads: the exact field named, and a helpful message (the table: support/leads.py)
 # ---------------------------------------------------------------------------------------------
-
-INVALID = [
-    # required fields
-    pytest.param({"phone_number": "7275551212"}, "agent_user", "is required", id="no-agent"),
-    pytest.param(lead_with(agent_user=None), "agent_user", "is required", id="agent-none"),
-    pytest.param(lead_with(agent_user="  "), "agent_user", "is required", id="agent-blank"),
-    pytest.param({"agent_user": "1000"}, "phone_number", "is required", id="no-phone"),
-    pytest.param(lead_with(phone_number=""), "phone_number", "is required", id="phone-empty"),
-    # agent_user
-    pytest.param(lead_with(agent_user="1"), "agent_user", "2-20", id="agent-short"),
-    pytest.param(lead_with(agent_user="a" * 21), "agent_user", "2-20", id="agent-long"),
-    pytest.param(
-        lead_with(agent_user="jo smith!"), "agent_user", "would drop: ' ', '!'", id="agent-chars"
-    ),
-    pytest.param(lead_with(agent_user="jöe"), "agent_user", "'ö'", id="agent-accent"),
-    # phone_number
-    pytest.param(lead_with(phone_number="12345"), "phone_number", "6-18 digits", id="phone-5"),
-    pytest.param(lead_with(phone_number="1" * 19), "phone_number", "6-18 digits", id="phone-19"),
-    pytest.param(lead_with(phone_number=12345), "phone_number", "got 5", id="phone-int-short"),
-    pytest.param(
-        lead_with(phone_number="727-555-CALL"), "phone_number", "'C', 'A', 'L'", id="phone-letters"
-    ),
-    pytest.param(lead_with(phone_number="727555*1212"), "phone_number", "'*'", id="phone-star"),
-    pytest.param(lead_with(phone_number="7275551212#"), "phone_number", "'#'", id="phone-hash"),
-    pytest.param(
-        lead_with(phone_number="727/555/1212"), "phone_number", "only contain digits", id="phone-/"
-    ),
-    pytest.param(lead_with(phone_number="++17275551212"), "phone_number", "'+'", id="phone-++"),
-    pytest.param(
-        lead_with(phone_number="+44 20 7946 0958"),
-        "phone_number",
-        "does not start with phone_code '1'",
-        id="phone-foreign-plus",
-    ),
-    pytest.param(lead_with(phone_number=-7275551212), "phone_number", "negative", id="phone-neg"),
-    pytest.param(lead_with(phone_number=10**60), "phone_number", "more than 18", id="phone-huge"),
-    # phone_code
-    pytest.param(lead_with(phone_code="1-2"), "phone_code", "'-'", id="code-dash"),
-    pytest.param(lead_with(phone_code="x1"), "phone_code", "'x'", id="code-lower-x"),
-    pytest.param(lead_with(phone_code="1" * 11), "phone_code", "at most 10", id="code-long"),
-    # unknown and unstored fields
-    pytest.param(lead_with(favourite_colour="red"), "favourite_colour", "unknown", id="unknown"),
-    pytest.param(
-        lead_with(frist_name="Bob"), "frist_name", "did you mean 'first_name'", id="misspelt"
-    ),
-    pytest.param(
-        lead_with(gmt_offset_now="-5.00"), "gmt_offset_now", "never stores", id="gmt-offset"
-    ),
-    pytest.param(lead_with(status="SALE"), "status", "ignores status", id="status"),
-    pytest.param(lead_with(vendor_id="V1"), "vendor_id", "vendor_lead_code", id="vendor-id"),
-    pytest.param(lead_with(value="7275551212"), "value", "phone_number", id="value"),
-    pytest.param(lead_with(dnc_check=True), "dnc_check", "enqueue option", id="dnc-flag"),
-    pytest.param(_with_int_key(), "7", "must be strings", id="non-str-key"),
-    # gender, date_of_birth, rank, state
-    pytest.param(lead_with(gender="X"), "gender", "one of M, F, U", id="gender-X"),
-    pytest.param(lead_with(gender="male"), "gender", "one of M, F, U", id="gender-word"),
-    pytest.param(lead_with(gender=1), "gender", "not int", id="gender-int"),
-    pytest.param(lead_with(date_of_birth="03/02/1980"), "date_of_birth", "YYYY-MM-DD", id="dob-us"),
-    pytest.param(
-        lead_with(date_of_birth="1980-3-2"), "date_of_birth", "YYYY-MM-DD", id="dob-short"
-    ),
-    pytest.param(
-        lead_with(date_of_birth="2023-02-30"), "date_of_birth", "not a real date", id="dob-feb-30"
-    ),
-    pytest.param(
-        lead_with(date_of_birth="1980-13-01"), "date_of_birth", "not a real date", id="dob-month-13"
-    ),
-    pytest.param(
-        lead_with(date_of_birth="0000-00-00"), "date_of_birth", "not a real date", id="dob-zero"
-    ),
-    pytest.param(lead_with(rank=-1), "rank", "0 to 32767", id="rank-minus-1"),
-    pytest.param(lead_with(rank="-1"), "rank", "0 to 32767", id="rank-minus-1-str"),
-    # a signed SMALLINT: the server would store 32767 for anything above
-    pytest.param(lead_with(rank=32768), "rank", "0 to 32767", id="rank-32768"),
-    pytest.param(lead_with(rank="65535"), "rank", "0 to 32767", id="rank-65535"),
-    pytest.param(lead_with(rank=65536), "rank", "0 to 32767", id="rank-65536"),
-    pytest.param(lead_with(rank="999999"), "rank", "0 to 32767", id="rank-6-digits"),
-    pytest.param(lead_with(rank="abc"), "rank", "0 to 32767", id="rank-abc"),
-    pytest.param(lead_with(rank="1.5"), "rank", "0 to 32767", id="rank-decimal-str"),
-    # the server would store 7: not a documented normalisation, so an error
-    pytest.param(lead_with(rank="007"), "rank", "no sign or leading zeros", id="rank-007"),
-    pytest.param(lead_with(rank="+5"), "rank", "no sign or leading zeros", id="rank-plus"),
-    pytest.param(lead_with(rank=True), "rank", "not bool", id="rank-true"),
-    pytest.param(lead_with(rank=2.0), "rank", "not float", id="rank-float"),
-    pytest.param(lead_with(state="FLA"), "state", "at most 2", id="state-3"),
-    # characters VICIdial would drop
-    pytest.param(lead_with(first_name="李"), "first_name", "would drop: '李'", id="cjk"),
-    pytest.param(lead_with(last_name="Иванов"), "last_name", "'И'", id="cyrillic"),
-    pytest.param(
-        lead_with(first_name="李!"), "first_name", "would drop: '李', '!'", id="cjk-and-bang"
-    ),
-    pytest.param(lead_with(comments="great 😀"), "comments", "'😀'", id="emoji"),
-    pytest.param(lead_with(comments="a;b#c"), "comments", "';', '#'", id="comments-semicolon"),
-    pytest.param(lead_with(comments="ring\x07bell"), "comments", "'\\x07'", id="comments-bel"),
-    pytest.param(lead_with(comments="a\x00b"), "comments", "'\\x00'", id="comments-nul"),
-    pytest.param(lead_with(first_name="Ann\tMarie"), "first_name", "'\\t'", id="name-tab"),
-    pytest.param(lead_with(source_id="web#1"), "source_id", "'#'", id="source-hash"),
-    pytest.param(lead_with(email="bob\t@x.com"), "email", "'\\t'", id="email-tab"),
-    pytest.param(lead_with(email="josé@example.com"), "email", "'é'", id="email-accent"),
-    pytest.param(lead_with(vendor_lead_code="Ü-1"), "vendor_lead_code", "'Ü'", id="vlc-accent"),
-    pytest.param(lead_with(city="Tampa, FL"), "city", "','", id="city-comma"),
-    pytest.param(lead_with(postal_code="12'345"), "postal_code", '"\'"', id="postal-quote"),
-    pytest.param(lead_with(country_code="U$"), "country_code", "'$'", id="country-dollar"),
-    pytest.param(lead_with(middle_initial="J."), "middle_initial", "'.'", id="initial-dot"),
-    pytest.param(lead_with(gender='"M"'), "gender", "one of M, F, U", id="gender-quoted"),
-    pytest.param(lead_with(email='"bob"@x.com'), "email", "'\"'", id="email-dquote"),
-    # '+': turned into a space by the server in most text fields, dropped in a few
-    pytest.param(
-        lead_with(email="bob+tag@example.com"),
-        "email",
-        "'+', which VICIdial turns into a space",
-        id="email-plus",
-    ),
-    pytest.param(
-        lead_with(first_name="Mary+Ann"), "first_name", "turns into a space", id="name-plus"
-    ),
-    pytest.param(lead_with(comments="1+1"), "comments", "turns into a space", id="comments-plus"),
-    pytest.param(lead_with(title="Dr+"), "title", "would drop: '+'", id="title-plus-dropped"),
-    pytest.param(lead_with(state="F+"), "state", "would drop: '+'", id="state-plus-dropped"),
-    pytest.param(
-        lead_with(alt_phone="+1 (813) 555-01+2"), "alt_phone", "'+'", id="alt-phone-inner-plus"
-    ),
-    # alt_phone is dialled, so digits only
-    pytest.param(
-        lead_with(alt_phone="813-555-CALL"), "alt_phone", "only contain digits", id="alt-letters"
-    ),
-    pytest.param(lead_with(alt_phone="1" * 13), "alt_phone", "at most 12", id="alt-13"),
-    # wrong value types
-    pytest.param(lead_with(phone_number=["7275551212"]), "phone_number", "not list", id="list"),
-    pytest.param(lead_with(first_name={"x": 1}), "first_name", "not dict", id="dict"),
-    pytest.param(lead_with(phone_number=7275551212.0), "phone_number", "not float", id="float"),
-    pytest.param(lead_with(first_name=True), "first_name", "not bool", id="bool"),
-    pytest.param(
-        lead_with(first_name=42), "first_name", "must be a string, not int", id="int-name"
-    ),
-    pytest.param(lead_with(postal_code=2134), "postal_code", "must be a string", id="int-postal"),
-    pytest.param(lead_with(agent_user=b"1000"), "agent_user", "not bytes", id="bytes"),
-]
 
 
 @pytest.mark.parametrize(("data", "field", "fragment"), INVALID)
@@ -617,7 +468,7 @@ def test_make_leads_passes_the_mode() -> None:
 # README "Leads" states the rules of the code, line for line
 # ---------------------------------------------------------------------------------------------
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+README = ROOT / "README.md"
 RULES = lead_module.AGENT_RULES.rules
 
 

@@ -3,9 +3,11 @@ field, or VICIdial stores exactly the normalised value, and the normalisation is
 documented ones (README "Leads"), nothing else.
 
 "VICIdial" is the simulator: its logic (:mod:`dispatcher.simulator.agc` and ``mangling``) is
-pinned byte for byte to shared/vicidial/external_add_lead.md by tests/test_simulator.py. Most
-examples drive that logic in-process (pure functions, fast); a smaller number go through the
-worker's real HTTP client to a running simulator, on a real socket.
+pinned byte for byte to shared/vicidial/external_add_lead.md by
+tests/simulator/test_simulator.py. Most examples drive that logic in-process (pure functions,
+fast); a smaller number go through the worker's real HTTP client to a running simulator, on a
+real socket. The documented normalisations and the values of every kind are
+tests/support/leads.py (the list client's property uses them too).
 
 ``non_latin`` False is a VICIdial with the default ``use_non_latin=0``; True is one with
 ``use_non_latin=1`` (the simulator's state ``"non_latin": true``).
@@ -14,7 +16,6 @@ worker's real HTTP client to a running simulator, on a real socket.
 from __future__ import annotations
 
 import contextlib
-import datetime
 import string
 import time
 import unicodedata
@@ -31,15 +32,22 @@ from dispatcher.simulator import Simulator, SimulatorState
 from dispatcher.simulator.agc import StoredLead, Tables, answer, merge_fields
 from dispatcher.simulator.mangling import (
     COLUMN_SIZES,
-    RAW_SQL_FIELDS,
     sanitize,
     sql_literal,
     to_column,
 )
+from tests.support.leads import (
+    ANY_VALUE,
+    BASE,
+    FREE_TEXT,
+    TRANSLITERATION,
+    TRICKY,
+    documented,
+    refused_by_design,
+)
 from workers.vicidial import VicidialClient
 
 MODES = [pytest.param(False, id="latin"), pytest.param(True, id="non_latin")]
-BASE: dict[str, object] = {"agent_user": "1000", "phone_number": "7275551212"}
 CAMPAIGN = "TESTCAMP"  # the demo state's campaign with manual dial list 101
 
 # --------------------------------------------------------------------------------------------
@@ -82,63 +90,14 @@ def assert_stored_exactly(stored: StoredLead, lead: Lead) -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# The documented normalisations, written again here from README "Leads"
+# What the product must accept: the documented normalisations (tests/support/leads.py, written
+# again there from README "Leads") of what the server keeps
 # --------------------------------------------------------------------------------------------
-
-PHONES = ("phone_number", "alt_phone")
-UPPER = ("gender", "country_code")
-TRANSLITERATED = frozenset(
-    {
-        "first_name",
-        "last_name",
-        "middle_initial",
-        "title",
-        "address1",
-        "address2",
-        "address3",
-        "city",
-        "province",
-        "comments",
-        "security_phrase",
-    }
-)
-QUOTES_REMOVED = (TRANSLITERATED - {"middle_initial"}) | {"source_id", "vendor_lead_code", "owner"}
-TRANSLITERATION = object()  # the value went through transliteration: checked separately
-
-
-def documented(field: str, raw: object, *, non_latin: bool, phone_code: str) -> object:
-    """The normalised value README "Leads" promises (None: not given), for a value that is
-    accepted. TRANSLITERATION when the latin-mode transliteration table applies."""
-    if raw is None:
-        return None
-    value = str(raw).strip()
-    if not value:
-        return None
-    if non_latin:
-        value = unicodedata.normalize("NFC", value)
-    if field in PHONES:
-        international = value.startswith("+")
-        value = value.removeprefix("+")
-        for char in " -.()":
-            value = value.replace(char, "")
-        if international:
-            value = value.removeprefix(phone_code)
-    elif field == "phone_code":
-        value = value.removeprefix("+")
-    elif field in UPPER:
-        value = "".join(c.upper() if "a" <= c <= "z" else c for c in value)
-    if not non_latin and field in TRANSLITERATED and not value.isascii():
-        return TRANSLITERATION
-    if field in QUOTES_REMOVED:
-        value = value.replace('"', "").replace("\\", "").strip()
-    return value or None
-
 
 INT_OK = frozenset(
     {"agent_user", "phone_number", "phone_code", "alt_phone", "rank"}
     | {"vendor_lead_code", "source_id", "owner"}
 )
-FREE_TEXT = frozenset(RAW_SQL_FIELDS)
 
 
 def server_stores(field: str, sent: str, non_latin: bool) -> str | None:
@@ -151,31 +110,6 @@ def server_stores(field: str, sent: str, non_latin: bool) -> str | None:
     if field in FREE_TEXT:
         value = sql_literal(value or "")
     return None if value is None else to_column(field, value, non_latin=non_latin)
-
-
-def refused_by_design(field: str, raw: object, value: str, non_latin: bool) -> bool:
-    """The documented refusals of values the server would store unchanged (README "Leads")."""
-    if isinstance(raw, int) and raw < 0:
-        return True  # integers are accepted for numbers, which are never negative
-    if field in PHONES:  # dialled: digits only, 6-18 (alt_phone: its column's 12)
-        international = str(raw).strip().startswith("+")
-        return (
-            not (value.isascii() and value.isdigit())
-            or (field == "phone_number" and len(value) < 6)
-            or (international and not str(raw).strip().removeprefix("+").lstrip().startswith("1"))
-        )
-    if field == "agent_user":
-        return not 2 <= len(value) <= 20
-    if field == "date_of_birth":  # a real date: not MySQL's zero date 0000-00-00
-        try:
-            datetime.date.fromisoformat(value)
-        except ValueError:
-            return True
-    if field in FREE_TEXT:
-        if not non_latin and not value.isascii():
-            return True  # a latin1 server would lose it
-        return any(unicodedata.category(c) in ("Cc", "Cs") and c not in "\t\n\r" for c in value)
-    return False
 
 
 def must_accept(field: str, raw: object, non_latin: bool) -> bool:
@@ -191,29 +125,8 @@ def must_accept(field: str, raw: object, non_latin: bool) -> bool:
 
 
 # --------------------------------------------------------------------------------------------
-# Values: anything at all, and values close to what the server keeps (so that many validate)
+# Values close to what the server keeps, so that many validate (any value: support/leads.py)
 # --------------------------------------------------------------------------------------------
-
-# Characters producers send, and characters each rule is about: the server's special ones,
-# accents (precomposed and combining), scripts with and without combining marks, digits of
-# other scripts, spaces of all kinds, controls, symbols, above U+FFFF, a lone surrogate.
-TRICKY = (
-    "'\"\\+;#%@:/._-|*()$!,? \t\n\r\x00\x07\x7f"
-    "éÜßæøłÆŁñçÅ\u0301\u0308\u00a0\u3000\u200b\u00ad\u2019\u201c\u2013\u2026"
-    "李龍Жжαب\u064f\u0651नम\u094dส\u0e49٣\uff17ﬁǅ★€©"
-    "😀𠮷\ud800"
-)
-ANY_CHAR = st.one_of(
-    st.sampled_from(string.printable),
-    st.sampled_from(TRICKY),
-    st.characters(exclude_categories=()),  # the whole of Unicode, surrogates included
-)
-ANY_VALUE: st.SearchStrategy[object] = st.one_of(
-    st.text(ANY_CHAR, max_size=40),
-    st.text(ANY_CHAR, min_size=240, max_size=260),
-    st.integers(-(10**6), 10**20),
-    st.sampled_from([None, "", "   ", True, 1.5, ["x"], b"x"]),
-)
 
 # Candidates for "characters the server keeps unchanged": ASCII, and a sample of other scripts.
 _CANDIDATES = "".join(map(chr, range(0x20, 0x7F))) + "\t\n" + "éÜñЖжαβ李龍بحक्ष٣ǅ☎€😀𠮷"

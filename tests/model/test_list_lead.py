@@ -2,7 +2,7 @@
 
 Pure tests of dispatcher.model.list_lead, list_options and the job's version 2 message. The
 property "whatever validates, VICIdial stores exactly the normalised value" for list leads
-is tests/test_list_client.py, end to end through the client to the simulator.
+is tests/workers/test_list_client.py, end to end through the client to the simulator.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ import pytest
 from dispatcher.model.dialers import Dialer, Dialers
 from dispatcher.model.errors import InvalidLead, InvalidPayload, UnknownDialer
 from dispatcher.model.jobs import JOB_VERSION, LIST_JOB_VERSION, Job, state_to_status
-from dispatcher.model.lead import Lead, make_lead
-from dispatcher.model.list_lead import LIST_LEAD_FIELDS, MAX_LIST_ID, make_list_lead
+from dispatcher.model.lead import AGENT_RULES, Lead, make_lead
+from dispatcher.model.list_lead import LIST_LEAD_FIELDS, LIST_RULES, MAX_LIST_ID, make_list_lead
 from dispatcher.model.list_options import (
     DUPLICATE_CHECKS,
     WINDOWS,
@@ -31,6 +31,8 @@ from dispatcher.model.list_options import (
     parse_duplicate_check,
 )
 from dispatcher.model.marker import mark, marker
+from dispatcher.simulator.addlead_fields import ADD_LEAD_FIELDS
+from tests.support.settings import ROOT
 
 BASE: dict[str, object] = {"list_id": "101", "phone_number": "7275551212"}
 
@@ -157,8 +159,6 @@ def test_every_bad_field_is_named_at_once() -> None:
 
 
 def test_list_lead_fields_are_add_lead_s_columns() -> None:
-    from dispatcher.simulator.addlead_fields import ADD_LEAD_FIELDS
-
     assert set(LIST_LEAD_FIELDS) == {
         *ADD_LEAD_FIELDS,
         "list_id",
@@ -537,12 +537,7 @@ def test_lead_equality_and_hash_include_the_list() -> None:
 
 
 def test_readme_list_table_is_the_list_rules() -> None:
-    from pathlib import Path
-
-    from dispatcher.model.lead import AGENT_RULES
-    from dispatcher.model.list_lead import LIST_RULES
-
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
     section = readme[readme.index("**A lead for a list**") : readme.index("## Two ways")]
     rows = re.findall(
         r"^\| `([a-z_0-9]+)`[^|]* \| ([^|]+) \| ([^|]+) \| ([^|]+) \|$", section, re.M

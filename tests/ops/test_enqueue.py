@@ -22,7 +22,9 @@ from dispatcher.config.settings import Settings
 from dispatcher.devtools.redis_server import free_port
 from dispatcher.model.errors import InvalidPayload, UnknownDialer
 from dispatcher.model.jobs import TASK_NAME, Job, broker_envelope, new_job_id
-from tests.conftest import make_settings, queued_envelopes
+from tests.support.leads import INVALID
+from tests.support.queues import queued_envelopes
+from tests.support.settings import make_settings
 
 
 @pytest.fixture
@@ -128,7 +130,7 @@ def test_idempotency_key_returns_first_job_and_enqueues_nothing(psettings: Setti
         settings=psettings,
     )
     # The same lead again (the form posted twice): the first job's id, nothing enqueued.
-    # (A different lead under the same key is a conflict: tests/test_enqueue_safety.py.)
+    # (A different lead under the same key is a conflict: tests/ops/test_enqueue_safety.py.)
     second = enqueue_lead(
         agent_user="1000",
         phone_number="727-555-1212",
@@ -238,9 +240,7 @@ def test_redis_unreachable_is_a_clear_error_not_a_hang() -> None:
 def test_every_invalid_lead_of_the_validation_table_enqueues_nothing(
     psettings: Settings,
 ) -> None:
-    """The whole table of tests/test_lead.py through enqueue_lead and a real Redis."""
-    from tests.test_lead import INVALID
-
+    """The whole table of tests/model/test_lead.py through enqueue_lead and a real Redis."""
     client = redis.Redis.from_url(psettings.redis_url)
     rejected = 0
     for param in INVALID:

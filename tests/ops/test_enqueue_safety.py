@@ -14,10 +14,12 @@ import redis
 from dispatcher import BrokerUnavailable, enqueue_lead, enqueue_leads
 from dispatcher.config.settings import Settings
 from dispatcher.model.errors import EnqueueUnconfirmed, IdempotencyConflict
-from tests.conftest import make_settings, wait_for
-from tests.faultproxy import FaultProxy
-from tests.test_cli import check, queue_length, run_cli, start_cli
-from tests.test_intake import _start, _stop
+from tests.support.cli import check, run_cli, start_cli
+from tests.support.faultproxy import FaultProxy
+from tests.support.intake import start_intake
+from tests.support.queues import queue_length
+from tests.support.settings import make_settings
+from tests.support.waiting import wait_for
 
 
 @pytest.fixture
@@ -54,8 +56,8 @@ def test_a_key_reused_with_another_lead_is_a_conflict_everywhere(rsettings: Sett
             settings=rsettings,
         )
     assert queue_length(rsettings) == 1
-    url, running = _start(rsettings)
-    with httpx.Client(base_url=url, timeout=10) as http:
+    intake = start_intake(rsettings)
+    with httpx.Client(base_url=intake.url, timeout=10) as http:
         reply = http.post(
             "/v1/leads",
             json={"agent_user": "1000", "phone_number": "7275559999"},
@@ -80,7 +82,7 @@ def test_a_key_reused_with_another_lead_is_a_conflict_everywhere(rsettings: Sett
         results = batch.json()["results"]
         assert "job_id" in results[0]
         assert results[1]["errors"][0]["field"] == "idempotency_key"
-    _stop(running)
+    intake.stop()
     cli = run_cli(
         rsettings,
         "enqueue",

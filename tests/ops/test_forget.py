@@ -9,21 +9,28 @@ again; everything else the dispatcher keeps about the number goes.
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Callable, Iterator
 
 import pytest
 import redis
+from starlette.testclient import TestClient
 
 from dispatcher import enqueue_lead, job_status
 from dispatcher.config.settings import Settings
 from dispatcher.devtools.localfleet import WorkerProcess
+from dispatcher.intake.app import create_app
 from dispatcher.ops.erasure import forget_phone
+from dispatcher.ops.producer import prepare_job, push_jobs
 from dispatcher.simulator import Simulator
 from dispatcher.store.backend import get_backend
 from dispatcher.store.deadletter import DeadLetterStore
-from tests.conftest import make_settings, wait_for
-from tests.test_cli import run_cli
+from tests.support.cli import run_cli
+from tests.support.console import OPERATOR, VIEWER, csrf_of, login, seed_users
+from tests.support.settings import make_settings
+from tests.support.waiting import wait_for
+from workers.runner import JobRunner
 
 PHONE = "7275550000"  # on the simulator's DNC list
 OTHER = "7275551213"
@@ -202,11 +209,6 @@ def test_jobs_of_the_previous_release_are_found_with_scan(redis_url: str) -> Non
 def test_the_consoles_forget_needs_an_operator_a_csrf_token_and_a_confirmation(
     redis_url: str,
 ) -> None:
-    from starlette.testclient import TestClient
-
-    from dispatcher.intake.app import create_app
-    from tests.consoletools import OPERATOR, VIEWER, csrf_of, login, seed_users
-
     settings = make_settings(redis_url, intake_tokens=("intake-token-0123456789abcdef",))
     seed_users(settings)
     job_id = enqueue_lead(agent_user="1000", phone_number=PHONE, settings=settings)
@@ -242,10 +244,6 @@ def test_forgetting_a_job_in_flight_never_crashes_its_worker(
 ) -> None:
     """The call is under way when the phone is forgotten: a refusal can no longer be
     written (no dead letter, no state), a success is recorded without the phone."""
-    import threading
-
-    from dispatcher.ops.producer import prepare_job, push_jobs
-    from workers.runner import JobRunner
 
     settings = make_settings(redis_url, simulator)
     backend = get_backend(settings)

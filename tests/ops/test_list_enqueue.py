@@ -34,8 +34,10 @@ from dispatcher.model.jobs import Job
 from dispatcher.ops.producer import fingerprint, prepare_job
 from dispatcher.simulator import Simulator
 from dispatcher.store.deadletter import DeadLetterStore
-from tests.conftest import make_settings, queued_envelopes, wait_for
-from tests.test_cli import cli_env
+from tests.support.cli import cli_env
+from tests.support.queues import queued_envelopes
+from tests.support.settings import make_settings
+from tests.support.waiting import wait_for
 
 DISPATCHER = str(Path(sys.executable).with_name("dispatcher"))
 LIST = {"list_id": "101", "campaign_id": "TESTCAMP"}

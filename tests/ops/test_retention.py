@@ -15,10 +15,12 @@ import pytest
 from dispatcher import enqueue_lead
 from dispatcher.config.settings import Settings
 from dispatcher.devtools.localfleet import WorkerProcess
+from dispatcher.model.errors import ConfigError
 from dispatcher.ops.retention import expire_dead_letters
 from dispatcher.store.backend import get_backend
 from dispatcher.store.deadletter import DeadLetterStore
-from tests.conftest import make_settings, wait_for
+from tests.support.settings import make_settings
+from tests.support.waiting import wait_for
 
 DAY = 86400.0
 
@@ -43,7 +45,6 @@ def test_the_setting_defaults_to_keeping_letters_forever() -> None:
         ).dead_letter_retention_days
         == 30
     )
-    from dispatcher.model.errors import ConfigError
 
     with pytest.raises(ConfigError, match="DEAD_LETTER_RETENTION_DAYS"):
         Settings(dead_letter_retention_days=-1)

@@ -32,7 +32,7 @@ def test_direct_commands_answer_as_the_pool_does_and_survive_a_flush_and_a_kill(
     client = redis.Redis.from_url(redis_url, decode_responses=True)
     pooled = Execution(client, prefix="t", queue="q")
     direct = pooled.direct()
-    assert direct._direct is not None and pooled._direct is None
+    assert direct.connections is not None and pooled.connections is None
     assert _claim(direct, "a") == "ok"
     assert _claim(pooled, "a") == "busy" == _claim(direct, "a")  # the same record
     client.script_flush()  # what a restarted Redis without persistence looks like
@@ -44,7 +44,8 @@ def test_direct_commands_answer_as_the_pool_does_and_survive_a_flush_and_a_kill(
 
     def run() -> None:
         _claim(direct, f"t{threading.get_ident()}")
-        names.add(id(direct._direct._local.connection))  # type: ignore[union-attr]
+        assert direct.connections is not None
+        names.add(id(direct.connections.connection()))
 
     threads = [threading.Thread(target=run) for _ in range(4)]
     for t in threads:
@@ -58,12 +59,14 @@ def test_a_forked_child_opens_its_own_connection(redis_url: str) -> None:
     client = redis.Redis.from_url(redis_url, decode_responses=True)
     direct = Execution(client, prefix="t", queue="q").direct()
     assert _claim(direct, "parent") == "ok"
-    parent_connection = direct._direct._local.connection  # type: ignore[union-attr]
+    connections = direct.connections
+    assert connections is not None
+    parent_connection = connections.connection()
     read, write = os.pipe()
     pid = os.fork()
     if pid == 0:  # pragma: no cover - the child reports through the pipe
         ok = _claim(direct, "child") == "ok"
-        fresh = direct._direct._local.connection is not parent_connection  # type: ignore[union-attr]
+        fresh = connections.connection() is not parent_connection
         os.write(write, b"1" if ok and fresh else b"0")
         os._exit(0)
     os.waitpid(pid, 0)

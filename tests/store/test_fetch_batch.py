@@ -18,7 +18,7 @@ from dispatcher.config.settings import Settings
 from dispatcher.model.jobs import broker_envelope
 from dispatcher.ops.producer import prepare_job
 from dispatcher.store.backend import get_backend
-from tests.conftest import make_settings
+from tests.support.settings import make_settings
 
 UNACKED, INDEX = "unacked", "unacked_index"
 

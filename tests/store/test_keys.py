@@ -25,8 +25,8 @@ from pathlib import Path
 import pytest
 
 from dispatcher.store.keys import KOMBU_KEYS, Keys
+from tests.support.settings import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = sorted((ROOT / "dispatcher").rglob("*.lua"))
 
 #: Keys no script changes: written with plain commands, documented where they are.

@@ -21,6 +21,7 @@ import pytest
 import redis
 from structlog.testing import capture_logs
 
+import dispatcher.store.layout as layout_module
 from dispatcher import enqueue_lead
 from dispatcher.config.settings import Settings
 from dispatcher.devtools.localfleet import WorkerProcess
@@ -41,8 +42,10 @@ from dispatcher.store.layout import (
     ensure_layout,
     read_layout,
 )
-from tests.conftest import ROOT, make_settings, wait_for
-from tests.test_cli import check, cli_env, run_cli
+from tests.support.cli import check, cli_env, run_cli
+from tests.support.layout import counting_step
+from tests.support.settings import ROOT, make_settings
+from tests.support.waiting import wait_for
 
 NEWER = LAYOUT_VERSION + 1
 
@@ -231,48 +234,13 @@ def test_a_worker_waits_for_redis_before_its_layout_check(
 # -- migrations (this release has none yet: the mechanism, with steps of the tests' own) ----
 
 
-def _counting_step(version: int, *, pause_s: float = 0.3) -> Migration:
-    """A step that counts its runs in Redis and takes a while (so starters overlap)."""
-
-    def run(backend: Backend) -> None:
-        backend.redis.incr(f"{backend.keys.prefix}:test:runs:{version}")
-        time.sleep(pause_s)
-        backend.redis.set(f"{backend.keys.prefix}:test:moved:{version}", "1")
-
-    return Migration(version, f"test step {version} -> {version + 1}", run)
-
-
-def _race(redis_url: str, go: str) -> None:
-    """One of several processes starting together: check the layout up to version 3."""
-    settings = make_settings(redis_url)
-    backend = Backend(settings)
-    steps = {1: _counting_step(1), 2: _counting_step(2)}
-    print("ready", flush=True)
-    while not os.path.exists(go):  # the starting gun: every process imported and waiting
-        time.sleep(0.005)
-    with capture_logs() as logs:
-        state = check_layout(
-            backend, role="worker", migrate=True, current=3, migrations=steps, poll_s=0.02
-        )
-    print(
-        json.dumps(
-            {
-                "found": state.found,
-                "version": state.version,
-                "migrated": list(state.migrated),
-                "events": [(e["event"], e.get("from_version"), e.get("to_version")) for e in logs],
-            }
-        )
-    )
-
-
 def test_an_older_layout_is_migrated_once_by_several_workers_starting_together(
     redis_url: str, tmp_path: Path
 ) -> None:
     client = redis.Redis.from_url(redis_url, decode_responses=True)
     client.hset("dispatcher:stats", "enqueued", 5)  # the previous release's data, no key
     go = tmp_path / "go"
-    code = f"from tests.test_layout import _race; _race({redis_url!r}, {str(go)!r})"
+    code = f"from tests.support.layout import race; race({redis_url!r}, {str(go)!r})"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     procs = [
         subprocess.Popen(
@@ -321,7 +289,7 @@ def test_a_migration_that_fails_half_way_is_run_again_by_the_next_start(redis_ur
         if len(calls) == 1:
             raise ConnectionError("the migrator's host went away")
 
-    steps = {1: _counting_step(1, pause_s=0), 2: Migration(2, "flaky", flaky)}
+    steps = {1: counting_step(1, pause_s=0), 2: Migration(2, "flaky", flaky)}
     with pytest.raises(ConnectionError):
         check_layout(_backend(settings), role="worker", migrate=True, current=3, migrations=steps)
     # Step 1 is recorded; step 2 is not, and the lock is free for the next start.
@@ -365,7 +333,7 @@ def test_producers_the_intake_and_the_cli_leave_an_older_layout_to_the_workers(
     settings = make_settings(redis_url)
     client = redis.Redis.from_url(redis_url, decode_responses=True)
     client.hset("dispatcher:stats", "enqueued", 1)
-    steps = {1: _counting_step(1, pause_s=0)}
+    steps = {1: counting_step(1, pause_s=0)}
     for role in ("producer", "intake", "CLI"):
         with pytest.raises(LayoutNotMigrated) as info:
             check_layout(_backend(settings), role=role, current=2, migrations=steps)
@@ -389,7 +357,6 @@ def test_a_producer_checks_once_per_process(
     with pytest.raises(LayoutTooNew):
         enqueue_lead(agent_user="1000", phone_number="7275551214", settings=settings.replace())
     seen: list[str] = []
-    import dispatcher.store.layout as layout_module
 
     real: Callable[..., object] = layout_module.check_layout
     monkeypatch.setattr(

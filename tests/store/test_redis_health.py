@@ -26,6 +26,7 @@ from dispatcher.devtools.redis_server import RedisServer
 from dispatcher.model.errors import BrokerOutOfMemory, BrokerUnavailable, ConfigError
 from dispatcher.model.jobs import broker_envelope
 from dispatcher.ops.producer import prepare_job
+from dispatcher.ops.status import fleet_status
 from dispatcher.simulator import Simulator
 from dispatcher.store.backend import get_backend
 from dispatcher.store.connection import unavailable_kind
@@ -34,7 +35,7 @@ from dispatcher.store.redis_health import (
     policy_warnings,
     require_noeviction,
 )
-from tests.conftest import make_settings
+from tests.support.settings import make_settings
 from workers import transport
 from workers.celery_app import make_app
 
@@ -203,7 +204,6 @@ def test_a_redis_that_refuses_info_is_a_warning_not_a_refusal(own_redis: RedisSe
         assert require_noeviction(settings, client=client, sleep=lambda _: None) is None
     (warning,) = _events(logs, "redis.policy_unchecked")
     assert "noeviction" in warning["why"]
-    from dispatcher.ops.status import fleet_status
 
     status = fleet_status(get_backend(settings))
     assert status["redis"]["maxmemory_policy"] is None

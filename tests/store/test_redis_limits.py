@@ -28,7 +28,10 @@ from dispatcher.simulator import Simulator
 from dispatcher.store.backend import get_backend
 from dispatcher.store.connection import broker_errors
 from dispatcher.store.deadletter import DeadLetterStore
-from tests.conftest import make_settings, wait_for
+from tests.support.cli import record_letter
+from tests.support.intake import start_intake
+from tests.support.settings import make_settings
+from tests.support.waiting import wait_for
 
 
 @pytest.fixture
@@ -124,21 +127,19 @@ def test_a_full_redis_is_a_clear_error_for_producers_and_workers_survive_it(
 
 
 def test_intake_answers_503_naming_a_full_redis(own_redis: RedisServer) -> None:
-    from tests.test_intake import _start, _stop
-
     settings = Settings(redis_url=own_redis.url, intake_tokens=("t0k3n-abcdef",))
     client = redis.Redis.from_url(own_redis.url)
     client.config_set("maxmemory", "1")
-    url, running = _start(settings)
+    intake = start_intake(settings)
     try:
         reply = httpx.post(
-            f"{url}/v1/leads",
+            f"{intake.url}/v1/leads",
             json={"agent_user": "1000", "phone_number": "7275551212"},
             headers={"Authorization": "Bearer t0k3n-abcdef"},
             timeout=10,
         )
     finally:
-        _stop(running)
+        intake.stop()
     assert reply.status_code == 503
     assert "memory" in reply.json()["error"]
 
@@ -177,8 +178,6 @@ def _base_env() -> dict[str, str]:
 def test_a_replay_batch_refused_by_a_read_only_redis_is_a_clear_error_and_changes_nothing(
     own_redis: RedisServer,
 ) -> None:
-    from tests.test_cli import record_letter
-
     settings = Settings(redis_url=own_redis.url)
     store = DeadLetterStore(settings=settings)
     made = [record_letter(store, settings, phone=f"72755530{i:02d}") for i in range(3)]

@@ -18,7 +18,8 @@ from dispatcher.config.settings import Settings
 from dispatcher.model.jobs import Job, Reconcile
 from dispatcher.ops.producer import prepare_job
 from dispatcher.store.deadletter import DeadLetter, DeadLetterStore
-from tests.conftest import make_settings, queued_envelopes
+from tests.support.queues import queued_envelopes
+from tests.support.settings import make_settings
 
 
 def _job(**changes: Any) -> Job:

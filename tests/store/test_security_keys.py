@@ -22,13 +22,14 @@ from dispatcher import enqueue_lead, job_status
 from dispatcher.config.settings import Settings
 from dispatcher.devtools.localfleet import WorkerProcess
 from dispatcher.intake.app import create_app
-from dispatcher.intake.console.sessions import SessionStore
+from dispatcher.intake.console.sessions import Session, SessionStore
 from dispatcher.simulator import Simulator
 from dispatcher.store.backend import get_backend
 from dispatcher.store.deadletter import DeadLetterStore
 from dispatcher.store.users import UserStore
-from tests.conftest import make_settings, wait_for
-from tests.consoletools import OPERATOR, csrf_of, login, seed_users
+from tests.support.console import OPERATOR, csrf_of, login, seed_users
+from tests.support.settings import make_settings
+from tests.support.waiting import wait_for
 
 TOKEN = "intake-token-0123456789abcdef"
 
@@ -179,7 +180,6 @@ def test_no_transient_key_lacks_a_ttl_after_a_console_session_and_a_reconciliati
         == 303
     )
     # A request of that session still running sets its flash after the logout.
-    from dispatcher.intake.console.sessions import Session
 
     late = Session(digest, OPERATOR[0], "operator", session["csrf"], time.time())
     SessionStore(backend, idle_s=60, lifetime_s=3600).set_flash(late, "Purged 1 letter.")

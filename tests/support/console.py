@@ -1,8 +1,8 @@
 """What the console's tests share: the users, a login, dead letters as workers write
 them, and readers of the pages' HTML.
 
-Imported by tests/console/ and by the security, throttle and erasure tests that drive
-the console; the fixtures built on these are tests/console/conftest.py.
+Imported by tests/intake/console/ and by the security and erasure tests that drive
+the console; the fixtures built on these are tests/intake/console/conftest.py.
 """
 
 from __future__ import annotations
@@ -72,7 +72,8 @@ def login(app: Any, who: tuple[str, str], *, base_url: str = "http://testserver"
 
 
 def session_client(app: Any, name: str) -> TestClient:
-    """A client with a session made as a login makes it (tests/console/test_auth.py logs in)."""
+    """A client with a session made as a login makes it (tests/intake/console/test_auth.py
+    logs in)."""
     settings: Settings = app.state.settings
     user = UserStore(get_backend(settings)).get(name)
     assert user is not None

@@ -1,4 +1,4 @@
-"""A real HTTP receiver of outcome notifications, on loopback, for the tests and the bench.
+"""A real HTTP receiver of outcome notifications, on loopback, and the receiver's check.
 
 A small threaded ``http.server`` that records every POST (headers and body, as bytes)
 and answers as told: ``ok`` (200), ``error`` (HTTP 500), ``redirect`` (302 elsewhere),
@@ -7,10 +7,16 @@ and answers as told: ``ok`` (200), ``error`` (HTTP 500), ``redirect`` (302 elsew
 200 after ``delay_s``). :meth:`Receiver.stop` takes it down (nothing listens on its port
 any more: connection refused) and :meth:`Receiver.start` brings it back on the same
 port. Answers can be scripted per request (:meth:`Receiver.script`).
+
+:func:`verify` checks a delivery's signature as a receiver would, written from the
+README's contract with the standard library only (never the product's function), with
+the tests' :data:`SECRET`.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import socket
 import threading
@@ -20,7 +26,10 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-__all__ = ["Received", "Receiver", "free_port"]
+__all__ = ["SECRET", "Received", "Receiver", "free_port", "verify"]
+
+#: The notification secret the tests sign with.
+SECRET = "whsec-0123456789abcdef-notify"
 
 
 def free_port() -> int:
@@ -135,3 +144,16 @@ class Receiver:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def verify(received: Received, secret: str = SECRET, *, tolerance_s: int = 300) -> bool:
+    """The receiver's check, written from the README's contract with the stdlib only."""
+    header = received.headers["Dispatcher-Signature"]
+    parts = dict(item.split("=", 1) for item in header.split(","))
+    t = int(parts["t"])
+    if abs(time.time() - t) > tolerance_s:
+        return False
+    expected = hmac.new(
+        secret.encode(), f"{t}.".encode() + received.body, hashlib.sha256
+    ).hexdigest()
+    return hmac.compare_digest(expected, parts["v1"])

@@ -10,6 +10,8 @@ held between claim and call; the fence's decision with a controlled clock.
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import signal
 import threading
@@ -19,17 +21,20 @@ from typing import Any
 
 import pytest
 import redis
+from structlog.testing import capture_logs
 
 from dispatcher import job_status
 from dispatcher.config.settings import Settings
 from dispatcher.devtools.localfleet import WorkerProcess
+from dispatcher.model.jobs import Job
 from dispatcher.ops.producer import prepare_job, push_jobs
 from dispatcher.simulator import Simulator
 from dispatcher.store.backend import get_backend
 from dispatcher.store.execution import FENCE_MARGIN_S, Fence
 from dispatcher.store.replies import Claim
-from tests.conftest import make_settings, wait_for
-from tests.faultproxy import FaultProxy
+from tests.support.faultproxy import FaultProxy
+from tests.support.settings import make_settings
+from tests.support.waiting import wait_for
 from workers.runner import JobRunner
 from workers.vicidial import VicidialClient
 
@@ -88,8 +93,6 @@ def test_the_fence_counts_from_before_the_claim_was_sent(settings: Settings) -> 
 
 
 def _job(settings: Settings) -> Any:
-    from dispatcher.model.jobs import Job
-
     return Job.from_message(_enqueue(settings), dialers=settings.dialers)
 
 
@@ -140,7 +143,6 @@ def test_a_runner_held_past_its_lease_between_claim_and_call_never_calls(
     assert copy.run(scheduled[0]) == "retrying"  # looked up: absent
     assert copy.run(_scheduled(settings)[0]) == "added"
     assert simulator.count_by_phone() == {PHONE: 1}
-    from structlog.testing import capture_logs
 
     with capture_logs() as logs:
         release.set()
@@ -152,9 +154,6 @@ def test_a_runner_held_past_its_lease_between_claim_and_call_never_calls(
 
 
 def _scheduled(settings: Settings) -> list[dict[str, Any]]:
-    import base64
-    import json
-
     client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
     try:
         popped = client.zpopmin(f"{settings.key_prefix}:scheduled", 100)

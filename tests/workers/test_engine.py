@@ -3,7 +3,8 @@
 In-process engines against a real Redis and the simulator over real HTTP; the
 consumer's ack and reject are recorded instead of sent (the end-to-end tests run
 the engine inside real Celery workers). Lost and late Redis replies come from a
-real TCP proxy (:mod:`tests.faultproxy`).
+real TCP proxy (:mod:`tests.support.faultproxy`); the harness is
+:mod:`tests.support.engine`.
 """
 
 from __future__ import annotations
@@ -23,59 +24,24 @@ import redis
 import structlog
 from structlog.testing import capture_logs as _capture_logs
 
-from dispatcher import DeadLetterStore, job_status
+from dispatcher import DeadLetterStore
 from dispatcher.config import logs as logs_module
 from dispatcher.config.settings import Settings
-from dispatcher.ops.producer import prepare_job, push_jobs
 from dispatcher.simulator import Simulator
 from dispatcher.store.backend import get_backend
 from dispatcher.store.connection import async_redis_client
 from dispatcher.store.execution import Execution
-from tests.conftest import make_settings, wait_for
-from tests.faultproxy import FaultProxy
-from tests.tlsproxy import TlsProxy
+from tests.support.engine import Harness, engine_connections, enqueue_message, job_state
+from tests.support.faultproxy import FaultProxy
+from tests.support.settings import make_settings
+from tests.support.tlsproxy import TlsProxy
+from tests.support.waiting import wait_for
 from workers import engine as engine_module
 from workers.batching import LoopPipeline
-from workers.engine import LeadEngine
-from workers.runner import JobRunner
 
 
 def capture_logs() -> Any:
     return _capture_logs(processors=[structlog.contextvars.merge_contextvars])
-
-
-class Recorded:
-    """A message's ack/reject as the consumer would receive them."""
-
-    def __init__(self, log: list[tuple[str, Recorded]]) -> None:
-        self._log = log
-
-    def settle(self, *, ack: bool) -> None:
-        self._log.append(("ack" if ack else "reject", self))
-
-
-class Harness:
-    def __init__(self, settings: Settings, *, capacity: int = 32) -> None:
-        self.settings = settings
-        self.runner = JobRunner(settings, get_backend(settings))
-        self.engine = LeadEngine(self.runner, capacity=capacity)
-        self.engine.start()
-        self.settled: list[tuple[str, Recorded]] = []
-
-    def submit(self, message: object) -> Recorded:
-        handle = Recorded(self.settled)
-        self.engine.submit(handle, message)  # type: ignore[arg-type]
-        return handle
-
-    def wait(self, count: int, timeout: float = 20.0) -> None:
-        wait_for(lambda: len(self.settled) >= count, timeout=timeout, message="settled")
-
-    def kinds(self) -> list[str]:
-        return [kind for kind, _ in self.settled]
-
-    def close(self) -> None:
-        self.engine.stop(timeout=20)
-        self.runner.close()
 
 
 @pytest.fixture
@@ -91,24 +57,12 @@ def harness(settings: Settings) -> Iterator[Callable[..., Harness]]:
         h.close()
 
 
-def _message(settings: Settings, phone: str, **fields: object) -> dict[str, Any]:
-    job = prepare_job({"agent_user": "1000", "phone_number": phone, **fields}, settings=settings)
-    push_jobs([job], settings=settings)
-    message: dict[str, Any] = job.to_message()
-    return message
-
-
-def _state(settings: Settings, message: dict[str, Any]) -> str:
-    status = job_status(str(message["job_id"]), settings=settings)
-    return "" if status is None else str(status["state"])
-
-
 def test_many_leads_in_flight_are_each_added_once_and_acked_after_their_outcome(
     settings: Settings, simulator: Simulator, harness: Callable[..., Harness]
 ) -> None:
     simulator.set_latency(200)
     h = harness(capacity=40)
-    messages = [_message(settings, f"72755{i:05d}") for i in range(40)]
+    messages = [enqueue_message(settings, f"72755{i:05d}") for i in range(40)]
     started = time.monotonic()
     with capture_logs() as logs:
         for message in messages:
@@ -117,7 +71,7 @@ def test_many_leads_in_flight_are_each_added_once_and_acked_after_their_outcome(
     # 40 calls of 200 ms in flight together, not one after another (8 s).
     assert time.monotonic() - started < 4.0
     assert h.kinds() == ["ack"] * 40
-    assert all(_state(settings, m) == "added" for m in messages)
+    assert all(job_state(settings, m) == "added" for m in messages)
     counts = simulator.count_by_phone()
     assert all(counts[f"72755{i:05d}"] == 1 for i in range(40))
     added = [e for e in logs if e["event"] == "lead.added"]
@@ -160,11 +114,10 @@ def test_no_request_leaves_before_its_attempt_line_is_written(
         h = harness(capacity=20)
         for round_ in range(2):
             for i in range(20):
-                h.submit(_message(settings, f"72755{round_ * 20 + i:05d}"))
+                h.submit(enqueue_message(settings, f"72755{round_ * 20 + i:05d}"))
             h.wait(20 * (round_ + 1))
     finally:
-        structlog.reset_defaults()
-        logs_module._configured.clear()
+        logs_module.reset_logging()
         root.handlers[:] = handlers
         root.setLevel(level)
     written: dict[str, float] = {}
@@ -184,14 +137,14 @@ def test_a_copy_arriving_while_the_first_calls_is_deferred_not_called(
 ) -> None:
     simulator.set_latency(400)
     h = harness()
-    message = _message(settings, "7275551212")
+    message = enqueue_message(settings, "7275551212")
     h.submit(message)
     wait_for(lambda: simulator.call_count >= 1, message="the first call")
     h.submit(dict(message))
     h.wait(2)
     assert h.kinds() == ["ack", "ack"]
     assert simulator.count_by_phone()["7275551212"] == 1
-    assert _state(settings, message) == "added"
+    assert job_state(settings, message) == "added"
 
 
 def test_failures_bad_messages_and_retries_follow_the_runners_rules(
@@ -199,8 +152,8 @@ def test_failures_bad_messages_and_retries_follow_the_runners_rules(
 ) -> None:
     h = harness()
     simulator.script_phone("7275550002", ["http_503", None])
-    dnc = _message(settings, "7275550000")  # on the simulator's DNC list
-    busy = _message(settings, "7275550002")
+    dnc = enqueue_message(settings, "7275550000")  # on the simulator's DNC list
+    busy = enqueue_message(settings, "7275550002")
     with capture_logs() as logs:
         h.submit(dnc)
         h.submit(busy)
@@ -209,7 +162,7 @@ def test_failures_bad_messages_and_retries_follow_the_runners_rules(
     assert h.kinds() == ["ack", "ack", "ack"]
     letters = {letter.reason for letter in DeadLetterStore(settings=settings).iter()}
     assert letters == {"dnc", "invalid_payload"}
-    assert _state(settings, busy) == "retrying"
+    assert job_state(settings, busy) == "retrying"
     events = [e["event"] for e in logs]
     assert events.count("lead.dead_lettered") == 2 and "lead.retry_scheduled" in events
 
@@ -218,9 +171,9 @@ def test_a_lost_claim_reply_is_recognised_as_our_own_claim(
     settings: Settings, simulator: Simulator, harness: Callable[..., Harness], proxy: FaultProxy
 ) -> None:
     h = harness(settings.replace(redis_url=proxy.url))
-    h.submit(_message(settings, "7275550100"))  # warm: script loaded, connection made
+    h.submit(enqueue_message(settings, "7275550100"))  # warm: script loaded, connection made
     h.wait(1)
-    message = _message(settings, "7275551212")
+    message = enqueue_message(settings, "7275551212")
     # The claim's reply is lost twice (the connection cut after it ran): once in the
     # batch, once in its immediate retry; the job goes on on a thread, same token.
     proxy.drop_replies(2)
@@ -228,7 +181,7 @@ def test_a_lost_claim_reply_is_recognised_as_our_own_claim(
     h.wait(2)
     assert proxy.dropped == 2
     assert h.kinds() == ["ack", "ack"]
-    assert _state(settings, message) == "added"
+    assert job_state(settings, message) == "added"
     assert simulator.count_by_phone()["7275551212"] == 1
 
 
@@ -236,10 +189,10 @@ def test_a_lost_success_reply_counts_the_lead_once(
     settings: Settings, simulator: Simulator, harness: Callable[..., Harness], proxy: FaultProxy
 ) -> None:
     h = harness(settings.replace(redis_url=proxy.url))
-    h.submit(_message(settings, "7275550100"))
+    h.submit(enqueue_message(settings, "7275550100"))
     h.wait(1)
     simulator.set_latency(300)
-    message = _message(settings, "7275551212")
+    message = enqueue_message(settings, "7275551212")
     with capture_logs() as logs:
         h.submit(message)
         wait_for(lambda: simulator.call_count >= 2, message="the call")
@@ -260,9 +213,9 @@ def test_redis_away_hands_the_message_back_instead_of_acknowledging_it(
 ) -> None:
     h = harness(settings.replace(redis_url=proxy.url))
     h.runner.writes.hold_s = 1.0  # give up holding the message after 1 s (the visibility timeout)
-    h.submit(_message(settings, "7275550100"))
+    h.submit(enqueue_message(settings, "7275550100"))
     h.wait(1)
-    message = _message(settings, "7275551212")
+    message = enqueue_message(settings, "7275551212")
     proxy.refuse(30.0)
     h.submit(message)
     h.wait(2, timeout=30)
@@ -275,14 +228,14 @@ def test_stop_lets_every_call_in_flight_finish_and_store_its_outcome(
 ) -> None:
     simulator.set_latency(500)
     h = Harness(settings)
-    messages = [_message(settings, f"72755{i:05d}") for i in range(5)]
+    messages = [enqueue_message(settings, f"72755{i:05d}") for i in range(5)]
     for message in messages:
         h.submit(message)
     wait_for(lambda: simulator.call_count >= 5, message="the calls")
     assert h.engine.stop(timeout=20)
     h.runner.close()
     assert h.kinds() == ["ack"] * 5
-    assert all(_state(settings, m) == "added" for m in messages)
+    assert all(job_state(settings, m) == "added" for m in messages)
 
 
 def _pipeline(settings: Settings, loop: asyncio.AbstractEventLoop, **kwargs: Any) -> LoopPipeline:
@@ -380,7 +333,7 @@ def test_concurrent_submissions_from_many_threads_are_all_settled(
     settings: Settings, simulator: Simulator, harness: Callable[..., Harness]
 ) -> None:
     h = harness(capacity=64)
-    messages = [_message(settings, f"72756{i:05d}") for i in range(60)]
+    messages = [enqueue_message(settings, f"72756{i:05d}") for i in range(60)]
     threads = [
         threading.Thread(target=lambda chunk=chunk: [h.submit(m) for m in chunk])
         for chunk in (messages[0::3], messages[1::3], messages[2::3])
@@ -404,8 +357,8 @@ def _feed_until_added(
     until every job is added (a worker's scheduler does this; the harness has none)."""
     fed: set[str] = set()
     end = time.monotonic() + timeout
-    while not all(_state(settings, m) == "added" for m in messages):
-        assert time.monotonic() < end, [_state(settings, m) for m in messages]
+    while not all(job_state(settings, m) == "added" for m in messages):
+        assert time.monotonic() < end, [job_state(settings, m) for m in messages]
         client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
         due = client.zrangebyscore(f"{settings.key_prefix}:scheduled", "-inf", "+inf")
         for envelope in due:
@@ -431,17 +384,17 @@ def test_a_half_open_redis_connection_is_noticed_and_replaced_on_the_loop(
     new one, on the loop; every lead added once."""
     monkeypatch.setattr(engine_module, "REPLICA_CHECK_S", 0.2)
     h = harness(settings.replace(redis_url=proxy.url, redis_timeout_s=1.0))
-    h.submit(_message(settings, "7275550100"))  # warm: the loop's connections made
+    h.submit(enqueue_message(settings, "7275550100"))  # warm: the loop's connections made
     h.wait(1)
     handoffs = h.engine.handoffs
     assert proxy.blackhole() >= 1
     silent_at = time.monotonic()
-    messages = [_message(settings, f"72755{i:05d}") for i in range(1, 6)]
+    messages = [enqueue_message(settings, f"72755{i:05d}") for i in range(1, 6)]
     for message in messages:
         h.submit(message)
     h.wait(6, timeout=30)
     assert h.kinds() == ["ack"] * 6
-    assert all(_state(settings, m) == "added" for m in messages)
+    assert all(job_state(settings, m) == "added" for m in messages)
     assert all(simulator.count_by_phone()[f"72755{i:05d}"] == 1 for i in range(1, 6))
     assert h.engine.handoffs == handoffs  # recovered on the loop, no job left it
     # The loop's replica check, too, gets its answer again.
@@ -457,17 +410,17 @@ def test_a_dropped_redis_connection_is_replaced_on_the_loop(
 ) -> None:
     monkeypatch.setattr(engine_module, "REPLICA_CHECK_S", 0.2)
     h = harness(settings.replace(redis_url=proxy.url))
-    h.submit(_message(settings, "7275550100"))
+    h.submit(enqueue_message(settings, "7275550100"))
     h.wait(1)
     handoffs = h.engine.handoffs
     proxy.cut()  # Redis restarted, a proxy or a firewall reset the connection
     cut_at = time.monotonic()
-    messages = [_message(settings, f"72755{i:05d}") for i in range(1, 6)]
+    messages = [enqueue_message(settings, f"72755{i:05d}") for i in range(1, 6)]
     for message in messages:
         h.submit(message)
     h.wait(6, timeout=30)
     assert h.kinds() == ["ack"] * 6
-    assert all(_state(settings, m) == "added" for m in messages)
+    assert all(job_state(settings, m) == "added" for m in messages)
     assert all(simulator.count_by_phone()[f"72755{i:05d}"] == 1 for i in range(1, 6))
     assert h.engine.handoffs == handoffs
     wait_for(lambda: h.engine.replicas_checked_at > cut_at, message="replica check")
@@ -483,15 +436,15 @@ def test_a_stalled_redis_moves_the_jobs_to_threads_which_finish_them_once(
     """Replies held back longer than the loop's tries: the jobs go on on threads with
     the same token (their claims ran: recognised as their own), once Redis answers."""
     h = harness(settings.replace(redis_url=proxy.url, redis_timeout_s=0.5))
-    h.submit(_message(settings, "7275550100"))
+    h.submit(enqueue_message(settings, "7275550100"))
     h.wait(1)
-    messages = [_message(settings, f"72755{i:05d}") for i in range(1, 4)]
+    messages = [enqueue_message(settings, f"72755{i:05d}") for i in range(1, 4)]
     proxy.stall(4.0)
     for message in messages:
         h.submit(message)
     h.wait(4, timeout=40)
     assert h.kinds() == ["ack"] * 4
-    assert all(_state(settings, m) == "added" for m in messages)
+    assert all(job_state(settings, m) == "added" for m in messages)
     assert all(simulator.count_by_phone()[f"72755{i:05d}"] == 1 for i in range(1, 4))
     assert h.engine.handoffs >= 1
 
@@ -517,10 +470,10 @@ def test_a_vicidial_connection_lost_mid_call_ends_once_added(
     url = f"http://127.0.0.1:{vicidial_proxy.port}/agc/api.php"
     s = settings.replace(vicidial_url=url, vicidial_nonagent_url=None)
     h = harness(s)
-    h.submit(_message(s, "7275550100"))  # warm: a kept-alive connection
+    h.submit(enqueue_message(s, "7275550100"))  # warm: a kept-alive connection
     h.wait(1)
     simulator.set_latency(400)
-    lost = _message(s, "7275551212")
+    lost = enqueue_message(s, "7275551212")
     started = time.monotonic()
     h.submit(lost)
     wait_for(lambda: simulator.call_count >= 2, message="the call reached VICIdial")
@@ -530,23 +483,15 @@ def test_a_vicidial_connection_lost_mid_call_ends_once_added(
         vicidial_proxy.cut()
     h.wait(2, timeout=20)
     assert time.monotonic() - started < s.http_timeout_s + 5
-    assert _state(s, lost) in ("retrying", "added")  # reconcile step scheduled
+    assert job_state(s, lost) in ("retrying", "added")  # reconcile step scheduled
     simulator.set_latency(0)
-    later = [_message(s, f"72755{i:05d}") for i in range(1, 4)]
+    later = [enqueue_message(s, f"72755{i:05d}") for i in range(1, 4)]
     for message in later:
         h.submit(message)
     _feed_until_added(h, s, [lost, *later])
     counts = simulator.count_by_phone()
     assert counts["7275551212"] == 1
     assert all(counts[f"72755{i:05d}"] == 1 for i in range(1, 4))
-
-
-def _engine_connections(redis_url: str) -> list[str]:
-    client = redis.Redis.from_url(redis_url, decode_responses=True)
-    try:
-        return [c["name"] for c in client.client_list() if c["name"] == engine_module.CLIENT_NAME]
-    finally:
-        client.close()
 
 
 def test_the_engine_speaks_tls_to_redis_on_its_loop(
@@ -564,16 +509,16 @@ def test_the_engine_speaks_tls_to_redis_on_its_loop(
     try:
         s = settings.replace(redis_url=tls.url)
         h = harness(s)
-        h.submit(_message(s, "7275550100"))
+        h.submit(enqueue_message(s, "7275550100"))
         h.wait(1)
         handoffs = h.engine.handoffs
-        messages = [_message(s, f"72755{i:05d}") for i in range(1, 4)]
+        messages = [enqueue_message(s, f"72755{i:05d}") for i in range(1, 4)]
         for message in messages:
             h.submit(message)
         h.wait(4)
         assert h.kinds() == ["ack"] * 4
-        assert all(_state(s, m) == "added" for m in messages)
+        assert all(job_state(s, m) == "added" for m in messages)
         assert h.engine.handoffs == handoffs
-        assert _engine_connections(redis_url)  # the loop's own, through TLS
+        assert engine_connections(redis_url)  # the loop's own, through TLS
     finally:
         tls.close()

@@ -4,7 +4,7 @@ In-process runners (the Celery task body) against a real Redis and the simulator
 over real HTTP. Where two copies of a job must interleave in one precise order,
 the test holds one runner at the named step (``_dead``, ``_reschedule``) with an
 event; where a Redis reply must be lost or late, a real TCP proxy
-(:mod:`tests.faultproxy`) sits between the runner and Redis.
+(:mod:`tests.support.faultproxy`) sits between the runner and Redis.
 """
 
 from __future__ import annotations
@@ -28,8 +28,10 @@ from dispatcher.config.settings import Settings
 from dispatcher.ops.producer import prepare_job, push_jobs
 from dispatcher.simulator import Simulator
 from dispatcher.store.backend import get_backend
-from tests.conftest import make_settings, queued_envelopes, wait_for
-from tests.faultproxy import FaultProxy
+from tests.support.faultproxy import FaultProxy
+from tests.support.queues import queued_envelopes
+from tests.support.settings import make_settings
+from tests.support.waiting import wait_for
 from workers.runner import JobRunner, TransientInfrastructureError
 
 

@@ -1,7 +1,8 @@
 """add_lead's answers, byte for byte as shared/vicidial/non_agent_add_lead.md captures them,
 read by workers.list_answer: added (and what the NOTICEs report), a duplicate (which lead),
 or the error type (and so the dead-letter reason) of each refusal; the status never decides
-alone. Pure: no server (the client against the simulator is tests/test_list_client.py)."""
+alone. Pure: no server (the client against the simulator is
+tests/workers/test_list_client.py)."""
 
 from __future__ import annotations
 

@@ -1,9 +1,9 @@
 """add_lead's clients (workers.list_client) against the simulator, over real HTTP.
 
 The simulator's add_lead is pinned byte for byte to shared/vicidial/non_agent_add_lead.md
-(tests/test_simulator_addlead.py). Here the product's own request goes to it: added (with
-hopper, callback and custom fields), every refusal, a duplicate, DNC, the empty 500, the
-faults around a call, both clients (threaded and the engine's asyncio one). And the
+(tests/simulator/test_simulator_addlead.py). Here the product's own request goes to it:
+added (with hopper, callback and custom fields), every refusal, a duplicate, DNC, the empty
+500, the faults around a call, both clients (threaded and the engine's asyncio one). And the
 property for leads for a list: whatever validates, the simulator stores exactly the value
 sent after the documented normalisations (README "Leads"); whatever is refused names its
 field, and only for a reason (the server would change the value, or a documented rule).
@@ -58,8 +58,8 @@ from dispatcher.simulator.addlead_fields import (
 )
 from dispatcher.simulator.agc import StoredLead, Tables
 from dispatcher.simulator.mangling import sql_literal
-from tests.test_lead_property import ANY_VALUE, TRICKY, documented, refused_by_design
-from workers.list_answer import DuplicateFound, ListLeadAdded
+from tests.support.leads import ANY_VALUE, TRICKY, documented, refused_by_design
+from workers.list_answer import DuplicateFound, ListLeadAdded, parse_list_answer
 from workers.list_client import AsyncListClient, ListClient, list_form
 
 NO_DNC = {"dnc_check": False, "campaign_dnc_check": False}
@@ -368,7 +368,6 @@ def test_the_post_last_field_trap_a_success_inside_a_500(
     ).encode()
     status, text, truncated = client.post(trap)
     assert status == 500 and text.startswith("SUCCESS: add_lead LEAD HAS BEEN ADDED")
-    from workers.list_answer import parse_list_answer
 
     added = parse_list_answer(text, http_status=status, truncated=truncated)
     assert isinstance(added, ListLeadAdded) and not added.complete

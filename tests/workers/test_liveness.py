@@ -23,7 +23,7 @@ from dispatcher.model.jobs import broker_envelope
 from dispatcher.ops.producer import prepare_job
 from dispatcher.store.backend import get_backend
 from dispatcher.store.keys import Keys
-from tests.conftest import wait_for
+from tests.support.waiting import wait_for
 from workers import transport
 from workers.celery_app import make_app
 from workers.scheduler import RetryScheduler

@@ -1,19 +1,18 @@
 """Outcome notifications: the contract's pieces, the outbox, and the sender, over real parts.
 
 Real Redis (the suite's redis-server), the real Lua scripts, a real HTTP receiver on
-loopback (tests/receiver.py) that answers 2xx, 500, hangs past the timeout, closes the
-connection without an answer, redirects, or is down; the signature is checked by an
-independent implementation (stdlib ``hmac`` here, not the product's function). The
-worker processes' side (a real `celery worker`, SIGKILL between the outcome and the POST)
-is tests/test_notify_e2e.py.
+loopback (tests/support/receiver.py) that answers 2xx, 500, hangs past the timeout, closes
+the connection without an answer, redirects, or is down; the signature is checked by an
+independent implementation (stdlib ``hmac``, in the same module, not the product's
+function). The worker processes' side (a real `celery worker`, SIGKILL between the outcome
+and the POST) is tests/e2e/test_notify_e2e.py.
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import random
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -21,9 +20,11 @@ from typing import Any
 import pytest
 import redis
 from starlette.testclient import TestClient
+from structlog.testing import capture_logs
 
 from dispatcher import InvalidLead, enqueue_lead
 from dispatcher.config.settings import Settings
+from dispatcher.intake.app import create_app
 from dispatcher.intake.metrics import read_snapshot, render_metrics
 from dispatcher.model.errors import ConfigError
 from dispatcher.model.jobs import Job
@@ -35,29 +36,17 @@ from dispatcher.ops.status import fleet_status
 from dispatcher.store.backend import Backend, get_backend
 from dispatcher.store.deadletter import DeadLetterStore
 from dispatcher.store.outbox import event_error, notify_for
-from tests.conftest import make_settings, wait_for
-from tests.receiver import Receiver
-from workers.notifier import Breaker, Notifier, SendPolicy
+from tests.support.cli import check, run_cli
+from tests.support.receiver import SECRET, Receiver, verify
+from tests.support.settings import make_settings
+from tests.support.waiting import wait_for
+from workers.notifier import Breaker, CpuShare, Notifier, SendPolicy
 
-SECRET = "whsec-0123456789abcdef-notify"
 PHONE = "7275551212"
 TOKEN = "intake-token-0123456789abcdef"
 
 
 # ----------------------------------------------------------------------------- helpers
-
-
-def verify(received: Any, secret: str = SECRET, *, tolerance_s: int = 300) -> bool:
-    """The receiver's check, written from the README's contract with the stdlib only."""
-    header = received.headers["Dispatcher-Signature"]
-    parts = dict(item.split("=", 1) for item in header.split(","))
-    t = int(parts["t"])
-    if abs(time.time() - t) > tolerance_s:
-        return False
-    expected = hmac.new(
-        secret.encode(), f"{t}.".encode() + received.body, hashlib.sha256
-    ).hexdigest()
-    return hmac.compare_digest(expected, parts["v1"])
 
 
 @pytest.fixture
@@ -232,8 +221,6 @@ def test_a_job_naming_a_receiver_outside_the_allow_list_is_an_invalid_lead(
 
 
 def test_the_intake_refuses_a_receiver_outside_the_allow_list_with_422(redis_url: str) -> None:
-    from dispatcher.intake.app import create_app
-
     s = nsettings(
         redis_url, notify_allowed=("https://crm.example.com/hooks/",), intake_tokens=(TOKEN,)
     )
@@ -626,7 +613,6 @@ def test_the_sender_waits_out_a_full_redis_and_delivers_after(
 ) -> None:
     """Redis refusing writes (OOM under noeviction) while events wait: the sender's
     claims fail, it logs the episode once and carries on when Redis takes writes."""
-    from structlog.testing import capture_logs
 
     s = nsettings(redis_url, receiver)
     backend = get_backend(s)
@@ -684,8 +670,6 @@ def test_a_delivery_whose_settling_meets_a_read_only_redis_is_settled_later_not_
 
 
 def test_notify_list_retry_purge_on_the_command_line(redis_url: str) -> None:
-    from tests.test_cli import check, run_cli
-
     s = nsettings(redis_url, notify_url="https://crm.example.com/hooks/x")
     backend = get_backend(s)
     for c in "gh":
@@ -723,8 +707,6 @@ def test_notify_list_retry_purge_on_the_command_line(redis_url: str) -> None:
 
 
 def test_enqueue_on_the_command_line_checks_notify_url(redis_url: str, tmp_path: Any) -> None:
-    from tests.test_cli import check, run_cli
-
     s = nsettings(redis_url, notify_allowed=("https://crm.example.com/hooks/",))
     bad = run_cli(
         s,
@@ -764,9 +746,6 @@ def test_enqueue_on_the_command_line_checks_notify_url(redis_url: str, tmp_path:
 def test_the_sender_yields_cpu_while_the_rest_of_its_process_is_busy() -> None:
     """CpuShare: with the rest of the process burning CPU (a stand-in for the lead
     engine), the sender may spend at most its share of it; idle, no limit."""
-    import threading
-
-    from workers.notifier import CpuShare
 
     governor = CpuShare(SendPolicy(cpu_share=0.2, busy_core=0.1, cpu_floor=0.02))
     time.sleep(0.05)

@@ -3,7 +3,7 @@
 Each test drives :class:`workers.runner.JobRunner` message by message (taking the
 scheduled look-ups out of Redis itself), so every step of a job's reconciliation is
 visible: the ambiguous call, the look-up, the decision through the state machine.
-End to end with real worker processes: tests/test_reconcile_e2e.py.
+End to end with real worker processes: tests/e2e/test_reconcile_e2e.py.
 """
 
 from __future__ import annotations
@@ -14,17 +14,23 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import httpx
 import pytest
 import redis
 import structlog
 from structlog.testing import capture_logs as _capture_logs
 
 from dispatcher import DeadLetterStore, job_status
+from dispatcher.cli.reconcile import lookup_lines
 from dispatcher.config.settings import Settings
 from dispatcher.ops.producer import prepare_job, push_jobs
+from dispatcher.ops.status import fleet_status
 from dispatcher.simulator import Simulator
 from dispatcher.store.backend import get_backend
-from tests.conftest import make_settings
+from dispatcher.vicidial.lookup import check_lookups
+from dispatcher.vicidial.nonagent import NonAgentClient
+from tests.support.settings import make_settings
+from workers.lookup_check import LookupChecker
 from workers.runner import JobRunner
 
 PHONE = "7275551212"
@@ -174,8 +180,6 @@ def test_a_lead_found_twice_is_added_with_the_oldest_and_the_duplicate_reported(
 
 
 def _add_marked(simulator: Simulator, job_id: str, phone: str = PHONE) -> None:
-    import httpx
-
     with httpx.Client(timeout=5) as http:
         reply = http.post(
             simulator.url,
@@ -248,7 +252,6 @@ def test_a_stuck_request_that_inserts_after_the_look_up_is_caught_by_the_verific
 
 def _add_other(simulator: Simulator, phone: str = PHONE) -> str:
     """A lead of someone else with the same phone, in list 101 (readable): its id."""
-    import httpx
 
     with httpx.Client(timeout=5) as http:
         reply = http.post(
@@ -511,10 +514,6 @@ def test_dead_letter_mode_is_unchanged(
 def test_permission_checks_ask_vicidial_once_and_respect_holds(
     settings: Settings, simulator: Simulator
 ) -> None:
-    from dispatcher.vicidial.lookup import check_lookups
-    from dispatcher.vicidial.nonagent import NonAgentClient
-    from workers.lookup_check import LookupChecker
-
     backend = get_backend(settings)
     server = "default"  # the one dialer the VICIDIAL_* variables define
     client = NonAgentClient(settings)
@@ -545,10 +544,6 @@ def test_without_lead_search_a_lead_is_found_but_never_proven_absent(
     settings: Settings, simulator: Simulator, runners: Callable[..., JobRunner]
 ) -> None:
     """User level 7: lead_all_info answers, lead_search does not (it needs 8)."""
-    from dispatcher.cli.reconcile import lookup_lines
-    from dispatcher.ops.status import fleet_status
-    from dispatcher.vicidial.lookup import check_lookups
-    from dispatcher.vicidial.nonagent import NonAgentClient
 
     simulator.update_user("6666", user_level=7)
     backend = get_backend(settings)
@@ -581,8 +576,6 @@ def test_without_lead_search_a_lead_is_found_but_never_proven_absent(
 def test_the_workers_checker_never_logs_in_while_calls_are_paused_for_credentials(
     settings: Settings, simulator: Simulator
 ) -> None:
-    from workers.lookup_check import LookupChecker
-
     backend = get_backend(settings)
     backend.execution.pause("default", seconds=30, reason="auth", error="x")
     assert LookupChecker(settings, backend).run_once() is None

@@ -3,7 +3,7 @@
 Five faults, each on a real redis-server of the test's own: full (``maxmemory``
 reached under ``noeviction``: OOM), read-only (``REPLICAOF`` a dead master), MISCONF
 (a snapshot that cannot be written), stalled (``SIGSTOP``: nothing answers) and
-dropped (every connection cut and refused, ``tests/faultproxy.py``).
+dropped (every connection cut and refused, ``tests/support/faultproxy.py``).
 
 * End to end: a real ``celery -A workers worker`` (both engines for OOM) and the
   simulator; Redis breaks in the middle of a run (calls in flight, acks deferred, a
@@ -38,11 +38,11 @@ from dispatcher.devtools.redis_server import RedisServer
 from dispatcher.model.jobs import broker_envelope
 from dispatcher.ops.producer import prepare_job
 from dispatcher.simulator import Simulator
-from dispatcher.store import redis_health
 from dispatcher.store.backend import get_backend
-from dispatcher.store.redis_health import RedisAvailability
-from tests.conftest import make_settings, wait_for
-from tests.faultproxy import FaultProxy
+from dispatcher.store.redis_health import RedisAvailability, reset_redis_availability
+from tests.support.faultproxy import FaultProxy
+from tests.support.settings import make_settings
+from tests.support.waiting import wait_for
 from workers.celery_app import make_app
 
 pytestmark = pytest.mark.slow
@@ -182,7 +182,8 @@ class Stalled(Fault):
 
 
 class Dropped(Fault):
-    """Every connection cut, and new ones refused while it lasts (tests/faultproxy.py)."""
+    """Every connection cut, and new ones refused while it lasts
+    (tests/support/faultproxy.py)."""
 
     kind = "connection"
 
@@ -389,14 +390,14 @@ def _taken(settings: Settings, n: int) -> list[str]:
 
 @pytest.mark.parametrize("name", sorted(FAULTS))
 def test_acks_hand_backs_and_sweeps_wait_for_redis_instead_of_raising(
-    name: str, fault_of: Callable[[str], Fault], monkeypatch: pytest.MonkeyPatch
+    name: str, fault_of: Callable[[str], Fault]
 ) -> None:
     """The consumer's own Redis writes, each called as Celery's loop calls it: a
     refused or failed write must never raise into that loop (it ended the worker
     with "Unrecoverable error"), and must be written once Redis serves again."""
     fault = fault_of(name)
     settings = make_settings(fault.url, redis_timeout_s=0.5)
-    monkeypatch.setattr(redis_health, "_availability", RedisAvailability(quiet_s=0.0))
+    reset_redis_availability(RedisAvailability(quiet_s=0.0))
     acked, handed_back = _taken(settings, 2)
     app = make_app(settings)
     with app.connection_for_write() as connection, capture_logs() as logs:
@@ -435,7 +436,7 @@ def test_a_poll_refused_before_it_leaves_waits_instead_of_raising(
     monkeypatch.setenv("DISPATCHER_REDIS_URL", own_redis.url)
     monkeypatch.setenv("DISPATCHER_ENV_FILE", "/nonexistent")
     get_settings.cache_clear()
-    monkeypatch.setattr(redis_health, "_availability", RedisAvailability(quiet_s=0.0))
+    reset_redis_availability(RedisAvailability(quiet_s=0.0))
     fault = Misconf(own_redis, tmp_path)
     app = make_app(settings)
     try:

@@ -21,6 +21,7 @@ from dispatcher.config.settings import Settings
 from dispatcher.ops.producer import prepare_job, push_jobs
 from dispatcher.simulator import Simulator
 from dispatcher.store.backend import get_backend
+from tests.support.settings import make_settings
 from workers.runner import JobRunner
 
 
@@ -103,9 +104,8 @@ def test_a_copy_racing_a_call_in_flight_is_deferred_not_called(
 def test_a_worker_lost_mid_call_makes_the_job_ambiguous(
     redis_url: str, simulator: Simulator
 ) -> None:
-    # DISPATCHER_AMBIGUOUS=dead_letter (reconcile, the default: tests/test_reconciler.py)
-    from tests.conftest import make_settings
-
+    # DISPATCHER_AMBIGUOUS=dead_letter (reconcile, the default:
+    # tests/workers/test_reconciler.py)
     settings = make_settings(redis_url, simulator, ambiguous="dead_letter")
     runner = JobRunner(settings, get_backend(settings))
     message = _message(settings, first_name="Ann")
@@ -133,8 +133,6 @@ def test_a_worker_lost_mid_call_makes_the_job_ambiguous(
 def test_reset_after_insert_is_ambiguous_and_not_retried(
     redis_url: str, simulator: Simulator
 ) -> None:
-    from tests.conftest import make_settings
-
     settings = make_settings(redis_url, simulator, ambiguous="dead_letter")
     runner = JobRunner(settings, get_backend(settings))
     simulator.script_phone("7275551212", ["reset_after"])
@@ -147,8 +145,6 @@ def test_reset_after_insert_is_ambiguous_and_not_retried(
 
 
 def test_ambiguous_retry_policy_retries(redis_url: str, simulator: Simulator) -> None:
-    from tests.conftest import make_settings
-
     settings = make_settings(redis_url, simulator, ambiguous="retry")
     job_runner = JobRunner(settings, get_backend(settings))
     simulator.script_phone("7275551212", ["stall"])

@@ -8,7 +8,7 @@ knows the dialer, and after ``DISPATCHER_UNKNOWN_DIALER_WAIT_S`` becomes the
 replayable dead letter ``unknown_dialer`` under its own job id.
 
 Real Redis, real HTTP to two simulators (east, west), runners driven message by
-message as in tests/test_reconciler.py.
+message as in tests/workers/test_reconciler.py.
 """
 
 from __future__ import annotations
@@ -35,7 +35,9 @@ from dispatcher.model.jobs import broker_envelope
 from dispatcher.ops.producer import prepare_job, push_jobs
 from dispatcher.simulator import Simulator, SimulatorState
 from dispatcher.store.backend import get_backend
-from tests.conftest import FAST, make_settings, queued_envelopes, wait_for
+from tests.support.queues import queued_envelopes
+from tests.support.settings import FAST, make_settings
+from tests.support.waiting import wait_for
 from workers.runner import JobRunner
 
 PHONE = "7275551212"

@@ -28,14 +28,14 @@ import pytest
 from dispatcher.config.settings import Settings
 from dispatcher.model.errors import AmbiguousFailure, NetworkError, UnknownResponse
 from dispatcher.model.lead import Lead
-from tests.faultproxy import FaultProxy
+from tests.support.faultproxy import FaultProxy
 from workers.async_vicidial import AsyncVicidialClient
 from workers.vicidial import (
     MAX_ANSWER_BYTES,
     AddLeadResult,
     VicidialClient,
-    _quote,
     add_lead_form,
+    form_body,
 )
 
 SUCCESS = b"SUCCESS: lead added - 7275551212|TESTCAMP|101|42|1000\n"
@@ -55,12 +55,17 @@ def _response(body: bytes, *, content_type: bytes = b"text/html; charset=UTF-8")
 
 
 class CannedServer:
-    """Accepts connections; for each request read, sends ``reply(request)`` (None: close)."""
+    """Accepts connections; for each request read, sends ``reply(request)`` (None: close).
+
+    A test that needs a whole conversation of its own sets :attr:`exchange` to a function
+    that serves one connection (each connection is handed to it in its own thread).
+    """
 
     def __init__(self, reply: Reply) -> None:
         self.reply = reply
         self.requests: list[bytes] = []
         self.connections = 0
+        self.exchange: Callable[[socket.socket], None] = self.answer_each
         self._sock = socket.create_server(("127.0.0.1", 0))
         self.port = self._sock.getsockname()[1]
         self._thread = threading.Thread(target=self._serve, daemon=True)
@@ -77,9 +82,10 @@ class CannedServer:
 
     def _handle(self, conn: socket.socket) -> None:
         with contextlib.suppress(OSError):  # the client gave up (reset): nothing to answer
-            self._exchange(conn)
+            self.exchange(conn)
 
-    def _exchange(self, conn: socket.socket) -> None:
+    def answer_each(self, conn: socket.socket) -> None:
+        """The default conversation: each request read is answered with ``reply``."""
         with conn:
             buffer = b""
             while True:
@@ -290,7 +296,7 @@ def test_a_connection_the_server_closed_is_not_reused_and_the_call_is_clean(
             conn.sendall(_response(SUCCESS))
             conn.shutdown(socket.SHUT_RDWR)
 
-    server._exchange = one_answer_then_hang_up  # type: ignore[method-assign]
+    server.exchange = one_answer_then_hang_up
     client = make_client(server.port)
     for _ in range(3):
         result, _ = client.add_lead(LEAD, dnc_check=False, campaign_dnc_check=False)
@@ -312,13 +318,13 @@ def test_an_answer_without_length_runs_to_the_close_and_interim_answers_are_skip
                 buffer += conn.recv(65536)
             conn.sendall(answer + SUCCESS)  # and close: the end of the body
 
-    server._exchange = exchange  # type: ignore[method-assign]
+    server.exchange = exchange
     result, _ = make_client(server.port).add_lead(LEAD, dnc_check=False, campaign_dnc_check=False)
     assert result.lead_id == "42"
 
 
 def test_the_form_is_encoded_byte_for_byte_as_urlencode_would() -> None:
-    """The form's own encoder (workers.vicidial._quote) skips what needs no quoting;
+    """The form's own encoder (workers.vicidial.form_body) skips what needs no quoting;
     for any text, names and numbers it gives what urllib's urlencode gives."""
     rng = random.Random(15)
     alphabet = string.printable + "éñ中\u00a0+&=%~"
@@ -329,7 +335,7 @@ def test_the_form_is_encoded_byte_for_byte_as_urlencode_would() -> None:
     for _ in range(3000):
         data: dict[Any, Any] = {text(): rng.choice([text(), text(), 5, 1.5, b"x y", None])}
         data[text()] = text()
-        assert _form_of(data) == urlencode(data)
+        assert form_body(data).decode() == urlencode(data)
     lead = Lead(
         agent_user="1000",
         phone_number="7275551212",
@@ -353,10 +359,6 @@ def test_the_form_is_encoded_byte_for_byte_as_urlencode_would() -> None:
     assert form == urlencode(expected)
 
 
-def _form_of(data: dict[Any, Any]) -> str:
-    return "&".join([_quote(k) + "=" + _quote(v) for k, v in data.items()])
-
-
 def test_a_dripping_answer_is_cut_at_the_calls_deadline(
     serve: Callable[[Reply], CannedServer], make_client: MakeClient
 ) -> None:
@@ -374,7 +376,7 @@ def test_a_dripping_answer_is_cut_at_the_calls_deadline(
             while not stop.wait(0.2):
                 conn.sendall(b"x")
 
-    server._exchange = drip  # type: ignore[method-assign]
+    server.exchange = drip
     client = make_client(server.port, timeout=1.0)
     started = time.monotonic()
     try:
@@ -403,7 +405,7 @@ def test_an_endless_chunked_answer_is_read_only_up_to_the_cap(
                 conn.sendall(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
                 sent.append(len(chunk))
 
-    server._exchange = flood  # type: ignore[method-assign]
+    server.exchange = flood
     try:
         with pytest.raises(AmbiguousFailure, match="larger than 65536 bytes"):
             make_client(server.port, timeout=5.0).add_lead(

@@ -3,6 +3,7 @@ running (and refusing to fall back silently), poison items never lost."""
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import subprocess
@@ -11,17 +12,26 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import redis
+from kombu.transport import redis as kombu_redis
 
 from dispatcher import DeadLetterStore, enqueue_lead, enqueue_leads, job_status
 from dispatcher.config.settings import Settings
 from dispatcher.devtools.localfleet import WorkerProcess
 from dispatcher.simulator import Simulator
 from dispatcher.store.keys import Keys
-from tests.conftest import ROOT, make_settings, wait_for
+from tests.support.settings import ROOT, make_settings
+from tests.support.waiting import wait_for
 from workers import acks, transport
+from workers.celery_app import (
+    check_worker_settings,
+    make_app,
+    pool_on_command_line,
+    worker_defaults,
+)
 
 
 def _python(code: str, **env: str) -> subprocess.CompletedProcess[str]:
@@ -157,7 +167,7 @@ def test_a_worker_with_free_slots_takes_several_messages_a_poll(
     redis.Redis.from_url(settings.redis_url).ping()
     watcher.join(10)
     # 8 call slots, and the consumer holds 4 more messages (workers/engine.py): the
-    # first poll asks for all 12 (the script takes that many, tests/test_fetch_batch.py).
+    # first poll asks for all 12 (the script takes that many, tests/store/test_fetch_batch.py).
     most = [int(c.split()[11]) for c in fetches]  # EVALSHA sha 1 prefix fetch ... most
     assert most[0] == 12 and max(most[1:]) <= 12, most
 
@@ -217,7 +227,6 @@ def test_a_sweeper_killed_mid_sweep_cannot_stop_the_fleets_sweeps_for_long() -> 
     """kombu locks each sweep of expired unacknowledged messages with a Redis key that
     expires after 300 s by default: a worker SIGKILLed during a sweep once left the
     messages it held unswept that long (the SIGKILL test timed out waiting)."""
-    from workers.celery_app import make_app
 
     settings = Settings(vicidial_url="http://127.0.0.1:1/agc/api.php", visibility_timeout_s=600)
     options = make_app(settings).conf.broker_transport_options
@@ -248,10 +257,6 @@ def test_a_worker_started_with_mingle_and_gossip_takes_queued_jobs(
 def test_a_worker_refuses_the_gevent_and_eventlet_pools(
     pool: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from types import SimpleNamespace
-
-    from workers.celery_app import check_worker_settings
-
     with pytest.raises(SystemExit) as exit_info:
         check_worker_settings(sender=SimpleNamespace(pool_cls=pool))
     assert exit_info.value.code == 2
@@ -263,9 +268,6 @@ def test_kombu_still_has_every_method_the_transport_overrides_or_calls() -> None
     Redis transport (pinned to kombu 5.7): a kombu that renamed one would silently bypass
     an override (the reliable pop, the Redis-clock sweep, a guard that keeps Celery's
     loop alive)."""
-    import inspect
-
-    from kombu.transport import redis as kombu_redis
 
     expected = {
         kombu_redis.QoS: {
@@ -314,8 +316,6 @@ def test_kombu_still_has_every_method_the_transport_overrides_or_calls() -> None
 
 
 def test_the_command_line_pool_is_read_as_celery_reads_it() -> None:
-    from workers.celery_app import pool_on_command_line, worker_defaults
-
     base = ["/venv/bin/celery", "-A", "workers", "worker", "--loglevel", "INFO"]
     assert pool_on_command_line(base) is None
     assert pool_on_command_line([*base, "-P", "prefork", "-c", "2"]) == "prefork"

@@ -12,8 +12,8 @@ from starlette.testclient import TestClient
 
 from dispatcher.config.settings import Settings
 from dispatcher.intake import create_app
-from tests.conftest import make_settings
-from tests.consoletools import OPERATOR, SECRET, TOKEN, VIEWER, seed_users, session_client
+from tests.support.console import OPERATOR, SECRET, TOKEN, VIEWER, seed_users, session_client
+from tests.support.settings import make_settings
 
 
 @pytest.fixture

@@ -17,8 +17,7 @@ from dispatcher.config.settings import Settings
 from dispatcher.ops.producer import job_status
 from dispatcher.store.backend import get_backend
 from dispatcher.store.execution import new_token
-from tests.conftest import queue_length
-from tests.consoletools import (
+from tests.support.console import (
     OPERATOR,
     add_letters,
     capture_logs,
@@ -27,6 +26,7 @@ from tests.consoletools import (
     lookups_held,
     store_of,
 )
+from tests.support.queues import queue_length
 
 
 def test_replay_one_from_its_page_puts_the_job_back(operator: TestClient, cs: Settings) -> None:
@@ -48,7 +48,6 @@ def test_replay_one_from_its_page_puts_the_job_back(operator: TestClient, cs: Se
 def test_a_replay_that_meets_a_live_claim_says_busy_and_keeps_the_letter(
     operator: TestClient, cs: Settings
 ) -> None:
-
     [letter] = add_letters(cs, 1)
     backend = get_backend(cs)
     # The job's execution record expired (DISPATCHER_JOB_TTL_S) while its letter lives

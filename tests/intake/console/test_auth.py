@@ -1,7 +1,7 @@
 """Logging in and out (dispatcher/intake/console/auth.py): where a login leads, the
 cookies, sessions in Redis (idle timeout, lifetime, logout, a user removed), the same
 answer for a wrong password and an unknown user, and the throttle's edges
-(tests/test_login_throttle.py has the attacks).
+(tests/intake/console/test_login_throttle.py has the attacks).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from dispatcher.intake import create_app
 from dispatcher.intake.console.sessions import CLIENT_LIMIT, PAIR_LIMIT, LoginThrottle
 from dispatcher.store.backend import get_backend
 from dispatcher.store.users import UserStore
-from tests.consoletools import OPERATOR, VIEWER, csrf_of, login, seed_users, session_client
+from tests.support.console import OPERATOR, VIEWER, csrf_of, login, seed_users, session_client
 
 
 def test_the_login_page_keeps_where_the_visitor_was_going(app: Any, cs: Settings) -> None:
@@ -167,7 +167,7 @@ def test_wrong_password_and_unknown_user_get_the_same_answer(app: Any) -> None:
 
 
 def test_logins_are_throttled_per_user_and_address_and_per_client(app: Any, cs: Settings) -> None:
-    """The limits' edges (tests/test_login_throttle.py has the attacks)."""
+    """The limits' edges (tests/intake/console/test_login_throttle.py has the attacks)."""
     throttle = LoginThrottle(get_backend(cs))
 
     def attempt(client: TestClient, name: str, password: str) -> Any:

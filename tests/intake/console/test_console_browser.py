@@ -40,7 +40,8 @@ from dispatcher.simulator import Simulator
 from dispatcher.store.backend import get_backend
 from dispatcher.store.deadletter import DeadLetterStore
 from dispatcher.store.users import UserStore
-from tests.conftest import ROOT, make_settings, wait_for
+from tests.support.settings import ROOT, make_settings
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.slow
 

@@ -14,7 +14,7 @@ from starlette.testclient import TestClient
 
 from dispatcher.config.settings import Settings
 from dispatcher.ops.selection import Cursor, Selection
-from tests.consoletools import AUTH_ERROR, SECRET, TOKEN, add_letters, csrf_of, ids_on, store_of
+from tests.support.console import AUTH_ERROR, SECRET, TOKEN, add_letters, csrf_of, ids_on, store_of
 
 
 def test_list_masks_phones_and_filters_by_reason_agent_phone_and_age(

@@ -11,7 +11,7 @@ import json
 from starlette.testclient import TestClient
 
 from dispatcher.config.settings import Settings
-from tests.consoletools import add_letters
+from tests.support.console import add_letters
 
 
 def test_export_streams_json_lines_and_csv_of_what_matches(

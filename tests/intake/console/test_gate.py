@@ -3,7 +3,7 @@ change without the session's CSRF token from this origin, the same security head
 on every answer; and the roles: a viewer reads, an operator acts.
 
 The real app (``create_app``) answers through Starlette's TestClient, against a
-real Redis (tests/console/conftest.py); the helpers are tests/consoletools.py.
+real Redis (tests/intake/console/conftest.py); the helpers are tests/support/console.py.
 """
 
 from __future__ import annotations
@@ -16,8 +16,7 @@ from starlette.testclient import TestClient
 
 from dispatcher.config.settings import Settings
 from dispatcher.store.backend import get_backend
-from tests.conftest import queue_length
-from tests.consoletools import (
+from tests.support.console import (
     OPERATOR,
     TOKEN,
     VIEWER,
@@ -27,6 +26,7 @@ from tests.consoletools import (
     session_client,
     store_of,
 )
+from tests.support.queues import queue_length
 
 GET_ROUTES = [
     "/ui/",

@@ -10,7 +10,7 @@ from starlette.testclient import TestClient
 
 from dispatcher.config.settings import Settings
 from dispatcher.store.backend import get_backend
-from tests.consoletools import add_letters
+from tests.support.console import add_letters
 
 
 def test_job_lookup(operator: TestClient, cs: Settings) -> None:

@@ -11,6 +11,7 @@ loopback, real Redis) and counts the Argon2 checks it made from its own log line
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import os
@@ -32,9 +33,13 @@ from dispatcher.config.settings import Settings
 from dispatcher.devtools.localfleet import settings_env
 from dispatcher.devtools.redis_server import free_port
 from dispatcher.intake.app import create_app
+from dispatcher.intake.console import sessions
+from dispatcher.intake.console.hashing import HashingBusy, HashingPool
+from dispatcher.intake.console.sessions import LoginThrottle
 from dispatcher.store.backend import get_backend
-from tests.conftest import ROOT, make_settings, wait_for
-from tests.consoletools import OPERATOR, csrf_of, seed_users
+from tests.support.console import OPERATOR, csrf_of, seed_users
+from tests.support.settings import ROOT, make_settings
+from tests.support.waiting import wait_for
 
 TOKEN = "intake-token-0123456789abcdef"
 #: DESIGN.md's limits (dispatcher.intake.console.sessions holds them).
@@ -63,15 +68,8 @@ def _user_key(settings: Settings, name: str) -> str:
 
 
 def test_the_limits_are_designs() -> None:
-    from dispatcher.intake.console.sessions import (
-        CLIENT_LIMIT,
-        PAIR_LIMIT,
-        USER_LIMIT,
-        WINDOW_S,
-    )
-
-    assert (PAIR_LIMIT, USER_LIMIT, WINDOW_S) == (5, 30, 15 * 60)
-    assert CLIENT_LIMIT >= PAIR_LIMIT
+    assert (sessions.PAIR_LIMIT, sessions.USER_LIMIT, sessions.WINDOW_S) == (5, 30, 15 * 60)
+    assert sessions.CLIENT_LIMIT >= sessions.PAIR_LIMIT
 
 
 def test_a_stranger_locks_only_their_own_address_then_the_user_cap_bounds_all_guessing(
@@ -108,8 +106,6 @@ def test_a_stranger_locks_only_their_own_address_then_the_user_cap_bounds_all_gu
 
 
 def test_the_lock_ends_with_its_window(ts: Settings) -> None:
-    from dispatcher.intake.console.sessions import LoginThrottle
-
     throttle = LoginThrottle(get_backend(ts), window_s=1)
     for _ in range(PAIR_LIMIT):
         assert throttle.attempt("olivia", "203.0.113.1").allowed
@@ -243,10 +239,6 @@ def test_25_concurrent_wrong_passwords_get_at_most_5_checks(
 
 
 def test_password_checks_run_on_their_own_bounded_pool() -> None:
-    import asyncio
-
-    from dispatcher.intake.console.hashing import HashingBusy, HashingPool
-
     pool = HashingPool(threads=1, waiting=2)
     release = threading.Event()
     names: list[str] = []
@@ -288,7 +280,6 @@ def test_password_checks_run_on_their_own_bounded_pool() -> None:
 
 def test_an_attempt_never_checked_is_not_counted(ts: Settings) -> None:
     """What the console does when the hashing pool refuses a login (503, unchecked)."""
-    from dispatcher.intake.console.sessions import LoginThrottle
 
     throttle = LoginThrottle(get_backend(ts))
     for _ in range(PAIR_LIMIT):

@@ -15,8 +15,7 @@ from dispatcher.intake import create_app
 from dispatcher.store.backend import get_backend
 from dispatcher.store.deadletter import DeadLetterStore
 from dispatcher.store.outbox import notify_for
-from tests.conftest import make_settings
-from tests.consoletools import (
+from tests.support.console import (
     OPERATOR,
     SECRET,
     TOKEN,
@@ -26,6 +25,7 @@ from tests.consoletools import (
     seed_users,
     session_client,
 )
+from tests.support.settings import make_settings
 
 RECEIVER = "https://crm.example.com/hooks/dispatcher?token=receiver-token-xyz"
 

@@ -15,7 +15,14 @@ from dispatcher.intake import create_app
 from dispatcher.ops.producer import prepare_job, push_jobs
 from dispatcher.store.activity import read_activity, record_minute
 from dispatcher.store.backend import get_backend
-from tests.consoletools import OPERATOR, add_letters, cells, deny_lookups, session_client, table_row
+from tests.support.console import (
+    OPERATOR,
+    add_letters,
+    cells,
+    deny_lookups,
+    session_client,
+    table_row,
+)
 from workers.scheduler import RetryScheduler
 
 
@@ -88,7 +95,6 @@ def test_activity_counts_added_and_dead_lettered_per_minute(cs: Settings) -> Non
 
 
 def test_a_worker_records_the_minute_samples(cs: Settings) -> None:
-
     scheduler = RetryScheduler(cs, name="w-test@host")
     scheduler.tick()
     scheduler.tick()
@@ -99,7 +105,6 @@ def test_a_worker_records_the_minute_samples(cs: Settings) -> None:
 def test_overview_shows_each_dialers_lanes_pause_and_rate_limit(
     two_operator: TestClient, two: Settings
 ) -> None:
-
     now = time.time()
     jobs = [
         prepare_job(

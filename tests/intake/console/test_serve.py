@@ -19,8 +19,9 @@ from dispatcher.devtools.localfleet import settings_env
 from dispatcher.devtools.redis_server import free_port
 from dispatcher.intake import create_app
 from dispatcher.model.errors import ConfigError
-from tests.conftest import ROOT, make_settings, wait_for
-from tests.consoletools import OPERATOR, seed_users, session_client
+from tests.support.console import OPERATOR, seed_users, session_client
+from tests.support.settings import ROOT, make_settings
+from tests.support.waiting import wait_for
 
 
 def test_console_only_app_needs_no_token_and_has_no_v1_routes(cs: Settings) -> None:
