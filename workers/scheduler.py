@@ -45,6 +45,7 @@ from dispatcher.ops import retention
 from dispatcher.store.activity import record_minute
 from dispatcher.store.backend import Backend, get_backend
 from dispatcher.store.layout import LAYOUT_VERSION, stored_version
+from dispatcher.store.letter_index import index_some_letters
 from dispatcher.store.redis_health import redis_availability
 from workers.lookup_check import LookupChecker
 from workers.transport import consumer_id, consumer_ttl_s
@@ -109,10 +110,13 @@ class RetryScheduler(threading.Thread):
         return moved
 
     def expire_letters(self, backend: Backend, now: float) -> None:
-        """Dead-letter retention (DISPATCHER_DEAD_LETTER_RETENTION_DAYS), once a minute."""
+        """Once a minute: dead-letter retention (DISPATCHER_DEAD_LETTER_RETENTION_DAYS),
+        and the newest letters joined to the phone index if a worker of the previous
+        release wrote them (dispatcher/store/letter_index.py)."""
         if now - self._last_retention >= retention.EVERY_S:
             self._last_retention = now
             retention.expire_dead_letters(backend)
+            index_some_letters(backend)
 
     def check_layout(self, backend: Backend) -> None:
         """Stop this worker (warm shutdown) once a newer release migrated the layout."""

@@ -72,7 +72,14 @@ def forget(
     else:
         _print(erasure, err=False)
     click.echo(VICIDIAL_NOTE, err=True)
-    if not scan and erasure.total == 0:
+    if not scan and not erasure.index_complete:
+        click.echo(
+            "warning: the workers are still putting the previous release's dead letters "
+            "into the phone index (a few minutes after an upgrade); until they are done, "
+            "add --scan to be sure nothing of this phone is left",
+            err=True,
+        )
+    elif not scan and erasure.total == 0:
         click.echo(
             "nothing found in the phone index; jobs enqueued before the index existed "
             "(the previous release) are found with --scan",

@@ -42,6 +42,7 @@ from dispatcher.model.lead import make_lead
 from dispatcher.ops.notifications import erase_notifications
 from dispatcher.store.backend import Backend
 from dispatcher.store.connection import broker_errors
+from dispatcher.store.letter_index import index_complete
 from dispatcher.store.phone_index import index_key, phone_key
 
 __all__ = [
@@ -143,6 +144,9 @@ class Erasure:
     counts: dict[str, int]
     dry_run: bool
     scanned: bool
+    #: whether every dead letter is in the phone index (False while the workers still
+    #: index the previous release's letters: then only --scan is sure to find them all)
+    index_complete: bool = True
 
     @property
     def total(self) -> int:
@@ -153,6 +157,7 @@ class Erasure:
             "phone": self.masked_phone,
             "dry_run": self.dry_run,
             "scanned": self.scanned,
+            "index_complete": self.index_complete,
             "erased": dict(self.counts),
             "vicidial": VICIDIAL_NOTE,
         }
@@ -189,7 +194,9 @@ def forget_phone(
     for eraser in [*ERASERS.values(), _erase_jobs]:
         for kind, n in eraser(backend, target, dry_run).items():
             counts[kind] = counts.get(kind, 0) + n
-    erasure = Erasure(logs.mask_phone(digits), counts, dry_run, scan)
+    erasure = Erasure(
+        logs.mask_phone(digits), counts, dry_run, scan, index_complete=index_complete(backend)
+    )
     _log.info(
         "data.forgotten" if not dry_run else "data.forget_previewed",
         phone=digits,

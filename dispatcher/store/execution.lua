@@ -44,6 +44,10 @@
 --                                 plus a day (each write of a job's state extends it); none
 --                                 while #letters > 0 (the letters it finds live as long)
 --   P:dlq:phone_keys      hash    dead-letter id -> h, while the letter exists
+--   P:dlq:index_cursor    string  how far the workers' maintenance has put the letters that
+--                                 the previous release wrote (with no phone index) into the
+--                                 index: the last-failure score below which letters are
+--                                 still to be looked at, or `done`
 --   P:index_key           string  the index's HMAC key (hex; made once, by the first enqueue
 --                                 or operator tool that needs it)
 --   P:scheduled           zset    envelopes waiting for their retry time (score: Redis time)
@@ -690,6 +694,36 @@ elseif cmd == 'purge' then
   if not reason then return 0 end
   redis.call('HINCRBY', k_stats, 'purged', 1)
   return 1
+
+elseif cmd == 'index_letters' then
+  -- ARGV: cursor ('' to leave it), then per letter: its id, phone key h, idempotency key
+  -- ('' for none). Dead letters that are not in the phone index (written by the
+  -- previous release, or by one of its workers still running during a rolling restart,
+  -- or for a job it enqueued, whose state carries no phone_key) join it as `dead` would
+  -- have indexed them; a letter indexed already, or gone, is left alone (running it
+  -- twice changes nothing). The cursor (P:dlq:index_cursor) only moves down, to `done`
+  -- at the end, and stays `done`. Returns how many letters joined the index.
+  local cursor = ARGV[2]
+  if cursor ~= '' then
+    local k_cursor = P .. ':dlq:index_cursor'
+    local was = redis.call('GET', k_cursor)
+    if was ~= 'done' and (cursor == 'done' or not was or tonumber(cursor) < tonumber(was)) then
+      redis.call('SET', k_cursor, cursor)
+    end
+  end
+  local n = 0
+  for i = 3, #ARGV, 3 do
+    local id, h, idem = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+    if redis.call('EXISTS', k_dl(id)) == 1 and redis.call('HEXISTS', k_phone_keys, id) == 0 then
+      index_letter(id, h)
+      if idem ~= '' then redis.call('HSET', k_phone(h), id, idem) end
+      if redis.call('EXISTS', k_job(id)) == 1 and not redis.call('HGET', k_job(id), 'phone_key') then
+        redis.call('HSET', k_job(id), 'phone_key', h)
+      end
+      n = n + 1
+    end
+  end
+  return n
 
 elseif cmd == 'expire_letters' then
   -- ARGV: cutoff (epoch s), limit. Retention (DISPATCHER_DEAD_LETTER_RETENTION_DAYS): the

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any, NamedTuple
@@ -460,6 +460,16 @@ class Execution:
 
     def purge(self, dl_id: str) -> bool:
         return bool(int(self.call("purge", dl_id)))
+
+    def index_letters(self, letters: Sequence[tuple[str, str, str]], *, cursor: str = "") -> int:
+        """Index dead letters that the phone index lacks: (letter id, phone key,
+        idempotency key) each; letters indexed already are left alone. ``cursor``: where
+        the pass over the previous release's letters has got to (a score, or ``done``).
+        How many letters joined."""
+        if not letters and not cursor:
+            return 0
+        args = [x for letter in letters for x in letter]
+        return int(self.call("index_letters", cursor, *args))
 
     def expire_letters(self, *, before: float, limit: int) -> list[tuple[str, str]]:
         """Remove dead letters whose last failure is before ``before`` (epoch), at most

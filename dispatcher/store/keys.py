@@ -130,6 +130,13 @@ class Keys:
         return f"{self.prefix}:dlq:phone_keys"
 
     @property
+    def dead_letter_index_cursor(self) -> str:
+        """String: how far the pass that puts the previous release's letters into the
+        phone index has got (a last-failure score), or ``done``
+        (dispatcher/store/letter_index.py)."""
+        return f"{self.prefix}:dlq:index_cursor"
+
+    @property
     def index_key(self) -> str:
         """String: the phone index's HMAC key (hex), made once per Redis."""
         return f"{self.prefix}:index_key"

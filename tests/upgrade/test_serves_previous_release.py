@@ -40,10 +40,12 @@ from dispatcher.config.settings import Settings
 from dispatcher.devtools.localfleet import WorkerProcess
 from dispatcher.devtools.redis_server import free_port
 from dispatcher.intake.console.sessions import SessionStore
+from dispatcher.ops.erasure import forget_phone
 from dispatcher.simulator import Simulator, SimulatorState
 from dispatcher.simulator.state import CampaignConfig
-from dispatcher.store.backend import Backend
+from dispatcher.store.backend import Backend, get_backend
 from dispatcher.store.layout import LAYOUT_VERSION
+from dispatcher.store.letter_index import index_complete
 from tests.support.cli import LETTER_KEYS, check, cli_env, run_cli
 from tests.support.queues import queue_length
 from tests.support.settings import ROOT, make_settings
@@ -170,11 +172,17 @@ def test_the_previous_release_s_redis_is_served(
             if j["expect"].startswith("letter:")
         }
         assert {x["job_id"]: x["reason"] for x in letters} == expected
+        # The previous release kept no phone index: the worker's maintenance puts its
+        # letters into it, so that an erasure request finds them without --scan.
+        backend = get_backend(settings)
+        wait_for(lambda: index_complete(backend), message="the letters indexed by phone")
         for letter in letters:
             job = next(j for j in jobs if j["job_id"] == letter["job_id"])
             if job["lead"] is not None:
                 assert letter["job"]["lead"]["phone_number"] == job["phone"]
                 assert letter["job"]["dnc_check"] is True
+                preview = forget_phone(backend, job["phone"], dry_run=True)
+                assert preview.counts.get("dead_letters") == 1, (job["kind"], preview.counts)
 
         # 3. Reconciled (ambiguous) and replayed (the causes are fixed).
         ambiguous = [j for j in jobs if j["expect"].startswith("letter:ambiguous:")]
