@@ -42,6 +42,7 @@ from bench import (
     notify,
     reconcile,
     replay,
+    targets,
     throughput,
 )
 from bench.common import ROOT, Env, Section, machine_info
@@ -59,6 +60,7 @@ BENCHMARKS: dict[str, ModuleType] = {
         reconcile,
         login_flood,
         clients,
+        targets,
         faults,
         notify,
     )

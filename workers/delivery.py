@@ -8,13 +8,18 @@ a lost reply is recognised ("again", "own"). :class:`Writes` holds those writes 
 claim, a success, a retry, a look-up scheduled, a deferral, a dead letter, a pause),
 each retried while Redis is away for as long as this worker holds the message
 (:meth:`Writes.persist`), its answer typed (:mod:`dispatcher.store.replies`) and logged
-here, once (a success before it is stored). One :class:`Writes` per worker process
+here, once (a success before it is stored). A lead for a list (add_lead) is written the
+same way; its claim also obeys the pause of the dialer's list jobs alone and takes the
+phone's add_lead lock (at most one add_lead in flight per dialer and phone, fleet-wide:
+VICIdial's duplicate check has no lock), and its outcome may be ``duplicate``
+(:meth:`Writes.duplicate`). One :class:`Writes` per worker process
 serves the three that decide what to write: the runner (``workers/runner.py``), the
 lead engine (``workers/engine.py``) and the reconciler (``workers/reconciler.py``).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import socket
@@ -47,12 +52,17 @@ from dispatcher.store.connection import broker_errors
 from dispatcher.store.deadletter import DeadLetterStore
 from dispatcher.store.execution import FENCE_MARGIN_S, Fence, claim_clock, new_token
 from dispatcher.store.outbox import notify_for
+from dispatcher.store.phone_index import cached_index_key, index_key, phone_key
 from dispatcher.store.redis_health import redis_availability
 from dispatcher.store.replies import Claim, DialerWait, Stored, Written
 from dispatcher.store.stats import latency_bucket_field
+from workers.list_answer import DuplicateFound, ListLeadAdded
 from workers.vicidial import AddLeadResult
 
-__all__ = ["MAX_RATE_WAIT_S", "Delivery", "Writes"]
+__all__ = ["MAX_RATE_WAIT_S", "Added", "Delivery", "Writes"]
+
+#: What a call that added the lead answered: external_add_lead's SUCCESS, or add_lead's.
+Added = AddLeadResult | ListLeadAdded
 
 _log = logs.get_logger("workers.delivery")
 #: Longest a worker thread sleeps for a fleet rate-limit slot before it hands the
@@ -98,6 +108,11 @@ class Delivery:
         (reconciliation's ``lookup`` step: workers/reconciler.py)."""
         rec = self.job.reconcile
         return rec is not None and rec.step == "lookup"
+
+    @property
+    def adds_to_list(self) -> bool:
+        """This delivery calls add_lead (a lead for a list), under the phone's lock."""
+        return self.job.list_options is not None and not self.looks_up
 
     def calls_after(self, claim: Claim) -> bool:
         """Whether ``claim`` leads this delivery straight to the call (after
@@ -152,8 +167,8 @@ class Writes:
         return Delivery(job, dialer, new_token(), started)
 
     def lane(self, d: Delivery) -> str:
-        """The queue list of the delivery's dialer and priority."""
-        return self.keys.lane(d.dialer.name, d.job.priority)
+        """The queue list of the delivery's dialer, priority and target."""
+        return self.keys.target_lane(d.dialer.name, d.job.priority, d.job.target)
 
     def persist(self, started: float, write: Callable[[], _T]) -> _T:
         """Run a Redis write, retrying while Redis is away (a restart, a stall, a full
@@ -197,10 +212,14 @@ class Writes:
 
         Stamps the delivery's fence clock: Redis grants the claim after this moment, so
         the claim's age is at most the time since (build the command right before
-        sending it)."""
-        d.asked_at = self.fence_clock()
+        sending it). A list job's claim also obeys its dialer's list pause and takes
+        the add_lead lock of its phone (:meth:`lock_key`; reads the index key from
+        Redis the first time: see :meth:`needs_index_key`)."""
         job = d.job
         rate = d.dialer.rate_limit
+        listed = job.list_options is not None
+        lock = self.lock_key(d) if d.adds_to_list else ""
+        d.asked_at = self.fence_clock()
         return self.execution.claim_args(
             job.job_id,
             seq=job.seq,
@@ -211,7 +230,19 @@ class Writes:
             worker=self.worker_id,
             max_rate_wait_s=MAX_RATE_WAIT_S,
             server=d.dialer.name,
+            scope=d.dialer.list_scope if listed else "",
+            lock=lock,
         )
+
+    def lock_key(self, d: Delivery) -> str:
+        """The name of the add_lead lock of the delivery's phone: the phone's index key
+        (``P:phone:{h}``'s h, HMAC-SHA256 under the deployment's key: never the phone)."""
+        return phone_key(index_key(self.backend), d.job.lead.phone_number)
+
+    def needs_index_key(self, d: Delivery) -> bool:
+        """Whether building the delivery's claim would first read the phone index's key
+        from Redis (once per process): an event loop claims such a delivery on a thread."""
+        return d.adds_to_list and cached_index_key(self.backend) is None
 
     def granted(self, d: Delivery, claim: Claim) -> None:
         """Fence the delivery's call by the claim Redis just answered (a lease of
@@ -234,18 +265,23 @@ class Writes:
 
     # -- a success -----------------------------------------------------------------------
 
-    def log_added(self, d: Delivery, result: AddLeadResult, latency_ms: float) -> None:
+    def log_added(self, d: Delivery, result: Added, latency_ms: float) -> None:
         # On record before it is stored: if Redis never takes it, the log still
         # says which lead VICIdial made for this job.
+        more: dict[str, Any] = {}
+        if isinstance(result, ListLeadAdded):
+            more = {k: v or None for k, v in _list_facts(d, result).items()}
+            more["http_status"] = result.http_status if not result.complete else None
         _log.info(
             "lead.added",
             attempt=d.job.attempts + 1,
             phone=d.job.lead.phone_number,
             lead_id=result.lead_id,
             list_id=result.list_id,
-            campaign=result.campaign,
+            campaign=_campaign(d, result),
             latency_ms=round(latency_ms, 1),
             notes=list(result.notes) or None,
+            **more,
         )
 
     def has_replicas(self) -> bool:
@@ -260,26 +296,29 @@ class Writes:
                 pass
         return self._replicas > 0
 
-    def succeed_args(
-        self, d: Delivery, result: AddLeadResult, latency_ms: float
-    ) -> tuple[Any, ...]:
-        """The delivery's ``succeed`` command (dispatcher.store.execution)."""
+    def succeed_args(self, d: Delivery, result: Added, latency_ms: float) -> tuple[Any, ...]:
+        """The delivery's ``succeed`` command (dispatcher.store.execution); a list's lead
+        also records what add_lead reported of it (hopper, callback, custom fields)."""
+        facts = ""
+        if isinstance(result, ListLeadAdded):
+            facts = json.dumps(_list_facts(d, result), separators=(",", ":"))
         return self.execution.succeed_args(
             d.job.job_id,
             token=d.token,
             lead_id=result.lead_id,
             list_id=result.list_id,
-            campaign=result.campaign,
+            campaign=_campaign(d, result),
             done_ttl=int(self.settings.done_ttl_s),
             ttl=self.ttl,
             attempts=d.job.attempts + 1,
             latency_field=latency_bucket_field(latency_ms / 1000),
             latency_ms=latency_ms,
             server=d.dialer.name,
+            state_fields=facts,
             notify=notify_for(d.job, self.settings, dialer=d.dialer.name),
         )
 
-    def store_added(self, d: Delivery, result: AddLeadResult, latency_ms: float) -> Stored:
+    def store_added(self, d: Delivery, result: Added, latency_ms: float) -> Stored:
         """Store the success, retrying while Redis is away (waiting for a replica if any)."""
         args = self.succeed_args(d, result, latency_ms)
 
@@ -297,7 +336,7 @@ class Writes:
 
         return Stored.from_reply(self.persist(d.started, write))
 
-    def added(self, d: Delivery, result: AddLeadResult, stored: Stored) -> str:
+    def added(self, d: Delivery, result: Added, stored: Stored) -> str:
         """What the stored success says: added, or a duplicate found. (A job with a
         reconcile step is then verified later: the runner asks the reconciler.)"""
         if stored.verdict == "same":
@@ -325,6 +364,46 @@ class Writes:
             _log.warning("lead.dead_letter_retired", reason=stored.retired, lead_id=lead_id)
         if stored.resumed:
             _log.warning("vicidial.resumed", server=d.dialer.name, after="outage")
+
+    # -- a duplicate (add_lead's duplicate check) ----------------------------------------
+
+    def duplicate(self, d: Delivery, found: DuplicateFound) -> str:
+        """add_lead's duplicate check found a lead (``found``) and added nothing: the job
+        ends in the final state ``duplicate`` naming it (no dead letter, nothing to
+        replay; ``lead.duplicate``)."""
+        job = d.job
+        # Built once: a write resent after a lost reply carries the same event id.
+        args = self.execution.duplicate_args(
+            job.job_id,
+            token=d.token,
+            existing_lead_id=found.existing_lead_id,
+            list_id=found.existing_list_id,
+            check=found.check,
+            done_ttl=int(self.settings.done_ttl_s),
+            ttl=self.ttl,
+            attempts=job.attempts + 1,
+            server=d.dialer.name,
+            notify=notify_for(job, self.settings, dialer=d.dialer.name),
+        )
+        stored = Stored.from_reply(self.persist(d.started, lambda: self.execution.call(*args)))
+        if stored.verdict == "done":
+            _log.info("lead.duplicate_suppressed", lead_id=stored.lead_id or None, seq=job.seq)
+            return "duplicate_suppressed"
+        if stored.verdict == "superseded":
+            _log.warning("lead.outcome_superseded", outcome="duplicate", why=stored.verdict)
+            return "superseded"
+        _log.info(
+            "lead.duplicate",
+            attempt=job.attempts + 1,
+            phone=job.lead.phone_number,
+            existing_lead_id=found.existing_lead_id or None,
+            list_id=found.existing_list_id or None,
+            check=found.check or None,
+            matched=found.matched or None,
+            target_list_id=job.lead.list_id,
+        )
+        self.log_stored(d, stored, lead_id=found.existing_lead_id)
+        return "duplicate"
 
     # -- the next publication: a retry, a look-up ----------------------------------------
 
@@ -536,7 +615,7 @@ class Writes:
         else:
             lane_dialer = served[0]
         envelope = broker_envelope(
-            job.to_message(), queue=self.keys.lane(lane_dialer, job.priority)
+            job.to_message(), queue=self.keys.target_lane(lane_dialer, job.priority, job.target)
         )
         low, high = _DIALER_LOOK_AGAIN_S
         delay = min(high, max(low, settings.unknown_dialer_wait_s / 20))
@@ -598,13 +677,15 @@ class Writes:
             )
         return paused_s
 
-    def pause_refused(self, d: Delivery, error: CallFailed) -> None:
+    def pause_refused(self, d: Delivery, error: CallFailed, *, server: str = "") -> None:
         """VICIdial refuses every call (credentials, permission, API off): pause the
-        dialer's calls fleet-wide."""
+        dialer's calls fleet-wide (``server``: another pause, such as the dialer's list
+        jobs alone, ``Dialer.list_scope``)."""
+        name = server or d.dialer.name
         self.persist(
             d.started,
             lambda: self.execution.pause(
-                d.dialer.name,
+                name,
                 seconds=self.settings.pause_s,
                 reason=error.reason,
                 error=error.line,
@@ -612,8 +693,32 @@ class Writes:
         )
         _log.warning(
             "vicidial.paused",
-            server=d.dialer.name,
+            server=name,
             reason=error.reason,
             error=error.line,
             delay_s=self.settings.pause_s,
         )
+
+
+def _campaign(d: Delivery, result: Added) -> str:
+    """The campaign a success records: the agent's (external_add_lead's answer), or the
+    one a list job sent (add_lead's answer names none)."""
+    if isinstance(result, AddLeadResult):
+        return result.campaign
+    options = d.job.list_options
+    return options.campaign_id if options is not None else ""
+
+
+def _list_facts(d: Delivery, result: ListLeadAdded) -> dict[str, str]:
+    """What add_lead reported of a list's lead, as job-state fields (strings): the hopper,
+    the callback, the custom fields (each '' when not reported), and what the job asked
+    for that the answer does not report done (``unfinished``: VICIdial failed after the
+    INSERT, a callback user not valid, outside the local call time...)."""
+    options = d.job.list_options
+    unfinished = result.unfinished(options) if options is not None else ()
+    return {
+        "hopper": result.hopper,
+        "callback": result.callback,
+        "custom_fields": result.custom_fields,
+        "unfinished": "; ".join(unfinished),
+    }

@@ -12,7 +12,9 @@ acknowledges the message: the same steps, the same Redis scripts and
 the same log events as :class:`workers.runner.JobRunner`: the delivery and its
 writes are the runner's (:class:`workers.delivery.Writes`), and every rule past the
 common path is the runner's own method. The request leaves from one place,
-:meth:`LeadEngine._call_vicidial`.
+:meth:`LeadEngine._call_vicidial`: external_add_lead for a lead for an agent, add_lead
+(:class:`workers.list_client.AsyncListClient`) for a lead for a list, each client one per
+dialer per process, with the same fence, gate, deadline and answer cap.
 
 Only the common path runs on the loop: a claim that goes straight to the call,
 and a success stored in one write. Everything else (a bad message, a paused
@@ -63,9 +65,10 @@ from dispatcher.store.connection import async_redis_client
 from dispatcher.store.replies import Claim, Stored
 from workers.async_vicidial import AsyncVicidialClient
 from workers.batching import MAX_BATCHES, LoopPipeline
-from workers.delivery import Delivery
+from workers.delivery import Added, Delivery
+from workers.list_answer import DuplicateFound
+from workers.list_client import AsyncListClient
 from workers.runner import JobRunner, TransientInfrastructureError
-from workers.vicidial import AddLeadResult
 
 __all__ = ["LeadEngine", "current_engine", "strategy"]
 
@@ -105,6 +108,7 @@ class LeadEngine:
         # Threads are made when first needed: a healthy flow never starts one.
         self._slow = ThreadPoolExecutor(max_workers=capacity, thread_name_prefix="lead-job")
         self._clients: dict[str, AsyncVicidialClient] = {}
+        self._list_clients: dict[str, AsyncListClient] = {}
         # The loop's own Redis client (TCP, TLS or Sentinel alike), made from the same
         # settings as the runner's; its connections live on the loop.
         client = async_redis_client(
@@ -228,6 +232,8 @@ class LeadEngine:
         """Close the loop's connections (Redis, VICIdial) on the way out."""
         for client in self._clients.values():
             client.close()
+        for list_client in self._list_clients.values():
+            list_client.close()
         with contextlib.suppress(Exception):
             await self._redis.aclose()
 
@@ -264,12 +270,32 @@ class LeadEngine:
             self._clients[d.dialer.name] = client
         return client
 
-    async def _call_vicidial(self, d: Delivery, claim: Claim) -> tuple[AddLeadResult, float]:
+    def _list_client(self, d: Delivery) -> AsyncListClient:
+        """The dialer's add_lead client: one per dialer per worker process."""
+        client = self._list_clients.get(d.dialer.name)
+        if client is None:
+            client = AsyncListClient(self.runner.settings, dialer=d.dialer)
+            self._list_clients[d.dialer.name] = client
+        return client
+
+    async def _call_vicidial(
+        self, d: Delivery, claim: Claim
+    ) -> tuple[Added | DuplicateFound, float]:
         """The one place a request to VICIdial leaves: the claimed job's lead (with its
         marker), once its lead.attempt line is written, within the call's deadline, and
-        only while the claim cannot lapse before the call ends (ClaimLapsed, nothing sent)."""
+        only while the claim cannot lapse before the call ends (ClaimLapsed, nothing sent).
+        A lead for a list goes to add_lead, an agent's to external_add_lead."""
         job = d.job
         lead = self.writes.attempt(d)
+        if job.list_options is not None:
+            return await self._list_client(d).add_lead(
+                lead,
+                job.list_options,
+                dnc_check=job.dnc_check,
+                campaign_dnc_check=job.campaign_dnc_check,
+                gate=self._after_lines,
+                fence=d.fence,
+            )
         return await self._client(d).add_lead(
             lead,
             dnc_check=job.dnc_check,
@@ -302,6 +328,10 @@ class LeadEngine:
         await self._slots.acquire()
         holding = True
         try:
+            if writes.needs_index_key(d):
+                # The phone index's key is read from Redis once per process: on a thread.
+                holding = self._thread_step(message, d, lambda: runner.claimed(d), slot=True)
+                return
             try:
                 claim = Claim.from_reply(await self._redis.call(*writes.claim_args(d)))
             except Exception:
@@ -330,6 +360,12 @@ class LeadEngine:
                 holding = self._thread_step(
                     message, d, functools.partial(runner.failed, d, exc), slot=True
                 )
+                return
+            if isinstance(result, DuplicateFound):
+                # add_lead's duplicate check: stored (and, after a lost answer, checked
+                # against the marker) on a thread.
+                dup = functools.partial(runner.duplicate_found, d, result)
+                holding = self._thread_step(message, d, dup, slot=True)
                 return
             d.answer = "added"
             holding = False

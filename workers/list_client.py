@@ -51,6 +51,7 @@ from workers.vicidial import (
     call_failed,
     call_timeouts,
     decode_answer,
+    encode_form,
     host_header,
     post_request,
 )
@@ -115,7 +116,7 @@ def list_form(
         if value.endswith("\\"):
             raise ValueError(f"{name} ends with a backslash: VICIdial's INSERT would break")
     fields.append(_LAST)
-    return urlencode(fields).encode("ascii")
+    return encode_form(fields)
 
 
 def _probe_form(dialer: Dialer, list_id: str | None) -> bytes:

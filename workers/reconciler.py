@@ -22,6 +22,16 @@ races, lost replies and killed workers as a call:
   stuck in VICIdial longer than the settle time may still have inserted a copy
   (reported, and deleted with ``DISPATCHER_RECONCILE_DELETE_DUPLICATES``).
 
+Leads for a list (add_lead) are reconciled the same way, with one shortcut: a list job
+that asked for a duplicate check is called again after a lost answer
+(:meth:`Reconciler.recall_later`, after the settle time), because that check answers
+for the lost call: the lead it names, read back by its id, is the job's if it carries
+the marker (:meth:`Reconciler.duplicate_after_lost_answer`, the facts' "retry guard").
+A list lead is readable by ``lead_all_info`` only if its list has a row in VICIdial
+(``list_exists_check``, on by default, keeps jobs from adding to lists without one);
+one that is not is a lead only ``lead_search`` sees: the outcome is unknown, never
+absent, as for any hidden lead.
+
 Look-ups never push the account toward VICIdial's lock: a refused Non-Agent login
 stops every look-up to that server until an operator re-checks (`dispatcher health
 --recheck`, `dispatcher dlq reconcile`), and a denied permission holds them for 5
@@ -51,11 +61,12 @@ from dispatcher.model.errors import (
 from dispatcher.model.jobs import Job, Reconcile, broker_envelope
 from dispatcher.store.outbox import notify_for
 from dispatcher.store.replies import Claim, LookupGate, Stored
-from dispatcher.vicidial.findings import Finding, deletable
+from dispatcher.vicidial.findings import Finding, Match, deletable
 from dispatcher.vicidial.lookup import CHECK_EVERY_S, look_up, record_lookup, why_not
 from dispatcher.vicidial.nonagent import NonAgentClient
 from workers.delivery import MAX_RATE_WAIT_S, Delivery, Writes
 from workers.dialer_clients import PerDialer, nonagent_client
+from workers.list_answer import DuplicateFound, duplicate_verdict
 from workers.retry import RetryPolicy
 
 __all__ = ["Reconciler"]
@@ -139,6 +150,100 @@ class Reconciler:
             absent=before.absent if before is not None else 0,
         )
         return self.writes.await_lookup(d, failed, rec, delay=self.settings.reconcile_after_s)
+
+    # -- 1b. a list job whose duplicate check guards the next call ---------------------------
+
+    def recalls(self, job: Job) -> bool:
+        """Whether a lost answer of ``job`` is followed by calling it again rather than by
+        a look-up: a list job with a duplicate check (unless lost answers are dead letters)."""
+        options = job.list_options
+        return (
+            options is not None
+            and options.checks_duplicates
+            and self.settings.ambiguous != "dead_letter"
+        )
+
+    def recall_later(self, d: Delivery, failed: Job, error: CallFailed) -> str:
+        """The call may have added the lead: call again after the settle time (with
+        ``DISPATCHER_AMBIGUOUS=retry``: the retry's backoff), marked as following a lost
+        answer (reconcile step ``recall``), so that a duplicate answer is read as the
+        lost call's lead when it carries the job's marker."""
+        w = self.writes
+        before = d.job.reconcile
+        if before is not None and before.step == "lookup":
+            failed = failed.evolve(attempts=d.job.attempts)  # the lost copy looked up
+        if failed.attempts >= self.settings.max_attempts:
+            return w.dead(d, failed.evolve(reconcile=None), error, now=time.time())
+        rec = Reconcile(
+            step="recall",
+            since=time.time(),
+            error=error.line,
+            http_status=error.http_status,
+            absent=before.absent if before is not None else 0,
+        )
+        if self.settings.ambiguous == "reconcile":
+            delay = self.settings.reconcile_after_s
+        else:
+            delay = self.policy.backoff(failed.attempts, self.rng)
+        return w.retry(d, failed.evolve(reconcile=rec), error, delay=delay)
+
+    def duplicate_after_lost_answer(self, d: Delivery, found: DuplicateFound) -> str:
+        """The call after a lost answer got add_lead's duplicate answer: the lead it names
+        is the one the lost call added, or an older one. Read back by its id: ``added``
+        with it if it carries the job's marker, ``duplicate`` if it does not; when
+        VICIdial cannot tell (the lead cannot be read, the answer names none, no marker
+        was written), the ``ambiguous`` letter saying why."""
+        job = d.job.evolve(attempts=d.job.attempts + 1)  # this call counts
+        rec = job.reconcile
+        assert rec is not None
+        gate = self._lookup_gate(d)
+        if gate.verdict == "held":
+            why = why_not(gate.state, gate.missing, gate.error, gate.fix)
+            return self._give_up(d, job, rec, why=f"{found.line}; {why}")
+        record = None
+        if found.existing_lead_id:
+            try:
+                answer = self.client(d.dialer).lead_by_id(found.existing_lead_id)
+            except LookupFailed as exc:
+                # The duplicate may be the job's lead: look the phone up as for any lost
+                # answer (the look-up's own rules decide, or call again if it is absent).
+                return self._lookup_failed(d, job, rec.evolve(step="lookup"), exc)
+            record = next((r for r in answer.records if r.lead_id == found.existing_lead_id), None)
+        verdict = duplicate_verdict(
+            found,
+            record,
+            job_id=job.job_id,
+            lead=job.lead,
+            marker_field=self.settings.marker_field,
+            after_lost_answer=True,
+        )
+        _log.info(
+            "lead.reconciled",
+            found=1 if verdict == "added" else 0,
+            lead_id=found.existing_lead_id or None,
+            outcome=verdict,
+            matched_by="duplicate_check",
+            phone=job.lead.phone_number,
+        )
+        if verdict == "added" and record is not None:
+            finding = Finding(
+                "found",
+                lead_id=record.lead_id,
+                list_id=record.values.get("list_id", found.existing_list_id),
+                matches=(Match(record, True),),
+                matched_by="marker",
+            )
+            return self._found(d, job, rec, finding)
+        if verdict == "duplicate":
+            return self.writes.duplicate(d, found)
+        why = (
+            f"VICIdial's duplicate check names lead {found.existing_lead_id}, which the API "
+            "user cannot read back (lead_all_info): it may be the lead the lost call added"
+            if found.existing_lead_id and record is None
+            else "the duplicate answer names no lead, or the job carries no marker to "
+            "recognise it by"
+        )
+        return self._give_up(d, job, rec, why=f"{found.line}; {why}")
 
     # -- 2. the look-up ---------------------------------------------------------------------
 
@@ -306,9 +411,10 @@ class Reconciler:
     # -- 3. the verification after a call made again ----------------------------------------
 
     def after_added(self, d: Delivery, lead_id: str) -> None:
-        """A job called again after a look-up found nothing was added: verify it later."""
+        """A job called again after a lost answer (a look-up found nothing, or a list job's
+        duplicate check guarded the call) was added: verify it later."""
         rec = d.job.reconcile
-        if rec is not None and rec.absent and lead_id:
+        if rec is not None and rec.step == "recall" and lead_id:
             self._verify_later(d, d.job, rec, lead_id=lead_id)
 
     def _verify_later(

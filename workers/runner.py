@@ -38,6 +38,16 @@ A copy whose predecessor claimed the job and vanished mid-call is *ambiguous*
 the lead up in VICIdial later and decides; every call carries the job's marker
 (:func:`dispatcher.model.marker.mark`) so that the look-up can recognise it.
 
+Leads for a list (the Non-Agent API's ``add_lead``, :mod:`workers.list_client`) take
+the same path through the same client cache (one client per dialer per process), with
+three differences: add_lead's duplicate check may end the job ``duplicate`` (after a
+lost answer, the lead it names is the job's if it carries the marker:
+:meth:`JobRunner.duplicate_found`); a list job whose duplicate check guards a second
+call is called again after a lost answer instead of looked up by phone (the check
+names the lead the lost call added, if it did); and add_lead's refusal of a
+permission pauses the dialer's list jobs alone (``Dialer.list_scope``), probed with
+``ListClient.probe`` before they resume, while a refused login pauses the dialer.
+
 Nothing is acknowledged without an outcome: an unexpected error becomes an
 ``internal`` dead letter holding the whole job (``ambiguous`` if the call had been
 sent), and only a Redis failure hands the message back to the queue.
@@ -59,11 +69,14 @@ from dispatcher.config.settings import Settings, get_settings
 from dispatcher.model.dialers import Dialer
 from dispatcher.model.errors import (
     AmbiguousFailure,
+    AuthFailed,
     BrokerUnavailable,
     CallFailed,
     ClaimLapsed,
     HTTPStatusError,
     InvalidPayload,
+    ListNotAllowed,
+    ListUndefined,
     NetworkError,
     ServerRefused,
     UnknownDialer,
@@ -72,8 +85,10 @@ from dispatcher.model.jobs import Job
 from dispatcher.store.backend import Backend, get_backend
 from dispatcher.store.redis_health import redis_availability
 from dispatcher.store.replies import Claim, Stored
-from workers.delivery import Delivery, Writes
+from workers.delivery import Added, Delivery, Writes
 from workers.dialer_clients import PerDialer
+from workers.list_answer import DuplicateFound
+from workers.list_client import ListClient, ListOutcome
 from workers.reconciler import Reconciler
 from workers.retry import RetryPolicy
 from workers.vicidial import AddLeadResult, VicidialClient
@@ -84,6 +99,10 @@ _log = logs.get_logger("workers.runner")
 #: A delivery whose fence refused its call this often in a row hands the job back to
 #: the queue instead of claiming it again (a worker that keeps stalling).
 _MAX_LAPSES = 3
+#: A list job whose phone's add_lead lock another job holds looks again after at most
+#: this long (jittered): the holder's call usually ends in milliseconds, its lease
+#: (the lock's expiry) only bounds a holder that died.
+LOCK_RECHECK_S = 1.0
 
 
 class TransientInfrastructureError(Exception):
@@ -112,6 +131,8 @@ class JobRunner:
         default = self.dialers.resolve(None)
         #: one client (one connection pool) per dialer, made on first use
         self.clients = PerDialer(lambda dialer: VicidialClient(settings, dialer=dialer))
+        #: add_lead's client (leads for a list) per dialer, made on first use
+        self.list_clients = PerDialer(lambda dialer: ListClient(settings, dialer=dialer))
         if client is not None:
             self.clients.put(client.server, client)
         #: the default dialer's name (its pause, breaker and rate-limit keys)
@@ -124,6 +145,7 @@ class JobRunner:
 
     def close(self) -> None:
         self.clients.close()
+        self.list_clients.close()
         self.reconciler.close()
 
     @property
@@ -138,6 +160,10 @@ class JobRunner:
     def client_for(self, dialer: Dialer) -> VicidialClient:
         """The dialer's client."""
         return self.clients.get(dialer)
+
+    def list_client_for(self, dialer: Dialer) -> ListClient:
+        """The dialer's add_lead client (leads for a list)."""
+        return self.list_clients.get(dialer)
 
     # -- entry point ---------------------------------------------------------------------
 
@@ -205,9 +231,16 @@ class JobRunner:
         verdict = claim.verdict
         if verdict == "done" and job.reconcile is not None and job.reconcile.step == "verify":
             return self.reconciler.verify(d, claim.lead_id)
-        if verdict == "done":
+        if verdict in ("done", "duplicate"):
+            # Final (added, or a list's lead VICIdial's duplicate check found): this copy
+            # is acknowledged without a call.
             self.backend.redis.hincrby(self.backend.keys.stats, "duplicates_suppressed", 1)
-            _log.info("lead.duplicate_suppressed", lead_id=claim.lead_id or None, seq=job.seq)
+            _log.info(
+                "lead.duplicate_suppressed",
+                lead_id=claim.lead_id or None,
+                seq=job.seq,
+                final=verdict,
+            )
             return "duplicate_suppressed"
         if verdict == "stale":
             _log.info("lead.stale_copy_dropped", seq=job.seq, current_seq=claim.seq)
@@ -230,6 +263,11 @@ class JobRunner:
             return writes.reschedule(d, delay=delay, why=claim.reason or "paused", held=False)
         if verdict == "throttled":
             return writes.reschedule(d, delay=claim.delay_s, why="rate_limit", held=False)
+        if verdict == "locked":
+            # Another job's add_lead for this phone is in flight on this dialer: look again
+            # soon, without a worker slot (held: a claim of ours asked again is released).
+            delay = min(claim.delay_s, LOCK_RECHECK_S) * self.rng.uniform(0.5, 1.5)
+            return writes.reschedule(d, delay=delay, why="add_lead_lock", held=True)
         if verdict == "orphaned":
             # The copy that claimed this publication vanished between claim and
             # outcome; this copy took the claim over and decides now.
@@ -240,6 +278,8 @@ class JobRunner:
             time.sleep(claim.delay_s)
         if verdict == "probe_refused" and not self._probe(d):
             return "deferred"
+        if verdict == "probe_list" and not self._probe_list(d, scope=True):
+            return "deferred"
         if d.looks_up:
             return self.reconciler.lookup(d)
         return self._call(d)
@@ -249,21 +289,46 @@ class JobRunner:
     def _call(self, d: Delivery) -> str:
         job = d.job
         lead = self.writes.attempt(d)
+        result: AddLeadResult | ListOutcome
         try:
-            result, latency_ms = self.client_for(d.dialer).add_lead(
-                lead,
-                dnc_check=job.dnc_check,
-                campaign_dnc_check=job.campaign_dnc_check,
-                fence=d.fence,
-            )
+            if job.list_options is not None:
+                # A lead for a list: add_lead, the same fence, deadline and answer cap.
+                result, latency_ms = self.list_client_for(d.dialer).add_lead(
+                    lead,
+                    job.list_options,
+                    dnc_check=job.dnc_check,
+                    campaign_dnc_check=job.campaign_dnc_check,
+                    fence=d.fence,
+                )
+            else:
+                result, latency_ms = self.client_for(d.dialer).add_lead(
+                    lead,
+                    dnc_check=job.dnc_check,
+                    campaign_dnc_check=job.campaign_dnc_check,
+                    fence=d.fence,
+                )
         except ClaimLapsed:
             return self.claim_lapsed(d)
         except CallFailed as exc:
             d.answer = "ambiguous" if isinstance(exc, AmbiguousFailure) else "failed"
             return self.failed(d, exc)
+        if isinstance(result, DuplicateFound):
+            return self.duplicate_found(d, result)
         d.answer = "added"
         self.writes.log_added(d, result, latency_ms)
         return self.store_added(d, result, latency_ms)
+
+    def duplicate_found(self, d: Delivery, found: DuplicateFound) -> str:
+        """add_lead's duplicate check found a lead and added nothing. On a call that does
+        not follow a lost answer of the job, the job is ``duplicate``; after a lost answer
+        the lead named may be the one the lost call added: the reconciler reads it back
+        and decides by the job's marker (``added``, ``duplicate`` or, if VICIdial cannot
+        tell, the ``ambiguous`` letter)."""
+        d.answer = "failed"  # nothing was added by this call
+        rec = d.job.reconcile
+        if rec is not None and rec.step == "recall":
+            return self.reconciler.duplicate_after_lost_answer(d, found)
+        return self.writes.duplicate(d, found)
 
     def claim_lapsed(self, d: Delivery) -> str:
         """The fence refused the call (nothing was sent): the job goes on as a copy would.
@@ -288,12 +353,12 @@ class JobRunner:
             return self.writes.reschedule(d, delay=0.0, why="claim_lapsed", held=True)
         return self.claimed(d)
 
-    def store_added(self, d: Delivery, result: AddLeadResult, latency_ms: float) -> str:
+    def store_added(self, d: Delivery, result: Added, latency_ms: float) -> str:
         """Store the success (logged already), retrying while Redis is away; what the
         record says then."""
         return self.after_added(d, result, self.writes.store_added(d, result, latency_ms))
 
-    def after_added(self, d: Delivery, result: AddLeadResult, stored: Stored) -> str:
+    def after_added(self, d: Delivery, result: Added, stored: Stored) -> str:
         """What the stored success says (added, or a duplicate found); a job called again
         after a look-up found nothing is verified later (the reconciler)."""
         outcome = self.writes.added(d, result, stored)
@@ -311,11 +376,21 @@ class JobRunner:
         if isinstance(error, NetworkError | HTTPStatusError):
             paused_s = writes.network_failure(d)
         if isinstance(error, ServerRefused):
-            writes.pause_refused(d, error)
+            if job.list_options is not None and not isinstance(error, AuthFailed):
+                # add_lead refused a permission external_add_lead does not need: the
+                # dialer's list jobs pause, its agent jobs go on. A refused login is the
+                # same account for both APIs (one failed-login count): the dialer pauses.
+                writes.pause_refused(d, error, server=d.dialer.list_scope)
+            else:
+                writes.pause_refused(d, error)
         failed = job.evolve(
             attempts=job.attempts + 1,
             first_failed_at=job.first_failed_at if job.first_failed_at is not None else now,
         )
+        if isinstance(error, AmbiguousFailure) and self.reconciler.recalls(job):
+            # A list job whose duplicate check guards the next call: called again (its
+            # answer names the lead the lost call added, if it did), not looked up.
+            return self.reconciler.recall_later(d, failed, error)
         if isinstance(error, AmbiguousFailure) and self.settings.ambiguous == "reconcile":
             return self.reconciler.later(d, failed, error)
         decision = self.policy.retry_or_dead_letter(error, failed, now=now, rng=self.rng)
@@ -332,6 +407,8 @@ class JobRunner:
 
     def _probe(self, d: Delivery) -> bool:
         """After a refusal cool-down: True if the credentials work again (pause lifted)."""
+        if d.job.list_options is not None:
+            return self._probe_list(d, scope=False)
         writes = self.writes
         name = d.dialer.name
         try:
@@ -348,6 +425,42 @@ class JobRunner:
             return False
         writes.persist(d.started, lambda: writes.execution.resume(name))
         _log.warning("vicidial.resumed", server=name, after="credentials probe")
+        return True
+
+    def _probe_list(self, d: Delivery, *, scope: bool) -> bool:
+        """A list job probes a pause whose cool-down is over (``scope``: its dialer's list
+        jobs' pause; else the dialer's) with add_lead's own check, which stores nothing
+        (login, source, the function's permission, the right to add leads, the job's
+        list): True if the job may call now (the pause lifted). A refused login pauses
+        the dialer; a refused permission the dialer's list jobs."""
+        writes = self.writes
+        dialer = d.dialer
+        probed = dialer.list_scope if scope else dialer.name
+        try:
+            self.list_client_for(dialer).probe(d.job.lead.list_id)
+        except (ListNotAllowed, ListUndefined):
+            pass  # the account may add leads; this job's list is refused (its call says so)
+        except AuthFailed as exc:
+            writes.pause_refused(d, exc)
+            if scope:
+                writes.persist(d.started, lambda: writes.execution.resume(probed))
+            writes.reschedule(d, delay=self.settings.pause_s, why=exc.reason, held=True)
+            return False
+        except ServerRefused as exc:
+            if not scope:
+                # The login works (the dialer resumes); add_lead's permission does not.
+                writes.persist(d.started, lambda: writes.execution.resume(probed))
+                _log.warning("vicidial.resumed", server=probed, after="add_lead probe")
+            writes.pause_refused(d, exc, server=dialer.list_scope)
+            writes.reschedule(d, delay=self.settings.pause_s, why=exc.reason, held=True)
+            return False
+        except CallFailed as exc:
+            wait = self.settings.breaker_pause_s
+            writes.persist(d.started, lambda: writes.execution.extend_pause(probed, seconds=wait))
+            writes.reschedule(d, delay=wait, why=exc.reason, held=True)
+            return False
+        writes.persist(d.started, lambda: writes.execution.resume(probed))
+        _log.warning("vicidial.resumed", server=probed, after="add_lead probe")
         return True
 
 

@@ -80,7 +80,7 @@ from kombu.utils.json import loads
 from dispatcher.config import logs
 from dispatcher.config.settings import get_settings
 from dispatcher.store.backend import get_backend
-from dispatcher.store.broker import Broker
+from dispatcher.store.broker import Broker, Lane
 from dispatcher.store.connection import write_refusal
 from dispatcher.store.deadletter import DeadLetterStore
 from dispatcher.store.redis_health import redis_availability
@@ -196,15 +196,13 @@ class _ReliableChannel:
         self._ttl = consumer_ttl_s(settings.scheduler_interval_s)
         keys = backend.keys
         default = settings.dialers.resolve(None)
-        # The lanes of every dialer this worker serves: realtime, (for the default
-        # dialer, the queue's own list: messages of older versions), bulk.
-        self._lanes = [
-            (
-                d.name,
-                [keys.lane(d.name, "realtime")]
-                + ([keys.queue] if default is not None and d.name == default.name else [])
-                + [keys.lane(d.name, "bulk")],
-            )
+        default_name = default.name if default is not None else None
+        # The lanes of every dialer this worker serves: realtime (leads for an agent,
+        # then for a list), (for the default dialer, the queue's own list: messages of
+        # older versions), bulk (agent, list). A dialer's list lanes also obey the pause
+        # of its list jobs alone (add_lead's permissions).
+        self._lanes: list[tuple[str, list[Lane]]] = [
+            (d.name, self._dialer_lanes(d.name, d.list_scope, default_queue=d.name == default_name))
             for d in settings.served_dialers()
         ]
         self._turn = 0
@@ -218,6 +216,14 @@ class _ReliableChannel:
         self._recorded = False
         self._acks_sent: list[Any] = []
         self._poll_idle = False
+
+    def _dialer_lanes(self, name: str, scope: str, *, default_queue: bool) -> list[Lane]:
+        keys = self._keys
+        lanes: list[Lane] = [keys.lane(name, "realtime"), (keys.list_lane(name, "realtime"), scope)]
+        if default_queue:
+            lanes.append(keys.queue)
+        lanes += [keys.lane(name, "bulk"), (keys.list_lane(name, "bulk"), scope)]
+        return lanes
 
     def basic_consume(self, queue: Any, *args: Any, **kwargs: Any) -> Any:
         ret = super().basic_consume(queue, *args, **kwargs)  # type: ignore[misc]

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote_plus, urlencode
@@ -65,7 +65,7 @@ __all__ = [
     "call_failed",
     "call_timeouts",
     "decode_answer",
-    "form_body",
+    "encode_form",
     "host_header",
     "parse_add_lead",
     "post_request",
@@ -199,13 +199,13 @@ def add_lead_form(
         data["dnc_check"] = "YES"
     if campaign_dnc_check:
         data["campaign_dnc_check"] = "YES"
-    return form_body(data)
+    return encode_form(data.items())
 
 
-def form_body(data: Mapping[Any, Any]) -> bytes:
-    """``urlencode(data)`` byte for byte, as ASCII: a call's form, quoted by
-    :func:`_quote` (which skips the values that need no quoting)."""
-    return "&".join([_quote(k) + "=" + _quote(v) for k, v in data.items()]).encode("ascii")
+def encode_form(fields: Iterable[tuple[str, Any]]) -> bytes:
+    """urllib's ``urlencode(fields)``, byte for byte, as the ASCII body of a POST: each
+    key and value quoted only when it needs it (both clients build their forms so)."""
+    return "&".join([_quote(k) + "=" + _quote(v) for k, v in fields]).encode("ascii")
 
 
 #: What quote_plus leaves as it is: a field name, a phone number, most names.

@@ -48,6 +48,8 @@ DEMO_STATE: dict[str, Any] = {
     },
     "agents": {"1000": "TESTCAMP", "1003": "GHOST"},
     "campaigns": {"TESTCAMP": {"manual_dial_list_id": "101"}},
+    # The list web-form leads go to (add_lead), in campaign TESTCAMP, dialable all day.
+    "lists": {"104": {"campaign_id": "TESTCAMP", "local_call_time": "24hours"}},
     "dnc": ["7275550000"],
     "campaign_dnc": {"TESTCAMP": ["7275550001"]},
     "api_active": True,
@@ -97,7 +99,10 @@ one on the system DNC list, one on the campaign DNC list, one for an agent
 whose campaign has no manual dial list, one that meets two HTTP 503s and
 recovers, one whose agent logs in late. Prints what happened and the dead
 letters, fixes the campaign in the simulator, replays that dead letter and
-shows it added once. Then two dialers (a second simulator, down): a bulk import
+shows it added once. Then leads for a list (add_lead): a web-form lead with a
+duplicate check (DUPLIST) and the hopper, the same lead again (refused by
+VICIdial's duplicate check: duplicate, naming the first), and one with a
+scheduled callback. Then two dialers (a second simulator, down): a bulk import
 on the first, a web-form lead that overtakes it, the second's jobs waiting
 until it comes back. Everything it started is stopped on exit, also on Ctrl-C."""
 )
@@ -189,6 +194,7 @@ def demo(keep_logs: Path | None) -> None:
                     console.print(_short_event(event), highlight=False, soft_wrap=True)
                     if event.get("event") == "lead.added" and event.get("attempt", 1) > 1:
                         break
+            code = _lists(console, err, settings, simulator) or code
             if keep_logs is not None:
                 keep_logs.mkdir(parents=True, exist_ok=True)
                 (keep_logs / "worker.log").write_bytes(worker.log_path.read_bytes())
@@ -209,6 +215,76 @@ def demo(keep_logs: Path | None) -> None:
         workdir.cleanup()
         err.print(f"[dim]stopped the worker, the simulator and Redis; removed {workdir.name}[/]")
     sys.exit(code)
+
+
+#: (what it shows, phone, fields of the lead for list 104)
+LIST_LEADS: list[tuple[str, str, dict[str, Any]]] = [
+    (
+        "web form, DUPLIST, hopper",
+        "(727) 555-1400",
+        {"first_name": "Ann", "duplicate_check": "DUPLIST", "add_to_hopper": True},
+    ),
+    (
+        "the same lead again",
+        "727-555-1400",
+        {"first_name": "Ann", "duplicate_check": "DUPLIST", "add_to_hopper": True},
+    ),
+    (
+        "a callback in 1 day",
+        "7275551401",
+        {
+            "first_name": "Joe",
+            "callback": {"datetime": "1DAYS", "type": "USERONLY", "user": "6666"},
+        },
+    ),
+]
+
+
+def _lists(console: Console, err: Console, settings: Settings, simulator: Simulator) -> int:
+    """Leads for a list: added, a duplicate VICIdial's duplicate check refused, a callback."""
+    console.print(
+        "\n[bold]Leads for a list[/] (VICIdial's add_lead: list 104, campaign TESTCAMP), "
+        "one after the other, as a web form sends them:"
+    )
+    jobs: list[tuple[str, str, str]] = []
+    for what, phone, fields in LIST_LEADS:
+        job_id = enqueue_lead(
+            list_id="104", campaign_id="TESTCAMP", phone_number=phone, settings=settings, **fields
+        )
+        jobs.append((what, phone, job_id))
+        if not _wait(
+            lambda job_id=job_id: (
+                (job_status(job_id, settings=settings) or {}).get("state")
+                in ("added", "duplicate", "dead")
+            ),
+            30,
+        ):
+            err.print(f"[red]{what}: not finished within 30 s[/]")
+            return 1
+    table = Table(title="Leads for list 104")
+    for column in ("path", "phone", "state", "lead_id", "hopper / callback"):
+        table.add_column(column)
+    for what, phone, job_id in jobs:
+        status = job_status(job_id, settings=settings) or {}
+        state = status.get("state", "?")
+        if state == "duplicate":
+            lead = f"existing {status.get('existing_lead_id')} ({status.get('duplicate_check')})"
+        else:
+            lead = str(status.get("lead_id") or status.get("reason") or "")
+        done = ", ".join(f"{k}: {status[k]}" for k in ("hopper", "callback") if status.get(k))
+        style = {"added": "green", "duplicate": "yellow"}.get(state, "red")
+        table.add_row(what, phone, f"[{style}]{state}[/]", lead, done)
+    console.print(table)
+    rows = simulator.leads_in_list(104)
+    callbacks = [c for c in simulator.callbacks if c.list_id == "104"]
+    console.print(
+        f"list 104 in VICIdial (simulator): {len(rows)} leads, "
+        f"{len({r.phone_number for r in rows})} phones, "
+        f"{len(callbacks)} scheduled callback (lead status "
+        f"{', '.join(sorted({r.status for r in rows}))}); the duplicate was never added."
+    )
+    states = [(job_status(j, settings=settings) or {}).get("state") for *_, j in jobs]
+    return 0 if states == ["added", "duplicate", "added"] and len(rows) == 2 else 1
 
 
 #: The demo's second simulator, while it exists (stopped in demo's cleanup).

@@ -45,9 +45,10 @@ def job(obj: CliContext, job_id: str, as_json: bool) -> None:
 
 @click.command(
     help="""The fleet at a glance: jobs queued (per dialer and lane, with the oldest
-one's wait), retries waiting, dead letters by reason, the oldest dead letter's
-age, live workers, outcome notifications waiting and failed, whether calls to a
-dialer are paused (wrong password, outage) and until when, and whether
+one's wait; those of leads for a list apart), retries waiting, dead letters by
+reason, the oldest dead letter's age, live workers, outcome notifications
+waiting and failed, whether calls to a dialer are paused (wrong password,
+outage; or its leads for a list alone) and until when, and whether
 reconciliation's look-ups work there (as the workers or `dispatcher health` last
 found; if not, what to change in VICIdial), and a warning when Redis's
 maxmemory-policy is not noeviction. Reads Redis only."""
@@ -80,22 +81,32 @@ def status(obj: CliContext, as_json: bool) -> None:
     else:
         console.print("dead letters: none")
     dialers = Table(title="dialers")
-    for column in ("dialer", "realtime", "bulk", "oldest waiting", "paused", "rate limit"):
+    columns = ("dialer", "realtime", "bulk", "for a list", "oldest waiting", "paused", "rate limit")
+    for column in columns:
         dialers.add_column(column, justify="left" if column in ("dialer", "paused") else "right")
+    scopes = {}
     for name, d in data["dialers"].items():
         age = d["oldest_queued_age_s"]
+        listed = d["queued_by_target"]["list"]
+        scopes[f"{name}:list"] = name
         dialers.add_row(
             name,
             str(d["queued"]["realtime"]),
             str(d["queued"]["bulk"]),
+            f"{listed['realtime']} + {listed['bulk']}",
             "" if age is None else f"{age} s",
-            "[bold red]yes[/]" if d["paused"] else "no",
+            "[bold red]yes[/]"
+            if d["paused"]
+            else "[bold red]list jobs[/]"
+            if d["list_paused"]
+            else "no",
             f"{d['rate_limit']:g}/s" if d["rate_limit"] else "none",
         )
     console.print(dialers)
     for server, pause in data["paused"].items():
+        what = f"leads for a list of {scopes[server]}" if server in scopes else f"calls to {server}"
         console.print(
-            f"[bold red]PAUSED[/] calls to {server}: {pause['reason']} "
+            f"[bold red]PAUSED[/] {what}: {pause['reason']} "
             f"until {pause['until']} ({pause['remaining_s']} s)"
         )
     if not data["paused"]:

@@ -25,6 +25,11 @@ The faults, each drawn from the seed (how many, when, on what, for how long):
   (inserted, then the connection reset), ``http_504_after`` (inserted, then the proxy's
   504) or ``reset`` (reset before processing: not inserted).
 
+The leads take both ways into VICIdial (drawn from the seed too): most go to an agent
+(external_add_lead), a share to a list (add_lead, list 101), half of those with a
+duplicate check (``DUPLIST``: after a lost answer such a job is called again, and the
+duplicate answer that names its own lead must end it ``added``, never ``duplicate``).
+
 Faults of one resource (a worker, Redis, VICIdial) never overlap, so each one's end
 undoes its start; faults of different resources may (Redis restarting while a worker is
 frozen). The seed fixes the schedule, not the interleaving: the same seed applies the
@@ -100,6 +105,8 @@ ANSWER_FAULTS: tuple[tuple[str, int], ...] = (
 OUTAGE_FAULTS: tuple[str, ...] = ("http_503", "reset")
 #: The agent of the simulator's demo state logged in on TESTCAMP (manual dial list 101).
 AGENT = "1000"
+#: The list (and its campaign) of the demo state that leads for a list go to.
+LIST_ID, LIST_CAMPAIGN = "101", "TESTCAMP"
 #: The key that fills Redis (outside the dispatcher's prefix).
 FILLER_KEY = "fault-schedule:filler"
 _FILLER_BYTES = 1 << 20
@@ -124,6 +131,9 @@ class Sizes:
     outages: tuple[int, int] = (0, 1)
     #: share of leads whose first request loses its answer
     answer_lost_share: float = 0.05
+    #: share of leads for a list (add_lead), and of those, the share with a duplicate check
+    list_share: float = 0.3
+    duplicate_check_share: float = 0.5
     #: how long a frozen worker stays frozen: longer than the run's visibility timeout
     #: (8 s), itself longer than the claims' lease (7 s; the settings require it), so
     #: that another worker takes its messages over meanwhile
@@ -175,14 +185,20 @@ class FaultEvent:
 
 @dataclass(frozen=True)
 class Schedule:
-    """The faults of one seed, and which leads lose their first answer (index -> the
-    simulator's fault kind)."""
+    """The faults of one seed, which leads lose their first answer (index -> the
+    simulator's fault kind), and which leads go to a list (index -> ``list`` or
+    ``list_dup``, a list job with a duplicate check; the others: to an agent)."""
 
     seed: int
     sizes: Sizes
     workers: tuple[str, ...]
     events: tuple[FaultEvent, ...]
     answers_lost: Mapping[int, str]
+    targets: Mapping[int, str] = field(default_factory=dict)
+
+    def target(self, index: int) -> str:
+        """``agent``, ``list`` or ``list_dup`` (a list job with a duplicate check)."""
+        return self.targets.get(index, "agent")
 
     def counts(self) -> dict[str, int]:
         """Faults by kind (``answer_lost`` counts leads), every kind listed."""
@@ -199,6 +215,13 @@ class Schedule:
             by_kind[kind] = by_kind.get(kind, 0) + 1
         lost = ", ".join(f"{n} {kind}" for kind, n in sorted(by_kind.items()))
         lines.append(f"answers lost on {len(self.answers_lost)} leads' first request ({lost})")
+        listed = sum(1 for t in self.targets.values() if t.startswith("list"))
+        checked = sum(1 for t in self.targets.values() if t == "list_dup")
+        lost_listed = sum(1 for i in self.answers_lost if i in self.targets)
+        lines.append(
+            f"{listed} leads for a list ({checked} with a duplicate check; {lost_listed} of "
+            f"them lose an answer), {self.sizes.leads - listed} for an agent"
+        )
         return lines
 
 
@@ -264,7 +287,13 @@ def make_schedule(
     lost = sorted(rng.sample(range(sizes.leads), round(sizes.leads * sizes.answer_lost_share)))
     answers = {index: rng.choices(kinds, weights)[0] for index in lost}
     events.sort(key=lambda e: (e.at, e.kind))
-    return Schedule(seed, sizes, tuple(workers), tuple(events), answers)
+    # Drawn last: a seed's faults are those it drew before leads went to lists.
+    listed = sorted(rng.sample(range(sizes.leads), round(sizes.leads * sizes.list_share)))
+    targets = {
+        index: "list_dup" if rng.random() < sizes.duplicate_check_share else "list"
+        for index in listed
+    }
+    return Schedule(seed, sizes, tuple(workers), tuple(events), answers, targets)
 
 
 @dataclass(frozen=True)
@@ -558,6 +587,7 @@ class FaultRun:
                     states=states,
                     enqueue_errors=producer.errors[index],
                     answer_lost=self.schedule.answers_lost.get(index, ""),
+                    target=self.schedule.target(index),
                 )
             )
         letters = [
@@ -647,15 +677,7 @@ class _Producer:
             self.finished.set()
 
     def _send(self, indices: list[int], *, realtime: bool, deadline: float) -> None:
-        leads = [
-            {
-                "agent_user": AGENT,
-                "phone_number": self.phones[i],
-                "first_name": f"Lead{i}",
-                "idempotency_key": f"fault-{self.schedule.seed}-{i}",
-            }
-            for i in indices
-        ]
+        leads = [self._lead(i) for i in indices]
         while True:
             try:
                 ids = enqueue_leads(
@@ -675,6 +697,20 @@ class _Producer:
                         self.ids[i].append(job_id)
                 self._done += len(indices)
             return
+
+    def _lead(self, i: int) -> dict[str, Any]:
+        lead: dict[str, Any] = {
+            "phone_number": self.phones[i],
+            "first_name": f"Lead{i}",
+            "idempotency_key": f"fault-{self.schedule.seed}-{i}",
+        }
+        target = self.schedule.target(i)
+        if target == "agent":
+            return {"agent_user": AGENT, **lead}
+        lead.update(list_id=LIST_ID, campaign_id=LIST_CAMPAIGN)
+        if target == "list_dup":
+            lead["duplicate_check"] = "DUPLIST"
+        return lead
 
     def job_ids(self) -> list[str]:
         with self._lock:

@@ -13,6 +13,10 @@ What must hold (the README's "Guarantees"):
   running at the end, none unknown (*lost*); a ``dead`` job has its letter (the letter
   holds the job: without it the lead is lost); an ``added`` job's lead is in VICIdial;
 * an ``added`` job has exactly one lead in VICIdial, the one its ``lead_id`` names;
+* a ``duplicate`` job (a lead for a list that VICIdial's duplicate check found) names a
+  lead of its phone that is not its own: each lead of a run has a phone of its own, so
+  a ``duplicate`` here can only be a job's own lead, added by a call whose answer was
+  lost, taken for another's (and the job's lead would be neither added nor replayable);
 * a dead letter other than ``ambiguous`` has no lead in VICIdial (a replay would add
   it twice); an ``ambiguous`` one has 0 or 1 (*ambiguous left*: counted, reported);
 * no lead in VICIdial that no job accounts for, none with another job's marker;
@@ -78,6 +82,8 @@ class JobRecord:
     enqueue_errors: int = 0
     #: the simulator fault its first request met ("" for none)
     answer_lost: str = ""
+    #: where the lead goes: ``agent``, ``list`` or ``list_dup`` (with a duplicate check)
+    target: str = "agent"
 
 
 @dataclass(frozen=True)
@@ -254,6 +260,22 @@ def check(history: History) -> Verdict:
                         "false_duplicate",
                         job_id,
                         f"reports duplicates {status['duplicate_lead_ids']}, VICIdial has {ids}",
+                    )
+            elif state == "duplicate":
+                existing = str(status.get("existing_lead_id") or "")
+                own = [x.lead_id for x in here if x.marker in record.job_ids]
+                if not record.target.startswith("list"):
+                    problem("duplicate_of_agent_job", job_id, "an agent's lead ended duplicate")
+                elif existing in own or (not existing and own):
+                    problem(
+                        "duplicate_of_own_lead",
+                        job_id,
+                        f"duplicate of lead {existing or '?'}, which carries this job's marker: "
+                        f"its own lead, never added (VICIdial has {ids})",
+                    )
+                elif existing not in {x.lead_id for x in here}:
+                    problem(
+                        "duplicate_of_nothing", job_id, f"names lead {existing}, VICIdial {ids}"
                     )
             elif state == "dead":
                 reason = str(status.get("reason") or "")

@@ -27,7 +27,9 @@ from dispatcher.store.keys import Keys
 
 __all__ = ["WorkerProcess", "process_tree", "settings_env"]
 
-_ROOT = Path(__file__).resolve().parents[1]
+#: The checkout (this file is dispatcher/devtools/localfleet.py): where `workers` and
+#: `bench` are imported from.
+_ROOT = Path(__file__).resolve().parents[2]
 
 
 def settings_env(settings: Settings) -> dict[str, str]:

@@ -59,6 +59,12 @@ _COUNTERS: tuple[tuple[str, str, str], ...] = (
         "dispatcher_leads_added",
         "Leads VICIdial added (SUCCESS answers, and leads a look-up found after a lost answer).",
     ),
+    (
+        "duplicate",
+        "dispatcher_leads_duplicate",
+        "Leads for a list that VICIdial's duplicate check found (job state duplicate: nothing "
+        "added, the existing lead named).",
+    ),
     ("retries", "dispatcher_retries", "Retries scheduled after a temporary failure."),
     (
         "duplicates_suppressed",
@@ -115,6 +121,8 @@ class FleetSnapshot:
     paused: Mapping[str, float] = field(default_factory=dict)
     #: (dialer, lane) -> (messages waiting, age in seconds of the oldest or None)
     lanes: Mapping[tuple[str, str], tuple[int, float | None]] = field(default_factory=dict)
+    #: (dialer, lane, target) -> messages waiting (``lanes`` by target: agent, list)
+    targets: Mapping[tuple[str, str, str], int] = field(default_factory=dict)
     #: Redis's used_memory and maxmemory (0: no limit); None when not read.
     memory_used_bytes: int | None = None
     memory_max_bytes: int | None = None
@@ -152,6 +160,7 @@ def read_snapshot(backend: Backend, *, now: float | None = None) -> FleetSnapsho
         workers_alive=len(reading.workers),
         paused=paused,
         lanes=lanes,
+        targets=dict(reading.targets),
         memory_used_bytes=reading.memory_used,
         memory_max_bytes=reading.memory_max,
         notifications_pending=reading.notify_pending,
@@ -244,7 +253,15 @@ def _families(snapshot: FleetSnapshot | None, dialers: Mapping[str, Dialer]) -> 
     for (dialer_name, lane), (waiting, oldest) in sorted(snapshot.lanes.items()):
         depth.add_metric([dialer_name, lane], waiting)
         age.add_metric([dialer_name, lane], oldest or 0.0)
-    out += [depth, age]
+    by_target = GaugeMetricFamily(
+        "dispatcher_queue_depth_by_target",
+        "dispatcher_queue_depth by the jobs' target: leads for an agent (external_add_lead) "
+        "or for a list (add_lead), each in lanes of its own.",
+        labels=["dialer", "lane", "target"],
+    )
+    for (dialer_name, lane, target), waiting in sorted(snapshot.targets.items()):
+        by_target.add_metric([dialer_name, lane, target], waiting)
+    out += [depth, age, by_target]
     out.append(
         gauge(
             "dispatcher_retries_waiting",
@@ -282,7 +299,16 @@ def _families(snapshot: FleetSnapshot | None, dialers: Mapping[str, Dialer]) -> 
         "Calls per second to this dialer across the fleet (0: no limit).",
         labels=["dialer"],
     )
-    for name in sorted({*dialers, *snapshot.paused}):
+    list_paused = GaugeMetricFamily(
+        "dispatcher_list_jobs_paused",
+        "1 while this dialer's leads for a list alone are paused (add_lead refused a permission "
+        "that its agent jobs do not need), else 0.",
+        labels=["dialer"],
+    )
+    scopes = {dialer.list_scope: name for name, dialer in dialers.items()}
+    for name in sorted(dialers):
+        list_paused.add_metric([name], 1.0 if dialers[name].list_scope in snapshot.paused else 0.0)
+    for name in sorted({*dialers, *(p for p in snapshot.paused if p not in scopes)}):
         dialer = dialers.get(name)
         server = server_id(dialer.url) if dialer is not None and dialer.url else ""
         left = snapshot.paused.get(name)
@@ -290,7 +316,7 @@ def _families(snapshot: FleetSnapshot | None, dialers: Mapping[str, Dialer]) -> 
         remaining.add_metric([name, server], left or 0.0)
         if dialer is not None:
             rate.add_metric([name], dialer.rate_limit)
-    out += [paused, remaining, rate]
+    out += [paused, remaining, rate, list_paused]
     out.append(
         gauge(
             "dispatcher_workers_alive",

@@ -116,6 +116,13 @@ class Dialer:
         return [k for k in ("url", "user", "password") if not getattr(self, k)]
 
     @property
+    def list_scope(self) -> str:
+        """The pause of this dialer's leads for a list alone (add_lead refused a permission
+        that external_add_lead does not need: its agent jobs go on): a server name of
+        the fleet's pauses, which no dialer name can be (``:``)."""
+        return f"{self.name}:list"
+
+    @property
     def lookup_url(self) -> str | None:
         """The Non-Agent API's URL (reconciliation's look-ups): ``nonagent_url``, else the
         agent API URL with ``agc/api.php`` replaced by ``vicidial/non_agent_api.php``."""

@@ -40,11 +40,11 @@ and it carries add_lead's options (:mod:`dispatcher.model.list_options`)::
 
 Producers write version 1 for agent jobs, unchanged, so that the previous release's
 workers keep serving them during a rolling upgrade; version 2 only for list jobs, which
-those workers cannot serve: they refuse version 2 as a message that is not a job (an
-``invalid_payload`` letter; README "Upgrading" says how list jobs are kept from them).
-A worker reads both; it serves the targets its caller says it serves
-(:meth:`Job.from_message`'s ``serves``), and a job of another target waits for a
-worker that serves it, as a job of an unknown dialer does.
+those workers cannot serve: they would refuse version 2 as a message that is not a job
+(an ``invalid_payload`` letter), so list jobs travel in lanes of their own
+(``Keys.list_lane``) that those workers never poll (README "Upgrading"). A worker reads
+both and serves both targets (:meth:`Job.from_message`'s ``serves``: a job of a target
+left out waits for a worker that serves it, as a job of an unknown dialer does).
 
 The message is wrapped in a Celery protocol-2 envelope by :func:`broker_envelope`
 and pushed with ``LPUSH`` inside our own Lua scripts, so that enqueueing a batch
@@ -280,11 +280,21 @@ class Job:
     def evolve(self, **changes: Any) -> Job:
         return replace(self, **changes)
 
-    def replayed(self) -> Job:
+    def replayed(self, *, lost_answer: str = "") -> Job:
         """The publication a replay of the job's dead letter sends: the next one (seq + 1),
         with a fresh attempt count and agent wait, one replay more, and no reconciliation
         (a replay calls VICIdial; it does not look the lead up). Everything else, the
-        DNC checks and the idempotency key first, travels unchanged."""
+        DNC checks and the idempotency key first, travels unchanged.
+
+        ``lost_answer``: the letter's error when it is ``ambiguous`` (a call's answer was
+        lost). A list job whose duplicate check guards the call then goes out as a call
+        that follows a lost answer (reconcile step ``recall``): a duplicate answer naming
+        the lead the lost call added is recognised by the job's marker, not taken for
+        another lead."""
+        recall = None
+        options = self.list_options
+        if lost_answer and options is not None and options.checks_duplicates:
+            recall = Reconcile(step="recall", error=lost_answer[:2000])
         return replace(
             self,
             attempts=0,
@@ -292,7 +302,7 @@ class Job:
             replays=self.replays + 1,
             first_failed_at=None,
             agent_wait_since=None,
-            reconcile=None,
+            reconcile=recall,
         )
 
     def looking_up(self, reconcile: Reconcile) -> Job:
@@ -306,7 +316,7 @@ class Job:
         data: object,
         *,
         dialers: Dialers | None = None,
-        serves: Collection[str] = ("agent",),
+        serves: Collection[str] = ("agent", "list"),
     ) -> Job:
         """Parse a queue message; anything that is not a valid job is InvalidPayload.
 
@@ -580,8 +590,19 @@ def state_to_status(job_id: str, raw: Mapping[str, str]) -> dict[str, Any]:
         "target": raw.get("target") or "agent",
         "target_list_id": raw.get("target_list_id") or None,
         "campaign_id": raw.get("campaign_id") or None,
-        # duplicate: the lead VICIdial's duplicate check found instead of adding one.
+        # duplicate: the lead VICIdial's duplicate check found instead of adding one, and
+        # the check that found it (DUPLIST, DUPSYS, ...).
         "existing_lead_id": raw.get("existing_lead_id") or None,
+        "duplicate_check": raw.get("duplicate_check") or None,
+        # A list's lead added: what add_lead reported of the hopper, the callback and the
+        # custom fields (added, outside_local_time, user_not_valid, ...), and what the
+        # job asked for that the answer does not report done.
+        "hopper": raw.get("hopper") or None,
+        "callback": raw.get("callback") or None,
+        "custom_fields": raw.get("custom_fields") or None,
+        "unfinished": [x for x in raw["unfinished"].split("; ") if x]
+        if raw.get("unfinished")
+        else None,
         "dialer": raw.get("dialer") or None,
         "priority": raw.get("priority") or None,
         "enqueued_at": iso(_num(raw.get("enqueued_at"))),

@@ -222,6 +222,11 @@ class ListOptions:
             "list_exists_check": self.list_exists_check,
         }
 
+    @property
+    def checks_duplicates(self) -> bool:
+        """Whether add_lead runs a duplicate check for the job (``NONE`` or none: no)."""
+        return bool(self.duplicate_check) and self.duplicate_check != NO_DUPLICATE_CHECK
+
     def form(self) -> list[tuple[str, str]]:
         """The options as add_lead's request fields, switches as ``Y`` (the one value
         VICIdial reads as on), nothing for what is off or not given."""

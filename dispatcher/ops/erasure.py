@@ -256,9 +256,10 @@ def _scan(backend: Backend, phone: str) -> Iterator[tuple[str, str]]:
         lists = [
             keys.queue,
             *(
-                keys.lane(d, p)
+                named(d, p)
                 for d in backend.settings.dialers.names
                 for p in ("realtime", "bulk")
+                for named in (keys.lane, keys.list_lane)
             ),
         ]
         for name in lists:

@@ -425,7 +425,7 @@ def _items(backend: Backend, jobs: list[Job], prints: list[str], key: bytes) -> 
     keys = backend.keys
     items = []
     for job, fp in zip(jobs, prints, strict=True):
-        lane = keys.lane(job.dialer, job.priority)
+        lane = keys.target_lane(job.dialer, job.priority, job.target)
         envelope = broker_envelope(job.to_message(), queue=lane)
         items.append(
             EnqueueItem(

@@ -18,7 +18,7 @@ import redis
 from dispatcher.config.redaction import redact
 from dispatcher.model.dialers import PRIORITIES
 from dispatcher.model.errors import all_reasons
-from dispatcher.model.jobs import iso
+from dispatcher.model.jobs import TARGETS, iso
 from dispatcher.store.backend import Backend
 from dispatcher.store.connection import broker_errors, unavailable_kind
 from dispatcher.store.redis_health import policy_warnings
@@ -48,7 +48,8 @@ class FleetReading:
     redis_now: float
     pauses: dict[str, dict[str, str]]
     dead_letters: dict[str, int]
-    #: (dialer, lane) -> (messages waiting, when the oldest was published or None)
+    #: (dialer, lane) -> (messages waiting, when the oldest was published or None), both
+    #: targets together
     lanes: dict[tuple[str, str], tuple[int, float | None]]
     memory_used: int | None = None
     memory_max: int | None = None
@@ -58,6 +59,8 @@ class FleetReading:
     memory_error: str | None = None
     #: what the last look-up or check of each server's Non-Agent API found
     lookups: dict[str, dict[str, str]] = field(default_factory=dict)
+    #: (dialer, lane, target) -> messages waiting: ``lanes`` by target (agent, list)
+    targets: dict[tuple[str, str, str], int] = field(default_factory=dict)
     #: outcome notifications (the outbox): undelivered and not failed, failed, and when
     #: the oldest undelivered one was written (epoch, None when there is none)
     notify_pending: int = 0
@@ -76,8 +79,8 @@ def _published(envelope: Any) -> float | None:
         return None
 
 
-def _lane_lists(backend: Backend) -> list[tuple[str, str, list[str]]]:
-    """(dialer, lane, the lists that make it) for every dialer and lane."""
+def _lane_lists(backend: Backend) -> list[tuple[str, str, str, list[str]]]:
+    """(dialer, lane, target, the lists that make it) for every dialer, lane and target."""
     keys = backend.keys
     default = backend.settings.dialers.resolve(None)
     out = []
@@ -86,7 +89,8 @@ def _lane_lists(backend: Backend) -> list[tuple[str, str, list[str]]]:
             lists = [keys.lane(dialer.name, lane)]
             if lane == "realtime" and default is not None and dialer.name == default.name:
                 lists.append(keys.queue)  # messages of older versions
-            out.append((dialer.name, lane, lists))
+            out.append((dialer.name, lane, "agent", lists))
+            out.append((dialer.name, lane, "list", [keys.list_lane(dialer.name, lane)]))
     return out
 
 
@@ -102,7 +106,7 @@ def read_fleet(backend: Backend, *, memory: bool = False) -> FleetReading:
     with broker_errors(backend.settings):
         for attempt in (1, 2):
             pipe = backend.redis.pipeline(transaction=False)
-            for _, _, lists in lanes:
+            for *_, lists in lanes:
                 for name in lists:
                     pipe.llen(name)
                     pipe.lindex(name, -1)
@@ -136,16 +140,19 @@ def read_fleet(backend: Backend, *, memory: bool = False) -> FleetReading:
             if isinstance(reply, Exception):
                 raise reply
     per_lane: dict[tuple[str, str], tuple[int, float | None]] = {}
+    per_target: dict[tuple[str, str, str], int] = {}
     at = 0
-    for dialer, lane, lists in lanes:
-        depth, oldest_at = 0, None
+    for dialer, lane, target, lists in lanes:
+        depth, oldest_at = per_lane.get((dialer, lane), (0, None))
+        waiting = 0
         for _ in lists:
-            depth += int(replies[at])
+            waiting += int(replies[at])
             published = _published(replies[at + 1])
             if published is not None and (oldest_at is None or published < oldest_at):
                 oldest_at = published
             at += 2
-        per_lane[(dialer, lane)] = (depth, oldest_at)
+        per_lane[(dialer, lane)] = (depth + waiting, oldest_at)
+        per_target[(dialer, lane, target)] = waiting
     retrying, stats, oldest, alive, pauses, lookups, *rest = replies[at:]
     notify_pending, notify_failed, notify_oldest, *rest = rest
     per_reason = rest[: len(reasons)]
@@ -164,6 +171,7 @@ def read_fleet(backend: Backend, *, memory: bool = False) -> FleetReading:
         pauses=paused,
         dead_letters={r: int(n) for r, n in zip(reasons, per_reason, strict=True)},
         lanes=per_lane,
+        targets=per_target,
         memory_used=int(info.get("used_memory", 0)) if info else None,
         memory_max=int(info.get("maxmemory", 0)) if info else None,
         memory_policy=policy or None,
@@ -215,10 +223,18 @@ def fleet_status(backend: Backend, *, now: float | None = None) -> dict[str, Any
             at for lane in PRIORITIES if (at := reading.lanes[(dialer.name, lane)][1]) is not None
         ]
         dialers[dialer.name] = {
+            # Both targets together; by target below.
             "queued": queued,
+            "queued_by_target": {
+                target: {lane: reading.targets[(dialer.name, lane, target)] for lane in PRIORITIES}
+                for target in TARGETS
+            },
             "oldest_queued_age_s": round(max(0.0, now - min(published)), 1) if published else None,
             "paused": dialer.name in pauses,
             "pause": pauses.get(dialer.name),
+            # Its leads for a list alone: add_lead refused a permission (agent jobs go on).
+            "list_paused": dialer.list_scope in pauses,
+            "list_pause": pauses.get(dialer.list_scope),
             "rate_limit": dialer.rate_limit,
         }
     settings = backend.settings

@@ -20,11 +20,15 @@
 --                                        with Redis TIME; the visibility sweep of
 --                                        workers/acks.py redelivers what stays
 --                                        in it longer than the timeout, by Redis TIME)
---   Q.{dialer}.{lane}, Q         lists   the lanes messages are popped from (execution.lua)
---   P:pause:{dialer}, P:rate:{dialer}  read  a paused dialer's lanes, and those of a dialer
+--   Q.{dialer}.{lane}, Q.list.{dialer}.{lane}, Q  lists  the lanes messages are popped
+--                                        from (execution.lua): leads for an agent, for a
+--                                        list, and messages of older versions
+--   P:pause:{server}, P:rate:{server}  read  a paused dialer's lanes, and those of a dialer
 --                                        whose rate-limit slots are taken for the next
 --                                        quarter second, are skipped: their jobs wait
---                                        in Redis, not in a sleeping worker thread
+--                                        in Redis, not in a sleeping worker thread; so are
+--                                        the list lanes of a dialer whose list jobs alone
+--                                        are paused (server "{dialer}:list")
 
 local P = KEYS[1]
 local cmd = ARGV[1]
@@ -33,8 +37,9 @@ if cmd == 'fetch' then
   -- ARGV: consumer id, ttl, registry, in-flight list, kombu's unacked hash, kombu's
   -- unacked index, the most messages m to take, the number k of deferred acks, k
   -- delivery tags, then per dialer, in the order to serve them (the caller rotates
-  -- it: no dialer starves another): its name, its number of lanes, and its lane lists
-  -- in priority order (realtime first).
+  -- it: no dialer starves another): its name, its number of lanes n, and n pairs (a
+  -- lane list, the server of a second pause that gates it or ''), in priority order
+  -- (realtime lanes first).
   --
   -- One round trip per poll, doing everything kombu needs done around a pop:
   -- * the acks deferred since the last poll are written (kombu's unacked entries of
@@ -79,12 +84,25 @@ if cmd == 'fetch' then
     -- More than a quarter second of slots taken: a job popped now would hold a
     -- worker thread asleep for its slot, a thread another dialer could use.
     local opens = math.max(untl, tat - 0.25)
+    -- A lane gated by a second pause that is running now is skipped (as its dialer's
+    -- would be); when it opens again, if it holds jobs, counts for `soonest`.
+    local function gate_of(j)
+      local scope = ARGV[i + 2 * j + 1]
+      if scope == '' then return now end
+      return tonumber(redis.call('HGET', P .. ':pause:' .. scope, 'until') or '0')
+    end
     if opens <= now then
       local room = most - #taken / 3
       if rate then room = math.min(room, 1) end
       for j = 1, n do
-        while room > 0 do
-          local item = redis.call('RPOP', ARGV[i + 1 + j])
+        local lane = ARGV[i + 2 * j]
+        local gated = gate_of(j)
+        if gated > now and redis.call('LLEN', lane) > 0
+            and (soonest == nil or gated < soonest) then
+          soonest = gated
+        end
+        while room > 0 and gated <= now do
+          local item = redis.call('RPOP', lane)
           if not item then break end
           local ok, env = pcall(cjson.decode, item)
           local props = ok and type(env) == 'table' and env.properties
@@ -94,7 +112,7 @@ if cmd == 'fetch' then
             local exchange = info.exchange
             local key = info.routing_key
             if type(exchange) ~= 'string' then exchange = '' end
-            if type(key) ~= 'string' then key = ARGV[i + 1 + j] end
+            if type(key) ~= 'string' then key = lane end
             redis.call('HSET', unacked, props.delivery_tag,
                        '[' .. item .. ',' .. cjson.encode(exchange) .. ','
                        .. cjson.encode(key) .. ']')
@@ -112,13 +130,13 @@ if cmd == 'fetch' then
       end
     else
       for j = 1, n do
-        if redis.call('LLEN', ARGV[i + 1 + j]) > 0 then
-          if soonest == nil or opens < soonest then soonest = opens end
-          break
+        if redis.call('LLEN', ARGV[i + 2 * j]) > 0 then
+          local at = math.max(opens, gate_of(j))
+          if soonest == nil or at < soonest then soonest = at end
         end
       end
     end
-    i = i + 2 + n
+    i = i + 2 + 2 * n
   end
   if #taken > 0 then return taken end
   if soonest ~= nil then return {false, 'gated', string.format('%.3f', soonest - now)} end

@@ -17,7 +17,11 @@ import redis
 
 from dispatcher.store.keys import Keys
 
-__all__ = ["Broker"]
+__all__ = ["Broker", "Lane"]
+
+#: A lane to fetch from: its list, or (its list, the second pause that gates it: a
+#: dialer's leads for a list obey their own pause beside the dialer's).
+Lane = str | tuple[str, str]
 
 _SOURCE = resources.files("dispatcher.store").joinpath("broker.lua").read_text(encoding="utf-8")
 
@@ -38,7 +42,7 @@ class Broker:
         unacked: str,
         unacked_index: str,
         acks: list[Any],
-        lanes: list[tuple[str, list[str]]],
+        lanes: list[tuple[str, list[Lane]]],
         most: int = 1,
         load: bool = False,
     ) -> tuple[Any, ...]:
@@ -46,7 +50,7 @@ class Broker:
         ``EVAL`` (which loads the script again into a Redis that lost it: NOSCRIPT).
 
         kombu's unacked hash and index, the delivery tags of the acks deferred since
-        the last poll, ``lanes``: (dialer, its lane lists) each, in the order to serve
+        the last poll, ``lanes``: (dialer, its lanes) each, in the order to serve
         them, and the most messages to take."""
         keys = Keys(queue=queue)
         args: list[Any] = [
@@ -62,7 +66,10 @@ class Broker:
             *acks,
         ]
         for dialer, lists in lanes:
-            args += [dialer, len(lists), *lists]
+            args += [dialer, len(lists)]
+            for lane in lists:
+                name, gate = (lane, "") if isinstance(lane, str) else lane
+                args += [name, gate]
         script = self._script
         head = ("EVAL", script.script) if load else ("EVALSHA", script.sha)
         return (*head, len(self._keys), *self._keys, *args)

@@ -87,13 +87,31 @@ class DeadLetter:
     #: epoch of last_failed_at, the index score (not part of the JSON shape)
     score: float = field(default=0.0, compare=False, repr=False)
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self, *, shown: bool = True) -> dict[str, Any]:
+        """The record as `dlq show --json` prints it; ``shown`` False: as it is stored
+        (without ``target`` and ``target_list_id``, which the job says)."""
         # Not dataclasses.asdict: its deep copy of the job was a third of `dlq export`'s
         # time. The job is parsed afresh for each letter read; a shallow copy keeps
         # the letter's own dict out of the caller's hands.
         data = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "score"}
         data["job"] = dict(self.job)
+        if shown:
+            data["target"] = self.target
+            data["target_list_id"] = self.list_id
         return data
+
+    @property
+    def target(self) -> str:
+        """Where the job's lead goes: ``list`` (add_lead) or ``agent`` (external_add_lead)."""
+        return "list" if self.list_id else "agent"
+
+    @property
+    def list_id(self) -> str | None:
+        """The list a list job's lead goes to (None: a lead for an agent)."""
+        lead = self.job.get("lead")
+        if isinstance(lead, Mapping) and lead.get("list_id") not in (None, ""):
+            return str(lead["list_id"])
+        return None
 
     @property
     def agent_user(self) -> str | None:
@@ -497,20 +515,22 @@ class DeadLetterStore:
         job = _job_of(letter)
         if job is None:
             return None
-        job = job.replayed()
+        lost = (letter.error or "ambiguous") if letter.reason == "ambiguous" else ""
+        job = job.replayed(lost_answer=lost)
         lane = self.lane_of(job)
         envelope = broker_envelope(job.to_message(), queue=lane, task_id=letter.job_id)
         ttl = int(self.backend.settings.job_ttl_s)
         return Execution.replay_args(letter.id, envelope=envelope, seq=job.seq, ttl=ttl, lane=lane)
 
     def lane_of(self, job: Job) -> str:
-        """The list a job goes back to: its dialer's lane (the default dialer's for a job
-        of an older version, or one naming a dialer the fleet no longer has)."""
+        """The list a job goes back to: its dialer's lane of its target (the default
+        dialer's for a job of an older version, or one naming a dialer the fleet no longer
+        has)."""
         dialers = self.backend.settings.dialers
         dialer = dialers.resolve(job.dialer) or dialers.resolve(None)
         if dialer is None:
             return self.keys.queue
-        return self.keys.lane(dialer.name, job.priority)
+        return self.keys.target_lane(dialer.name, job.priority, job.target)
 
     def reconcile(self, letter: DeadLetter, *, now: float | None = None) -> ReconcileResult:
         """Hand the letter to the workers to be looked up in VICIdial (`dlq reconcile`).
@@ -573,4 +593,4 @@ def _replay_result(reply: Any) -> ReplayResult:
 
 
 def _dumps(letter: DeadLetter) -> str:
-    return json.dumps(letter.to_dict(), separators=(",", ":"))
+    return json.dumps(letter.to_dict(shown=False), separators=(",", ":"))

@@ -9,13 +9,15 @@
 --
 -- Keys (P = the key prefix, Q = the Celery queue's name):
 --   Q.{dialer}.{lane}     list    broker messages (kombu envelopes) of one dialer's lane
---                                 (realtime, bulk): LPUSH in, popped on the right. An
---                                 envelope's routing key names its list.
+--                                 (realtime, bulk) of leads for an agent: LPUSH in, popped
+--                                 on the right. An envelope's routing key names its list.
+--   Q.list.{dialer}.{lane}  list  the same for leads for a list (add_lead): lanes of their
+--                                 own, which the previous release never polls
 --   Q                     list    messages of older versions (consumed after the default
 --                                 dialer's realtime lane)
 --   Q.wake                list    a token per push (at most 64 kept): wakes idle consumers
 --   P:job:{id}            hash    the job as `dispatcher job` shows it: state (queued, running,
---                                 retrying, added, dead), attempts, reason, error, http_status,
+--                                 retrying, added, duplicate, dead), attempts, reason, error, http_status,
 --                                 lead_id, list_id, campaign, agent_user, dialer, priority,
 --                                 enqueued_at, updated_at,
 --                                 next_attempt_at, duplicate_lead_ids, deleted_lead_ids,
@@ -27,12 +29,17 @@
 --                                 phone_key (the job's P:phone:{h}, never the phone);
 --                                 a list job's target (add_lead): target ("list"; none:
 --                                 an agent job), target_list_id, campaign_id; a duplicate
---                                 (state duplicate): existing_lead_id
+--                                 (state duplicate): existing_lead_id, duplicate_check (the
+--                                 check of VICIdial's that found it); a list lead added:
+--                                 what add_lead reported of it (hopper, callback,
+--                                 custom_fields, unfinished)
 --   P:exec:{id}           hash    the execution record: state, seq, token, lease_until, worker,
 --                                 orphaned_from, reason, lead_id, list_id, campaign, done_at,
 --                                 dialer_wait_since (when a worker that did not know the
 --                                 job's dialer first handed it back; cleared when one that
---                                 knows it claims it or defers it)
+--                                 knows it claims it or defers it), existing_lead_id (state
+--                                 duplicate), lock ("{server} {h}": the add_lead lock its
+--                                 claim holds, released with the outcome)
 --   P:idem:{key}          string  "{job_id} {fingerprint}" of the first job enqueued with the key
 --   P:dl:{id}             string  one dead letter (JSON; the id is the job id)
 --   P:dlq                 zset    every dead-letter id, by last failure time
@@ -52,10 +59,18 @@
 --                                 or operator tool that needs it)
 --   P:scheduled           zset    envelopes waiting for their retry time (score: Redis time)
 --   P:pause:{server}      hash    a fleet-wide pause of calls to one VICIdial server: until,
---                                 kind (refused|outage), reason, since, error, trips, probing
+--                                 kind (refused|outage), reason, since, error, trips, probing;
+--                                 server "{dialer}:list" pauses only that dialer's leads for
+--                                 a list (add_lead refused a permission the agent API's calls
+--                                 do not need)
 --   P:pauses              set     the servers that have a pause hash (no read path scans keys)
 --   P:breaker:{server}    string  consecutive network failures against the server
 --   P:rate:{server}       string  GCRA theoretical arrival time of the fleet rate limit
+--   P:addlock:{server}:{h}  string  the job id of the one add_lead call in flight for phone
+--                                 key h (P:phone:{h}) on that dialer, fleet-wide: VICIdial's
+--                                 duplicate check is check-then-insert without a lock. Taken
+--                                 by `claim`, released with the outcome, expires with the
+--                                 claim's lease
 --   P:stats               hash    fleet counters (dispatcher/store/stats.py)
 --   P:lookup:{server}     hash    what the last look-up or check of the server's Non-Agent API
 --                                 found (reconciliation): state (ok, denied, refused,
@@ -82,6 +97,8 @@
 -- the delivery that holds or last changed the record:
 --
 --   (none) or queued --claim--> claimed --succeed--> done       (final: never called again)
+--                               claimed --duplicate--> duplicate (final, as done: add_lead's
+--                                                      duplicate check found a lead)
 --                               claimed --retry----> scheduled  (seq + 1, a new publication)
 --                               claimed --defer----> scheduled  (same seq: paused, throttled)
 --                               claimed --dead-----> dead       (seq + 1: old copies are stale)
@@ -106,8 +123,8 @@
 --   done: verify_later schedules a verification look-up, `duplicates` records what it
 --   finds; neither changes the state. `gate` and the lookup_* commands hold no job.
 --
--- Outcome notifications: the outcome commands (succeed, reconciled, dead; a final state
--- added later, such as duplicate, the same way) take a notify tail of five arguments
+-- Outcome notifications: the outcome commands (succeed, reconciled, dead, duplicate) take
+-- a notify tail of five arguments
 -- (event id, receiver URL, idempotency key, dialer, the error as the event shows it:
 -- redacted, phones and lead fields removed; dispatcher/store/outbox.py builds it) and,
 -- when the outcome is recorded and the URL is not '', write the event into the outbox
@@ -137,6 +154,26 @@ local function k_reason(r) return P .. ':dlq:reason:' .. r end
 local k_dlq, k_scheduled, k_stats = P .. ':dlq', P .. ':scheduled', P .. ':stats'
 local k_pauses = P .. ':pauses'
 local function k_pause(s) return P .. ':pause:' .. s end
+
+-- A record no copy of the job may act on again: added (done), or a list's lead that
+-- VICIdial's duplicate check found (duplicate).
+local function final(state) return state == 'done' or state == 'duplicate' end
+
+-- The add_lead lock (at most one add_lead in flight per dialer and phone, fleet-wide):
+-- the claim of a list job's call takes it and notes it on the execution record; the
+-- outcome that ends the claim releases it, if the job still holds it.
+local function k_lock(server, h) return P .. ':addlock:' .. server .. ':' .. h end
+local function release_lock(id)
+  local ek = k_exec(id)
+  local held = redis.call('HGET', ek, 'lock')
+  if not held then return end
+  redis.call('HDEL', ek, 'lock')
+  local server, h = string.match(held, '^(%S+) (%S+)$')
+  if server then
+    local lk = k_lock(server, h)
+    if redis.call('GET', lk) == id then redis.call('DEL', lk) end
+  end
+end
 
 -- The phone index (P:phone:{h}): it outlives the job states it lists by INDEX_MARGIN_S,
 -- and has no TTL while one of its jobs has a dead letter.
@@ -238,10 +275,11 @@ end
 local function reschedule(id, token, seq, envelope, delay_s, ttl)
   local ek = k_exec(id)
   local ex = redis.call('HMGET', ek, 'state', 'token', 'seq')
-  if ex[1] == 'done' then return {'done'} end
+  if final(ex[1]) then return {'done'} end
   if ex[2] ~= token then return {'superseded'} end
   if ex[1] == 'scheduled' and tonumber(ex[3] or '0') == seq + 1 then return {'again'} end
   if ex[1] ~= 'claimed' then return {'superseded'} end
+  release_lock(id)
   local due = now + tonumber(delay_s)
   redis.call('HSET', ek, 'state', 'scheduled', 'seq', seq + 1)
   redis.call('HDEL', ek, 'lease_until', 'orphaned_from')
@@ -274,7 +312,7 @@ local function take_letter(id, seq, ttl, state)
   if redis.call('EXISTS', k_dl(id)) == 0 then return {'missing'} end
   local ek = k_exec(id)
   local ex = redis.call('HMGET', ek, 'state', 'seq', 'lease_until', 'lead_id')
-  if ex[1] == 'done' then
+  if final(ex[1]) then
     retire_letter(id)
     return {'done', ex[4] or ''}
   end
@@ -327,6 +365,21 @@ local function show(id, ttl, ...)
   redis.call('EXPIRE', k_job(id), ttl)
   local h = redis.call('HGET', k_job(id), 'phone_key')
   if h then keep_index(h, ttl) end
+end
+
+-- More fields of the job state, given as a JSON object of strings ('' for none).
+local function show_more(id, ttl, text)
+  if not text or text == '' then return end
+  local ok, more = pcall(cjson.decode, text)
+  if not ok or type(more) ~= 'table' then return end
+  local fields = {}
+  for k, v in pairs(more) do
+    if type(k) == 'string' and type(v) == 'string' then
+      table.insert(fields, k)
+      table.insert(fields, v)
+    end
+  end
+  if #fields > 0 then show(id, ttl, unpack(fields)) end
 end
 
 local function k_lookup(s) return P .. ':lookup:' .. s end
@@ -454,29 +507,57 @@ if cmd == 'enqueue' then
 
 elseif cmd == 'claim' then
   -- ARGV: job_id, seq, token, lease_s, ttl, rate_interval_s (0: none), worker,
-  --       max_rate_wait_s, server.
+  --       max_rate_wait_s, server, scope (a list job's own pause: "{server}:list"; ''
+  --       for none), lock (the phone key h of a list job's add_lead call: it takes
+  --       P:addlock:{server}:{h} for the claim's lease; '' for none).
   -- Returns {verdict, detail[, extra]}:
   --   done {lead_id}       the job succeeded before: never call again
+  --   duplicate {existing_lead_id}   add_lead's duplicate check ended the job: the same
   --   stale {seq}          an older publication of a job that has moved on: drop it
   --   busy {seconds}       another copy holds a live claim: look again when it ends
   --   orphaned {seconds}   the claim's holder vanished mid-call; this copy took it over
-  --   paused {seconds, reason}   calls to the server are paused for that long
+  --   locked {seconds}     another job's add_lead for this phone is in flight on this
+  --                        dialer (its lock expires in that long): look again soon
+  --   paused {seconds, reason}   calls to the server (or the scope) are paused for that long
   --   throttled {seconds}  no rate-limit slot within max_rate_wait_s
   --   ok {delay}           claimed: wait `delay` for the reserved rate-limit slot
   --   probe_refused, probe_outage {delay}   claimed, and this call is the one probe
   --                        after a pause (credentials first, or the call itself)
+  --   probe_list {delay}   claimed, and this call is the one probe after the scope's
+  --                        pause (add_lead's permissions first)
   local id, seq, token = ARGV[2], tonumber(ARGV[3]), ARGV[4]
   local lease, ttl, interval = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
   local worker, maxwait, server = ARGV[8], tonumber(ARGV[9]), ARGV[10]
+  local scope, h = ARGV[11] or '', ARGV[12] or ''
   local ek = k_exec(id)
   local ex = redis.call('HMGET', ek, 'state', 'seq', 'lease_until', 'lead_id', 'token',
-                        'dialer_wait_since')
+                        'dialer_wait_since', 'existing_lead_id')
   local state, eseq = ex[1], tonumber(ex[2] or '0')
+  local lk = h ~= '' and k_lock(server, h) or nil
+  -- Another job's add_lead for the phone is in flight: {'locked', seconds}, else nil.
+  local function locked()
+    if not lk then return nil end
+    local holder = redis.call('GET', lk)
+    if holder and holder ~= id then
+      return {'locked', fmt(math.max(redis.call('PTTL', lk), 0) / 1000)}
+    end
+    return nil
+  end
+  local function take_lock(seconds)
+    if not lk then return end
+    redis.call('SET', lk, id, 'PX', math.ceil(seconds * 1000))
+    redis.call('HSET', ek, 'lock', server .. ' ' .. h)
+  end
   if state == 'done' then return {'done', ex[4] or ''} end
+  if state == 'duplicate' then return {'duplicate', ex[7] or ''} end
   if state == 'claimed' and eseq <= seq then
     if ex[5] == token then
-      -- Our own claim: the reply to our first claim was lost and we asked again.
+      -- Our own claim: the reply to our first claim was lost and we asked again (or the
+      -- claim fence refused our call, and we ask for a fresh lease).
+      local other = locked()
+      if other then return other end
       redis.call('HSET', ek, 'lease_until', fmt(now + lease))
+      take_lock(lease)
       return {'ok', '0', 'own'}
     end
     local left = tonumber(ex[3] or '0') - now
@@ -487,17 +568,28 @@ elseif cmd == 'claim' then
     return {'orphaned', fmt(-left)}
   end
   if eseq > seq or state == 'dead' then return {'stale', tostring(eseq)} end
+  local other = locked()
+  if other then return other end
+  -- The dialer's pause, and a list job's own (scope): either one running holds the job.
+  local pauses = {}
+  for _, s in ipairs({server, scope}) do
+    if s ~= '' then
+      local pause = redis.call('HMGET', k_pause(s), 'until', 'reason', 'kind')
+      if pause[1] then
+        if tonumber(pause[1]) > now then
+          return {'paused', fmt(tonumber(pause[1]) - now), pause[2] or ''}
+        end
+        table.insert(pauses, {s, pause[3]})
+      end
+    end
+  end
   local verdict = 'ok'
-  local pk = k_pause(server)
-  local pause = redis.call('HMGET', pk, 'until', 'reason', 'kind')
-  if pause[1] then
-    local untl = tonumber(pause[1])
-    if untl > now then return {'paused', fmt(untl - now), pause[2] or ''} end
-    if pause[3] == 'refused' or pause[3] == 'outage' then
-      -- The cool-down is over: this copy alone probes; the others see the pause
-      -- extended by the probe's lease.
-      redis.call('HSET', pk, 'until', fmt(now + lease), 'probing', '1')
-      verdict = 'probe_' .. pause[3]
+  for _, p in ipairs(pauses) do
+    if verdict == 'ok' and (p[2] == 'refused' or p[2] == 'outage') then
+      -- The cool-down is over: this copy alone probes (the dialer's pause first); the
+      -- others see the pause extended by the probe's lease.
+      redis.call('HSET', k_pause(p[1]), 'until', fmt(now + lease), 'probing', '1')
+      verdict = p[1] == scope and 'probe_list' or 'probe_' .. p[2]
     end
   end
   local delay, away = rate_slot(server, interval, maxwait)
@@ -505,6 +597,7 @@ elseif cmd == 'claim' then
   redis.call('HSET', ek, 'state', 'claimed', 'seq', seq, 'token', token,
              'lease_until', fmt(now + delay + lease), 'worker', worker)
   redis.call('HDEL', ek, 'orphaned_from')
+  take_lock(delay + lease)
   if ex[6] then dialer_known(id) end
   redis.call('EXPIRE', ek, ttl)
   show(id, ttl, 'state', 'running', 'updated_at', fmt(now))
@@ -512,7 +605,10 @@ elseif cmd == 'claim' then
 
 elseif cmd == 'succeed' then
   -- ARGV: job_id, token, lead_id, list_id, campaign, done_ttl, job_ttl, attempts,
-  --       latency bucket field, latency_ms, server, then the notify tail (5).
+  --       latency bucket field, latency_ms, server, more fields of the job state (a JSON
+  --       object of strings, '' for none: what add_lead reported of a list's lead), then
+  --       the notify tail (5).
+  -- A record `duplicate` gives way: the lead was added after all (a fact about VICIdial).
   -- Returns {'ok', retired letter's reason or '', outage pause ended 0/1},
   -- {'again', lead_id} for a repeated call, {'same', lead_id} when the job was
   -- recorded done with this very lead already (a look-up found it before this late
@@ -535,21 +631,58 @@ elseif cmd == 'succeed' then
     answered(server)
     return {'duplicate', ex[3] or ''}
   end
+  release_lock(id)
   redis.call('HSET', ek, 'state', 'done', 'token', token, 'lead_id', lead_id,
              'list_id', ARGV[5], 'campaign', ARGV[6], 'done_at', fmt(now))
-  redis.call('HDEL', ek, 'lease_until', 'orphaned_from', 'reason')
+  redis.call('HDEL', ek, 'lease_until', 'orphaned_from', 'reason', 'existing_lead_id')
   redis.call('EXPIRE', ek, done_ttl)
   show(id, ttl, 'state', 'added', 'lead_id', lead_id, 'list_id', ARGV[5],
        'campaign', ARGV[6], 'updated_at', fmt(now), 'attempts', ARGV[9])
-  redis.call('HDEL', k_job(id), 'next_attempt_at', 'reason', 'error', 'http_status')
+  redis.call('HDEL', k_job(id), 'next_attempt_at', 'reason', 'error', 'http_status',
+             'existing_lead_id', 'duplicate_check')
+  show_more(id, ttl, ARGV[13])
   redis.call('HINCRBY', k_stats, 'added', 1)
   redis.call('HINCRBY', k_stats, ARGV[10], 1)
   redis.call('HINCRBY', k_stats, 'latency_count', 1)
   redis.call('HINCRBYFLOAT', k_stats, 'latency_sum_ms', ARGV[11])
   local retired = retire_letter(id)
   if retired then redis.call('HINCRBY', k_stats, 'dead_letters_retired', 1) end
-  notify(id, 13, (ex[4] or retired) and 'lead.replayed_added' or 'lead.added', 'added',
+  notify(id, 14, (ex[4] or retired) and 'lead.replayed_added' or 'lead.added', 'added',
          {lead_id = lead_id, list_id = ARGV[5], campaign = ARGV[6]})
+  return {'ok', retired or '', answered(server)}
+
+elseif cmd == 'duplicate' then
+  -- ARGV: job_id, token, existing lead_id ('' when the answer names none), its list_id
+  --       ('' when not given), the duplicate check that answered, done_ttl, job_ttl,
+  --       attempts, server, then the notify tail (5).
+  -- add_lead's duplicate check found a lead of the phone and added nothing: the job
+  -- ends in the final state duplicate (never called again, never replayed; a copy of it
+  -- is acknowledged without a call, as for done). Compare-and-set on the claim, as
+  -- dead: a copy that lost its claim writes nothing. A dead letter of the job a copy
+  -- wrote meanwhile is retired. Returns {'ok', retired letter's reason or '', outage
+  -- pause ended 0/1}, {'again', existing lead_id} (repeated), {'done', lead_id} (added
+  -- by another copy) or {'superseded'}.
+  local id, token = ARGV[2], ARGV[3]
+  local done_ttl, ttl, server = tonumber(ARGV[7]), tonumber(ARGV[8]), ARGV[10]
+  local ek = k_exec(id)
+  local ex = redis.call('HMGET', ek, 'state', 'token', 'lead_id', 'existing_lead_id')
+  if ex[1] == 'done' then return {'done', ex[3] or ''} end
+  if ex[2] ~= token then return {'superseded'} end
+  if ex[1] == 'duplicate' then return {'again', ex[4] or ''} end
+  if ex[1] ~= 'claimed' then return {'superseded'} end
+  release_lock(id)
+  redis.call('HSET', ek, 'state', 'duplicate', 'existing_lead_id', ARGV[4],
+             'list_id', ARGV[5], 'done_at', fmt(now))
+  redis.call('HDEL', ek, 'lease_until', 'orphaned_from', 'reason')
+  redis.call('EXPIRE', ek, done_ttl)
+  show(id, ttl, 'state', 'duplicate', 'existing_lead_id', ARGV[4], 'list_id', ARGV[5],
+       'duplicate_check', ARGV[6], 'attempts', ARGV[9], 'updated_at', fmt(now))
+  redis.call('HDEL', k_job(id), 'next_attempt_at', 'reason', 'error', 'http_status')
+  redis.call('HINCRBY', k_stats, 'duplicate', 1)
+  local retired = retire_letter(id)
+  if retired then redis.call('HINCRBY', k_stats, 'dead_letters_retired', 1) end
+  notify(id, 11, 'lead.duplicate', 'duplicate',
+         {existing_lead_id = ARGV[4], list_id = ARGV[5]})
   return {'ok', retired or '', answered(server)}
 
 elseif cmd == 'retry' then
@@ -572,13 +705,14 @@ elseif cmd == 'defer' then
   local ttl = tonumber(ARGV[7])
   local ek = k_exec(id)
   local ex = redis.call('HMGET', ek, 'state', 'token', 'seq', 'dialer_wait_since')
-  if ex[1] == 'done' then return {'done'} end
+  if final(ex[1]) then return {'done'} end
   if tonumber(ex[3] or '0') > seq or ex[1] == 'dead' then return {'stale'} end
   if ex[4] then dialer_known(id) end
   local due = now + tonumber(ARGV[6])
   redis.call('ZADD', k_scheduled, fmt(due), ARGV[5])
   local mine = token ~= '' and ex[1] == 'claimed' and ex[2] == token
   if mine then
+    release_lock(id)
     redis.call('HSET', ek, 'state', 'scheduled')
     redis.call('HDEL', ek, 'lease_until')
   end
@@ -602,7 +736,7 @@ elseif cmd == 'await_dialer' then
   local ek = k_exec(id)
   local ex = redis.call('HMGET', ek, 'state', 'seq', 'lease_until', 'lead_id',
                         'dialer_wait_since')
-  if ex[1] == 'done' then return {'done', ex[4] or ''} end
+  if final(ex[1]) then return {'done', ex[4] or ''} end
   if tonumber(ex[2] or '0') > seq or ex[1] == 'dead' then return {'stale'} end
   local held = ex[1] == 'claimed' and tonumber(ex[3] or '0') > now
   local since = tonumber(ex[5] or '') or now
@@ -628,7 +762,7 @@ elseif cmd == 'dead' then
   local reason, ttl, server = ARGV[7], tonumber(ARGV[11]), ARGV[12]
   local ek = k_exec(id)
   local ex = redis.call('HMGET', ek, 'state', 'token', 'seq', 'lease_until', 'lead_id')
-  if ex[1] == 'done' then return {'done', ex[5] or ''} end
+  if final(ex[1]) then return {'done', ex[5] or ''} end
   if token ~= '' then
     if ex[2] ~= token then return {'superseded'} end
     if ex[1] == 'dead' then return {'again'} end
@@ -637,6 +771,7 @@ elseif cmd == 'dead' then
     if ex[1] == 'claimed' and tonumber(ex[4] or '0') > now then return {'busy'} end
     if tonumber(ex[3] or '0') > seq and ex[1] ~= 'dead' then return {'stale'} end
   end
+  if token ~= '' then release_lock(id) end
   local old = retire_letter(id)
   redis.call('SET', k_dl(id), ARGV[5])
   redis.call('ZADD', k_dlq, ARGV[6], id)
@@ -776,9 +911,10 @@ elseif cmd == 'forget' then
       local ek = k_exec(id)
       local ex = redis.call('HMGET', ek, 'state', 'seq', 'lease_until')
       local shown = redis.call('HGET', k_job(id), 'state')
-      local final = ex[1] == 'done' or ex[1] == 'dead' or ex[1] == 'forgotten'
-          or (not ex[1] and (shown == 'added' or shown == 'dead' or not shown))
-      if not final then
+      local ended = final(ex[1]) or ex[1] == 'dead' or ex[1] == 'forgotten'
+          or (not ex[1] and (shown == 'added' or shown == 'duplicate' or shown == 'dead'
+                             or not shown))
+      if not ended then
         n.stopped = n.stopped + 1
         if ex[1] == 'claimed' and tonumber(ex[3] or '0') > now then
           n.in_flight = n.in_flight + 1
@@ -922,14 +1058,16 @@ elseif cmd == 'reconciled' then
     if ex[2] == token then return {'again', ex[3] or ''} end
     return {'done', ex[3] or ''}
   end
+  release_lock(id)
   redis.call('HSET', ek, 'state', 'done', 'token', token, 'lead_id', lead_id,
              'list_id', ARGV[5], 'campaign', '', 'done_at', fmt(now))
-  redis.call('HDEL', ek, 'lease_until', 'orphaned_from', 'reason')
+  redis.call('HDEL', ek, 'lease_until', 'orphaned_from', 'reason', 'existing_lead_id')
   redis.call('EXPIRE', ek, done_ttl)
   show(id, ttl, 'state', 'added', 'lead_id', lead_id, 'list_id', ARGV[5],
        'updated_at', fmt(now), 'attempts', ARGV[9],
        'reconcile', dups ~= '' and 'duplicates' or 'found')
-  redis.call('HDEL', k_job(id), 'next_attempt_at', 'reason', 'error', 'http_status')
+  redis.call('HDEL', k_job(id), 'next_attempt_at', 'reason', 'error', 'http_status',
+             'existing_lead_id', 'duplicate_check')
   if dups ~= '' then
     local n = merge_ids(id, ttl, 'duplicate_lead_ids', dups)
     redis.call('HINCRBY', k_stats, 'duplicates_detected', n)

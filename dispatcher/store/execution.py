@@ -282,8 +282,13 @@ class Execution:
         worker: str,
         max_rate_wait_s: float,
         server: str,
+        scope: str = "",
+        lock: str = "",
     ) -> tuple[Any, ...]:
-        """The ``claim`` command, for :meth:`call` or :meth:`call_many`."""
+        """The ``claim`` command, for :meth:`call` or :meth:`call_many`.
+
+        ``scope``: a second pause the job obeys (a list job's: ``{server}:list``);
+        ``lock``: the phone key whose add_lead lock the claim takes ('' for none)."""
         return (
             "claim",
             job_id,
@@ -295,6 +300,8 @@ class Execution:
             worker,
             max_rate_wait_s,
             server,
+            scope,
+            lock,
         )
 
     def succeed(self, job_id: str, *, client: Any = None, **options: Any) -> Any:
@@ -315,10 +322,13 @@ class Execution:
         latency_field: str,
         latency_ms: float,
         server: str,
+        state_fields: str = "",
         notify: Notify | None = None,
     ) -> tuple[Any, ...]:
-        """The ``succeed`` command, for :meth:`call` or :meth:`call_many`; ``notify``: the
-        outcome notification to write with it (:func:`dispatcher.store.outbox.notify_for`)."""
+        """The ``succeed`` command, for :meth:`call` or :meth:`call_many`;
+        ``state_fields``: more fields of the job state, a JSON object of strings;
+        ``notify``: the outcome notification to write with it
+        (:func:`dispatcher.store.outbox.notify_for`)."""
         return (
             "succeed",
             job_id,
@@ -331,6 +341,38 @@ class Execution:
             attempts,
             latency_field,
             f"{latency_ms:.3f}",
+            server,
+            state_fields,
+            *Notify.tail(notify),
+        )
+
+    @staticmethod
+    def duplicate_args(
+        job_id: str,
+        *,
+        token: str,
+        existing_lead_id: str,
+        list_id: str,
+        check: str,
+        done_ttl: int,
+        ttl: int,
+        attempts: int,
+        server: str,
+        notify: Notify | None = None,
+    ) -> tuple[Any, ...]:
+        """The ``duplicate`` command (add_lead's duplicate check found a lead: the final
+        state ``duplicate``), for :meth:`call` or :meth:`call_many`; ``notify``: the
+        ``lead.duplicate`` notification to write with it."""
+        return (
+            "duplicate",
+            job_id,
+            token,
+            existing_lead_id,
+            list_id,
+            check,
+            done_ttl,
+            ttl,
+            attempts,
             server,
             *Notify.tail(notify),
         )

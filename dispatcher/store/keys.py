@@ -69,6 +69,20 @@ class Keys:
         """
         return f"{self.queue}.{dialer}.{priority}"
 
+    def list_lane(self, dialer: str, priority: str) -> str:
+        """List: the broker messages of one dialer's priority lane of leads for a list
+        (add_lead). Lanes of their own: a worker of the release before list jobs never
+        polls them, so during a rolling upgrade a list job waits for a worker that serves
+        it instead of becoming that worker's ``invalid_payload`` letter."""
+        return f"{self.queue}.list.{dialer}.{priority}"
+
+    def target_lane(self, dialer: str, priority: str, target: str) -> str:
+        """The lane of a job by its target (``agent``: :meth:`lane`; ``list``:
+        :meth:`list_lane`)."""
+        if target == "list":
+            return self.list_lane(dialer, priority)
+        return self.lane(dialer, priority)
+
     @property
     def wake(self) -> str:
         """List: a token per enqueue, to wake consumers waiting on an empty fleet."""
@@ -159,6 +173,11 @@ class Keys:
     def rate(self, server: str) -> str:
         """String: GCRA theoretical arrival time for the fleet-wide rate limit."""
         return f"{self.prefix}:rate:{server}"
+
+    def add_lock(self, server: str, phone_key: str) -> str:
+        """String with a TTL: the job id of the one add_lead call in flight for a phone
+        (its phone index key) on a dialer, fleet-wide."""
+        return f"{self.prefix}:addlock:{server}:{phone_key}"
 
     def lookup(self, server: str) -> str:
         """Hash with a TTL: what the last look-up or check of the server's Non-Agent API

@@ -39,7 +39,7 @@ import threading
 from dispatcher.store.backend import Backend
 from dispatcher.store.connection import broker_errors
 
-__all__ = ["KEY_BYTES", "index_key", "phone_key"]
+__all__ = ["KEY_BYTES", "cached_index_key", "index_key", "phone_key"]
 
 KEY_BYTES = 32
 _keys: dict[tuple[str, str], bytes] = {}
@@ -63,6 +63,13 @@ def index_key(backend: Backend, *, fresh: bool = False) -> bytes:
         key = bytes.fromhex(str(backend.redis.get(name)))
     _keys[place] = key
     return key
+
+
+def cached_index_key(backend: Backend) -> bytes | None:
+    """The deployment's index key if this process read it already (no Redis I/O), else
+    None (an event loop asks :func:`index_key` on a thread first)."""
+    settings = backend.settings
+    return _keys.get((settings.redis_url, settings.key_prefix))
 
 
 def phone_key(key: bytes, phone: str) -> str:

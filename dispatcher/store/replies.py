@@ -33,16 +33,19 @@ def _seconds(reply: Sequence[Any], at: int) -> float:
 class Claim:
     """The ``claim`` command's answer (and ``gate``'s, which claims no job).
 
-    ``verdict``: ok, probe_refused, probe_outage (claimed: call), done, stale, busy,
-    orphaned, paused, throttled (see execution.lua ``claim``).
+    ``verdict``: ok, probe_refused, probe_outage, probe_list (claimed: call), done,
+    duplicate, stale, busy, orphaned, locked, paused, throttled (see execution.lua
+    ``claim``).
     """
 
     verdict: str
     #: ok, probe_*: the wait for the rate-limit slot the claim reserved; throttled: until
     #: a slot is free; busy: until the live claim's lease ends; paused: until the pause
-    #: ends; orphaned: how long ago the vanished holder's lease ended
+    #: ends; orphaned: how long ago the vanished holder's lease ended; locked: until the
+    #: add_lead lock of the phone expires (its holder usually ends it much sooner)
     delay_s: float = 0.0
-    #: done: the lead the job was added with
+    #: done: the lead the job was added with; duplicate: the lead VICIdial's duplicate
+    #: check found
     lead_id: str = ""
     #: stale: the publication the record is at
     seq: int = 0
@@ -54,7 +57,7 @@ class Claim:
     @classmethod
     def from_reply(cls, reply: Sequence[Any]) -> Claim:
         verdict = text(reply[0])
-        if verdict == "done":
+        if verdict in ("done", "duplicate"):
             return cls(verdict, lead_id=text(reply[1]) if len(reply) > 1 else "")
         if verdict == "stale":
             return cls(verdict, seq=int(text(reply[1]) or 0) if len(reply) > 1 else 0)
@@ -99,8 +102,9 @@ class Stored:
 
     ``verdict``: ok (recorded now), again (this delivery recorded it before: a lost
     reply), same (recorded with this very lead already), duplicate (recorded with
-    another lead: this one is a copy), done (``reconciled``: another delivery recorded
-    it first).
+    another lead: this one is a copy), done (``reconciled``, ``duplicate``: another
+    delivery recorded the job added first), superseded (``duplicate``: another delivery
+    holds the claim).
     """
 
     verdict: str

@@ -439,6 +439,7 @@ def test_dlq_list_json_is_every_record_newest_first_with_the_design_keys(
     for record in records:
         assert set(record) == LETTER_KEYS
         assert record["id"] == record["job_id"]
+        assert (record["target"], record["target_list_id"]) == ("agent", None)
         assert record["http_status"] == 200 and record["attempts"] == 1 and record["replays"] == 0
         job = record["job"]
         assert job["job_id"] == record["id"]

@@ -413,6 +413,9 @@ def test_demo_exits_0_and_leaves_nothing_behind(tmp_path: Path) -> None:
     check(result, 0)
     assert "duplicates: none" in result.stdout
     assert "replayed: 1" in result.stdout
+    # Leads for a list: a web-form lead added, its duplicate refused, a callback.
+    assert "the duplicate was never added" in " ".join(result.stdout.split())
+    assert "1 scheduled callback" in " ".join(result.stdout.split())
     assert list(temp.iterdir()) == []  # the demo's temporary directory is gone
     deadline = time.monotonic() + 3
     while _processes_with(marker) and time.monotonic() < deadline:

@@ -235,3 +235,38 @@ def test_the_checker_reports_a_worker_that_ended_on_its_own() -> None:
     verdict = check(history)
     assert [p.kind for p in verdict.problems] == ["worker_exited"]
     assert verdict.lost == 0 and verdict.duplicated == 0 and not verdict.ok
+
+
+def test_the_checker_reports_a_list_job_taken_for_a_duplicate_of_its_own_lead() -> None:
+    """Every lead of a run has a phone of its own: a ``duplicate`` can only name a lead of
+    the job itself (its lost call's), which the job must have ended ``added`` with."""
+
+    def listed(index: int, state: str, **more: Any) -> JobRecord:
+        record = _job(index, state, **more)
+        return JobRecord(record.index, record.phone, record.job_ids, record.states, target="list")
+
+    clean = _history(
+        [listed(0, "added", lead_id="1"), listed(1, "duplicate", existing_lead_id="2")],
+        [_stored(0, "1"), _stored(1, "2", marker="")],  # lead 2: not the job's (no marker)
+    )
+    assert check(clean).ok, check(clean).report()
+    kinds = _kinds(
+        _history(
+            [
+                listed(0, "duplicate", existing_lead_id="1"),  # its own lead (its marker)
+                listed(1, "duplicate", existing_lead_id="7"),  # a lead VICIdial lacks
+                _job(2, "duplicate", existing_lead_id="3"),  # an agent's job
+            ],
+            [_stored(0, "1"), _stored(2, "3", marker="")],
+        )
+    )
+    assert kinds == ["duplicate_of_own_lead", "duplicate_of_nothing", "duplicate_of_agent_job"]
+
+
+def test_a_schedule_sends_a_share_of_leads_to_a_list_some_with_a_duplicate_check() -> None:
+    schedule = make_schedule(4242)
+    targets = [schedule.target(i) for i in range(SUITE.leads)]
+    assert targets.count("agent") == SUITE.leads - round(SUITE.leads * SUITE.list_share)
+    assert 20 <= targets.count("list_dup") <= 70 and 20 <= targets.count("list") <= 70
+    assert make_schedule(4242).targets == schedule.targets
+    assert any("leads for a list" in line for line in schedule.describe())

@@ -158,3 +158,34 @@ def test_a_lead_found_by_reconciliation_is_notified_once_as_added(
     assert status is not None
     assert (body["type"], body["lead_id"]) == ("lead.added", status["lead_id"])
     assert simulator.count_by_phone() == {"7275551212": 1}
+
+
+def test_a_list_job_s_duplicate_and_addition_are_notified(
+    redis_url: str,
+    simulator: Simulator,
+    receiver: Receiver,
+    start_worker: Callable[..., WorkerProcess],
+) -> None:
+    """Leads for a list (issue 27): ``lead.added`` with the list, and ``lead.duplicate``
+    naming the lead VICIdial's duplicate check found (written in the outcome's own step)."""
+    s = esettings(redis_url, simulator, receiver)
+    start_worker(s)
+    lead = {
+        "list_id": "101",
+        "campaign_id": "TESTCAMP",
+        "phone_number": "7275551400",
+        "duplicate_check": "DUPLIST",
+        "notify_url": receiver.url,
+    }
+    first = enqueue_lead(settings=s, **lead)
+    wait_for(lambda: len(receiver.delivered()) == 1, timeout=30, message="the first event")
+    again = enqueue_lead(settings=s, **lead, first_name="Ann")
+    wait_for(lambda: len(receiver.delivered()) == 2, timeout=30, message="the second event")
+    by_job = {body["job_id"]: body for body in receiver.delivered()}
+    added = by_job[first]
+    assert (added["type"], added["state"], added["list_id"]) == ("lead.added", "added", "101")
+    duplicate = by_job[again]
+    assert (duplicate["type"], duplicate["state"]) == ("lead.duplicate", "duplicate")
+    assert duplicate["existing_lead_id"] == added["lead_id"] and duplicate["list_id"] == "101"
+    assert duplicate["lead_id"] is None and duplicate["reason"] is None
+    assert "7275551400" not in str(duplicate)

@@ -7,7 +7,8 @@ pinned byte for byte to shared/vicidial/external_add_lead.md by
 tests/simulator/test_simulator.py. Most examples drive that logic in-process (pure functions,
 fast); a smaller number go through the worker's real HTTP client to a running simulator, on a
 real socket. The documented normalisations and the values of every kind are
-tests/support/leads.py (the list client's property uses them too).
+tests/support/leads.py, the values near what the server keeps (``near_valid``) are
+tests/support/strategies.py (the list client's property and the end-to-end one use them too).
 
 ``non_latin`` False is a VICIdial with the default ``use_non_latin=0``; True is one with
 ``use_non_latin=1`` (the simulator's state ``"non_latin": true``).
@@ -31,7 +32,6 @@ from dispatcher.model.lead import LEAD_FIELDS, Lead, make_lead
 from dispatcher.simulator import Simulator, SimulatorState
 from dispatcher.simulator.agc import StoredLead, Tables, answer, merge_fields
 from dispatcher.simulator.mangling import (
-    COLUMN_SIZES,
     sanitize,
     sql_literal,
     to_column,
@@ -41,10 +41,10 @@ from tests.support.leads import (
     BASE,
     FREE_TEXT,
     TRANSLITERATION,
-    TRICKY,
     documented,
     refused_by_design,
 )
+from tests.support.strategies import LETTER_FIELDS, near_valid
 from workers.vicidial import VicidialClient
 
 MODES = [pytest.param(False, id="latin"), pytest.param(True, id="non_latin")]
@@ -125,46 +125,9 @@ def must_accept(field: str, raw: object, non_latin: bool) -> bool:
 
 
 # --------------------------------------------------------------------------------------------
-# Values close to what the server keeps, so that many validate (any value: support/leads.py)
+# Values close to what the server keeps, so that many validate (near_valid:
+# support/strategies.py; any value: support/leads.py)
 # --------------------------------------------------------------------------------------------
-
-# Candidates for "characters the server keeps unchanged": ASCII, and a sample of other scripts.
-_CANDIDATES = "".join(map(chr, range(0x20, 0x7F))) + "\t\n" + "éÜñЖжαβ李龍بحक्ष٣ǅ☎€😀𠮷"
-
-
-def server_keeps(field: str, non_latin: bool) -> str:
-    """The candidate characters the simulator stores unchanged in ``field``."""
-    return "".join(
-        c
-        for c in _CANDIDATES
-        if to_column(field, sanitize(field, c, non_latin=non_latin), non_latin=non_latin) == c
-        and c not in '"\\'  # reach the SQL statement unescaped in the free-text fields
-    )
-
-
-@st.composite
-def near_valid(draw: st.DrawFn, field: str, non_latin: bool) -> str:
-    keeps = server_keeps(field, non_latin)
-    ascii_keeps = [c for c in keeps if c.isascii()]
-    # Without non_latin the product accepts ASCII only (even where a utf8mb4 server would keep
-    # more); with it, half the characters come from other scripts.
-    other = [c for c in keeps if not c.isascii()] if non_latin else []
-    # Per value: ASCII only, other scripts only, or both mixed.
-    alphabets = [ascii_keeps, other, ascii_keeps + other] if other else [ascii_keeps]
-    chars = st.sampled_from(draw(st.sampled_from(alphabets)))
-    size = COLUMN_SIZES.get(field, 20)
-    # Lengths at the column's edge are drawn often: that is where truncation starts.
-    pick = draw(st.integers(0, 5))
-    n = size + 1 if pick == 0 else size if pick == 1 else draw(st.integers(1, size))
-    value = draw(st.text(chars, min_size=n, max_size=n))
-    insertions = [0, 0, 0, 1, 1, 2, 3] if size > 4 else [0, 0, 0, 1]
-    for _ in range(draw(st.sampled_from(insertions))):
-        at = draw(st.integers(0, len(value)))
-        value = value[:at] + draw(st.sampled_from(TRICKY)) + value[at:]
-    if non_latin and draw(st.integers(0, 3)) == 0:
-        value = unicodedata.normalize("NFD", value)  # as some keyboards and OSes send it
-    return value
-
 
 TYPED: dict[str, st.SearchStrategy[object]] = {
     "agent_user": st.text(
@@ -239,27 +202,6 @@ def check(field: str, raw: object, non_latin: bool, server: Server) -> Lead | No
     if all(v.isascii() for v in lead.to_dict().values()):
         assert make_lead(lead.to_dict(), non_latin=not non_latin) == lead
     return lead
-
-
-LETTER_FIELDS = (  # the fields that keep letters of every script with non_latin
-    "first_name",
-    "last_name",
-    "middle_initial",
-    "title",
-    "address1",
-    "address2",
-    "address3",
-    "city",
-    "state",
-    "province",
-    "postal_code",
-    "email",
-    "security_phrase",
-    "owner",
-    "comments",
-    "source_id",
-    "vendor_lead_code",
-)
 
 
 @pytest.mark.parametrize("non_latin", MODES)

@@ -475,17 +475,16 @@ def test_list_options_in_an_agent_job_are_an_invalid_payload() -> None:
         Job.from_message(data)
 
 
-def test_a_worker_that_serves_agents_only_hands_list_jobs_on_untouched() -> None:
-    """This release's runner and engine call Job.from_message(message, dialers=...): a list
-    job must not reach their external_add_lead path. It waits, as a job of a dialer they
-    do not know does (and, after the wait, is a replayable letter)."""
+def test_a_worker_serves_both_targets_and_one_that_serves_agents_only_hands_lists_on() -> None:
+    """A worker reads list jobs (part B: both targets are served by default); a caller that
+    serves agents only leaves a list job untouched: it waits, as a job of a dialer it does
+    not know does (and, after the wait, is a replayable letter)."""
     dialers = Dialers({"default": Dialer("default", url="http://x/agc/api.php")}, "default")
     message = list_job().to_message()
+    assert Job.from_message(message, dialers=dialers) == list_job()
     with pytest.raises(UnknownDialer, match="does not serve leads for a list") as info:
-        Job.from_message(message, dialers=dialers)
+        Job.from_message(message, dialers=dialers, serves=("agent",))
     assert info.value.job == list_job() and info.value.reason == "unknown_dialer"
-    served = Job.from_message(message, dialers=dialers, serves=("agent", "list"))
-    assert served == list_job()
     agent = Job(job_id="j2", lead=make_lead({"agent_user": "1000", "phone_number": "7275551212"}))
     assert Job.from_message(agent.to_message(), dialers=dialers) == agent
 

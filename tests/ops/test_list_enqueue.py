@@ -1,6 +1,6 @@
 """Leads for a list everywhere a job is made: the Python API, the dialers file's defaults,
 the command line (flags and files), the HTTP intake; and what this release's worker does
-with a list job (issue 27, part A: it does not call VICIdial for it; part B serves it).
+with a list job (issue 27, part A; the workers serving it: tests/e2e/test_list_e2e.py).
 
 Real Redis, the installed ``dispatcher`` command, the real intake app over HTTP, a real
 worker process.
@@ -14,25 +14,22 @@ import json
 import subprocess
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-import redis
 import uvicorn
 
 from dispatcher import InvalidLead, enqueue_lead, enqueue_leads, job_status
 from dispatcher.config.settings import Settings
-from dispatcher.devtools.localfleet import WorkerProcess
 from dispatcher.devtools.redis_server import free_port
 from dispatcher.intake import create_app
 from dispatcher.model.dialers import read_dialers_file
 from dispatcher.model.errors import ConfigError, IdempotencyConflict
 from dispatcher.model.jobs import Job
 from dispatcher.ops.producer import fingerprint, prepare_job
-from dispatcher.simulator import Simulator
 from dispatcher.store.deadletter import DeadLetterStore
 from tests.support.cli import cli_env
 from tests.support.queues import queued_envelopes
@@ -556,35 +553,3 @@ def test_the_intake_takes_list_leads(intake_url: str) -> None:
         )
         job = document["components"]["schemas"]["JobStatus"]["properties"]
         assert "duplicate" in job["state"]["enum"] and "existing_lead_id" in job
-
-
-# ---------------------------------------------------------------------------------------------
-# This release's worker and a list job: no call, the job waits (part B serves it)
-# ---------------------------------------------------------------------------------------------
-
-
-def test_this_release_s_worker_calls_nothing_for_a_list_job(
-    redis_url: str,
-    simulator: Simulator,
-    start_worker: Callable[..., WorkerProcess],
-) -> None:
-    settings = make_settings(redis_url, simulator, unknown_dialer_wait_s=60.0)
-    listed = enqueue_lead(**LIST, phone_number="7275551212", settings=settings)
-    agent = enqueue_lead(agent_user="1000", phone_number="7275551213", settings=settings)
-    start_worker(settings)
-
-    def state(job_id: str) -> dict[str, Any]:
-        return job_status(job_id, settings=settings) or {}
-
-    wait_for(lambda: state(agent)["state"] == "added", timeout=30, message="the agent job")
-    waiting = wait_for(
-        lambda: (s := state(listed))["reason"] == "unknown_dialer" and s,
-        timeout=30,
-        message="the list job to wait",
-    )
-    assert waiting["state"] == "retrying" and "leads for a list" in waiting["error"]
-    assert simulator.add_lead_requests == [] and simulator.lookups == []
-    assert [r.fields.get("phone_number") or r.fields.get("value") for r in simulator.requests] == [
-        "7275551213"
-    ]
-    assert redis.Redis.from_url(redis_url).exists(f"{settings.key_prefix}:dl:{listed}") == 0

@@ -57,6 +57,9 @@ LETTER_KEYS = {
     "enqueued_at",
     "replays",
     "job",
+    # Added with leads for a list (issue 27): where the job's lead goes.
+    "target",
+    "target_list_id",
 }
 #: DESIGN.md, `dispatcher job ID --json`.
 JOB_KEYS = {

@@ -5,14 +5,18 @@ from __future__ import annotations
 import redis
 
 from dispatcher.config.settings import Settings
+from dispatcher.store.keys import Keys
 
 __all__ = ["queue_length", "queue_lists", "queued_envelopes"]
 
 
 def queue_lists(settings: Settings) -> list[str]:
-    """Every list jobs wait in: each dialer's lanes, and the queue's own (older versions)."""
+    """Every list jobs wait in: each dialer's lanes (leads for an agent, then for a list),
+    and the queue's own (older versions)."""
+    keys = Keys.of(settings)
     lanes = [
-        f"{settings.queue}.{name}.{lane}"
+        named(name, lane)
+        for named in (keys.lane, keys.list_lane)
         for name in settings.dialers.names
         for lane in ("realtime", "bulk")
     ]

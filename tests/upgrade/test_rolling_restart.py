@@ -14,9 +14,11 @@ with a warm shutdown once the newer release has migrated the layout.
 Under ``CI=true`` the test fails when the previous release cannot be installed
 (no git history, say); elsewhere it is skipped, saying why.
 
-When this round's changes land, extend :func:`new_release_leads` with the job
-kinds only this release makes (list jobs, notification URLs, ...): an old worker
-meeting them during the rolling restart must not misread them (README "Upgrading").
+This release's producer also makes jobs only it can serve (:func:`new_release_leads`):
+leads for a list (issue 27), some with a duplicate check. They travel in lanes of their
+own that the previous release never polls, so an old worker never meets one (it would
+take it for an ``invalid_payload`` letter): while only old workers run, list jobs wait,
+and the new workers add them (README "Upgrading").
 """
 
 from __future__ import annotations
@@ -78,9 +80,22 @@ def _leads(start: int, n: int) -> list[dict[str, Any]]:
 
 
 def new_release_leads(start: int, n: int) -> list[dict[str, Any]]:
-    """Leads as only this release makes them (none yet: the same as the previous
-    release's). Add this round's new job kinds here when they land."""
-    return _leads(start, n)
+    """Leads as only this release makes them: every third lead is for list 101 (a list
+    job, a version 2 message in a list lane), half of those with a duplicate check."""
+    leads = _leads(start, n)
+    for i, lead in enumerate(leads):
+        if i % 3 == 0:
+            del lead["agent_user"]
+            lead.update(list_id="101", campaign_id="TESTCAMP")
+            if i % 2 == 0:
+                lead["duplicate_check"] = "DUPLIST"
+    return leads
+
+
+def _is_list_phone(phone: str) -> bool:
+    """A phone of :func:`new_release_leads`' list leads (by its index)."""
+    index = int(phone[-4:])
+    return (index // BATCH) % 2 == 1 and (index % BATCH) % 3 == 0
 
 
 def _old_enqueue(release: Release, env: dict[str, str], leads: list[dict[str, Any]]) -> list[str]:
@@ -185,6 +200,15 @@ def test_old_and_new_workers_share_one_redis_through_a_rolling_restart(
             1 for w in (new_b, new_d) for e in w.logs() if e.get("event") == "lead.added"
         )
         assert served_by_old + served_by_new == len(ids), (served_by_old, served_by_new)
+        # Leads for a list: the new workers alone served them (an old one never took one).
+        listed = [x for x in sim.leads if _is_list_phone(x.phone_number)]
+        assert len(listed) == 2 * len(range(0, BATCH, 3)) and {x.list_id for x in listed} == {"101"}
+        old_events = [e for w in old_workers for e in w.logs()]
+        assert not any(
+            e.get("event") == "lead.added" and _is_list_phone(str(e.get("phone", "0000")))
+            for e in old_events
+        )
+        assert not any(e.get("reason") == "invalid_payload" for e in old_events)
         if old_a is not None or old_c is not None:
             assert served_by_old > 0 and served_by_new > 0, (served_by_old, served_by_new)
         assert client.get("dispatcher:layout") == str(LAYOUT_VERSION)

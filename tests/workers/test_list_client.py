@@ -7,6 +7,7 @@ added (with hopper, callback and custom fields), every refusal, a duplicate, DNC
 property for leads for a list: whatever validates, the simulator stores exactly the value
 sent after the documented normalisations (README "Leads"); whatever is refused names its
 field, and only for a reason (the server would change the value, or a documented rule).
+The leads it draws are tests/support/strategies.py's (the end-to-end property draws them too).
 
 No worker here: the worker's integration is issue 27's part B.
 """
@@ -45,20 +46,23 @@ from dispatcher.model.errors import (
     ServerError,
 )
 from dispatcher.model.lead import Lead
-from dispatcher.model.list_lead import LIST_LEAD_FIELDS, make_list_lead
+from dispatcher.model.list_lead import make_list_lead
 from dispatcher.model.list_options import ListOptions, make_list_options
 from dispatcher.model.marker import mark
 from dispatcher.simulator import Simulator, SimulatorState
 from dispatcher.simulator.addlead import PendingInsert, answer_add_lead, log_value_breaks
-from dispatcher.simulator.addlead_fields import (
-    ADD_LEAD_FIELDS,
-    FREE_TEXT,
-    column,
-    sanitize_add_lead,
-)
+from dispatcher.simulator.addlead_fields import ADD_LEAD_FIELDS
 from dispatcher.simulator.agc import StoredLead, Tables
-from dispatcher.simulator.mangling import sql_literal
-from tests.support.leads import ANY_VALUE, TRICKY, documented, refused_by_design
+from tests.support.leads import TRICKY, documented, refused_by_design
+from tests.support.strategies import (
+    CANDIDATES,
+    LIST_RANDOM_FIELDS,
+    LIST_SIZES,
+    LIST_TYPED,
+    list_leads,
+    list_near_valid,
+    list_server_stores,
+)
 from workers.list_answer import DuplicateFound, ListLeadAdded, parse_list_answer
 from workers.list_client import AsyncListClient, ListClient, list_form
 
@@ -475,15 +479,6 @@ _LIST_INT_OK = frozenset(
 )
 #: What add_lead stores for a field not sent.
 _UNSENT = {"gender": "U", "rank": "0", "date_of_birth": "0000-00-00"}
-_RANDOM_FIELDS = tuple(f for f in LIST_LEAD_FIELDS if f not in ("list_id", "phone_number"))
-
-
-def list_server_stores(field: str, sent: str, non_latin: bool) -> str | None:
-    """What the simulator's add_lead stores for ``sent`` (None: its INSERT breaks)."""
-    value: str | None = sanitize_add_lead(field, sent, non_latin=non_latin)
-    if field in FREE_TEXT:
-        value = sql_literal(value or "")
-    return None if value is None else column(field, value, non_latin=non_latin)
 
 
 def must_accept(field: str, raw: object, non_latin: bool) -> bool:
@@ -501,75 +496,6 @@ def must_accept(field: str, raw: object, non_latin: bool) -> bool:
 
 
 _TEXT = st.text(st.one_of(st.sampled_from(string.printable), st.sampled_from(TRICKY)), max_size=30)
-#: Candidates for "characters add_lead keeps unchanged": ASCII, and other scripts.
-_CANDIDATES = "".join(map(chr, range(0x20, 0x7F))) + "\t\n" + "éÜñЖжαβ李龍بحक्ष٣ǅ☎€😀𠮷"
-_SIZES = {"title": 4, "middle_initial": 1, "state": 2, "country_code": 3, "alt_phone": 12}
-_SIZES |= {"postal_code": 10, "vendor_lead_code": 20, "owner": 20, "first_name": 30}
-_SIZES |= {"last_name": 30, "city": 50, "province": 50, "source_id": 50, "email": 70}
-
-
-def list_keeps(field: str, non_latin: bool) -> str:
-    """The candidate characters add_lead stores unchanged in ``field``."""
-    return "".join(
-        c for c in _CANDIDATES if list_server_stores(field, c, non_latin) == c and c not in '"\\'
-    )
-
-
-@st.composite
-def near_valid(draw: st.DrawFn, field: str, non_latin: bool, *, edgy: bool = True) -> object:
-    """A value add_lead keeps (often at its column's edge), now and then with a character
-    that is special to some rule; or, one time in six, anything at all. ``edgy``: special
-    characters often (the per-field property); else seldom, so that a lead of several
-    fields is often valid (the end-to-end property)."""
-    if draw(st.integers(0, 5)) == 0:
-        return draw(st.one_of(ANY_VALUE, st.integers(0, 10**6)))
-    keeps = list_keeps(field, non_latin) or string.digits
-    size = _SIZES.get(field, 20)
-    pick = draw(st.integers(0, 7))
-    n = size + 1 if pick == 0 else size if pick == 1 else draw(st.integers(1, size))
-    value = draw(st.text(st.sampled_from(keeps), min_size=n, max_size=n))
-    # The characters a rule is about: the ASCII ones add_lead drops from this field (and
-    # '+', which it turns into a space), and the tricky ones of the agent's property.
-    dropped = [c for c in _CANDIDATES[:97] if c not in keeps] or [" "]
-    for _ in range(draw(st.sampled_from([0, 0, 1, 1, 2] if edgy else [0, 0, 0, 0, 1]))):
-        at = draw(st.integers(0, len(value)))
-        pool = draw(st.sampled_from([dropped, dropped, _SPECIAL]))
-        value = value[:at] + draw(st.sampled_from(pool)) + value[at:]
-    return value
-
-
-#: Characters special to some rule: ASCII punctuation, and the agent property's tricky ones.
-_SPECIAL = string.punctuation + " " + TRICKY
-
-_TYPED: dict[str, st.SearchStrategy[object]] = {
-    "gender": st.sampled_from(["M", "F", "U", "m", " f ", "X", "MF", "É"]),
-    "rank": st.one_of(st.sampled_from([0, 32767, 32768, "007", " 12 "]), st.integers(-2, 70000)),
-    "date_of_birth": st.one_of(
-        st.dates().map(lambda d: d.isoformat()), st.sampled_from(["2023-02-29", "1970/01/02"])
-    ),
-    "entry_list_id": st.sampled_from(["0", "101", "0101", 102, "x", str(10**20)]),
-    "phone_code": st.sampled_from(["1", "+1", "44", "1X", "", 61]),
-    "alt_phone": st.sampled_from(["7275550123", "(727) 555-0123", "+1 727 555 0123", "72A"]),
-}
-
-
-@st.composite
-def list_leads(draw: st.DrawFn, non_latin: bool) -> dict[str, object]:
-    data: dict[str, object] = {
-        "list_id": draw(
-            st.sampled_from(["101", "102", "998", "999", 101, "101", "102", "0101", "12"])
-        ),
-        "phone_number": draw(
-            st.sampled_from(
-                ["7275551212", "(727) 555-1212", "+1 727 555 1212", "8085551212"] * 2 + ["12345"]
-            )
-        ),
-    }
-    for name in draw(st.lists(st.sampled_from(_RANDOM_FIELDS), max_size=3, unique=True)):
-        data[name] = draw(
-            _TYPED[name] if name in _TYPED else near_valid(name, non_latin, edgy=False)
-        )
-    return data
 
 
 @pytest.mark.parametrize("non_latin", [False, True], ids=["latin", "non_latin"])
@@ -690,11 +616,11 @@ def _field_value(field: str, non_latin: bool) -> st.SearchStrategy[object]:
             st.text(st.sampled_from(string.digits + " -.()+*#A,٣"), min_size=5, max_size=20),
             st.integers(-5, 10**18),
         )
-    return _TYPED[field] if field in _TYPED else near_valid(field, non_latin)
+    return LIST_TYPED[field] if field in LIST_TYPED else list_near_valid(field, non_latin)
 
 
 @pytest.mark.parametrize("non_latin", [False, True], ids=["latin", "non_latin"])
-@pytest.mark.parametrize("field", ["list_id", "phone_number", *_RANDOM_FIELDS])
+@pytest.mark.parametrize("field", ["list_id", "phone_number", *LIST_RANDOM_FIELDS])
 def test_property_each_list_field_stored_exactly_or_refused_for_a_reason(
     field: str, non_latin: bool
 ) -> None:
@@ -745,8 +671,8 @@ def test_every_ascii_character_in_every_list_field(non_latin: bool) -> None:
     server = ListServer(non_latin)
     accepted = refused = 0
     for field in (f for f in ADD_LEAD_FIELDS if f not in _FORMATTED):
-        size = _SIZES.get(field, 20)
-        for char in _CANDIDATES[:97]:
+        size = LIST_SIZES.get(field, 20)
+        for char in CANDIDATES[:97]:
             raw = f"1{char}1" if size >= 3 else f"1{char}" if size == 2 else char
             data = {"list_id": "101", "phone_number": "7275551212", field: raw}
             try:

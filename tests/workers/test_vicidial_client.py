@@ -35,7 +35,7 @@ from workers.vicidial import (
     AddLeadResult,
     VicidialClient,
     add_lead_form,
-    form_body,
+    encode_form,
 )
 
 SUCCESS = b"SUCCESS: lead added - 7275551212|TESTCAMP|101|42|1000\n"
@@ -324,7 +324,7 @@ def test_an_answer_without_length_runs_to_the_close_and_interim_answers_are_skip
 
 
 def test_the_form_is_encoded_byte_for_byte_as_urlencode_would() -> None:
-    """The form's own encoder (workers.vicidial.form_body) skips what needs no quoting;
+    """The form's own encoder (workers.vicidial.encode_form) skips what needs no quoting;
     for any text, names and numbers it gives what urllib's urlencode gives."""
     rng = random.Random(15)
     alphabet = string.printable + "éñ中\u00a0+&=%~"
@@ -335,7 +335,7 @@ def test_the_form_is_encoded_byte_for_byte_as_urlencode_would() -> None:
     for _ in range(3000):
         data: dict[Any, Any] = {text(): rng.choice([text(), text(), 5, 1.5, b"x y", None])}
         data[text()] = text()
-        assert form_body(data).decode() == urlencode(data)
+        assert encode_form(data.items()).decode() == urlencode(data)
     lead = Lead(
         agent_user="1000",
         phone_number="7275551212",
