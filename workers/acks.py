@@ -20,7 +20,7 @@ survive:
 
 It overrides methods of kombu's ``QoS`` (``append``, ``ack``, ``reject``,
 ``restore_unacked``, ``restore_visible``, ``pipe_or_acquire``, ``can_consume``...),
-pinned to kombu 5.7 (tests/test_workers_package.py checks each one still exists), and
+pinned to kombu 5.7 (tests/workers/test_workers_package.py checks each one still exists), and
 uses the channel of :mod:`workers.transport` through its public methods
 (``take_inflight``, ``redis_failed``, ``dispatcher_broker``).
 """

@@ -22,7 +22,7 @@ state machine, httpcore's locks and traces and anyio's cancel scopes cost about
 as much again as everything else the worker does for a lead.
 
 What this client keeps of the library's behaviour, each tested against both
-clients over real sockets (tests/test_vicidial_client.py, with the fault
+clients over real sockets (tests/workers/test_vicidial_client.py, with the fault
 proxy's dropped and half-open connections): an overall deadline per call
 (``DISPATCHER_HTTP_TIMEOUT_S``; a dripping answer is cut there), a connect
 timeout, a kept-alive connection reused only while fresh and not closed by the

@@ -55,7 +55,7 @@ channel here closes those of taking a message (1, 2, 4); its QoS,
 This overrides private methods of kombu's Redis channel and QoS (``_brpop_start``,
 ``_brpop_read``, ``_receive``, ``_size``, ``_queue_bind``, ``QoS.append``,
 ``QoS.restore_visible``, ``QoS.reject``, ``QoS.pipe_or_acquire``...), tested with
-kombu 5.7 (the range the package pins; tests/test_workers_package.py proves the
+kombu 5.7 (the range the package pins; tests/workers/test_workers_package.py proves the
 reliable pop is the one running and that kombu still has each method overridden).
 It needs one queue and no ``global_keyprefix``: a worker configured otherwise
 refuses to start rather than fall back to stock ``BRPOP``.

@@ -202,7 +202,7 @@ class Verdict:
             lines.append("worker logs: " + ", ".join(f"{n} {p}" for n, p in h.logs.items()))
         lines.append(
             f"replay this schedule: DISPATCHER_FAULT_SEED={h.seed} "
-            ".venv/bin/python -m pytest -n 0 -s tests/test_fault_schedule.py"
+            ".venv/bin/python -m pytest -n 0 -s tests/e2e/test_fault_schedule.py"
         )
         return "\n".join(lines)
 

@@ -74,17 +74,18 @@ class ThreadConnections:
             in (redis.Connection, redis.SSLConnection, redis.UnixDomainSocketConnection)
         )
 
-    def _connection(self) -> Any:
+    def connection(self) -> Any:
+        """The calling thread's connection, made on its first use (and again in a forked
+        child, which never touches its parent's socket)."""
         local = self._local
         connection = getattr(local, "connection", None)
         if connection is None or local.pid != os.getpid():
-            # A forked child never touches its parent's socket.
             connection = local.connection = self._class(**self._kwargs)
             local.pid = os.getpid()
         return connection
 
     def _twice(self, exchange: Callable[[Any, Any], Any], payload: Any) -> Any:
-        connection = self._connection()
+        connection = self.connection()
         try:
             return exchange(connection, payload)
         except redis.ConnectionError:

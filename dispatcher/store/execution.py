@@ -166,6 +166,11 @@ class Execution:
             other._direct = ThreadConnections(self._client)
         return other
 
+    @property
+    def connections(self) -> ThreadConnections | None:
+        """The per-thread connections of a :meth:`direct` copy (None: through the pool)."""
+        return self._direct
+
     def call(self, command: str, *args: Any, client: Any = None) -> Any:
         """Run one command (``client``: a pipeline to queue it on instead)."""
         direct = self._direct

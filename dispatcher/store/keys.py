@@ -7,7 +7,7 @@ server: keys under the key prefix ``P`` (``DISPATCHER_KEY_PREFIX``, default
 
 The Lua scripts that change these keys build the same names from ``P`` and ``Q``
 and list the keys they touch at their top, in the same notation (``P:job:{id}``);
-``tests/test_keys.py`` checks every such list against this class, and every name a
+``tests/store/test_keys.py`` checks every such list against this class, and every name a
 script builds against its list. Which script changes what:
 
 * ``execution.lua``: the job's life: ``P:job``, ``P:exec``, ``P:idem``, ``P:dl``,

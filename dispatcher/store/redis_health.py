@@ -45,6 +45,7 @@ __all__ = [
     "policy_warnings",
     "redis_availability",
     "require_noeviction",
+    "reset_redis_availability",
 ]
 
 _log = logs.get_logger("dispatcher.redis")
@@ -200,9 +201,17 @@ def redis_availability() -> RedisAvailability:
     return _availability
 
 
-def _after_fork() -> None:
+def reset_redis_availability(tracker: RedisAvailability | None = None) -> RedisAvailability:
+    """Start this process's tracker afresh, outside any episode (``tracker``: this one
+    instead of a default one), and return it: a forked child does, and so does each test
+    (one test's fault must not end, with a ``redis.available`` line, in the next's logs)."""
     global _availability
-    _availability = RedisAvailability()
+    _availability = RedisAvailability() if tracker is None else tracker
+    return _availability
+
+
+def _after_fork() -> None:
+    reset_redis_availability()
 
 
 os.register_at_fork(after_in_child=_after_fork)

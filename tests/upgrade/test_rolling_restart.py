@@ -37,7 +37,9 @@ from dispatcher.config.settings import Settings
 from dispatcher.devtools.localfleet import WorkerProcess
 from dispatcher.simulator import Simulator, SimulatorState
 from dispatcher.store.layout import LAYOUT_VERSION
-from tests.conftest import FAST, queue_length, wait_for
+from tests.support.queues import queue_length
+from tests.support.settings import FAST
+from tests.support.waiting import wait_for
 from tests.upgrade.release import Release, ReleaseUnavailable, ReleaseWorker, install_release
 
 pytestmark = pytest.mark.slow

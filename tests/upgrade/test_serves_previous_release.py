@@ -39,14 +39,17 @@ from dispatcher import enqueue_lead
 from dispatcher.config.settings import Settings
 from dispatcher.devtools.localfleet import WorkerProcess
 from dispatcher.devtools.redis_server import free_port
+from dispatcher.intake.console.sessions import SessionStore
 from dispatcher.ops.erasure import forget_phone
 from dispatcher.simulator import Simulator, SimulatorState
 from dispatcher.simulator.state import CampaignConfig
-from dispatcher.store.backend import get_backend
+from dispatcher.store.backend import Backend, get_backend
 from dispatcher.store.layout import LAYOUT_VERSION
 from dispatcher.store.letter_index import index_complete
-from tests.conftest import ROOT, make_settings, queue_length, wait_for
-from tests.test_cli import LETTER_KEYS, check, cli_env, run_cli
+from tests.support.cli import LETTER_KEYS, check, cli_env, run_cli
+from tests.support.queues import queue_length
+from tests.support.settings import ROOT, make_settings
+from tests.support.waiting import wait_for
 from tests.upgrade.fixture import load_fixture, read_fixture, seed_simulator
 
 pytestmark = pytest.mark.slow
@@ -270,8 +273,6 @@ def test_the_previous_release_s_console_session_lives_out_its_idle_timeout(
     """Sessions are kept as the previous release wrote them: one still inside its
     30-minute idle timeout is used as it is; one past it is gone (its key expired),
     and the cookie simply asks for a login again."""
-    from dispatcher.intake.console.sessions import SessionStore
-    from dispatcher.store.backend import Backend
 
     fixture = read_fixture(FIXTURE)
     client = redis.Redis.from_url(redis_url)

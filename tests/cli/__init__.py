@@ -1,0 +1,1 @@
+"""dispatcher/cli: the installed ``dispatcher`` command run as a subprocess."""

@@ -1,0 +1,1 @@
+"""dispatcher/config: settings, logs and redaction (the redactor over every path)."""

@@ -1,0 +1,1 @@
+"""Whole pipelines across layers with real ``celery worker`` processes, Redis and the simulator."""

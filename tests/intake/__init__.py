@@ -1,0 +1,1 @@
+"""dispatcher/intake: the HTTP intake and its metrics (the console: intake/console/)."""

@@ -1,0 +1,1 @@
+"""dispatcher/model: the lead rules (both APIs), list options, jobs (pure, no server)."""

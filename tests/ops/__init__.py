@@ -1,0 +1,1 @@
+"""dispatcher/ops: producing jobs (API, CLI, intake), erasure, retention."""

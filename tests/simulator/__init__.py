@@ -1,0 +1,1 @@
+"""dispatcher/simulator: the VICIdial simulator, byte for byte against the facts."""

@@ -1,0 +1,1 @@
+"""dispatcher/store: Redis keys, the Lua scripts' commands, the layout, Redis at its limits."""

@@ -1,0 +1,1 @@
+"""dispatcher/vicidial: reconciliation's reading of the Non-Agent API and its decision."""

@@ -1,0 +1,1 @@
+"""workers/: the runner, the lead engine, the clients, the consumer's transport, notifications."""
