@@ -69,6 +69,7 @@ from dispatcher.store.redis_health import redis_availability, require_noeviction
 from workers import tasks
 from workers.acks import ReliableQoS
 from workers.engine import LeadEngine, current_engine, set_engine
+from workers.notifier import Notifier
 from workers.runner import get_runner
 from workers.scheduler import RetryScheduler
 
@@ -270,8 +271,6 @@ class NotifierStep(bootsteps.StartStopStep):
         self.notifier: Any = None
 
     def start(self, worker: Any) -> None:
-        from workers.notifier import Notifier
-
         self.notifier = Notifier(get_settings(), name=str(worker.hostname)).start()
 
     def stop(self, worker: Any) -> None:

@@ -19,6 +19,7 @@ from dispatcher.model.errors import ConfigError
 from dispatcher.ops.retention import expire_dead_letters
 from dispatcher.store.backend import get_backend
 from dispatcher.store.deadletter import DeadLetterStore
+from dispatcher.store.phone_index import index_key, phone_key
 from tests.support.settings import make_settings
 from tests.support.waiting import wait_for
 
@@ -72,8 +73,11 @@ def test_older_letters_go_in_bounded_batches_with_their_index(redis_url: str) ->
     assert removed == 1101
     assert len(store) == 1 and store.get("b" * 32) is not None
     assert not backend.redis.hexists(f"{settings.key_prefix}:dlq:phone_keys", job_id)
-    (index,) = backend.redis.scan_iter(f"{settings.key_prefix}:phone:*")
+    index = backend.keys.phone(phone_key(index_key(backend), "7275550002"))
     assert backend.redis.ttl(index) > 0  # back to its job state's lifetime
+    # The expired letters' index lives on only as long as their jobs' states.
+    expired = backend.keys.phone(phone_key(index_key(backend), "7275550003"))
+    assert backend.redis.ttl(expired) > 0
 
 
 @pytest.mark.slow
