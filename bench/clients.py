@@ -12,9 +12,9 @@ Against the simulator answering every call after 100 ms in a process of its own
   24 (commit :data:`BEFORE_COMMIT`: the engine's own RESP2 protocol and HTTP/1.1
   client; its plain command ran prefork), from a ``git archive`` of that commit in
   the scratch directory, with this checkout's venv;
-* ``library HTTP``: this checkout's worker with the engine's HTTP client replaced
-  by the httpcore version (bench/variants/httpcore_client.py): what keeping the
-  hand-written HTTP client is measured against;
+* ``own HTTP``: this checkout's worker with the engine's HTTP client (httpcore)
+  replaced by the hand-written HTTP/1.1 client it had until 2026-12-07
+  (bench/variants/own_http_client.py): what the library client costs;
 * ``careful``: bench/careful_app.py (one ``httpx.Client`` per process) with the
   README's pool and concurrency.
 
@@ -61,7 +61,7 @@ HOST_CONCURRENCY = 100
 #: The release before issue 24 (the engine's own Redis and HTTP clients).
 BEFORE_COMMIT = "1c0038d"
 CAREFUL_DB = 2
-VARIANT = ROOT / "bench" / "variants" / "httpcore_client.py"
+VARIANT = ROOT / "bench" / "variants" / "own_http_client.py"
 
 
 @dataclass
@@ -108,8 +108,8 @@ def before_tree(dest: Path, commit: str = BEFORE_COMMIT) -> Path | None:
     return dest
 
 
-def library_http_tree(dest: Path) -> Path:
-    """This checkout with the engine's HTTP client on httpcore (bench/variants)."""
+def own_http_tree(dest: Path) -> Path:
+    """This checkout with the engine's hand-written HTTP client (bench/variants)."""
     ignore = shutil.ignore_patterns("__pycache__")
     for package in ("dispatcher", "workers"):
         shutil.copytree(ROOT / package, dest / package, ignore=ignore)
@@ -181,7 +181,7 @@ def run(env: Env, *, quick: bool) -> Section:
         sim.set_latency(LATENCY_MS)
         scratch = env.workdir / "trees"
         before = before_tree(scratch / "before")
-        library = library_http_tree(scratch / "library-http")
+        own = own_http_tree(scratch / "own-http")
 
         def current(label: str, tag: str, pool: str | None, conc: int | None) -> System:
             settings = env.settings(tag, vicidial_url=sim.url)
@@ -235,7 +235,7 @@ def run(env: Env, *, quick: bool) -> Section:
             systems.append(tree("before plain", "cl-before-plain", before, None, None))
         else:
             notes.append(f"git archive of {BEFORE_COMMIT} failed: no 'before' rows")
-        systems.append(tree("library HTTP", "cl-libhttp", library, "threads", CONCURRENCY))
+        systems.append(tree("own HTTP", "cl-ownhttp", own, "threads", CONCURRENCY))
         env.client(CAREFUL_DB).flushdb()
         careful = env.app_worker(
             "bench.careful_app",
@@ -260,9 +260,7 @@ def run(env: Env, *, quick: bool) -> Section:
             systems.append(current(f"README {host}", "cl-readme-host", "threads", host))
             if before is not None:
                 systems.append(tree(f"before {host}", "cl-before-host", before, "threads", host))
-            systems.append(
-                tree(f"library HTTP {host}", "cl-libhttp-host", library, "threads", host)
-            )
+            systems.append(tree(f"own HTTP {host}", "cl-ownhttp-host", own, "threads", host))
 
         env.start_all([s.worker for s in systems if s.worker is not None], timeout=120)
         raw = RawClient(sim.url, CONCURRENCY)
@@ -352,8 +350,9 @@ def _section(
         f"stored: {duplicates}"
     )
     section.notes.append(
-        f"before = commit {BEFORE_COMMIT} (own RESP2 and HTTP/1.1 clients); library HTTP = "
-        "this worker with bench/variants/httpcore_client.py as its HTTP client"
+        f"before = commit {BEFORE_COMMIT} (own RESP2 and HTTP/1.1 clients); own HTTP = "
+        "this worker with bench/variants/own_http_client.py (the hand-written HTTP/1.1 "
+        "client it had until 2026-12-07) as its HTTP client"
     )
     data: dict[str, Any] = {
         "latency_ms": LATENCY_MS,

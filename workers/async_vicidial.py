@@ -1,42 +1,42 @@
 """external_add_lead over asyncio: the call of :mod:`workers.engine`, many in flight on one thread.
 
-The same call as :class:`workers.vicidial.VicidialClient` (same form, same
-headers, same answer parser, same cap, same overall deadline, same error for
-each way a call can fail, texts included), spoken as HTTP/1.1 straight over
-asyncio streams: a worker waiting on 64 calls then holds 64 sockets in one
-event loop instead of 64 threads taking turns at the GIL.
+The same call as :class:`workers.vicidial.VicidialClient` (same request, headers,
+answer parser, cap, overall deadline, and the same error for each way a call can
+fail, texts included), on httpcore's asyncio connections (anyio), the library
+httpx is built on: a worker waiting on 64 calls holds 64 sockets in one event
+loop instead of 64 threads taking turns at the GIL. HTTP/1.1, TLS (httpx's
+default SSL context: certificates verified), chunked and read-until-close bodies,
+interim answers and ``Connection: close`` are httpcore's.
 
-Why not httpx's ``AsyncClient`` or httpcore's asyncio connections (what issue 24
-asked for, and measured): at 100 calls in flight, the load of a 2-core host,
-the engine with httpcore as its HTTP client (bench/variants/httpcore_client.py:
-the same request, parser, cap, deadline and errors; httpcore's
-``AsyncConnectionPool`` replaced by a list, as the pool walks every connection
-on each request, encode/httpcore#1035) spent 0.80 ms of worker CPU per lead
-against 0.41 here, and added 559 leads/s against 725 in the same run (626
-against 766 in another): 30 % (22 %) short of the 800 leads/s a host must
-reach, where a hand-written piece may stay past 15 % (``python -m bench --only
-clients``, docs/BENCHMARKS.md). With 64 in flight it reached 0.84 of a raw
-client's rate, this client 0.92-0.97 (the goal: 0.9). The hot path is one POST of
-a handful of form fields to one server, answered by one or two lines; h11's
-state machine, httpcore's locks and traces and anyio's cancel scopes cost about
-as much again as everything else the worker does for a lead.
+What is added around it, and why:
 
-What this client keeps of the library's behaviour, each tested against both
-clients over real sockets (tests/workers/test_vicidial_client.py, with the fault
-proxy's dropped and half-open connections): an overall deadline per call
-(``DISPATCHER_HTTP_TIMEOUT_S``; a dripping answer is cut there), a connect
-timeout, a kept-alive connection reused only while fresh and not closed by the
-server, a new connection after any failure, the 64 KiB cap, TLS with httpx's
-default SSL context (certificates verified), and httpcore's exception names in
-every error text, split the same way: nothing sent is a NetworkError (retried),
-sent and unanswered is an AmbiguousFailure. The reading side takes what Apache
-and PHP send: ``Content-Length``, chunked, or read-until-close bodies, interim
-``1xx`` answers, ``Connection: close``, and any charset.
+* **An overall deadline per call** (``DISPATCHER_HTTP_TIMEOUT_S``): httpcore's
+  timeouts are per socket operation, so a dripping answer could last for ever. A
+  network backend wraps httpcore's anyio one and bounds every connect, read and
+  write by what is left of the call's deadline (the asyncio twin of
+  :mod:`workers.http_deadline`); a dripping answer is cut there. Whether a byte of
+  the request left decides the error: nothing sent is a NetworkError (retried),
+  sent and unanswered an AmbiguousFailure.
+* **The claim fence and the log line in the same step as the write**: right before
+  a request's bytes leave, the call's fence is checked (ClaimLapsed, nothing sent,
+  when the claim could lapse before the call ends: issue 23's item 2), and the
+  held log lines are written, so a call absent from the logs was never made.
+* **Kept-alive connections in a list**, not httpcore's ``AsyncConnectionPool``,
+  which walks every connection (and every idle one once per connection) on each
+  request and release: with 64 connections in flight it spent 12 ms of CPU a
+  request (encode/httpcore#1035). An idle connection is reused only while
+  httpcore says it is available and not expired (:data:`KEEPALIVE_S`, below
+  Apache's default ``KeepAliveTimeout`` of 5 s).
+* **The 64 KiB answer cap**: the body is read up to it; a larger answer's
+  connection is dropped.
 
-Keep-alive: an idle connection is reused for at most :data:`KEEPALIVE_S`
-(below Apache's default ``KeepAliveTimeout`` of 5 s) and only if the server
-has not closed it meanwhile (asyncio has already seen its EOF): reusing a
-connection the server is closing would turn a clean call into an ambiguous one.
+Measured against the hand-written HTTP/1.1 client this module replaced (``python
+-m bench --only clients``, 2026-12-07, three runs): at 64 calls in flight 0.95-0.98
+of a raw client's rate (the goal: 0.9); at 100 in flight, the load of a 2-core
+host, 772-834 leads/s against 891-910 (the goal: 800), at about 1.5x the worker
+CPU per lead. Behaviour is tested over real sockets with the fault proxy
+(tests/workers/test_vicidial_client.py: dropped and half-open connections, the
+cap, the deadline, a connection the server closed).
 """
 
 from __future__ import annotations
@@ -44,88 +44,190 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import functools
-import select
+import contextvars
 import ssl
 import time
-from collections.abc import Callable
+import typing
+from collections.abc import Callable, Iterable, Iterator
 
+import httpcore
 import httpx
 
+from dispatcher.config import logs
 from dispatcher.config.settings import Settings
 from dispatcher.model.dialers import Dialer
-from dispatcher.model.errors import AmbiguousFailure, ClaimLapsed, ConfigError, NetworkError
+from dispatcher.model.errors import AmbiguousFailure, ConfigError, NetworkError
 from dispatcher.model.lead import Lead
 from dispatcher.store.execution import Fence
 from workers.vicidial import (
+    HTTPCORE_ERRORS,
     MAX_ANSWER_BYTES,
-    USER_AGENT,
     AddLeadResult,
     add_lead_form,
+    call_failed,
+    call_timeouts,
     decode_answer,
     host_header,
     parse_add_lead,
+    post_request,
 )
 
-__all__ = ["KEEPALIVE_S", "AsyncVicidialClient", "Gate"]
+__all__ = ["KEEPALIVE_S", "AsyncVicidialClient"]
 
-#: Takes the function that sends a request and runs it when the caller allows
-#: (workers.engine: once the turn's log lines are written).
-Gate = Callable[[Callable[[], None]], None]
-
-#: Longest an idle connection is kept for reuse (Apache closes at 5 s by default).
 KEEPALIVE_S = 4.0
-#: A connection idle for less than this is trusted to the loop's own reading (one
-#: system call less per call); longer, its socket is asked whether it closed.
-_TRUST_LOOP_S = 1.0
-#: The status line and headers of an answer may not be longer than this.
-_MAX_HEAD = 64 * 1024
+_BACKSTOP_S = 1.0
 
 
-class _ProtocolError(Exception):
-    """The answer is not HTTP/1.x as we read it (httpcore's RemoteProtocolError)."""
+class CallState:
+    """One call's deadline (``time.monotonic()``), its claim's fence (if any), and
+    whether any byte of it was sent."""
+
+    __slots__ = ("end", "fence", "sent")
+
+    def __init__(self, end: float, fence: Fence | None = None) -> None:
+        self.end = end
+        self.fence = fence
+        self.sent = False
 
 
-class _Connection:
-    __slots__ = ("idle_since", "reader", "writer")
+_call: contextvars.ContextVar[CallState | None] = contextvars.ContextVar(
+    "vicidial_http_call", default=None
+)
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader = reader
-        self.writer = writer
-        self.idle_since = 0.0
 
-    def usable(self, now: float) -> bool:
-        if now - self.idle_since >= KEEPALIVE_S or self.writer.is_closing():
-            return False
-        if self.reader.at_eof() or bool(getattr(self.reader, "_buffer", None)):
-            return False  # closed, or bytes nobody asked for: the server is not in step
-        if now - self.idle_since < _TRUST_LOOP_S:
-            # The running loop reads every connection: a hang-up that came before
-            # this turn shows as EOF above. (A keep-alive close comes after seconds.)
-            return True
-        # Idle a while: the server's keep-alive close may be on its way; ask the
-        # socket itself (as httpcore does): an idle connection has nothing to read.
-        sock = self.writer.get_extra_info("socket")
-        if sock is None:
-            return False
-        try:
-            readable, _, _ = select.select([sock], [], [], 0)
-        except (OSError, ValueError):
-            return False
-        return not readable
+@contextlib.contextmanager
+def deadline(seconds: float, *, fence: Fence | None = None) -> Iterator[CallState]:
+    """Every socket operation of this asyncio task ends within ``seconds`` from now;
+    ``fence`` is checked right before the request's bytes leave."""
+    state = CallState(time.monotonic() + seconds, fence)
+    token = _call.set(state)
+    try:
+        yield state
+    finally:
+        _call.reset(token)
 
-    def close(self) -> None:
-        with contextlib.suppress(Exception):
-            self.writer.close()
+
+def _before_write() -> None:
+    """The request's bytes leave now: the claim's fence may still refuse them
+    (ClaimLapsed: nothing was sent); else the call counts as sent."""
+    state = _call.get()
+    if state is not None:
+        if state.fence is not None:
+            state.fence.check()
+        state.sent = True
+
+
+def _bounded(timeout: float | None, error: type[Exception]) -> float | None:
+    state = _call.get()
+    if state is None:
+        return timeout
+    left = state.end - time.monotonic()
+    if left <= 0:
+        raise error("the call's overall deadline passed")
+    return left if timeout is None else min(timeout, left)
+
+
+class _AsyncStream(httpcore.AsyncNetworkStream):
+    """A connection whose operations obey the deadline, with its writes coalesced;
+    ``before_send`` runs right before a request's bytes leave."""
+
+    def __init__(
+        self, inner: httpcore.AsyncNetworkStream, before_send: Callable[[], None] | None
+    ) -> None:
+        self._inner = inner
+        self._before_send = before_send
+        self._pending: list[bytes] = []
+        self._write_timeout: float | None = None
+
+    async def _flush(self) -> None:
+        if self._pending:
+            data = b"".join(self._pending)
+            self._pending.clear()
+            timeout = _bounded(self._write_timeout, httpcore.WriteTimeout)
+            _before_write()
+            if self._before_send is not None:
+                self._before_send()
+            await self._inner.write(data, timeout)
+
+    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        await self._flush()
+        return await self._inner.read(max_bytes, _bounded(timeout, httpcore.ReadTimeout))
+
+    async def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        if buffer:
+            self._pending.append(buffer)
+            self._write_timeout = timeout
+
+    async def aclose(self) -> None:
+        self._pending.clear()
+        await self._inner.aclose()
+
+    async def start_tls(
+        self,
+        ssl_context: ssl.SSLContext,
+        server_hostname: str | None = None,
+        timeout: float | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        bounded = _bounded(timeout, httpcore.ConnectTimeout)
+        inner = await self._inner.start_tls(ssl_context, server_hostname, bounded)
+        return _AsyncStream(inner, self._before_send)
+
+    def get_extra_info(self, info: str) -> typing.Any:
+        return self._inner.get_extra_info(info)
+
+
+class AsyncDeadlineBackend(httpcore.AsyncNetworkBackend):
+    """httpcore's asyncio (anyio) backend whose connections obey :func:`deadline`.
+
+    ``before_send``: called right before each request is written (on the loop).
+    """
+
+    def __init__(self, *, before_send: Callable[[], None] | None = None) -> None:
+        self._inner = httpcore.AnyIOBackend()
+        self._before_send = before_send
+
+    async def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        bounded = _bounded(timeout, httpcore.ConnectTimeout)
+        inner = await self._inner.connect_tcp(host, port, bounded, local_address, socket_options)
+        return _AsyncStream(inner, self._before_send)
+
+    async def connect_unix_socket(
+        self,
+        path: str,
+        timeout: float | None = None,
+        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
+    ) -> httpcore.AsyncNetworkStream:  # pragma: no cover - VICIdial is reached over TCP
+        bounded = _bounded(timeout, httpcore.ConnectTimeout)
+        inner = await self._inner.connect_unix_socket(path, bounded, socket_options)
+        return _AsyncStream(inner, self._before_send)
+
+    async def sleep(self, seconds: float) -> None:
+        await self._inner.sleep(seconds)
 
 
 class AsyncVicidialClient:
     """Calls external_add_lead on one dialer from one event loop, over kept-alive connections.
 
     Made and used on the loop's thread only (not thread-safe, like the loop).
+    ``max_connections``: the most idle connections kept (the worker's calls in
+    flight). ``before_send``: run right before each request's bytes are written.
     """
 
-    def __init__(self, settings: Settings, *, dialer: Dialer) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        dialer: Dialer,
+        max_connections: int = 100,
+        before_send: Callable[[], None] | None = logs.flush_lines,
+    ) -> None:
         if dialer.missing():
             raise ConfigError(f"dialer {dialer.name}: needs {dialer.missing()}")
         self.settings = settings
@@ -133,26 +235,21 @@ class AsyncVicidialClient:
         self.server = dialer.name
         self._secrets = settings.secrets
         self.deadline_s = settings.http_timeout_s
-        self._connect_s = min(settings.http_timeout_s, 5.0)
-        url = httpx.URL(str(dialer.url))
-        self._host = url.host
-        self._tls = url.scheme == "https"
-        self._port = url.port or (443 if self._tls else 80)
-        self._ssl: ssl.SSLContext | None = httpx.create_ssl_context() if self._tls else None
-        target = url.raw_path or b"/"
-        self._head = (
-            b"POST " + target + b" HTTP/1.1\r\n"
-            b"Host: " + host_header(url) + b"\r\n"
-            b"User-Agent: " + USER_AGENT + b"\r\n"
-            b"Accept: */*\r\n"
-            b"Content-Type: application/x-www-form-urlencoded\r\n"
-            b"Content-Length: "
-        )
-        self._idle: collections.deque[_Connection] = collections.deque()
+        self._timeouts = call_timeouts(settings.http_timeout_s)
+        self._target = httpcore.URL(str(dialer.url))
+        self._origin = self._target.origin
+        self._host = host_header(self._target)
+        self._ssl = httpx.create_ssl_context() if self._origin.scheme == b"https" else None
+        self._backend = AsyncDeadlineBackend(before_send=before_send)
+        self._max_idle = max(1, max_connections)
+        self._idle: collections.deque[httpcore.AsyncHTTPConnection] = collections.deque()
 
-    def close(self) -> None:
+    async def aclose(self) -> None:
+        """Close the kept-alive connections (on the loop, before it stops)."""
         while self._idle:
-            self._idle.pop().close()
+            conn = self._idle.pop()
+            with contextlib.suppress(Exception):
+                await conn.aclose()
 
     async def add_lead(
         self,
@@ -160,225 +257,87 @@ class AsyncVicidialClient:
         *,
         dnc_check: bool,
         campaign_dnc_check: bool,
-        gate: Gate | None = None,
         fence: Fence | None = None,
     ) -> tuple[AddLeadResult, float]:
         """Add one lead; return the result and the call's latency in ms, or raise CallFailed.
 
-        ``gate``: the request is sent when the gate runs it (else at once). ``fence``:
-        the claim's fence, checked right before the request is written (ClaimLapsed,
-        nothing sent, when the claim could lapse before the call ends).
+        ``fence``: the claim's fence, checked right before the request's bytes leave
+        (ClaimLapsed, nothing sent, when the claim could lapse before the call ends).
         """
         body = add_lead_form(
             self.dialer, lead, dnc_check=dnc_check, campaign_dnc_check=campaign_dnc_check
         )
         started = time.perf_counter()
-        status, text, truncated = await self.post(body, gate=gate, fence=fence)
+        status, text, truncated = await self.post(body, fence=fence)
         latency_ms = (time.perf_counter() - started) * 1000
         result = parse_add_lead(
             text, http_status=status, secrets=self._secrets, truncated=truncated
         )
         return result, latency_ms
 
-    def _take_idle(self) -> _Connection | None:
-        now = time.monotonic()
+    def _connection(self) -> httpcore.AsyncHTTPConnection:
         while self._idle:
             conn = self._idle.pop()  # the most recently used: the least likely to be closing
-            if conn.usable(now):
+            if conn.is_available() and not conn.has_expired():
                 return conn
-            conn.close()
-        return None
-
-    async def post(
-        self, body: bytes, *, gate: Gate | None = None, fence: Fence | None = None
-    ) -> tuple[int, str, bool]:
-        """POST the form; (status, text, truncated), within the call's deadline.
-
-        ``gate``: runs the send when the caller allows (a request of a few hundred
-        bytes: the socket takes it whole, there is nothing to drain). ``fence``:
-        checked in the same step as the write; a refused request is not written, its
-        connection is dropped and ClaimLapsed raised.
-
-        Raises NetworkError when nothing was sent (no connection), AmbiguousFailure
-        once the request may have reached VICIdial; the names in the texts are
-        httpcore's, as the threaded client's are.
-        """
-        loop = asyncio.get_running_loop()
-        end = loop.time() + self.deadline_s
-        conn = self._take_idle()
-        phase = "connect"
-        try:
-            async with asyncio.timeout_at(end):
-                if conn is None:
-                    conn = await self._connect(loop.time() + self._connect_s)
-                phase = "write"
-                request = self._head + b"%d\r\n\r\n" % len(body) + body
-                if gate is None:
-                    if fence is not None:
-                        fence.check()
-                    conn.writer.write(request)
-                    await conn.writer.drain()
-                else:
-                    gate(functools.partial(_send, conn.writer, request, fence))
-                phase = "read"
-                status, head, content, truncated, reusable = await _read_answer(conn.reader)
-        except ClaimLapsed:
-            self._drop(conn)
-            raise
-        except TimeoutError:
-            self._drop(conn)
-            _refused(fence)
-            if phase == "connect":
-                raise NetworkError("ConnectTimeout: could not connect") from None
-            name = "WriteTimeout" if phase == "write" else "ReadTimeout"
-            raise AmbiguousFailure(f"{name}: no answer in time") from None
-        except _ProtocolError:
-            self._drop(conn)
-            _refused(fence)
-            raise AmbiguousFailure(
-                "RemoteProtocolError: connection dropped after the request was sent"
-            ) from None
-        except (OSError, EOFError, ssl.SSLError) as exc:
-            self._drop(conn)
-            _refused(fence)
-            if phase == "connect":
-                raise NetworkError("ConnectError: could not connect") from None
-            if isinstance(exc, asyncio.IncompleteReadError | EOFError):
-                name = "RemoteProtocolError"
-            else:
-                name = "WriteError" if phase == "write" else "ReadError"
-            raise AmbiguousFailure(
-                f"{name}: connection dropped after the request was sent"
-            ) from None
-        if reusable:
-            conn.idle_since = time.monotonic()
-            self._idle.append(conn)
-        else:
-            conn.close()
-        return status, decode_answer(content, head), truncated
-
-    async def _connect(self, connect_end: float) -> _Connection:
-        try:
-            async with asyncio.timeout_at(connect_end):
-                reader, writer = await asyncio.open_connection(
-                    self._host,
-                    self._port,
-                    ssl=self._ssl,
-                    server_hostname=self._host if self._ssl else None,
-                    limit=_MAX_HEAD,
-                )
-        except TimeoutError:
-            raise NetworkError("ConnectTimeout: could not connect") from None
-        return _Connection(reader, writer)
+            # Closed by the server, or idle too long: its socket is simply dropped.
+            self._discard(conn)
+        return httpcore.AsyncHTTPConnection(
+            self._origin,
+            ssl_context=self._ssl,
+            keepalive_expiry=KEEPALIVE_S,
+            network_backend=self._backend,
+        )
 
     @staticmethod
-    def _drop(conn: _Connection | None) -> None:
-        if conn is not None:
-            conn.close()
+    def _discard(conn: httpcore.AsyncHTTPConnection) -> None:
+        """Close a connection that is not kept (httpcore has closed a failed one already)."""
+        if not conn.is_closed():
+            task = asyncio.get_running_loop().create_task(conn.aclose())
+            task.add_done_callback(_ignore_result)
+
+    async def post(self, body: bytes, *, fence: Fence | None = None) -> tuple[int, str, bool]:
+        """POST the form; (status, text, truncated), within the call's deadline.
+
+        Raises NetworkError when nothing was sent (no connection), AmbiguousFailure
+        once the request may have reached VICIdial (workers.vicidial.call_failed),
+        ClaimLapsed (nothing sent) when the fence refuses the request's bytes.
+        """
+        request = post_request(self._target, self._host, body, self._timeouts)
+        conn = self._connection()
+        with deadline(self.deadline_s, fence=fence) as call:
+            try:
+                async with asyncio.timeout_at(call.end + _BACKSTOP_S):
+                    reply = await conn.handle_async_request(request)
+                    try:
+                        chunks: list[bytes] = []
+                        size = 0
+                        async for chunk in reply.stream:  # type: ignore[union-attr]
+                            chunks.append(chunk)
+                            size += len(chunk)
+                            if size > MAX_ANSWER_BYTES:
+                                break  # closing the reply unread drops the connection
+                    finally:
+                        await reply.aclose()
+            except HTTPCORE_ERRORS as exc:
+                self._discard(conn)
+                raise call_failed(exc) from None
+            except TimeoutError:
+                self._discard(conn)
+                if call.sent:
+                    raise AmbiguousFailure("ReadTimeout: no answer in time") from None
+                raise NetworkError("ConnectTimeout: could not connect") from None
+            except BaseException:
+                self._discard(conn)
+                raise
+        if conn.is_idle() and len(self._idle) < self._max_idle:
+            self._idle.append(conn)
+        else:
+            self._discard(conn)
+        text = decode_answer(b"".join(chunks)[:MAX_ANSWER_BYTES], reply.headers)
+        return reply.status, text, size > MAX_ANSWER_BYTES
 
 
-def _send(writer: asyncio.StreamWriter, request: bytes, fence: Fence | None = None) -> None:
-    """Write a gated request. One that cannot be written ends its connection: the
-    read waiting on it fails at once, ambiguous as a failed write is (a transport
-    that lost its connection drops the bytes; the read then fails as well). The
-    claim fence is checked in the same step, right before the write: a refused
-    request ends its connection unwritten (the read then raises ClaimLapsed)."""
-    try:
-        if fence is not None:
-            fence.check()
-        writer.write(request)
-    except Exception:
-        writer.transport.abort()
-
-
-def _refused(fence: Fence | None) -> None:
-    """Raise ClaimLapsed if the fence refused this call's request (never written)."""
-    if fence is not None and fence.lapsed:
-        raise ClaimLapsed(age_s=fence.age(), lease_s=fence.lease_s, call_s=fence.call_s) from None
-
-
-async def _read_answer(
-    reader: asyncio.StreamReader,
-) -> tuple[int, list[tuple[bytes, bytes]], bytes, bool, bool]:
-    """(status, headers, body of at most MAX_ANSWER_BYTES, truncated, reusable)."""
-    while True:
-        try:
-            head = await reader.readuntil(b"\r\n\r\n")
-        except asyncio.LimitOverrunError:
-            raise _ProtocolError("answer head too long") from None
-        except asyncio.IncompleteReadError as exc:
-            if not exc.partial:
-                raise  # closed before answering: httpcore's "Server disconnected"
-            raise _ProtocolError("answer cut inside its head") from None
-        status, version, headers = _parse_head(head)
-        if 100 <= status < 200 and status != 101:
-            continue  # an interim answer (100 Continue): the real one follows
-        break
-    fields = {name.lower(): value for name, value in headers}
-    keep = version == b"HTTP/1.1" and b"close" not in fields.get(b"connection", b"").lower()
-    if status in (204, 304):
-        return status, headers, b"", False, keep
-    if b"chunked" in fields.get(b"transfer-encoding", b"").lower():
-        body, truncated = await _read_chunked(reader)
-        return status, headers, body, truncated, keep and not truncated
-    length = fields.get(b"content-length")
-    if length is not None:
-        try:
-            size = int(length)
-        except ValueError:
-            raise _ProtocolError("bad Content-Length") from None
-        if size < 0:
-            raise _ProtocolError("bad Content-Length")
-        if size > MAX_ANSWER_BYTES:
-            return status, headers, await reader.readexactly(MAX_ANSWER_BYTES), True, False
-        return status, headers, await reader.readexactly(size), False, keep
-    # No length: the body runs to the end of the connection.
-    body = await reader.read(MAX_ANSWER_BYTES + 1)
-    chunks = [body]
-    size = len(body)
-    while body and size <= MAX_ANSWER_BYTES:
-        body = await reader.read(MAX_ANSWER_BYTES + 1 - size)
-        chunks.append(body)
-        size += len(body)
-    data = b"".join(chunks)
-    return status, headers, data[:MAX_ANSWER_BYTES], size > MAX_ANSWER_BYTES, False
-
-
-def _parse_head(head: bytes) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
-    lines = head[:-4].split(b"\r\n")
-    parts = lines[0].split(b" ", 2)
-    if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or not parts[1].isdigit():
-        raise _ProtocolError("not an HTTP/1.x status line")
-    headers: list[tuple[bytes, bytes]] = []
-    for line in lines[1:]:
-        name, sep, value = line.partition(b":")
-        if not sep or not name or name != name.strip():
-            raise _ProtocolError("malformed header line")
-        headers.append((name, value.strip()))
-    return int(parts[1]), parts[0], headers
-
-
-async def _read_chunked(reader: asyncio.StreamReader) -> tuple[bytes, bool]:
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        try:
-            line = await reader.readuntil(b"\r\n")
-        except asyncio.LimitOverrunError:
-            raise _ProtocolError("chunk size line too long") from None
-        try:
-            length = int(line.split(b";", 1)[0].strip(), 16)
-        except ValueError:
-            raise _ProtocolError("bad chunk size") from None
-        if length == 0:
-            while (await reader.readuntil(b"\r\n")) != b"\r\n":
-                pass  # trailers: nothing we use
-            return b"".join(chunks), False
-        if size + length > MAX_ANSWER_BYTES:
-            chunks.append(await reader.readexactly(MAX_ANSWER_BYTES - size))
-            return b"".join(chunks), True
-        data = await reader.readexactly(length + 2)
-        if data[-2:] != b"\r\n":
-            raise _ProtocolError("chunk not followed by CRLF")
-        chunks.append(data[:-2])
-        size += length
+def _ignore_result(task: asyncio.Task[None]) -> None:
+    if not task.cancelled():
+        task.exception()  # retrieved: a failed close of a dead socket is nothing to report

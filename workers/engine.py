@@ -14,7 +14,7 @@ writes are the runner's (:class:`workers.delivery.Writes`), and every rule past 
 common path is the runner's own method. The request leaves from one place,
 :meth:`LeadEngine._call_vicidial`: external_add_lead for a lead for an agent, add_lead
 (:class:`workers.list_client.AsyncListClient`) for a lead for a list, each client one per
-dialer per process, with the same fence, gate, deadline and answer cap.
+dialer per process, with the same fence, deadline and answer cap.
 
 Only the common path runs on the loop: a claim that goes straight to the call,
 and a success stored in one write. Everything else (a bad message, a paused
@@ -26,7 +26,8 @@ one pipeline per turn of the loop (:mod:`workers.batching`); one that fails is
 not retried on the loop: the job moves to a thread that retries it with the same
 token (which the scripts recognise), so a slow Redis never stalls other calls.
 The log lines of one turn of the loop are written in one call, before that
-turn's Redis writes leave and its requests go out (:meth:`LeadEngine._commit`).
+turn's Redis writes leave (:meth:`LeadEngine._commit`); a request's bytes leave
+only after the held lines are written (the HTTP client writes them first).
 
 Guarantees are the threaded worker's: a message is acknowledged only after its
 outcome is stored, a Redis failure hands it back to the queue, and a warm
@@ -135,7 +136,6 @@ class LeadEngine:
         #: a turn of the loop ends with _commit (log lines written, Redis commands sent)
         self._committing = False
         #: requests to send once this turn's log lines are written
-        self._sends: list[Callable[[], None]] = []
         #: jobs handed to a thread (a failure, a pause, Redis away, ...), for tests
         self.handoffs = 0
         self._held = 0
@@ -231,18 +231,19 @@ class LeadEngine:
     async def _aclose(self) -> None:
         """Close the loop's connections (Redis, VICIdial) on the way out."""
         for client in self._clients.values():
-            client.close()
+            await client.aclose()
         for list_client in self._list_clients.values():
-            list_client.close()
+            await list_client.aclose()
         with contextlib.suppress(Exception):
             await self._redis.aclose()
 
     # -- one turn of the loop -------------------------------------------------------------
     #
     # What the jobs of one turn log is written in one call, and only then do their
-    # Redis commands leave and their requests go out: an outcome is on record
-    # before it is stored (as in the threaded worker), and no request is sent
-    # before its lead.attempt line (a call absent from the logs was never made).
+    # Redis commands leave: an outcome is on record before it is stored (as in the
+    # threaded worker). No request is sent before its lead.attempt line either (a
+    # call absent from the logs was never made): the HTTP client writes the held
+    # lines right before a request's bytes leave (workers/async_vicidial.py).
 
     def _turn_ends(self) -> None:
         if not self._committing:
@@ -253,14 +254,6 @@ class LeadEngine:
         self._committing = False
         logs.flush_lines()
         self._redis.send()
-        sends, self._sends = self._sends, []
-        for send in sends:
-            send()
-
-    def _after_lines(self, send: Callable[[], None]) -> None:
-        """Send a request once this turn's log lines are written (its lead.attempt)."""
-        self._sends.append(send)
-        self._turn_ends()
 
     def _client(self, d: Delivery) -> AsyncVicidialClient:
         """The dialer's client: one per dialer per worker process, made on first use."""
@@ -293,14 +286,12 @@ class LeadEngine:
                 job.list_options,
                 dnc_check=job.dnc_check,
                 campaign_dnc_check=job.campaign_dnc_check,
-                gate=self._after_lines,
                 fence=d.fence,
             )
         return await self._client(d).add_lead(
             lead,
             dnc_check=job.dnc_check,
             campaign_dnc_check=job.campaign_dnc_check,
-            gate=self._after_lines,
             fence=d.fence,  # checked right before the bytes leave (the claim fence)
         )
 

@@ -42,7 +42,7 @@ from dispatcher.model.errors import ConfigError, InvalidPhone
 from dispatcher.model.lead import Lead
 from dispatcher.model.list_options import ListOptions
 from dispatcher.store.execution import Fence
-from workers.async_vicidial import AsyncVicidialClient, Gate
+from workers.async_vicidial import AsyncVicidialClient
 from workers.http_deadline import deadline, deadline_pool
 from workers.list_answer import DuplicateFound, ListLeadAdded, parse_list_answer
 from workers.vicidial import (
@@ -248,8 +248,8 @@ class AsyncListClient:
         self._http = AsyncVicidialClient(settings, dialer=replace(dialer, url=url))
         self.deadline_s = self._http.deadline_s
 
-    def close(self) -> None:
-        self._http.close()
+    async def aclose(self) -> None:
+        await self._http.aclose()
 
     async def add_lead(
         self,
@@ -258,11 +258,10 @@ class AsyncListClient:
         *,
         dnc_check: bool,
         campaign_dnc_check: bool,
-        gate: Gate | None = None,
         fence: Fence | None = None,
     ) -> tuple[ListOutcome, float]:
-        """As :meth:`ListClient.add_lead`; ``gate`` runs the send when the caller allows
-        (the engine, once the turn's log lines are written)."""
+        """As :meth:`ListClient.add_lead` (the held log lines are written, and the fence
+        checked, right before the request's bytes leave)."""
         body = list_form(
             self.dialer,
             lead,
@@ -271,7 +270,7 @@ class AsyncListClient:
             campaign_dnc_check=campaign_dnc_check,
         )
         started = time.perf_counter()
-        status, text, truncated = await self._http.post(body, gate=gate, fence=fence)
+        status, text, truncated = await self._http.post(body, fence=fence)
         latency_ms = (time.perf_counter() - started) * 1000
         outcome = parse_list_answer(
             text, http_status=status, secrets=self._secrets, truncated=truncated

@@ -98,7 +98,12 @@ def test_property_both_targets_are_stored_exactly_through_real_workers(
                 )
             except InvalidLead as exc:
                 seen["refused"] += 1
-                assert {e.field for e in exc.errors} <= set(fields) | {"phone_code"}, exc
+                named = set(fields) | {"phone_code"}
+                if style == 2 and "phone_code" in fields:
+                    # "+1 ..." with another phone_code: the number's own country code
+                    # contradicts it, and the error names the number.
+                    named.add("phone_number")
+                assert {e.field for e in exc.errors} <= named, exc
                 continue
             lead = expected(fields, phone)
             sent.append((job_id, lead, fields))

@@ -459,7 +459,7 @@ def test_the_async_client(sim: Simulator, client: ListClient) -> None:
             )
             results.extend(outcome for outcome, _ in many)
         finally:
-            c.close()
+            await c.aclose()
         return results
 
     results = asyncio.run(run())

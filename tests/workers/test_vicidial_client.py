@@ -159,7 +159,7 @@ class _OnLoop:
     def close(self) -> None:
         if self._loop.is_closed():
             return
-        self._loop.call_soon_threadsafe(self._client.close)
+        asyncio.run_coroutine_threadsafe(self._client.aclose(), self._loop).result(10)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
         self._loop.close()
