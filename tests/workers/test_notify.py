@@ -745,10 +745,14 @@ def test_enqueue_on_the_command_line_checks_notify_url(redis_url: str, tmp_path:
 
 def test_the_sender_yields_cpu_while_the_rest_of_its_process_is_busy() -> None:
     """CpuShare: with the rest of the process burning CPU (a stand-in for the lead
-    engine), the sender may spend at most its share of it; idle, no limit."""
-
-    governor = CpuShare(SendPolicy(cpu_share=0.2, busy_core=0.1, cpu_floor=0.02))
-    time.sleep(0.05)
+    engine), the sender may spend at most its share of it; idle, no limit. The window's
+    clock is the test's (a loaded machine gives the burner little CPU per wall second):
+    the burner runs until it has used some CPU, and the window is 0.1 s long."""
+    now = [1000.0]
+    governor = CpuShare(
+        SendPolicy(cpu_share=0.2, busy_core=0.1, cpu_floor=0.02), clock=lambda: now[0]
+    )
+    now[0] += 0.05
     governor.spent(1.0)  # a sender that used a whole second of CPU
     assert governor.allows()  # nobody else is busy: no limit
     stop = threading.Event()
@@ -758,11 +762,20 @@ def test_the_sender_yields_cpu_while_the_rest_of_its_process_is_busy() -> None:
             sum(range(1000))
 
     burner = threading.Thread(target=burn, daemon=True)
-    time.sleep(CpuShare.WINDOW_S)
+    now[0] += CpuShare.WINDOW_S
     assert governor.allows()  # a new window
     burner.start()
     try:
-        time.sleep(0.1)
+        used = time.process_time()
+        deadline = time.monotonic() + 30
+        # The sender's 0.05 s below counts as its own in the process's CPU: the others
+        # must have used clearly more (here 0.12 - 0.05 s; under 0.25, or a fifth of
+        # it would cover the sender's 0.05).
+        while time.process_time() - used < 0.12 and time.monotonic() < deadline:
+            time.sleep(0.005)
+        stop.set()
+        burner.join()
+        now[0] += 0.1  # the others used about 0.07 s of CPU in 0.1 s: busy (> 0.1 core)
         governor.spent(0.05)  # more than a fifth of what the burner used meanwhile
         assert not governor.allows()
         assert governor.throttled == 1
