@@ -43,16 +43,13 @@ from dispatcher.model.lead import Lead
 from dispatcher.model.list_options import ListOptions
 from dispatcher.store.execution import Fence
 from workers.async_vicidial import AsyncVicidialClient
-from workers.http_deadline import deadline, deadline_pool
+from workers.http_deadline import deadline_pool
 from workers.list_answer import DuplicateFound, ListLeadAdded, parse_list_answer
 from workers.vicidial import (
-    HTTPCORE_ERRORS,
-    MAX_ANSWER_BYTES,
-    call_failed,
     call_timeouts,
-    decode_answer,
     encode_form,
     host_header,
+    post_capped,
     post_request,
 )
 
@@ -174,23 +171,7 @@ class ListClient:
         ``before_send`` runs right before the request's bytes leave (the claim fence);
         what it raises propagates, and nothing was sent."""
         request = post_request(self._target, self._host, body, self._timeouts)
-        try:
-            with deadline(self.deadline_s, before_send=before_send):
-                reply = self._pool.handle_request(request)
-                try:
-                    chunks: list[bytes] = []
-                    size = 0
-                    for chunk in reply.stream:  # type: ignore[union-attr]
-                        chunks.append(chunk)
-                        size += len(chunk)
-                        if size > MAX_ANSWER_BYTES:
-                            break  # closing the reply unread drops the connection
-                finally:
-                    reply.close()
-        except HTTPCORE_ERRORS as exc:
-            raise call_failed(exc) from None
-        text = decode_answer(b"".join(chunks)[:MAX_ANSWER_BYTES], reply.headers)
-        return reply.status, text, size > MAX_ANSWER_BYTES
+        return post_capped(self._pool, request, deadline_s=self.deadline_s, before_send=before_send)
 
     def add_lead(
         self,

@@ -68,6 +68,7 @@ __all__ = [
     "encode_form",
     "host_header",
     "parse_add_lead",
+    "post_capped",
     "post_request",
 ]
 
@@ -269,6 +270,38 @@ def post_request(
     )
 
 
+def post_capped(
+    pool: httpcore.ConnectionPool,
+    request: httpcore.Request,
+    *,
+    deadline_s: float,
+    before_send: Callable[[], None] | None = None,
+) -> tuple[int, str, bool]:
+    """Send ``request`` on ``pool``; (status, text, truncated): at most MAX_ANSWER_BYTES
+    read, everything within ``deadline_s``. Both threaded clients (the agent's and the
+    list's) post through here.
+
+    ``before_send``: run right before the request's bytes leave (the claim fence);
+    what it raises propagates, and nothing was sent."""
+    try:
+        with deadline(deadline_s, before_send=before_send):
+            reply = pool.handle_request(request)
+            try:
+                chunks: list[bytes] = []
+                size = 0
+                for chunk in reply.stream:  # type: ignore[union-attr]
+                    chunks.append(chunk)
+                    size += len(chunk)
+                    if size > MAX_ANSWER_BYTES:
+                        break  # closing the reply unread drops the connection
+            finally:
+                reply.close()
+    except HTTPCORE_ERRORS as exc:
+        raise call_failed(exc) from None
+    text = decode_answer(b"".join(chunks)[:MAX_ANSWER_BYTES], reply.headers)
+    return reply.status, text, size > MAX_ANSWER_BYTES
+
+
 def call_timeouts(timeout: float) -> dict[str, float]:
     """httpcore's per-phase timeouts of a call whose overall deadline is ``timeout``."""
     return {
@@ -331,28 +364,9 @@ class VicidialClient:
     def _post(
         self, body: bytes, *, before_send: Callable[[], None] | None = None
     ) -> tuple[int, str, bool]:
-        """POST; (status, text, truncated). At most MAX_ANSWER_BYTES, within the deadline.
-
-        ``before_send``: run right before the request's bytes leave (the claim fence);
-        what it raises propagates, and nothing was sent."""
+        """POST; (status, text, truncated): see :func:`post_capped`."""
         request = post_request(self._target, self._host, body, self._timeouts)
-        try:
-            with deadline(self.deadline_s, before_send=before_send):
-                reply = self._pool.handle_request(request)
-                try:
-                    chunks: list[bytes] = []
-                    size = 0
-                    for chunk in reply.stream:  # type: ignore[union-attr]
-                        chunks.append(chunk)
-                        size += len(chunk)
-                        if size > MAX_ANSWER_BYTES:
-                            break  # closing the reply unread drops the connection
-                finally:
-                    reply.close()
-        except HTTPCORE_ERRORS as exc:
-            raise call_failed(exc) from None
-        text = decode_answer(b"".join(chunks)[:MAX_ANSWER_BYTES], reply.headers)
-        return reply.status, text, size > MAX_ANSWER_BYTES
+        return post_capped(self._pool, request, deadline_s=self.deadline_s, before_send=before_send)
 
     def add_lead(
         self,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 
 import click
 from rich.console import Console
@@ -17,6 +18,7 @@ from dispatcher.ops.notifications import (
     purge_failed,
     retry_failed,
 )
+from dispatcher.store.backend import Backend
 
 __all__ = ["notify"]
 
@@ -121,18 +123,16 @@ that is not a failed event is reported. Asks for confirmation unless --yes.""",
 @click.pass_obj
 @guarded
 def retry(obj: CliContext, event_ids: tuple[str, ...], all_failed: bool, yes: bool) -> None:
-    ids = _select(event_ids, all_failed)
-    backend = obj.backend
-    total = notification_counts(backend).failed if ids is None else len(ids)
-    if total == 0:
-        click.echo("no failed notification", err=True)
-        return
-    _confirm(f"Send {total} failed notification(s) again?", yes)
-    n = retry_failed(backend, ids)
-    _log.info("notify.retried", count=n, all_failed=all_failed)
-    click.echo(f"{n} notification(s) will be sent again", err=True)
-    if ids is not None and n < len(ids):
-        fail(f"{len(ids) - n} of the IDs given are not failed notifications", code=1)
+    _on_failed(
+        obj,
+        event_ids,
+        all_failed=all_failed,
+        yes=yes,
+        question="Send {total} failed notification(s) again?",
+        act=retry_failed,
+        event="notify.retried",
+        done="{n} notification(s) will be sent again",
+    )
 
 
 @notify.command(
@@ -147,15 +147,40 @@ for confirmation unless --yes.""",
 @click.pass_obj
 @guarded
 def purge(obj: CliContext, event_ids: tuple[str, ...], all_failed: bool, yes: bool) -> None:
+    _on_failed(
+        obj,
+        event_ids,
+        all_failed=all_failed,
+        yes=yes,
+        question="Delete {total} failed notification(s) for good?",
+        act=purge_failed,
+        event="notify.purged",
+        done="{n} notification(s) deleted",
+    )
+
+
+def _on_failed(
+    obj: CliContext,
+    event_ids: tuple[str, ...],
+    *,
+    all_failed: bool,
+    yes: bool,
+    question: str,
+    act: Callable[[Backend, list[str] | None], int],
+    event: str,
+    done: str,
+) -> None:
+    """retry and purge: choose failed events, confirm, act, log, report the IDs that
+    were not failed events (exit 1)."""
     ids = _select(event_ids, all_failed)
     backend = obj.backend
     total = notification_counts(backend).failed if ids is None else len(ids)
     if total == 0:
         click.echo("no failed notification", err=True)
         return
-    _confirm(f"Delete {total} failed notification(s) for good?", yes)
-    n = purge_failed(backend, ids)
-    _log.info("notify.purged", count=n, all_failed=all_failed)
-    click.echo(f"{n} notification(s) deleted", err=True)
+    _confirm(question.format(total=total), yes)
+    n = act(backend, ids)
+    _log.info(event, count=n, all_failed=all_failed)
+    click.echo(done.format(n=n), err=True)
     if ids is not None and n < len(ids):
         fail(f"{len(ids) - n} of the IDs given are not failed notifications", code=1)
